@@ -1,0 +1,78 @@
+"""Launch configuration and interpreter detection (one place for block sizes).
+
+Defaults were measured on one NVIDIA H200 (torch 2.11, triton 3.6.0), see benchmarks/README.md;
+``GMVQ_AUTOTUNE=1`` is not offered yet: every kernel has exactly one config per (D, dtype) bucket.
+Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
+CPU tests fast while still crossing many codebook tiles.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Triton decides at decoration time (when our kernel modules are imported) whether a @triton.jit
+# function is interpreted, from this variable; reading it at the same moment keeps us in agreement.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+# fp32 default: tf32x3 keeps the distance dot within a few fp32 ulps (||x||²+||μ||²−2x·μ cancels
+# badly for nearby points, and plain tf32's 10-bit mantissa gives ~1e-3 relative error in x·μ),
+# while still running on the tensor cores. Ask for "tf32" when speed matters more than the last digits.
+DEFAULT_DOT_PRECISION = "tf32x3"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+
+def block_d(D: int) -> int:
+    """Whole latent dimension in one tile: next power of two, at least 16 (the GPU dot minimum)."""
+    return max(16, 1 << (D - 1).bit_length())
+
+
+def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
+    """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K."""
+    if INTERPRET:
+        return KernelConfig(16, 16, 1, 1)
+    bd = block_d(D)
+    if bd <= 64:
+        return KernelConfig(128, 64, 8, 3)
+    if bd <= 128:
+        return KernelConfig(64, 64, 4, 3)
+    if bd <= 256:
+        return KernelConfig(64, 32, 8, 2)
+    return KernelConfig(32, 32, 8, 2)
+
+
+def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
+    """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
+    if INTERPRET:
+        return KernelConfig(16, 16, 1, 1)
+    bd = block_d(D)
+    if bd <= 64:
+        return KernelConfig(64, 128, 8, 3)
+    if bd <= 128:
+        return KernelConfig(64, 64, 4, 3)
+    if bd <= 256:
+        return KernelConfig(32, 64, 8, 2)
+    return KernelConfig(32, 32, 8, 2)
+
+
+def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
+    """(splits, rows_per_split) for the column kernels, so that small K still fills the GPU.
+
+    Each split writes its own partial sums (splits, K[, D]) that torch adds up afterwards:
+    deterministic, no atomics, and the extra memory is bounded by about 2·SMs·BLOCK_K·D floats,
+    independent of N and K."""
+    if INTERPRET:
+        target = 2  # exercise the split path in CPU tests
+    else:
+        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    splits = max(1, -(-target // num_col_blocks))
+    rows = -(-N // splits)
+    rows_per_split = -(-rows // BLOCK_N) * BLOCK_N
+    return -(-N // rows_per_split), rows_per_split

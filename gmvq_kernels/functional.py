@@ -1,0 +1,139 @@
+"""``gmvq``: input validation (the one place user-facing errors are raised) and impl dispatch."""
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from . import config
+from .reference import GMVQOutput, component_terms, gmvq_reference
+
+IMPLS = ("auto", "triton", "reference")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def _check_tensor(name, t, ndim, dtypes):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dim() != ndim:
+        want = "(N, D)" if name == "x" else "(K, D)" if name == "means" else "(K,)"
+        raise ValueError(f"{name} must have shape {want}; got {_shape(t)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have a floating dtype in ({names}); got {t.dtype}")
+
+
+def _check_finite(name, t):
+    # Data-dependent (a host sync); skipped while torch.compile traces so graphs stay unbroken.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite; got non-finite values (nan or inf)")
+
+
+def can_use_triton(device: torch.device) -> bool:
+    """Triton runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (set before import)."""
+    return device.type == "cuda" or (config.INTERPRET and device.type == "cpu")
+
+
+def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision):
+    """Raise ValueError/TypeError naming the argument, the expectation and what was given."""
+    _check_tensor("x", x, 2, FLOAT_DTYPES)
+    _check_tensor("means", means, 2, FLOAT_DTYPES)
+    _check_tensor("log_var", log_var, 1, FLOAT_DTYPES)
+    N, D = x.shape
+    if N < 1 or D < 1:
+        raise ValueError(f"x must be non-empty with shape (N, D), N >= 1, D >= 1; got {_shape(x)}")
+    K = means.shape[0]
+    if K < 1 or means.shape[1] != D:
+        raise ValueError(f"means must have shape (K, D) with K >= 1 and D == x.shape[1] == {D}; "
+                         f"got {_shape(means)}")
+    if log_var.shape != (K,):
+        raise ValueError(f"log_var must have shape (K,) == ({K},); got {_shape(log_var)}")
+    if log_prior is not None:
+        _check_tensor("log_prior", log_prior, 1, FLOAT_DTYPES)
+        if log_prior.shape != (K,):
+            raise ValueError(f"log_prior must have shape (K,) == ({K},) or be None; got {_shape(log_prior)}")
+    if means.dtype != x.dtype:
+        raise TypeError(f"means must have the dtype of x ({x.dtype}); got {means.dtype}")
+    params = {"means": means, "log_var": log_var, "log_prior": log_prior, "noise": noise}
+    for name, t in params.items():
+        if t is not None and isinstance(t, torch.Tensor) and t.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}); got {t.device}")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0; got {tau!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64); got {seed!r}")
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch.Tensor or None; got {type(noise).__name__}")
+        if _shape(noise) != (N, K):
+            raise ValueError(f"noise must have shape (N, K) == ({N}, {K}); got {_shape(noise)}")
+        if not noise.is_floating_point():
+            raise TypeError(f"noise must have a floating dtype; got {noise.dtype}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
+        raise ValueError(f"dot_precision must be None or one of {config.DOT_PRECISIONS}; got {dot_precision!r}")
+    if impl == "triton":
+        if not can_use_triton(x.device):
+            raise ValueError(f"impl='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
+                             f"set before triton is imported; got x on {x.device}")
+        if x.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"impl='triton' needs x of dtype float32, float16 or bfloat16; got {x.dtype}")
+    for name in ("means", "log_var", "log_prior"):
+        if params[name] is not None:
+            _check_finite(name, params[name])
+
+
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    if impl != "auto":
+        return impl
+    return "triton" if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES else "reference"
+
+
+def _global_agg_posterior(agg, n_local, process_group):
+    """q̄ over all ranks: all-reduce of the column sums and row counts. The all-reduce is autograd-aware
+    (its backward all-reduces the incoming gradient), so after DDP averages parameter gradients they
+    equal one process's on the global batch (see README, "Data parallel")."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_reduce
+
+    counts = torch.tensor([float(n_local)], dtype=agg.dtype, device=agg.device)
+    dist.all_reduce(counts, group=process_group)
+    return all_reduce(agg * n_local, group=process_group) / counts
+
+
+def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False, seed: int = 0,
+         noise: Optional[torch.Tensor] = None, impl: str = "auto", process_group=None,
+         dot_precision: Optional[str] = None) -> GMVQOutput:
+    """Fused GM-VQ (DESIGN.md §1): quantized, codes, log_likelihood, agg_posterior, latent_nll,
+    mixture_var, entropy.
+
+    x (N, D) and means (K, D) share a dtype (fp32/fp16/bf16 for the kernels; fp64 too for the reference);
+    log_var (K,) per-component log-variance; log_prior (K,) prior logits or None (uniform).
+    tau: Gumbel-softmax temperature > 0. hard: straight-through one-hot sample. seed: 64-bit key of the
+    in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it); noise: explicit (N, K) noise instead.
+    impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, else reference), "triton", "reference".
+    process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
+    "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
+    Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x."""
+    validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision)
+    impl = resolve_impl(impl, x)
+    if impl == "reference":
+        out = gmvq_reference(x, means, log_var, log_prior, tau=float(tau), hard=hard, seed=int(seed),
+                             noise=noise)
+    else:
+        from .autograd import GMVQFunction
+
+        a, b, v = (t.contiguous() for t in component_terms(log_var, log_prior, x.shape[1], torch.float32))
+        out = GMVQOutput(*GMVQFunction.apply(
+            x.contiguous(), means.contiguous(), a, b, v,
+            None if noise is None else noise.float().contiguous(),
+            float(tau), bool(hard), int(seed), dot_precision or config.DEFAULT_DOT_PRECISION))
+    if process_group is not None:
+        out = out._replace(agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
+    return out

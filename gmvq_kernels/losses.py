@@ -1,0 +1,57 @@
+"""Losses and diagnostics built on the fused op's outputs: cheap torch on K- or N-vectors."""
+import math
+from typing import Optional
+
+import torch
+
+from .reference import GMVQOutput
+
+
+def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:
+    """log π (K,): log_softmax of the prior logits, or −log K for the uniform prior."""
+    if log_prior is None:
+        return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
+    return torch.log_softmax(log_prior.to(like.dtype), dim=0)
+
+
+def kl_to_prior(agg_posterior: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """KL(q̄ ‖ π) = Σ_k q̄_k (log q̄_k − log π_k), with 0·log 0 = 0."""
+    log_pi = log_prior_probs(log_prior, agg_posterior.shape[0], agg_posterior)
+    return (torch.xlogy(agg_posterior, agg_posterior) - agg_posterior * log_pi).sum()
+
+
+def albo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: float = 1.0,
+              recon: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ALBO (minimised): recon + γ·mean_n latent_nll + β·KL(q̄ ‖ π). β = 1 is GM-VQ, β > 1 "+ Entropy"."""
+    loss = gamma * out.latent_nll.mean() + beta * kl_to_prior(out.agg_posterior, log_prior)
+    return loss if recon is None else recon + loss
+
+
+def elbo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: float = 1.0,
+              recon: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ELBO baseline: the aggregated KL replaced by the per-sample one,
+    mean_n KL(q_n ‖ π) = −mean_n H(q_n) − Σ_k q̄_k log π_k (the mean over n of Σ_k q_nk log π_k is q̄·log π)."""
+    log_pi = log_prior_probs(log_prior, out.agg_posterior.shape[0], out.agg_posterior)
+    kl = -out.entropy.mean() - (out.agg_posterior * log_pi).sum()
+    loss = gamma * out.latent_nll.mean() + beta * kl
+    return loss if recon is None else recon + loss
+
+
+def perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """exp(H(p)) of a distribution over codes, e.g. q̄ or a normalised code histogram."""
+    return torch.exp(-torch.xlogy(probs, probs).sum())
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int):
+    """(histogram (K,) int64, perplexity of the code histogram, number of codes used)."""
+    hist = torch.bincount(codes.reshape(-1), minlength=codebook_size)
+    p = hist.double() / max(1, int(hist.sum()))
+    return hist, float(perplexity(p)), int((hist > 0).sum())
+
+
+def tau_schedule(step: int, *, start: float = 1.0, end: float = 0.5, steps: int = 1000) -> float:
+    """Exponential temperature annealing: ``start`` at step 0 to ``end`` at ``steps``, constant after."""
+    if start <= 0 or end <= 0 or steps < 1:
+        raise ValueError(f"tau_schedule needs start > 0, end > 0, steps >= 1; got {start}, {end}, {steps}")
+    frac = min(max(step, 0) / steps, 1.0)
+    return start * (end / start) ** frac

@@ -1,0 +1,160 @@
+"""``GaussianMixtureVQ``: the GM-VQ quantizer as an nn.Module, a drop-in for a VQ layer."""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from .functional import gmvq
+from .losses import albo_loss, kl_to_prior, perplexity
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: torch.Tensor  # same layout and dtype as the input
+    codes: torch.Tensor      # input shape without the channel axis, int64
+    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π): add your reconstruction loss
+    terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
+
+
+class GaussianMixtureVQ(nn.Module):
+    """GM-VQ quantizer owning the codebook means (K, D), log-variances and optionally prior logits.
+
+    Args:
+        dim: latent dimension D. codebook_size: number of codes K.
+        tau: Gumbel-softmax temperature (set ``.tau`` each step to anneal, see ``tau_schedule``).
+        hard: straight-through one-hot samples in training.
+        init_log_var: initial log σ² of every component. per_component_variance: one λ per code
+            (else one shared λ, the paper's σ_z²). learn_variance: λ is a Parameter (else a buffer).
+        learnable_prior: learn prior logits ρ (else uniform π).
+        beta, gamma: weights of KL(q̄ ‖ π) and of the latent term in ``loss``.
+        noise_injection: training output z + s·ε with s² the mixture variance.
+        channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
+        kmeans_init: initialise the means by k-means on the first training batch.
+        impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
+            process group; None = when torch.distributed is initialised with more than one rank.
+    In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, *, tau: float = 1.0, hard: bool = False,
+                 init_log_var: float = 0.0, per_component_variance: bool = True,
+                 learn_variance: bool = True, learnable_prior: bool = False, beta: float = 1.0,
+                 gamma: float = 1.0, noise_injection: bool = False, channel_first: Optional[bool] = None,
+                 kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
+                 dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
+                 seed: Optional[int] = None):
+        super().__init__()
+        if not (isinstance(dim, int) and dim >= 1):
+            raise ValueError(f"dim must be an integer >= 1; got {dim!r}")
+        if not (isinstance(codebook_size, int) and codebook_size >= 1):
+            raise ValueError(f"codebook_size must be an integer >= 1; got {codebook_size!r}")
+        if not (isinstance(tau, (int, float)) and tau > 0):
+            raise ValueError(f"tau must be a number > 0; got {tau!r}")
+        self.dim, self.codebook_size = dim, codebook_size
+        self.tau, self.hard, self.beta, self.gamma = float(tau), hard, beta, gamma
+        self.noise_injection, self.channel_first = noise_injection, channel_first
+        self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
+        self.kmeans_iters = kmeans_iters
+        self.means = nn.Parameter(torch.randn(codebook_size, dim) / math.sqrt(dim))
+        lv = torch.full((codebook_size if per_component_variance else 1,), float(init_log_var))
+        if learn_variance:
+            self._log_var = nn.Parameter(lv)
+        else:
+            self.register_buffer("_log_var", lv)
+        self.log_prior = nn.Parameter(torch.zeros(codebook_size)) if learnable_prior else None
+        self.register_buffer("initted", torch.tensor(not kmeans_init))
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    @property
+    def log_var(self) -> torch.Tensor:
+        """Per-code log-variance (K,), the shared value expanded when variances are tied."""
+        return self._log_var.expand(self.codebook_size)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, codebook_size={self.codebook_size}, tau={self.tau}, hard={self.hard}, "
+                f"beta={self.beta}, gamma={self.gamma}, shared_variance={self._log_var.numel() == 1}, "
+                f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}")
+
+    # --- layout
+    def _is_channel_first(self, x):
+        return x.dim() == 4 if self.channel_first is None else self.channel_first
+
+    def _flatten(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise ValueError(f"x must be a tensor (..., D) or (B, D, H, W); got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if self._is_channel_first(x):
+            if x.shape[1] != self.dim:
+                raise ValueError(f"x must have D == {self.dim} channels on axis 1 (channel-first); "
+                                 f"got shape {tuple(x.shape)}")
+            x = x.movedim(1, -1)
+        elif x.shape[-1] != self.dim:
+            raise ValueError(f"x must have D == {self.dim} on its last axis (channel-last); "
+                             f"got shape {tuple(x.shape)}")
+        return x.reshape(-1, self.dim), x.shape[:-1]
+
+    def _unflatten(self, flat, lead_shape, channel_first):
+        out = flat.reshape(*lead_shape, self.dim)
+        return out.movedim(-1, 1) if channel_first else out
+
+    # --- tokenizer use
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic codes argmax_k ℓ, shaped like x without its channel axis."""
+        flat, lead = self._flatten(x)
+        out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+                   tau=self.tau, impl=self.impl, dot_precision=self.dot_precision)
+        return out.codes.reshape(lead)
+
+    def decode(self, codes: torch.Tensor, channel_first: Optional[bool] = None) -> torch.Tensor:
+        """Means of the codes: (..., D), or (B, D, H, W) for 3-D codes when the layout is channel-first."""
+        z = self.means[codes]
+        cf = (codes.dim() == 3) if (channel_first is None and self.channel_first is None) else \
+            bool(channel_first if channel_first is not None else self.channel_first)
+        return z.movedim(-1, 1) if cf else z
+
+    # --- k-means initialisation
+    @torch.no_grad()
+    def _kmeans_init(self, flat):
+        flat = flat.detach().to(self.means.dtype)
+        K = self.codebook_size
+        idx = torch.randint(0, flat.shape[0], (K,), generator=self._generator).to(flat.device)
+        c = flat[idx].clone()
+        for _ in range(self.kmeans_iters):
+            assign = torch.cat([torch.cdist(chunk, c).argmin(1) for chunk in flat.split(4096)])
+            sums = torch.zeros_like(c).index_add_(0, assign, flat)
+            counts = torch.bincount(assign, minlength=K).to(flat.dtype)
+            c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        self.means.copy_(c)
+        self.initted.fill_(True)
+
+    def _process_group(self):
+        import torch.distributed as dist
+
+        sync = self.sync_agg_posterior
+        if sync is None:
+            sync = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return dist.group.WORLD if sync else None
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        flat, lead = self._flatten(x)
+        cf = self._is_channel_first(x)
+        if self.training and not bool(self.initted):
+            self._kmeans_init(flat)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._generator)) if self.training else 0
+        out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+                   tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
+                   process_group=self._process_group() if self.training else None,
+                   dot_precision=self.dot_precision)
+        if self.training:
+            z = out.quantized
+            if self.noise_injection:
+                z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
+        else:
+            z = self.means[out.codes]
+        loss = albo_loss(out, self.log_prior, beta=self.beta, gamma=self.gamma)
+        terms = dict(latent_nll=out.latent_nll.mean().detach(),
+                     kl=kl_to_prior(out.agg_posterior, self.log_prior).detach(),
+                     perplexity=perplexity(out.agg_posterior).detach(),
+                     log_likelihood=out.log_likelihood.mean().detach(),
+                     mixture_var=out.mixture_var.mean().detach(), entropy=out.entropy.mean().detach())
+        return QuantizerOutput(self._unflatten(z.to(x.dtype), lead, cf), out.codes.reshape(lead), loss, terms)

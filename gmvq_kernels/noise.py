@@ -1,0 +1,118 @@
+"""Counter-based Gumbel noise shared by the kernels, ``gumbel_noise`` and the reference.
+
+g(seed, n, k) = −log(−log u),  u = (r >> 8 + ½)·2⁻²⁴ ∈ (0, 1),  r = word (k mod 4) of
+Philox4x32-10(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2³², seed div 2³²)).
+
+The counter carries n in two 32-bit words, so nothing wraps for N·K ≥ 2³² (and K < 2³⁴). One Philox
+call yields four words, i.e. the noise of four neighbouring codes. On CUDA tensors and under the
+Triton interpreter ``gumbel_noise`` runs the very same @triton.jit helper as the fused kernels, so the
+tensor it returns is bit-identical to the noise drawn in-kernel. On a plain CPU it runs a NumPy twin of
+the Philox rounds (same words bit for bit; the final logs may differ by an ulp from the kernel's).
+"""
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from .config import INTERPRET
+
+PHILOX_ROUNDS = 10
+_MASK32 = 0xFFFFFFFF
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+
+
+@triton.jit
+def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
+    for _ in tl.static_range(N_ROUNDS):
+        _c0 = c0
+        _c2 = c2
+        c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
+        c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
+        c1 = _c2 * 0xCD9E8D57
+        c3 = _c0 * 0xD2511F53
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _uniform_to_gumbel(r):
+    u = ((r >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2**-24
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr):
+    """Gumbel noise of rows ``offs_n`` (int64) and codes k_start .. k_start+BLOCK_K (k_start % 4 == 0).
+    Returns a (len(offs_n), BLOCK_K) fp32 tile."""
+    tl.static_assert(BLOCK_K % 4 == 0)
+    offs_n = offs_n.to(tl.int64)
+    j = (k_start // 4 + tl.arange(0, BLOCK_K // 4)).to(tl.uint32)
+    c0 = tl.broadcast_to(j[None, :], (offs_n.shape[0], BLOCK_K // 4))
+    c1 = tl.broadcast_to((offs_n & 0xFFFFFFFF).to(tl.uint32)[:, None], c0.shape)
+    c2 = tl.broadcast_to((offs_n >> 32).to(tl.uint32)[:, None], c0.shape)
+    c3 = tl.zeros(c0.shape, dtype=tl.uint32)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    r0, r1, r2, r3 = _philox4x32(c0, c1, c2, c3, k0, k1, 10)
+    # column 4j+i takes word i of call j
+    r = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
+    return _uniform_to_gumbel(r)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start = tl.program_id(1).to(tl.int64) * BLOCK_K
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
+    mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+    tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], g, mask=mask)
+
+
+def split_seed(seed: int):
+    """64-bit seed -> (lo, hi) 32-bit Philox key words."""
+    seed = int(seed) & ((1 << 64) - 1)
+    return seed & _MASK32, seed >> 32
+
+
+def _philox_numpy(c0, c1, c2, c3, k0, k1):
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in (c0, c1, c2, c3))
+    k0, k1 = np.uint64(k0), np.uint64(k1)
+    for _ in range(PHILOX_ROUNDS):
+        p0 = np.uint64(_ROUND_A) * c0  # < 2**64: exact in uint64
+        p2 = np.uint64(_ROUND_B) * c2
+        c0, c1, c2, c3 = ((p2 >> np.uint64(32)) ^ c1 ^ k0, p2 & np.uint64(_MASK32),
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & np.uint64(_MASK32))
+        k0 = (k0 + np.uint64(_KEY_A)) & np.uint64(_MASK32)
+        k1 = (k1 + np.uint64(_KEY_B)) & np.uint64(_MASK32)
+    return c0, c1, c2, c3
+
+
+def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
+    """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K."""
+    lo, hi = split_seed(seed)
+    n = np.arange(row_offset, row_offset + N, dtype=np.uint64)[:, None]
+    k = np.arange(K, dtype=np.uint64)[None, :]
+    words = _philox_numpy(k >> np.uint64(2), n & np.uint64(_MASK32), n >> np.uint64(32),
+                          np.zeros_like(k), lo, hi)
+    stacked = np.stack(np.broadcast_arrays(*words), axis=-1)  # (N, K, 4)
+    return np.take_along_axis(stacked, (k & np.uint64(3)).astype(np.int64)[..., None], -1)[..., 0]
+
+
+def gumbel_noise(N: int, K: int, seed: int = 0, device=None) -> torch.Tensor:
+    """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring)."""
+    device = torch.device(device if device is not None else "cpu")
+    if N < 1 or K < 1:
+        raise ValueError(f"gumbel_noise needs N >= 1 and K >= 1; got N={N}, K={K}")
+    lo, hi = split_seed(seed)
+    if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
+        out = torch.empty((N, K), dtype=torch.float32, device=device)
+        BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else (32, 128)
+        grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
+        _gumbel_noise_kernel[grid](out, N, K, lo, hi, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        return out
+    r = torch.from_numpy(philox_words_numpy(N, K, seed).astype(np.int64))
+    u = ((r >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    return (-torch.log(-torch.log(u))).to(device)

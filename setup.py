@@ -1,0 +1,17 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gmvq_kernels",
+    version="0.1.0",
+    description="Fused Triton kernels for Gaussian Mixture Vector Quantization (GM-VQ) with the ALBO objective",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gmvq_kernels", "gmvq_kernels.*"]),
+    python_requires=">=3.10",
+    # torch is bounded: an unbounded requirement pulls a multi-GB CUDA build where no torch is installed.
+    install_requires=["torch>=2.11,<2.15", "triton>=3.6,<3.8", "numpy>=1.24"],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "scikit-learn>=1.3", "matplotlib>=3.7"],
+        "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "scikit-learn>=1.3"],
+    },
+)
