@@ -3,23 +3,23 @@ import torch
 
 from .backward import gmvq_bwd
 from .forward import gmvq_fwd
+from .reference import component_terms
 
 
 class GMVQFunction(torch.autograd.Function):
-    """Inputs: x (N, D), means (K, D), a, b, v (K,) fp32 (reference.component_terms), noise or None.
+    """Inputs: x (N, D), means (K, D), log_var (K,) fp32, log_pi (K,) fp32 = log π, noise or None.
     Outputs: quantized, codes, log_likelihood, agg_posterior (local q̄), latent_nll, mixture_var, entropy.
-    Gradients flow to x, means and (through a, b, v) to log_var and log_prior via torch autograd."""
+    Gradients: x, means, log_var and log π (torch's log_softmax backward carries the last to ρ)."""
 
     @staticmethod
-    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, dot_precision):
-        outs, soft = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
+    def forward(ctx, x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision):
+        a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
+        outs, (stats, hard_idx) = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
                               dot_precision=dot_precision)
         z, codes, lse, agg, lat, s2, ent = outs
-        lse_y, z_soft, lat_soft, s2_soft, hard_idx = soft
         ctx.mark_non_differentiable(codes)
         ctx.set_materialize_grads(False)  # a None upstream gradient removes its work from the kernels
-        ctx.save_for_backward(x, means, a, b, v, noise, lse, ent, lse_y, z_soft, lat_soft, s2_soft,
-                              hard_idx)
+        ctx.save_for_backward(x, means, a, b, v, noise, ent, stats, hard_idx)
         ctx.opts = dict(tau=tau, hard=hard, seed=seed, dot_precision=dot_precision)
         return outs
 
@@ -28,6 +28,6 @@ class GMVQFunction(torch.autograd.Function):
         x, means, a, b, v, noise, *saved = ctx.saved_tensors
         grads = (g_z, g_lse, g_qbar, g_lat, g_s, g_h)
         if all(g is None for g in grads):
-            return (None,) * 10
-        dx, dmeans, da, db, dv = gmvq_bwd(x, means, a, b, v, noise, saved, grads, **ctx.opts)
-        return dx, dmeans, da, db, dv, None, None, None, None, None
+            return (None,) * 9
+        dx, dmeans, d_log_var, d_log_pi = gmvq_bwd(x, means, a, b, v, noise, saved, grads, **ctx.opts)
+        return dx, dmeans, d_log_var, d_log_pi, None, None, None, None, None

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import config
-from .reference import GMVQOutput, component_terms, gmvq_reference
+from .reference import GMVQOutput, gmvq_reference, log_prior_probs
 
 IMPLS = ("auto", "triton", "reference")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -129,9 +129,9 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     else:
         from .autograd import GMVQFunction
 
-        a, b, v = (t.contiguous() for t in component_terms(log_var, log_prior, x.shape[1], torch.float32))
+        log_var32 = log_var.float()
         out = GMVQOutput(*GMVQFunction.apply(
-            x.contiguous(), means.contiguous(), a, b, v,
+            x.contiguous(), means.contiguous(), log_var32, log_prior_probs(log_prior, means.shape[0], log_var32),
             None if noise is None else noise.float().contiguous(),
             float(tau), bool(hard), int(seed), dot_precision or config.DEFAULT_DOT_PRECISION))
     if process_group is not None:

@@ -1,17 +1,9 @@
 """Losses and diagnostics built on the fused op's outputs: cheap torch on K- or N-vectors."""
-import math
 from typing import Optional
 
 import torch
 
-from .reference import GMVQOutput
-
-
-def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:
-    """log π (K,): log_softmax of the prior logits, or −log K for the uniform prior."""
-    if log_prior is None:
-        return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
-    return torch.log_softmax(log_prior.to(like.dtype), dim=0)
+from .reference import GMVQOutput, log_prior_probs
 
 
 def kl_to_prior(agg_posterior: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -29,22 +29,19 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def component_terms(log_var, log_prior, D: int, dtype=None):
-    """Per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)).
-
-    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π), v_k = σ_k². ``log π`` is log_softmax of the
-    prior logits, or −log K when there are none."""
-    dtype = dtype or stats_dtype(log_var.dtype)
-    lv = log_var.to(dtype)
-    K = lv.shape[0]
+def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:
+    """log π (K,) in the dtype and device of ``like``: log_softmax of the prior logits, or −log K."""
     if log_prior is None:
-        log_pi = torch.full_like(lv, -math.log(K))
-    else:
-        log_pi = torch.log_softmax(log_prior.to(dtype), dim=0)
-    a = 0.5 * torch.exp(-lv)
-    b = log_pi - 0.5 * D * (lv + LOG_2PI)
-    v = torch.exp(lv)
-    return a, b, v
+        return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
+    return torch.log_softmax(log_prior.to(like.dtype), dim=0)
+
+
+def component_terms(log_var, log_pi, D: int):
+    """Per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)):
+    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π), v_k = σ_k²."""
+    a = 0.5 * torch.exp(-log_var)
+    b = log_pi - 0.5 * D * (log_var + LOG_2PI)
+    return a, b, torch.exp(log_var)
 
 
 def sq_distances(x, means):
@@ -61,7 +58,8 @@ def gmvq_reference(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard:
     K = means.shape[0]
     dt = x.dtype
     out_dt = stats_dtype(dt)
-    a, b, v = component_terms(log_var, log_prior, D, dtype=dt)
+    lv = log_var.to(dt)
+    a, b, v = component_terms(lv, log_prior_probs(log_prior, K, lv), D)
     if noise is None:
         noise = gumbel_noise(N, K, seed, device=x.device)
     d = sq_distances(x, means)
