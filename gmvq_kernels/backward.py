@@ -255,7 +255,7 @@ def _gmvq_bwd_delta_kernel(
     x, xx = load_rows(x_ptr, offs_n, N, D, offs_d, UPCAST)
     gz = tl.zeros((BLOCK_N, BLOCK_D), x.dtype)
     if HAS_GZ:
-        gz, _ = load_rows(gz_ptr, offs_n, N, D, offs_d, UPCAST)
+        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d, UPCAST)
     g_lat = load_row_vec(glat_ptr, offs_n, N, HAS_GLAT)
     g_s = load_row_vec(gs_ptr, offs_n, N, HAS_GS)
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
@@ -264,7 +264,7 @@ def _gmvq_bwd_delta_kernel(
         offs_k = k_start + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
-        d, logits, _ = logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION)
+        d, logits, _clamp = logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION)
         if HAS_GC:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
             q = softmax_prob(logits, LOG2E, stats_ptr, offs_n, N, 0)

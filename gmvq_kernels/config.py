@@ -34,32 +34,51 @@ def block_d(D: int) -> int:
     return max(16, 1 << (D - 1).bit_length())
 
 
+# Tuning hook (benchmarks/gpu_check.py --tune): {"row": KernelConfig, "col": KernelConfig} replaces the
+# defaults below for every D and dtype while set.
+OVERRIDE = {}
+
+
+def _tile_width(D: int, dtype: torch.dtype) -> int:
+    """BLOCK_D in 2-byte units: shared memory is what limits the tiles, and fp32 tiles take twice the
+    bytes of bf16 ones (seen on an H200: fp32 at the bf16 configs asked for up to 356 KiB of 227)."""
+    return block_d(D) * max(1, torch.empty((), dtype=dtype).element_size() // 2)
+
+
 def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
     """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K."""
+    if "row" in OVERRIDE:
+        return OVERRIDE["row"]
     if INTERPRET:
         return KernelConfig(16, 16, 1, 1)
-    bd = block_d(D)
-    if bd <= 64:
+    w = _tile_width(D, dtype)
+    if w <= 64:
         return KernelConfig(128, 64, 8, 3)
-    if bd <= 128:
+    if w <= 128:
         return KernelConfig(64, 64, 4, 3)
-    if bd <= 256:
+    if w <= 256:
         return KernelConfig(64, 32, 8, 2)
-    return KernelConfig(32, 32, 8, 2)
+    if w <= 512:
+        return KernelConfig(32, 32, 8, 2)
+    return KernelConfig(16, 16, 4, 1)  # fp32 at D = 512: within an A100's 163 KiB of shared memory
 
 
 def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
     """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
+    if "col" in OVERRIDE:
+        return OVERRIDE["col"]
     if INTERPRET:
         return KernelConfig(16, 16, 1, 1)
-    bd = block_d(D)
-    if bd <= 64:
+    w = _tile_width(D, dtype)
+    if w <= 64:
         return KernelConfig(64, 128, 8, 3)
-    if bd <= 128:
+    if w <= 128:
         return KernelConfig(64, 64, 4, 3)
-    if bd <= 256:
+    if w <= 256:
         return KernelConfig(32, 64, 8, 2)
-    return KernelConfig(32, 32, 8, 2)
+    if w <= 512:
+        return KernelConfig(32, 32, 8, 2)
+    return KernelConfig(16, 16, 4, 1)
 
 
 def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):

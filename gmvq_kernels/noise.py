@@ -1,6 +1,6 @@
 """Counter-based Gumbel noise shared by the kernels, ``gumbel_noise`` and the reference.
 
-g(seed, n, k) = −log(−log u),  u = (r >> 8 + ½)·2⁻²⁴ ∈ (0, 1),  r = word (k mod 4) of
+g(seed, n, k) = −log(−log u),  u = (r >> 9 + ½)·2⁻²³ ∈ (0, 1),  r = word (k mod 4) of
 Philox4x32-10(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2³², seed div 2³²)).
 
 The counter carries n in two 32-bit words, so nothing wraps for N·K ≥ 2³² (and K < 2³⁴). One Philox
@@ -38,8 +38,12 @@ def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
 
 @triton.jit
 def _uniform_to_gumbel(r):
-    u = ((r >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2**-24
-    return -tl.log(-tl.log(u))
+    # 23 bits: (r >> 9) + ½ needs at most 24 bits, so u is exact in fp32 and strictly inside (0, 1).
+    # (With 24 bits the top word rounds to u = 1.0 and g = +inf: seen on an H200, one row in ~10⁷.)
+    u = ((r >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23
+    # −log u ≥ 2⁻²⁴ exactly; the floor 2⁻²⁵ only catches an approximate GPU log rounding to ≤ 0
+    t = tl.maximum(-tl.log(u), 2.9802322387695312e-08)
+    return -tl.log(t)
 
 
 @triton.jit
@@ -61,12 +65,13 @@ def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr):
     return _uniform_to_gumbel(r)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
-def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "row_offset"])
+def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, row_offset,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
-    g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
+    g = gumbel_tile(seed_lo, seed_hi, offs_n + row_offset, k_start, BLOCK_K)
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], g, mask=mask)
 
@@ -101,18 +106,27 @@ def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.nda
     return np.take_along_axis(stacked, (k & np.uint64(3)).astype(np.int64)[..., None], -1)[..., 0]
 
 
-def gumbel_noise(N: int, K: int, seed: int = 0, device=None) -> torch.Tensor:
-    """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring)."""
+@torch.compiler.disable  # a raw Triton launch (or NumPy): run eagerly when a caller is being compiled
+def gumbel_noise(N: int, K: int, seed: int = 0, device=None, row_offset: int = 0) -> torch.Tensor:
+    """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring).
+    ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch."""
     device = torch.device(device if device is not None else "cpu")
     if N < 1 or K < 1:
         raise ValueError(f"gumbel_noise needs N >= 1 and K >= 1; got N={N}, K={K}")
+    if row_offset < 0:
+        raise ValueError(f"gumbel_noise needs row_offset >= 0; got {row_offset}")
     lo, hi = split_seed(seed)
     if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else (32, 128)
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
-        _gumbel_noise_kernel[grid](out, N, K, lo, hi, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
-    r = torch.from_numpy(philox_words_numpy(N, K, seed).astype(np.int64))
-    u = ((r >> 8).to(torch.float32) + 0.5) * 2.0**-24
-    return (-torch.log(-torch.log(u))).to(device)
+    r = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
+    return words_to_gumbel(r).to(device)
+
+
+def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
+    """The kernels' _uniform_to_gumbel in torch, for 32-bit words held in an int64 tensor."""
+    u = ((r >> 9).to(torch.float32) + 0.5) * 2.0**-23
+    return -torch.log(torch.clamp_min(-torch.log(u), 2.0**-25))

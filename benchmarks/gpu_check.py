@@ -1,0 +1,214 @@
+"""GPU correctness check + benchmarks in one command (issue: one script, < 8 minutes, one folder).
+
+1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
+   hard, with a prior; every output and every gradient (max error relative to max|gt|, beside the
+   error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
+   N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
+   their own row (q̄'s upstream gradient is rescaled for the window).
+2. Bitwise determinism of repeated calls.
+3. benchmarks/speed.py: the ANCHORS rows, the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
+4. --tune: a few block configurations of the row and column kernels at one shape.
+
+    python benchmarks/gpu_check.py --out benchmarks/results/<device>-<date>
+Everything goes to --out; the run stops optional parts at --budget-s.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speed  # noqa: E402
+
+import gmvq_kernels as gk  # noqa: E402
+from gmvq_kernels import config  # noqa: E402
+
+FIELDS = gk.GMVQOutput._fields
+GRADS = ("dx", "dmeans", "dlog_var", "dlog_prior")
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def forward_backward(x, m, lv, lp, impl, up, rows=None, **kw):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, m, lv, lp)]
+    out = gk.gmvq(*leaves, impl=impl, **kw)
+    loss = sum((o.double() * u).sum() for o, u in zip(out, up) if u is not None)
+    loss.backward()
+    return out, [None if t is None else t.grad for t in leaves]
+
+
+def upstream(N, K, D, device, gen):
+    return [torch.randn(N, D, generator=gen, device=device, dtype=torch.float64), None,
+            torch.randn(N, generator=gen, device=device, dtype=torch.float64),
+            torch.randn(K, generator=gen, device=device, dtype=torch.float64)]+[
+            torch.randn(N, generator=gen, device=device, dtype=torch.float64) for _ in range(3)]
+
+
+def full_check(N, K, D, dtype, prec, hard, device, log):
+    gen = torch.Generator(device=device).manual_seed(N + K + D)
+    x = torch.randn(N, D, generator=gen, device=device).to(dtype)
+    m = torch.randn(K, D, generator=gen, device=device).to(dtype)
+    lv = 0.3 * torch.randn(K, generator=gen, device=device)
+    lp = torch.randn(K, generator=gen, device=device)
+    noise = gk.gumbel_noise(N, K, seed=5, device=device)
+    up = upstream(N, K, D, device, gen)
+    kw = dict(tau=0.5, hard=hard, noise=noise)
+    gt, ggt = forward_backward(x.double(), m.double(), lv.double(), lp.double(), "reference", up, **kw)
+    ref, gref = forward_backward(x, m, lv, lp, "reference", up, **kw)
+    out, gout = forward_backward(x, m, lv, lp, "triton", up, dot_precision=prec, **dict(kw, noise=None, seed=5))
+    row = dict(check="full", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), dot_precision=prec, hard=hard)
+    # pass rule of the CPU tests (tests/utils.py): kernel ≤ 4·reference + precision tolerance; tf32 dots
+    # round operands to 10 mantissa bits, so they get 1e-2 against the fp64 definition instead
+    tol = 2.0**-8 if dtype == torch.bfloat16 else (1e-2 if prec == "tf32" else 1e-5)
+    ok = True
+    for name, o, r, g in list(zip(FIELDS, out, ref, gt)) + list(zip(GRADS, gout, gref, ggt)):
+        if name == "codes":
+            row["codes_mismatch"] = int((o != g).sum())
+        else:
+            row[name] = (rel_err(o, g), rel_err(r, g))
+            ok &= row[name][0] <= 4 * row[name][1] + tol
+    row["ok"] = bool(ok)
+    log(row)
+    return row
+
+
+def window_check(N, K, D, dtype, rows, device, log):
+    """Row-window check at shapes where a float64 N×K reference does not fit."""
+    gen = torch.Generator(device=device).manual_seed(7)
+    x = torch.randn(N, D, generator=gen, device=device).to(dtype)
+    m = torch.randn(K, D, generator=gen, device=device).to(dtype)
+    lv = torch.zeros(K, device=device)
+    up_rows = torch.randn(N, D, generator=gen, device=device, dtype=torch.float64)
+    up_q = torch.randn(K, generator=gen, device=device, dtype=torch.float64)
+    up_lse = torch.randn(N, generator=gen, device=device, dtype=torch.float64)
+    t0 = time.time()
+    out, gout = forward_backward(x, m, lv, None, "triton", [up_rows, None, up_lse, up_q, None, None, None],
+                                 seed=11, tau=1.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    row = dict(check="window", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), seconds=time.time() - t0)
+    for lo in rows:
+        hi = min(lo + 64, N)
+        n = hi - lo
+        noise = gk.gumbel_noise(n, K, seed=11, device=device, row_offset=lo)
+        # the window's q̄ is a mean over n rows instead of N: rescale its upstream gradient
+        up = [up_rows[lo:hi], None, up_lse[lo:hi], up_q * (n / N), None, None, None]
+        gt, ggt = forward_backward(x[lo:hi].double(), m.double(), lv.double(), None, "reference", up,
+                                   noise=noise.double(), tau=1.0)
+        for name, i in (("quantized", 0), ("log_likelihood", 2), ("latent_nll", 4), ("mixture_var", 5),
+                        ("entropy", 6)):
+            row[f"{name}@{lo}"] = rel_err(out[i][lo:hi], gt[i])
+        row[f"codes_mismatch@{lo}"] = int((out.codes[lo:hi] != gt.codes).sum())
+        row[f"dx@{lo}"] = rel_err(gout[0][lo:hi], ggt[0])
+    log(row)
+    del x, m, out, gout
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def determinism_check(device, log, shape=(4096, 8192, 64)):
+    x, m, lv = speed.make_inputs(*shape, torch.bfloat16, device, True)
+    runs = []
+    for _ in range(2):
+        for t in (x, m, lv):
+            t.grad = None
+        out = gk.gmvq(x, m, lv, impl="triton", hard=True, seed=3)
+        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+        runs.append([t.clone() for t in out] + [x.grad.clone(), m.grad.clone(), lv.grad.clone()])
+    same = all(torch.equal(a, b) for a, b in zip(*runs))
+    finite = all(torch.isfinite(t.float()).all().item() for t in runs[0] if t.is_floating_point())
+    log(dict(check="deterministic", bitwise_equal=same, all_finite=finite))
+    return same
+
+
+def tune(device, log, deadline):
+    """fwd+bwd time of a few row / column block configs at one bf16 shape per D bucket."""
+    KC = config.KernelConfig
+    rows_cfgs = [KC(128, 64, 8, 3), KC(64, 64, 4, 3), KC(128, 32, 4, 3), KC(64, 128, 8, 2)]
+    col_cfgs = [KC(64, 128, 8, 3), KC(64, 64, 4, 3), KC(128, 64, 8, 3), KC(32, 128, 4, 3)]
+    results = []
+    for (N, K, D) in ((32768, 8192, 64), (32768, 8192, 128)):
+        for kind, cfgs in (("row", rows_cfgs), ("col", col_cfgs)):
+            for cfg in cfgs:
+                if time.time() > deadline:
+                    return results
+                config.OVERRIDE.clear()
+                config.OVERRIDE[kind] = cfg
+                r = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)
+                r.update(kind=kind, config=list(cfg.__dict__.values()))
+                results.append(r)
+                log(dict(check="tune", **r))
+    config.OVERRIDE.clear()
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--budget-s", type=float, default=420)
+    p.add_argument("--tune", action="store_true")
+    p.add_argument("--skip-bench", action="store_true")
+    p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    device = torch.device("cpu" if args.dry else "cuda")
+    info = speed.env_info(device)
+    logfile = open(os.path.join(args.out, "correctness.jsonl"), "w")
+
+    def log(row):
+        row = dict(row, elapsed_s=round(time.time() - t0, 1))
+        print(json.dumps(row), flush=True)
+        logfile.write(json.dumps(row) + "\n")
+        logfile.flush()
+
+    log(dict(check="env", **info))
+    checks = [
+        lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log),
+        lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log),
+        lambda: full_check(2048, 4096, 64, torch.float32, "tf32", False, device, log),
+        lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log),
+        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
+        lambda: full_check(777, 1234, 256, torch.float32, "tf32x3", False, device, log),
+        lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
+        lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
+        lambda: determinism_check(device, log),
+    ]
+    if args.dry:
+        checks = [
+            lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log),
+            lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log),
+            lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
+            lambda: determinism_check(device, log, (20, 40, 8)),
+        ]
+        args.skip_bench, args.tune = True, False
+    for c in checks:
+        try:
+            c()
+        except Exception:
+            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
+    if not args.skip_bench:
+        try:
+            speed.main(["--out", os.path.join(args.out, "speed.json"), "--plot",
+                        os.path.join(args.out, "scaling.png"),
+                        "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
+        except Exception:
+            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
+    if args.tune:
+        try:
+            tune(device, log, t0 + args.budget_s + 60)
+        except Exception:
+            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
+    log(dict(check="done", total_s=round(time.time() - t0, 1)))
+
+
+if __name__ == "__main__":
+    main()

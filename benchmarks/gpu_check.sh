@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# GPU correctness check + full benchmark sweep, all results in one folder (a few minutes on an H100/H200).
+#   bash benchmarks/gpu_check.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
+out=${1:-benchmarks/results/${name}-$(date +%F)}
+PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$(pwd) python3 benchmarks/gpu_check.py --out "$out" --tune "${@:2}"
+echo "results in $out"

@@ -1,0 +1,299 @@
+"""Speed, memory and scaling of the fused GM-VQ op against naive implementations.
+
+Providers: ``triton`` (gmvq_kernels), ``reference`` (eager PyTorch, builds N×K tensors),
+``torch_compile`` (torch.compile of the reference), ``sdpa`` (PyTorch FlashAttention with x as queries
+and the codebook as keys and values: the nearest fused kernel, a speed-of-light proxy that computes
+less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed).
+Modes: fwd, bwd, fwd_bwd. Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
+or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
+forward+backward: 4 forward, 8 backward).
+
+    python benchmarks/speed.py --smoke                       # CPU, seconds (CI)
+    python benchmarks/speed.py --out benchmarks/results/X/speed.json   # GPU: anchors + sweeps
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"  # CPU: run the kernels in Triton's interpreter
+
+import triton  # noqa: E402
+
+import gmvq_kernels as gk  # noqa: E402
+
+ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
+K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
+N_SWEEP = [(n, 8192, 64) for n in (2048, 8192, 32768, 131072)]
+SMOKE_SHAPES = [(32, 64, 16)]
+FLOPS_PER = {"fwd": 4, "bwd": 8, "fwd_bwd": 12}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GIB = 2.0**30
+
+
+def make_inputs(N, K, D, dtype, device, requires_grad):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(N, D, generator=g).to(device, dtype)
+    means = torch.randn(K, D, generator=g).to(device, dtype)
+    log_var = torch.zeros(K, device=device)
+    for t in (x, means, log_var):
+        t.requires_grad_(requires_grad)
+    return x, means, log_var
+
+
+def gmvq_loss(impl, dot_precision=None):
+    """The training objective a user runs: ALBO terms + a stand-in reconstruction on the quantized output."""
+    def loss(x, means, log_var):
+        out = gk.gmvq(x, means, log_var, impl=impl, tau=1.0, seed=0, dot_precision=dot_precision)
+        return gk.albo_loss(out) + out.quantized.float().square().mean()
+    return loss
+
+
+def sdpa_loss(x, means, log_var):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        o = torch.nn.functional.scaled_dot_product_attention(x[None, None], means[None, None], means[None, None])
+    return o.float().square().mean()
+
+
+def vqtorch_loss_factory(K, D, device):
+    from vector_quantize_pytorch import VectorQuantize
+
+    vq = VectorQuantize(dim=D, codebook_size=K).to(device)
+
+    def loss(x, means, log_var):
+        q, _, commit = vq(x[None])
+        return q.float().square().mean() + commit.sum()
+    return loss
+
+
+def provider_fn(provider, N, K, D, dtype_name, prec, device):
+    if provider == "triton":
+        return gmvq_loss("triton", prec)
+    if provider == "reference":
+        return gmvq_loss("reference")
+    if provider == "torch_compile":
+        return torch.compile(gmvq_loss("reference"))
+    if provider == "sdpa":
+        return sdpa_loss
+    if provider == "vqtorch":
+        return vqtorch_loss_factory(K, D, device)
+    raise ValueError(provider)
+
+
+def timeit(fn, device, quick):
+    if device.type == "cuda":
+        ms, lo, hi = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100,
+                                             quantiles=[0.5, 0.2, 0.8])
+        return ms, lo, hi
+    fn()
+    times = []
+    for _ in range(1 if quick else 3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2], times[0], times[-1]
+
+
+def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False):
+    """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such."""
+    dtype = DTYPES[dtype_name]
+    row = dict(provider=provider, mode=mode, dtype=dtype_name + (f"-{prec}" if prec else ""), N=N, K=K, D=D)
+    try:
+        fn = provider_fn(provider, N, K, D, dtype_name, prec, device)
+        inputs = make_inputs(N, K, D, dtype, device, requires_grad=mode != "fwd")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        if mode == "fwd":
+            def run():
+                with torch.no_grad():
+                    fn(*inputs)
+        elif mode == "bwd":
+            loss = fn(*inputs)
+
+            def run():
+                loss.backward(retain_graph=True)
+        else:
+            def run():
+                fn(*inputs).backward()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            row["peak_gib"] = (torch.cuda.max_memory_allocated() - base) / GIB
+        else:
+            row["peak_gib"] = None
+        ms, lo, hi = timeit(run, device, quick)
+        row.update(ms=ms, ms_p20=lo, ms_p80=hi, tflops=FLOPS_PER[mode] * N * K * D / (ms * 1e-3) / 1e12)
+    except torch.cuda.OutOfMemoryError:
+        row.update(ms=None, ms_p20=None, ms_p80=None, peak_gib=None, tflops=None, status="OOM")
+    except Exception as e:  # a provider that fails is reported, not dropped
+        row.update(ms=None, ms_p20=None, ms_p80=None, peak_gib=None, tflops=None,
+                   status=f"error: {type(e).__name__}: {str(e)[:200]}")
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def matmul_ceilings(device):
+    """Measured dense matmul rates (TFLOP/s) on this device: bf16 and tf32."""
+    if device.type != "cuda":
+        return {}
+    out = {}
+    n = 8192
+    for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        ms = triton.testing.do_bench(lambda: a @ b, warmup=25, rep=100)
+        torch.backends.cuda.matmul.allow_tf32 = old
+        out[name] = 2 * n**3 / (ms * 1e-3) / 1e12
+    return out
+
+
+def env_info(device):
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    return dict(device=name, torch=torch.__version__, triton=triton.__version__,
+                date=time.strftime("%Y-%m-%d"))
+
+
+def print_table(rows, info, file=sys.stdout):
+    print(f"# {info['device']} | torch {info['torch']} | triton {info['triton']} | {info['date']}", file=file)
+    print(f"{'provider':>14} {'mode':>8} {'dtype':>12} {'N':>7} {'K':>7} {'D':>4} {'ms':>9} {'p20':>9} "
+          f"{'p80':>9} {'GiB':>8} {'TFLOP/s':>8}", file=file)
+    for r in rows:
+        f = lambda v, fmt: ("-" if v is None else format(v, fmt))  # noqa: E731
+        print(f"{r['provider']:>14} {r['mode']:>8} {r['dtype']:>12} {r['N']:>7} {r['K']:>7} {r['D']:>4} "
+              f"{f(r.get('ms'), '9.3f')} {f(r.get('ms_p20'), '9.3f')} {f(r.get('ms_p80'), '9.3f')} "
+              f"{f(r.get('peak_gib'), '8.3f')} {f(r.get('tflops'), '8.1f')} {r.get('status', '')}", file=file)
+
+
+def save(rows, info, out, extra=None):
+    rows = [dict(r, **info) for r in rows]
+    with open(out, "w") as fh:
+        json.dump(dict(rows=rows, **(extra or {})), fh, indent=1)
+    csv = os.path.splitext(out)[0] + ".csv"
+    keys = ["provider", "mode", "dtype", "N", "K", "D", "ms", "ms_p20", "ms_p80", "peak_gib", "tflops", "status",
+            "device", "torch", "triton", "date"]
+    with open(csv, "w") as fh:
+        fh.write(",".join(keys) + "\n")
+        for r in rows:
+            fh.write(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n")
+
+
+def plot_scaling(rows, out_png, title):
+    """Time and memory against K (fixed N, D) and against N (fixed K, D), log axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (axis, fixed) in enumerate((("K", ("N", 8192)), ("N", ("K", 8192)))):
+        sel = [r for r in rows if r.get("sweep") == axis and r["mode"] == "fwd_bwd"]
+        for key in sorted({(r["provider"], r["dtype"]) for r in sel}):
+            pts = sorted((r[axis], r["ms"], r["peak_gib"]) for r in sel
+                         if (r["provider"], r["dtype"]) == key and r["ms"] is not None)
+            if not pts:
+                continue
+            xs, ms, gib = zip(*pts)
+            axes[0][col].plot(xs, ms, "o-", label=f"{key[0]} {key[1]}")
+            mem = [(x_, g_) for x_, g_ in zip(xs, gib) if g_]
+            if mem:
+                axes[1][col].plot(*zip(*mem), "o-", label=f"{key[0]} {key[1]}")
+        for row, ylabel in ((0, "fwd+bwd ms"), (1, "peak GiB beyond inputs")):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            if ax.lines:
+                ax.set_yscale("log")
+            ax.set_xlabel(f"{axis} ({fixed[0]}={fixed[1]}, D=64)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
+def run_smoke(args):
+    device = torch.device("cpu")
+    rows = []
+    for (N, K, D) in SMOKE_SHAPES:
+        for provider in ("reference", "torch_compile", "triton"):
+            for mode in ("fwd", "fwd_bwd"):
+                rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
+                                    prec="ieee" if provider == "triton" else None))
+    return rows
+
+
+# fp32 dot precisions measured per anchor row (each is a separate kernel compile: the GPU check must
+# stay within minutes); bf16 everywhere.
+FP32_PRECS = {0: ["tf32x3", "tf32"], 1: ["tf32"]}
+
+
+def run_full(args, device, deadline, checkpoint=None):
+    rows = []
+    for i, (N, K, D) in enumerate(ANCHOR_SHAPES):
+        for mode in ("fwd", "bwd", "fwd_bwd"):
+            rows.append(measure("triton", mode, "bf16", N, K, D, device))
+        for prec in FP32_PRECS.get(i, []):
+            rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
+        for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):
+            rows.append(measure(provider, "fwd_bwd", dtype_name, N, K, D, device))
+        if i in (1, 2) and time.time() < deadline:
+            rows.append(measure("torch_compile", "fwd_bwd", "bf16", N, K, D, device))
+        print_table([r for r in rows if (r["N"], r["K"], r["D"]) == (N, K, D)], env_info(device))
+        if checkpoint:
+            checkpoint(rows)
+    for sweep, shapes in (("K", K_SWEEP), ("N", N_SWEEP)):
+        for (N, K, D) in shapes:
+            if time.time() > deadline:
+                break
+            for provider in ("triton", "reference"):
+                if provider == "reference" and N * K > 2**31:
+                    continue
+                r = measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True)
+                r["sweep"] = sweep
+                rows.append(r)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (interpreter), seconds")
+    p.add_argument("--out", help="write rows as JSON (and .csv beside it; plots with --plot)")
+    p.add_argument("--plot", help="PNG path for the scaling plot")
+    p.add_argument("--budget-s", type=float, default=300, help="skip optional parts after this many seconds")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    info = env_info(device)
+    t0 = time.time()
+    if args.smoke or device.type == "cpu":
+        rows = run_smoke(args)
+        extra = {}
+    else:
+        ceilings = matmul_ceilings(device)
+        print(f"matmul ceilings (TFLOP/s): {ceilings}")
+        extra = dict(ceilings=ceilings)
+        checkpoint = (lambda rows: save(rows, info, args.out, extra)) if args.out else None
+        rows = run_full(args, device, t0 + args.budget_s, checkpoint)
+    print_table(rows, info)
+    if args.out:
+        save(rows, info, args.out, extra)
+    if args.plot:
+        plot_scaling(rows, args.plot, f"GM-VQ fwd+bwd scaling — {info['device']}")
+    bad = [r for r in rows if r.get("status", "").startswith("error")]
+    return 1 if args.smoke and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
