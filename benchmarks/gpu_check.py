@@ -65,15 +65,18 @@ def full_check(N, K, D, dtype, prec, hard, device, log):
     out, gout = forward_backward(x, m, lv, lp, "triton", up, dot_precision=prec, **dict(kw, noise=None, seed=5))
     row = dict(check="full", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), dot_precision=prec, hard=hard)
     # pass rule of the CPU tests (tests/utils.py): kernel ≤ 4·reference + precision tolerance; tf32 dots
-    # round operands to 10 mantissa bits, so they get 1e-2 against the fp64 definition instead
-    tol = 2.0**-8 if dtype == torch.bfloat16 else (1e-2 if prec == "tf32" else 1e-5)
+    # round operands to 10 mantissa bits, so they get 1e-2 against the fp64 definition instead. Half
+    # inputs must also stay within 2⁻⁷ of max|gt| outright: the half reference is so inexact (~50%)
+    # that the relative rule alone let garbage rows through once.
+    half = dtype in (torch.bfloat16, torch.float16)
+    tol = 2.0**-8 if half else (1e-2 if prec == "tf32" else 1e-5)
     ok = True
     for name, o, r, g in list(zip(FIELDS, out, ref, gt)) + list(zip(GRADS, gout, gref, ggt)):
         if name == "codes":
             row["codes_mismatch"] = int((o != g).sum())
         else:
             row[name] = (rel_err(o, g), rel_err(r, g))
-            ok &= row[name][0] <= 4 * row[name][1] + tol
+            ok &= row[name][0] <= 4 * row[name][1] + tol and (not half or row[name][0] <= 2.0**-7)
     row["ok"] = bool(ok)
     log(row)
     return row

@@ -1,7 +1,9 @@
 """Launch configuration and interpreter detection (one place for block sizes).
 
-Defaults were measured on one NVIDIA H200 (torch 2.11, triton 3.6.0), see benchmarks/README.md;
-``GMVQ_AUTOTUNE=1`` is not offered yet: every kernel has exactly one config per (D, dtype) bucket.
+Configs are bucketed by the tile width in bytes (fp32 tiles count double). They were checked for
+correctness and timed on one NVIDIA H200 (torch 2.11, triton 3.6.0, 2026-11-27), but not yet tuned:
+see benchmarks/README.md. There is no autotuning; benchmarks/gpu_check.py --tune times alternatives
+through ``OVERRIDE``.
 Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
 CPU tests fast while still crossing many codebook tiles.
 """
@@ -53,7 +55,10 @@ def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
         return KernelConfig(16, 16, 1, 1)
     w = _tile_width(D, dtype)
     if w <= 64:
-        return KernelConfig(128, 64, 8, 3)
+        # NOT (128, 64, 8 warps, 3 stages): with triton 3.6 on an H200 it returned garbage quantized rows
+        # (~1% of rows, bf16/fp16, D ≤ 64); this config was correct there and as fast or faster
+        # (benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt, config_retime.txt)
+        return KernelConfig(64, 64, 4, 2)
     if w <= 128:
         return KernelConfig(64, 64, 4, 3)
     if w <= 256:
