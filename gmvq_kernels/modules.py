@@ -115,10 +115,18 @@ class GaussianMixtureVQ(nn.Module):
     # --- k-means initialisation
     @torch.no_grad()
     def _kmeans_init(self, flat):
+        """k-means++ seeding then Lloyd iterations on the first training batch (rows chunked, so the
+        distance matrix is at most 4096 × K at a time)."""
         flat = flat.detach().to(self.means.dtype)
         K = self.codebook_size
-        idx = torch.randint(0, flat.shape[0], (K,), generator=self._generator).to(flat.device)
-        c = flat[idx].clone()
+        first = torch.randint(0, flat.shape[0], (1,), generator=self._generator).item()
+        c = flat[first:first + 1].clone()
+        d2 = ((flat - c) ** 2).sum(1)
+        for _ in range(1, K):
+            w = d2.float().cpu() + 1e-12  # all-zero distances (duplicate rows) fall back to uniform
+            nxt = flat[torch.multinomial(w, 1, generator=self._generator).item()][None]
+            c = torch.cat([c, nxt])
+            d2 = torch.minimum(d2, ((flat - nxt) ** 2).sum(1))
         for _ in range(self.kmeans_iters):
             assign = torch.cat([torch.cdist(chunk, c).argmin(1) for chunk in flat.split(4096)])
             sums = torch.zeros_like(c).index_add_(0, assign, flat)

@@ -1,0 +1,128 @@
+"""GaussianMixtureVQ (layouts, train/eval, tokenizer use, k-means init, state_dict) and the losses."""
+import math
+
+import pytest
+import torch
+
+import gmvq_kernels as gk
+
+
+def test_layouts_and_outputs(device):
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(8, 32, seed=0).to(device)
+    img = torch.randn(2, 8, 3, 5, device=device)            # channel-first (B, D, H, W)
+    out = vq(img)
+    assert out.quantized.shape == img.shape and out.quantized.dtype == img.dtype
+    assert out.codes.shape == (2, 3, 5) and out.codes.dtype == torch.int64
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    seq = torch.randn(2, 7, 8, device=device)               # channel-last (..., D)
+    out = vq(seq)
+    assert out.quantized.shape == seq.shape and out.codes.shape == (2, 7)
+    assert set(out.terms) == {"latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy"}
+    cl = gk.GaussianMixtureVQ(8, 32, channel_first=False).to(device)
+    assert cl(torch.randn(2, 3, 5, 8, device=device)).codes.shape == (2, 3, 5)
+
+
+def test_layout_errors():
+    vq = gk.GaussianMixtureVQ(8, 32)
+    with pytest.raises(ValueError, match=r"x must have D == 8 channels on axis 1 \(channel-first\); got shape \(2, 3, 4, 4\)"):
+        vq(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"x must have D == 8 on its last axis \(channel-last\); got shape \(4, 3\)"):
+        vq(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"dim must be an integer >= 1; got 0"):
+        gk.GaussianMixtureVQ(0, 4)
+    with pytest.raises(ValueError, match=r"codebook_size must be an integer >= 1; got -2"):
+        gk.GaussianMixtureVQ(4, -2)
+    with pytest.raises(ValueError, match=r"tau must be a number > 0; got 0"):
+        gk.GaussianMixtureVQ(4, 2, tau=0)
+
+
+def test_eval_is_deterministic_and_matches_tokenizer_api(device):
+    torch.manual_seed(1)
+    vq = gk.GaussianMixtureVQ(6, 20).to(device).eval()
+    x = torch.randn(3, 6, 4, 4, device=device)
+    a, b = vq(x), vq(x)
+    assert torch.equal(a.quantized, b.quantized) and torch.equal(a.codes, b.codes)
+    codes = vq.encode(x)
+    assert torch.equal(codes, a.codes)
+    assert torch.equal(vq.decode(codes), a.quantized)
+    # codes are argmax_k ℓ: nearest mean for equal variances and a uniform prior
+    flat = x.movedim(1, -1).reshape(-1, 6)
+    assert torch.equal(codes.reshape(-1), torch.cdist(flat, vq.means.detach()).argmin(1))
+
+
+def test_training_gradients_reach_every_parameter(device):
+    torch.manual_seed(2)
+    vq = gk.GaussianMixtureVQ(5, 12, learnable_prior=True, hard=True, tau=0.5).to(device)
+    x = torch.randn(40, 5, device=device, requires_grad=True)
+    out = vq(x)
+    (out.loss + out.quantized.square().mean()).backward()
+    for name, p in [("x", x), ("means", vq.means), ("log_var", vq._log_var), ("log_prior", vq.log_prior)]:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_shared_variance_and_noise_injection(device):
+    torch.manual_seed(3)
+    vq = gk.GaussianMixtureVQ(4, 9, per_component_variance=False, init_log_var=-1.0,
+                              noise_injection=True, seed=0).to(device)
+    assert vq._log_var.shape == (1,) and torch.equal(vq.log_var, torch.full((9,), -1.0, device=device))
+    x = torch.randn(30, 4, device=device)
+    noisy = vq(x).quantized
+    clean = gk.gmvq(x, vq.means, vq.log_var, seed=0).quantized
+    assert not torch.allclose(noisy, clean)
+    vq.noise_injection = False
+    out = vq(x)
+    out.loss.backward()
+    assert vq._log_var.grad.shape == (1,)
+
+
+def test_kmeans_init_first_batch(device):
+    torch.manual_seed(4)
+    centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]], device=device)
+    x = (centers[torch.randint(0, 3, (300,))] + 0.1 * torch.randn(300, 2)).to(device)
+    vq = gk.GaussianMixtureVQ(2, 3, kmeans_init=True, seed=0).to(device)
+    assert not bool(vq.initted)
+    vq(x)
+    assert bool(vq.initted)
+    found = vq.means.detach()
+    assert torch.cdist(centers, found).min(1).values.max() < 0.5
+    before = vq.means.detach().clone()
+    vq(x)  # no re-initialisation
+    assert torch.equal(before, vq.means.detach())
+
+
+def test_state_dict_round_trip_and_repr():
+    vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True)
+    vq2 = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True)
+    vq2.load_state_dict(vq.state_dict())
+    for (k, a), (_, b) in zip(vq.state_dict().items(), vq2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert "codebook_size=10" in repr(vq) and "learnable_prior=True" in repr(vq)
+
+
+def test_losses_match_definitions():
+    torch.manual_seed(5)
+    x, m, lv, lp = (torch.randn(25, 3).double(), torch.randn(7, 3).double(), torch.randn(7).double() * 0.2,
+                    torch.randn(7).double())
+    out = gk.gmvq_reference(x, m, lv, lp, seed=2)
+    log_pi = torch.log_softmax(lp, 0)
+    kl = (out.agg_posterior * (out.agg_posterior.log() - log_pi)).sum()
+    torch.testing.assert_close(gk.kl_to_prior(out.agg_posterior, lp), kl)
+    torch.testing.assert_close(gk.albo_loss(out, lp, beta=2.0, gamma=0.5), 0.5 * out.latent_nll.mean() + 2.0 * kl)
+    # ELBO: mean over rows of KL(q_n ‖ π), from dense q
+    a, b, _ = gk.reference.component_terms(lv, log_pi, 3)
+    q = torch.softmax(b - gk.reference.sq_distances(x, m) * a, 1)
+    per_sample = (q * (q.log() - log_pi)).sum(1).mean()
+    torch.testing.assert_close(gk.elbo_loss(out, lp, gamma=0.0), per_sample)
+    torch.testing.assert_close(gk.perplexity(out.agg_posterior), torch.exp(-(out.agg_posterior * out.agg_posterior.log()).sum()))
+    hist, ppl, used = gk.codebook_usage(torch.tensor([0, 0, 1, 3]), 5)
+    assert hist.tolist() == [2, 1, 0, 1, 0] and used == 3
+    assert math.isclose(ppl, math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
+
+
+def test_tau_schedule():
+    assert gk.tau_schedule(0, start=1.0, end=0.25, steps=100) == 1.0
+    assert math.isclose(gk.tau_schedule(50, start=1.0, end=0.25, steps=100), 0.5)
+    assert gk.tau_schedule(10_000, start=1.0, end=0.25, steps=100) == 0.25
+    with pytest.raises(ValueError, match="tau_schedule needs start > 0"):
+        gk.tau_schedule(1, start=0.0)
