@@ -12,7 +12,7 @@ from .losses import albo_loss, kl_to_prior, perplexity
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # same layout and dtype as the input
     codes: torch.Tensor      # input shape without the channel axis, int64
-    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π): add your reconstruction loss
+    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π) (+ γ·(D/2)·Σ q̄ λ when variances are learned)
     terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
 
 
@@ -24,7 +24,8 @@ class GaussianMixtureVQ(nn.Module):
         tau: Gumbel-softmax temperature (set ``.tau`` each step to anneal, see ``tau_schedule``).
         hard: straight-through one-hot samples in training.
         init_log_var: initial log σ² of every component. per_component_variance: one λ per code
-            (else one shared λ, the paper's σ_z²). learn_variance: λ is a Parameter (else a buffer).
+            (else one shared λ, the paper's σ_z²). learn_variance: λ is a Parameter (else a buffer, the
+            paper's fixed σ_z²); learned variances add their normaliser γ·(D/2)·Σ_k q̄_k λ_k to ``loss``.
         learnable_prior: learn prior logits ρ (else uniform π).
         beta, gamma: weights of KL(q̄ ‖ π) and of the latent term in ``loss``.
         noise_injection: training output z + s·ε with s² the mixture variance.
@@ -160,6 +161,11 @@ class GaussianMixtureVQ(nn.Module):
         else:
             z = self.means[out.codes]
         loss = albo_loss(out, self.log_prior, beta=self.beta, gamma=self.gamma)
+        if self._log_var.requires_grad:
+            # latent_nll drops −log p(z|c)'s (D/2)·log σ², a constant only for a fixed σ_z². Learned
+            # variances must pay it, or every σ² grows without bound and one broad component takes all
+            # rows (seen in the quality study): charged under q̄, the aggregated posterior.
+            loss = loss + self.gamma * 0.5 * self.dim * (out.agg_posterior * self.log_var.float()).sum()
         terms = dict(latent_nll=out.latent_nll.mean().detach(),
                      kl=kl_to_prior(out.agg_posterior, self.log_prior).detach(),
                      perplexity=perplexity(out.agg_posterior).detach(),

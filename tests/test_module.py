@@ -76,6 +76,22 @@ def test_shared_variance_and_noise_injection(device):
     assert vq._log_var.grad.shape == (1,)
 
 
+def test_learned_variance_converges_to_maximum_likelihood(device):
+    """K = 1: the loss in λ is γ·(mean d/(2σ²) + (D/2)·λ), minimised at σ² = mean(d)/D. Without the
+    normaliser σ² would grow without bound."""
+    torch.manual_seed(6)
+    vq = gk.GaussianMixtureVQ(4, 1, init_log_var=0.0, impl="reference").to(device)
+    vq.means.requires_grad_(False)
+    x = 0.5 * torch.randn(200, 4, device=device)
+    opt = torch.optim.SGD([vq._log_var], lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        vq(x).loss.backward()
+        opt.step()
+    target = ((x - vq.means[0]) ** 2).sum(1).mean() / 4
+    torch.testing.assert_close(vq.log_var.exp()[0], target, rtol=1e-3, atol=1e-4)
+
+
 def test_kmeans_init_first_batch(device):
     torch.manual_seed(4)
     centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]], device=device)

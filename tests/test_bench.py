@@ -1,0 +1,71 @@
+"""pytest-benchmark timings of small shapes (skipped unless --run-benchmarks) and smoke runs of the
+benchmark scripts (always: they must never rot)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gmvq_kernels as gk
+
+from utils import make_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.benchmark_suite
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_speed_small(benchmark, impl, mode, device):
+    x, m, lv, _ = [t if t is None else t.requires_grad_(mode != "fwd") for t in make_inputs(64, 128, 16, device=device)]
+
+    def step():
+        out = gk.gmvq(x, m, lv, impl=impl)
+        if mode == "fwd_bwd":
+            (gk.albo_loss(out) + out.quantized.square().mean()).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark(step)
+
+
+def run_script(args, interpret):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if not interpret:
+        env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_speed_smoke(tmp_path):
+    out = run_script(["benchmarks/speed.py", "--smoke", "--out", str(tmp_path / "s.json")], interpret=True)
+    import json
+    rows = json.load(open(tmp_path / "s.json"))["rows"]
+    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "triton"}
+    assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
+    assert "triton" in out
+
+
+def test_quality_smoke(tmp_path):
+    run_script(["benchmarks/quality.py", "--smoke", "--out", str(tmp_path / "q.json"), "--plots", str(tmp_path)],
+               interpret=False)
+    import json
+    res = json.load(open(tmp_path / "q.json"))
+    assert set(res["methods"]) == {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
+    for r in res["methods"].values():
+        assert 0 < r["mse"] < 1 and r["perplexity"] >= 1 and r["codes_used"] >= 1
+    assert (tmp_path / "quality_curves.png").exists() and (tmp_path / "quality_reconstructions.png").exists()
+
+
+def test_quality_rejects_bad_data(tmp_path):
+    import numpy as np
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 1, 6, 6), dtype=np.float32))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--smoke", "--data", str(bad)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "H, W multiples of 4" in proc.stderr
