@@ -120,8 +120,14 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, else reference), "triton", "reference".
     process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
-    Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x."""
+    Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. Under torch.autocast,
+    x and means are cast to the autocast dtype first (so quantized has that dtype)."""
     validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision)
+    if torch.is_autocast_enabled(x.device.type):
+        # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
+        # statistics stay fp32, quantized comes back in the autocast dtype
+        amp = torch.get_autocast_dtype(x.device.type)
+        x, means = x.to(amp), means.to(amp)
     impl = resolve_impl(impl, x)
     if impl == "reference":
         out = gmvq_reference(x, means, log_var, log_prior, tau=float(tau), hard=hard, seed=int(seed),

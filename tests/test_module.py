@@ -142,3 +142,25 @@ def test_tau_schedule():
     assert gk.tau_schedule(10_000, start=1.0, end=0.25, steps=100) == 0.25
     with pytest.raises(ValueError, match="tau_schedule needs start > 0"):
         gk.tau_schedule(1, start=0.0)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_autocast_bf16(impl, device):
+    if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    torch.manual_seed(7)
+    x = torch.randn(20, 8, device=device, requires_grad=True)
+    m = torch.randn(30, 8, device=device, requires_grad=True)
+    lv = torch.zeros(30, device=device, requires_grad=True)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out = gk.gmvq(x, m, lv, impl=impl)
+        loss = gk.albo_loss(out) + out.quantized.float().square().mean()
+    assert out.quantized.dtype == torch.bfloat16
+    for name in ("log_likelihood", "agg_posterior", "latent_nll", "mixture_var", "entropy"):
+        assert getattr(out, name).dtype == torch.float32, name
+    loss.backward()
+    for t in (x, m, lv):
+        assert t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all()
+    # the same numbers as feeding bf16 inputs directly
+    ref = gk.gmvq(x.detach().bfloat16(), m.detach().bfloat16(), lv.detach(), impl=impl)
+    torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
