@@ -42,6 +42,24 @@ def load_row_vec(ptr, offs_n, N, HAS: tl.constexpr):
 
 
 @triton.jit
+def load_row_grads(ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr,
+                   offs_n, N, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr,
+                   HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr, HARD: tl.constexpr):
+    """The per-row vectors a backward tile needs (zeros for absent gradients; hard index −1 off-rows)."""
+    ent = load_row_vec(ent_ptr, offs_n, N, HAS_GH)
+    delta_y = load_row_vec(delta_y_ptr, offs_n, N, HAS_GZ or HAS_GLAT or HAS_GS)
+    delta_q = load_row_vec(delta_q_ptr, offs_n, N, HAS_GC)
+    g_lse = load_row_vec(glse_ptr, offs_n, N, HAS_GLSE)
+    g_h = load_row_vec(gh_ptr, offs_n, N, HAS_GH)
+    g_lat = load_row_vec(glat_ptr, offs_n, N, HAS_GLAT)
+    g_s = load_row_vec(gs_ptr, offs_n, N, HAS_GS)
+    hard_idx = tl.zeros(offs_n.shape, tl.int64)
+    if HARD:
+        hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < N, other=-1)
+    return ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx
+
+
+@triton.jit
 def sample_terms(logits, d, a, v, gz_mu, g, y_scale, stats_ptr, offs_n, N, g_lat, g_s,
                  HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
     """(y, Y): the soft sample, recomputed with the forward's exact exponent, and the upstream value
@@ -111,16 +129,9 @@ def _gmvq_bwd_dx_kernel(
     gz = tl.zeros((BLOCK_N, BLOCK_D), x.dtype)
     if HAS_GZ:
         gz, _ = load_rows(gz_ptr, offs_n, N, D, offs_d, UPCAST)
-    ent = load_row_vec(ent_ptr, offs_n, N, HAS_GH)
-    delta_y = load_row_vec(delta_y_ptr, offs_n, N, HAS_Y)
-    delta_q = load_row_vec(delta_q_ptr, offs_n, N, HAS_GC)
-    g_lse = load_row_vec(glse_ptr, offs_n, N, HAS_GLSE)
-    g_h = load_row_vec(gh_ptr, offs_n, N, HAS_GH)
-    g_lat = load_row_vec(glat_ptr, offs_n, N, HAS_GLAT)
-    g_s = load_row_vec(gs_ptr, offs_n, N, HAS_GS)
-    hard_idx = tl.zeros((BLOCK_N,), tl.int64)
-    if HARD:
-        hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
+    ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx = load_row_grads(
+        ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr, offs_n, N,
+        HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH, HAS_GC, HARD)
 
     dd_sum = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
@@ -193,16 +204,9 @@ def _gmvq_bwd_dmu_kernel(
         if HAS_GZ:
             gz, _ = load_rows(gz_ptr, offs_n, row_hi, D, offs_d, UPCAST)
             gz_mu = tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
-        ent = load_row_vec(ent_ptr, offs_n, row_hi, HAS_GH)
-        delta_y = load_row_vec(delta_y_ptr, offs_n, row_hi, HAS_Y)
-        delta_q = load_row_vec(delta_q_ptr, offs_n, row_hi, HAS_GC)
-        g_lse = load_row_vec(glse_ptr, offs_n, row_hi, HAS_GLSE)
-        g_h = load_row_vec(gh_ptr, offs_n, row_hi, HAS_GH)
-        g_lat = load_row_vec(glat_ptr, offs_n, row_hi, HAS_GLAT)
-        g_s = load_row_vec(gs_ptr, offs_n, row_hi, HAS_GS)
-        hard_idx = tl.zeros((BLOCK_N,), tl.int64)
-        if HARD:
-            hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
+        ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx = load_row_grads(
+            ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr, offs_n, row_hi,
+            HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH, HAS_GC, HARD)
         g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         if HAS_Y:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, HAS_NOISE, BLOCK_K)

@@ -47,43 +47,45 @@ def _tile_width(D: int, dtype: torch.dtype) -> int:
     return block_d(D) * max(1, torch.empty((), dtype=dtype).element_size() // 2)
 
 
+KC = KernelConfig
+# (largest tile width in 2-byte units, config), first match wins; the last row takes everything wider.
+ROW_CONFIGS = (
+    # NOT (128, 64, 8 warps, 3 stages) at ≤ 64: with triton 3.6 on an H200 it returned garbage quantized
+    # rows (~1 %, bf16/fp16); (64, 64, 4, 2) was correct there and as fast or faster
+    # (benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt, config_retime.txt)
+    (64, KC(64, 64, 4, 2)),
+    (128, KC(64, 64, 4, 3)),
+    (256, KC(64, 32, 8, 2)),
+    (512, KC(32, 32, 8, 2)),
+    (None, KC(16, 16, 4, 1)),  # fp32 at D = 512: within an A100's 163 KiB of shared memory
+)
+COL_CONFIGS = (
+    (64, KC(64, 128, 8, 3)),
+    (128, KC(64, 64, 4, 3)),
+    (256, KC(32, 64, 8, 2)),
+    (512, KC(32, 32, 8, 2)),
+    (None, KC(16, 16, 4, 1)),
+)
+INTERPRET_CONFIG = KC(16, 16, 1, 1)
+
+
+def _pick(kind: str, table, D: int, dtype: torch.dtype) -> KernelConfig:
+    if kind in OVERRIDE:
+        return OVERRIDE[kind]
+    if INTERPRET:
+        return INTERPRET_CONFIG
+    w = _tile_width(D, dtype)
+    return next(cfg for limit, cfg in table if limit is None or w <= limit)
+
+
 def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
     """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K."""
-    if "row" in OVERRIDE:
-        return OVERRIDE["row"]
-    if INTERPRET:
-        return KernelConfig(16, 16, 1, 1)
-    w = _tile_width(D, dtype)
-    if w <= 64:
-        # NOT (128, 64, 8 warps, 3 stages): with triton 3.6 on an H200 it returned garbage quantized rows
-        # (~1% of rows, bf16/fp16, D ≤ 64); this config was correct there and as fast or faster
-        # (benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt, config_retime.txt)
-        return KernelConfig(64, 64, 4, 2)
-    if w <= 128:
-        return KernelConfig(64, 64, 4, 3)
-    if w <= 256:
-        return KernelConfig(64, 32, 8, 2)
-    if w <= 512:
-        return KernelConfig(32, 32, 8, 2)
-    return KernelConfig(16, 16, 4, 1)  # fp32 at D = 512: within an A100's 163 KiB of shared memory
+    return _pick("row", ROW_CONFIGS, D, dtype)
 
 
 def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
     """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
-    if "col" in OVERRIDE:
-        return OVERRIDE["col"]
-    if INTERPRET:
-        return KernelConfig(16, 16, 1, 1)
-    w = _tile_width(D, dtype)
-    if w <= 64:
-        return KernelConfig(64, 128, 8, 3)
-    if w <= 128:
-        return KernelConfig(64, 64, 4, 3)
-    if w <= 256:
-        return KernelConfig(32, 64, 8, 2)
-    if w <= 512:
-        return KernelConfig(32, 32, 8, 2)
-    return KernelConfig(16, 16, 4, 1)
+    return _pick("col", COL_CONFIGS, D, dtype)
 
 
 def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from . import config
+from .autograd import GMVQFunction
 from .reference import GMVQOutput, gmvq_reference, log_prior_probs
 
 IMPLS = ("auto", "triton", "reference")
@@ -133,8 +134,6 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
         out = gmvq_reference(x, means, log_var, log_prior, tau=float(tau), hard=hard, seed=int(seed),
                              noise=noise)
     else:
-        from .autograd import GMVQFunction
-
         log_var32 = log_var.float()
         out = GMVQOutput(*GMVQFunction.apply(
             x.contiguous(), means.contiguous(), log_var32, log_prior_probs(log_prior, means.shape[0], log_var32),

@@ -107,11 +107,12 @@ class GaussianMixtureVQ(nn.Module):
         return out.codes.reshape(lead)
 
     def decode(self, codes: torch.Tensor, channel_first: Optional[bool] = None) -> torch.Tensor:
-        """Means of the codes: (..., D), or (B, D, H, W) for 3-D codes when the layout is channel-first."""
+        """Means of the codes: (..., D), or (B, D, H, W) when channel-first (by default: 3-D codes,
+        unless the module's ``channel_first`` says otherwise)."""
+        if channel_first is None:
+            channel_first = self.channel_first if self.channel_first is not None else codes.dim() == 3
         z = self.means[codes]
-        cf = (codes.dim() == 3) if (channel_first is None and self.channel_first is None) else \
-            bool(channel_first if channel_first is not None else self.channel_first)
-        return z.movedim(-1, 1) if cf else z
+        return z.movedim(-1, 1) if channel_first else z
 
     # --- k-means initialisation
     @torch.no_grad()

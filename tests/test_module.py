@@ -83,8 +83,8 @@ def test_learned_variance_converges_to_maximum_likelihood(device):
     vq = gk.GaussianMixtureVQ(4, 1, init_log_var=0.0, impl="reference").to(device)
     vq.means.requires_grad_(False)
     x = 0.5 * torch.randn(200, 4, device=device)
-    opt = torch.optim.SGD([vq._log_var], lr=0.1)
-    for _ in range(300):
+    opt = torch.optim.SGD([vq._log_var], lr=0.3)  # convex in λ, curvature 2 at the optimum: converges fast
+    for _ in range(60):
         opt.zero_grad()
         vq(x).loss.backward()
         opt.step()
