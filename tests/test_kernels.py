@@ -262,7 +262,7 @@ def test_no_n_by_k_allocation(hard, device):
     assert max(s[2] for s in rec2.shapes) >= N * K * 4
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)  # fixed examples: CI must not flake
 @given(N=st.integers(1, 40), K=st.integers(1, 70), D=st.integers(1, 24), hard=st.booleans(),
        prior=st.booleans(), tau=st.sampled_from([0.1, 1.0, 3.0]), scale=st.sampled_from([0.1, 1.0, 10.0]))
 def test_property_kernel_matches_reference(N, K, D, hard, prior, tau, scale):

@@ -153,7 +153,7 @@ def test_gumbel_max_frequencies_match_q_reference():
     assert chi_square_pvalue(counts, q) > 1e-3
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # fixed examples: CI must not flake
 @given(N=st.integers(1, 12), K=st.integers(1, 12), D=st.integers(1, 9),
        scale=st.sampled_from([1e-3, 1.0, 100.0]), lv_shift=st.sampled_from([-20.0, 0.0, 20.0]),
        hard=st.booleans(), prior=st.booleans(), tau=st.sampled_from([0.05, 1.0, 5.0]))
