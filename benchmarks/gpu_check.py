@@ -36,7 +36,7 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def forward_backward(x, m, lv, lp, impl, up, rows=None, **kw):
+def forward_backward(x, m, lv, lp, impl, up, **kw):
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, m, lv, lp)]
     out = gk.gmvq(*leaves, impl=impl, **kw)
     loss = sum((o.double() * u).sum() for o, u in zip(out, up) if u is not None)
@@ -45,10 +45,9 @@ def forward_backward(x, m, lv, lp, impl, up, rows=None, **kw):
 
 
 def upstream(N, K, D, device, gen):
-    return [torch.randn(N, D, generator=gen, device=device, dtype=torch.float64), None,
-            torch.randn(N, generator=gen, device=device, dtype=torch.float64),
-            torch.randn(K, generator=gen, device=device, dtype=torch.float64)]+[
-            torch.randn(N, generator=gen, device=device, dtype=torch.float64) for _ in range(3)]
+    """One random upstream gradient per output (None for codes), float64."""
+    r = lambda *shape: torch.randn(*shape, generator=gen, device=device, dtype=torch.float64)  # noqa: E731
+    return [r(N, D), None, r(N), r(K), r(N), r(N), r(N)]
 
 
 def full_check(N, K, D, dtype, prec, hard, device, log):

@@ -1,8 +1,8 @@
 """Backward kernels of the fused GM-VQ op: recompute, never store N×K (DESIGN.md §2).
 
-Per (n, k) every kernel rebuilds d, ℓ, q = exp(ℓ − lse) and the soft sample y = exp((ℓ + g)/τ − lse_y)
-(exponents (e − m)·scale from the forward's row statistics, as the forward formed them)
-(the Gumbel noise g regenerated from its counters), then
+Per (n, k) every kernel rebuilds d, ℓ, q = softmax(ℓ) and the soft sample y = softmax((ℓ + g)/τ) from
+the forward's row statistics (each softmax's max m and log2-sum, exponents (e − m)·scale exactly as
+the forward formed them), with the Gumbel noise g regenerated from its counters, then
 
     Y     = Ḡ_z·μ_k + Ḡ_s σ_k² + Ḡ_lat d a_k                   (only with Ḡ_z, Ḡ_s or Ḡ_lat)
     dℓ    = (y/τ)(Y − Δy) + q [Ḡ_lse + Ḡ_c[k] − Δq − Ḡ_H (log q + H)]
