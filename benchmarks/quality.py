@@ -134,32 +134,18 @@ class HardVQ(nn.Module):
 
 
 class MixtureVQ(nn.Module):
-    """GM-VQ / Gumbel quantizer on gk.gmvq; objective 'albo' (β) or 'elbo'."""
+    """GM-VQ / Gumbel quantizer: gk.GaussianMixtureVQ with the paper's fixed shared σ_z², returning
+    (quantized, codes, loss terms) like HardVQ."""
 
     def __init__(self, dim, K, objective, beta, kmeans_init, seed=0):
         super().__init__()
-        # the paper's setting: one fixed variance σ_z² shared by all components
-        self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, kmeans_init=kmeans_init,
-                                       per_component_variance=False, learn_variance=False,
-                                       init_log_var=math.log(SIGMA_Z2), seed=seed)
-        self.objective = objective
+        self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, objective=objective,
+                                       kmeans_init=kmeans_init, per_component_variance=False,
+                                       learn_variance=False, init_log_var=math.log(SIGMA_Z2), seed=seed)
 
     def forward(self, z):
-        vq = self.vq
-        flat, lead = vq._flatten(z)
-        if self.training and not bool(vq.initted):
-            vq._kmeans_init(flat)
-        if not self.training:
-            codes = vq.encode(z).reshape(-1)
-            q = vq.means[codes]
-            return vq._unflatten(q, lead, True), codes, torch.zeros(())
-        seed = int(torch.randint(0, 2**62, (1,), generator=vq._generator))
-        out = gk.gmvq(flat, vq.means, vq.log_var, vq.log_prior, tau=vq.tau, hard=True, seed=seed)
-        if self.objective == "elbo":
-            aux = gk.elbo_loss(out, vq.log_prior, beta=vq.beta)
-        else:
-            aux = gk.albo_loss(out, vq.log_prior, beta=vq.beta)
-        return vq._unflatten(out.quantized, lead, True), out.codes, aux
+        out = self.vq(z)
+        return out.quantized, out.codes, out.loss
 
 
 def make_quantizer(method, dim, K, seed):

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from .functional import gmvq
-from .losses import albo_loss, kl_to_prior, perplexity
+from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 
 
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # same layout and dtype as the input
     codes: torch.Tensor      # input shape without the channel axis, int64
-    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π) (+ γ·(D/2)·Σ q̄ λ when variances are learned)
+    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π) (ALBO; ELBO: per-sample KL) (+ γ·(D/2)·Σ q̄ λ if learned σ²)
     terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
 
 
@@ -27,7 +27,8 @@ class GaussianMixtureVQ(nn.Module):
             (else one shared λ, the paper's σ_z²). learn_variance: λ is a Parameter (else a buffer, the
             paper's fixed σ_z²); learned variances add their normaliser γ·(D/2)·Σ_k q̄_k λ_k to ``loss``.
         learnable_prior: learn prior logits ρ (else uniform π).
-        beta, gamma: weights of KL(q̄ ‖ π) and of the latent term in ``loss``.
+        beta, gamma: weights of the KL term and of the latent term in ``loss``.
+        objective: "albo" (KL of the aggregated posterior, GM-VQ) or "elbo" (per-sample KL, the baseline).
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
         kmeans_init: initialise the means by k-means on the first training batch.
@@ -39,7 +40,8 @@ class GaussianMixtureVQ(nn.Module):
     def __init__(self, dim: int, codebook_size: int, *, tau: float = 1.0, hard: bool = False,
                  init_log_var: float = 0.0, per_component_variance: bool = True,
                  learn_variance: bool = True, learnable_prior: bool = False, beta: float = 1.0,
-                 gamma: float = 1.0, noise_injection: bool = False, channel_first: Optional[bool] = None,
+                 gamma: float = 1.0, objective: str = "albo", noise_injection: bool = False,
+                 channel_first: Optional[bool] = None,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
                  seed: Optional[int] = None):
@@ -50,7 +52,9 @@ class GaussianMixtureVQ(nn.Module):
             raise ValueError(f"codebook_size must be an integer >= 1; got {codebook_size!r}")
         if not (isinstance(tau, (int, float)) and tau > 0):
             raise ValueError(f"tau must be a number > 0; got {tau!r}")
-        self.dim, self.codebook_size = dim, codebook_size
+        if objective not in ("albo", "elbo"):
+            raise ValueError(f"objective must be 'albo' or 'elbo'; got {objective!r}")
+        self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
         self.tau, self.hard, self.beta, self.gamma = float(tau), hard, beta, gamma
         self.noise_injection, self.channel_first = noise_injection, channel_first
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
@@ -72,7 +76,7 @@ class GaussianMixtureVQ(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, tau={self.tau}, hard={self.hard}, "
-                f"beta={self.beta}, gamma={self.gamma}, shared_variance={self._log_var.numel() == 1}, "
+                f"beta={self.beta}, gamma={self.gamma}, objective={self.objective!r}, shared_variance={self._log_var.numel() == 1}, "
                 f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}")
 
     # --- layout
@@ -161,7 +165,8 @@ class GaussianMixtureVQ(nn.Module):
                 z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
         else:
             z = self.means[out.codes]
-        loss = albo_loss(out, self.log_prior, beta=self.beta, gamma=self.gamma)
+        objective = albo_loss if self.objective == "albo" else elbo_loss
+        loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma)
         if self._log_var.requires_grad:
             # latent_nll drops −log p(z|c)'s (D/2)·log σ², a constant only for a fixed σ_z². Learned
             # variances must pay it, or every σ² grows without bound and one broad component takes all

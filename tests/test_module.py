@@ -136,6 +136,23 @@ def test_losses_match_definitions():
     assert math.isclose(ppl, math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
 
 
+def test_module_objective_elbo_and_albo():
+    torch.manual_seed(8)
+    x = torch.randn(30, 4)
+    losses = {}
+    for objective in ("albo", "elbo"):
+        vq = gk.GaussianMixtureVQ(4, 6, objective=objective, learn_variance=False, impl="reference", seed=1)
+        vq.means.data = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+        losses[objective] = vq(x).loss
+        out = gk.gmvq(x, vq.means, vq.log_var, impl="reference",
+                      seed=int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1))))
+        want = (gk.albo_loss if objective == "albo" else gk.elbo_loss)(out)
+        torch.testing.assert_close(losses[objective], want)
+    assert not torch.allclose(losses["albo"], losses["elbo"])
+    with pytest.raises(ValueError, match=r"objective must be 'albo' or 'elbo'; got 'vq'"):
+        gk.GaussianMixtureVQ(4, 6, objective="vq")
+
+
 def test_tau_schedule():
     assert gk.tau_schedule(0, start=1.0, end=0.25, steps=100) == 1.0
     assert math.isclose(gk.tau_schedule(50, start=1.0, end=0.25, steps=100), 0.5)
