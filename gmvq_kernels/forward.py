@@ -140,8 +140,9 @@ def _gmvq_fwd_kernel(
         acc_z = acc_z * alpha_y[:, None] + tl.dot(p_y.to(mu.dtype), mu, input_precision=DOT_PRECISION)
         if HARD:
             better_y = tile_ymax > m_y
-            pick = (tl.arange(0, BLOCK_K)[None, :] == tl.argmax(noisy, axis=1)[:, None])
-            hard_k = tl.where(better_y, tl.argmax(noisy, axis=1).to(tl.int64) + k_start, hard_k)
+            tile_yarg = tl.argmax(noisy, axis=1)
+            pick = tl.arange(0, BLOCK_K)[None, :] == tile_yarg[:, None]
+            hard_k = tl.where(better_y, tile_yarg.to(tl.int64) + k_start, hard_k)
             hard_lat = tl.where(better_y, tl.sum(tl.where(pick, da, 0.0), axis=1), hard_lat)
             hard_v = tl.where(better_y, tl.sum(tl.where(pick, v[None, :], 0.0), axis=1), hard_v)
         m_y = m_y_new
