@@ -5,7 +5,7 @@
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
-2. Bitwise determinism of repeated calls.
+2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager.
 3. benchmarks/speed.py: the ANCHORS rows, the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: a few block configurations of the row and column kernels at one shape.
 
@@ -131,6 +131,31 @@ def determinism_check(device, log, shape=(4096, 8192, 64)):
     return same
 
 
+def compile_check(device, log, shape=(4096, 8192, 64)):
+    """torch.compile(fullgraph=True, inductor) of gmvq with backward against eager, over three
+    temperatures and seeds; counts compilations (the op takes tau and seed as graph inputs)."""
+    import torch._dynamo.testing
+
+    x, m, lv = speed.make_inputs(*shape, torch.bfloat16, device, True)
+
+    def fwd(x, m, lv, tau, seed):
+        out = gk.gmvq(x, m, lv, impl="triton", hard=True, tau=tau, seed=seed)
+        return out.quantized, out.agg_posterior, gk.albo_loss(out) + out.quantized.float().square().mean()
+
+    def step(fn, tau, seed):
+        z, agg, loss = fn(x, m, lv, tau, seed)
+        return [z, agg, *torch.autograd.grad(loss, (x, m, lv))]
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(fwd, fullgraph=True, backend=counter)
+    errs = []
+    for tau, seed in ((1.0, 1), (0.7, 2), (0.5, 3)):
+        errs.append(max(rel_err(a, b) for a, b in zip(step(compiled, tau, seed), step(fwd, tau, seed))))
+    log(dict(check="torch_compile", N=shape[0], K=shape[1], D=shape[2], dtype="bf16", max_rel_err=max(errs),
+             compilations=counter.frame_count))
+
+
 def tune(device, log, deadline):
     """fwd+bwd time of a few row / column block configs at one bf16 shape per D bucket."""
     KC = config.KernelConfig
@@ -183,6 +208,7 @@ def main():
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
         lambda: determinism_check(device, log),
+        lambda: compile_check(device, log),
     ]
     if args.dry:
         checks = [
@@ -190,6 +216,7 @@ def main():
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
+            lambda: compile_check(device, log, (20, 40, 8)),
         ]
         args.skip_bench, args.tune = True, False
     for c in checks:

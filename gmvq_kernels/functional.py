@@ -1,12 +1,12 @@
 """``gmvq``: input validation (the one place user-facing errors are raised) and impl dispatch."""
-import math
 import numbers
 from typing import Optional
 
 import torch
 
 from . import config
-from .autograd import GMVQFunction
+from .autograd import FWD_OUTPUTS, all_reduce_sum, check_tau, fused_fwd
+from .noise import seed_tensor
 from .reference import GMVQOutput, gmvq_reference, log_prior_probs
 
 IMPLS = ("auto", "triton", "reference")
@@ -64,10 +64,16 @@ def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision
     for name, t in params.items():
         if t is not None and isinstance(t, torch.Tensor) and t.device != x.device:
             raise ValueError(f"{name} must be on the device of x ({x.device}); got {t.device}")
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a finite number > 0; got {tau!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64); got {seed!r}")
+    if not torch.compiler.is_compiling():
+        # under torch.compile a comparison would pin tau's value into the graph (a recompile per
+        # temperature); the op checks it at run time instead
+        check_tau(tau)
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != "cpu":
+            raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got a tensor "
+                             f"of shape {_shape(seed)}, dtype {seed.dtype} on {seed.device}")
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got {seed!r}")
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise must be a torch.Tensor or None; got {type(noise).__name__}")
@@ -97,18 +103,14 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
 
 
 def _global_agg_posterior(agg, n_local, process_group):
-    """q̄ over all ranks: all-reduce of the column sums and row counts. The all-reduce is autograd-aware
-    (its backward all-reduces the incoming gradient), so after DDP averages parameter gradients they
-    equal one process's on the global batch (see README, "Data parallel")."""
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_reduce
-
-    counts = torch.tensor([float(n_local)], dtype=agg.dtype, device=agg.device)
-    dist.all_reduce(counts, group=process_group)
-    return all_reduce(agg * n_local, group=process_group) / counts
+    """q̄ over all ranks: one all-reduce of [column sums, row count]. It is autograd-aware (its backward
+    all-reduces the incoming gradient), so after DDP averages parameter gradients they equal one
+    process's on the global batch (see README, "Data parallel")."""
+    sums = all_reduce_sum(torch.cat([agg * n_local, agg.new_full((1,), n_local)]), process_group.group_name)
+    return sums[:-1] / sums[-1]
 
 
-def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False, seed: int = 0,
+def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False, seed=0,
          noise: Optional[torch.Tensor] = None, impl: str = "auto", process_group=None,
          dot_precision: Optional[str] = None) -> GMVQOutput:
     """Fused GM-VQ (DESIGN.md §1): quantized, codes, log_likelihood, agg_posterior, latent_nll,
@@ -117,12 +119,15 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     x (N, D) and means (K, D) share a dtype (fp32/fp16/bf16 for the kernels; fp64 too for the reference);
     log_var (K,) per-component log-variance; log_prior (K,) prior logits or None (uniform).
     tau: Gumbel-softmax temperature > 0. hard: straight-through one-hot sample. seed: 64-bit key of the
-    in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it); noise: explicit (N, K) noise instead.
+    in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it), an int in [0, 2**64) or a 0-dim
+    int64 CPU tensor with its bits; noise: explicit (N, K) noise instead.
     impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, else reference), "triton", "reference".
     process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
     Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. Under torch.autocast,
-    x and means are cast to the autocast dtype first (so quantized has that dtype)."""
+    x and means are cast to the autocast dtype first (so quantized has that dtype).
+    torch.compile(fullgraph=True) traces it: the kernels are custom ops (autograd.py), and a changing
+    tau or seed does not recompile after the first change (tau's value is then checked in the op)."""
     validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision)
     if torch.is_autocast_enabled(x.device.type):
         # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
@@ -131,14 +136,15 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
         x, means = x.to(amp), means.to(amp)
     impl = resolve_impl(impl, x)
     if impl == "reference":
-        out = gmvq_reference(x, means, log_var, log_prior, tau=float(tau), hard=hard, seed=int(seed),
-                             noise=noise)
+        out = gmvq_reference(x, means, log_var, log_prior, tau=tau, hard=hard, seed=seed, noise=noise)
     else:
         log_var32 = log_var.float()
-        out = GMVQOutput(*GMVQFunction.apply(
-            x.contiguous(), means.contiguous(), log_var32, log_prior_probs(log_prior, means.shape[0], log_var32),
-            None if noise is None else noise.float().contiguous(),
-            float(tau), bool(hard), int(seed), dot_precision or config.DEFAULT_DOT_PRECISION))
+        outs = fused_fwd(x.contiguous(), means.contiguous(), log_var32,
+                         log_prior_probs(log_prior, means.shape[0], log_var32),
+                         None if noise is None else noise.float().contiguous(),
+                         torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
+                         bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION)
+        out = GMVQOutput(*outs[:FWD_OUTPUTS])
     if process_group is not None:
         out = out._replace(agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
     return out

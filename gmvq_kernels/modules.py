@@ -16,6 +16,10 @@ class QuantizerOutput(NamedTuple):
     terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
 
 
+def _sync_kmeans_pending(module, _incompatible_keys):
+    module._kmeans_pending = not bool(module.initted)
+
+
 class GaussianMixtureVQ(nn.Module):
     """GM-VQ quantizer owning the codebook means (K, D), log-variances and optionally prior logits.
 
@@ -32,6 +36,8 @@ class GaussianMixtureVQ(nn.Module):
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
         kmeans_init: initialise the means by k-means on the first training batch.
+        seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike); also seeds
+            the k-means++ sampling. None: drawn from torch's global RNG at construction.
         impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
             process group; None = when torch.distributed is initialised with more than one rank.
     In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
@@ -52,6 +58,8 @@ class GaussianMixtureVQ(nn.Module):
             raise ValueError(f"codebook_size must be an integer >= 1; got {codebook_size!r}")
         if not (isinstance(tau, (int, float)) and tau > 0):
             raise ValueError(f"tau must be a number > 0; got {tau!r}")
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**62):
+            raise ValueError(f"seed must be None or an integer in [0, 2**62); got {seed!r}")
         if objective not in ("albo", "elbo"):
             raise ValueError(f"objective must be 'albo' or 'elbo'; got {objective!r}")
         self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
@@ -67,7 +75,16 @@ class GaussianMixtureVQ(nn.Module):
             self.register_buffer("_log_var", lv)
         self.log_prior = nn.Parameter(torch.zeros(codebook_size)) if learnable_prior else None
         self.register_buffer("initted", torch.tensor(not kmeans_init))
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # Python mirror of ``initted`` (kept in sync on load_state_dict): torch.compile can branch on it
+        # without reading a tensor
+        self._kmeans_pending = kmeans_init
+        self.register_load_state_dict_post_hook(_sync_kmeans_pending)
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None  # k-means++ only
+        # Training step t draws its Gumbel noise with seed base + t. A CPU tensor, not a buffer: it stays
+        # on the CPU when the module moves (the launch reads it without a device sync), and torch.compile
+        # takes it as a graph input (a Python int attribute would recompile every step).
+        base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+        self._next_seed = torch.tensor(base, dtype=torch.int64)
 
     @property
     def log_var(self) -> torch.Tensor:
@@ -119,6 +136,7 @@ class GaussianMixtureVQ(nn.Module):
         return z.movedim(-1, 1) if channel_first else z
 
     # --- k-means initialisation
+    @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
     @torch.no_grad()
     def _kmeans_init(self, flat):
         """k-means++ seeding then Lloyd iterations on the first training batch (rows chunked, so the
@@ -140,6 +158,12 @@ class GaussianMixtureVQ(nn.Module):
             c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
         self.means.copy_(c)
         self.initted.fill_(True)
+        self._kmeans_pending = False
+
+    def init_codebook(self, x: torch.Tensor) -> None:
+        """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
+        ``torch.compile(fullgraph=True)``, which cannot trace it."""
+        self._kmeans_init(self._flatten(x)[0])
 
     def _process_group(self):
         import torch.distributed as dist
@@ -152,9 +176,12 @@ class GaussianMixtureVQ(nn.Module):
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         flat, lead = self._flatten(x)
         cf = self._is_channel_first(x)
-        if self.training and not bool(self.initted):
+        if self.training and self._kmeans_pending:
             self._kmeans_init(flat)
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._generator)) if self.training else 0
+        seed = 0
+        if self.training:
+            seed = self._next_seed.clone()
+            self._next_seed += 1
         out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
                    tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
                    process_group=self._process_group() if self.training else None,

@@ -76,8 +76,24 @@ def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, row_offset,
     tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], g, mask=mask)
 
 
-def split_seed(seed: int):
-    """64-bit seed -> (lo, hi) 32-bit Philox key words."""
+def as_int64(seed: int) -> int:
+    """A seed in [0, 2**64) as the signed int64 with the same bits (identity below 2**63)."""
+    return seed - 2**64 if isinstance(seed, int) and seed >= 2**63 else seed
+
+
+def seed_tensor(seed) -> torch.Tensor:
+    """The seed as the 0-dim int64 CPU tensor the custom ops take (a tensor passes through).
+
+    A tensor, not an int: under torch.compile a changing int seed on a module attribute would be a
+    recompile per step; a tensor is a graph input. ``torch.ones(()) * seed`` rather than
+    ``torch.tensor(seed)``, which would pin a symbolic seed's value into the graph."""
+    if isinstance(seed, torch.Tensor):
+        return seed
+    return torch.ones((), dtype=torch.int64) * as_int64(seed)
+
+
+def split_seed(seed):
+    """64-bit seed (int, or int64 tensor in two's complement) -> (lo, hi) 32-bit Philox key words."""
     seed = int(seed) & ((1 << 64) - 1)
     return seed & _MASK32, seed >> 32
 
@@ -106,15 +122,22 @@ def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.nda
     return np.take_along_axis(stacked, (k & np.uint64(3)).astype(np.int64)[..., None], -1)[..., 0]
 
 
-@torch.compiler.disable  # a raw Triton launch (or NumPy): run eagerly when a caller is being compiled
-def gumbel_noise(N: int, K: int, seed: int = 0, device=None, row_offset: int = 0) -> torch.Tensor:
-    """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring).
+def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> torch.Tensor:
+    """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring):
+    an int in [0, 2**64) or a 0-dim int64 CPU tensor holding its bits (see ``seed_tensor``).
     ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch."""
     device = torch.device(device if device is not None else "cpu")
     if N < 1 or K < 1:
         raise ValueError(f"gumbel_noise needs N >= 1 and K >= 1; got N={N}, K={K}")
     if row_offset < 0:
         raise ValueError(f"gumbel_noise needs row_offset >= 0; got {row_offset}")
+    return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
+
+
+# A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
+# NumPy, neither of which it can trace.
+@torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=())
+def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
     lo, hi = split_seed(seed)
     if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
         out = torch.empty((N, K), dtype=torch.float32, device=device)
@@ -124,6 +147,11 @@ def gumbel_noise(N: int, K: int, seed: int = 0, device=None, row_offset: int = 0
         return out
     r = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
     return words_to_gumbel(r).to(device)
+
+
+@_gumbel_noise_op.register_fake
+def _(N, K, seed, row_offset, device):
+    return torch.empty((N, K), dtype=torch.float32, device=device)
 
 
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,19 @@ def test_speed_smoke(tmp_path):
     assert "triton" in out
 
 
+def test_gpu_check_dry(tmp_path):
+    """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
+    short; a crash there wastes it)."""
+    import json
+
+    run_script(["benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)], interpret=True)
+    rows = [json.loads(line) for line in open(tmp_path / "correctness.jsonl")]
+    assert [r for r in rows if r["check"] == "error"] == []
+    assert {"full", "window", "deterministic", "torch_compile", "done"} <= {r["check"] for r in rows}
+    comp = next(r for r in rows if r["check"] == "torch_compile")
+    assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
+
+
 def test_quality_smoke(tmp_path):
     run_script(["benchmarks/quality.py", "--smoke", "--out", str(tmp_path / "q.json"), "--plots", str(tmp_path)],
                interpret=False)

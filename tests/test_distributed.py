@@ -33,12 +33,15 @@ def rank_terms(out):
     return out.latent_nll.mean() + out.quantized.double().square().mean() + 0.1 * out.entropy.mean()
 
 
-def worker(rank, world, init_file, impl, dtype, result_file):
+def worker(rank, world, init_file, impl, dtype, compiled, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, m, lv, lp, noise = problem(dtype)
     lo, hi = SLICES[rank]
     leaves = [t.clone().requires_grad_() for t in (x[lo:hi], m, lv, lp)]
-    out = gk.gmvq(*leaves, tau=0.7, noise=noise[lo:hi], impl=impl, process_group=dist.group.WORLD)
+    fn = lambda *t: gk.gmvq(*t, tau=0.7, noise=noise[lo:hi], impl=impl, process_group=dist.group.WORLD)  # noqa: E731
+    if compiled:  # the kernels and the all-reduce are custom ops: one graph, no breaks
+        fn = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = fn(*leaves)
     loss = BETA * gk.kl_to_prior(out.agg_posterior, leaves[3]) + rank_terms(out)
     loss.backward()
     grads = [t.grad.clone() for t in leaves]
@@ -59,13 +62,15 @@ def single_process(impl, dtype):
     return agg.detach(), [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("impl, dtype, tol", [("reference", torch.float64, 1e-12), ("triton", torch.float32, 2e-5)])
-def test_two_rank_gloo_matches_single_process(impl, dtype, tol):
+@pytest.mark.parametrize("impl, dtype, tol, compiled", [("reference", torch.float64, 1e-12, False),
+                                                        ("triton", torch.float32, 2e-5, False),
+                                                        ("triton", torch.float32, 2e-5, True)])
+def test_two_rank_gloo_matches_single_process(impl, dtype, tol, compiled):
     if impl == "triton" and not gk.functional.can_use_triton(torch.device("cpu")):
         pytest.skip("triton on CPU needs the interpreter")
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
-        mp.spawn(worker, args=(2, init_file, impl, dtype, result), nprocs=2, join=True)
+        mp.spawn(worker, args=(2, init_file, impl, dtype, compiled, result), nprocs=2, join=True)
         ranks = [torch.load(f"{result}.{r}") for r in range(2)]
     agg, grads = single_process(impl, dtype)
     W = 2

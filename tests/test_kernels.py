@@ -154,11 +154,12 @@ def test_deterministic_bitwise(device):
         assert torch.equal(x, y)
 
 
-def test_in_kernel_noise_is_gumbel_noise(device):
+@pytest.mark.parametrize("seed", [2**40 + 17, 2**64 - 5])
+def test_in_kernel_noise_is_gumbel_noise(device, seed):
     """Explicit noise = gumbel_noise(seed) must give bit-identical outputs to in-kernel noise."""
     inputs = make_inputs(19, 70, 5, device=device)
-    implicit = gk.gmvq(*inputs, impl="triton", seed=2**40 + 17, tau=0.3)
-    explicit = gk.gmvq(*inputs, impl="triton", noise=gk.gumbel_noise(19, 70, 2**40 + 17, device=device), tau=0.3)
+    implicit = gk.gmvq(*inputs, impl="triton", seed=seed, tau=0.3)
+    explicit = gk.gmvq(*inputs, impl="triton", noise=gk.gumbel_noise(19, 70, seed, device=device), tau=0.3)
     for name, a, b in zip(OUT_FIELDS, implicit, explicit):
         assert torch.equal(a, b), name
 
@@ -205,15 +206,18 @@ def test_extreme_words_give_finite_noise(device):
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_gumbel_noise_matches_numpy_twin():
+@pytest.mark.parametrize("seed", [2**35 + 9, 2**64 - 3])  # the second is negative as the op's int64
+def test_gumbel_noise_matches_numpy_twin(seed):
     if not gk.functional.config.INTERPRET:
         pytest.skip("the NumPy twin serves CPU without the interpreter")
     import numpy as np
 
-    g = gk.gumbel_noise(21, 37, seed=2**35 + 9)
-    r = torch.from_numpy(philox_words_numpy(21, 37, 2**35 + 9).astype(np.int64))
+    g = gk.gumbel_noise(21, 37, seed=seed)
+    r = torch.from_numpy(philox_words_numpy(21, 37, seed).astype(np.int64))
     ref = words_to_gumbel(r)
     torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-6)
+    # a seed tensor holds the same 64 bits in two's complement
+    assert torch.equal(gk.gumbel_noise(21, 37, seed=torch.tensor(seed - 2**64 if seed >= 2**63 else seed)), g)
 
 
 def test_gumbel_max_frequencies_in_kernel(device):

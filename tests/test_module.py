@@ -144,13 +144,30 @@ def test_module_objective_elbo_and_albo():
         vq = gk.GaussianMixtureVQ(4, 6, objective=objective, learn_variance=False, impl="reference", seed=1)
         vq.means.data = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
         losses[objective] = vq(x).loss
-        out = gk.gmvq(x, vq.means, vq.log_var, impl="reference",
-                      seed=int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1))))
+        out = gk.gmvq(x, vq.means, vq.log_var, impl="reference", seed=1)  # step 0 of seed=1
         want = (gk.albo_loss if objective == "albo" else gk.elbo_loss)(out)
         torch.testing.assert_close(losses[objective], want)
     assert not torch.allclose(losses["albo"], losses["elbo"])
     with pytest.raises(ValueError, match=r"objective must be 'albo' or 'elbo'; got 'vq'"):
         gk.GaussianMixtureVQ(4, 6, objective="vq")
+
+
+def test_training_step_t_uses_seed_plus_t():
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(4))
+    vq = gk.GaussianMixtureVQ(3, 5, impl="reference", seed=2**40)
+    with torch.no_grad():
+        for t in range(3):
+            want = gk.gmvq(x, vq.means, vq.log_var, seed=2**40 + t, impl="reference").quantized
+            assert torch.equal(vq(x).quantized, want)
+        vq.eval()
+        vq(x)  # eval draws no training noise: the sequence does not advance
+    assert int(vq._next_seed) == 2**40 + 3
+    torch.manual_seed(0)
+    a = gk.GaussianMixtureVQ(3, 5)
+    torch.manual_seed(0)
+    assert int(gk.GaussianMixtureVQ(3, 5)._next_seed) == int(a._next_seed)  # seed=None: torch's RNG
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*62\); got -1"):
+        gk.GaussianMixtureVQ(3, 5, seed=-1)
 
 
 def test_tau_schedule():
