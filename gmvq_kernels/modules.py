@@ -16,6 +16,9 @@ class QuantizerOutput(NamedTuple):
     terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
 
 
+RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
+
+
 def _sync_kmeans_pending(module, _incompatible_keys):
     module._kmeans_pending = not bool(module.initted)
 
@@ -36,8 +39,9 @@ class GaussianMixtureVQ(nn.Module):
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
         kmeans_init: initialise the means by k-means on the first training batch.
-        seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike); also seeds
-            the k-means++ sampling. None: drawn from torch's global RNG at construction.
+        seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike; rank r of
+            a synced process group adds r·2⁴⁰); also seeds the k-means++ sampling. None: drawn from
+            torch's global RNG at construction. The next step's seed is saved in ``state_dict``.
         impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
             process group; None = when torch.distributed is initialised with more than one rank.
     In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
@@ -160,6 +164,12 @@ class GaussianMixtureVQ(nn.Module):
         self.initted.fill_(True)
         self._kmeans_pending = False
 
+    def get_extra_state(self):
+        return {"next_seed": int(self._next_seed)}  # in state_dict: a resumed run continues the noise
+
+    def set_extra_state(self, state):
+        self._next_seed.fill_(int(state["next_seed"]))
+
     def init_codebook(self, x: torch.Tensor) -> None:
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
         ``torch.compile(fullgraph=True)``, which cannot trace it."""
@@ -178,13 +188,15 @@ class GaussianMixtureVQ(nn.Module):
         cf = self._is_channel_first(x)
         if self.training and self._kmeans_pending:
             self._kmeans_init(flat)
-        seed = 0
+        seed, group = 0, None
         if self.training:
+            group = self._process_group()
             seed = self._next_seed.clone()
             self._next_seed += 1
+            if group is not None:  # data parallel: each rank's rows get their own noise stream
+                seed = seed + (group.rank() << RANK_SEED_SHIFT)
         out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
-                   tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
-                   process_group=self._process_group() if self.training else None,
+                   tau=self.tau, hard=self.hard, seed=seed, impl=self.impl, process_group=group,
                    dot_precision=self.dot_precision)
         if self.training:
             z = out.quantized

@@ -5,6 +5,7 @@ own terms; after averaging parameter gradients over ranks (what DDP does) they m
 on the global batch with loss β·KL(q̄_global ‖ π) + the mean over ranks of the per-rank terms. Input
 gradients on a rank are W times the single process's (the global KL term counted once per rank).
 """
+import copy
 import os
 import tempfile
 
@@ -79,3 +80,34 @@ def test_two_rank_gloo_matches_single_process(impl, dtype, tol, compiled):
         torch.testing.assert_close(ranks[r]["grads"][0] / W, grads[0][lo:hi], rtol=tol, atol=tol)
         for name, got, want in zip(["means", "log_var", "log_prior"], ranks[r]["grads"][1:], grads[1:]):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def module_worker(rank, world, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x, *_ = problem(torch.float32)
+    torch.manual_seed(0)  # the same means on both ranks, as DDP would broadcast them
+    vq = gk.GaussianMixtureVQ(D, K, seed=11, impl="reference")  # same seed and rows on both ranks
+    compiled = copy.deepcopy(vq)
+    compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend="aot_eager")
+    out, out_c = vq(x), compiled(x)
+    torch.save(dict(quantized=out.quantized.detach(), kl=out.terms["kl"], quantized_c=out_c.quantized.detach(),
+                    kl_c=out_c.terms["kl"]), f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_module_ranks_draw_distinct_noise_and_share_q_bar():
+    """Under data parallel the module syncs q̄ by itself and gives rank r the seed 11 + r·2⁴⁰: equal
+    rows on two ranks must not get equal noise (equal seeds everywhere are the common DDP setup)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
+        mp.spawn(module_worker, args=(2, init_file, result), nprocs=2, join=True)
+        ranks = [torch.load(f"{result}.{r}") for r in range(2)]
+    x, *_ = problem(torch.float32)
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(D, K, seed=11, impl="reference")
+    for r in range(2):
+        want = gk.gmvq(x, vq.means, vq.log_var, seed=11 + (r << 40), impl="reference").quantized
+        for key in ("quantized", "quantized_c"):  # eager and compiled (fullgraph) alike
+            torch.testing.assert_close(ranks[r][key], want, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
+    assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄

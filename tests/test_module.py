@@ -108,11 +108,17 @@ def test_kmeans_init_first_batch(device):
 
 
 def test_state_dict_round_trip_and_repr():
-    vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True)
-    vq2 = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True)
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(6))
+    vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True, impl="reference", seed=3)
+    vq(x), vq(x)  # k-means init, two noise seeds used
+    vq2 = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True, impl="reference", seed=9)
     vq2.load_state_dict(vq.state_dict())
     for (k, a), (_, b) in zip(vq.state_dict().items(), vq2.state_dict().items()):
-        assert torch.equal(a, b), k
+        assert (a == b) if k == "_extra_state" else torch.equal(a, b), k
+    assert vq.state_dict()["_extra_state"] == {"next_seed": 5}
+    # the loaded module continues where the saved one stopped: no k-means again, the same next noise
+    assert not vq2._kmeans_pending
+    assert torch.equal(vq2(x).quantized, vq(x).quantized)
     assert "codebook_size=10" in repr(vq) and "learnable_prior=True" in repr(vq)
 
 
@@ -178,23 +184,24 @@ def test_tau_schedule():
         gk.tau_schedule(1, start=0.0)
 
 
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_autocast_bf16(impl, device):
+def test_autocast(impl, amp, device):
     if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
         pytest.skip("needs the interpreter or a GPU")
     torch.manual_seed(7)
     x = torch.randn(20, 8, device=device, requires_grad=True)
     m = torch.randn(30, 8, device=device, requires_grad=True)
     lv = torch.zeros(30, device=device, requires_grad=True)
-    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+    with torch.autocast(device_type=device, dtype=amp):
         out = gk.gmvq(x, m, lv, impl=impl)
         loss = gk.albo_loss(out) + out.quantized.float().square().mean()
-    assert out.quantized.dtype == torch.bfloat16
+    assert out.quantized.dtype == amp
     for name in ("log_likelihood", "agg_posterior", "latent_nll", "mixture_var", "entropy"):
         assert getattr(out, name).dtype == torch.float32, name
     loss.backward()
     for t in (x, m, lv):
         assert t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all()
-    # the same numbers as feeding bf16 inputs directly
-    ref = gk.gmvq(x.detach().bfloat16(), m.detach().bfloat16(), lv.detach(), impl=impl)
+    # the same numbers as feeding half inputs directly
+    ref = gk.gmvq(x.detach().to(amp), m.detach().to(amp), lv.detach(), impl=impl)
     torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
