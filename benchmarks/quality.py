@@ -6,21 +6,23 @@ batch) is trained with each quantizer; metrics are measured on a held-out split 
 
   vqvae              hard nearest code, straight-through, codebook + 0.25·commitment loss
   vqvae_ema_replace  the same with an EMA codebook (decay 0.99) and dead-code replacement
-  gumbel_elbo        Gumbel-softmax over the mixture logits with the per-sample KL (ELBO), random init
-  gmvq               GM-VQ: ALBO with β = 1 (aggregated-posterior KL), k-means-initialised codebook
+  gumbel_elbo        Gumbel-softmax over the mixture logits with the per-sample KL (ELBO)
+  gmvq               GM-VQ: ALBO with β = 1 (aggregated-posterior KL)
   gmvq_entropy       GM-VQ with β = 2 (the paper's "+ Entropy")
 
 Every method optimises recon + its own terms, with recon = Σ_pixels (x − x̂)² / (2σ_x²) per image spread
 over its latent vectors (σ_x² = 0.01), so that recon, the latent term (≈ D/2 nats per vector) and the
 KL (≤ log K) are on one scale. The mixture methods use the paper's fixed shared variance σ_z² = 0.1 and
-straight-through hard samples with τ annealed exponentially from 1.0 to 0.3 over training.
-Hyper-parameters are fixed once for all datasets.
+straight-through hard samples with τ annealed exponentially from 1.0 to 0.3 over training, and a
+randomly initialised codebook (``--kmeans-init``: k-means on the first batch of encoder outputs instead,
+which collapsed GM-VQ on digits in 3 of 4 seeds; see benchmarks/README.md). Hyper-parameters are fixed
+once for all datasets; ``--sigma-z2`` and ``--kmeans-init`` exist for ablations.
 
 Datasets: ``digits`` (scikit-learn's 8×8 digits) and ``patches`` (16×16 RGB patches of the two
 photographs scikit-learn ships), or ``--data PATH.npy`` with images (M, C, H, W) or (M, H, W) in [0, 1],
 H and W multiples of 4.
 
-    python benchmarks/quality.py                 # full default run (CPU: about 10 minutes)
+    python benchmarks/quality.py                 # full default run (2 idle CPU cores: about 7 minutes)
     python benchmarks/quality.py --smoke         # seconds, CI
 """
 import argparse
@@ -39,7 +41,7 @@ import gmvq_kernels as gk
 METHODS = ("vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy")
 SIGMA_X2 = 0.01
 # fixed shared σ_z² of the mixture methods (the paper's setting); picked from {1.0, 0.1} on digits at
-# 500 steps (at 1.0 GM-VQ used 7 of 128 codes), then fixed for every dataset
+# 500 steps (at 1.0 GM-VQ used 7 of 128 codes; both with k-means init), then fixed for every dataset
 SIGMA_Z2 = 0.1
 TAU_START, TAU_END = 1.0, 0.3
 COMMITMENT = 0.25
@@ -137,28 +139,29 @@ class MixtureVQ(nn.Module):
     """GM-VQ / Gumbel quantizer: gk.GaussianMixtureVQ with the paper's fixed shared σ_z², returning
     (quantized, codes, loss terms) like HardVQ."""
 
-    def __init__(self, dim, K, objective, beta, kmeans_init, seed=0):
+    def __init__(self, dim, K, objective, beta, *, sigma_z2, kmeans_init, seed=0):
         super().__init__()
         self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, objective=objective,
                                        kmeans_init=kmeans_init, per_component_variance=False,
-                                       learn_variance=False, init_log_var=math.log(SIGMA_Z2), seed=seed)
+                                       learn_variance=False, init_log_var=math.log(sigma_z2), seed=seed)
 
     def forward(self, z):
         out = self.vq(z)
         return out.quantized, out.codes, out.loss
 
 
-def make_quantizer(method, dim, K, seed):
+def make_quantizer(method, dim, K, seed, mixture):
+    """mixture: options of the mixture methods, dict(sigma_z2=..., kmeans_init=...)."""
     if method == "vqvae":
         return HardVQ(dim, K, seed=seed)
     if method == "vqvae_ema_replace":
         return HardVQ(dim, K, ema=True, seed=seed)
     if method == "gumbel_elbo":
-        return MixtureVQ(dim, K, "elbo", 1.0, kmeans_init=False, seed=seed)
+        return MixtureVQ(dim, K, "elbo", 1.0, **mixture, seed=seed)
     if method == "gmvq":
-        return MixtureVQ(dim, K, "albo", 1.0, kmeans_init=True, seed=seed)
+        return MixtureVQ(dim, K, "albo", 1.0, **mixture, seed=seed)
     if method == "gmvq_entropy":
-        return MixtureVQ(dim, K, "albo", 2.0, kmeans_init=True, seed=seed)
+        return MixtureVQ(dim, K, "albo", 2.0, **mixture, seed=seed)
     raise ValueError(method)
 
 
@@ -181,10 +184,10 @@ def evaluate(ae, quant, data, K):
     return torch.cat(mses).mean().item(), ppl, used
 
 
-def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every):
+def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every, mixture):
     torch.manual_seed(seed)
     ae = AutoEncoder(train.shape[1], dim)
-    quant = make_quantizer(method, dim, K, seed)
+    quant = make_quantizer(method, dim, K, seed, mixture)
     opt = torch.optim.Adam(list(ae.parameters()) + [p for p in quant.parameters() if p.requires_grad], lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     lat_per_img = (train.shape[2] // 4) * (train.shape[3] // 4)
@@ -219,7 +222,8 @@ def run(args):
             runs = []
             for seed in range(args.seeds):
                 r, curve, model = train_one(method, train, test, dim=args.dim, K=args.codebook_size, steps=args.steps,
-                                            batch=args.batch, seed=seed, log_every=max(1, args.steps // 30))
+                                            batch=args.batch, seed=seed, log_every=max(1, args.steps // 30),
+                                            mixture=dict(sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init))
                 runs.append(r)
                 if seed == 0:
                     curves[(ds, method)] = curve
@@ -295,13 +299,17 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--datasets", nargs="+", default=["digits", "patches"], choices=["digits", "patches"])
+    p.add_argument("--sigma-z2", type=float, default=SIGMA_Z2, help="fixed σ_z² of the mixture methods")
+    p.add_argument("--kmeans-init", action="store_true", help="k-means-initialise the mixture codebooks")
     p.add_argument("--out", help="write results as JSON")
     p.add_argument("--plots", help="folder for quality_curves.png and quality_reconstructions.png")
     p.add_argument("--smoke", action="store_true", help="a few steps on a subset (CI)")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.seeds, args.codebook_size, args.batch = 20, 1, 16, 32
-    args.datasets = [args.data] if args.data else ["digits", "patches"]
+    if args.data:
+        args.datasets = [args.data]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     results, curves, models, seconds = run(args)
     print_table(results, args, seconds)
@@ -310,6 +318,7 @@ def main(argv=None):
             json.dump(dict(methods=results[args.datasets[0]], datasets=results,
                            config=dict(steps=args.steps, seeds=args.seeds, codebook_size=args.codebook_size,
                                        dim=args.dim, batch=args.batch, sigma_x2=SIGMA_X2, tau=[TAU_START, TAU_END],
+                                       sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init,
                                        seconds=seconds, torch=torch.__version__)), fh, indent=1)
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)

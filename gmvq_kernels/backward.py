@@ -314,20 +314,19 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     row_launch = dict(BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
 
+    # the Δ pass takes the flags of the terms inside Y and Δq; the dx / dμ kernels take all of them
+    has = dict(HAS_GZ=g_z is not None, HAS_GLAT=g_lat is not None, HAS_GS=g_s is not None,
+               HAS_GC=g_c is not None, HAS_NOISE=noise is not None, **flags)
     delta_y = torch.empty(N, dtype=torch.float32, device=dev) if has_y else None
     delta_q = torch.empty(N, dtype=torch.float32, device=dev) if g_c is not None else None
     if has_y or g_c is not None:
         _gmvq_bwd_delta_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](
             x, means, a, b, v, opt(noise), stats, opt(g_z), opt(g_lat), opt(g_s), opt(g_c),
-            opt(delta_y), opt(delta_q), N, K, D, lo, hi, y_scale(tau),
-            HAS_GZ=g_z is not None, HAS_GLAT=g_lat is not None, HAS_GS=g_s is not None,
-            HAS_GC=g_c is not None, HAS_NOISE=noise is not None, **flags, **row_launch)
+            opt(delta_y), opt(delta_q), N, K, D, lo, hi, y_scale(tau), **has, **row_launch)
 
     common = (x, means, a, b, v, opt(noise), ent, stats, opt(delta_y),
               opt(delta_q), opt(hard_idx), opt(g_z), opt(g_lse), opt(g_h), opt(g_lat), opt(g_s), opt(g_c))
-    meta = dict(HAS_GZ=g_z is not None, HAS_GLAT=g_lat is not None, HAS_GS=g_s is not None,
-                HAS_GLSE=g_lse is not None, HAS_GH=g_h is not None, HAS_GC=g_c is not None,
-                HAS_NOISE=noise is not None, HARD=hard, **flags)
+    meta = dict(has, HAS_GLSE=g_lse is not None, HAS_GH=g_h is not None, HARD=hard)
 
     dx = torch.empty((N, D), dtype=torch.float32, device=dev)
     _gmvq_bwd_dx_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](

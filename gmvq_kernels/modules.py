@@ -38,7 +38,8 @@ class GaussianMixtureVQ(nn.Module):
         objective: "albo" (KL of the aggregated posterior, GM-VQ) or "elbo" (per-sample KL, the baseline).
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
-        kmeans_init: initialise the means by k-means on the first training batch.
+        kmeans_init: initialise the means by k-means on the first training batch (for latents that
+            already mean something: from an untrained encoder it collapsed GM-VQ in the quality study).
         seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike; rank r of
             a synced process group adds r·2⁴⁰); also seeds the k-means++ sampling. None: drawn from
             torch's global RNG at construction. The next step's seed is saved in ``state_dict``.
