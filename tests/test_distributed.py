@@ -50,6 +50,7 @@ def worker(rank, world, init_file, impl, dtype, compiled, result_file):
         dist.all_reduce(gr)
         gr /= world
     torch.save(dict(agg=out.agg_posterior.detach(), grads=grads), f"{result_file}.{rank}")
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 
 
@@ -92,6 +93,7 @@ def module_worker(rank, world, init_file, result_file):
     out, out_c = vq(x), compiled(x)
     torch.save(dict(quantized=out.quantized.detach(), kl=out.terms["kl"], quantized_c=out_c.quantized.detach(),
                     kl_c=out_c.terms["kl"]), f"{result_file}.{rank}")
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 
 
