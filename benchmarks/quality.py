@@ -22,7 +22,7 @@ Datasets: ``digits`` (scikit-learn's 8×8 digits) and ``patches`` (16×16 RGB pa
 photographs scikit-learn ships), or ``--data PATH.npy`` with images (M, C, H, W) or (M, H, W) in [0, 1],
 H and W multiples of 4.
 
-    python benchmarks/quality.py                 # full default run (2 idle CPU cores: about 7 minutes)
+    python benchmarks/quality.py                 # full default run (2 idle CPU cores: about 6 minutes)
     python benchmarks/quality.py --smoke         # seconds, CI
 """
 import argparse

@@ -76,9 +76,12 @@ def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, row_offset,
     tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], g, mask=mask)
 
 
-def as_int64(seed: int) -> int:
+def as_int64(seed):
     """A seed in [0, 2**64) as the signed int64 with the same bits (identity below 2**63)."""
-    return seed - 2**64 if isinstance(seed, int) and seed >= 2**63 else seed
+    if isinstance(seed, torch.SymInt):  # traced by torch.compile: an int64 already, and int() would pin it
+        return seed
+    seed = int(seed)  # NumPy integers too
+    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def seed_tensor(seed) -> torch.Tensor:

@@ -216,8 +216,9 @@ def test_gumbel_noise_matches_numpy_twin(seed):
     r = torch.from_numpy(philox_words_numpy(21, 37, seed).astype(np.int64))
     ref = words_to_gumbel(r)
     torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-6)
-    # a seed tensor holds the same 64 bits in two's complement
+    # a seed tensor holds the same 64 bits in two's complement; a NumPy integer is an integer
     assert torch.equal(gk.gumbel_noise(21, 37, seed=torch.tensor(seed - 2**64 if seed >= 2**63 else seed)), g)
+    assert torch.equal(gk.gumbel_noise(21, 37, seed=np.uint64(seed)), g)
 
 
 def test_gumbel_max_frequencies_in_kernel(device):
