@@ -157,24 +157,44 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
 
 
 def tune(device, log, deadline):
-    """fwd+bwd time of a few row / column block configs at one bf16 shape per D bucket."""
+    """fwd+bwd time of a few row / column block configs at one bf16 shape per D bucket (candidates that
+    the static cost report, benchmarks/static_cost.py, finds spill-free or nearly so)."""
     KC = config.KernelConfig
-    rows_cfgs = [KC(128, 64, 8, 3), KC(64, 64, 4, 3), KC(128, 32, 4, 3), KC(64, 128, 8, 2)]
-    col_cfgs = [KC(64, 128, 8, 3), KC(64, 64, 4, 3), KC(128, 64, 8, 3), KC(32, 128, 4, 3)]
+    rows_cfgs = [KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2)]
+    col_cfgs = [KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1)]
     results = []
-    for (N, K, D) in ((32768, 8192, 64), (32768, 8192, 128)):
+    for (N, K, D) in ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256)):
         for kind, cfgs in (("row", rows_cfgs), ("col", col_cfgs)):
             for cfg in cfgs:
                 if time.time() > deadline:
                     return results
-                config.OVERRIDE.clear()
-                config.OVERRIDE[kind] = cfg
-                r = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)
+                with config.override(**{kind: cfg}):
+                    r = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)
                 r.update(kind=kind, config=list(cfg.__dict__.values()))
                 results.append(r)
                 log(dict(check="tune", **r))
-    config.OVERRIDE.clear()
     return results
+
+
+def noise_check(device, log, rows=4096, cols=1024):
+    """The GPU's noise (MUFU logs) against the exact transform of the same Philox words in float64, and a
+    Kolmogorov–Smirnov test of 2²² draws against the Gumbel CDF."""
+    import numpy as np
+
+    from gmvq_kernels.noise import philox_words_numpy
+
+    g = gk.gumbel_noise(rows, cols, seed=77, device=device).double().cpu()
+    words = torch.from_numpy(philox_words_numpy(rows, cols, 77).astype(np.int64))
+    u = ((words >> 9).double() + 0.5) * 2.0**-23
+    exact = -torch.log(-torch.log(u))
+    err = ((g - exact).abs() / exact.abs().clamp_min(1.0)).max().item()
+    x = np.sort(g.numpy().ravel())
+    cdf = np.exp(-np.exp(-x))
+    i = np.arange(1, x.size + 1)
+    d = max(np.max(i / x.size - cdf), np.max(cdf - (i - 1) / x.size))
+    log(dict(check="noise", draws=int(x.size), max_err_vs_exact=err, ks_d=float(d),
+             ks_d_critical_1e3=1.95 / np.sqrt(x.size), mean=float(x.mean()), var=float(x.var()),
+             ok=bool(err < 5e-6 and d < 1.95 / np.sqrt(x.size))))
 
 
 def main():
@@ -199,6 +219,7 @@ def main():
 
     log(dict(check="env", **info))
     checks = [
+        lambda: noise_check(device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32", False, device, log),
@@ -212,6 +233,7 @@ def main():
     ]
     if args.dry:
         checks = [
+            lambda: noise_check(device, log, 64, 64),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),

@@ -3,7 +3,8 @@ from .functional import gmvq
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity, codebook_usage, tau_schedule
 from .modules import GaussianMixtureVQ, QuantizerOutput
 from .noise import gumbel_noise
-from .reference import GMVQOutput, gmvq_reference
+from .reference import gmvq_reference
+from .spec import GMVQOutput
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Backward kernels of the fused GM-VQ op: recompute, never store N×K (DESIGN.md §2).
+"""Backward kernels of the fused GM-VQ op: recompute, never store N×K (README, "The math").
 
 Per (n, k) every kernel rebuilds d, ℓ, q = softmax(ℓ) and the soft sample y = softmax((ℓ + g)/τ) from
 the forward's row statistics (each softmax's max m and log2-sum, exponents (e − m)·scale exactly as
@@ -12,7 +12,7 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
 Δy could come from the forward's soft sums, but then Y − Δy would mix two roundings and 1/τ amplifies
 the mismatch (seen: 1e-5 relative error in dx at K = 1, τ = 0.1); recomputed, it cancels exactly.
-y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in reference.component_terms):
+y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks)
     dμ_k = 2 (μ_k Σ_n dd − Σ_n dd x_n) + Σ_n y_val Ḡ_z      ``_gmvq_bwd_dmu_kernel`` (column blocks ×
@@ -20,7 +20,12 @@ y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in reference.
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
-Absent upstream gradients are constexpr flags: their loads, dots and terms vanish from the kernels.
+The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2's dK/dV kernel does:
+its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
+ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
+
+Absent upstream gradients arrive as None pointers: their loads, dots and terms vanish from the kernels
+(``if ptr is None`` is resolved at compile time). The y terms exist when any of Ḡ_z, Ḡ_lat, Ḡ_s does.
 FLOPs, in units of N·K·D: delta 2 (+2 with Ḡ_z), dx 4 (+2 with Ḡ_z), dμ 4 (+4 with Ḡ_z).
 """
 import torch
@@ -28,167 +33,184 @@ import triton
 import triton.language as tl
 
 from .config import block_d, col_config, row_config, split_rows
-from .forward import (LN2, LOG2E, kernel_flags, log2_softmax, load_codes, load_rows, logits_tile, noise_tile, softmax_prob,
-                      y_scale)
 from .noise import split_seed
+from .spec import DIFF_OUTPUTS
+from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
+                    load_row_vec, load_rows, load_stats, noise_tile, y_scale)
+
+HEURISTICS = triton.heuristics({
+    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+    # row splits are whole BLOCK_N multiples (config.split_rows): with N too, every row tile is full
+    "EVEN_N": lambda args: args["N"] % args["BLOCK_N"] == 0,
+    "HAS_Y": lambda args: any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr")),
+})
 
 
 @triton.jit
-def load_row_vec(ptr, offs_n, N, HAS: tl.constexpr):
-    if HAS:
-        return tl.load(ptr + offs_n, mask=offs_n < N, other=0.0)
-    else:
-        return tl.zeros(offs_n.shape, tl.float32)
-
-
-@triton.jit
-def load_row_grads(ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr,
-                   offs_n, N, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr,
-                   HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr, HARD: tl.constexpr):
-    """The per-row vectors a backward tile needs (zeros for absent gradients; hard index −1 off-rows)."""
-    ent = load_row_vec(ent_ptr, offs_n, N, HAS_GH)
-    delta_y = load_row_vec(delta_y_ptr, offs_n, N, HAS_GZ or HAS_GLAT or HAS_GS)
-    delta_q = load_row_vec(delta_q_ptr, offs_n, N, HAS_GC)
-    g_lse = load_row_vec(glse_ptr, offs_n, N, HAS_GLSE)
-    g_h = load_row_vec(gh_ptr, offs_n, N, HAS_GH)
-    g_lat = load_row_vec(glat_ptr, offs_n, N, HAS_GLAT)
-    g_s = load_row_vec(gs_ptr, offs_n, N, HAS_GS)
-    hard_idx = tl.zeros(offs_n.shape, tl.int64)
-    if HARD:
-        hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < N, other=-1)
-    return ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx
-
-
-@triton.jit
-def sample_terms(logits, d, a, v, gz_mu, g, y_scale, stats_ptr, offs_n, N, g_lat, g_s,
-                 HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
-    """(y, Y): the soft sample, recomputed with the forward's exact exponent, and the upstream value
-    Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries."""
-    noisy = tl.where(logits > float("-inf"), logits + g, float("-inf"))
-    y = softmax_prob(noisy, y_scale, stats_ptr, offs_n, N, 1)
-    big_y = tl.zeros(logits.shape, tl.float32)
-    if HAS_GZ:
-        big_y += gz_mu
-    if HAS_GS:
-        big_y += g_s[:, None] * v[None, :]
-    if HAS_GLAT:
-        big_y += g_lat[:, None] * (d * a[None, :])
-    return y, big_y
-
-
-@triton.jit
-def grad_logits_tile(logits, d, a, v, gz_mu, g, offs_k, inv_tau, y_scale, stats_ptr, offs_n, N,
-                     ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, g_c, hard_idx,
-                     HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr,
-                     HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr,
-                     HARD: tl.constexpr):
-    """(dℓ, w, y_val) of one tile, from the recomputed logits; see the module docstring."""
-    valid = logits > float("-inf")
-    log2_q = log2_softmax(logits, LOG2E, stats_ptr, offs_n, N, 0)
-    q = tl.exp2(log2_q)
-    dl = tl.zeros(logits.shape, tl.float32)
-    y = tl.zeros(logits.shape, tl.float32)
-    if HAS_GZ or HAS_GLAT or HAS_GS:
-        y, big_y = sample_terms(logits, d, a, v, gz_mu, g, y_scale, stats_ptr, offs_n, N, g_lat, g_s,
-                                HAS_GZ, HAS_GLAT, HAS_GS)
-        dl += (y * inv_tau) * (big_y - delta_y[:, None])
+def grad_logits(q, log2_q, y, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g_lat, g_c, inv_tau, valid,
+                HAS_Y: tl.constexpr, HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr,
+                HAS_GLAT: tl.constexpr):
+    """(dℓ, w) of a tile (see the module docstring). All operands broadcast to the tile."""
+    dl = tl.zeros(q.shape, tl.float32)
+    if HAS_Y:
+        dl += (y * inv_tau) * (big_y - delta_y)
     if HAS_GLSE:
-        dl += q * g_lse[:, None]
+        dl += q * g_lse
     if HAS_GC:
-        dl += q * (g_c[None, :] - delta_q[:, None])
+        dl += q * (g_c - delta_q)
     if HAS_GH:
         # log q in the forward's own terms: exactly 0 where q = 1 (e.g. K = 1), unlike ℓ − lse
-        dl -= q * g_h[:, None] * tl.where(valid, log2_q * LN2 + ent[:, None], 0.0)
-    if HARD:
-        y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
-    else:
-        y_val = y
+        dl -= q * g_h * tl.where(valid, log2_q * LN2 + ent, 0.0)
     w = -dl
     if HAS_GLAT:
-        w += g_lat[:, None] * y_val
-    return dl, w, y_val
+        w += g_lat * y_val
+    return dl, w
 
 
+@HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
-def _gmvq_bwd_dx_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
-    ent_ptr, stats_ptr, delta_y_ptr, delta_q_ptr, hard_idx_ptr,
-    gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dx_ptr,
-    N, K, D, seed_lo, seed_hi, inv_tau, y_scale,
-    HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr,
-    HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr,
-    HAS_NOISE: tl.constexpr, HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _gmvq_bwd_delta_kernel(
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
+    gz_ptr, glat_ptr, gs_ptr, gc_ptr, delta_y_ptr, delta_q_ptr,
+    N, K, D, seed_lo, seed_hi, y_scale,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    HAS_Y: tl.constexpr = HAS_GZ or HAS_GLAT or HAS_GS
+    """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row (delta_y, delta_q (N,) fp32; each only when its
+    gradients exist). gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
+    Launched with the dx kernel's blocks, so y and Y here are bitwise those of the dx kernel and Y − Δy
+    cancels as exactly as in softmax's backward."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d, UPCAST)
-    gz = tl.zeros((BLOCK_N, BLOCK_D), x.dtype)
-    if HAS_GZ:
-        gz, _ = load_rows(gz_ptr, offs_n, N, D, offs_d, UPCAST)
-    ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx = load_row_grads(
-        ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr, offs_n, N,
-        HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH, HAS_GC, HARD)
+    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    if gz_ptr is not None:
+        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+    g_lat = load_row_vec(glat_ptr, offs_n, N)
+    g_s = load_row_vec(gs_ptr, offs_n, N)
+    m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
+    delta_y = tl.zeros((BLOCK_N,), tl.float32)
+    delta_q = tl.zeros((BLOCK_N,), tl.float32)
+    for k_start in range(0, K, BLOCK_K):
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        mask_k = code_mask(offs_k, K, EVEN_K)
+        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        valid = mask_k[None, :]
+        d, logits, _clamp = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
+        if gc_ptr is not None:
+            g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
+            q = tl.exp2((logits - m_q[:, None]) * LOG2E - log2s_q[:, None])
+            delta_q += tl.sum(q * g_c[None, :], axis=1)
+        if HAS_Y:
+            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+            noisy = tl.where(valid, logits + g, float("-inf"))
+            y = tl.exp2((noisy - m_y[:, None]) * y_scale - log2s_y[:, None])
+            big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
+            if gz_ptr is not None:
+                big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+            delta_y += tl.sum(y * big_y, axis=1)
+    if HAS_Y:
+        tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n)
+    if gc_ptr is not None:
+        tl.store(delta_q_ptr + offs_n, delta_q, mask=mask_n)
+
+
+@HEURISTICS
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+def _gmvq_bwd_dx_kernel(
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
+    delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
+    dx_ptr,
+    N, K, D, seed_lo, seed_hi, inv_tau, y_scale,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dx (N, D) fp32 for BLOCK_N rows, streaming the codebook. ent (N,) and stats (4, N) from the
+    forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q from the delta kernel;
+    upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32, each or None.
+    inv_tau = 1/τ, y_scale = log2(e)/τ."""
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_d = tl.arange(0, BLOCK_D)
+    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    if gz_ptr is not None:
+        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+    m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
+    ent = load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, N)
+    delta_y = load_row_vec(delta_y_ptr, offs_n, N)
+    delta_q = load_row_vec(delta_q_ptr, offs_n, N)
+    g_lse = load_row_vec(glse_ptr, offs_n, N)
+    g_h = load_row_vec(gh_ptr, offs_n, N)
+    g_lat = load_row_vec(glat_ptr, offs_n, N)
+    g_s = load_row_vec(gs_ptr, offs_n, N)
+    if hard_idx_ptr is not None:
+        hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
 
     dd_sum = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for k_start in range(0, K, BLOCK_K):
         offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
-        d, logits, gmask = logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION)
-        v = tl.load(v_ptr + offs_k, mask=mask_k, other=0.0)
-        g_c = tl.zeros((BLOCK_K,), tl.float32)
-        if HAS_GC:
-            g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
-        gz_mu = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        if HAS_GZ:
-            gz_mu = tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
-        g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        mask_k = code_mask(offs_k, K, EVEN_K)
+        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        valid = mask_k[None, :]
+        d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
+        log2_q = (logits - m_q[:, None]) * LOG2E - log2s_q[:, None]
+        q = tl.exp2(log2_q)
+        y = q  # placeholder when no y gradient (never used then)
+        big_y = q
         if HAS_Y:
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, HAS_NOISE, BLOCK_K)
-        dl, w, y_val = grad_logits_tile(logits, d, a, v, gz_mu, g, offs_k, inv_tau, y_scale,
-                                        stats_ptr, offs_n, N, ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s,
-                                        g_c, hard_idx, HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH,
-                                        HAS_GC, HARD)
-        dd = tl.where(gmask & mask_k[None, :], w * a[None, :], 0.0)
+            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+            noisy = tl.where(valid, logits + g, float("-inf"))
+            y = tl.exp2((noisy - m_y[:, None]) * y_scale - log2s_y[:, None])
+            big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
+            if gz_ptr is not None:
+                big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+        if hard_idx_ptr is not None:
+            y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
+        else:
+            y_val = y
+        g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a
+        dl, w = grad_logits(q, log2_q, y, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
+                            g_lse[:, None], g_h[:, None], g_lat[:, None], g_c[None, :], inv_tau, valid,
+                            HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None,
+                            glat_ptr is not None)
+        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0)
         dd_sum += tl.sum(dd, axis=1)
         acc += tl.dot(dd.to(mu.dtype), mu, input_precision=DOT_PRECISION)
 
-    dx = 2.0 * (x.to(tl.float32) * dd_sum[:, None] - acc)
+    # x reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
+    x = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
+    dx = 2.0 * (x.to(tl.float32) * dd_sum[:, None] - acc)
     tl.store(dx_ptr + offs_n[:, None] * D + offs_d[None, :], dx, mask=mask_nd)
 
 
+@HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dmu_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
-    ent_ptr, stats_ptr, delta_y_ptr, delta_q_ptr, hard_idx_ptr,
-    gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
+    delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     dmu_part_ptr, dlv_part_ptr, dlp_part_ptr,
     N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
-    HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr,
-    HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr,
-    HAS_NOISE: tl.constexpr, HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    HAS_Y: tl.constexpr = HAS_GZ or HAS_GLAT or HAS_GS
+    """Partial dμ (splits, K, D), d log_var and d log π (splits, K) fp32 of BLOCK_K codes over one
+    split of rows (program_id(1)); arguments as for the dx kernel, half_d = D/2. Tiles are transposed
+    (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :]."""
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
-    mask_k = offs_k < K
+    mask_k = code_mask(offs_k, K, EVEN_K)
     split = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
-    v = tl.load(v_ptr + offs_k, mask=mask_k, other=0.0)
-    g_c = tl.zeros((BLOCK_K,), tl.float32)
-    if HAS_GC:
-        g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+    g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a
+    valid = mask_k[:, None]
 
-    acc_mu = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    acc_gz = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    # one accumulator for both dots: acc = Σ_n (−2 dd) x + Σ_n y_val Ḡ_z, so dμ = 2 μ Σ_n dd + acc
+    acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     dd_col = tl.zeros((BLOCK_K,), tl.float32)
     d_log_var = tl.zeros((BLOCK_K,), tl.float32)
     d_log_pi = tl.zeros((BLOCK_K,), tl.float32)
@@ -196,141 +218,104 @@ def _gmvq_bwd_dmu_kernel(
     row_hi = tl.minimum(row_lo + rows_per_split, N)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < row_hi
-        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d, UPCAST)
-        d, logits, gmask = logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION)
-        gz = tl.zeros((BLOCK_N, BLOCK_D), x.dtype)
-        gz_mu = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        if HAS_GZ:
-            gz, _ = load_rows(gz_ptr, offs_n, row_hi, D, offs_d, UPCAST)
-            gz_mu = tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
-        ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s, hard_idx = load_row_grads(
-            ent_ptr, delta_y_ptr, delta_q_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, hard_idx_ptr, offs_n, row_hi,
-            HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH, HAS_GC, HARD)
-        g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
+        if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers)
+            g = tl.trans(noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K))
+        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
+        d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)
+        m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
+        log2_q = (logits - m_q[None, :]) * LOG2E - log2s_q[None, :]
+        q = tl.exp2(log2_q)
+        da = d * a[:, None]
+        g_lat = load_row_vec(glat_ptr, offs_n, row_hi)
+        g_s = load_row_vec(gs_ptr, offs_n, row_hi)
+        y = q  # placeholder when no y gradient (never used then)
+        big_y = q
         if HAS_Y:
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, HAS_NOISE, BLOCK_K)
-        dl, w, y_val = grad_logits_tile(logits, d, a, v, gz_mu, g, offs_k, inv_tau, y_scale,
-                                        stats_ptr, offs_n, N, ent, delta_y, delta_q, g_lse, g_h, g_lat, g_s,
-                                        g_c, hard_idx, HAS_GZ, HAS_GLAT, HAS_GS, HAS_GLSE, HAS_GH,
-                                        HAS_GC, HARD)
-        rows = mask_n[:, None]
+            noisy = tl.where(valid, logits + g, float("-inf"))
+            y = tl.exp2((noisy - m_y[None, :]) * y_scale - log2s_y[None, :])
+            big_y = g_lat[None, :] * da + g_s[None, :] * v[:, None]
+            if gz_ptr is not None:
+                gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
+                big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
+        if hard_idx_ptr is not None:
+            hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
+            y_val = (offs_k[:, None] == hard_idx[None, :]).to(tl.float32)
+        else:
+            y_val = y
+        dl, w = grad_logits(q, log2_q, y, big_y, y_val,
+                            load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :],
+                            load_row_vec(delta_q_ptr, offs_n, row_hi)[None, :],
+                            load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, row_hi)[None, :],
+                            load_row_vec(glse_ptr, offs_n, row_hi)[None, :],
+                            load_row_vec(gh_ptr, offs_n, row_hi)[None, :], g_lat[None, :], g_c[:, None],
+                            inv_tau, valid, HAS_Y, glse_ptr is not None, gh_ptr is not None,
+                            gc_ptr is not None, glat_ptr is not None)
         dl = tl.where(rows, dl, 0.0)
         w = tl.where(rows, w, 0.0)
-        dd = tl.where(gmask & rows & mask_k[None, :], w * a[None, :], 0.0)
-        dd_col += tl.sum(dd, axis=0)
-        acc_mu += tl.dot(tl.trans(dd.to(x.dtype)), x, input_precision=DOT_PRECISION)
+        dd = tl.where(clamp_ok & rows & valid, w * a[:, None], 0.0)
+        dd_col += tl.sum(dd, axis=1)
+        acc = tl.dot((-2.0 * dd).to(x.dtype), x, acc, input_precision=DOT_PRECISION)
         # ∂ℓ/∂λ = d·a − D/2 and ∂ℓ/∂log π = 1, summed per element (the cancellation of d·a against D/2
         # stays inside each term instead of between two large column sums)
-        da_ = d * a[None, :]
-        dlv = dl * (da_ - half_d)
-        if HAS_GLAT:
-            dlv -= g_lat[:, None] * y_val * da_
-        if HAS_GS:
-            dlv += g_s[:, None] * y_val * v[None, :]
-        d_log_var += tl.sum(tl.where(rows, dlv, 0.0), axis=0)
-        d_log_pi += tl.sum(dl, axis=0)
-        if HAS_GZ:
-            y_val = tl.where(rows, y_val, 0.0)
-            acc_gz += tl.dot(tl.trans(y_val.to(gz.dtype)), gz, input_precision=DOT_PRECISION)
+        dlv = dl * (da - half_d)
+        if glat_ptr is not None:
+            dlv -= g_lat[None, :] * y_val * da
+        if gs_ptr is not None:
+            dlv += g_s[None, :] * y_val * v[:, None]
+        d_log_var += tl.sum(tl.where(rows, dlv, 0.0), axis=1)
+        d_log_pi += tl.sum(dl, axis=1)
+        if gz_ptr is not None:
+            acc = tl.dot(tl.where(rows, y_val, 0.0).to(gz.dtype), gz, acc, input_precision=DOT_PRECISION)
 
-    dmu = 2.0 * (mu.to(tl.float32) * dd_col[:, None] - acc_mu) + acc_gz
+    # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
+    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
+    dmu = 2.0 * mu.to(tl.float32) * dd_col[:, None] + acc
     tl.store(dmu_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], dmu, mask=mask_kd)
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
-def _gmvq_bwd_delta_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
-    gz_ptr, glat_ptr, gs_ptr, gc_ptr, delta_y_ptr, delta_q_ptr,
-    N, K, D, seed_lo, seed_hi, y_scale,
-    HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr, HAS_GC: tl.constexpr,
-    HAS_NOISE: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row. Launched with the dx kernel's blocks, so y and Y
-    here are bitwise those of the dx kernel and Y − Δy cancels as exactly as in softmax's backward."""
-    HAS_Y: tl.constexpr = HAS_GZ or HAS_GLAT or HAS_GS
-    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d, UPCAST)
-    gz = tl.zeros((BLOCK_N, BLOCK_D), x.dtype)
-    if HAS_GZ:
-        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d, UPCAST)
-    g_lat = load_row_vec(glat_ptr, offs_n, N, HAS_GLAT)
-    g_s = load_row_vec(gs_ptr, offs_n, N, HAS_GS)
-    delta_y = tl.zeros((BLOCK_N,), tl.float32)
-    delta_q = tl.zeros((BLOCK_N,), tl.float32)
-    for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
-        d, logits, _clamp = logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION)
-        if HAS_GC:
-            g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
-            q = softmax_prob(logits, LOG2E, stats_ptr, offs_n, N, 0)
-            delta_q += tl.sum(q * g_c[None, :], axis=1)
-        if HAS_Y:
-            v = tl.load(v_ptr + offs_k, mask=mask_k, other=0.0)
-            gz_mu = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-            if HAS_GZ:
-                gz_mu = tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, HAS_NOISE, BLOCK_K)
-            y, big_y = sample_terms(logits, d, a, v, gz_mu, g, y_scale, stats_ptr, offs_n, N, g_lat, g_s,
-                                    HAS_GZ, HAS_GLAT, HAS_GS)
-            delta_y += tl.sum(tl.where(mask_k[None, :], y * big_y, 0.0), axis=1)
-    if HAS_Y:
-        tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n)
-    if HAS_GC:
-        tl.store(delta_q_ptr + offs_n, delta_q, mask=mask_n)
-
-
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision):
-    """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` = (entropy, stats,
-    hard_idx) from the forward; ``grads`` = (Ḡ_z (N, D), Ḡ_lse, Ḡ_q̄ (K,), Ḡ_lat, Ḡ_s2, Ḡ_H (N,)),
-    each a tensor or None (a None removes its work from the kernels).
+    """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` = {"entropy", "stats",
+    "hard_idx"} from the forward; ``grads`` = {output name: upstream gradient} with names from
+    ``spec.DIFF_OUTPUTS`` (quantized (N, D); agg_posterior (K,); the others (N,)). A missing or None
+    entry removes its work from the kernels.
 
     Returns (dx (N, D) x.dtype, dmeans (K, D) means.dtype, d log_var (K,), d log π (K,) fp32)."""
+    unknown = set(grads) - set(DIFF_OUTPUTS)
+    assert not unknown, f"no gradient flows through {unknown}"
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
-    ent, stats, hard_idx = saved
-    g_z, g_lse, g_qbar, g_lat, g_s, g_h = grads
-    f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    g_lse, g_lat, g_s, g_h = f32(g_lse), f32(g_lat), f32(g_s), f32(g_h)
-    g_c = None if g_qbar is None else (g_qbar.float() / N).contiguous()
-    if g_z is not None:
-        g_z = g_z.to(x.dtype).contiguous()
+    f32 = lambda name: None if grads.get(name) is None else grads[name].float().contiguous()  # noqa: E731
+    g_lse, g_lat, g_s, g_h = (f32(n) for n in ("log_likelihood", "latent_nll", "mixture_var", "entropy"))
+    g_c = None if grads.get("agg_posterior") is None else (grads["agg_posterior"].float() / N).contiguous()
+    g_z = grads.get("quantized")
+    g_z = None if g_z is None else interpreter_operand(g_z.to(x.dtype).contiguous())
     has_y = g_z is not None or g_lat is not None or g_s is not None
-    flags = kernel_flags(x, dot_precision)
+    prec = dot_precision_for(x, dot_precision)
+    xk, mk = interpreter_operand(x), interpreter_operand(means)
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype), col_config(D, x.dtype)
     lo, hi = split_seed(seed)
-    dummy = ent  # stands in for absent optional pointers; never read (constexpr flags)
-    opt = lambda t: dummy if t is None else t  # noqa: E731
-    row_launch = dict(BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
+    row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
-
-    # the Δ pass takes the flags of the terms inside Y and Δq; the dx / dμ kernels take all of them
-    has = dict(HAS_GZ=g_z is not None, HAS_GLAT=g_lat is not None, HAS_GS=g_s is not None,
-               HAS_GC=g_c is not None, HAS_NOISE=noise is not None, **flags)
-    delta_y = torch.empty(N, dtype=torch.float32, device=dev) if has_y else None
-    delta_q = torch.empty(N, dtype=torch.float32, device=dev) if g_c is not None else None
+    vec = lambda: torch.empty(N, dtype=torch.float32, device=dev)  # noqa: E731
+    delta_y = vec() if has_y else None
+    delta_q = vec() if g_c is not None else None
     if has_y or g_c is not None:
         _gmvq_bwd_delta_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](
-            x, means, a, b, v, opt(noise), stats, opt(g_z), opt(g_lat), opt(g_s), opt(g_c),
-            opt(delta_y), opt(delta_q), N, K, D, lo, hi, y_scale(tau), **has, **row_launch)
+            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, delta_y, delta_q,
+            N, K, D, lo, hi, y_scale(tau), **row_launch)
 
-    common = (x, means, a, b, v, opt(noise), ent, stats, opt(delta_y),
-              opt(delta_q), opt(hard_idx), opt(g_z), opt(g_lse), opt(g_h), opt(g_lat), opt(g_s), opt(g_c))
-    meta = dict(has, HAS_GLSE=g_lse is not None, HAS_GH=g_h is not None, HARD=hard)
-
+    common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
+              delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
     dx = torch.empty((N, D), dtype=torch.float32, device=dev)
     _gmvq_bwd_dx_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](
-        *common, dx, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), **meta, **row_launch)
+        *common, dx, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), **row_launch)
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
@@ -338,6 +323,6 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(2))
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
         *common, dmu_part, dlv_part, dlp_part, N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
-        **meta, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
+        DOT_PRECISION=prec, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
         num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     return dx.to(x.dtype), dmu_part.sum(0).to(means.dtype), dlv_part.sum(0), dlp_part.sum(0)

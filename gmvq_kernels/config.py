@@ -3,11 +3,13 @@
 Configs are bucketed by the tile width in bytes (fp32 tiles count double). They were checked for
 correctness and timed on one NVIDIA H200 (torch 2.11, triton 3.6.0, 2026-11-27), but not yet tuned:
 see benchmarks/README.md. There is no autotuning; benchmarks/gpu_check.py --tune times alternatives
-through ``OVERRIDE``.
+through ``override``.
 Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
 CPU tests fast while still crossing many codebook tiles.
 """
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -36,42 +38,54 @@ def block_d(D: int) -> int:
     return max(16, 1 << (D - 1).bit_length())
 
 
-# Tuning hook (benchmarks/gpu_check.py --tune): {"row": KernelConfig, "col": KernelConfig} replaces the
-# defaults below for every D and dtype while set.
-OVERRIDE = {}
+_OVERRIDE = threading.local()  # per thread: a tuning run in one thread never leaks into another
+
+
+@contextlib.contextmanager
+def override(row: "KernelConfig" = None, col: "KernelConfig" = None):
+    """Within the block, launches in this thread use these configs for every D and dtype (tuning and
+    the static cost report try alternatives this way); the defaults come back on exit."""
+    saved = getattr(_OVERRIDE, "configs", {})
+    _OVERRIDE.configs = {**saved, **{k: v for k, v in (("row", row), ("col", col)) if v is not None}}
+    try:
+        yield
+    finally:
+        _OVERRIDE.configs = saved
 
 
 def _tile_width(D: int, dtype: torch.dtype) -> int:
     """BLOCK_D in 2-byte units: shared memory is what limits the tiles, and fp32 tiles take twice the
     bytes of bf16 ones (seen on an H200: fp32 at the bf16 configs asked for up to 356 KiB of 227)."""
-    return block_d(D) * max(1, torch.empty((), dtype=dtype).element_size() // 2)
+    return block_d(D) * max(1, dtype.itemsize // 2)
 
 
 KC = KernelConfig
 # (largest tile width in 2-byte units, config), first match wins; the last row takes everything wider.
+# Chosen 2026-11-29 with benchmarks/static_cost.py (sm_90 SASS read on a CPU, not timed on a GPU): the
+# lowest modelled H200 time at the anchor shapes among configs whose dots are HGMMA with N ≥ 32 and
+# that do not duplicate work across warps (a 64-row wgmma tile per 4 warps: BLOCK_N ≥ 16·num_warps for
+# the row kernels, BLOCK_K ≥ 16·num_warps for the transposed column kernels). Registers bound these
+# kernels: BLOCK_K = 32 in the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator.
+# History: (128, 64, 8 warps, 3 stages) at ≤ 64 returned garbage quantized rows with triton 3.6 on an
+# H200 (bf16/fp16; benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt).
 ROW_CONFIGS = (
-    # NOT (128, 64, 8 warps, 3 stages) at ≤ 64: with triton 3.6 on an H200 it returned garbage quantized
-    # rows (~1 %, bf16/fp16); (64, 64, 4, 2) was correct there and as fast or faster
-    # (benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt, config_retime.txt)
-    (64, KC(64, 64, 4, 2)),
-    (128, KC(64, 64, 4, 3)),
-    (256, KC(64, 32, 8, 2)),
-    (512, KC(32, 32, 8, 2)),
+    (128, KC(64, 32, 4, 2)),
+    (256, KC(128, 32, 8, 2)),
+    (512, KC(64, 16, 4, 1)),
     (None, KC(16, 16, 4, 1)),  # fp32 at D = 512: within an A100's 163 KiB of shared memory
 )
 COL_CONFIGS = (
-    (64, KC(64, 128, 8, 3)),
-    (128, KC(64, 64, 4, 3)),
-    (256, KC(32, 64, 8, 2)),
-    (512, KC(32, 32, 8, 2)),
+    (256, KC(32, 128, 8, 2)),
+    (512, KC(32, 64, 4, 1)),
     (None, KC(16, 16, 4, 1)),
 )
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 
 
 def _pick(kind: str, table, D: int, dtype: torch.dtype) -> KernelConfig:
-    if kind in OVERRIDE:
-        return OVERRIDE[kind]
+    configs = getattr(_OVERRIDE, "configs", {})
+    if kind in configs:
+        return configs[kind]
     if INTERPRET:
         return INTERPRET_CONFIG
     w = _tile_width(D, dtype)
@@ -88,16 +102,19 @@ def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
     return _pick("col", COL_CONFIGS, D, dtype)
 
 
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors to fill; 1 off CUDA (the interpreter still exercises the row splits;
+    benchmarks/static_cost.py patches this to model a real GPU)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
     """(splits, rows_per_split) for the column kernels, so that small K still fills the GPU.
 
     Each split writes its own partial sums (splits, K[, D]) that torch adds up afterwards:
     deterministic, no atomics, and the extra memory is bounded by about 2·SMs·BLOCK_K·D floats,
     independent of N and K."""
-    if device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 2  # interpreter (and compile-only tests): still exercise the split path
+    target = 2 * sm_count(device)
     splits = max(1, -(-target // num_col_blocks))
     rows = -(-N // splits)
     rows_per_split = -(-rows // BLOCK_N) * BLOCK_N

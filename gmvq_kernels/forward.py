@@ -17,75 +17,35 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import INTERPRET, block_d, col_config, row_config, split_rows
-from .noise import gumbel_tile, split_seed
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-
-@triton.jit
-def load_rows(x_ptr, offs_n, N, D, offs_d, UPCAST: tl.constexpr):
-    """x tile (BLOCK_N, BLOCK_D) as stored (or fp32 under UPCAST) and its fp32 squared norms."""
-    mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
-    x = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
-    xf = x.to(tl.float32)
-    if UPCAST:
-        x = xf
-    return x, tl.sum(xf * xf, axis=1)
+from .config import block_d, col_config, row_config, split_rows
+from .noise import split_seed
+from .spec import GMVQOutput
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for, interpreter_operand,
+                    load_codes, load_rows, noise_tile, y_scale)
 
 
-@triton.jit
-def load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST: tl.constexpr):
-    """Code tile (BLOCK_K, BLOCK_D) as stored (fp32 under UPCAST), its fp32 squared norms, a and b."""
-    mask_k = offs_k < K
-    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
-                 mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
-    muf = mu.to(tl.float32)
-    if UPCAST:
-        mu = muf
-    a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
-    b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
-    return mu, tl.sum(muf * muf, axis=1), a, b
+EVEN_K = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 
 
-@triton.jit
-def logits_tile(x, xx, mu, mm, a, b, mask_k, DOT_PRECISION: tl.constexpr):
-    """One (BLOCK_N, BLOCK_K) tile of distances and logits: (d, logits, grad_mask). ``d`` is the
-    clamped squared distance, ``logits`` ℓ = b − d·a with −inf in padded columns, ``grad_mask`` where the
-    clamp passes gradient (raw d ≥ 0, as torch.clamp_min)."""
-    xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
-    d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
-    d = tl.maximum(d_raw, 0.0)
-    logits = tl.where(mask_k[None, :], b[None, :] - d * a[None, :], float("-inf"))
-    return d, logits, d_raw >= 0.0
-
-
-@triton.jit
-def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K,
-               HAS_NOISE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Gumbel noise for a tile: the explicit (N, K) tensor when given, else drawn from (seed, n, k)."""
-    if HAS_NOISE:
-        mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        g = tl.load(noise_ptr + offs_n[:, None] * K + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-    else:
-        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
-    return g
-
-
+@EVEN_K
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
-    z_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr,
-    stats_ptr, hard_idx_ptr,
+    z_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
     N, K, D, seed_lo, seed_hi, y_scale,
-    HAS_NOISE: tl.constexpr, HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Row outputs of BLOCK_N rows, streaming the codebook.
+
+    x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
+    noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's
+    dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (4, N) fp32 (tiles.M_Q .. LOG2S_Y) and,
+    when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d, UPCAST)
+    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
 
     # Both softmaxes keep their running max in natural units and form exponents as (e − m)·scale, as
     # torch's softmax does: e − m is exact near the maximum, so large logits (small τ, far codes)
@@ -108,10 +68,11 @@ def _gmvq_fwd_kernel(
 
     for k_start in range(0, K, BLOCK_K):
         offs_k = k_start + tl.arange(0, BLOCK_K)
-        mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
-        d, logits, _ = logits_tile(x, xx, mu, mm, a, b, offs_k < K, DOT_PRECISION)
-        v = tl.load(v_ptr + offs_k, mask=offs_k < K, other=0.0)
-        valid = (offs_k < K)[None, :]
+        mask_k = code_mask(offs_k, K, EVEN_K)
+        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        valid = mask_k[None, :]
+        d, logits, _ = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
         da = d * a[None, :]
 
         # --- q statistics
@@ -128,7 +89,7 @@ def _gmvq_fwd_kernel(
         m_q = m_new
 
         # --- y statistics
-        g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, HAS_NOISE, BLOCK_K)
+        g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
         noisy = tl.where(valid, logits + g, float("-inf"))
         tile_ymax = tl.max(noisy, axis=1)
         m_y_new = tl.maximum(m_y, tile_ymax)
@@ -147,91 +108,73 @@ def _gmvq_fwd_kernel(
             hard_v = tl.where(better_y, tl.sum(tl.where(pick, v[None, :], 0.0), axis=1), hard_v)
         m_y = m_y_new
 
-    lse = m_q + tl.log2(s_q) * LN2
-    entropy = tl.log2(s_q) * LN2 - u_q / s_q
+    # NaN policy: a row whose x is not finite (or whose ||x||² overflows fp32) gets NaN outputs and
+    # statistics (so q̄ and every gradient it reaches are NaN too) and code −1: the GPU's max/argmax
+    # would otherwise skip its NaN logits and return finite garbage
+    bad = ~(xx < float("inf"))
+    lse = tl.where(bad, float("nan"), m_q + tl.log2(s_q) * LN2)
+    entropy = tl.where(bad, float("nan"), tl.log2(s_q) * LN2 - u_q / s_q)
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     nd = offs_n[:, None] * D + offs_d[None, :]
-    tl.store(codes_ptr + offs_n, best_k, mask=mask_n)
+    tl.store(codes_ptr + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
     tl.store(lse_ptr + offs_n, lse, mask=mask_n)
     tl.store(ent_ptr + offs_n, entropy, mask=mask_n)
-    # row softmax statistics (max in natural units, log2 of the sum), kept apart so that backward's
-    # exp2((e − m)·scale − log2 s) reproduces the forward's probabilities
-    tl.store(stats_ptr + offs_n, m_q, mask=mask_n)
-    tl.store(stats_ptr + N + offs_n, tl.log2(s_q), mask=mask_n)
-    tl.store(stats_ptr + 2 * N + offs_n, m_y, mask=mask_n)
-    tl.store(stats_ptr + 3 * N + offs_n, tl.log2(s_y), mask=mask_n)
+    tl.store(stats_ptr + M_Q * N + offs_n, tl.where(bad, float("nan"), m_q), mask=mask_n)
+    tl.store(stats_ptr + LOG2S_Q * N + offs_n, tl.log2(s_q), mask=mask_n)
+    tl.store(stats_ptr + M_Y * N + offs_n, tl.where(bad, float("nan"), m_y), mask=mask_n)
+    tl.store(stats_ptr + LOG2S_Y * N + offs_n, tl.log2(s_y), mask=mask_n)
     if HARD:
         z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
-        tl.store(z_ptr + nd, z_hard, mask=mask_nd)
-        tl.store(lat_ptr + offs_n, hard_lat, mask=mask_n)
-        tl.store(s2_ptr + offs_n, hard_v, mask=mask_n)
+        tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
+        tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), hard_lat), mask=mask_n)
+        tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), hard_v), mask=mask_n)
         tl.store(hard_idx_ptr + offs_n, hard_k, mask=mask_n)
     else:
-        tl.store(z_ptr + nd, (acc_z / s_y[:, None]).to(z_ptr.dtype.element_ty), mask=mask_nd)
-        tl.store(lat_ptr + offs_n, acc_lat / s_y, mask=mask_n)
-        tl.store(s2_ptr + offs_n, acc_v / s_y, mask=mask_n)
+        z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
+        tl.store(z_ptr + nd, z.to(z_ptr.dtype.element_ty), mask=mask_nd)
+        tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), acc_lat / s_y), mask=mask_n)
+        tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), acc_v / s_y), mask=mask_n)
 
 
-@triton.jit
-def log2_softmax(e, scale, stats_ptr, offs_n, N, WHICH: tl.constexpr):
-    """(e − m)·scale − log2 s: log2-probabilities of softmax WHICH (0: q over e = ℓ with scale log2 e;
-    1: y over e = ℓ + g with scale log2(e)/τ), from the forward's (4, N) row statistics."""
-    mask_n = offs_n < N
-    m = tl.load(stats_ptr + (2 * WHICH) * N + offs_n, mask=mask_n, other=0.0)
-    log_s = tl.load(stats_ptr + (2 * WHICH + 1) * N + offs_n, mask=mask_n, other=0.0)
-    return (e - m[:, None]) * scale - log_s[:, None]
-
-
-@triton.jit
-def softmax_prob(e, scale, stats_ptr, offs_n, N, WHICH: tl.constexpr):
-    return tl.exp2(log2_softmax(e, scale, stats_ptr, offs_n, N, WHICH))
-
-
+@EVEN_K
 @triton.jit
 def _gmvq_fwd_colsum_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, stats_ptr, part_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, stats_ptr, part_ptr,
     N, K, D, rows_per_split,
-    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Column sums Σ_n q_nk of BLOCK_K codes over one split of rows (program_id(1)), from the forward's
+    row statistics: writes part (splits, K) fp32. Inputs as for ``_gmvq_fwd_kernel``."""
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_k = code_mask(offs_k, K, EVEN_K)
     split = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     row_lo = split.to(tl.int64) * rows_per_split
     row_hi = tl.minimum(row_lo + rows_per_split, N)
-    mu, mm, a, b = load_codes(means_ptr, a_ptr, b_ptr, offs_k, K, D, offs_d, UPCAST)
+    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < row_hi
-        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d, UPCAST)
-        _, logits, _ = logits_tile(x, xx, mu, mm, a, b, offs_k < K, DOT_PRECISION)
-        q = softmax_prob(logits, LOG2E, stats_ptr, offs_n, N, 0)
-        colsum += tl.sum(tl.where(mask_n[:, None], q, 0.0), axis=0)
-    tl.store(part_ptr + split * K + offs_k, colsum, mask=offs_k < K)
-
-
-def y_scale(tau):
-    """log2(e)/τ: the one factor turning ℓ + g into the log2-unit exponent of y, shared by every kernel."""
-    return LOG2E.value / tau
-
-
-def kernel_flags(x, dot_precision):
-    """Constexpr flags shared by every launch: the dot precision (fp32 only) and interpreter upcast."""
-    # The interpreter's bf16/fp16 dot returns garbage (DESIGN.md §4): compute it in fp32 there.
-    upcast = INTERPRET and x.dtype != torch.float32
-    prec = dot_precision if x.dtype == torch.float32 else "ieee"
-    return dict(DOT_PRECISION=prec, UPCAST=upcast)
+        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        # transposed tile (codes × rows): the sum over rows stays inside each warp
+        xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
+        _, logits, _ = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], mask_k[:, None])
+        m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
+        log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
+        q = tl.exp2((logits - m_q[None, :]) * LOG2E - log2s_q[None, :])
+        colsum += tl.sum(tl.where(mask_n[None, :], q, 0.0), axis=1)
+    tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
 def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
-    a, b, v (K,) fp32 contiguous (see reference.component_terms); noise None or (N, K) contiguous.
+    a, b, v (K,) fp32 contiguous (see spec.component_terms); noise None or (N, K) contiguous.
 
-    Returns (outputs, saved): outputs = (z (N, D) x.dtype, codes (N,) int64, lse (N,), q̄ (K,),
-    lat (N,), s2 (N,), entropy (N,)), statistics in fp32; saved = (stats, hard_idx) for the backward:
-    stats (4, N) fp32 = [m_q, log2 s_q, m_y, log2 s_y], the row maxima (natural units) and log2-sums
-    of the two softmaxes; hard_idx (N,) int64 the hard sample (None unless ``hard``)."""
+    Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
+    statistics fp32); saved = {"entropy", "stats", "hard_idx"} for the backward: stats (4, N) fp32 with
+    rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``)."""
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
@@ -242,21 +185,22 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
     stats = torch.empty((4, N), **f32)
     hard_idx = torch.empty(N, dtype=torch.int64, device=dev) if hard else None
     lo, hi = split_seed(seed)
-    flags = kernel_flags(x, dot_precision)
+    prec = dot_precision_for(x, dot_precision)
+    xk, mk = interpreter_operand(x), interpreter_operand(means)
     cfg = row_config(D, x.dtype)
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N),)](
-        x, means, a, b, v, noise if noise is not None else x,
-        z, codes, lse, lat, s2, ent, stats, hard_idx if hard else codes,
+        xk, mk, a, b, v, noise, z, codes, lse, lat, s2, ent, stats, hard_idx,
         N, K, D, lo, hi, y_scale(tau),
-        HAS_NOISE=noise is not None, HARD=hard, **flags,
-        BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
+        HARD=hard, DOT_PRECISION=prec, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    agg = colsum_q(x, means, a, b, stats, flags) / N
-    return (z, codes, lse, agg, lat, s2, ent), (stats, hard_idx)
+    agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
+    outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
+                      mixture_var=s2, entropy=ent)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx)
 
 
-def colsum_q(x, means, a, b, stats, flags):
+def colsum_q(x, means, a, b, v, stats, prec):
     """Σ_n q_nk (K,) fp32 from the forward's final row statistics, deterministic."""
     N, D = x.shape
     K = means.shape[0]
@@ -265,7 +209,7 @@ def colsum_q(x, means, a, b, stats, flags):
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
     part = torch.empty((splits, K), dtype=torch.float32, device=x.device)
     _gmvq_fwd_colsum_kernel[(n_col, splits)](
-        x, means, a, b, stats, part, N, K, D, rows_per_split, **flags,
+        x, means, a, b, v, stats, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -1,100 +1,14 @@
-"""``gmvq``: input validation (the one place user-facing errors are raised) and impl dispatch."""
-import numbers
+"""``gmvq``: the public fused op: validation (checks.py), AMP casting and impl dispatch."""
 from typing import Optional
 
 import torch
 
 from . import config
-from .autograd import FWD_OUTPUTS, all_reduce_sum, check_tau, fused_fwd
+from .autograd import all_reduce_sum, fused_fwd
+from .checks import KERNEL_DTYPES, can_use_triton, checked_tau, validate
 from .noise import seed_tensor
-from .reference import GMVQOutput, gmvq_reference, log_prior_probs
-
-IMPLS = ("auto", "triton", "reference")
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _shape(t):
-    return tuple(t.shape)
-
-
-def _check_tensor(name, t, ndim, dtypes):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dim() != ndim:
-        want = "(N, D)" if name == "x" else "(K, D)" if name == "means" else "(K,)"
-        raise ValueError(f"{name} must have shape {want}; got {_shape(t)}")
-    if t.dtype not in dtypes:
-        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must have a floating dtype in ({names}); got {t.dtype}")
-
-
-def _check_finite(name, t):
-    # Data-dependent (a host sync); skipped while torch.compile traces so graphs stay unbroken.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite; got non-finite values (nan or inf)")
-
-
-def can_use_triton(device: torch.device) -> bool:
-    """Triton runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (set before import)."""
-    return device.type == "cuda" or (config.INTERPRET and device.type == "cpu")
-
-
-def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision):
-    """Raise ValueError/TypeError naming the argument, the expectation and what was given."""
-    _check_tensor("x", x, 2, FLOAT_DTYPES)
-    _check_tensor("means", means, 2, FLOAT_DTYPES)
-    _check_tensor("log_var", log_var, 1, FLOAT_DTYPES)
-    N, D = x.shape
-    if N < 1 or D < 1:
-        raise ValueError(f"x must be non-empty with shape (N, D), N >= 1, D >= 1; got {_shape(x)}")
-    K = means.shape[0]
-    if K < 1 or means.shape[1] != D:
-        raise ValueError(f"means must have shape (K, D) with K >= 1 and D == x.shape[1] == {D}; "
-                         f"got {_shape(means)}")
-    if log_var.shape != (K,):
-        raise ValueError(f"log_var must have shape (K,) == ({K},); got {_shape(log_var)}")
-    if log_prior is not None:
-        _check_tensor("log_prior", log_prior, 1, FLOAT_DTYPES)
-        if log_prior.shape != (K,):
-            raise ValueError(f"log_prior must have shape (K,) == ({K},) or be None; got {_shape(log_prior)}")
-    if means.dtype != x.dtype:
-        raise TypeError(f"means must have the dtype of x ({x.dtype}); got {means.dtype}")
-    params = {"means": means, "log_var": log_var, "log_prior": log_prior, "noise": noise}
-    for name, t in params.items():
-        if t is not None and isinstance(t, torch.Tensor) and t.device != x.device:
-            raise ValueError(f"{name} must be on the device of x ({x.device}); got {t.device}")
-    if not torch.compiler.is_compiling():
-        # under torch.compile a comparison would pin tau's value into the graph (a recompile per
-        # temperature); the op checks it at run time instead
-        check_tau(tau)
-    if isinstance(seed, torch.Tensor):
-        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != "cpu":
-            raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got a tensor "
-                             f"of shape {_shape(seed)}, dtype {seed.dtype} on {seed.device}")
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got {seed!r}")
-    if noise is not None:
-        if not isinstance(noise, torch.Tensor):
-            raise TypeError(f"noise must be a torch.Tensor or None; got {type(noise).__name__}")
-        if _shape(noise) != (N, K):
-            raise ValueError(f"noise must have shape (N, K) == ({N}, {K}); got {_shape(noise)}")
-        if not noise.is_floating_point():
-            raise TypeError(f"noise must have a floating dtype; got {noise.dtype}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-    if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
-        raise ValueError(f"dot_precision must be None or one of {config.DOT_PRECISIONS}; got {dot_precision!r}")
-    if impl == "triton":
-        if not can_use_triton(x.device):
-            raise ValueError(f"impl='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
-                             f"set before triton is imported; got x on {x.device}")
-        if x.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"impl='triton' needs x of dtype float32, float16 or bfloat16; got {x.dtype}")
-    for name in ("means", "log_var", "log_prior"):
-        if params[name] is not None:
-            _check_finite(name, params[name])
-
+from .reference import gmvq_reference
+from .spec import GMVQOutput, log_prior_probs
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     if impl != "auto":
@@ -136,6 +50,8 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
         x, means = x.to(amp), means.to(amp)
     impl = resolve_impl(impl, x)
     if impl == "reference":
+        if torch.compiler.is_compiling():  # tau is checked when the graph runs (see checks.checked_tau)
+            tau = checked_tau(torch.ones((), dtype=torch.float64) * tau)
         out = gmvq_reference(x, means, log_var, log_prior, tau=tau, hard=hard, seed=seed, noise=noise)
     else:
         log_var32 = log_var.float()
@@ -144,7 +60,7 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
                          None if noise is None else noise.float().contiguous(),
                          torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
                          bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION)
-        out = GMVQOutput(*outs[:FWD_OUTPUTS])
+        out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
     if process_group is not None:
         out = out._replace(agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
     return out

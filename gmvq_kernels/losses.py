@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from .reference import GMVQOutput, log_prior_probs
+from .spec import GMVQOutput, log_prior_probs
 
 
 def kl_to_prior(agg_posterior: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -137,7 +137,8 @@ class GaussianMixtureVQ(nn.Module):
         unless the module's ``channel_first`` says otherwise)."""
         if channel_first is None:
             channel_first = self.channel_first if self.channel_first is not None else codes.dim() == 3
-        z = self.means[codes]
+        # code −1 (a non-finite latent, see the NaN policy) decodes to NaN, never to a real code
+        z = self.means[codes.clamp_min(0)].masked_fill((codes < 0)[..., None], float("nan"))
         return z.movedim(-1, 1) if channel_first else z
 
     # --- k-means initialisation

@@ -1,47 +1,16 @@
-"""Pure-PyTorch GM-VQ: the ground truth every test compares against (DESIGN.md §1).
+"""Pure-PyTorch GM-VQ: the ground truth every test compares against (README, "The math").
 
-Readable first: it builds every N×K tensor (distances, logits, q, y) in the dtype of its inputs, which is
-exactly what makes it slow and memory hungry at scale. Autograd differentiates it; the kernels' hand
-derived backward (DESIGN.md §2) is checked against this.
+Readable first: it builds every N×K tensor (distances, logits, q, y), which is exactly what makes it slow
+and memory hungry at scale. Autograd differentiates it; the kernels' hand
+derived backward (README, "The math") is checked against this.
 """
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
 from .noise import gumbel_noise
-
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-class GMVQOutput(NamedTuple):
-    quantized: torch.Tensor      # (N, D), dtype of x
-    codes: torch.Tensor          # (N,) int64
-    log_likelihood: torch.Tensor  # (N,)
-    agg_posterior: torch.Tensor  # (K,)
-    latent_nll: torch.Tensor     # (N,)
-    mixture_var: torch.Tensor    # (N,)
-    entropy: torch.Tensor        # (N,)
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Per-row / per-code statistics are fp32, or fp64 when the inputs are fp64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:
-    """log π (K,) in the dtype and device of ``like``: log_softmax of the prior logits, or −log K."""
-    if log_prior is None:
-        return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
-    return torch.log_softmax(log_prior.to(like.dtype), dim=0)
-
-
-def component_terms(log_var, log_pi, D: int):
-    """Per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)):
-    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π), v_k = σ_k²."""
-    a = 0.5 * torch.exp(-log_var)
-    b = log_pi - 0.5 * D * (log_var + LOG_2PI)
-    return a, b, torch.exp(log_var)
+from .spec import GMVQOutput, stats_dtype
 
 
 def sq_distances(x, means):
@@ -52,18 +21,29 @@ def sq_distances(x, means):
 
 def gmvq_reference(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False,
                    seed: int = 0, noise: Optional[torch.Tensor] = None) -> GMVQOutput:
-    """GM-VQ forward in eager PyTorch, computed in the inputs' dtype. Inputs are assumed validated
+    """GM-VQ forward in eager PyTorch, computed in fp32 (fp64 for fp64 inputs); ``quantized`` comes back
+    in the dtype of x, the statistics in the computation dtype. Inputs are assumed validated
     (see ``gmvq_kernels.gmvq``). ``agg_posterior`` is the local mean q̄ over these N rows."""
+    # autocast would turn the fp32 matmuls back into half ones: the inputs' rounding is the only one
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)
+
+
+def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
     N, D = x.shape
     K = means.shape[0]
-    dt = x.dtype
-    out_dt = stats_dtype(dt)
+    in_dt = x.dtype
+    # fp16/bf16 inputs are computed in fp32 from their rounded values, as the kernels do (fp64 stays fp64)
+    dt = out_dt = stats_dtype(in_dt)
+    x, means = x.to(dt), means.to(dt)
     lv = log_var.to(dt)
-    a, b, v = component_terms(lv, log_prior_probs(log_prior, K, lv), D)
+    log_pi = torch.log_softmax(log_prior.to(dt), 0) if log_prior is not None else torch.full_like(lv, -math.log(K))
+    var = torch.exp(lv)                                       # σ_k²
     if noise is None:
         noise = gumbel_noise(N, K, seed, device=x.device)
     d = sq_distances(x, means)
-    logits = b[None, :] - d * a[None, :]                      # ℓ = log π + log N(x; μ, σ²I)
+    # ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π)
+    logits = log_pi[None, :] - d / (2 * var[None, :]) - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
     log_q = torch.log_softmax(logits, dim=1)
     q = log_q.exp()
     noisy = logits + noise.to(dt)
@@ -73,12 +53,20 @@ def gmvq_reference(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard:
         y = y_hard - y_soft.detach() + y_soft
     else:
         y = y_soft
-    return GMVQOutput(
-        quantized=y @ means,
+    out = GMVQOutput(
+        quantized=(y @ means).to(in_dt),
         codes=logits.argmax(1),
         log_likelihood=torch.logsumexp(logits, dim=1).to(out_dt),
         agg_posterior=q.mean(0).to(out_dt),
-        latent_nll=(y * d * a[None, :]).sum(1).to(out_dt),
-        mixture_var=(y * v[None, :]).sum(1).to(out_dt),
+        latent_nll=(y * d / (2 * var[None, :])).sum(1).to(out_dt),
+        mixture_var=(y * var[None, :]).sum(1).to(out_dt),
         entropy=-(q * log_q).sum(1).to(out_dt),
     )
+    # NaN policy (as the kernels): a row whose x is not finite, or whose ||x||² overflows, is NaN with
+    # code −1; its NaN reaches q̄ through the mean
+    bad = ~((x * x).sum(1) < math.inf)
+    nan = float("nan")
+    return out._replace(
+        quantized=out.quantized.masked_fill(bad[:, None], nan), codes=out.codes.masked_fill(bad, -1),
+        **{f: getattr(out, f).masked_fill(bad, nan)
+           for f in ("log_likelihood", "latent_nll", "mixture_var", "entropy")})

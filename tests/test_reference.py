@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import gmvq_kernels as gk
 from gmvq_kernels.noise import philox_words_numpy
-from gmvq_kernels.reference import component_terms, gmvq_reference, log_prior_probs
+from gmvq_kernels.reference import gmvq_reference
+from gmvq_kernels.spec import component_terms, log_prior_probs
 
 from utils import make_inputs
 

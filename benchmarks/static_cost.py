@@ -1,0 +1,294 @@
+"""Static cost report of the fused kernels: what an H200 would do, read from sm_90 SASS on a CPU.
+
+For each shape, mode (soft/hard) and dtype it captures every kernel launch of one forward + backward of
+the training objective of ``speed.py`` (ALBO terms + a reconstruction stand-in on ``quantized``: upstream
+gradients for quantized, latent_nll and agg_posterior) without running it, with the configs the launchers
+pick on an H100/H200 (132 SMs) and the JIT's argument specialisation. Each distinct kernel is compiled
+for sm_90 (and sm_80 with ``--arch 80 90``) with the ptxas bundled in triton's wheel and disassembled
+with the bundled nvdisasm. Per kernel it reports registers, spill bytes, shared memory, resident
+warps/SM, grid, and the thread-instructions per (n, k) element of one pass by class, read from the main
+loop (the outermost backward branch). A FlashAttention-2-style kernel pair (forward + backward with
+queries = x, keys = values = the codebook) is compiled in the same run as the yardstick.
+
+Throughput model (H200 SXM, stated, not measured): 132 SMs at 1.98 GHz; per SM and clock 4 warp-
+instructions issued (128 thread-instructions), FP32 128, integer ALU 64, IMAD 64, MUFU 16, conversions 16,
+LDS/STS/SHFL 32 thread-ops, HGMMA 4096 bf16/fp16 FLOPs (2048 tf32). A loop iteration costs the slowest
+of these pipes (they overlap); issue is scaled down by resident warps / 8 below 8 warps per SM (each
+scheduler needs two warps to hide latency). A kernel costs iterations × CTAs per SM (the busiest SM,
+⌈grid / 132⌉) × that; memory traffic, launch and host time are not modelled.
+
+    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft and hard
+    python benchmarks/static_cost.py --out F.json --md F.md
+    python benchmarks/static_cost.py --fast               # one small shape; exit 1 on any spill (CI)
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels: the report reads real sm_90 code
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from gmvq_kernels import backward, config, devtools, forward, noise  # noqa: E402
+from gmvq_kernels.spec import component_terms  # noqa: E402
+
+ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
+FAST_SHAPE = (2048, 1024, 64)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# --- the H200 model (see the module docstring)
+SMS, CLOCK_HZ = 132, 1.98e9
+RATES = {"FP32": 128, "ALU": 64, "IMAD": 64, "MUFU": 16, "CONV": 16, "LDS/STS": 32, "SHFL": 32}
+TENSOR_FLOPS_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
+REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
+
+
+def capture(N, K, D, dtype, hard, dot_precision="tf32x3"):
+    """Launches of one fwd+bwd of the training objective (see module docstring), nothing run."""
+    x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
+    a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
+    sms = config.sm_count
+    config.sm_count = lambda device: SMS
+    try:
+        with devtools.record_launches(forward, backward, noise) as log:
+            outs, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=0, noise=None,
+                                           dot_precision=dot_precision)
+            grads = dict(quantized=torch.randn(N, D).to(dtype), latent_nll=torch.randn(N),
+                         agg_posterior=torch.randn(K))
+            backward.gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=1.0, hard=hard, seed=0,
+                              dot_precision=dot_precision)
+    finally:
+        config.sm_count = sms
+    return log
+
+
+def occupancy(regs, shared, num_warps):
+    """Resident CTAs per SM from registers (allocated per warp in units of 256) and shared memory."""
+    per_warp = math.ceil(regs * 32 / 256) * 256
+    by_regs = REGS_PER_SM // (per_warp * num_warps)
+    by_shared = SHARED_PER_SM // (shared + 1024) if shared else 32
+    return max(0, min(by_regs, by_shared, MAX_WARPS // num_warps, 32))
+
+
+def analyse(launch, cc, cache):
+    key = (devtools.variant_key(launch), cc)
+    if key not in cache:
+        kernel = devtools.compile_launch(launch, cc)
+        regs, spills, _ = devtools.resource_usage(kernel)
+        cache[key] = dict(kernel=kernel, regs=regs, spill_bytes=spills, shared=kernel.metadata.shared,
+                          sass=devtools.read_sass(kernel))
+    return cache[key]
+
+
+def model(info, launch, elems, dot_kind):
+    """Modelled H200 milliseconds of one launch (see module docstring) and its per-element counts."""
+    kw = launch.kwargs
+    warps = kw.get("num_warps", 4)
+    tile = kw["BLOCK_N"] * kw["BLOCK_K"]
+    grid = math.prod(launch.grid)
+    sass = info["sass"]
+    per_sm = math.ceil(grid / SMS)
+    ctas = occupancy(info["regs"], info["shared"], warps)
+    resident = min(ctas, per_sm) * warps
+    iters = math.ceil(elems / (grid * tile))
+    eff = min(1.0, resident / 8)
+    cycles = {"issue": sass.loop_len * warps / 4 / max(eff, 1e-3)}
+    for cls, rate in RATES.items():
+        cycles[cls] = sass.classes.get(cls, 0) * warps * 32 / rate
+    cycles["tensor"] = sass.mma_flops * (warps / 4) / TENSOR_FLOPS_PER_CLK[dot_kind]
+    bound = max(cycles, key=cycles.get)
+    ms = per_sm * iters * cycles[bound] / CLOCK_HZ * 1e3
+    per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(sass.classes.items())}
+    return dict(grid=grid, warps_per_sm=ctas * warps, resident_warps=resident,
+                instr_per_elem=sass.loop_len * warps * 32 / tile, classes=per_elem,
+                mma=sass.mma_shapes, bound=bound, model_ms=ms)
+
+
+def dot_kind(dtype, prec):
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32")
+
+
+def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3"):
+    N, K, D = shape
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for launch in capture(N, K, D, dtype, mode == "hard", prec):
+        info = analyse(launch, cc, cache)
+        m = model(info, launch, N * K, dot_kind(dtype, prec))
+        rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",
+                         arch=f"sm_{cc}", kernel=launch.name, regs=info["regs"],
+                         spill_bytes=info["spill_bytes"], shared_bytes=info["shared"],
+                         num_warps=launch.kwargs.get("num_warps", 4),
+                         block=[launch.kwargs["BLOCK_N"], launch.kwargs["BLOCK_K"]], **m))
+    total = dict(shape=list(shape), mode=mode, dtype=rows[0]["dtype"], arch=f"sm_{cc}", passes=len(rows),
+                 instr_per_elem=sum(r["instr_per_elem"] for r in rows),
+                 mufu_per_elem=sum(r["classes"].get("MUFU", 0) for r in rows),
+                 model_ms=sum(r["model_ms"] for r in rows))
+    return rows, total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Yardstick: FlashAttention-2-style forward and backward (queries x, keys = values = codebook)
+
+@triton.jit
+def _fa_fwd_kernel(q_ptr, k_ptr, o_ptr, lse_ptr, N, K, sm_scale,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(q_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kv = tl.load(k_ptr + (k0 + tl.arange(0, BLOCK_K))[:, None] * BLOCK_D + offs_d[None, :])
+        qk = tl.dot(q, tl.trans(kv)) * sm_scale
+        m_new = tl.maximum(m, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m - m_new)
+        s = s * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv)
+        m = m_new
+    tl.store(o_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :], (acc / s[:, None]).to(o_ptr.dtype.element_ty))
+    tl.store(lse_ptr + offs_n, m + tl.log2(s))
+
+
+@triton.jit
+def _fa_bwd_dkv_kernel(q_ptr, k_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, N, K, sm_scale,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv = tl.load(k_ptr + offs_k[:, None] * BLOCK_D + offs_d[None, :])
+    dk = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        q = tl.load(q_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+        do = tl.load(do_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+        lse = tl.load(lse_ptr + offs_n)
+        delta = tl.load(delta_ptr + offs_n)
+        p = tl.exp2(tl.dot(q, tl.trans(kv)) * sm_scale - lse[:, None])
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+        dp = tl.dot(do, tl.trans(kv))
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(dk_ptr + offs_k[:, None] * BLOCK_D + offs_d[None, :], (dk + dv).to(dk_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _fa_bwd_dq_kernel(q_ptr, k_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, N, K, sm_scale,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = tl.load(q_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+    do = tl.load(do_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :])
+    lse = tl.load(lse_ptr + offs_n)
+    delta = tl.load(delta_ptr + offs_n)
+    dq = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kv = tl.load(k_ptr + (k0 + tl.arange(0, BLOCK_K))[:, None] * BLOCK_D + offs_d[None, :])
+        p = tl.exp2(tl.dot(q, tl.trans(kv)) * sm_scale - lse[:, None])
+        dp = tl.dot(do, tl.trans(kv))
+        dq += tl.dot((p * (dp - delta[:, None])).to(kv.dtype), kv)
+    tl.store(dq_ptr + offs_n[:, None] * BLOCK_D + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty))
+
+
+def yardstick_launches(N, K, D, dtype):
+    """FA2-style launches at (N queries, K keys, D) with the tile sizes FA2's Triton tutorial uses."""
+    q, kv = torch.empty(N, D, dtype=dtype), torch.empty(K, D, dtype=dtype)
+    vec = torch.empty(N)
+    big = D > 128
+    fwd = dict(BLOCK_N=128, BLOCK_K=64 if not big else 32, BLOCK_D=D, num_warps=8, num_stages=3 if not big else 2)
+    bwd = dict(BLOCK_N=64 if not big else 32, BLOCK_K=64, BLOCK_D=D, num_warps=4 if not big else 8,
+               num_stages=2 if not big else 1)
+    return [devtools.Launch(_fa_fwd_kernel, (N // 128,), (q, kv, q, vec, N, K, 1.0), fwd),
+            devtools.Launch(_fa_bwd_dkv_kernel, (K // bwd["BLOCK_K"],), (q, kv, q, vec, vec, kv, N, K, 1.0), bwd),
+            devtools.Launch(_fa_bwd_dq_kernel, (N // bwd["BLOCK_N"],), (q, kv, q, vec, vec, q, N, K, 1.0), bwd)]
+
+
+def yardstick(shape, dtype_name, cc, cache):
+    N, K, D = shape
+    rows = []
+    for launch in yardstick_launches(N, K, D, DTYPES[dtype_name]):
+        info = analyse(launch, cc, cache)
+        m = model(info, launch, N * K, dtype_name if dtype_name != "fp32" else "tf32")
+        rows.append(dict(kernel=launch.name, regs=info["regs"], spill_bytes=info["spill_bytes"], **m))
+    return dict(shape=list(shape), dtype=dtype_name, arch=f"sm_{cc}", kernels=rows,
+                instr_per_elem=sum(r["instr_per_elem"] for r in rows),
+                model_ms=sum(r["model_ms"] for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def markdown(result):
+    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
+             "instr/elem | MUFU/elem | MMA in loop | bound | model ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        mma = ", ".join(f"{op.split('.')[1]}×{n}" for op, n in r["mma"].items()) or "—"
+        lines.append(f"| {', '.join(map(str, r['shape']))} | {r['mode']} | {r['dtype']} | {r['kernel']} | "
+                     f"{r['regs']} | {r['spill_bytes']} | {r['warps_per_sm']} | {r['grid']} | "
+                     f"{r['block'][0]}×{r['block'][1]}, {r['num_warps']} | {r['instr_per_elem']:.1f} | "
+                     f"{r['classes'].get('MUFU', 0):.2f} | {mma} | {r['bound']} | {r['model_ms']:.3f} |")
+    lines += ["", "| N, K, D | mode | dtype | arch | passes | instr/elem (sum) | MUFU/elem | model ms (fwd+bwd) | "
+              "FA2 yardstick instr/elem | FA2 model ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ys = {(tuple(y["shape"]), y["dtype"], y["arch"]): y for y in result["yardstick"]}
+    for t in result["totals"]:
+        y = ys.get((tuple(t["shape"]), t["dtype"].split("-")[0], t["arch"]))
+        lines.append(f"| {', '.join(map(str, t['shape']))} | {t['mode']} | {t['dtype']} | {t['arch']} | "
+                     f"{t['passes']} | {t['instr_per_elem']:.1f} | {t['mufu_per_elem']:.2f} | {t['model_ms']:.2f} | "
+                     + (f"{y['instr_per_elem']:.1f} | {y['model_ms']:.2f} |" if y else "— | — |"))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default=None, help="N,K,D;N,K,D (default: the four anchor shapes)")
+    p.add_argument("--dtypes", default="bf16", help="comma list of bf16, fp16, fp32 (fp32 reports tf32x3 and tf32)")
+    p.add_argument("--modes", default="soft,hard")
+    p.add_argument("--arch", nargs="+", type=int, default=[90])
+    p.add_argument("--fast", action="store_true", help=f"one small shape {FAST_SHAPE}; exit 1 on any spill")
+    p.add_argument("--out", help="write JSON here")
+    p.add_argument("--md", help="write the markdown tables here")
+    args = p.parse_args(argv)
+    shapes = [FAST_SHAPE] if args.fast else (
+        [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
+    t0 = time.time()
+    cache, rows, totals, yard = {}, [], [], []
+    for cc in args.arch:
+        for shape in shapes:
+            for dtype_name in args.dtypes.split(","):
+                precs = ("tf32x3", "tf32") if dtype_name == "fp32" else ("ieee",)
+                for prec in precs:
+                    for mode in args.modes.split(","):
+                        r, t = report_case(shape, mode, dtype_name, cc, cache, prec)
+                        rows += r
+                        totals.append(t)
+                        print(f"sm_{cc} {shape} {mode} {t['dtype']}: {t['passes']} passes, "
+                              f"{t['instr_per_elem']:.1f} instr/elem, model {t['model_ms']:.2f} ms "
+                              f"[{time.time() - t0:.0f} s]", flush=True)
+                if cc == 90:
+                    yard.append(yardstick(shape, dtype_name, cc, cache))
+    result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
+                  torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
+                  rows=rows, totals=totals, yardstick=yard)
+    md = markdown(result)
+    print(md)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md + "\n")
+    spills = [r for r in rows if r["spill_bytes"]]
+    for r in spills:
+        print(f"SPILL: {r['kernel']} {r['shape']} {r['mode']} {r['dtype']} {r['arch']}: {r['spill_bytes']} B")
+    return 1 if (args.fast and spills) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

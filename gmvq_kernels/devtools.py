@@ -1,0 +1,205 @@
+"""Developer tools: capture the kernel launches of a launcher call without running them, compile each for
+a real GPU target on a machine without a GPU, and read its SASS like a profiler would.
+
+Used by ``tests/compile_kernels.py`` (every variant compiles for sm_80/sm_90 within the shared-memory
+limits) and ``benchmarks/static_cost.py`` (registers, spills, occupancy and instructions per (n, k)
+element, and a throughput model). Needs compiled (not interpreted) kernels: import it in a process
+without ``TRITON_INTERPRET=1``. Only triton's own wheel is used: it ships ptxas, cuobjdump and nvdisasm.
+"""
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.autotuner import Heuristics
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+# largest shared memory one block may use (bytes): A100 163 KiB, H100/H200 227 KiB
+SHARED_LIMIT = {80: 166912, 90: 232448}
+
+
+@dataclass
+class Launch:
+    """One kernel launch as the launcher issued it: the JIT function, its grid and arguments."""
+    fn: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    @property
+    def name(self):
+        return self.fn.fn.__name__
+
+
+class _Recorder:
+    """Stands in for a kernel: records its launches, with ``triton.heuristics`` values applied."""
+
+    def __init__(self, kernel, log):
+        self.heuristics = {}
+        while isinstance(kernel, Heuristics):
+            self.heuristics = {**kernel.values, **self.heuristics}
+            kernel = kernel.fn
+        self.fn, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            named = {**dict(zip(self.fn.arg_names, args)), **kwargs}
+            for name, rule in self.heuristics.items():
+                kwargs[name] = named[name] = rule(named)
+            self.log.append(Launch(self.fn, tuple(grid), args, kwargs))
+        return launch
+
+
+@contextlib.contextmanager
+def record_launches(*modules):
+    """Within the block, every ``kernel[grid](...)`` of a ``_..._kernel`` JIT function in ``modules``
+    is recorded (into the yielded list) instead of run: launchers can be called on CPU tensors."""
+    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "needs compiled (non-interpreted) kernels"
+    log, patched = [], {}
+    for mod in modules:
+        for attr in dir(mod):
+            obj = getattr(mod, attr)
+            if isinstance(obj, (JITFunction, Heuristics)) and attr.startswith("_") and attr.endswith("_kernel"):
+                patched[(mod, attr)] = obj
+                setattr(mod, attr, _Recorder(obj, log))
+    try:
+        yield log
+    finally:
+        for (mod, attr), obj in patched.items():
+            setattr(mod, attr, obj)
+
+
+def compile_launch(launch: Launch, cc: int):
+    """Compile a recorded launch for sm_{cc} with the argument specialisation the JIT would use on a
+    GPU (16-byte divisibility of integers and pointers), returning triton's CompiledKernel."""
+    fn = launch.fn
+    target = GPUTarget("cuda", cc, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*launch.args, **launch.kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, spec, opts)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def variant_key(launch: Launch):
+    """Launches that compile to the same binary share this key (signature dtypes, constexprs, options)."""
+    def sig(v):
+        if isinstance(v, torch.Tensor):
+            return (str(v.dtype), v.data_ptr() % 16 == 0)
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, int):
+            return ("int", v == 1, v % 16 == 0, -2**31 <= v < 2**31)
+        return type(v).__name__
+    return (launch.name, tuple(sig(a) for a in launch.args), tuple(sorted(launch.kwargs.items())))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the binary
+
+def _run_tool(tool, *args, data: bytes, suffix: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k" + suffix)
+        with open(path, "wb") as f:
+            f.write(data)
+        out = subprocess.run([os.path.join(BIN, tool), *args, path], capture_output=True, text=True, check=True)
+        return out.stdout + out.stderr
+
+
+def resource_usage(kernel):
+    """(registers, spill bytes (stores + loads) per thread, stack bytes) from ptxas' report."""
+    cc = kernel.metadata.target.arch
+    arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([os.path.join(BIN, "ptxas"), "-v", f"--gpu-name={arch}", ptx, "-o",
+                              os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True).stderr
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    stack = re.search(r"(\d+) bytes (?:cumulative )?stack", log)
+    return regs, spills, int(stack.group(1)) if stack else 0
+
+
+_INSTR = re.compile(r"/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+
+# instruction classes (by opcode prefix; first match wins)
+CLASSES = (
+    ("HGMMA", ("HGMMA", "WARPGROUP")), ("HMMA", ("HMMA",)), ("MUFU", ("MUFU",)),
+    ("IMAD", ("IMAD", "IMUL")),
+    ("FP32", ("FFMA", "FADD", "FMUL", "FMNMX", "FSETP", "FSEL", "FCHK", "FSWZADD")),
+    ("CONV", ("I2F", "F2I", "F2F", "I2FP", "F2FP", "FRND")),
+    ("LDS/STS", ("LDS", "STS", "LDSM", "STSM")), ("LDL/STL", ("LDL", "STL")),
+    ("LDG/STG", ("LDG", "STG", "LDGSTS", "UTMALDG", "UBLKCP", "LDGDEPBAR", "DEPBAR")),
+    ("BAR", ("BAR", "SYNCS", "ARRIVES", "WARPSYNC")), ("SHFL", ("SHFL",)),
+    ("UNIFORM", ("U",)), ("CONTROL", ("BRA", "EXIT", "BSSY", "BSYNC", "CALL", "RET", "NOP", "YIELD")),
+)
+
+
+def _classify(op):
+    for cls, prefixes in CLASSES:
+        if op.startswith(prefixes):
+            return cls
+    return "ALU"  # integer / logic / move / predicate: IADD3, LOP3, SHF, ISETP, SEL, MOV, PRMT, LEA, ...
+
+
+@dataclass
+class Sass:
+    """The main loop of a kernel read from its SASS: every instruction between the target of the
+    outermost backward branch and the branch (both ends included; constexpr-dead code is gone, runtime
+    branches inside are counted as if taken)."""
+    total: int
+    loop_len: int
+    classes: dict = field(default_factory=dict)      # class -> instructions in the loop body
+    mma_shapes: dict = field(default_factory=dict)   # e.g. "HGMMA.64x64x16.F32.BF16" -> count in the loop
+    mma_flops: float = 0.0                           # FLOPs of one warpgroup (HGMMA) / warp (HMMA) pass
+
+
+def read_sass(kernel) -> Sass:
+    text = _run_tool("nvdisasm", "-c", data=kernel.asm["cubin"], suffix=".cubin")
+    instrs, labels, pending = [], {}, []
+    for line in text.splitlines():
+        m = _LABEL.match(line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = _INSTR.search(line)
+        if m:
+            addr = int(m.group(1), 16)
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+            instrs.append((addr, m.group(2), m.group(3)))
+    loops = []
+    for addr, op, operands in instrs:
+        if op.startswith("BRA"):
+            t = re.search(r"\((\.L_x_\d+)\)", operands)
+            if t and labels.get(t.group(1), addr + 1) <= addr:
+                loops.append((labels[t.group(1)], addr))
+    if loops:  # the longest backward jump: the main loop over tiles
+        lo, hi = max(loops, key=lambda r: r[1] - r[0])
+        body = [(a, op) for a, op, _ in instrs if lo <= a <= hi]
+    else:
+        body = [(a, op) for a, op, _ in instrs]
+    classes, shapes, flops = {}, {}, 0.0
+    for _, op in body:
+        cls = _classify(op)
+        classes[cls] = classes.get(cls, 0) + 1
+        if op.startswith(("HGMMA", "HMMA")):
+            shapes[op] = shapes.get(op, 0) + 1
+            if op.startswith("HGMMA"):
+                m, n, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
+            else:
+                digits = re.match(r"HMMA\.(\d+)", op).group(1)  # HMMA.16816: m16 n8 k16; HMMA.1688: k8
+                m, n, k = int(digits[:2]), int(digits[2]), int(digits[3:])
+            flops += 2.0 * m * n * k
+    return Sass(total=len(instrs), loop_len=len(body), classes=classes, mma_shapes=shapes, mma_flops=flops)

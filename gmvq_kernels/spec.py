@@ -1,0 +1,54 @@
+"""What the fused op is, shared by every layer of the kernel path: the outputs and their names, the
+gradients that can flow back (by name), and the per-code constants of the logits.
+
+Adding an output: a field of ``GMVQOutput`` (and ``DIFF_OUTPUTS`` if it carries a gradient), plus the
+kernel code that computes it. The custom ops, the autograd wiring and the tests derive their order from
+these lists. ``reference.py`` does not import this module's math: the ground truth writes its own.
+"""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class GMVQOutput(NamedTuple):
+    """Outputs of ``gmvq`` (symbols: x_n, μ_k, λ_k = log σ_k², ℓ_nk, q_nk, y_nk, see the README)."""
+    quantized: torch.Tensor       # (N, D), dtype of x: z_n = Σ_k y_nk μ_k (hard: μ of argmax_k ℓ + g)
+    codes: torch.Tensor           # (N,) int64: argmax_k ℓ_nk
+    log_likelihood: torch.Tensor  # (N,): logsumexp_k ℓ_nk = log p(x_n)
+    agg_posterior: torch.Tensor   # (K,): q̄_k = mean_n q_nk
+    latent_nll: torch.Tensor      # (N,): Σ_k y_nk d_nk / (2σ_k²)
+    mixture_var: torch.Tensor     # (N,): s_n² = Σ_k y_nk σ_k²
+    entropy: torch.Tensor         # (N,): H(q_n)
+
+
+OUTPUT_FIELDS = GMVQOutput._fields
+# outputs that carry a gradient (codes is an integer output), in the order the backward op takes them
+DIFF_OUTPUTS = tuple(f for f in OUTPUT_FIELDS if f != "codes")
+# what the forward saves for the backward, after the outputs
+SAVED_FIELDS = ("stats", "hard_idx")
+# rows of the (4, N) fp32 softmax statistics: the row maxima (natural units) and log2 of the sums of
+# q = softmax(ℓ) and y = softmax((ℓ + g)/τ)
+STATS_ROWS = ("m_q", "log2_s_q", "m_y", "log2_s_y")
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-row / per-code statistics are fp32, or fp64 when the inputs are fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:
+    """log π (K,) in the dtype and device of ``like``: log_softmax of the prior logits, or −log K."""
+    if log_prior is None:
+        return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
+    return torch.log_softmax(log_prior.to(like.dtype), dim=0)
+
+
+def component_terms(log_var, log_pi, D: int):
+    """Per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)):
+    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π), v_k = σ_k²."""
+    a = 0.5 * torch.exp(-log_var)
+    b = log_pi - 0.5 * D * (log_var + LOG_2PI)
+    return a, b, torch.exp(log_var)

@@ -1,0 +1,115 @@
+"""Tile helpers shared by the forward and backward kernels: one definition of each per-(n, k) quantity,
+so that the backward recomputes exactly what the forward computed.
+
+Helpers take operands already broadcast to the tile's orientation: the row kernels work on (BLOCK_N,
+BLOCK_K) tiles (per-row vectors as ``v[:, None]``, per-code as ``v[None, :]``); the column kernel on
+the transposed (BLOCK_K, BLOCK_N) tiles, so that its sums over rows stay inside a warp.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .config import INTERPRET
+from .noise import gumbel_tile
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# rows of the (4, N) softmax statistics the forward saves (spec.STATS_ROWS): each softmax's row max in
+# natural units and log2 of its sum, so exp2((e − m)·scale − log2 s) reproduces its probabilities
+M_Q = tl.constexpr(0)
+LOG2S_Q = tl.constexpr(1)
+M_Y = tl.constexpr(2)
+LOG2S_Y = tl.constexpr(3)
+
+
+@triton.jit
+def load_rows(ptr, offs_n, N, D, offs_d):
+    """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored, and its fp32 squared norms."""
+    mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
+    t = tl.load(ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    tf = t.to(tl.float32)
+    return t, tl.sum(tf * tf, axis=1)
+
+
+@triton.jit
+def code_mask(offs_k, K, EVEN_K: tl.constexpr):
+    """offs_k < K, folded to a constant when the block divides K (its selects then vanish). Serves
+    rows as well: code_mask(offs_n, N, EVEN_N)."""
+    if EVEN_K:
+        return tl.full(offs_k.shape, 1, tl.int1)
+    else:
+        return offs_k < K
+
+
+@triton.jit
+def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d):
+    """Code tile (BLOCK_K, BLOCK_D) as stored, its fp32 squared norms, and the per-code a, b, v
+    (spec.component_terms: ℓ = b − d·a, v = σ²)."""
+    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
+                 mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
+    muf = mu.to(tl.float32)
+    a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
+    b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
+    v = tl.load(v_ptr + offs_k, mask=mask_k, other=0.0)
+    return mu, tl.sum(muf * muf, axis=1), a, b, v
+
+
+@triton.jit
+def distances_logits(xm, xx, mm, a, b, valid):
+    """(d, ℓ, clamp_ok) of a tile from the dot xm = x·μ: d = ||x||² + ||μ||² − 2 x·μ clamped at 0,
+    ℓ = b − d·a (−inf where ``valid`` is false), clamp_ok where the clamp passes gradient (raw d ≥ 0,
+    as torch.clamp_min). ``xx``, ``mm``, ``a``, ``b``, ``valid`` are broadcast to the tile."""
+    d_raw = xx + mm - 2.0 * xm
+    d = tl.maximum(d_raw, 0.0)
+    logits = tl.where(valid, b - d * a, float("-inf"))
+    return d, logits, d_raw >= 0.0
+
+
+@triton.jit
+def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr):
+    """Gumbel noise of a (BLOCK_N, BLOCK_K) tile: drawn from (seed, n, k), or read from the explicit
+    (N, K) fp32 ``noise`` tensor when one was given."""
+    if noise_ptr is None:
+        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
+    else:
+        mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+        g = tl.load(noise_ptr + offs_n[:, None] * K + offs_k[None, :], mask=mask, other=0.0)
+    return g
+
+
+@triton.jit
+def load_stats(stats_ptr, offs_n, N):
+    """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
+    mask_n = offs_n < N
+    m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
+    log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
+    m_y = tl.load(stats_ptr + M_Y * N + offs_n, mask=mask_n, other=0.0)
+    log2s_y = tl.load(stats_ptr + LOG2S_Y * N + offs_n, mask=mask_n, other=0.0)
+    return m_q, log2s_q, m_y, log2s_y
+
+
+@triton.jit
+def load_row_vec(ptr, offs_n, N):
+    """A per-row fp32 vector, or zeros when ``ptr`` is None (an absent upstream gradient)."""
+    if ptr is None:
+        return tl.zeros(offs_n.shape, tl.float32)
+    else:
+        return tl.load(ptr + offs_n, mask=offs_n < N, other=0.0)
+
+
+def y_scale(tau):
+    """log2(e)/τ: the one factor turning ℓ + g into the log2-unit exponent of y, shared by every kernel."""
+    return LOG2E.value / tau
+
+
+def dot_precision_for(x, dot_precision):
+    """The tl.dot input precision: the requested one for fp32 inputs, native for half inputs."""
+    return dot_precision if x.dtype == torch.float32 else "ieee"
+
+
+def interpreter_operand(t):
+    """The interpreter's bf16/fp16 ``tl.dot`` returns garbage (see README, "Running without a GPU"):
+    launchers hand it fp32 copies of half operands. A no-op on GPUs."""
+    if INTERPRET and t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t

@@ -1,0 +1,72 @@
+"""The Gumbel noise is Gumbel: goodness of fit on 2²¹ draws, moments, and the upper-tail series branch
+against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gmvq_kernels.noise import SERIES_W, philox_words_numpy, words_to_gumbel
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def ks_pvalue(samples: np.ndarray) -> float:
+    """Kolmogorov–Smirnov test of ``samples`` against the standard Gumbel CDF exp(−exp(−x))."""
+    x = np.sort(samples.astype(np.float64))
+    n = x.size
+    cdf = np.exp(-np.exp(-x))
+    i = np.arange(1, n + 1)
+    d = max(np.max(i / n - cdf), np.max(cdf - (i - 1) / n))
+    t = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d  # Stephens' finite-n correction
+    return float(min(1.0, 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * t * t) for k in range(1, 101))))
+
+
+@pytest.fixture(scope="module")
+def draws():
+    """2²¹ draws (2048 rows × 1024 codes) by the CPU twin: the kernels' words and transform (tests in
+    test_kernels.py pin the in-kernel noise to it), fast without the interpreter."""
+    words = torch.from_numpy(philox_words_numpy(2048, 1024, seed=12345).astype(np.int64))
+    return words_to_gumbel(words).numpy().ravel()
+
+
+def test_noise_fits_gumbel_on_two_million_draws(draws):
+    g = draws
+    assert np.isfinite(g).all()
+    assert ks_pvalue(g) > 1e-3
+    # moments: mean γ, variance π²/6 (standard errors ~ 1e-3 and ~2e-3 at this n)
+    assert abs(g.mean() - EULER_GAMMA) < 5e-3, g.mean()
+    assert abs(g.var() - math.pi**2 / 6) < 1e-2, g.var()
+    # each of the four Philox words (codes k mod 4) is Gumbel on its own
+    for i in range(4):
+        assert ks_pvalue(g.reshape(2048, 1024)[:, i::4].ravel()) > 1e-3
+
+
+def test_ks_rejects_a_wrong_distribution(draws):
+    """The test above can fail: the same draws shifted by 0.01 or scaled by 1.01 are rejected."""
+    g = draws
+    assert ks_pvalue(g + 0.01) < 1e-3
+    assert ks_pvalue(g * 1.01) < 1e-3
+
+
+def test_transform_matches_float64_over_all_tails():
+    """The upper tail (u near 1, where the series replaces the log) and the rest agree with the exact
+    −log(−log u) of the same word in float64 to fp32 accuracy."""
+    top = np.arange(2**23 - 4096, 2**23, dtype=np.int64) << 9  # u ∈ (1 − 2⁻¹¹, 1): the series branch
+    edge = (np.arange(-2048, 2048, dtype=np.int64) + int((1 - SERIES_W) * 2**23)) << 9  # the switch
+    rest = np.linspace(0, 2**23 - 1, 4096).astype(np.int64) << 9
+    words = torch.from_numpy(np.concatenate([top, edge, rest]))
+    u = ((words >> 9).double() + 0.5) * 2.0**-23
+    exact = -torch.log(-torch.log(u))
+    got = words_to_gumbel(words).double()
+    err = (got - exact).abs() / exact.abs().clamp_min(1.0)
+    assert err.max() < 4e-7, (err.max(), exact[err.argmax()])
+
+
+def test_numpy_twin_words_are_philox_per_four_codes():
+    """Code 4j + i takes word i of call j: the (N, K) words of a K not divisible by 4 are a prefix of
+    the words of K rounded up."""
+    a = philox_words_numpy(3, 10, seed=9)
+    b = philox_words_numpy(3, 12, seed=9)
+    assert np.array_equal(a, b[:, :10])
+    assert len(np.unique(b)) == b.size  # 36 distinct 32-bit words
