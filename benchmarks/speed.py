@@ -9,6 +9,7 @@ or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TF
 forward+backward: 4 forward, 8 backward).
 
     python benchmarks/speed.py --smoke                       # CPU, seconds (CI)
+    python benchmarks/speed.py --cpu-step                    # CPU: module training step vs VectorQuantize
     python benchmarks/speed.py --out benchmarks/results/X/speed.json   # GPU: anchors + sweeps
 """
 import argparse
@@ -19,8 +20,9 @@ import time
 
 import torch
 
-if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
-    os.environ["TRITON_INTERPRET"] = "1"  # CPU: run the kernels in Triton's interpreter
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and "--cpu-step" not in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # CPU: run the kernels in Triton's interpreter (not for --cpu-step,
+    # which measures what a CPU user gets: the reference and the NumPy noise)
 
 import triton  # noqa: E402
 
@@ -224,6 +226,59 @@ def plot_scaling(rows, out_png, title):
     fig.savefig(out_png, dpi=110)
 
 
+def host_overhead(device, iters=200):
+    """Host time of one fwd+bwd at a tiny shape (8, 16, 16), where the kernels take microseconds:
+    wall time per call over ``iters`` calls with one sync at the end (CUDA: launches are asynchronous,
+    so this is the Python, dispatcher and launch cost)."""
+    x, means, log_var = make_inputs(8, 16, 16, torch.bfloat16, device, True)
+    fn = gmvq_loss("triton")
+    for _ in range(10):
+        fn(x, means, log_var).backward()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn(x, means, log_var).backward()
+    torch.cuda.synchronize()
+    return dict(check="host_overhead", N=8, K=16, D=16, us_per_fwd_bwd=(time.perf_counter() - t0) / iters * 1e6)
+
+
+def cpu_training_step(steps=20, dim=32, codebook_size=512, batch=(64, 32, 4, 4)):
+    """One training step of the quantizer alone on CPU (forward, the quantizer's loss plus a stand-in
+    reconstruction, backward, Adam), GaussianMixtureVQ (reference impl: what ``impl="auto"`` runs on a
+    CPU) beside vector-quantize-pytorch's VectorQuantize when installed; median ms, interleaved steps."""
+    torch.manual_seed(0)
+    latents = torch.randn(*batch)
+    quantizers = {"gmvq_kernels": gk.GaussianMixtureVQ(dim, codebook_size, hard=True, seed=0, impl="reference")}
+    try:
+        from vector_quantize_pytorch import VectorQuantize
+        quantizers["vector_quantize_pytorch"] = VectorQuantize(dim=dim, codebook_size=codebook_size,
+                                                               accept_image_fmap=True)
+    except ImportError:
+        pass
+    # VectorQuantize's EMA codebook has no trainable parameters: its optimiser step is a no-op
+    opts = {name: torch.optim.Adam(q.parameters(), lr=1e-3) for name, q in quantizers.items()
+            if any(True for _ in q.parameters())}
+    times = {name: [] for name in quantizers}
+    for _ in range(steps + 2):
+        for name, q in quantizers.items():
+            t0 = time.perf_counter()
+            z = latents.clone().requires_grad_(True)
+            quantized, _, loss = q(z)[:3]
+            (quantized.square().mean() + loss.sum()).backward()
+            if name in opts:
+                opts[name].step()
+                opts[name].zero_grad()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for name, ts in times.items():
+        ts = sorted(ts[2:])
+        rows.append(dict(check="cpu_training_step", quantizer=name, dim=dim, codebook_size=codebook_size,
+                         batch=list(batch), ms_median=ts[len(ts) // 2], ms_min=ts[0], threads=torch.get_num_threads()))
+    if len(rows) == 2:
+        rows[0]["ratio_to_vector_quantize_pytorch"] = rows[0]["ms_median"] / rows[1]["ms_median"]
+    return rows
+
+
 def run_smoke(args):
     device = torch.device("cpu")
     rows = []
@@ -273,7 +328,17 @@ def main(argv=None):
     p.add_argument("--out", help="write rows as JSON (and .csv beside it; plots with --plot)")
     p.add_argument("--plot", help="PNG path for the scaling plot")
     p.add_argument("--budget-s", type=float, default=300, help="skip optional parts after this many seconds")
+    p.add_argument("--cpu-step", action="store_true",
+                   help="CPU: one training step of GaussianMixtureVQ beside VectorQuantize (if installed)")
     args = p.parse_args(argv)
+    if args.cpu_step:
+        rows = cpu_training_step()
+        for r in rows:
+            print(json.dumps(r))
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(dict(rows=rows, **env_info(torch.device("cpu"))), fh, indent=1)
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     info = env_info(device)
     t0 = time.time()

@@ -15,7 +15,9 @@ instructions issued (128 thread-instructions), FP32 128, integer ALU 64, IMAD 64
 LDS/STS/SHFL 32 thread-ops, HGMMA 4096 bf16/fp16 FLOPs (2048 tf32). A loop iteration costs the slowest
 of these pipes (they overlap); issue is scaled down by resident warps / 8 below 8 warps per SM (each
 scheduler needs two warps to hide latency). A kernel costs iterations × CTAs per SM (the busiest SM,
-⌈grid / 132⌉) × that; memory traffic, launch and host time are not modelled.
+⌈grid / 132⌉) × that; memory traffic, launch and host time are not modelled. With ``--arch 80`` the sm_80
+code is counted the same way, but its model_ms still applies the H200's rates (a comparison of counts,
+not an A100 estimate).
 
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft and hard
     python benchmarks/static_cost.py --out F.json --md F.md
@@ -100,7 +102,7 @@ def model(info, launch, elems, dot_kind):
     cycles = {"issue": sass.loop_len * warps / 4 / max(eff, 1e-3)}
     for cls, rate in RATES.items():
         cycles[cls] = sass.classes.get(cls, 0) * warps * 32 / rate
-    cycles["tensor"] = sass.mma_flops * (warps / 4) / TENSOR_FLOPS_PER_CLK[dot_kind]
+    cycles["tensor"] = sass.mma_flops_per_cta(warps) / TENSOR_FLOPS_PER_CLK[dot_kind]
     bound = max(cycles, key=cycles.get)
     ms = per_sm * iters * cycles[bound] / CLOCK_HZ * 1e3
     per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(sass.classes.items())}

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .backward import gmvq_bwd
 from .checks import check_tau
+from .config import launch_guard
 from .forward import gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
 
@@ -28,8 +29,9 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
-                           dot_precision=dot_precision)
+    with launch_guard():
+        outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
+                               dot_precision=dot_precision)
     if saved["hard_idx"] is None:
         saved["hard_idx"] = torch.empty(0, dtype=torch.int64, device=x.device)
     return (*outs, *(saved[name] for name in SAVED_FIELDS))
@@ -58,8 +60,9 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx if hard else None)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
-    return gmvq_bwd(x, means, a, b, v, noise, saved, named, tau=float(tau), hard=hard, seed=seed,
-                    dot_precision=dot_precision)
+    with launch_guard():
+        return gmvq_bwd(x, means, a, b, v, noise, saved, named, tau=float(tau), hard=hard, seed=seed,
+                        dot_precision=dot_precision)
 
 
 assert [p for p in inspect.signature(_fused_bwd).parameters if p.startswith("g_")] == \
@@ -98,6 +101,14 @@ def _backward(ctx, *upstream):
 
 
 fused_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("gmvq_kernels: double backward (gradients of gradients) through the fused "
+                              "kernels is not supported; use impl='reference' for higher-order derivatives")
+
+
+fused_bwd.register_autograd(_no_double_backward)
 
 
 @torch.library.custom_op("gmvq_kernels::all_reduce_sum", mutates_args=())

@@ -36,7 +36,8 @@ from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
-                    load_row_vec, load_rows, load_stats, noise_tile, y_scale)
+                    load_row_vec, load_rows, load_stats, noise_tile, softmax_prob,
+                    y_scale)
 
 HEURISTICS = triton.heuristics({
     "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
@@ -100,12 +101,12 @@ def _gmvq_bwd_delta_kernel(
         d, logits, _clamp = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
         if gc_ptr is not None:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
-            q = tl.exp2((logits - m_q[:, None]) * LOG2E - log2s_q[:, None])
+            q = softmax_prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
             noisy = tl.where(valid, logits + g, float("-inf"))
-            y = tl.exp2((noisy - m_y[:, None]) * y_scale - log2s_y[:, None])
+            y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
             big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
             if gz_ptr is not None:
                 big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
@@ -156,14 +157,14 @@ def _gmvq_bwd_dx_kernel(
         xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
         valid = mask_k[None, :]
         d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
-        log2_q = (logits - m_q[:, None]) * LOG2E - log2s_q[:, None]
+        log2_q = tl.minimum((logits - m_q[:, None]) * LOG2E - log2s_q[:, None], 0.0)  # see softmax_prob
         q = tl.exp2(log2_q)
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
             noisy = tl.where(valid, logits + g, float("-inf"))
-            y = tl.exp2((noisy - m_y[:, None]) * y_scale - log2s_y[:, None])
+            y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
             big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
             if gz_ptr is not None:
                 big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
@@ -225,7 +226,7 @@ def _gmvq_bwd_dmu_kernel(
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)
         m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
-        log2_q = (logits - m_q[None, :]) * LOG2E - log2s_q[None, :]
+        log2_q = tl.minimum((logits - m_q[None, :]) * LOG2E - log2s_q[None, :], 0.0)  # see softmax_prob
         q = tl.exp2(log2_q)
         da = d * a[:, None]
         g_lat = load_row_vec(glat_ptr, offs_n, row_hi)
@@ -234,7 +235,7 @@ def _gmvq_bwd_dmu_kernel(
         big_y = q
         if HAS_Y:
             noisy = tl.where(valid, logits + g, float("-inf"))
-            y = tl.exp2((noisy - m_y[None, :]) * y_scale - log2s_y[None, :])
+            y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
             big_y = g_lat[None, :] * da + g_s[None, :] * v[:, None]
             if gz_ptr is not None:
                 gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)

@@ -10,10 +10,44 @@ import torch
 from . import config
 
 
+# Supported ranges: inside them every output and gradient is finite in both impls
+# (tests/test_reliability.py); outside, exp(±λ), ℓ/τ or ‖x‖² leave fp32.
+TAU_RANGE = (1e-4, 1e4)
+LOG_VAR_LIMIT = 30.0       # |λ| ≤ 30: σ² from 1e-13 to 1e13
+MAX_D = 512                # the kernels hold a whole row of D in one tile
+SEED_MSG = "seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor"
+
+
 def check_tau(tau):
-    """tau must be a finite number > 0 (comparisons only: NaN fails them too)."""
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
-        raise ValueError(f"tau must be a finite number > 0; got {tau!r}")
+    """tau must be a real number in TAU_RANGE (comparisons only: NaN fails them too)."""
+    lo, hi = TAU_RANGE
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not lo <= tau <= hi:
+        raise ValueError(f"tau must be a finite number in [{lo:g}, {hi:g}]; got {tau!r}")
+
+
+def check_seed(seed):
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != "cpu":
+            raise ValueError(f"{SEED_MSG}; got a tensor of shape {_shape(seed)}, dtype {seed.dtype} on {seed.device}")
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"{SEED_MSG}; got {seed!r}")
+
+
+def check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {value!r}")
+
+
+def check_number(name, value, lo=-math.inf, hi=math.inf):
+    """A finite real number (not a bool) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}")
+
+
+def check_int(name, value, lo=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
 
 
 @torch.library.custom_op("gmvq_kernels::checked_tau", mutates_args=())
@@ -59,7 +93,8 @@ def check_finite_on_cuda() -> bool:
 def _check_finite(name, t):
     # data-dependent: skipped while torch.compile traces (graphs stay unbroken) and, unless asked for, on
     # CUDA, where it would stall the host on the device every call
-    if torch.compiler.is_compiling() or (t.device.type == "cuda" and not check_finite_on_cuda()):
+    if torch.compiler.is_compiling() or t.device.type == "meta" or (
+            t.device.type == "cuda" and not check_finite_on_cuda()):
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite; got non-finite values (nan or inf)")
@@ -70,7 +105,7 @@ def can_use_triton(device: torch.device) -> bool:
     return device.type == "cuda" or (config.INTERPRET and device.type == "cpu")
 
 
-def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision):
+def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group=None):
     """Raise ValueError/TypeError naming the argument, the expectation and what was given."""
     _check_tensor("x", x, 2, FLOAT_DTYPES)
     _check_tensor("means", means, 2, FLOAT_DTYPES)
@@ -98,12 +133,10 @@ def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision
         # under torch.compile a comparison would pin tau's value into the graph (a recompile per
         # temperature); the op checks it at run time instead
         check_tau(tau)
-    if isinstance(seed, torch.Tensor):
-        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != "cpu":
-            raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got a tensor "
-                             f"of shape {_shape(seed)}, dtype {seed.dtype} on {seed.device}")
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor; got {seed!r}")
+    check_seed(seed)
+    check_flag("hard", hard)
+    if process_group is not None and not hasattr(process_group, "group_name"):
+        raise TypeError(f"process_group must be a torch.distributed ProcessGroup or None; got {process_group!r}")
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise must be a torch.Tensor or None; got {type(noise).__name__}")
@@ -111,6 +144,9 @@ def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision
             raise ValueError(f"noise must have shape (N, K) == ({N}, {K}); got {_shape(noise)}")
         if not noise.is_floating_point():
             raise TypeError(f"noise must have a floating dtype; got {noise.dtype}")
+        if noise.requires_grad:
+            raise ValueError("noise must not require grad: the noise is an input sample, not a parameter "
+                             "(the kernels return no gradient for it); pass noise.detach()")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
     if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
@@ -121,8 +157,22 @@ def validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision
                              f"set before triton is imported; got x on {x.device}")
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"impl='triton' needs x of dtype float32, float16 or bfloat16; got {x.dtype}")
+    if impl != "reference" and can_use_triton(x.device) and D > MAX_D:
+        raise ValueError(f"x must have D <= {MAX_D} for the fused kernels (one tile holds a whole row); "
+                         f"got D = {D}. impl='reference' takes any D")
     for name in ("means", "log_var", "log_prior", "noise"):
         if params[name] is not None:
             _check_finite(name, params[name])
+    _check_log_var(log_var)
+
+
+def _check_log_var(log_var):
+    if torch.compiler.is_compiling() or log_var.device.type == "meta" or (
+            log_var.device.type == "cuda" and not check_finite_on_cuda()):
+        return
+    lo, hi = (float(v) for v in torch.aminmax(log_var.detach().float()))
+    if not -LOG_VAR_LIMIT <= lo <= hi <= LOG_VAR_LIMIT:
+        raise ValueError(f"log_var must lie in [-{LOG_VAR_LIMIT:g}, {LOG_VAR_LIMIT:g}] (σ² from 1e-13 to 1e13); "
+                         f"got values from {lo:g} to {hi:g}")
 
 

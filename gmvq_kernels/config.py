@@ -1,9 +1,8 @@
 """Launch configuration and interpreter detection (one place for block sizes).
 
-Configs are bucketed by the tile width in bytes (fp32 tiles count double). They were checked for
-correctness and timed on one NVIDIA H200 (torch 2.11, triton 3.6.0, 2026-11-27), but not yet tuned:
-see benchmarks/README.md. There is no autotuning; benchmarks/gpu_check.py --tune times alternatives
-through ``override``.
+One table for half inputs and one for fp32, by D (see the comment at ROW_CONFIGS for how they were
+chosen). There is no autotuning; ``benchmarks/gpu_check.py --tune`` times alternatives on a GPU through
+``override``, and ``benchmarks/static_cost.py`` models them on a CPU.
 Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
 CPU tests fast while still crossing many codebook tiles.
 """
@@ -17,6 +16,16 @@ import torch
 # Triton decides at decoration time (when our kernel modules are imported) whether a @triton.jit
 # function is interpreted, from this variable; reading it at the same moment keeps us in agreement.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Triton's interpreter keeps global state per launch: two threads launching at once raise or return wrong
+# values (seen: 1.43 max difference). Interpreted launches take this lock; compiled ones run freely.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def launch_guard():
+    """Context for a launch: the interpreter's lock under TRITON_INTERPRET=1, nothing on a GPU."""
+    return _INTERPRETER_LOCK if INTERPRET else contextlib.nullcontext()
+
 
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 # fp32 default: tf32x3 keeps the distance dot within a few fp32 ulps (||x||²+||μ||²−2x·μ cancels
@@ -53,32 +62,25 @@ def override(row: "KernelConfig" = None, col: "KernelConfig" = None):
         _OVERRIDE.configs = saved
 
 
-def _tile_width(D: int, dtype: torch.dtype) -> int:
-    """BLOCK_D in 2-byte units: shared memory is what limits the tiles, and fp32 tiles take twice the
-    bytes of bf16 ones (seen on an H200: fp32 at the bf16 configs asked for up to 356 KiB of 227)."""
-    return block_d(D) * max(1, dtype.itemsize // 2)
-
-
 KC = KernelConfig
-# (largest tile width in 2-byte units, config), first match wins; the last row takes everything wider.
-# Chosen 2026-11-29 with benchmarks/static_cost.py (sm_90 SASS read on a CPU, not timed on a GPU): the
-# lowest modelled H200 time at the anchor shapes among configs whose dots are HGMMA with N ≥ 32 and
-# that do not duplicate work across warps (a 64-row wgmma tile per 4 warps: BLOCK_N ≥ 16·num_warps for
-# the row kernels, BLOCK_K ≥ 16·num_warps for the transposed column kernels). Registers bound these
-# kernels: BLOCK_K = 32 in the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator.
-# History: (128, 64, 8 warps, 3 stages) at ≤ 64 returned garbage quantized rows with triton 3.6 on an
+# (largest D, config) per input kind, first match wins. Chosen 2026-11-29 with benchmarks/static_cost.py
+# (sm_90 SASS read on a CPU, not yet timed on a GPU): the lowest modelled H200 time among configs whose
+# dots are HGMMA with N ≥ 32 and that do not duplicate work across warps (one 64-row wgmma tile per 4
+# warps: BLOCK_N ≥ 16·num_warps in the row kernels, BLOCK_K ≥ 16·num_warps in the transposed column
+# kernels), within an A100's 163 KiB of shared memory. Registers bound these kernels: BLOCK_K = 32 in
+# the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator. fp32 tiles take twice the bytes
+# and tf32x3 splits every operand into three, hence their own, smaller table (at D = 256 every fp32
+# config spills: use bf16 there for speed).
+# History: (128, 64, 8 warps, 3 stages) at D ≤ 64 returned garbage quantized rows with triton 3.6 on an
 # H200 (bf16/fp16; benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt).
-ROW_CONFIGS = (
-    (128, KC(64, 32, 4, 2)),
-    (256, KC(128, 32, 8, 2)),
-    (512, KC(64, 16, 4, 1)),
-    (None, KC(16, 16, 4, 1)),  # fp32 at D = 512: within an A100's 163 KiB of shared memory
-)
-COL_CONFIGS = (
-    (256, KC(32, 128, 8, 2)),
-    (512, KC(32, 64, 4, 1)),
-    (None, KC(16, 16, 4, 1)),
-)
+ROW_CONFIGS = {
+    "half": ((128, KC(64, 32, 4, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
+COL_CONFIGS = {
+    "half": ((256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 
 
@@ -88,8 +90,8 @@ def _pick(kind: str, table, D: int, dtype: torch.dtype) -> KernelConfig:
         return configs[kind]
     if INTERPRET:
         return INTERPRET_CONFIG
-    w = _tile_width(D, dtype)
-    return next(cfg for limit, cfg in table if limit is None or w <= limit)
+    rows = table["fp32" if dtype == torch.float32 else "half"]
+    return next((cfg for limit, cfg in rows if D <= limit), rows[-1][1])
 
 
 def row_config(D: int, dtype: torch.dtype) -> KernelConfig:

@@ -161,7 +161,12 @@ class Sass:
     loop_len: int
     classes: dict = field(default_factory=dict)      # class -> instructions in the loop body
     mma_shapes: dict = field(default_factory=dict)   # e.g. "HGMMA.64x64x16.F32.BF16" -> count in the loop
-    mma_flops: float = 0.0                           # FLOPs of one warpgroup (HGMMA) / warp (HMMA) pass
+    hgmma_flops: float = 0.0                         # FLOPs of the loop's HGMMAs, per warpgroup
+    hmma_flops: float = 0.0                          # FLOPs of the loop's HMMAs, per warp
+
+    def mma_flops_per_cta(self, num_warps: int) -> float:
+        """Tensor-core FLOPs of one loop iteration of a CTA of ``num_warps`` warps."""
+        return self.hgmma_flops * max(1, num_warps // 4) + self.hmma_flops * num_warps
 
 
 def read_sass(kernel) -> Sass:
@@ -190,7 +195,7 @@ def read_sass(kernel) -> Sass:
         body = [(a, op) for a, op, _ in instrs if lo <= a <= hi]
     else:
         body = [(a, op) for a, op, _ in instrs]
-    classes, shapes, flops = {}, {}, 0.0
+    classes, shapes, flops = {}, {}, {"HGMMA": 0.0, "HMMA": 0.0}
     for _, op in body:
         cls = _classify(op)
         classes[cls] = classes.get(cls, 0) + 1
@@ -198,8 +203,10 @@ def read_sass(kernel) -> Sass:
             shapes[op] = shapes.get(op, 0) + 1
             if op.startswith("HGMMA"):
                 m, n, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
+                flops["HGMMA"] += 2.0 * m * n * k
             else:
                 digits = re.match(r"HMMA\.(\d+)", op).group(1)  # HMMA.16816: m16 n8 k16; HMMA.1688: k8
                 m, n, k = int(digits[:2]), int(digits[2]), int(digits[3:])
-            flops += 2.0 * m * n * k
-    return Sass(total=len(instrs), loop_len=len(body), classes=classes, mma_shapes=shapes, mma_flops=flops)
+                flops["HMMA"] += 2.0 * m * n * k
+    return Sass(total=len(instrs), loop_len=len(body), classes=classes, mma_shapes=shapes,
+                hgmma_flops=flops["HGMMA"], hmma_flops=flops["HMMA"])

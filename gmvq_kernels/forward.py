@@ -1,4 +1,4 @@
-"""Forward kernels of the fused GM-VQ op (DESIGN.md §1, §3).
+"""Forward kernels of the fused GM-VQ op (docs/design.md §1, §3).
 
 ``_gmvq_fwd_kernel`` (row blocks, streams the codebook): one program owns BLOCK_N rows of x and walks
 all K codes in BLOCK_K tiles. Per tile: d = ||x||² + ||μ||² − 2·x·μᵀ (one tensor-core dot), the logits
@@ -21,7 +21,7 @@ from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for, interpreter_operand,
-                    load_codes, load_rows, noise_tile, y_scale)
+                    load_codes, load_rows, noise_tile, softmax_prob, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
@@ -163,7 +163,7 @@ def _gmvq_fwd_colsum_kernel(
         _, logits, _ = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], mask_k[:, None])
         m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
         log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
-        q = tl.exp2((logits - m_q[None, :]) * LOG2E - log2s_q[None, :])
+        q = softmax_prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         colsum += tl.sum(tl.where(mask_n[None, :], q, 0.0), axis=1)
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 

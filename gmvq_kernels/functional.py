@@ -27,7 +27,7 @@ def _global_agg_posterior(agg, n_local, process_group):
 def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False, seed=0,
          noise: Optional[torch.Tensor] = None, impl: str = "auto", process_group=None,
          dot_precision: Optional[str] = None) -> GMVQOutput:
-    """Fused GM-VQ (DESIGN.md §1): quantized, codes, log_likelihood, agg_posterior, latent_nll,
+    """Fused GM-VQ (docs/design.md §1): quantized, codes, log_likelihood, agg_posterior, latent_nll,
     mixture_var, entropy.
 
     x (N, D) and means (K, D) share a dtype (fp32/fp16/bf16 for the kernels; fp64 too for the reference);
@@ -42,7 +42,9 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     x and means are cast to the autocast dtype first (so quantized has that dtype).
     torch.compile(fullgraph=True) traces it: the kernels are custom ops (autograd.py), and a changing
     tau or seed does not recompile after the first change (tau's value is then checked in the op)."""
-    validate(x, means, log_var, log_prior, tau, noise, seed, impl, dot_precision)
+    validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group)
+    if not torch.compiler.is_compiling():
+        tau = float(tau)  # any real number type (Fraction, NumPy) from here on
     if torch.is_autocast_enabled(x.device.type):
         # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
         # statistics stay fp32, quantized comes back in the autocast dtype

@@ -1,10 +1,13 @@
 """``GaussianMixtureVQ``: the GM-VQ quantizer as an nn.Module, a drop-in for a VQ layer."""
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
+from . import config
+from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau
 from .functional import gmvq
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 
@@ -12,7 +15,7 @@ from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # same layout and dtype as the input
     codes: torch.Tensor      # input shape without the channel axis, int64
-    loss: torch.Tensor       # γ·latent_nll + β·KL(q̄ ‖ π) (ALBO; ELBO: per-sample KL) (+ γ·(D/2)·Σ q̄ λ if learned σ²)
+    loss: torch.Tensor       # albo_loss / elbo_loss of the op's outputs (with log_var when σ² is learned)
     terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
 
 
@@ -57,18 +60,31 @@ class GaussianMixtureVQ(nn.Module):
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
                  seed: Optional[int] = None):
         super().__init__()
-        if not (isinstance(dim, int) and dim >= 1):
-            raise ValueError(f"dim must be an integer >= 1; got {dim!r}")
-        if not (isinstance(codebook_size, int) and codebook_size >= 1):
-            raise ValueError(f"codebook_size must be an integer >= 1; got {codebook_size!r}")
-        if not (isinstance(tau, (int, float)) and tau > 0):
-            raise ValueError(f"tau must be a number > 0; got {tau!r}")
-        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**62):
+        check_int("dim", dim)
+        check_int("codebook_size", codebook_size)
+        check_tau(tau)
+        for name, flag in (("hard", hard), ("per_component_variance", per_component_variance),
+                           ("learn_variance", learn_variance), ("learnable_prior", learnable_prior),
+                           ("noise_injection", noise_injection), ("kmeans_init", kmeans_init)):
+            check_flag(name, flag)
+        check_number("init_log_var", init_log_var, -LOG_VAR_LIMIT, LOG_VAR_LIMIT)
+        check_number("beta", beta, lo=0.0)
+        check_number("gamma", gamma, lo=0.0)
+        check_int("kmeans_iters", kmeans_iters, lo=0)
+        if channel_first is not None:
+            check_flag("channel_first", channel_first)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+        if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
+            raise ValueError(f"dot_precision must be None or one of {config.DOT_PRECISIONS}; got {dot_precision!r}")
+        # the step counter adds t (and r·2⁴⁰ per rank) to the seed in an int64: 2⁶² leaves room for both
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or not 0 <= seed < 2**62):
             raise ValueError(f"seed must be None or an integer in [0, 2**62); got {seed!r}")
         if objective not in ("albo", "elbo"):
             raise ValueError(f"objective must be 'albo' or 'elbo'; got {objective!r}")
         self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
-        self.tau, self.hard, self.beta, self.gamma = float(tau), hard, beta, gamma
+        self.tau, self.hard, self.beta, self.gamma = float(tau), hard, float(beta), float(gamma)
         self.noise_injection, self.channel_first = noise_injection, channel_first
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
         self.kmeans_iters = kmeans_iters
@@ -106,6 +122,8 @@ class GaussianMixtureVQ(nn.Module):
         return x.dim() == 4 if self.channel_first is None else self.channel_first
 
     def _flatten(self, x):
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            raise TypeError(f"x must have a floating dtype (latents, not codes); got {x.dtype}")
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             raise ValueError(f"x must be a tensor (..., D) or (B, D, H, W); got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -170,7 +188,10 @@ class GaussianMixtureVQ(nn.Module):
         return {"next_seed": int(self._next_seed)}  # in state_dict: a resumed run continues the noise
 
     def set_extra_state(self, state):
-        self._next_seed.fill_(int(state["next_seed"]))
+        seed = state.get("next_seed") if isinstance(state, dict) else None
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+            raise ValueError(f"extra_state next_seed must be an integer in [0, 2**63); got {seed!r}")
+        self._next_seed.fill_(int(seed))
 
     def init_codebook(self, x: torch.Tensor) -> None:
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
@@ -207,12 +228,9 @@ class GaussianMixtureVQ(nn.Module):
         else:
             z = self.means[out.codes]
         objective = albo_loss if self.objective == "albo" else elbo_loss
-        loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma)
-        if self._log_var.requires_grad:
-            # latent_nll drops −log p(z|c)'s (D/2)·log σ², a constant only for a fixed σ_z². Learned
-            # variances must pay it, or every σ² grows without bound and one broad component takes all
-            # rows (seen in the quality study): charged under q̄, the aggregated posterior.
-            loss = loss + self.gamma * 0.5 * self.dim * (out.agg_posterior * self.log_var.float()).sum()
+        # learned variances pay their normaliser (losses.variance_normaliser); a fixed σ_z² need not
+        loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma,
+                         log_var=self.log_var if self._log_var.requires_grad else None)
         terms = dict(latent_nll=out.latent_nll.mean().detach(),
                      kl=kl_to_prior(out.agg_posterior, self.log_prior).detach(),
                      perplexity=perplexity(out.agg_posterior).detach(),

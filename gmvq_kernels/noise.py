@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import INTERPRET
+from .config import INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
 _ROUNDS = tl.constexpr(PHILOX_ROUNDS)
@@ -153,11 +153,13 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring):
     an int in [0, 2**64) or a 0-dim int64 CPU tensor holding its bits (see ``seed_tensor``).
     ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch."""
+    from .checks import check_int, check_seed
+
     device = torch.device(device if device is not None else "cpu")
-    if N < 1 or K < 1:
-        raise ValueError(f"gumbel_noise needs N >= 1 and K >= 1; got N={N}, K={K}")
-    if row_offset < 0:
-        raise ValueError(f"gumbel_noise needs row_offset >= 0; got {row_offset}")
+    check_int("N", N)
+    check_int("K", K)
+    check_int("row_offset", row_offset, lo=0)
+    check_seed(seed)
     return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
 
 
@@ -170,7 +172,8 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else (32, 128)
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
-        _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        with launch_guard():
+            _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
     r = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
     return words_to_gumbel(r).to(device)
@@ -182,10 +185,11 @@ def _(N, K, seed, row_offset, device):
 
 
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
-    """The kernels' _uniform_to_gumbel in torch, for 32-bit words held in an int64 tensor."""
-    h = (r >> 9).to(torch.float32) + 0.5
-    u = h * 2.0**-23
-    w = (2.0**23 - h) * 2.0**-23
-    series = w * (1.0 + w * (0.5 + w * (1 / 3 + w * (0.25 + w * (0.2 + w * (1 / 6))))))
-    e = torch.where(w < SERIES_W, series, torch.log2(u) * -LN2)
-    return torch.log2(torch.clamp_min(e, 2.0**-25)) * -LN2
+    """The kernels' _uniform_to_gumbel in torch, for 32-bit words held in an int64 tensor. The series
+    is evaluated only where it applies (u > 15/16: w < 1/16 ⇔ h > 2²³ − 2¹⁹, exact in fp32)."""
+    h = (r >> 9).to(torch.float32).add_(0.5)
+    e = torch.log2(h * 2.0**-23).mul_(-LN2)
+    near = h > 2.0**23 - 2.0**19
+    w = (2.0**23 - h[near]) * 2.0**-23
+    e[near] = w * (1.0 + w * (0.5 + w * (1 / 3 + w * (0.25 + w * (0.2 + w * (1 / 6))))))
+    return torch.log2(e.clamp_min_(2.0**-25)).mul_(-LN2)

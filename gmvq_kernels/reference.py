@@ -38,12 +38,12 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
     x, means = x.to(dt), means.to(dt)
     lv = log_var.to(dt)
     log_pi = torch.log_softmax(log_prior.to(dt), 0) if log_prior is not None else torch.full_like(lv, -math.log(K))
-    var = torch.exp(lv)                                       # σ_k²
+    var, inv_var = torch.exp(lv), torch.exp(-lv)              # σ_k², 1/σ_k² (no division: finite grads)
     if noise is None:
         noise = gumbel_noise(N, K, seed, device=x.device)
     d = sq_distances(x, means)
     # ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π)
-    logits = log_pi[None, :] - d / (2 * var[None, :]) - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
+    logits = log_pi[None, :] - 0.5 * d * inv_var[None, :] - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
     log_q = torch.log_softmax(logits, dim=1)
     q = log_q.exp()
     noisy = logits + noise.to(dt)
@@ -58,7 +58,7 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
         codes=logits.argmax(1),
         log_likelihood=torch.logsumexp(logits, dim=1).to(out_dt),
         agg_posterior=q.mean(0).to(out_dt),
-        latent_nll=(y * d / (2 * var[None, :])).sum(1).to(out_dt),
+        latent_nll=(0.5 * y * d * inv_var[None, :]).sum(1).to(out_dt),
         mixture_var=(y * var[None, :]).sum(1).to(out_dt),
         entropy=-(q * log_q).sum(1).to(out_dt),
     )

@@ -78,6 +78,14 @@ def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK
 
 
 @triton.jit
+def softmax_prob(e, m, log2s, scale):
+    """The probability exp2((e − m)·scale − log2 s) of a softmax from its row statistics, capped at 1:
+    a tile recomputed with another summation order than the one that produced the statistics can sit
+    an ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf."""
+    return tl.exp2(tl.minimum((e - m) * scale - log2s, 0.0))
+
+
+@triton.jit
 def load_stats(stats_ptr, offs_n, N):
     """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
     mask_n = offs_n < N

@@ -1,14 +1,36 @@
-"""Every kernel variant compiles for real GPU targets (sm_80, sm_90) — without a GPU (DESIGN.md §4)."""
+"""Every kernel variant compiles for real GPU targets (sm_80, sm_90), and the static cost report's fast
+mode finds no spill — without a GPU (docs/design.md §6)."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
 
 def test_kernels_compile_for_sm80_and_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = Path(__file__).with_name("compile_kernels.py")
-    proc = subprocess.run([sys.executable, str(script), "80", "90"], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), "80", "90"], env=ENV, capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "0 failed" in proc.stdout and "compiled" in proc.stdout, proc.stdout
+
+
+def test_static_cost_fast_mode_has_no_spills(tmp_path):
+    """benchmarks/static_cost.py --fast: one small shape, bf16, soft and hard, every kernel of one
+    fwd+bwd compiled for sm_90 and read from SASS; it exits 1 on any spill."""
+    out = tmp_path / "static.json"
+    proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    kernels = {r["kernel"] for r in report["rows"]}
+    assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
+                       "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"}, kernels
+    for r in report["rows"]:
+        assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
+        assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
+    assert {t["mode"] for t in report["totals"]} == {"soft", "hard"}
+    assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0

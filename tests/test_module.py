@@ -33,7 +33,7 @@ def test_layout_errors():
         gk.GaussianMixtureVQ(0, 4)
     with pytest.raises(ValueError, match=r"codebook_size must be an integer >= 1; got -2"):
         gk.GaussianMixtureVQ(4, -2)
-    with pytest.raises(ValueError, match=r"tau must be a number > 0; got 0"):
+    with pytest.raises(ValueError, match=r"tau must be a finite number in \[0.0001, 10000\]; got 0"):
         gk.GaussianMixtureVQ(4, 2, tau=0)
 
 
@@ -205,3 +205,25 @@ def test_autocast(impl, amp, device):
     # the same numbers as feeding half inputs directly
     ref = gk.gmvq(x.detach().to(amp), m.detach().to(amp), lv.detach(), impl=impl)
     torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
+
+
+@pytest.mark.parametrize("objective", ["albo", "elbo"])
+def test_module_loss_is_the_functional_loss_with_log_var(objective):
+    """A functional-API user who learns log_var gets the module's objective: albo_loss/elbo_loss with
+    log_var= add the same (D/2)·Σ q̄ λ normaliser, so loss and every gradient agree."""
+    vq = gk.GaussianMixtureVQ(6, 11, seed=4, objective=objective, beta=1.5, gamma=0.7, impl="reference")
+    with torch.no_grad():
+        vq._log_var.normal_(0.0, 0.3)  # λ ≠ 0: the normaliser has a value, not only a gradient
+    x = torch.randn(13, 6)
+    loss_mod = vq(x).loss
+    grads_mod = torch.autograd.grad(loss_mod, (vq.means, vq._log_var))
+    seed = int(vq._next_seed) - 1  # the step the module just drew its noise with
+    out = gk.gmvq(x, vq.means, vq.log_var, tau=vq.tau, seed=seed, impl="reference")
+    fn = gk.albo_loss if objective == "albo" else gk.elbo_loss
+    loss_fn = fn(out, beta=1.5, gamma=0.7, log_var=vq.log_var)
+    grads_fn = torch.autograd.grad(loss_fn, (vq.means, vq._log_var))
+    torch.testing.assert_close(loss_mod, loss_fn, rtol=0, atol=0)
+    for a, b in zip(grads_mod, grads_fn):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # without log_var the normaliser is missing: the losses differ (the test can fail)
+    assert not torch.equal(fn(out, beta=1.5, gamma=0.7), loss_mod)

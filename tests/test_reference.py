@@ -1,4 +1,4 @@
-"""The reference earns its trust: gradcheck, independent textbook checks, the DESIGN.md §2 backward
+"""The reference earns its trust: gradcheck, independent textbook checks, the docs/design.md §2 backward
 formulas against autograd, statistical checks of the noise, and finiteness at extreme inputs."""
 import math
 
@@ -79,7 +79,7 @@ def test_codes_are_nearest_mean_for_uniform_prior_and_equal_variances():
 
 
 def design_backward(x, m, lv, lp, noise, tau, hard, G):
-    """DESIGN.md §2, written out densely in float64 (independent of autograd)."""
+    """docs/design.md §2, written out densely in float64 (independent of autograd)."""
     N, D = x.shape
     a, b, v = component_terms(lv, log_prior_probs(lp, m.shape[0], lv), D)
     d = gk.reference.sq_distances(x, m)

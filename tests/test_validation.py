@@ -1,4 +1,4 @@
-"""Every bad input named in DESIGN.md §5 raises a ValueError/TypeError naming argument, expectation, value."""
+"""Every bad input raises a ValueError/TypeError naming the argument, the expectation and what was given."""
 import pytest
 import torch
 
@@ -33,6 +33,9 @@ def call(x, m, lv, lp=None, impl="reference", **kw):
     (lambda x, m, lv, lp: (x, m.clone().fill_(float("inf")), lv, lp), ValueError, r"means must be finite"),
     (lambda x, m, lv, lp: (x, m, lv, lp.clone().fill_(float("-inf"))), ValueError, r"log_prior must be finite"),
     (lambda x, m, lv, lp: (x, m, lv.to("meta"), lp), ValueError, r"log_var must be on the device of x \(cpu\); got meta"),
+    (lambda x, m, lv, lp: (x, m, lv - 89.0, lp), ValueError,
+     r"log_var must lie in \[-30, 30\] \(σ² from 1e-13 to 1e13\); got values from -89.* to -88.*"),
+    (lambda x, m, lv, lp: (x, m, lv + 89.0, lp), ValueError, r"log_var must lie in \[-30, 30\]"),
 ])
 def test_bad_tensors(good, mutate, exc, match):
     with pytest.raises(exc, match=match):
@@ -40,11 +43,11 @@ def test_bad_tensors(good, mutate, exc, match):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    (dict(tau=0.0), ValueError, r"tau must be a finite number > 0; got 0.0"),
-    (dict(tau=-1), ValueError, r"tau must be a finite number > 0; got -1"),
-    (dict(tau=float("inf")), ValueError, r"tau must be a finite number > 0; got inf"),
-    (dict(tau=float("nan")), ValueError, r"tau must be a finite number > 0; got nan"),
-    (dict(tau="1"), ValueError, r"tau must be a finite number > 0; got '1'"),
+    (dict(tau=0.0), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got 0.0"),
+    (dict(tau=-1), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got -1"),
+    (dict(tau=float("inf")), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got inf"),
+    (dict(tau=float("nan")), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got nan"),
+    (dict(tau="1"), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got '1'"),
     (dict(seed=-1), ValueError, r"seed must be an integer in \[0, 2\*\*64\) or a 0-dim int64 CPU tensor; got -1"),
     (dict(seed=1.5), ValueError, r"seed must be an integer in \[0, 2\*\*64\) or a .*; got 1.5"),
     (dict(seed=torch.tensor([1])), ValueError, r"seed must be .* got a tensor of shape \(1,\), dtype torch.int64 on cpu"),
@@ -53,6 +56,11 @@ def test_bad_tensors(good, mutate, exc, match):
     (dict(dot_precision="fp16"), ValueError, r"dot_precision must be None or one of .*; got 'fp16'"),
     (dict(noise=torch.zeros(6, 4)), ValueError, r"noise must have shape \(N, K\) == \(6, 5\); got \(6, 4\)"),
     (dict(noise=torch.zeros(6, 5, dtype=torch.int64)), TypeError, r"noise must have a floating dtype; got torch.int64"),
+    (dict(noise=torch.zeros(6, 5, requires_grad=True)), ValueError, r"noise must not require grad"),
+    (dict(tau=1e-5), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got 1e-05"),
+    (dict(tau=1e46), ValueError, r"tau must be a finite number in \[0.0001, 10000\]; got 1e\+46"),
+    (dict(hard="no"), TypeError, r"hard must be a bool; got 'no'"),
+    (dict(process_group="world"), TypeError, r"process_group must be a torch.distributed ProcessGroup or None; got 'world'"),
 ])
 def test_bad_options(good, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -98,8 +106,104 @@ def test_non_contiguous_inputs_are_handled(good, device):
             assert torch.equal(u, w), name
 
 
-def test_gumbel_noise_args():
-    with pytest.raises(ValueError, match=r"gumbel_noise needs N >= 1 and K >= 1; got N=0, K=3"):
-        gk.gumbel_noise(0, 3)
-    with pytest.raises(ValueError, match=r"gumbel_noise needs row_offset >= 0; got -1"):
-        gk.gumbel_noise(2, 3, row_offset=-1)
+@pytest.mark.parametrize("args, kw, match", [
+    ((0, 3), {}, r"N must be an integer >= 1; got 0"),
+    ((2, True), {}, r"K must be an integer >= 1; got True"),
+    ((2, 3), dict(row_offset=-1), r"row_offset must be an integer >= 0; got -1"),
+    ((2, 3), dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\) or a 0-dim int64 CPU tensor; got -1"),
+    ((2, 3), dict(seed=1.9), r"seed must be .*; got 1.9"),
+    ((2, 3), dict(seed="7"), r"seed must be .*; got '7'"),
+])
+def test_gumbel_noise_args(args, kw, match):
+    with pytest.raises(ValueError, match=match):
+        gk.gumbel_noise(*args, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tau=float("inf")), r"tau must be a finite number in"),
+    (dict(dim=True), r"dim must be an integer >= 1; got True"),
+    (dict(beta=float("nan")), r"beta must be a finite number in \[0, inf\]; got nan"),
+    (dict(gamma=-1.0), r"gamma must be a finite number in \[0, inf\]; got -1.0"),
+    (dict(init_log_var=float("nan")), r"init_log_var must be a finite number in \[-30, 30\]; got nan"),
+    (dict(impl="cuda"), r"impl must be one of \('auto', 'triton', 'reference'\); got 'cuda'"),
+    (dict(hard=1), r"hard must be a bool; got 1"),
+])
+def test_module_constructor_args(kw, match):
+    args = dict(dim=4, codebook_size=8)
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        gk.GaussianMixtureVQ(args.pop("dim"), args.pop("codebook_size"), **args)
+
+
+def test_module_rejects_integer_input_and_bad_extra_state():
+    vq = gk.GaussianMixtureVQ(4, 8, seed=0)
+    with pytest.raises(TypeError, match=r"x must have a floating dtype \(latents, not codes\); got torch.int64"):
+        vq(torch.ones(3, 4, dtype=torch.int64))
+    state = vq.state_dict()
+    for bad in (3.7, -3, 2**64 + 5):
+        state["_extra_state"] = {"next_seed": bad}
+        with pytest.raises(ValueError, match=rf"extra_state next_seed must be an integer in \[0, 2\*\*63\); got {bad}"):
+            vq.load_state_dict(state)
+
+
+def test_losses_and_usage_reject_bad_values():
+    out = gk.gmvq(*make_inputs(6, 5, 4), impl="reference")
+    with pytest.raises(ValueError, match=r"beta must be a finite number in \[0, inf\]; got nan"):
+        gk.albo_loss(out, beta=float("nan"))
+    with pytest.raises(ValueError, match=r"gamma must be a finite number"):
+        gk.elbo_loss(out, gamma=float("inf"))
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, codebook_size\) = \[0, 4\); got values from 0 to 4"):
+        gk.codebook_usage(torch.tensor([0, 4]), 4)
+
+
+def test_fraction_tau_and_numpy_tau_work():
+    from fractions import Fraction
+
+    import numpy as np
+
+    x, m, lv, _ = make_inputs(6, 5, 4)
+    a = gk.gmvq(x, m, lv, tau=Fraction(1, 4), impl="reference", seed=1)
+    b = gk.gmvq(x, m, lv, tau=np.float32(0.25), impl="reference", seed=1)
+    c = gk.gmvq(x, m, lv, tau=0.25, impl="reference", seed=1)
+    assert torch.equal(a.quantized, c.quantized) and torch.equal(b.quantized, c.quantized)
+
+
+def test_triton_rejects_d_above_512(device):
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    x, m, lv, _ = make_inputs(2, 3, 513, device=device)
+    with pytest.raises(ValueError, match=r"x must have D <= 512 for the fused kernels .*; got D = 513"):
+        gk.gmvq(x, m, lv, impl="triton")
+    assert gk.gmvq(x, m, lv, impl="reference").quantized.shape == (2, 513)
+
+
+def test_double_backward_through_kernels_is_a_clear_error(device):
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    x, m, lv, _ = make_inputs(5, 7, 4, device=device)
+    x.requires_grad_(True)
+    out = gk.gmvq(x, m, lv, impl="triton")
+    (g,) = torch.autograd.grad(out.log_likelihood.sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward .* is not supported; use impl='reference'"):
+        g.sum().backward()
+
+
+def test_concurrent_interpreted_calls_agree():
+    """The interpreter is not thread-safe; interpreted launches are serialised (config.launch_guard)."""
+    import threading
+
+    if not gk.functional.config.INTERPRET:
+        pytest.skip("the interpreter's lock")
+    x, m, lv, _ = make_inputs(24, 40, 8)
+    want = gk.gmvq(x, m, lv, impl="triton", seed=2).quantized
+    results = [None] * 6
+
+    def work(i):
+        results[i] = gk.gmvq(x, m, lv, impl="triton", seed=2).quantized
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, want) for r in results)

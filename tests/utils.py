@@ -1,4 +1,4 @@
-"""Shared test helpers: input factories and the three-way comparison (STYLE.md)."""
+"""Shared test helpers: input factories and the three-way comparison."""
 import torch
 
 import gmvq_kernels as gk
