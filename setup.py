@@ -11,7 +11,10 @@ setup(
     # torch is bounded: an unbounded requirement pulls a multi-GB CUDA build where no torch is installed.
     install_requires=["torch>=2.11,<2.15", "triton>=3.6,<3.8", "numpy>=1.24"],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "scikit-learn>=1.3", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "scikit-learn>=1.3", "matplotlib>=3.7",
+                 "vector-quantize-pytorch>=1.14"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "scikit-learn>=1.3"],
+        # drop-in comparisons against vector-quantize-pytorch (tests/test_dropin.py, speed.py --cpu-step)
+        "compare": ["vector-quantize-pytorch>=1.14"],
     },
 )

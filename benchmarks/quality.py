@@ -142,6 +142,7 @@ class MixtureVQ(nn.Module):
     def __init__(self, dim, K, objective, beta, *, sigma_z2, kmeans_init, seed=0):
         super().__init__()
         self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, objective=objective,
+                                       accept_image_fmap=True,
                                        kmeans_init=kmeans_init, per_component_variance=False,
                                        learn_variance=False, init_log_var=math.log(sigma_z2), seed=seed)
 

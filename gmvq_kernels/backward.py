@@ -36,8 +36,7 @@ from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
-                    load_row_vec, load_rows, load_stats, noise_tile, softmax_prob,
-                    y_scale)
+                    load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_prob, y_scale)
 
 HEURISTICS = triton.heuristics({
     "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
@@ -68,6 +67,22 @@ def grad_logits(q, log2_q, y, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g
     return dl, w
 
 
+@triton.jit
+def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a, v, mu, gz,
+               m_y, log2s_y, y_scale, g_lat, g_s, HAS_GZ: tl.constexpr, BLOCK_K: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
+    """(y, Y) of a row tile: the soft sample, recomputed from the forward's statistics, and the upstream
+    value Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ). The Δ and
+    dx kernels call this one helper, so their y and Y agree bit for bit."""
+    g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+    noisy = tl.where(valid, logits + g, float("-inf"))
+    y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
+    big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
+    if HAS_GZ:
+        big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+    return y, big_y
+
+
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_delta_kernel(
@@ -85,6 +100,7 @@ def _gmvq_bwd_delta_kernel(
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
     x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    gz = x  # placeholder, never read without Ḡ_z
     if gz_ptr is not None:
         gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
@@ -93,23 +109,17 @@ def _gmvq_bwd_delta_kernel(
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = code_mask(offs_k, K, EVEN_K)
-        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
-        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
+                                                               offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
-        d, logits, _clamp = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
         if gc_ptr is not None:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
             q = softmax_prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
-            noisy = tl.where(valid, logits + g, float("-inf"))
-            y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
-            big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
-            if gz_ptr is not None:
-                big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+            y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
+                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, BLOCK_K,
+                                  DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if HAS_Y:
         tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n)
@@ -135,6 +145,7 @@ def _gmvq_bwd_dx_kernel(
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
     x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    gz = x  # placeholder, never read without Ḡ_z
     if gz_ptr is not None:
         gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
@@ -151,23 +162,17 @@ def _gmvq_bwd_dx_kernel(
     dd_sum = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = code_mask(offs_k, K, EVEN_K)
-        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
-        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K,
+                                                                 D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
-        d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
         log2_q = tl.minimum((logits - m_q[:, None]) * LOG2E - log2s_q[:, None], 0.0)  # see softmax_prob
         q = tl.exp2(log2_q)
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
-            noisy = tl.where(valid, logits + g, float("-inf"))
-            y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
-            big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
-            if gz_ptr is not None:
-                big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+            y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
+                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, BLOCK_K,
+                                  DOT_PRECISION)
         if hard_idx_ptr is not None:
             y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
         else:

@@ -20,8 +20,8 @@ import triton.language as tl
 from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for, interpreter_operand,
-                    load_codes, load_rows, noise_tile, softmax_prob, y_scale)
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
+                    interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
@@ -67,12 +67,9 @@ def _gmvq_fwd_kernel(
     hard_v = tl.zeros((BLOCK_N,), tl.float32)
 
     for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = code_mask(offs_k, K, EVEN_K)
-        mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
-        xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
+                                                               offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
-        d, logits, _ = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], valid)
         da = d * a[None, :]
 
         # --- q statistics

@@ -13,10 +13,39 @@ from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 
 
 class QuantizerOutput(NamedTuple):
+    """What ``GaussianMixtureVQ(x)`` returns: unpacks as vector-quantize-pytorch's ``VectorQuantize``
+    (quantized, indices, loss)."""
     quantized: torch.Tensor  # same layout and dtype as the input
     codes: torch.Tensor      # input shape without the channel axis, int64
-    loss: torch.Tensor       # albo_loss / elbo_loss of the op's outputs (with log_var when σ² is learned)
-    terms: dict              # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
+    loss: torch.Tensor       # the quantizer's loss (see GaussianMixtureVQ.forward); 0 in eval mode
+
+
+class QuantizerOutputWithTerms(NamedTuple):
+    """With ``return_loss_breakdown=True``: the same, plus the detached loss terms."""
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    loss: torch.Tensor
+    terms: dict  # latent_nll, kl, perplexity, log_likelihood, mixture_var, entropy (detached)
+
+
+# vector-quantize-pytorch arguments with no GM-VQ counterpart: what to do instead
+VQ_ARGUMENTS = {
+    "decay": "GM-VQ has no EMA codebook: its means learn by gradient; drop decay",
+    "ema_update": "GM-VQ has no EMA codebook: its means learn by gradient; drop ema_update",
+    "commitment_weight": "the latent term gamma= plays the commitment loss's role; use gamma=",
+    "threshold_ema_dead_code": "no dead-code replacement is needed (the aggregated-posterior KL, weighted by "
+                               "beta=, keeps codes in use); drop threshold_ema_dead_code",
+    "sample_codebook_temp": "use tau= (the Gumbel-softmax temperature; anneal it with tau_schedule)",
+    "stochastic_sample_codes": "training always draws a Gumbel sample; drop stochastic_sample_codes",
+    "learnable_codebook": "the codebook is always learned by gradient; drop learnable_codebook",
+    "use_cosine_sim": "GM-VQ uses Gaussian (Euclidean) distances; cosine similarity is not supported",
+    "codebook_dim": "project your latents to dim before the quantizer; codebook_dim is not supported",
+    "heads": "multi-head quantization is not supported; use one GaussianMixtureVQ per head",
+    "separate_codebook_per_head": "multi-head quantization is not supported",
+    "orthogonal_reg_weight": "orthogonal regularisation is not supported",
+    "channel_last": "the layout is channel-last by default; use accept_image_fmap=True for (B, D, H, W) or "
+                    "channel_first=True for D on axis 1",
+}
 
 
 RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
@@ -40,7 +69,13 @@ class GaussianMixtureVQ(nn.Module):
         beta, gamma: weights of the KL term and of the latent term in ``loss``.
         objective: "albo" (KL of the aggregated posterior, GM-VQ) or "elbo" (per-sample KL, the baseline).
         noise_injection: training output z + s·ε with s² the mixture variance.
-        channel_first: layout of the input. None: 4-D inputs are (B, D, H, W), others (..., D).
+        channel_first: D on axis 1 (e.g. (B, D, T) or (B, D, H, W)); default False: D on the last axis
+            ((..., D), as vector-quantize-pytorch's default). accept_image_fmap: (B, D, H, W) image feature
+            maps (vector-quantize-pytorch's name; implies channel_first and 4-D input). The layout is
+            never guessed from the shape.
+        return_loss_breakdown: return (quantized, codes, loss, terms) instead of the three
+            (also a forward argument). vector-quantize-pytorch arguments without a counterpart (decay,
+            commitment_weight, ...) raise a TypeError saying what to use instead.
         kmeans_init: initialise the means by k-means on the first training batch (for latents that
             already mean something: from an untrained encoder it collapsed GM-VQ in the quality study).
         seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike; rank r of
@@ -55,11 +90,16 @@ class GaussianMixtureVQ(nn.Module):
                  init_log_var: float = 0.0, per_component_variance: bool = True,
                  learn_variance: bool = True, learnable_prior: bool = False, beta: float = 1.0,
                  gamma: float = 1.0, objective: str = "albo", noise_injection: bool = False,
-                 channel_first: Optional[bool] = None,
+                 channel_first: bool = False, accept_image_fmap: bool = False,
+                 return_loss_breakdown: bool = False,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, **vq_kwargs):
         super().__init__()
+        for name in vq_kwargs:
+            if name in VQ_ARGUMENTS:
+                raise TypeError(f"GaussianMixtureVQ does not take {name}: {VQ_ARGUMENTS[name]}")
+            raise TypeError(f"GaussianMixtureVQ got an unexpected keyword argument {name!r}")
         check_int("dim", dim)
         check_int("codebook_size", codebook_size)
         check_tau(tau)
@@ -71,8 +111,9 @@ class GaussianMixtureVQ(nn.Module):
         check_number("beta", beta, lo=0.0)
         check_number("gamma", gamma, lo=0.0)
         check_int("kmeans_iters", kmeans_iters, lo=0)
-        if channel_first is not None:
-            check_flag("channel_first", channel_first)
+        for name, flag in (("channel_first", channel_first), ("accept_image_fmap", accept_image_fmap),
+                           ("return_loss_breakdown", return_loss_breakdown)):
+            check_flag(name, flag)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
         if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
@@ -85,7 +126,9 @@ class GaussianMixtureVQ(nn.Module):
             raise ValueError(f"objective must be 'albo' or 'elbo'; got {objective!r}")
         self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
         self.tau, self.hard, self.beta, self.gamma = float(tau), hard, float(beta), float(gamma)
-        self.noise_injection, self.channel_first = noise_injection, channel_first
+        self.noise_injection = noise_injection
+        self.channel_first, self.accept_image_fmap = channel_first or accept_image_fmap, accept_image_fmap
+        self.return_loss_breakdown = return_loss_breakdown
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
         self.kmeans_iters = kmeans_iters
         self.means = nn.Parameter(torch.randn(codebook_size, dim) / math.sqrt(dim))
@@ -118,28 +161,41 @@ class GaussianMixtureVQ(nn.Module):
                 f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}")
 
     # --- layout
-    def _is_channel_first(self, x):
-        return x.dim() == 4 if self.channel_first is None else self.channel_first
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook (K, D): the component means (vector-quantize-pytorch's name)."""
+        return self.means
+
+    def _layout_error(self, x, want):
+        hint = ""
+        if not self.channel_first and x.dim() >= 3 and x.shape[1] == self.dim:
+            hint = "; for D on axis 1 pass accept_image_fmap=True (B, D, H, W) or channel_first=True"
+        elif self.channel_first and x.shape[-1] == self.dim:
+            hint = "; for D on the last axis drop accept_image_fmap / channel_first"
+        return ValueError(f"x must have {want}; got shape {tuple(x.shape)}{hint}")
 
     def _flatten(self, x):
-        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        """(N, D) rows of x and the shape of its non-channel axes (the layout is the module's, never a
+        guess from the shape)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        if not x.is_floating_point():
             raise TypeError(f"x must have a floating dtype (latents, not codes); got {x.dtype}")
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            raise ValueError(f"x must be a tensor (..., D) or (B, D, H, W); got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if self._is_channel_first(x):
-            if x.shape[1] != self.dim:
-                raise ValueError(f"x must have D == {self.dim} channels on axis 1 (channel-first); "
-                                 f"got shape {tuple(x.shape)}")
+        if self.accept_image_fmap and x.dim() != 4:
+            raise ValueError(f"x must be (B, D, H, W) with accept_image_fmap=True; got shape {tuple(x.shape)}")
+        if self.channel_first:
+            if x.dim() < 2 or x.shape[1] != self.dim:
+                raise self._layout_error(x, f"D == {self.dim} channels on axis 1 (channel-first)")
             x = x.movedim(1, -1)
-        elif x.shape[-1] != self.dim:
-            raise ValueError(f"x must have D == {self.dim} on its last axis (channel-last); "
-                             f"got shape {tuple(x.shape)}")
+        elif x.dim() < 1 or x.shape[-1] != self.dim:
+            raise self._layout_error(x, f"D == {self.dim} on its last axis (channel-last)")
+        if x.numel() == 0:
+            raise ValueError(f"x must hold at least one latent vector; got shape {tuple(x.shape)}")
         return x.reshape(-1, self.dim), x.shape[:-1]
 
-    def _unflatten(self, flat, lead_shape, channel_first):
+    def _unflatten(self, flat, lead_shape):
         out = flat.reshape(*lead_shape, self.dim)
-        return out.movedim(-1, 1) if channel_first else out
+        return out.movedim(-1, 1) if self.channel_first else out
 
     # --- tokenizer use
     @torch.no_grad()
@@ -150,14 +206,15 @@ class GaussianMixtureVQ(nn.Module):
                    tau=self.tau, impl=self.impl, dot_precision=self.dot_precision)
         return out.codes.reshape(lead)
 
-    def decode(self, codes: torch.Tensor, channel_first: Optional[bool] = None) -> torch.Tensor:
-        """Means of the codes: (..., D), or (B, D, H, W) when channel-first (by default: 3-D codes,
-        unless the module's ``channel_first`` says otherwise)."""
-        if channel_first is None:
-            channel_first = self.channel_first if self.channel_first is not None else codes.dim() == 3
-        # code −1 (a non-finite latent, see the NaN policy) decodes to NaN, never to a real code
-        z = self.means[codes.clamp_min(0)].masked_fill((codes < 0)[..., None], float("nan"))
-        return z.movedim(-1, 1) if channel_first else z
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Means of the codes, in the module's layout: (..., D), or D on axis 1 when channel-first."""
+        z = self.get_codes_from_indices(codes)
+        return z.movedim(-1, 1) if self.channel_first else z
+
+    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of ``indices``, shape indices.shape + (D,) (vector-quantize-pytorch's name).
+        Code −1 (a non-finite latent, see the NaN policy) gives NaN, never a real code."""
+        return self.means[indices.clamp_min(0)].masked_fill((indices < 0)[..., None], float("nan"))
 
     # --- k-means initialisation
     @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
@@ -206,9 +263,24 @@ class GaussianMixtureVQ(nn.Module):
             sync = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         return dist.group.WORLD if sync else None
 
-    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+    def forward(self, x: torch.Tensor, return_loss_breakdown: Optional[bool] = None):
+        """Quantize ``x`` (layout as configured: (..., D) by default). Returns
+        ``QuantizerOutput(quantized, codes, loss)``, or with ``return_loss_breakdown`` (here or in the
+        constructor) ``QuantizerOutputWithTerms(quantized, codes, loss, terms)``.
+
+        - Training: ``quantized`` is the Gumbel-softmax sample Σ_k y_k μ_k (``hard=True``: the mean of
+          argmax_k(ℓ_k + g_k), straight-through), plus s·ε with ``noise_injection``. ``codes`` are
+          argmax_k ℓ_k, the noise-free codes a tokenizer would emit: with hard samples the code whose
+          mean ``quantized`` holds can differ where the noise flips the argmax.
+        - Eval: deterministic; ``codes`` = argmax_k ℓ_k, ``quantized`` = their means, ``loss`` = 0 (as
+          VectorQuantize); ``terms`` still hold the values.
+        - ``loss`` = γ·(mean latent_nll + (D/2)·Σ_k q̄_k λ_k if the variances are learned) + β·KL(q̄ ‖ π)
+          (``objective="elbo"``: the per-sample KL): nats per latent vector. Add it to your
+          reconstruction loss; with a per-pixel mean reconstruction loss, scale γ and β down by the
+          number of pixels per latent vector (or scale your reconstruction up) so neither term drowns
+          the other. ``terms``: latent_nll, kl, perplexity (of q̄), log_likelihood, mixture_var,
+          entropy — batch means, detached."""
         flat, lead = self._flatten(x)
-        cf = self._is_channel_first(x)
         if self.training and self._kmeans_pending:
             self._kmeans_init(flat)
         seed, group = 0, None
@@ -221,19 +293,26 @@ class GaussianMixtureVQ(nn.Module):
         out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
                    tau=self.tau, hard=self.hard, seed=seed, impl=self.impl, process_group=group,
                    dot_precision=self.dot_precision)
+        objective = albo_loss if self.objective == "albo" else elbo_loss
+        # learned variances pay their normaliser (losses.variance_normaliser); a fixed σ_z² need not
+        loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma,
+                         log_var=self.log_var if self._log_var.requires_grad else None)
         if self.training:
             z = out.quantized
             if self.noise_injection:
                 z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
         else:
-            z = self.means[out.codes]
-        objective = albo_loss if self.objective == "albo" else elbo_loss
-        # learned variances pay their normaliser (losses.variance_normaliser); a fixed σ_z² need not
-        loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma,
-                         log_var=self.log_var if self._log_var.requires_grad else None)
+            z = self.get_codes_from_indices(out.codes)
+        quantized = self._unflatten(z.to(x.dtype), lead)
+        codes = out.codes.reshape(lead)
+        reported = loss if self.training else torch.zeros_like(loss)
+        breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
+        if not breakdown:
+            return QuantizerOutput(quantized, codes, reported)
         terms = dict(latent_nll=out.latent_nll.mean().detach(),
                      kl=kl_to_prior(out.agg_posterior, self.log_prior).detach(),
                      perplexity=perplexity(out.agg_posterior).detach(),
                      log_likelihood=out.log_likelihood.mean().detach(),
-                     mixture_var=out.mixture_var.mean().detach(), entropy=out.entropy.mean().detach())
-        return QuantizerOutput(self._unflatten(z.to(x.dtype), lead, cf), out.codes.reshape(lead), loss, terms)
+                     mixture_var=out.mixture_var.mean().detach(), entropy=out.entropy.mean().detach(),
+                     loss=loss.detach())
+        return QuantizerOutputWithTerms(quantized, codes, reported, terms)

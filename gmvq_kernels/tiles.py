@@ -86,6 +86,19 @@ def softmax_prob(e, m, log2s, scale):
 
 
 @triton.jit
+def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
+             BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One codebook tile of a row kernel (rows × codes) for the rows ``x`` with squared norms ``xx``:
+    (offs_k, mask_k, μ tile, a, v, d, ℓ, clamp_ok), see load_codes and distances_logits."""
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    mask_k = code_mask(offs_k, K, EVEN_K)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+    xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+    d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], mask_k[None, :])
+    return offs_k, mask_k, mu, a, v, d, logits, clamp_ok
+
+
+@triton.jit
 def load_stats(stats_ptr, offs_n, N):
     """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
     mask_n = offs_n < N

@@ -87,7 +87,7 @@ def module_worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, *_ = problem(torch.float32)
     torch.manual_seed(0)  # the same means on both ranks, as DDP would broadcast them
-    vq = gk.GaussianMixtureVQ(D, K, seed=11, impl="reference")  # same seed and rows on both ranks
+    vq = gk.GaussianMixtureVQ(D, K, seed=11, impl="reference", return_loss_breakdown=True)  # same seed, rows
     compiled = copy.deepcopy(vq)
     compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend="aot_eager")
     out, out_c = vq(x), compiled(x)

@@ -9,26 +9,48 @@ import gmvq_kernels as gk
 
 def test_layouts_and_outputs(device):
     torch.manual_seed(0)
-    vq = gk.GaussianMixtureVQ(8, 32, seed=0).to(device)
+    vq = gk.GaussianMixtureVQ(8, 32, seed=0, accept_image_fmap=True).to(device)
     img = torch.randn(2, 8, 3, 5, device=device)            # channel-first (B, D, H, W)
     out = vq(img)
     assert out.quantized.shape == img.shape and out.quantized.dtype == img.dtype
     assert out.codes.shape == (2, 3, 5) and out.codes.dtype == torch.int64
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    seq = torch.randn(2, 7, 8, device=device)               # channel-last (..., D)
-    out = vq(seq)
+    seq = torch.randn(2, 7, 8, device=device)               # channel-last (..., D), the default
+    cl = gk.GaussianMixtureVQ(8, 32, seed=0, return_loss_breakdown=True).to(device)
+    out = cl(seq)
     assert out.quantized.shape == seq.shape and out.codes.shape == (2, 7)
-    assert set(out.terms) == {"latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy"}
-    cl = gk.GaussianMixtureVQ(8, 32, channel_first=False).to(device)
+    assert set(out.terms) == {"latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy", "loss"}
     assert cl(torch.randn(2, 3, 5, 8, device=device)).codes.shape == (2, 3, 5)
+    seq_cf = gk.GaussianMixtureVQ(8, 32, seed=0, channel_first=True).to(device)
+    assert seq_cf(torch.randn(2, 8, 9, device=device)).codes.shape == (2, 9)  # (B, D, T)
+    assert len(cl(seq, return_loss_breakdown=False)) == 3
+    one = cl(torch.randn(8, device=device))                 # a single vector (D,)
+    assert one.quantized.shape == (8,) and one.codes.shape == ()
 
 
 def test_layout_errors():
-    vq = gk.GaussianMixtureVQ(8, 32)
+    """The layout is the module's, never guessed: an image map given to a channel-last module is an
+    error that names the fix, even where its shape would fit either reading."""
+    img = gk.GaussianMixtureVQ(8, 32, accept_image_fmap=True)
     with pytest.raises(ValueError, match=r"x must have D == 8 channels on axis 1 \(channel-first\); got shape \(2, 3, 4, 4\)"):
-        vq(torch.randn(2, 3, 4, 4))
+        img(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"x must be \(B, D, H, W\) with accept_image_fmap=True; got shape \(2, 8, 4\)"):
+        img(torch.randn(2, 8, 4))
+    vq = gk.GaussianMixtureVQ(8, 32)
     with pytest.raises(ValueError, match=r"x must have D == 8 on its last axis \(channel-last\); got shape \(4, 3\)"):
         vq(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"got shape \(2, 8, 4, 4\); for D on axis 1 pass accept_image_fmap=True"):
+        vq(torch.randn(2, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"x must hold at least one latent vector; got shape \(0, 5, 8\)"):
+        vq(torch.randn(0, 5, 8))
+    square = gk.GaussianMixtureVQ(32, 16)
+    assert square(torch.randn(1, 32, 32, 32)).codes.shape == (1, 32, 32)  # channel-last, as configured
+    with pytest.raises(TypeError, match=r"does not take decay: GM-VQ has no EMA codebook"):
+        gk.GaussianMixtureVQ(8, 32, decay=0.8)
+    with pytest.raises(TypeError, match=r"does not take commitment_weight: .* use gamma="):
+        gk.GaussianMixtureVQ(8, 32, commitment_weight=1.0)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'"):
+        gk.GaussianMixtureVQ(8, 32, colour=1)
     with pytest.raises(ValueError, match=r"dim must be an integer >= 1; got 0"):
         gk.GaussianMixtureVQ(0, 4)
     with pytest.raises(ValueError, match=r"codebook_size must be an integer >= 1; got -2"):
@@ -39,10 +61,13 @@ def test_layout_errors():
 
 def test_eval_is_deterministic_and_matches_tokenizer_api(device):
     torch.manual_seed(1)
-    vq = gk.GaussianMixtureVQ(6, 20).to(device).eval()
+    vq = gk.GaussianMixtureVQ(6, 20, accept_image_fmap=True).to(device).eval()
     x = torch.randn(3, 6, 4, 4, device=device)
     a, b = vq(x), vq(x)
     assert torch.equal(a.quantized, b.quantized) and torch.equal(a.codes, b.codes)
+    assert a.loss.item() == 0.0  # as VectorQuantize in eval
+    assert vq.codebook is vq.means
+    assert torch.equal(vq.get_codes_from_indices(a.codes), a.quantized.movedim(1, -1))
     codes = vq.encode(x)
     assert torch.equal(codes, a.codes)
     assert torch.equal(vq.decode(codes), a.quantized)

@@ -105,7 +105,7 @@ def train(vq, xs, taus):
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_compiled_module_trains_like_eager(hard):
-    eager = make_module(hard=hard)
+    eager = make_module(hard=hard, accept_image_fmap=True)
     compiled_vq = copy.deepcopy(eager)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled_vq.forward = torch.compile(compiled_vq.forward, fullgraph=True, backend=counter)
