@@ -27,6 +27,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and "-
 import triton  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
+from gmvq_kernels import testing  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
@@ -38,13 +39,9 @@ GIB = 2.0**30
 
 
 def make_inputs(N, K, D, dtype, device, requires_grad):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(N, D, generator=g).to(device, dtype)
-    means = torch.randn(K, D, generator=g).to(device, dtype)
-    log_var = torch.zeros(K, device=device)
-    for t in (x, means, log_var):
-        t.requires_grad_(requires_grad)
-    return x, means, log_var
+    """x, means, log_var = 0 (the package's reproducible factory, gmvq_kernels.testing)."""
+    return testing.make_inputs(N, K, D, dtype=dtype, device=device, log_var_scale=0.0,
+                               requires_grad=requires_grad)[:3]
 
 
 def gmvq_loss(impl, dot_precision=None):

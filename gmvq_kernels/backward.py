@@ -24,6 +24,11 @@ The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2
 its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
 ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
 
+Names: the kernels use the symbols of docs/design.md §2, the Python layers the output names —
+Ḡ_z gz ↔ quantized, Ḡ_lse glse ↔ log_likelihood, Ḡ_q̄ (gc = Ḡ_q̄/N) ↔ agg_posterior, Ḡ_lat glat ↔
+latent_nll, Ḡ_s gs ↔ mixture_var, Ḡ_H gh ↔ entropy; a, b, v are the per-code constants of
+spec.component_terms (v = σ², per code; s² is the per-row mixture_var).
+
 Absent upstream gradients arrive as None pointers: their loads, dots and terms vanish from the kernels
 (``if ptr is None`` is resolved at compile time). The y terms exist when any of Ḡ_z, Ḡ_lat, Ḡ_s does.
 FLOPs, in units of N·K·D: delta 2 (+2 with Ḡ_z), dx 4 (+2 with Ḡ_z), dμ 4 (+4 with Ḡ_z).

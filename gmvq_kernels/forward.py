@@ -36,7 +36,8 @@ def _gmvq_fwd_kernel(
     HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Row outputs of BLOCK_N rows, streaming the codebook.
+    """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
+    lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
 
     x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
     noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's

@@ -1,0 +1,61 @@
+"""Checking a build of the kernels: reproducible inputs and the three-way pass rule that the test suite
+and ``benchmarks/gpu_check.py`` apply (usable by anyone checking their own build on their own GPU).
+
+Three-way comparison: ground truth ``gt`` = the reference in float64; ``refs`` = the reference at the
+test precision (the same math rounded differently, one or more samples); ``out`` = the kernel. The
+kernel passes when its worst error is within ROUNDING_FACTOR of plain PyTorch's worst error at the same
+precision, plus a tolerance set by the precision (never by the observed error)."""
+import torch
+
+# The kernel's worst error may exceed plain PyTorch's worst by this factor. Two correct fp32 programs
+# round differently, and ill-conditioned outputs amplify the difference: measured case (N17-K52-D14,
+# scale 10, τ = 0.1): the interpreter's distances (numpy sgemm) have a worst rounding error of 1.4e-3
+# against torch's 6e-4, and softmax at τ = 0.1 turns that into 8.6e-4 vs 1.8e-4 in mixture_var, which
+# torch reproduces exactly when fed the kernel's logits. A wrong formula errs by orders of magnitude.
+ROUNDING_FACTOR = 4.0
+# fp32 inputs: the kernel's own rounding (fp32 accumulation) is ~1e-6 of the largest value; bf16 and
+# fp16: the quantized output and the input gradients are stored in the input dtype (2**-8, 2**-11).
+REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+# Half inputs must also be within this of max|gt| outright (outputs stored in half, p_y rounded to half
+# for the dot): a loose relative rule alone once let garbage rows through.
+HALF_ABS_REL = 2**-7
+
+
+def make_inputs(N, K, D, *, dtype=torch.float32, prior=False, device="cpu", seed=0, scale=1.0,
+                log_var_scale=0.3, requires_grad=False):
+    """[x (N, D), means (K, D), log_var (K,), log_prior (K,) or None], reproducible from ``seed``:
+    x, means ~ scale·N(0, 1) in ``dtype``; log_var ~ log_var_scale·N(0, 1) + log scale² (fp32)."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(N, D, generator=g) * scale).to(dtype)
+    means = (torch.randn(K, D, generator=g) * scale).to(dtype)
+    log_var = torch.randn(K, generator=g) * log_var_scale + 2 * torch.log(torch.tensor(scale))
+    log_prior = torch.randn(K, generator=g) if prior else None
+    out = [t.to(device) if t is not None else None for t in (x, means, log_var, log_prior)]
+    return [t.requires_grad_(requires_grad) if t is not None else None for t in out]
+
+
+def three_way(out, refs, gt, rel_tol):
+    """(ok, kernel error, bound, worst flat index) of the pass rule max|gt − out| ≤ ROUNDING_FACTOR·
+    max|gt − ref| + rel_tol·max|gt|, PyTorch's error being the worst over ``refs`` (one fp32 run is a
+    single sample of its rounding noise). Worst cases, not elementwise: two fp32 computations round
+    differently element by element, and an elementwise bound fails wherever a reference rounds luckily."""
+    refs = refs if isinstance(refs, (list, tuple)) else [refs]
+    out, gt = out.detach().double().cpu(), gt.detach().double().cpu()
+    err_out = (gt - out).abs()
+    err_ref = max((gt - r.detach().double().cpu()).abs().max().item() for r in refs)
+    bound = ROUNDING_FACTOR * err_ref + rel_tol * gt.abs().max().item()
+    return err_out.max().item() <= bound, err_out.max().item(), bound, int(err_out.argmax())
+
+
+def assert_three_way(name, out, refs, gt, rel_tol):
+    """``three_way`` as an assertion that reports the excess, where, and the values; also requires the
+    kernel's values to be finite."""
+    assert out.shape == gt.shape, f"{name}: shape {tuple(out.shape)} != {tuple(gt.shape)}"
+    assert torch.isfinite(out.detach()).all(), f"{name}: non-finite values in the kernel output"
+    ok, err, bound, worst = three_way(out, refs, gt, rel_tol)
+    if not ok:
+        gt64, out64 = gt.detach().double().cpu(), out.detach().double().cpu()
+        idx = tuple(int(i) for i in torch.unravel_index(worst, gt.shape)) if gt.dim() else ()
+        raise AssertionError(f"{name}: kernel error {err:.3e} > bound {bound:.3e} (= {ROUNDING_FACTOR}·reference "
+                             f"error + {rel_tol:.1e}·max|gt|); worst at {idx}: out={out64.flatten()[worst].item():.8g} "
+                             f"gt={gt64.flatten()[worst].item():.8g}")
