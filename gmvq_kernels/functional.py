@@ -45,7 +45,7 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group)
     if not torch.compiler.is_compiling():
         tau = float(tau)  # any real number type (Fraction, NumPy) from here on
-    if torch.is_autocast_enabled(x.device.type):
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
         # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
         # statistics stay fp32, quantized comes back in the autocast dtype
         amp = torch.get_autocast_dtype(x.device.type)

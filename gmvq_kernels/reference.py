@@ -24,6 +24,8 @@ def gmvq_reference(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard:
     """GM-VQ forward in eager PyTorch, computed in fp32 (fp64 for fp64 inputs); ``quantized`` comes back
     in the dtype of x, the statistics in the computation dtype. Inputs are assumed validated
     (see ``gmvq_kernels.gmvq``). ``agg_posterior`` is the local mean q̄ over these N rows."""
+    if x.device.type == "meta":  # shapes only (no autocast on meta)
+        return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)
     # autocast would turn the fp32 matmuls back into half ones: the inputs' rounding is the only one
     with torch.autocast(device_type=x.device.type, enabled=False):
         return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)

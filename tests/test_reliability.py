@@ -114,3 +114,11 @@ def test_finite_at_the_corners_of_the_supported_ranges(impl, device):
             assert torch.isfinite(o.float()).all(), (name, case)
         for name, g in zip(("dx", "dmeans", "dlog_var", "dlog_prior"), grads):
             assert torch.isfinite(g).all(), (name, case)
+
+
+def test_meta_tensors_give_shapes_on_the_reference_path():
+    """Meta tensors (shape inference) run the reference without reading values."""
+    x, m, lv = (torch.empty(*s, device="meta") for s in ((5, 3), (4, 3), (4,)))
+    out = gk.gmvq(x, m, lv, impl="reference")
+    assert [tuple(o.shape) for o in out] == [(5, 3), (5,), (5,), (4,), (5,), (5,), (5,)]
+    assert all(o.device.type == "meta" for o in out)
