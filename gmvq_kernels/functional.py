@@ -32,13 +32,14 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
 
     x (N, D) and means (K, D) share a dtype (fp32/fp16/bf16 for the kernels; fp64 too for the reference);
     log_var (K,) per-component log-variance; log_prior (K,) prior logits or None (uniform).
-    tau: Gumbel-softmax temperature > 0. hard: straight-through one-hot sample. seed: 64-bit key of the
+    tau: Gumbel-softmax temperature in [1e-4, 1e4]. hard: straight-through one-hot sample. seed: 64-bit key of the
     in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it), an int in [0, 2**64) or a 0-dim
     int64 CPU tensor with its bits; noise: explicit (N, K) noise instead.
     impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, else reference), "triton", "reference".
     process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
-    Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. Under torch.autocast,
+    Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. A row of x that is not
+    finite gives NaN outputs and code −1 (README, "NaN policy"). Under torch.autocast,
     x and means are cast to the autocast dtype first (so quantized has that dtype).
     torch.compile(fullgraph=True) traces it: the kernels are custom ops (autograd.py), and a changing
     tau or seed does not recompile after the first change (tau's value is then checked in the op)."""
