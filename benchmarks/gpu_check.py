@@ -1,11 +1,13 @@
 """GPU correctness check + benchmarks in one command (issue: one script, < 8 minutes, one folder).
 
+0. The GPU's Gumbel noise against the exact transform in float64, and a KS fit of 2²² draws.
 1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
    hard, with a prior; every output and every gradient (max error relative to max|gt|, beside the
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
-2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager.
+2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
+   host time of one fwd+bwd at a tiny shape (speed.host_overhead).
 3. benchmarks/speed.py: the ANCHORS rows, the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: a few block configurations of the row and column kernels at one shape.
 
@@ -231,6 +233,7 @@ def main():
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
         lambda: determinism_check(device, log),
         lambda: compile_check(device, log),
+        lambda: log(speed.host_overhead(device)),
     ]
     if args.dry:
         checks = [
