@@ -1,4 +1,4 @@
-"""Backward kernels of the fused GM-VQ op: recompute, never store N×K (README, "The math").
+"""Backward kernels of the fused GM-VQ op: recompute, never store N×K (docs/design.md §2).
 
 Per (n, k) every kernel rebuilds d, ℓ, q = softmax(ℓ) and the soft sample y = softmax((ℓ + g)/τ) from
 the forward's row statistics (each softmax's max m and log2-sum, exponents (e − m)·scale exactly as
@@ -41,12 +41,12 @@ from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
-                    load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_prob, y_scale)
+                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_log2prob,
+                    softmax_prob, y_scale)
 
 HEURISTICS = triton.heuristics({
-    "EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
-    # row splits are whole BLOCK_N multiples (config.split_rows): with N too, every row tile is full
-    "EVEN_N": lambda args: args["N"] % args["BLOCK_N"] == 0,
+    "EVEN_K": even_k,
+    "EVEN_N": even_n,
     "HAS_Y": lambda args: any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr")),
 })
 
@@ -70,6 +70,17 @@ def grad_logits(q, log2_q, y, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g
     if HAS_GLAT:
         w += g_lat * y_val
     return dl, w
+
+
+@triton.jit
+def load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d):
+    """The row kernels' (BLOCK_N, BLOCK_D) tiles: x, its squared norms, and Ḡ_z (x again, never read,
+    when Ḡ_z is absent)."""
+    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    gz = x
+    if gz_ptr is not None:
+        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+    return x, xx, gz
 
 
 @triton.jit
@@ -104,10 +115,7 @@ def _gmvq_bwd_delta_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
-    gz = x  # placeholder, never read without Ḡ_z
-    if gz_ptr is not None:
-        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+    x, xx, gz = load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
@@ -149,10 +157,7 @@ def _gmvq_bwd_dx_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
-    gz = x  # placeholder, never read without Ḡ_z
-    if gz_ptr is not None:
-        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+    x, xx, gz = load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     ent = load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, N)
     delta_y = load_row_vec(delta_y_ptr, offs_n, N)
@@ -170,7 +175,7 @@ def _gmvq_bwd_dx_kernel(
         offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K,
                                                                  D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
-        log2_q = tl.minimum((logits - m_q[:, None]) * LOG2E - log2s_q[:, None], 0.0)  # see softmax_prob
+        log2_q = softmax_log2prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         q = tl.exp2(log2_q)
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
@@ -182,7 +187,7 @@ def _gmvq_bwd_dx_kernel(
             y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
         else:
             y_val = y
-        g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a
+        g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
         dl, w = grad_logits(q, log2_q, y, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
                             g_lse[:, None], g_h[:, None], g_lat[:, None], g_c[None, :], inv_tau, valid,
                             HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None,
@@ -217,7 +222,7 @@ def _gmvq_bwd_dmu_kernel(
     split = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
-    g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a
+    g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
     valid = mask_k[:, None]
 
     # one accumulator for both dots: acc = Σ_n (−2 dd) x + Σ_n y_val Ḡ_z, so dμ = 2 μ Σ_n dd + acc
@@ -236,7 +241,7 @@ def _gmvq_bwd_dmu_kernel(
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)
         m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
-        log2_q = tl.minimum((logits - m_q[None, :]) * LOG2E - log2s_q[None, :], 0.0)  # see softmax_prob
+        log2_q = softmax_log2prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         q = tl.exp2(log2_q)
         da = d * a[:, None]
         g_lat = load_row_vec(glat_ptr, offs_n, row_hi)

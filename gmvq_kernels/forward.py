@@ -21,10 +21,10 @@ from .config import block_d, col_config, row_config, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
-                    interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob, y_scale)
+                    even_k, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob, y_scale)
 
 
-EVEN_K = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+EVEN_K = triton.heuristics({"EVEN_K": even_k})
 
 
 @EVEN_K

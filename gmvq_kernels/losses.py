@@ -24,12 +24,16 @@ def variance_normaliser(out: GMVQOutput, log_var: Optional[torch.Tensor]) -> tor
     return 0.5 * D * (out.agg_posterior * log_var.float().expand_as(out.agg_posterior)).sum()
 
 
+def _check_weights(beta, gamma):
+    check_number("beta", beta, lo=0.0)
+    check_number("gamma", gamma, lo=0.0)
+
+
 def albo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: float = 1.0,
               recon: Optional[torch.Tensor] = None, log_var: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ALBO (minimised): recon + γ·(mean_n latent_nll + (D/2)·Σ_k q̄_k λ_k) + β·KL(q̄ ‖ π). β = 1 is GM-VQ,
     β > 1 "+ Entropy". Pass ``log_var`` when the variances are learned (see ``variance_normaliser``)."""
-    check_number("beta", beta, lo=0.0)
-    check_number("gamma", gamma, lo=0.0)
+    _check_weights(beta, gamma)
     latent = out.latent_nll.mean() + variance_normaliser(out, log_var)
     loss = gamma * latent + beta * kl_to_prior(out.agg_posterior, log_prior)
     return loss if recon is None else recon + loss
@@ -40,8 +44,7 @@ def elbo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: floa
     """ELBO baseline: the aggregated KL replaced by the per-sample one,
     mean_n KL(q_n ‖ π) = −mean_n H(q_n) − Σ_k q̄_k log π_k (the mean over n of Σ_k q_nk log π_k is q̄·log π).
     ``log_var`` as for ``albo_loss``."""
-    check_number("beta", beta, lo=0.0)
-    check_number("gamma", gamma, lo=0.0)
+    _check_weights(beta, gamma)
     log_pi = log_prior_probs(log_prior, out.agg_posterior.shape[0], out.agg_posterior)
     kl = -out.entropy.mean() - (out.agg_posterior * log_pi).sum()
     loss = gamma * (out.latent_nll.mean() + variance_normaliser(out, log_var)) + beta * kl
@@ -57,9 +60,11 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int):
     """(histogram (K,) int64, perplexity of the code histogram, number of codes used)."""
     check_int("codebook_size", codebook_size)
     codes = codes.reshape(-1)
-    if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < codebook_size):
-        raise ValueError(f"codes must lie in [0, codebook_size) = [0, {codebook_size}); got values from "
-                         f"{int(codes.min())} to {int(codes.max())}")
+    if codes.numel():
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        if not 0 <= lo <= hi < codebook_size:
+            raise ValueError(f"codes must lie in [0, codebook_size) = [0, {codebook_size}); got values from "
+                             f"{lo} to {hi}")
     hist = torch.bincount(codes, minlength=codebook_size)
     p = hist.double() / max(1, int(hist.sum()))
     return hist, float(perplexity(p)), int((hist > 0).sum())

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import check_int, check_seed
 from .config import INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
@@ -153,8 +154,6 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring):
     an int in [0, 2**64) or a 0-dim int64 CPU tensor holding its bits (see ``seed_tensor``).
     ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch."""
-    from .checks import check_int, check_seed
-
     device = torch.device(device if device is not None else "cpu")
     check_int("N", N)
     check_int("K", K)

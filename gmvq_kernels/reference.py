@@ -1,8 +1,8 @@
-"""Pure-PyTorch GM-VQ: the ground truth every test compares against (README, "The math").
+"""Pure-PyTorch GM-VQ: the ground truth every test compares against (docs/design.md §1).
 
 Readable first: it builds every N×K tensor (distances, logits, q, y), which is exactly what makes it slow
 and memory hungry at scale. Autograd differentiates it; the kernels' hand
-derived backward (README, "The math") is checked against this.
+derived backward (docs/design.md §2) is checked against this.
 """
 import math
 from typing import Optional

@@ -11,15 +11,27 @@ import triton.language as tl
 
 from .config import INTERPRET
 from .noise import gumbel_tile
+from .spec import STATS_ROWS
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # rows of the (4, N) softmax statistics the forward saves (spec.STATS_ROWS): each softmax's row max in
 # natural units and log2 of its sum, so exp2((e − m)·scale − log2 s) reproduces its probabilities
-M_Q = tl.constexpr(0)
-LOG2S_Q = tl.constexpr(1)
-M_Y = tl.constexpr(2)
-LOG2S_Y = tl.constexpr(3)
+M_Q = tl.constexpr(STATS_ROWS.index("m_q"))
+LOG2S_Q = tl.constexpr(STATS_ROWS.index("log2_s_q"))
+M_Y = tl.constexpr(STATS_ROWS.index("m_y"))
+LOG2S_Y = tl.constexpr(STATS_ROWS.index("log2_s_y"))
+
+
+def even_k(args):
+    """triton.heuristics rule: BLOCK_K divides K, so code masks fold away (see code_mask)."""
+    return args["K"] % args["BLOCK_K"] == 0
+
+
+def even_n(args):
+    """triton.heuristics rule: BLOCK_N divides N; row splits are whole BLOCK_N multiples
+    (config.split_rows), so every row tile of a column kernel is then full."""
+    return args["N"] % args["BLOCK_N"] == 0
 
 
 @triton.jit
@@ -78,11 +90,17 @@ def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK
 
 
 @triton.jit
+def softmax_log2prob(e, m, log2s, scale):
+    """log2 of a softmax probability from its row statistics, (e − m)·scale − log2 s, capped at 0: a
+    tile recomputed with another summation order than the one that produced the statistics can sit an
+    ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf."""
+    return tl.minimum((e - m) * scale - log2s, 0.0)
+
+
+@triton.jit
 def softmax_prob(e, m, log2s, scale):
-    """The probability exp2((e − m)·scale − log2 s) of a softmax from its row statistics, capped at 1:
-    a tile recomputed with another summation order than the one that produced the statistics can sit
-    an ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf."""
-    return tl.exp2(tl.minimum((e - m) * scale - log2s, 0.0))
+    """The probability exp2(softmax_log2prob(...)) of a softmax from its row statistics (≤ 1)."""
+    return tl.exp2(softmax_log2prob(e, m, log2s, scale))
 
 
 @triton.jit
@@ -129,7 +147,7 @@ def dot_precision_for(x, dot_precision):
 
 
 def interpreter_operand(t):
-    """The interpreter's bf16/fp16 ``tl.dot`` returns garbage (see README, "Running without a GPU"):
+    """The interpreter's bf16/fp16 ``tl.dot`` returns garbage (see docs/design.md §6):
     launchers hand it fp32 copies of half operands. A no-op on GPUs."""
     if INTERPRET and t is not None and t.dtype in (torch.float16, torch.bfloat16):
         return t.float()
