@@ -73,6 +73,9 @@ def full_check(N, K, D, dtype, prec, hard, device, log):
     for name, o, r, g in list(zip(FIELDS, out, ref, gt)) + list(zip(GRADS, gout, gref, ggt)):
         if name == "codes":
             row["codes_mismatch"] = int((o != g).sum())
+            # the tokenizer kernel (codes only) against the same float64 codes
+            enc = gk.gmvq_encode(x, m, lv, lp, impl="triton", dot_precision=prec)
+            row["encode_mismatch"] = int((enc != g.to(enc.device)).sum())
         else:
             row[name] = (rel_err(o, g), rel_err(r, g))
             ok &= testing.three_way(o, [r], g, tol)[0] and (not half or testing.three_way(o, [g], g,
@@ -97,6 +100,7 @@ def window_check(N, K, D, dtype, rows, device, log):
     if device.type == "cuda":
         torch.cuda.synchronize()
     row = dict(check="window", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), seconds=time.time() - t0)
+    enc = gk.gmvq_encode(x, m, lv, impl="triton")
     for lo in rows:
         hi = min(lo + 64, N)
         n = hi - lo
@@ -109,6 +113,7 @@ def window_check(N, K, D, dtype, rows, device, log):
                         ("entropy", 6)):
             row[f"{name}@{lo}"] = rel_err(out[i][lo:hi], gt[i])
         row[f"codes_mismatch@{lo}"] = int((out.codes[lo:hi] != gt.codes).sum())
+        row[f"encode_mismatch@{lo}"] = int((enc[lo:hi] != gt.codes).sum())
         row[f"dx@{lo}"] = rel_err(gout[0][lo:hi], ggt[0])
     log(row)
     del x, m, out, gout

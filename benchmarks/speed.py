@@ -4,9 +4,10 @@ Providers: ``triton`` (gmvq_kernels), ``reference`` (eager PyTorch, builds N×K 
 ``torch_compile`` (torch.compile of the reference), ``sdpa`` (PyTorch FlashAttention with x as queries
 and the codebook as keys and values: the nearest fused kernel, a speed-of-light proxy that computes
 less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed).
-Modes: fwd, bwd, fwd_bwd. Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
+Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
+``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
-forward+backward: 4 forward, 8 backward).
+forward+backward: 4 forward, 8 backward; 2·N·K·D for encode).
 
     python benchmarks/speed.py --smoke                       # CPU, seconds (CI)
     python benchmarks/speed.py --cpu-step                    # CPU: module training step vs VectorQuantize
@@ -33,7 +34,8 @@ ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (819
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
 N_SWEEP = [(n, 8192, 64) for n in (2048, 8192, 32768, 131072)]
 SMOKE_SHAPES = [(32, 64, 16)]
-FLOPS_PER = {"fwd": 4, "bwd": 8, "fwd_bwd": 12}
+ENCODE_PROVIDERS = ("triton", "cdist_argmin", "reference")
+FLOPS_PER = {"fwd": 4, "bwd": 8, "fwd_bwd": 12, "encode": 2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GIB = 2.0**30
 
@@ -71,6 +73,18 @@ def vqtorch_loss_factory(K, D, device):
     return loss
 
 
+def encode_fn(provider, prec):
+    """Tokenizer path (mode "encode"): codes only. ``cdist_argmin`` is the nearest mean by torch.cdist
+    (what a VQ tokenizer computes; it ignores variances and prior, so it computes less than ours)."""
+    if provider == "triton":
+        return lambda x, means, log_var: gk.gmvq_encode(x, means, log_var, impl="triton", dot_precision=prec)
+    if provider == "reference":
+        return lambda x, means, log_var: gk.gmvq_encode(x, means, log_var, impl="reference")
+    if provider == "cdist_argmin":
+        return lambda x, means, log_var: torch.cdist(x, means).argmin(1)
+    raise ValueError(provider)
+
+
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
     if provider == "triton":
         return gmvq_loss("triton", prec)
@@ -105,14 +119,14 @@ def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False)
     dtype = DTYPES[dtype_name]
     row = dict(provider=provider, mode=mode, dtype=dtype_name + (f"-{prec}" if prec else ""), N=N, K=K, D=D)
     try:
-        fn = provider_fn(provider, N, K, D, dtype_name, prec, device)
-        inputs = make_inputs(N, K, D, dtype, device, requires_grad=mode != "fwd")
+        fn = encode_fn(provider, prec) if mode == "encode" else provider_fn(provider, N, K, D, dtype_name, prec, device)
+        inputs = make_inputs(N, K, D, dtype, device, requires_grad=mode not in ("fwd", "encode"))
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        if mode == "fwd":
+        if mode in ("fwd", "encode"):
             def run():
                 with torch.no_grad():
                     fn(*inputs)
@@ -284,6 +298,9 @@ def run_smoke(args):
             for mode in ("fwd", "fwd_bwd"):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
+        for provider in ENCODE_PROVIDERS:
+            rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
+                                prec="ieee" if provider == "triton" else None))
     return rows
 
 
@@ -303,6 +320,9 @@ def run_full(args, device, deadline, checkpoint=None):
             rows.append(measure(provider, "fwd_bwd", dtype_name, N, K, D, device))
         if i in (1, 2) and time.time() < deadline:
             rows.append(measure("torch_compile", "fwd_bwd", "bf16", N, K, D, device))
+        for provider in ENCODE_PROVIDERS:  # the tokenizer path beside a cdist + argmin
+            if provider != "reference" or N * K <= 2**28:
+                rows.append(measure(provider, "encode", "bf16", N, K, D, device))
         print_table([r for r in rows if (r["N"], r["K"], r["D"]) == (N, K, D)], env_info(device))
         if checkpoint:
             checkpoint(rows)

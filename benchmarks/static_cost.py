@@ -2,7 +2,8 @@
 
 For each shape, mode (soft/hard) and dtype it captures every kernel launch of one forward + backward of
 the training objective of ``speed.py`` (ALBO terms + a reconstruction stand-in on ``quantized``: upstream
-gradients for quantized, latent_nll and agg_posterior) without running it, with the configs the launchers
+gradients for quantized, latent_nll and agg_posterior; mode "encode": the one launch of the tokenizer
+path ``gmvq_encode``) without running it, with the configs the launchers
 pick on an H100/H200 (132 SMs) and the JIT's argument specialisation. Each distinct kernel is compiled
 for sm_90 (and sm_80 with ``--arch 80 90``) with the ptxas bundled in triton's wheel and disassembled
 with the bundled nvdisasm. Per kernel it reports registers, spill bytes, shared memory, resident
@@ -19,7 +20,7 @@ scheduler needs two warps to hide latency). A kernel costs iterations × CTAs pe
 code is counted the same way, but its model_ms still applies the H200's rates (a comparison of counts,
 not an A100 estimate).
 
-    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft and hard
+    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # one small shape; exit 1 on any spill (CI)
 """
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from gmvq_kernels import backward, config, devtools, forward, noise  # noqa: E402
+from gmvq_kernels import backward, config, devtools, encode, forward, noise  # noqa: E402
 from gmvq_kernels.spec import component_terms  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
@@ -50,14 +51,19 @@ TENSOR_FLOPS_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
 REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
 
 
-def capture(N, K, D, dtype, hard, dot_precision="tf32x3"):
-    """Launches of one fwd+bwd of the training objective (see module docstring), nothing run."""
+def capture(N, K, D, dtype, mode, dot_precision="tf32x3"):
+    """Launches of one fwd+bwd of the training objective (see module docstring), or with mode "encode"
+    of the tokenizer path (codes only); nothing run."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
+    hard = mode == "hard"
     sms = config.sm_count
     config.sm_count = lambda device: SMS
     try:
-        with devtools.record_launches(forward, backward, noise) as log:
+        with devtools.record_launches(forward, backward, encode, noise) as log:
+            if mode == "encode":
+                encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
+                return log
             outs, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=0, noise=None,
                                            dot_precision=dot_precision)
             grads = dict(quantized=torch.randn(N, D).to(dtype), latent_nll=torch.randn(N),
@@ -119,7 +125,7 @@ def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3"):
     N, K, D = shape
     dtype = DTYPES[dtype_name]
     rows = []
-    for launch in capture(N, K, D, dtype, mode == "hard", prec):
+    for launch in capture(N, K, D, dtype, mode, prec):
         info = analyse(launch, cc, cache)
         m = model(info, launch, N * K, dot_kind(dtype, prec))
         rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",
@@ -251,7 +257,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default=None, help="N,K,D;N,K,D (default: the four anchor shapes)")
     p.add_argument("--dtypes", default="bf16", help="comma list of bf16, fp16, fp32 (fp32 reports tf32x3 and tf32)")
-    p.add_argument("--modes", default="soft,hard")
+    p.add_argument("--modes", default="soft,hard,encode",
+                   help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true", help=f"one small shape {FAST_SHAPE}; exit 1 on any spill")
     p.add_argument("--out", help="write JSON here")

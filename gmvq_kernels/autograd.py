@@ -1,4 +1,5 @@
-"""The fused kernels as two torch custom ops, ``gmvq_kernels::fused_fwd`` and ``gmvq_kernels::fused_bwd``,
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd`` and ``gmvq_kernels::fused_bwd`` (and
+``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. No kernel code here.
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from .backward import gmvq_bwd
 from .checks import check_tau
 from .config import launch_guard
+from .encode import gmvq_encode_fwd
 from .forward import gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
 
@@ -73,6 +75,19 @@ fused_bwd = torch.library.custom_op("gmvq_kernels::fused_bwd", mutates_args=())(
 @fused_bwd.register_fake
 def _(x, means, log_var, log_pi, *args):
     return torch.empty_like(x), torch.empty_like(means), torch.empty_like(log_var), torch.empty_like(log_pi)
+
+
+@torch.library.custom_op("gmvq_kernels::fused_encode", mutates_args=())
+def fused_encode(x: Tensor, means: Tensor, a: Tensor, b: Tensor, dot_precision: str) -> Tensor:
+    """codes = argmax_k ℓ_nk (N,) int64 (encode.py); x, means contiguous, a, b (K,) fp32
+    (spec.component_terms). No gradient: the tokenizer path."""
+    with launch_guard():
+        return gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
+
+
+@fused_encode.register_fake
+def _(x, means, a, b, dot_precision):
+    return x.new_empty(x.shape[0], dtype=torch.int64)
 
 
 FWD_INPUTS = ("x", "means", "log_var", "log_pi", "noise", "tau", "hard", "seed", "dot_precision")

@@ -51,11 +51,11 @@ _OVERRIDE = threading.local()  # per thread: a tuning run in one thread never le
 
 
 @contextlib.contextmanager
-def override(row: "KernelConfig" = None, col: "KernelConfig" = None):
+def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None):
     """Within the block, launches in this thread use these configs for every D and dtype (tuning and
     the static cost report try alternatives this way); the defaults come back on exit."""
     saved = getattr(_OVERRIDE, "configs", {})
-    _OVERRIDE.configs = {**saved, **{k: v for k, v in (("row", row), ("col", col)) if v is not None}}
+    _OVERRIDE.configs = {**saved, **{k: v for k, v in (("row", row), ("col", col), ("encode", encode)) if v is not None}}
     try:
         yield
     finally:
@@ -81,6 +81,15 @@ COL_CONFIGS = {
     "half": ((256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
+# The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
+# takes wider tiles than the row kernels. Chosen 2026-11-29 with benchmarks/static_cost.py --modes encode
+# (lowest modelled time among the configs with no spill, every dot an HGMMA with N ≥ 32, within an
+# A100's shared memory; ≥ 16 resident warps/SM preferred where the model saw < 15 % between them). fp32
+# (tf32x3) spills at D ≥ 256 in every config tried: use bf16 there.
+ENCODE_CONFIGS = {
+    "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
+    "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 
 
@@ -102,6 +111,11 @@ def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
 def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
     """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
     return _pick("col", COL_CONFIGS, D, dtype)
+
+
+def encode_config(D: int, dtype: torch.dtype) -> KernelConfig:
+    """The encode kernel (codes only): one program owns BLOCK_N rows, streams K."""
+    return _pick("encode", ENCODE_CONFIGS, D, dtype)
 
 
 def sm_count(device: torch.device) -> int:

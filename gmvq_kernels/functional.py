@@ -4,11 +4,11 @@ from typing import Optional
 import torch
 
 from . import config
-from .autograd import all_reduce_sum, fused_fwd
+from .autograd import all_reduce_sum, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, checked_tau, validate
 from .noise import seed_tensor
-from .reference import gmvq_reference
-from .spec import GMVQOutput, log_prior_probs
+from .reference import gmvq_encode_reference, reference_forward
+from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     if impl != "auto":
@@ -43,6 +43,14 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     x and means are cast to the autocast dtype first (so quantized has that dtype).
     torch.compile(fullgraph=True) traces it: the kernels are custom ops (autograd.py), and a changing
     tau or seed does not recompile after the first change (tau's value is then checked in the op)."""
+    return gmvq_with_sample(x, means, log_var, log_prior, tau=tau, hard=hard, seed=seed, noise=noise, impl=impl,
+                            process_group=process_group, dot_precision=dot_precision)[0]
+
+
+def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, seed=0, noise=None,
+                     impl="auto", process_group=None, dot_precision=None):
+    """``gmvq`` plus the code of each row's hard sample, argmax_k(ℓ_nk + g_nk) (the code whose mean
+    ``quantized`` holds; −1 for a non-finite row), or None when soft: (GMVQOutput, sample_codes)."""
     validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group)
     if not torch.compiler.is_compiling():
         tau = float(tau)  # any real number type (Fraction, NumPy) from here on
@@ -55,7 +63,7 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     if impl == "reference":
         if torch.compiler.is_compiling():  # tau is checked when the graph runs (see checks.checked_tau)
             tau = checked_tau(torch.ones((), dtype=torch.float64) * tau)
-        out = gmvq_reference(x, means, log_var, log_prior, tau=tau, hard=hard, seed=seed, noise=noise)
+        out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
     else:
         log_var32 = log_var.float()
         outs = fused_fwd(x.contiguous(), means.contiguous(), log_var32,
@@ -64,6 +72,40 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
                          torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
                          bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION)
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
+        hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
+        sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None
     if process_group is not None:
         out = out._replace(agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
-    return out
+    return out, sample
+
+
+def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
+                dot_precision: Optional[str] = None) -> torch.Tensor:
+    """Tokenizer path: codes = argmax_k ℓ_nk (N,) int64, the ``codes`` of ``gmvq`` without anything
+    else (no noise, no softmax, no q̄, no gradient). Arguments as for ``gmvq``; −1 for a row of x that
+    is not finite. On CUDA (or under TRITON_INTERPRET=1) one fused pass over the codebook (memory
+    O(N + K·D)); the reference computes the logits of 4096 rows at a time."""
+    validate(x, means, log_var, log_prior, 1.0, False, None, 0, impl, dot_precision)
+    impl = resolve_impl(impl, x)
+    if impl == "reference":
+        return gmvq_encode_reference(x, means, log_var, log_prior)
+    log_var32 = log_var.detach().float()
+    a, b, _ = component_terms(log_var32, log_prior_probs(None if log_prior is None else log_prior.detach(),
+                                                         means.shape[0], log_var32), x.shape[1])
+    return fused_encode(x.detach().contiguous(), means.detach().contiguous(), a.contiguous(), b.contiguous(),
+                        dot_precision or config.DEFAULT_DOT_PRECISION)
+
+
+def gmvq_decode(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """The means of ``codes`` (any shape) as codes.shape + (D,); code −1 (a non-finite latent) gives
+    NaN, never a real code."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got "
+                        f"{codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__}")
+    K = means.shape[0]
+    if codes.numel() and not torch.compiler.is_compiling() and codes.device.type == "cpu" and (
+            int(codes.max()) >= K or int(codes.min()) < -1):
+        raise ValueError(f"codes must lie in [-1, {K}) for a codebook of {K} codes; got values from "
+                         f"{int(codes.min())} to {int(codes.max())}")
+    idx = codes.long()
+    return means[idx.clamp_min(0)].masked_fill((idx < 0)[..., None], float("nan"))

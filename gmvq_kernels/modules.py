@@ -8,7 +8,7 @@ from torch import nn
 
 from . import config
 from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau
-from .functional import gmvq
+from .functional import gmvq_decode, gmvq_encode, gmvq_with_sample
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 
 
@@ -200,11 +200,11 @@ class GaussianMixtureVQ(nn.Module):
     # --- tokenizer use
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic codes argmax_k ℓ, shaped like x without its channel axis."""
+        """Deterministic codes argmax_k ℓ, shaped like x without its channel axis: one fused pass that
+        computes only the codes (``gmvq_encode``), in train or eval mode alike."""
         flat, lead = self._flatten(x)
-        out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
-                   tau=self.tau, impl=self.impl, dot_precision=self.dot_precision)
-        return out.codes.reshape(lead)
+        return gmvq_encode(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+                           impl=self.impl, dot_precision=self.dot_precision).reshape(lead)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Means of the codes, in the module's layout: (..., D), or D on axis 1 when channel-first."""
@@ -214,7 +214,7 @@ class GaussianMixtureVQ(nn.Module):
     def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Codebook vectors of ``indices``, shape indices.shape + (D,) (vector-quantize-pytorch's name).
         Code −1 (a non-finite latent, see the NaN policy) gives NaN, never a real code."""
-        return self.means[indices.clamp_min(0)].masked_fill((indices < 0)[..., None], float("nan"))
+        return gmvq_decode(indices, self.means)
 
     # --- k-means initialisation
     @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
@@ -269,9 +269,10 @@ class GaussianMixtureVQ(nn.Module):
         constructor) ``QuantizerOutputWithTerms(quantized, codes, loss, terms)``.
 
         - Training: ``quantized`` is the Gumbel-softmax sample Σ_k y_k μ_k (``hard=True``: the mean of
-          argmax_k(ℓ_k + g_k), straight-through), plus s·ε with ``noise_injection``. ``codes`` are
-          argmax_k ℓ_k, the noise-free codes a tokenizer would emit: with hard samples the code whose
-          mean ``quantized`` holds can differ where the noise flips the argmax.
+          argmax_k(ℓ_k + g_k), straight-through), plus s·ε with ``noise_injection``. ``codes`` are the
+          codes used: with ``hard=True`` the sampled argmax_k(ℓ_k + g_k), whose mean ``quantized`` holds
+          (as VectorQuantize's indices); soft samples mix all means, and ``codes`` are then argmax_k ℓ_k.
+          The noise-free codes a tokenizer emits come from ``encode`` (or eval mode).
         - Eval: deterministic; ``codes`` = argmax_k ℓ_k, ``quantized`` = their means, ``loss`` = 0 (as
           VectorQuantize); ``terms`` still hold the values.
         - ``loss`` = γ·(mean latent_nll + (D/2)·Σ_k q̄_k λ_k if the variances are learned) + β·KL(q̄ ‖ π)
@@ -290,9 +291,9 @@ class GaussianMixtureVQ(nn.Module):
             self._next_seed += 1
             if group is not None:  # data parallel: each rank's rows get their own noise stream
                 seed = seed + (group.rank() << RANK_SEED_SHIFT)
-        out = gmvq(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
-                   tau=self.tau, hard=self.hard, seed=seed, impl=self.impl, process_group=group,
-                   dot_precision=self.dot_precision)
+        out, sample = gmvq_with_sample(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+                                       tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
+                                       process_group=group, dot_precision=self.dot_precision)
         objective = albo_loss if self.objective == "albo" else elbo_loss
         # learned variances pay their normaliser (losses.variance_normaliser); a fixed σ_z² need not
         loss = objective(out, self.log_prior, beta=self.beta, gamma=self.gamma,
@@ -304,7 +305,8 @@ class GaussianMixtureVQ(nn.Module):
         else:
             z = self.get_codes_from_indices(out.codes)
         quantized = self._unflatten(z.to(x.dtype), lead)
-        codes = out.codes.reshape(lead)
+        # the codes it used, as VectorQuantize: a hard sample's code in training, else argmax_k ℓ
+        codes = (sample if self.training and sample is not None else out.codes).reshape(lead)
         reported = loss if self.training else torch.zeros_like(loss)
         breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
         if not breakdown:

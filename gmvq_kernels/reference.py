@@ -19,11 +19,44 @@ def sq_distances(x, means):
     return d.clamp_min(0.0)
 
 
+def _distances_logits(x, means, lv, log_pi):
+    """(d, ℓ) with ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π)."""
+    d = sq_distances(x, means)
+    D = x.shape[1]
+    return d, log_pi[None, :] - 0.5 * d * torch.exp(-lv)[None, :] - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
+
+
+def _log_pi(log_prior, lv):
+    K = lv.shape[0]
+    return torch.log_softmax(log_prior.to(lv.dtype), 0) if log_prior is not None else torch.full_like(lv, -math.log(K))
+
+
+def gmvq_encode_reference(x, means, log_var, log_prior=None, *, chunk: int = 4096) -> torch.Tensor:
+    """codes = argmax_k ℓ_nk (N,) int64, computed like ``gmvq_reference``'s codes but only the logits
+    of ``chunk`` rows at a time (memory O(chunk·K)); −1 for a row whose x is not finite."""
+    dt = stats_dtype(x.dtype)
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        means, lv = means.to(dt), log_var.to(dt)
+        log_pi = _log_pi(log_prior, lv)
+        out = []
+        for rows in x.split(chunk):
+            rows = rows.to(dt)
+            codes = _distances_logits(rows, means, lv, log_pi)[1].argmax(1)
+            out.append(codes.masked_fill(~((rows * rows).sum(1) < math.inf), -1))
+    return torch.cat(out)
+
+
 def gmvq_reference(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = False,
                    seed: int = 0, noise: Optional[torch.Tensor] = None) -> GMVQOutput:
     """GM-VQ forward in eager PyTorch, computed in fp32 (fp64 for fp64 inputs); ``quantized`` comes back
     in the dtype of x, the statistics in the computation dtype. Inputs are assumed validated
     (see ``gmvq_kernels.gmvq``). ``agg_posterior`` is the local mean q̄ over these N rows."""
+    return reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)[0]
+
+
+def reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise):
+    """(GMVQOutput, sample_codes): sample_codes = argmax_k(ℓ_nk + g_nk), the code of the hard sample
+    (−1 where the row is not finite), or None when soft."""
     if x.device.type == "meta":  # shapes only (no autocast on meta)
         return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)
     # autocast would turn the fp32 matmuls back into half ones: the inputs' rounding is the only one
@@ -39,19 +72,18 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
     dt = out_dt = stats_dtype(in_dt)
     x, means = x.to(dt), means.to(dt)
     lv = log_var.to(dt)
-    log_pi = torch.log_softmax(log_prior.to(dt), 0) if log_prior is not None else torch.full_like(lv, -math.log(K))
+    log_pi = _log_pi(log_prior, lv)
     var, inv_var = torch.exp(lv), torch.exp(-lv)              # σ_k², 1/σ_k² (no division: finite grads)
     if noise is None:
         noise = gumbel_noise(N, K, seed, device=x.device)
-    d = sq_distances(x, means)
-    # ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π)
-    logits = log_pi[None, :] - 0.5 * d * inv_var[None, :] - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
+    d, logits = _distances_logits(x, means, lv, log_pi)
     log_q = torch.log_softmax(logits, dim=1)
     q = log_q.exp()
     noisy = logits + noise.to(dt)
     y_soft = torch.softmax(noisy / tau, dim=1)
+    sample = noisy.argmax(1) if hard else None
     if hard:  # straight-through: forward value one-hot, gradient of the soft sample
-        y_hard = torch.nn.functional.one_hot(noisy.argmax(1), K).to(dt)
+        y_hard = torch.nn.functional.one_hot(sample, K).to(dt)
         y = y_hard - y_soft.detach() + y_soft
     else:
         y = y_soft
@@ -68,7 +100,8 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
     # code −1; its NaN reaches q̄ through the mean
     bad = ~((x * x).sum(1) < math.inf)
     nan = float("nan")
-    return out._replace(
+    out = out._replace(
         quantized=out.quantized.masked_fill(bad[:, None], nan), codes=out.codes.masked_fill(bad, -1),
         **{f: getattr(out, f).masked_fill(bad, nan)
            for f in ("log_likelihood", "latent_nll", "mixture_var", "entropy")})
+    return out, None if sample is None else sample.masked_fill(bad, -1)

@@ -14,7 +14,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 
-from gmvq_kernels import backward, devtools, forward, noise  # noqa: E402
+from gmvq_kernels import backward, devtools, encode, forward, noise  # noqa: E402
 from gmvq_kernels.spec import DIFF_OUTPUTS  # noqa: E402
 
 ALL = DIFF_OUTPUTS
@@ -39,7 +39,7 @@ VARIANTS = [
 
 
 def record():
-    with devtools.record_launches(forward, backward, noise) as log:
+    with devtools.record_launches(forward, backward, encode, noise) as log:
         for dtype, prec, hard, explicit, D, N, K, grad_sets in VARIANTS:
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
             a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
@@ -51,6 +51,7 @@ def record():
             for keep in grad_sets:
                 backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
                                   hard=hard, seed=1, dot_precision=prec)
+            encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
     # the noise kernel is launched only on CUDA / interpreter: record one launch by hand
     log.append(devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (torch.empty(4, 4), 4, 4, 1, 2, 0),
                                dict(BLOCK_N=32, BLOCK_K=128)))

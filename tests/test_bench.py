@@ -44,7 +44,8 @@ def test_speed_smoke(tmp_path):
     out = run_script(["benchmarks/speed.py", "--smoke", "--out", str(tmp_path / "s.json")], interpret=True)
     import json
     rows = json.load(open(tmp_path / "s.json"))["rows"]
-    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "triton"}
+    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "triton", "cdist_argmin"}
+    assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out
 

@@ -19,8 +19,8 @@ def test_kernels_compile_for_sm80_and_sm90():
 
 
 def test_static_cost_fast_mode_has_no_spills(tmp_path):
-    """benchmarks/static_cost.py --fast: one small shape, bf16, soft and hard, every kernel of one
-    fwd+bwd compiled for sm_90 and read from SASS; it exits 1 on any spill."""
+    """benchmarks/static_cost.py --fast: one small shape, bf16, soft and hard (every kernel of one
+    fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it exits 1 on any spill."""
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
@@ -28,9 +28,9 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     report = json.loads(out.read_text())
     kernels = {r["kernel"] for r in report["rows"]}
     assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
-                       "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"}, kernels
+                       "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel", "_gmvq_encode_kernel"}, kernels
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
-    assert {t["mode"] for t in report["totals"]} == {"soft", "hard"}
+    assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0

@@ -1,0 +1,80 @@
+"""Inference kernel of the tokenizer path: codes = argmax_k ℓ_nk, nothing else.
+
+``_gmvq_encode_kernel`` (row blocks, streams the codebook): one program owns BLOCK_N rows of x and walks
+all K codes in BLOCK_K tiles. Per tile: the distance dot, the logits ℓ = b − d·a (the same helpers as
+the training kernels, so the codes are the forward's ``codes``) and a running max / argmax. No exp, no
+noise, no second softmax, no q̄ pass, no accumulator: one pass over N×K, memory O(N + K·D).
+
+Ties and precision: the dot of half inputs multiplies exactly and accumulates in fp32, and fp32 inputs
+use tf32x3 by default (near fp32), so a code can differ from the fp32 reference's only where two logits
+of a row agree to within a few fp32 ulps (then either is a maximum to fp32 accuracy); an exact tie goes
+to the lower index, as torch.argmax.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import config
+from .config import block_d, encode_config
+from .tiles import dot_precision_for, even_k, interpreter_operand, load_rows, row_tile
+
+
+@triton.heuristics({"EVEN_K": even_k})
+@triton.jit
+def _gmvq_encode_kernel(
+    x_ptr, means_ptr, a_ptr, b_ptr, best_ptr, codes_ptr, N, K, D, codes_per_split,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """argmax_k ℓ_nk of BLOCK_N rows over one split of the codes (program_id(1)): writes codes
+    (splits, N) int64, −1 for a row whose x is not finite (NaN policy), and, when ``best_ptr`` is not
+    None (several splits), the maximum ℓ (splits, N) fp32 for the final reduction.
+    a, b (K,) fp32: spec.component_terms."""
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    best_k = tl.zeros((BLOCK_N,), tl.int64)
+    k_lo = split * codes_per_split
+    for k_start in range(k_lo, tl.minimum(k_lo + codes_per_split, K), BLOCK_K):
+        # a stands in for v (σ²), which the argmax does not need: the pointer is only read
+        _, _, _, _, _, _, logits, _ = row_tile(x, xx, means_ptr, a_ptr, b_ptr, a_ptr, k_start, K, D, offs_d,
+                                               EVEN_K, BLOCK_K, DOT_PRECISION)
+        tile_max = tl.max(logits, axis=1)
+        better = tile_max > best  # strict: the first maximum wins, as torch.argmax
+        best_k = tl.where(better, tl.argmax(logits, axis=1).to(tl.int64) + k_start, best_k)
+        best = tl.maximum(best, tile_max)
+    bad = ~(xx < float("inf"))
+    mask_n = offs_n < N
+    tl.store(codes_ptr + split * N + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
+    if best_ptr is not None:
+        tl.store(best_ptr + split * N + offs_n, best, mask=mask_n)
+
+
+def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
+    """Launch the encode kernel. x (N, D), means (K, D): contiguous, same kernel dtype; a, b (K,) fp32
+    contiguous. Returns codes (N,) int64.
+
+    Few row blocks (small N, e.g. N = 8192 against 132 SMs) would leave the GPU idle, so the codes are
+    then split across programs (split-K): each writes its split's best (ℓ, code) per row, and torch
+    picks the best split (the first on ties: the lowest code, as within a split). Deterministic; the
+    partials are O(splits·N)."""
+    N, D = x.shape
+    K = means.shape[0]
+    cfg = encode_config(D, x.dtype)
+    row_blocks = triton.cdiv(N, cfg.BLOCK_N)
+    k_tiles = triton.cdiv(K, cfg.BLOCK_K)
+    splits = min(k_tiles, max(1, 2 * config.sm_count(x.device) // row_blocks))
+    codes_per_split = triton.cdiv(k_tiles, splits) * cfg.BLOCK_K
+    splits = triton.cdiv(K, codes_per_split)
+    codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
+    best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
+    _gmvq_encode_kernel[(row_blocks, splits)](
+        interpreter_operand(x), interpreter_operand(means), a, b, best, codes, N, K, D, codes_per_split,
+        DOT_PRECISION=dot_precision_for(x, dot_precision), BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
+        BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if best is None:
+        return codes[0]
+    return codes.gather(0, best.argmax(0, keepdim=True))[0]
