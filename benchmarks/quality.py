@@ -22,7 +22,7 @@ Datasets: ``digits`` (scikit-learn's 8×8 digits) and ``patches`` (16×16 RGB pa
 photographs scikit-learn ships), or ``--data PATH.npy`` with images (M, C, H, W) or (M, H, W) in [0, 1],
 H and W multiples of 4.
 
-    python benchmarks/quality.py                 # full default run (2 idle CPU cores: about 6 minutes)
+    python benchmarks/quality.py                 # full default run (2 idle CPU cores: about 4 minutes)
     python benchmarks/quality.py --smoke         # seconds, CI
 """
 import argparse
@@ -210,10 +210,24 @@ def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every, mix
     return dict(mse=mse, perplexity=ppl, codes_used=used), curve, (ae, quant)
 
 
+# the default run (2 datasets × 5 methods × 2 seeds × 1200 steps, batch 128) took 231 s on 2 idle CPU cores
+DEFAULT_RUN = dict(seconds=231.0, runs=20, steps=1200, batch=128)
+
+
+def expected_seconds(args):
+    """A first guess from the measured default run, scaled by training steps × batch; progress lines
+    replace it with an ETA from the measured pace."""
+    runs = len(args.datasets) * len(args.methods) * args.seeds
+    d = DEFAULT_RUN
+    return d["seconds"] * (runs * args.steps * args.batch) / (d["runs"] * d["steps"] * d["batch"])
+
+
 def run(args):
     datasets = args.datasets
     results, curves, models = {}, {}, {}
     t0 = time.time()
+    total = len(datasets) * len(args.methods) * args.seeds
+    done = 0
     for ds in datasets:
         train, test = load_dataset(ds, seed=0)
         if args.smoke:
@@ -226,6 +240,10 @@ def run(args):
                                             batch=args.batch, seed=seed, log_every=max(1, args.steps // 30),
                                             mixture=dict(sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init))
                 runs.append(r)
+                done += 1
+                elapsed = time.time() - t0
+                print(f"  [{done}/{total}] {ds} {method} seed {seed}: test MSE {r['mse']:.5f}, {r['codes_used']} codes "
+                      f"used ({elapsed:.0f} s elapsed, ETA {elapsed / done * (total - done):.0f} s)", flush=True)
                 if seed == 0:
                     curves[(ds, method)] = curve
                     models[(ds, method)] = model
@@ -245,7 +263,8 @@ def run(args):
 def print_table(results, args, seconds, file=sys.stdout):
     print(f"\n# quality: K={args.codebook_size}, D={args.dim}, steps={args.steps}, batch={args.batch}, "
           f"seeds={args.seeds}, {seconds:.0f} s", file=file)
-    print("| dataset | method | test MSE | perplexity | codes used |", file=file)
+    print(f"| dataset | method | test MSE (lower is better) | perplexity (higher is better, max {args.codebook_size}) "
+          f"| codes used (higher is better, of {args.codebook_size}) |", file=file)
     print("|---|---|---|---|---|", file=file)
     for ds, per in results.items():
         for m, r in per.items():
@@ -303,8 +322,10 @@ def main(argv=None):
     p.add_argument("--datasets", nargs="+", default=["digits", "patches"], choices=["digits", "patches"])
     p.add_argument("--sigma-z2", type=float, default=SIGMA_Z2, help="fixed σ_z² of the mixture methods")
     p.add_argument("--kmeans-init", action="store_true", help="k-means-initialise the mixture codebooks")
-    p.add_argument("--out", help="write results as JSON")
-    p.add_argument("--plots", help="folder for quality_curves.png and quality_reconstructions.png")
+    p.add_argument("--out-dir", help="folder for the JSON, the table and the plots "
+                   "(default: results/quality-<date>-<time> in the current folder)")
+    p.add_argument("--out", help="write results as JSON here instead of OUT_DIR/quality.json")
+    p.add_argument("--plots", help="folder for quality_curves.png and quality_reconstructions.png (default OUT_DIR)")
     p.add_argument("--smoke", action="store_true", help="a few steps on a subset (CI)")
     args = p.parse_args(argv)
     if args.smoke:
@@ -312,8 +333,20 @@ def main(argv=None):
     if args.data:
         args.datasets = [args.data]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out_dir = args.out_dir or os.path.join("results", time.strftime("quality-%Y-%m-%d-%H%M%S"))
+    args.out = args.out or os.path.join(out_dir, "quality.json")
+    args.plots = args.plots or out_dir
+    runs = len(args.datasets) * len(args.methods) * args.seeds
+    print(f"GM-VQ quality study: {len(args.methods)} methods ({', '.join(args.methods)}) × datasets "
+          f"{', '.join(args.datasets)} × {args.seeds} seed(s) = {runs} training runs of {args.steps} steps "
+          f"(K = {args.codebook_size}, D = {args.dim}, batch {args.batch}), on the CPU.\n"
+          f"Expected about {expected_seconds(args):.0f} s on 2 idle CPU cores (the default run took 231 s); "
+          f"results go to {out_dir}/", flush=True)
     results, curves, models, seconds = run(args)
     print_table(results, args, seconds)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(os.path.join(os.path.dirname(os.path.abspath(args.out)), "quality_table.md"), "w") as fh:
+        print_table(results, args, seconds, file=fh)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(dict(methods=results[args.datasets[0]], datasets=results,
@@ -325,6 +358,7 @@ def main(argv=None):
         os.makedirs(args.plots, exist_ok=True)
         tests = {ds: load_dataset(ds, seed=0)[1] for ds in args.datasets}
         plot(curves, models, args.datasets, tests, args.plots)
+    print(f"results: {args.out}, quality_table.md beside it, plots in {args.plots}")
     return 0
 
 

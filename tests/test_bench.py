@@ -64,10 +64,13 @@ def test_gpu_check_dry(tmp_path):
 
 
 def test_quality_smoke(tmp_path):
-    run_script(["benchmarks/quality.py", "--smoke", "--out", str(tmp_path / "q.json"), "--plots", str(tmp_path)],
-               interpret=False)
+    out = run_script(["benchmarks/quality.py", "--smoke", "--out-dir", str(tmp_path)], interpret=False)
     import json
-    res = json.load(open(tmp_path / "q.json"))
+    # what a first-time user sees: what runs and how long it should take, progress, the direction of each metric
+    assert "training runs of 20 steps" in out and "Expected about" in out and f"results go to {tmp_path}" in out
+    assert "[10/10]" in out and "ETA" in out and "lower is better" in out and "higher is better" in out
+    res = json.load(open(tmp_path / "quality.json"))
+    assert (tmp_path / "quality_table.md").read_text().count("| digits |") == 5
     assert set(res["methods"]) == {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
     for r in res["methods"].values():
         assert 0 < r["mse"] < 1 and r["perplexity"] >= 1 and r["codes_used"] >= 1
