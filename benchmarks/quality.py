@@ -141,7 +141,8 @@ class MixtureVQ(nn.Module):
 
     def __init__(self, dim, K, objective, beta, *, sigma_z2, kmeans_init, seed=0):
         super().__init__()
-        self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, objective=objective,
+        # the paper's ALBO weights (γ = 1): this study puts the reconstruction in nats per latent vector
+        self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, gamma=1.0, objective=objective,
                                        accept_image_fmap=True,
                                        kmeans_init=kmeans_init, per_component_variance=False,
                                        learn_variance=False, init_log_var=math.log(sigma_z2), seed=seed)
