@@ -98,7 +98,8 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
 
 def gmvq_decode(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """The means of ``codes`` (any shape) as codes.shape + (D,); code −1 (a non-finite latent) gives
-    NaN, never a real code."""
+    NaN, never a real code. The range [−1, K) is checked on CPU tensors; on CUDA (no host sync) any
+    negative code gives NaN and a code ≥ K fails torch's indexing assertion."""
     if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got "
                         f"{codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__}")
