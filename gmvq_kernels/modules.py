@@ -53,7 +53,7 @@ VQ_ARGUMENTS = {
 # above a per-pixel mean: with γ = β = 1 the latent term wins, the encoder collapses onto one mean and the
 # learned variances shrink with it (1 code of 512 used on digits, loss → −3). γ = 0.003, β = 0.1 measured
 # on digits and photo patches (K 128–1024, D 16–64, soft and hard, 300–1000 steps): 124–413 codes
-# used. σ² = 0.1 at the start: with a fixed σ² = 1 the recipe used ≤ 3 codes even with small weights (our
+# used. σ² = 0.1 at the start: with a fixed σ² = 1 the recipe used ≤ 3 codes, also with the loss scaled by 1/32 (our
 # reading: logit gaps of d/(2σ²) stay small beside the Gumbel noise, so the samples carry little about
 # x and the decoder learns to ignore them). For the paper's scale (reconstruction in nats
 # per latent vector) use gamma=1, beta=1.
