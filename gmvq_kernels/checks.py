@@ -50,6 +50,15 @@ def check_int(name, value, lo=1):
         raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
 
 
+def check_code_range(codes, lo, hi, interval):
+    """Every code in [lo, hi) (one aminmax; it reads the values, so callers skip it where that would
+    sync a device). ``interval`` is how the message writes the range."""
+    if codes.numel():
+        first, last = (int(v) for v in torch.aminmax(codes))
+        if not lo <= first <= last < hi:
+            raise ValueError(f"codes must lie in {interval}; got values from {first} to {last}")
+
+
 @torch.library.custom_op("gmvq_kernels::checked_tau", mutates_args=())
 def checked_tau(tau: torch.Tensor) -> torch.Tensor:
     """tau (a 0-dim CPU tensor), checked when it runs. Under torch.compile a comparison on a traced tau

@@ -5,7 +5,7 @@ import torch
 
 from . import config
 from .autograd import all_reduce_sum, fused_encode, fused_fwd
-from .checks import KERNEL_DTYPES, can_use_triton, checked_tau, validate
+from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, validate
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward
 from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
@@ -104,9 +104,7 @@ def gmvq_decode(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got "
                         f"{codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__}")
     K = means.shape[0]
-    if codes.numel() and not torch.compiler.is_compiling() and codes.device.type == "cpu" and (
-            int(codes.max()) >= K or int(codes.min()) < -1):
-        raise ValueError(f"codes must lie in [-1, {K}) for a codebook of {K} codes; got values from "
-                         f"{int(codes.min())} to {int(codes.max())}")
+    if not torch.compiler.is_compiling() and codes.device.type == "cpu":
+        check_code_range(codes, -1, K, f"[-1, {K}) for a codebook of {K} codes")
     idx = codes.long()
     return means[idx.clamp_min(0)].masked_fill((idx < 0)[..., None], float("nan"))

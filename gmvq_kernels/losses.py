@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from .checks import check_int, check_number
+from .checks import check_code_range, check_int, check_number
 from .spec import GMVQOutput, log_prior_probs
 
 
@@ -60,11 +60,7 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int):
     """(histogram (K,) int64, perplexity of the code histogram, number of codes used)."""
     check_int("codebook_size", codebook_size)
     codes = codes.reshape(-1)
-    if codes.numel():
-        lo, hi = (int(v) for v in torch.aminmax(codes))
-        if not 0 <= lo <= hi < codebook_size:
-            raise ValueError(f"codes must lie in [0, codebook_size) = [0, {codebook_size}); got values from "
-                             f"{lo} to {hi}")
+    check_code_range(codes, 0, codebook_size, f"[0, codebook_size) = [0, {codebook_size})")
     hist = torch.bincount(codes, minlength=codebook_size)
     p = hist.double() / max(1, int(hist.sum()))
     return hist, float(perplexity(p)), int((hist > 0).sum())
