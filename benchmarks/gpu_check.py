@@ -8,7 +8,7 @@
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
    host time of one fwd+bwd at a tiny shape (speed.host_overhead).
-3. benchmarks/speed.py: the ANCHORS rows, the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
+3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: a few block configurations of the row and column kernels at one shape.
 
     python benchmarks/gpu_check.py --out benchmarks/results/<device>-<date>
