@@ -9,7 +9,11 @@
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
    host time of one fwd+bwd at a tiny shape (speed.host_overhead).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
-4. --tune: a few block configurations of the row and column kernels at one shape.
+4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
+   shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
+   are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the
+   rewritten config.py and tune.json go to --out: on a lent machine only --out comes back, so copy
+   that config.py into the repository.
 
     python benchmarks/gpu_check.py --out benchmarks/results/<device>-<date>
 Everything goes to --out; the run stops optional parts at --budget-s.
@@ -17,9 +21,11 @@ Everything goes to --out; the run stops optional parts at --budget-s.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
+from dataclasses import astuple
 
 import torch
 
@@ -164,24 +170,52 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
              compilations=counter.frame_count))
 
 
-def tune(device, log, deadline):
-    """fwd+bwd time of a few row / column block configs at one bf16 shape per D bucket (candidates that
-    the static cost report, benchmarks/static_cost.py, finds spill-free or nearly so)."""
-    KC = config.KernelConfig
-    rows_cfgs = [KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2)]
-    col_cfgs = [KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1)]
-    results = []
-    for (N, K, D) in ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256)):
-        for kind, cfgs in (("row", rows_cfgs), ("col", col_cfgs)):
-            for cfg in cfgs:
-                if time.time() > deadline:
-                    return results
-                with config.override(**{kind: cfg}):
-                    r = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)
-                r.update(kind=kind, config=list(cfg.__dict__.values()))
-                results.append(r)
-                log(dict(check="tune", **r))
-    return results
+TUNE_SHAPES = ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256))
+
+
+def tune(device, log, deadline, out_dir, shapes=TUNE_SHAPES, config_path=config.__file__, time_fn=None):
+    """Winners per (arch, dtype, kind, D bucket) at ``shapes`` in bf16 and fp32 (autotune.py), written
+    into ``config_path`` and copied to ``out_dir`` (see the module docstring). ``time_fn``: the timer
+    (autotune.cuda_ms by default)."""
+    import math
+
+    from gmvq_kernels import autotune
+    from gmvq_kernels.spec import component_terms
+
+    winners, report = {}, []
+    for dtype in (torch.bfloat16, torch.float32):
+        for (N, K, D) in shapes:
+            if time.time() > deadline:
+                break
+            x, means = (torch.randn(n, D, device=device).to(dtype) for n in (N, K))
+            a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K, device=device),
+                                                              torch.full((K,), -math.log(K), device=device), D))
+            prec = config.DEFAULT_DOT_PRECISION
+            timer = dict(time_fn=time_fn or autotune.cuda_ms)
+            res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=False, dot_precision=prec, **timer)
+            res.update(autotune.tune_encode(x, means, a, b, dot_precision=prec, **timer))
+            for key, (cfg, times) in res.items():
+                if key in winners:  # two shapes of one bucket: the first one decides
+                    continue
+                winners[key] = cfg
+                row = dict(check="tune", key=list(key), shape=[N, K, D], dtype=str(dtype), winner=list(astuple(cfg)),
+                           ms={str(astuple(c)): t for c, t in times.items()})
+                report.append(row)
+                log(row)
+    if winners:
+        info = speed.env_info(device)
+        stamp = f"{info['date']}, {info['device']}, torch {info['torch']}, triton {info['triton']}"
+        autotune.write_tuned(config_path, winners, stamp)
+        shutil.copy(config_path, os.path.join(out_dir, "config.py"))
+        with open(os.path.join(out_dir, "tune.json"), "w") as fh:
+            json.dump(report, fh, indent=1)
+    return report
+
+
+def wall_ms(fn):
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
 
 
 def noise_check(device, log, rows=4096, cols=1024):
@@ -249,7 +283,7 @@ def main():
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
         ]
-        args.skip_bench, args.tune = True, False
+        args.skip_bench = True
     for c in checks:
         try:
             c()
@@ -262,9 +296,12 @@ def main():
                         "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
         except Exception:
             log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
-    if args.tune:
+    if args.tune or args.dry:
+        # dry: tiny shapes, wall-clock timing, and a copy of config.py to write into
+        dry = dict(shapes=((40, 48, 8),), config_path=shutil.copy(config.__file__, os.path.join(args.out, "config_in.py")),
+                   time_fn=wall_ms) if args.dry else {}
         try:
-            tune(device, log, t0 + args.budget_s + 60)
+            tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
         except Exception:
             log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
     log(dict(check="done", total_s=round(time.time() - t0, 1)))

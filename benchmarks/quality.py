@@ -45,6 +45,17 @@ SIGMA_X2 = 0.01
 SIGMA_Z2 = 0.1
 TAU_START, TAU_END = 1.0, 0.3
 COMMITMENT = 0.25
+_MIXTURE = dict(sigma_z2=SIGMA_Z2, tau_end=TAU_END, gamma=1.0, hard=True, noise_injection=False, kmeans_init=False)
+# each method's hyper-parameters in this study (quality_sweep.py tunes them): commitment weight; EMA
+# decay and the steps after which an unused code is replaced; the mixture methods' fixed σ_z², τ's end
+# value, the ALBO/ELBO weights γ, β, straight-through hard or soft samples, and noise injection
+DEFAULTS = {
+    "vqvae": dict(commitment=COMMITMENT),
+    "vqvae_ema_replace": dict(commitment=COMMITMENT, decay=0.99, dead_after=100),
+    "gumbel_elbo": dict(_MIXTURE, beta=1.0),
+    "gmvq": dict(_MIXTURE, beta=1.0),
+    "gmvq_entropy": dict(_MIXTURE, beta=2.0),
+}
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -93,10 +104,10 @@ class AutoEncoder(nn.Module):
 class HardVQ(nn.Module):
     """VQ-VAE quantizer: nearest code, straight-through; optional EMA codebook and dead-code replacement."""
 
-    def __init__(self, dim, K, ema=False, decay=0.99, dead_after=100, seed=0):
+    def __init__(self, dim, K, ema=False, decay=0.99, dead_after=100, commitment=COMMITMENT, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.ema, self.decay, self.dead_after = ema, decay, dead_after
+        self.ema, self.decay, self.dead_after, self.commitment = ema, decay, dead_after, commitment
         self.codebook = nn.Parameter(torch.randn(K, dim, generator=g) / math.sqrt(dim), requires_grad=not ema)
         self.register_buffer("cluster_size", torch.ones(K))
         self.register_buffer("embed_sum", self.codebook.detach().clone())
@@ -126,9 +137,10 @@ class HardVQ(nn.Module):
                         self.embed_sum[dead] = flat.detach()[pick]
                         self.cluster_size[dead] = 1.0
                         self.last_used[dead] = self.step
-                aux = COMMITMENT * ((flat - e.detach()) ** 2).sum(1).mean()
+                aux = self.commitment * ((flat - e.detach()) ** 2).sum(1).mean()
             else:
-                aux = ((flat.detach() - e) ** 2).sum(1).mean() + COMMITMENT * ((flat - e.detach()) ** 2).sum(1).mean()
+                aux = (((flat.detach() - e) ** 2).sum(1).mean()
+                       + self.commitment * ((flat - e.detach()) ** 2).sum(1).mean())
         else:
             aux = torch.zeros(())
         q = flat + (e - flat).detach()
@@ -137,34 +149,40 @@ class HardVQ(nn.Module):
 
 class MixtureVQ(nn.Module):
     """GM-VQ / Gumbel quantizer: gk.GaussianMixtureVQ with the paper's fixed shared σ_z², returning
-    (quantized, codes, loss terms) like HardVQ."""
+    (quantized, codes, loss terms) like HardVQ, and keeping the last batch's q̄ perplexity."""
 
-    def __init__(self, dim, K, objective, beta, *, sigma_z2, kmeans_init, seed=0):
+    def __init__(self, dim, K, objective, *, beta, gamma, sigma_z2, tau_end, hard, noise_injection, kmeans_init,
+                 seed=0):
         super().__init__()
-        # the paper's ALBO weights (γ = 1): this study puts the reconstruction in nats per latent vector
-        self.vq = gk.GaussianMixtureVQ(dim, K, hard=True, tau=TAU_START, beta=beta, gamma=1.0, objective=objective,
-                                       accept_image_fmap=True,
+        # γ = β = 1 are the paper's ALBO weights: this study puts the reconstruction in nats per latent vector
+        self.tau_end = tau_end
+        self.vq = gk.GaussianMixtureVQ(dim, K, hard=hard, tau=TAU_START, beta=beta, gamma=gamma, objective=objective,
+                                       noise_injection=noise_injection, accept_image_fmap=True,
                                        kmeans_init=kmeans_init, per_component_variance=False,
-                                       learn_variance=False, init_log_var=math.log(sigma_z2), seed=seed)
+                                       learn_variance=False, init_log_var=math.log(sigma_z2), seed=seed,
+                                       return_loss_breakdown=True)
+        self.last_perplexity = float("nan")
 
     def forward(self, z):
         out = self.vq(z)
+        self.last_perplexity = out.terms["perplexity"].item()
         return out.quantized, out.codes, out.loss
 
 
-def make_quantizer(method, dim, K, seed, mixture):
-    """mixture: options of the mixture methods, dict(sigma_z2=..., kmeans_init=...)."""
-    if method == "vqvae":
-        return HardVQ(dim, K, seed=seed)
-    if method == "vqvae_ema_replace":
-        return HardVQ(dim, K, ema=True, seed=seed)
-    if method == "gumbel_elbo":
-        return MixtureVQ(dim, K, "elbo", 1.0, **mixture, seed=seed)
-    if method == "gmvq":
-        return MixtureVQ(dim, K, "albo", 1.0, **mixture, seed=seed)
-    if method == "gmvq_entropy":
-        return MixtureVQ(dim, K, "albo", 2.0, **mixture, seed=seed)
+def make_quantizer(method, dim, K, seed, cfg):
+    """cfg: the method's hyper-parameters (the keys of DEFAULTS[method])."""
+    if method in ("vqvae", "vqvae_ema_replace"):
+        return HardVQ(dim, K, ema=method == "vqvae_ema_replace", seed=seed, **cfg)
+    objective = "elbo" if method == "gumbel_elbo" else "albo"
+    if method in ("gumbel_elbo", "gmvq", "gmvq_entropy"):
+        return MixtureVQ(dim, K, objective, **cfg, seed=seed)
     raise ValueError(method)
+
+
+def codebook_param(quant):
+    """The trainable codebook (None for the EMA codebook, which has no gradient)."""
+    p = quant.vq.means if isinstance(quant, MixtureVQ) else quant.codebook
+    return p if p.requires_grad else None
 
 
 # ------------------------------------------------------------------------------------- training
@@ -186,29 +204,41 @@ def evaluate(ae, quant, data, K):
     return torch.cat(mses).mean().item(), ppl, used
 
 
-def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every, mixture):
+def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every, cfg):
+    """Train one autoencoder with ``method`` (hyper-parameters ``cfg``) and evaluate it on ``test``
+    (a tensor, or a dict of named splits). Returns (metrics, curve, (ae, quant)); metrics per split
+    when ``test`` is a dict. The curve logs, every ``log_every`` steps: train MSE, the batch's code
+    perplexity and codes used, the gradient norm of the codebook (trainable codebooks) and, for the
+    mixture methods, the perplexity exp H(q̄) of the batch's aggregated posterior."""
     torch.manual_seed(seed)
     ae = AutoEncoder(train.shape[1], dim)
-    quant = make_quantizer(method, dim, K, seed, mixture)
+    quant = make_quantizer(method, dim, K, seed, cfg)
+    book = codebook_param(quant)
     opt = torch.optim.Adam(list(ae.parameters()) + [p for p in quant.parameters() if p.requires_grad], lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     lat_per_img = (train.shape[2] // 4) * (train.shape[3] // 4)
     curve = []
     for step in range(steps):
         if isinstance(quant, MixtureVQ):
-            quant.vq.tau = gk.tau_schedule(step, start=TAU_START, end=TAU_END, steps=steps)
+            quant.vq.tau = gk.tau_schedule(step, start=TAU_START, end=quant.tau_end, steps=steps)
         x = train[torch.randint(0, len(train), (batch,), generator=g)]
         zq, codes, aux = quant(ae.encoder(x))
         xr = ae.decoder(zq)
         loss = recon_nats(x, xr, lat_per_img) + aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
         if step % log_every == 0 or step == steps - 1:
             _, ppl, used = gk.codebook_usage(codes.detach(), K)
-            curve.append(dict(step=step, train_mse=((x - xr) ** 2).mean().item(), perplexity=ppl, codes_used=used))
-    mse, ppl, used = evaluate(ae, quant, test, K)
-    return dict(mse=mse, perplexity=ppl, codes_used=used), curve, (ae, quant)
+            point = dict(step=step, train_mse=((x - xr) ** 2).mean().item(), perplexity=ppl, codes_used=used)
+            if book is not None and book.grad is not None:
+                point["codebook_grad_norm"] = book.grad.norm().item()
+            if isinstance(quant, MixtureVQ):
+                point["agg_posterior_perplexity"] = quant.last_perplexity
+            curve.append(point)
+        opt.step()
+    metrics = {name: dict(zip(("mse", "perplexity", "codes_used"), evaluate(ae, quant, split, K)))
+               for name, split in (test.items() if isinstance(test, dict) else [("test", test)])}
+    return (metrics if isinstance(test, dict) else metrics["test"]), curve, (ae, quant)
 
 
 # the default run (2 datasets × 5 methods × 2 seeds × 1200 steps, batch 128) took 231 s on 2 idle CPU cores
@@ -221,6 +251,14 @@ def expected_seconds(args):
     runs = len(args.datasets) * len(args.methods) * args.seeds
     d = DEFAULT_RUN
     return d["seconds"] * (runs * args.steps * args.batch) / (d["runs"] * d["steps"] * d["batch"])
+
+
+def method_config(method, args):
+    """DEFAULTS[method] with the command line's mixture options (--sigma-z2, --kmeans-init) applied."""
+    cfg = dict(DEFAULTS[method])
+    if "sigma_z2" in cfg:
+        cfg.update(sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init)
+    return cfg
 
 
 def run(args):
@@ -239,7 +277,7 @@ def run(args):
             for seed in range(args.seeds):
                 r, curve, model = train_one(method, train, test, dim=args.dim, K=args.codebook_size, steps=args.steps,
                                             batch=args.batch, seed=seed, log_every=max(1, args.steps // 30),
-                                            mixture=dict(sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init))
+                                            cfg=method_config(method, args))
                 runs.append(r)
                 done += 1
                 elapsed = time.time() - t0
@@ -352,8 +390,8 @@ def main(argv=None):
         with open(args.out, "w") as fh:
             json.dump(dict(methods=results[args.datasets[0]], datasets=results,
                            config=dict(steps=args.steps, seeds=args.seeds, codebook_size=args.codebook_size,
-                                       dim=args.dim, batch=args.batch, sigma_x2=SIGMA_X2, tau=[TAU_START, TAU_END],
-                                       sigma_z2=args.sigma_z2, kmeans_init=args.kmeans_init,
+                                       dim=args.dim, batch=args.batch, sigma_x2=SIGMA_X2, tau_start=TAU_START,
+                                       methods={m: method_config(m, args) for m in args.methods},
                                        seconds=seconds, torch=torch.__version__)), fh, indent=1)
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)

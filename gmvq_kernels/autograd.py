@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import autotune
 from .backward import gmvq_bwd
 from .checks import check_tau
 from .config import launch_guard
@@ -31,6 +32,8 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
+    autotune.ensure_tuned(("row", "col"), x, lambda: autotune.tune_training(
+        x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision)
@@ -81,6 +84,7 @@ def _(x, means, log_var, log_pi, *args):
 def fused_encode(x: Tensor, means: Tensor, a: Tensor, b: Tensor, dot_precision: str) -> Tensor:
     """codes = argmax_k ℓ_nk (N,) int64 (encode.py); x, means contiguous, a, b (K,) fp32
     (spec.component_terms). No gradient: the tokenizer path."""
+    autotune.ensure_tuned(("encode",), x, lambda: autotune.tune_encode(x, means, a, b, dot_precision=dot_precision))
     with launch_guard():
         return gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
 

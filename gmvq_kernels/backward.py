@@ -84,16 +84,26 @@ def load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d):
 
 
 @triton.jit
+def upstream_value(da, v, g_lat, g_s, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
+    """Y's scalar terms Ḡ_lat d a + Ḡ_s σ² of a tile (operands broadcast to it), each only when its
+    gradient exists: an absent one would still cost an FFMA per element (0·σ² is not foldable)."""
+    big_y = g_lat * da if HAS_GLAT else tl.zeros(da.shape, tl.float32)
+    if HAS_GS:
+        big_y += g_s * v
+    return big_y
+
+
+@triton.jit
 def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a, v, mu, gz,
-               m_y, log2s_y, y_scale, g_lat, g_s, HAS_GZ: tl.constexpr, BLOCK_K: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
+               m_y, log2s_y, y_scale, g_lat, g_s, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
+               HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """(y, Y) of a row tile: the soft sample, recomputed from the forward's statistics, and the upstream
     value Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ). The Δ and
     dx kernels call this one helper, so their y and Y agree bit for bit."""
     g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
     noisy = tl.where(valid, logits + g, float("-inf"))
     y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
-    big_y = g_lat[:, None] * (d * a[None, :]) + g_s[:, None] * v[None, :]
+    big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], HAS_GLAT, HAS_GS)
     if HAS_GZ:
         big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
     return y, big_y
@@ -131,8 +141,8 @@ def _gmvq_bwd_delta_kernel(
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
             y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, BLOCK_K,
-                                  DOT_PRECISION)
+                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
+                                  gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if HAS_Y:
         tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n)
@@ -181,8 +191,8 @@ def _gmvq_bwd_dx_kernel(
         big_y = q
         if HAS_Y:
             y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, BLOCK_K,
-                                  DOT_PRECISION)
+                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
+                                  gs_ptr is not None, BLOCK_K, DOT_PRECISION)
         if hard_idx_ptr is not None:
             y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
         else:
@@ -251,7 +261,9 @@ def _gmvq_bwd_dmu_kernel(
         if HAS_Y:
             noisy = tl.where(valid, logits + g, float("-inf"))
             y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-            big_y = g_lat[None, :] * da + g_s[None, :] * v[:, None]
+            # all terms, present or not: dropping the absent Ḡ_s term here shifts register allocation
+            # into a 12-byte spill at D = 64 (hard), which costs more than the FFMA it saves
+            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], True, True)
             if gz_ptr is not None:
                 gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
@@ -315,7 +327,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     BLOCK_D = block_d(D)
-    rcfg, ccfg = row_config(D, x.dtype), col_config(D, x.dtype)
+    rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     lo, hi = split_seed(seed)
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)

@@ -1,8 +1,10 @@
 """Launch configuration and interpreter detection (one place for block sizes).
 
 One table for half inputs and one for fp32, by D (see the comment at ROW_CONFIGS for how they were
-chosen). There is no autotuning; ``benchmarks/gpu_check.py --tune`` times alternatives on a GPU through
-``override``, and ``benchmarks/static_cost.py`` models them on a CPU.
+chosen), the default heuristic. On a GPU two measured sources come first: ``TUNED`` below, written by
+``benchmarks/gpu_check.py --tune`` per (arch, input kind, D bucket), and with ``GMVQ_AUTOTUNE=1`` the
+winners that ``autotune.py`` times on the process's own first call per bucket. ``override`` beats all
+of them (tuning runs and ``benchmarks/static_cost.py``, which models configs on a CPU, use it).
 Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
 CPU tests fast while still crossing many codebook tiles.
 """
@@ -91,31 +93,84 @@ ENCODE_CONFIGS = {
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
+TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "encode": ENCODE_CONFIGS}
+# Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
+# sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
+# bucket fails to compile or runs slowly, and the timing drops it.
+CANDIDATES = {
+    "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
+    "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
+    "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
+}
+
+# Measured winners of `python benchmarks/gpu_check.py --tune` (autotune.write_tuned rewrites the block
+# between the markers), used before the tables on a GPU of the same arch. Key: (arch, "half" | "fp32",
+# kind, largest D of the bucket, as in the tables); each entry's comment names its date and device.
+# BEGIN TUNED
+TUNED = {}
+# END TUNED
+# GMVQ_AUTOTUNE=1: this process's own winners (autotune.ensure_tuned), same keys; used before TUNED
+RUNTIME_TUNED = {}
 
 
-def _pick(kind: str, table, D: int, dtype: torch.dtype) -> KernelConfig:
+def dtype_kind(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def bucket(kind: str, D: int, dtype: torch.dtype):
+    """(input kind, largest D) of the table row that serves D: the unit of tuning."""
+    rows = TABLES[kind][dtype_kind(dtype)]
+    return dtype_kind(dtype), next((limit for limit, _ in rows if D <= limit), rows[-1][0])
+
+
+def arch(device) -> str:
+    """"sm_90" for a CUDA device of compute capability 9.0; None off CUDA (no tuned entries apply)."""
+    if device is None or torch.device(device).type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
+    """(arch, input kind, kernel kind, largest D of the bucket): the key of TUNED and RUNTIME_TUNED."""
+    kind_dt, limit = bucket(kind, D, dtype)
+    return (arch(device), kind_dt, kind, limit)
+
+
+def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
     configs = getattr(_OVERRIDE, "configs", {})
     if kind in configs:
         return configs[kind]
     if INTERPRET:
         return INTERPRET_CONFIG
-    rows = table["fp32" if dtype == torch.float32 else "half"]
+    if arch(device) is not None:
+        key = tuned_key(kind, D, dtype, device)
+        found = RUNTIME_TUNED.get(key) or TUNED.get(key)
+        if found is not None:
+            return found
+    return table_config(kind, D, dtype)
+
+
+def table_config(kind: str, D: int, dtype: torch.dtype) -> KernelConfig:
+    """The default heuristic: the table row of ``kind`` that serves D for this input dtype."""
+    rows = TABLES[kind][dtype_kind(dtype)]
     return next((cfg for limit, cfg in rows if D <= limit), rows[-1][1])
 
 
-def row_config(D: int, dtype: torch.dtype) -> KernelConfig:
-    """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K."""
-    return _pick("row", ROW_CONFIGS, D, dtype)
+def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K.
+    ``device``: where the launch runs (tuned entries apply on CUDA devices of their arch)."""
+    return _pick("row", D, dtype, device)
 
 
-def col_config(D: int, dtype: torch.dtype) -> KernelConfig:
+def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
     """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
-    return _pick("col", COL_CONFIGS, D, dtype)
+    return _pick("col", D, dtype, device)
 
 
-def encode_config(D: int, dtype: torch.dtype) -> KernelConfig:
+def encode_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
     """The encode kernel (codes only): one program owns BLOCK_N rows, streams K."""
-    return _pick("encode", ENCODE_CONFIGS, D, dtype)
+    return _pick("encode", D, dtype, device)
 
 
 def sm_count(device: torch.device) -> int:

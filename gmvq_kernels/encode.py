@@ -62,7 +62,7 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     partials are O(splits·N)."""
     N, D = x.shape
     K = means.shape[0]
-    cfg = encode_config(D, x.dtype)
+    cfg = encode_config(D, x.dtype, x.device)
     row_blocks = triton.cdiv(N, cfg.BLOCK_N)
     k_tiles = triton.cdiv(K, cfg.BLOCK_K)
     splits = min(k_tiles, max(1, 2 * config.sm_count(x.device) // row_blocks))

@@ -185,7 +185,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
     lo, hi = split_seed(seed)
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
-    cfg = row_config(D, x.dtype)
+    cfg = row_config(D, x.dtype, dev)
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N),)](
         xk, mk, a, b, v, noise, z, codes, lse, lat, s2, ent, stats, hard_idx,
         N, K, D, lo, hi, y_scale(tau),
@@ -202,7 +202,7 @@ def colsum_q(x, means, a, b, v, stats, prec):
     """Σ_n q_nk (K,) fp32 from the forward's final row statistics, deterministic."""
     N, D = x.shape
     K = means.shape[0]
-    cfg = col_config(D, x.dtype)
+    cfg = col_config(D, x.dtype, x.device)
     n_col = triton.cdiv(K, cfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
     part = torch.empty((splits, K), dtype=torch.float32, device=x.device)

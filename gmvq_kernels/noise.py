@@ -15,7 +15,9 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   transform of the same u. Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper as
   the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit; the logs may differ by an ulp).
+  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit) and ``words_to_gumbel``:
+  −log(−log u) with torch's accurate fp32 logs, which keep their relative accuracy for u near 1, so the
+  series is not needed there (results within a few ulps of the kernels').
 """
 import numpy as np
 import torch
@@ -30,7 +32,6 @@ _ROUNDS = tl.constexpr(PHILOX_ROUNDS)
 _MASK32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
-LN2 = 0.6931471805599453
 SERIES_W = 0.0625  # below this w = 1 − u, E = −log(1 − w) by its series
 FAST_LOG = tl.constexpr(not INTERPRET)  # the interpreter has no PTX: it takes the accurate log
 
@@ -127,27 +128,42 @@ def split_seed(seed):
     return seed & _MASK32, seed >> 32
 
 
-def _philox_numpy(c0, c1, c2, c3, k0, k1):
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in (c0, c1, c2, c3))
-    k0, k1 = np.uint64(k0), np.uint64(k1)
+def _philox_rounds_numpy(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-7 on uint64 arrays holding 32-bit counters (same shape, updated in place): the
+    multiplies are exact in 64 bits, so hi/lo are a shift and a mask."""
+    m32, s32 = np.uint64(_MASK32), np.uint64(32)
+    p0, p2 = np.empty_like(c0), np.empty_like(c0)
     for _ in range(PHILOX_ROUNDS):
-        p0 = np.uint64(_ROUND_A) * c0  # < 2**64: exact in uint64
-        p2 = np.uint64(_ROUND_B) * c2
-        c0, c1, c2, c3 = ((p2 >> np.uint64(32)) ^ c1 ^ k0, p2 & np.uint64(_MASK32),
-                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & np.uint64(_MASK32))
-        k0 = (k0 + np.uint64(_KEY_A)) & np.uint64(_MASK32)
-        k1 = (k1 + np.uint64(_KEY_B)) & np.uint64(_MASK32)
-    return c0, c1, c2, c3
+        np.multiply(c0, np.uint64(_ROUND_A), out=p0)
+        np.multiply(c2, np.uint64(_ROUND_B), out=p2)
+        np.right_shift(p2, s32, out=c0)
+        c0 ^= c1
+        c0 ^= np.uint64(k0)
+        np.bitwise_and(p2, m32, out=c1)
+        np.right_shift(p0, s32, out=c2)
+        c2 ^= c3
+        c2 ^= np.uint64(k1)
+        np.bitwise_and(p0, m32, out=c3)
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
 
 
 def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
-    """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K."""
+    """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K, as an
+    (N, K) uint64 array. Rows go in blocks of about 8192 calls: in-place rounds on arrays that stay in
+    cache run ~2× faster than whole-array NumPy expressions (measured at N = 1024, K = 512)."""
     lo, hi = split_seed(seed)
-    n = np.arange(row_offset, row_offset + N, dtype=np.uint64)[:, None]
-    j = np.arange((K + 3) // 4, dtype=np.uint64)[None, :]  # one Philox call per four codes
-    words = _philox_numpy(j, n & np.uint64(_MASK32), n >> np.uint64(32), np.zeros_like(j), lo, hi)
-    stacked = np.stack(np.broadcast_arrays(*words), axis=-1)  # (N, K/4, 4): code 4j + i is word i
-    return stacked.reshape(N, -1)[:, :K]
+    J = (K + 3) // 4  # one Philox call per four codes: code 4j + i is word i of call j
+    out = np.empty((N, J, 4), dtype=np.uint64)
+    rows = max(1, 8192 // J)
+    j = np.arange(J, dtype=np.uint64)[None, :]
+    for start in range(0, N, rows):
+        n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)[:, None]
+        c = [np.broadcast_to(v, (len(n), J)).copy()
+             for v in (j, n & np.uint64(_MASK32), n >> np.uint64(32), np.zeros_like(j))]
+        _philox_rounds_numpy(*c, lo, hi)
+        for i in range(4):
+            out[start:start + len(n), :, i] = c[i]
+    return out.reshape(N, -1)[:, :K]
 
 
 def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> torch.Tensor:
@@ -174,8 +190,8 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
-    r = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
-    return words_to_gumbel(r).to(device)
+    words = philox_words_numpy(N, K, seed, row_offset)
+    return words_to_gumbel(torch.from_numpy(words.view(np.int64))).to(device)  # words < 2³²: same values
 
 
 @_gumbel_noise_op.register_fake
@@ -184,11 +200,9 @@ def _(N, K, seed, row_offset, device):
 
 
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
-    """The kernels' _uniform_to_gumbel in torch, for 32-bit words held in an int64 tensor. The series
-    is evaluated only where it applies (u > 15/16: w < 1/16 ⇔ h > 2²³ − 2¹⁹, exact in fp32)."""
-    h = (r >> 9).to(torch.float32).add_(0.5)
-    e = torch.log2(h * 2.0**-23).mul_(-LN2)
-    near = h > 2.0**23 - 2.0**19
-    w = (2.0**23 - h[near]) * 2.0**-23
-    e[near] = w * (1.0 + w * (0.5 + w * (1 / 3 + w * (0.25 + w * (0.2 + w * (1 / 6))))))
-    return torch.log2(e.clamp_min_(2.0**-25)).mul_(-LN2)
+    """g = −log(−log u) of 32-bit words held in an int64 tensor, u as in the kernels' _uniform_to_gumbel,
+    with torch's fp32 logs. They are accurate in relative terms (about an ulp), also for u near 1 where
+    −log u is tiny, so the kernels' series (which makes up for the GPU's absolute-error log) is not
+    needed; E = −log u ≥ 2⁻²⁴ > 0, so g is finite for every word."""
+    u = (r >> 9).to(torch.float32).add_(0.5).mul_(2.0**-23)
+    return u.log_().neg_().log_().neg_()

@@ -15,15 +15,17 @@ from .spec import GMVQOutput, stats_dtype
 
 def sq_distances(x, means):
     """d_nk = ||x_n − μ_k||², as ||x||² + ||μ||² − 2 x·μ clamped at 0 (what the kernels compute)."""
-    d = (x * x).sum(1, keepdim=True) + (means * means).sum(1)[None, :] - 2.0 * (x @ means.T)
-    return d.clamp_min(0.0)
+    norms = (x * x).sum(1, keepdim=True) + (means * means).sum(1)[None, :]
+    return torch.addmm(norms, x, means.T, alpha=-2.0).clamp_min(0.0)
 
 
 def _distances_logits(x, means, lv, log_pi):
-    """(d, ℓ) with ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π)."""
+    """(d, ℓ, d·a) with ℓ = log π + log N(x; μ, σ²I) = log π − d/(2σ²) − (D/2)(λ + log 2π), written
+    b − d·a with the per-code a = 1/(2σ²) and b = log π − (D/2)(λ + log 2π) (N×K work: one product)."""
     d = sq_distances(x, means)
     D = x.shape[1]
-    return d, log_pi[None, :] - 0.5 * d * torch.exp(-lv)[None, :] - 0.5 * D * (lv[None, :] + math.log(2 * math.pi))
+    da = d * (0.5 * torch.exp(-lv))[None, :]
+    return d, (log_pi - 0.5 * D * (lv + math.log(2 * math.pi)))[None, :] - da, da
 
 
 def _log_pi(log_prior, lv):
@@ -73,17 +75,16 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
     x, means = x.to(dt), means.to(dt)
     lv = log_var.to(dt)
     log_pi = _log_pi(log_prior, lv)
-    var, inv_var = torch.exp(lv), torch.exp(-lv)              # σ_k², 1/σ_k² (no division: finite grads)
     if noise is None:
         noise = gumbel_noise(N, K, seed, device=x.device)
-    d, logits = _distances_logits(x, means, lv, log_pi)
+    _, logits, da = _distances_logits(x, means, lv, log_pi)
     log_q = torch.log_softmax(logits, dim=1)
     q = log_q.exp()
     noisy = logits + noise.to(dt)
     y_soft = torch.softmax(noisy / tau, dim=1)
     sample = noisy.argmax(1) if hard else None
     if hard:  # straight-through: forward value one-hot, gradient of the soft sample
-        y_hard = torch.nn.functional.one_hot(sample, K).to(dt)
+        y_hard = torch.zeros_like(y_soft).scatter_(1, sample[:, None], 1.0)
         y = y_hard - y_soft.detach() + y_soft
     else:
         y = y_soft
@@ -92,8 +93,8 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
         codes=logits.argmax(1),
         log_likelihood=torch.logsumexp(logits, dim=1).to(out_dt),
         agg_posterior=q.mean(0).to(out_dt),
-        latent_nll=(0.5 * y * d * inv_var[None, :]).sum(1).to(out_dt),
-        mixture_var=(y * var[None, :]).sum(1).to(out_dt),
+        latent_nll=(y * da).sum(1).to(out_dt),                    # Σ_k y d/(2σ²)
+        mixture_var=(y @ torch.exp(lv)).to(out_dt),               # Σ_k y σ²
         entropy=-(q * log_q).sum(1).to(out_dt),
     )
     # NaN policy (as the kernels): a row whose x is not finite, or whose ||x||² overflows, is NaN with

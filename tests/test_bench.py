@@ -58,6 +58,9 @@ def test_gpu_check_dry(tmp_path):
     run_script(["benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)], interpret=True)
     rows = [json.loads(line) for line in open(tmp_path / "correctness.jsonl")]
     assert [r for r in rows if r["check"] == "error"] == []
+    # --tune's path: winners of every kind timed and written into (a copy of) config.py
+    assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "encode"}
+    assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
     assert {"full", "window", "deterministic", "torch_compile", "done"} <= {r["check"] for r in rows}
     comp = next(r for r in rows if r["check"] == "torch_compile")
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
@@ -86,3 +89,26 @@ def test_quality_rejects_bad_data(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/quality.py", "--smoke", "--data", str(bad)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "H, W multiples of 4" in proc.stderr
+
+
+def test_quality_sweep_smoke(tmp_path):
+    """The tuned sweep end to end on a few steps: every method's grid is run and the configuration with
+    the lowest validation MSE is the one selected; every stage's table, the plots, and a rerun that
+    resumes from runs.jsonl without training again."""
+    import json
+
+    cmd = ["benchmarks/quality_sweep.py", "--smoke", "--out-dir", str(tmp_path)]
+    run_script(cmd, interpret=False)
+    res = json.load(open(tmp_path / "sweep.json"))
+    assert set(res["tables"]) == {"final", "ablation", "k1024", "budget"}
+    for ds, per in res["selected"].items():
+        assert set(per) == {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
+        for m, s in per.items():
+            assert len(s["grid"]) == 2 and s["val_mse"] == min(g["val"]["mse"] for g in s["grid"])
+            assert s["overrides"] == min(s["grid"], key=lambda g: g["val"]["mse"])["overrides"]
+        assert res["tables"]["final"][ds]["gmvq"]["seeds"] == 2
+    assert "gmvq_entropy soft" in res["tables"]["ablation"]["digits"]
+    assert (tmp_path / "sweep_scatter.png").exists() and (tmp_path / "sweep_curves.png").exists()
+    runs = len(open(tmp_path / "runs.jsonl").readlines())
+    out = run_script(cmd, interpret=False)
+    assert "(0 trained now)" in out and len(open(tmp_path / "runs.jsonl").readlines()) == runs

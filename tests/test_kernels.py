@@ -181,9 +181,21 @@ def test_noise_row_counter_does_not_wrap(device):
 
 
 @triton.jit
-def _words_kernel(r_ptr, out_ptr):
-    offs = tl.arange(0, 16)
+def _words_kernel(r_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(out_ptr + offs, _uniform_to_gumbel(tl.load(r_ptr + offs).to(tl.uint32)))
+
+
+def test_kernel_transform_matches_float64_over_all_tails(device):
+    """The kernels' transform (the series for u near 1, the log elsewhere) against float64, on the
+    words of test_noise.py's tail test (interpreter: accurate logs; a GPU's fast logs are checked by
+    benchmarks/gpu_check.py's noise check)."""
+    from test_noise import assert_matches_float64, tail_words
+
+    words = tail_words()
+    out = torch.empty(words.numel(), device=device)
+    _words_kernel[(words.numel() // 1024,)](words.to(torch.int32).to(device), out, BLOCK=1024)
+    assert_matches_float64(words, out)
 
 
 def test_extreme_words_give_finite_noise(device):
@@ -192,7 +204,7 @@ def test_extreme_words_give_finite_noise(device):
     words = torch.tensor([0, 1, 511, 512, 2**31 - 1, 2**31, 2**32 - 513, 2**32 - 512, 2**32 - 2, 2**32 - 1]
                          + list(range(6)), dtype=torch.int64)
     out = torch.empty(16, device=device)
-    _words_kernel[(1,)](words.to(torch.int32).to(device), out)  # int32 bits of the uint32 words
+    _words_kernel[(1,)](words.to(torch.int32).to(device), out, BLOCK=16)  # int32 bits of the uint32 words
     assert torch.isfinite(out).all(), out
     ref = words_to_gumbel(words)
     assert torch.isfinite(ref).all(), ref

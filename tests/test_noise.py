@@ -1,5 +1,6 @@
-"""The Gumbel noise is Gumbel: goodness of fit on 2²¹ draws, moments, and the upper-tail series branch
-against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py)."""
+"""The Gumbel noise is Gumbel: goodness of fit on 2²¹ draws, moments, and the transform over all tails
+against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py; the kernels'
+transform, with its upper-tail series, is checked over the same words in test_kernels.py)."""
 import math
 
 import numpy as np
@@ -49,18 +50,28 @@ def test_ks_rejects_a_wrong_distribution(draws):
     assert ks_pvalue(g * 1.01) < 1e-3
 
 
-def test_transform_matches_float64_over_all_tails():
-    """The upper tail (u near 1, where the series replaces the log) and the rest agree with the exact
-    −log(−log u) of the same word in float64 to fp32 accuracy."""
-    top = np.arange(2**23 - 4096, 2**23, dtype=np.int64) << 9  # u ∈ (1 − 2⁻¹¹, 1): the series branch
-    edge = (np.arange(-2048, 2048, dtype=np.int64) + int((1 - SERIES_W) * 2**23)) << 9  # the switch
+def tail_words():
+    """Words over every part of the transform: u ∈ (1 − 2⁻¹¹, 1) (the kernels' series branch), both
+    sides of the series' switch, and the rest of (0, 1)."""
+    top = np.arange(2**23 - 4096, 2**23, dtype=np.int64) << 9
+    edge = (np.arange(-2048, 2048, dtype=np.int64) + int((1 - SERIES_W) * 2**23)) << 9
     rest = np.linspace(0, 2**23 - 1, 4096).astype(np.int64) << 9
-    words = torch.from_numpy(np.concatenate([top, edge, rest]))
+    return torch.from_numpy(np.concatenate([top, edge, rest]))
+
+
+def assert_matches_float64(words, got, tol=4e-7):
+    """``got`` (the transform of ``words``) against the exact −log(−log u) of the same words in float64."""
     u = ((words >> 9).double() + 0.5) * 2.0**-23
     exact = -torch.log(-torch.log(u))
-    got = words_to_gumbel(words).double()
-    err = (got - exact).abs() / exact.abs().clamp_min(1.0)
-    assert err.max() < 4e-7, (err.max(), exact[err.argmax()])
+    err = (got.double().cpu() - exact).abs() / exact.abs().clamp_min(1.0)
+    assert err.max() < tol, (err.max(), exact[err.argmax()])
+
+
+def test_transform_matches_float64_over_all_tails():
+    """The CPU twin (accurate fp32 logs, no series) is exact to fp32 accuracy in the upper tail (u near
+    1, −log u tiny) and everywhere else."""
+    words = tail_words()
+    assert_matches_float64(words, words_to_gumbel(words))
 
 
 def test_numpy_twin_words_are_philox_per_four_codes():
@@ -70,3 +81,27 @@ def test_numpy_twin_words_are_philox_per_four_codes():
     b = philox_words_numpy(3, 12, seed=9)
     assert np.array_equal(a, b[:, :10])
     assert len(np.unique(b)) == b.size  # 36 distinct 32-bit words
+
+
+def philox_exact(counter, key, rounds=7):
+    """Philox4x32 in Python integers (exact): the ground truth of the NumPy twin's words."""
+    c, k = list(counter), list(key)
+    for _ in range(rounds):
+        p0, p2 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p2 >> 32) ^ c[1] ^ k[0], p2 & 0xFFFFFFFF, (p0 >> 32) ^ c[3] ^ k[1], p0 & 0xFFFFFFFF]
+        k = [(k[0] + 0x9E3779B9) & 0xFFFFFFFF, (k[1] + 0xBB67AE85) & 0xFFFFFFFF]
+    return c
+
+
+@pytest.mark.parametrize("seed,N,K,row_offset", [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3),
+                                                 (12345, 3, 40000, 5), (9, 1100, 16, 2**40)])
+def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset):
+    """Word i of call j = k div 4 for row n, counter (j, n mod 2³², n div 2³², 0) and key (seed mod 2³²,
+    seed div 2³²), against Python integers; the shapes cover one and many row blocks and long rows."""
+    w = philox_words_numpy(N, K, seed, row_offset)
+    assert w.shape == (N, K) and w.dtype == np.uint64
+    for n in (0, N // 2, N - 1):
+        for k in (0, K // 2, K - 1):
+            r = n + row_offset
+            want = philox_exact([k // 4, r & 0xFFFFFFFF, r >> 32, 0], [seed & 0xFFFFFFFF, seed >> 32])[k % 4]
+            assert int(w[n, k]) == want, (n, k)

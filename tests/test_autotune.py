@@ -1,0 +1,126 @@
+"""Launch-config sources (override > this process's autotune > config.TUNED > the tables), the opt-in
+autotuner's selection, and the writer of config.py's TUNED block."""
+import importlib.util
+import math
+import shutil
+from dataclasses import astuple
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gmvq_kernels import autotune, config
+from gmvq_kernels.config import KC
+from gmvq_kernels.spec import component_terms
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """Config picking as on an sm_90 GPU ("cuda" devices), with empty tuned tables."""
+    monkeypatch.setattr(config, "INTERPRET", False)
+    monkeypatch.setattr(config, "arch", lambda device: "sm_90" if str(device).startswith("cuda") else None)
+    monkeypatch.setattr(config, "TUNED", {})
+    monkeypatch.setattr(config, "RUNTIME_TUNED", {})
+
+
+def test_config_sources_in_order(gpu_like):
+    bf16 = torch.bfloat16
+    default = config.table_config("row", 64, bf16)
+    assert config.row_config(64, bf16, "cuda") == default
+    key = config.tuned_key("row", 64, bf16, "cuda")
+    assert key == ("sm_90", "half", "row", 128)  # D = 64 is served by the table row of D ≤ 128
+    config.TUNED[key] = KC(128, 32, 8, 2)
+    assert config.row_config(100, bf16, "cuda") == KC(128, 32, 8, 2)  # same bucket
+    assert config.row_config(64, torch.float32, "cuda") == config.table_config("row", 64, torch.float32)
+    assert config.row_config(64, bf16, "cpu") == default and config.row_config(64, bf16) == default
+    config.TUNED[("sm_80", "half", "row", 256)] = KC(16, 16, 1, 1)  # another arch: never used here
+    assert config.row_config(200, bf16, "cuda") == config.table_config("row", 200, bf16)
+    config.RUNTIME_TUNED[key] = KC(64, 64, 4, 2)
+    assert config.row_config(64, bf16, "cuda") == KC(64, 64, 4, 2)
+    with config.override(row=KC(32, 32, 2, 1)):
+        assert config.row_config(64, bf16, "cuda") == KC(32, 32, 2, 1)
+    assert config.col_config(64, bf16, "cuda") == config.table_config("col", 64, bf16)
+
+
+def test_pick_fastest_skips_configs_that_do_not_run():
+    a, b, c = KC(16, 16, 1, 1), KC(32, 16, 1, 1), KC(64, 16, 1, 1)
+
+    def time_ms(cfg):
+        if cfg == b:
+            raise RuntimeError("out of resources")
+        return {a: 2.0, c: 1.5}[cfg]
+    best, times = autotune.pick_fastest([a, b, c], time_ms)
+    assert best == c and times[b] == math.inf and times[a] == 2.0
+    with pytest.raises(RuntimeError, match="no candidate config ran"):
+        autotune.pick_fastest([b], time_ms)
+
+
+def test_tune_training_times_every_candidate_with_the_kernels(monkeypatch):
+    """Each candidate really runs the fused fwd + bwd (the interpreter on a CPU); the row winner is in
+    force while the column candidates are timed; the fastest of each kind wins."""
+    monkeypatch.setattr(config, "CANDIDATES", {"row": (KC(16, 16, 1, 1), KC(32, 16, 1, 1)),
+                                               "col": (KC(16, 16, 1, 1), KC(16, 32, 1, 1))})
+    if not config.INTERPRET:
+        pytest.skip("the kernels run here through Triton's interpreter")
+    x, means = torch.randn(20, 8), torch.randn(24, 8)
+    a, b, v = (t.contiguous() for t in component_terms(torch.zeros(24), torch.full((24,), -math.log(24)), 8))
+    seen = []
+    fast = {("row", KC(32, 16, 1, 1)): 1.0, ("col", KC(16, 32, 1, 1)): 1.0}
+
+    def fake_time(step):
+        rows, cols = config.row_config(8, x.dtype), config.col_config(8, x.dtype)
+        step()
+        kind, cfg = ("row", rows) if len(seen) < 3 else ("col", cols)
+        seen.append((rows, cols))
+        return fast.get((kind, cfg), 2.0)
+    res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=True, dot_precision="ieee", time_fn=fake_time)
+    row_key, col_key = (config.tuned_key(k, 8, x.dtype, x.device) for k in ("row", "col"))
+    assert res[row_key][0] == KC(32, 16, 1, 1) and res[col_key][0] == KC(16, 32, 1, 1)
+    assert len(seen) == 6  # 3 row candidates (the table default first), then 3 column candidates
+    assert {r for r, _ in seen[:3]} == {config.table_config("row", 8, x.dtype), KC(16, 16, 1, 1), KC(32, 16, 1, 1)}
+    assert all(r == KC(32, 16, 1, 1) for r, _ in seen[3:])
+
+
+def test_autotune_is_opt_in_and_runs_once_per_bucket(gpu_like, monkeypatch):
+    calls = []
+    key = ("sm_90", "half", "row", 128)
+
+    def tune():
+        calls.append(1)
+        return {key: (KC(64, 64, 4, 2), {}), ("sm_90", "half", "col", 256): (KC(32, 64, 4, 2), {})}
+    cuda_x = SimpleNamespace(device=torch.device("cuda"), shape=(10, 64), dtype=torch.bfloat16)
+    monkeypatch.delenv(autotune.ENV, raising=False)
+    autotune.ensure_tuned(("row", "col"), cuda_x, tune)
+    assert calls == [] and config.RUNTIME_TUNED == {}
+    monkeypatch.setenv(autotune.ENV, "1")
+    autotune.ensure_tuned(("row", "col"), torch.zeros(10, 64), tune)  # CPU tensors: never
+    assert calls == []
+    autotune.ensure_tuned(("row", "col"), cuda_x, tune)
+    autotune.ensure_tuned(("row", "col"), cuda_x, tune)
+    assert calls == [1] and config.RUNTIME_TUNED[key] == KC(64, 64, 4, 2)
+    assert config.row_config(64, torch.bfloat16, "cuda") == KC(64, 64, 4, 2)
+
+
+def outside_block(text):
+    """config.py's text without its TUNED block."""
+    return text[:text.index(autotune.BEGIN)] + text[text.index(autotune.END):]
+
+
+def test_write_tuned_updates_the_block_of_config_py(tmp_path):
+    path = tmp_path / "config.py"
+    shutil.copy(config.__file__, path)
+
+    def load():
+        spec = importlib.util.spec_from_file_location("config_copy", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    assert load().TUNED == {}  # the shipped block is empty until a GPU run fills it
+    autotune.write_tuned(path, {("sm_90", "half", "row", 128): KC(128, 32, 8, 2)}, "2026-11-30, H200 (test)")
+    autotune.write_tuned(path, {("sm_90", "fp32", "col", 64): KC(32, 64, 4, 2),
+                                ("sm_90", "half", "row", 128): KC(64, 16, 4, 2)}, "later")
+    tuned = {key: astuple(cfg) for key, cfg in load().TUNED.items()}  # the copy has its own KernelConfig class
+    assert tuned == {("sm_90", "half", "row", 128): (64, 16, 4, 2), ("sm_90", "fp32", "col", 64): (32, 64, 4, 2)}
+    text = path.read_text()
+    assert "KC(32, 64, 4, 2),  # later" in text and "2026-11-30" not in text  # replaced entry, new note
+    assert outside_block(text) == outside_block(open(config.__file__).read())  # nothing else changed
