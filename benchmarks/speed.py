@@ -259,7 +259,7 @@ def cpu_training_step(steps=20, dim=32, codebook_size=512, batch=(64, 32, 4, 4))
     CPU) beside vector-quantize-pytorch's VectorQuantize when installed; median ms, interleaved steps."""
     torch.manual_seed(0)
     latents = torch.randn(*batch)
-    quantizers = {"gmvq_kernels": gk.GaussianMixtureVQ(dim, codebook_size, hard=True, seed=0, impl="reference",
+    quantizers = {"gmvq_kernels": gk.GaussianMixtureVQ(dim, codebook_size, seed=0, impl="reference",
                                                        accept_image_fmap=True)}
     try:
         from vector_quantize_pytorch import VectorQuantize

@@ -51,13 +51,17 @@ VQ_ARGUMENTS = {
 # Defaults for the plain recipe ``loss = pixel-mean reconstruction + vq_loss`` (README, "Replacing a VQ
 # layer"; tests/test_module.py trains it). The ALBO terms are nats per latent vector, orders of magnitude
 # above a per-pixel mean: with γ = β = 1 the latent term wins, the encoder collapses onto one mean and the
-# learned variances shrink with it (1 code of 512 used on digits, loss → −3). γ = 0.003, β = 0.1 measured
-# on digits and photo patches (K 128–1024, D 16–64, soft and hard, 300–1000 steps): 124–413 codes
-# used. σ² = 0.1 at the start: with a fixed σ² = 1 the recipe used ≤ 3 codes, also with the loss scaled by 1/32 (our
-# reading: logit gaps of d/(2σ²) stay small beside the Gumbel noise, so the samples carry little about
-# x and the decoder learns to ignore them). For the paper's scale (reconstruction in nats
-# per latent vector) use gamma=1, beta=1.
-DEFAULT_GAMMA, DEFAULT_BETA, DEFAULT_INIT_LOG_VAR = 0.003, 0.1, math.log(0.1)
+# learned variances shrink with it (1 code of 512 used on digits, loss → −3). γ, β: the tuned quality
+# sweep's best GM-VQ configuration (GM-VQ + Entropy, γ = 1, β = 8, soft samples: the lowest validation
+# MSE, benchmarks/results/quality-sweep-2026-11-30), whose reconstruction term is Σ over the 16 pixels
+# a latent covers of (x − x̂)²/(2·0.01) = 800 × their mean, divided by that 800 for a per-pixel mean.
+# In the recipe (2 seeds, soft): test MSE 0.019–0.021 with 241–275 codes of 512 on digits, against
+# the former γ = 0.003, β = 0.1 at 0.023 / 351–369 codes and VectorQuantize at 0.022–0.023 / 114–115
+# codes; on photo patches 0.0104–0.0106 / 268–280 against 0.013–0.014 and VectorQuantize's 0.0069–0.0072
+# / 70–75. σ² = 0.1 at the start: with a fixed σ² = 1 the recipe used ≤ 3 codes (our reading: logit gaps
+# of d/(2σ²) stay small beside the Gumbel noise, so the samples carry little about x). For the paper's
+# scale (reconstruction in nats per latent vector) use gamma=1 and beta of 1 (GM-VQ) up to 8 (+ Entropy).
+DEFAULT_GAMMA, DEFAULT_BETA, DEFAULT_INIT_LOG_VAR = 0.00125, 0.01, math.log(0.1)
 RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
 
 
@@ -71,14 +75,15 @@ class GaussianMixtureVQ(nn.Module):
     Args:
         dim: latent dimension D. codebook_size: number of codes K.
         tau: Gumbel-softmax temperature (set ``.tau`` each step to anneal, see ``tau_schedule``).
-        hard: straight-through one-hot samples in training.
+        hard: straight-through one-hot samples in training (default: the soft Gumbel-softmax sample,
+            which had the lower validation MSE in every case of the tuned quality sweep).
         init_log_var: initial log σ² of every component (default log 0.1). per_component_variance: one λ per code
             (else one shared λ, the paper's σ_z²). learn_variance: λ is a Parameter (else a buffer, the
             paper's fixed σ_z²); learned variances add their normaliser γ·(D/2)·Σ_k q̄_k λ_k to ``loss``.
         learnable_prior: learn prior logits ρ (else uniform π).
-        beta, gamma: weights of the KL term and of the latent term in ``loss`` (defaults 0.1 and 0.003:
-            for a per-pixel-mean reconstruction loss; the paper's ALBO, with reconstruction in nats per
-            latent vector, is beta=1, gamma=1; see ``forward``).
+        beta, gamma: weights of the KL term and of the latent term in ``loss`` (defaults 0.01 and
+            0.00125: for a per-pixel-mean reconstruction loss; the paper's ALBO, with reconstruction in
+            nats per latent vector, is gamma=1 with beta=1, or up to 8 for "+ Entropy"; see ``forward``).
         objective: "albo" (KL of the aggregated posterior, GM-VQ) or "elbo" (per-sample KL, the baseline).
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: D on axis 1 (e.g. (B, D, T) or (B, D, H, W)); default False: D on the last axis
@@ -291,10 +296,11 @@ class GaussianMixtureVQ(nn.Module):
           VectorQuantize); ``terms`` still hold the values.
         - ``loss`` = γ·(mean latent_nll + (D/2)·Σ_k q̄_k λ_k if the variances are learned) + β·KL(q̄ ‖ π)
           (``objective="elbo"``: the per-sample KL), in nats per latent vector. Add it to your
-          reconstruction loss as it is: the defaults γ = 0.003, β = 0.1 are set for a per-pixel-mean
+          reconstruction loss as it is: the defaults γ = 0.00125, β = 0.01 are set for a per-pixel-mean
           reconstruction loss (``(decoder(quantized) - x).square().mean()``). With the reconstruction in
-          nats per latent vector (Σ over the pixels a latent vector covers of (x − x̂)²/(2σ_x²)), use the
-          paper's γ = β = 1. Raise β for more codes in use; the latent term can go negative with learned
+          nats per latent vector (Σ over the V values a latent vector covers of (x − x̂)²/(2σ_x²)), use the
+          paper's scale: γ = 1, β = 1 to 8 (the defaults are γ = 1, β = 8 divided by V/(2σ_x²) = 800).
+          Raise β for more codes in use; the latent term can go negative with learned
           variances (−log density). ``terms``: latent_nll, kl, perplexity (of q̄), log_likelihood, mixture_var,
           entropy — batch means, detached."""
         flat, lead = self._flatten(x)

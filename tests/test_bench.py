@@ -50,6 +50,18 @@ def test_speed_smoke(tmp_path):
     assert "triton" in out
 
 
+def test_speed_cpu_step(tmp_path):
+    """speed.py --cpu-step: the module's CPU training step beside VectorQuantize (when installed), as
+    the README quotes it."""
+    import json
+
+    run_script(["benchmarks/speed.py", "--cpu-step", "--out", str(tmp_path / "c.json")], interpret=False)
+    rows = {r["quantizer"]: r for r in json.load(open(tmp_path / "c.json"))["rows"]}
+    assert rows["gmvq_kernels"]["ms_median"] > 0
+    if "vector_quantize_pytorch" in rows:
+        assert rows["gmvq_kernels"]["ratio_to_vector_quantize_pytorch"] > 0
+
+
 def test_gpu_check_dry(tmp_path):
     """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
     short; a crash there wastes it)."""
