@@ -14,7 +14,8 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 the mismatch (seen: 1e-5 relative error in dx at K = 1, τ = 0.1); recomputed, it cancels exactly.
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
-    dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks)
+    dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
+                                                             code splits at small N, summed by torch)
     dμ_k = 2 (μ_k Σ_n dd − Σ_n dd x_n) + Σ_n y_val Ḡ_z      ``_gmvq_bwd_dmu_kernel`` (column blocks ×
     dλ_k = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²]   row splits, partial sums added
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
@@ -37,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, row_config, split_rows
+from .config import block_d, col_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
@@ -114,14 +115,18 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
 def _gmvq_bwd_delta_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, delta_y_ptr, delta_q_ptr,
-    N, K, D, seed_lo, seed_hi, y_scale,
+    N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row (delta_y, delta_q (N,) fp32; each only when its
-    gradients exist). gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
-    Launched with the dx kernel's blocks, so y and Y here are bitwise those of the dx kernel and Y − Δy
-    cancels as exactly as in softmax's backward."""
+    """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
+    config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
+    adds the splits. gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
+    y and Y are per element what the dx kernel computes (same helper, same tiles), so Y − Δy cancels
+    as exactly as in softmax's backward."""
+    split = tl.program_id(1).to(tl.int64)
+    k_lo = split * codes_per_split
+    k_hi = tl.minimum(k_lo + codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
@@ -131,7 +136,7 @@ def _gmvq_bwd_delta_kernel(
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
-    for k_start in range(0, K, BLOCK_K):
+    for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
                                                                offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
@@ -145,9 +150,9 @@ def _gmvq_bwd_delta_kernel(
                                   gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if HAS_Y:
-        tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n)
+        tl.store(delta_y_ptr + split * N + offs_n, delta_y, mask=mask_n)
     if gc_ptr is not None:
-        tl.store(delta_q_ptr + offs_n, delta_q, mask=mask_n)
+        tl.store(delta_q_ptr + split * N + offs_n, delta_q, mask=mask_n)
 
 
 @HEURISTICS
@@ -155,15 +160,20 @@ def _gmvq_bwd_delta_kernel(
 def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dx_ptr,
-    N, K, D, seed_lo, seed_hi, inv_tau, y_scale,
+    dd_part_ptr, acc_part_ptr,
+    N, K, D, seed_lo, seed_hi, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx (N, D) fp32 for BLOCK_N rows, streaming the codebook. ent (N,) and stats (4, N) from the
-    forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q from the delta kernel;
-    upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32, each or None.
-    inv_tau = 1/τ, y_scale = log2(e)/τ."""
+    """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
+    (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
+    launcher adds the splits and forms dx. ent (N,) and stats (4, N) from the forward; hard_idx (N,)
+    int64 in hard mode, else None; delta_y / delta_q (N,) from the delta kernel; upstream gradients gz
+    (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ,
+    y_scale = log2(e)/τ."""
+    split = tl.program_id(1).to(tl.int64)
+    k_lo = split * codes_per_split
+    k_hi = tl.minimum(k_lo + codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
@@ -181,7 +191,7 @@ def _gmvq_bwd_dx_kernel(
 
     dd_sum = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    for k_start in range(0, K, BLOCK_K):
+    for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K,
                                                                  D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
@@ -206,11 +216,9 @@ def _gmvq_bwd_dx_kernel(
         dd_sum += tl.sum(dd, axis=1)
         acc += tl.dot(dd.to(mu.dtype), mu, input_precision=DOT_PRECISION)
 
-    # x reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
-    x = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
-    dx = 2.0 * (x.to(tl.float32) * dd_sum[:, None] - acc)
-    tl.store(dx_ptr + offs_n[:, None] * D + offs_d[None, :], dx, mask=mask_nd)
+    tl.store(dd_part_ptr + split * N + offs_n, dd_sum, mask=mask_n)
+    tl.store(acc_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], acc, mask=mask_nd)
 
 
 @HEURISTICS
@@ -331,19 +339,23 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     lo, hi = split_seed(seed)
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
-    vec = lambda: torch.empty(N, dtype=torch.float32, device=dev)  # noqa: E731
-    delta_y = vec() if has_y else None
-    delta_q = vec() if g_c is not None else None
+    splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
+    row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
+    parts = lambda *shape: torch.empty((splits, *shape), dtype=torch.float32, device=dev)  # noqa: E731
+    delta_y = parts(N) if has_y else None
+    delta_q = parts(N) if g_c is not None else None
     if has_y or g_c is not None:
-        _gmvq_bwd_delta_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](
+        _gmvq_bwd_delta_kernel[row_grid](
             xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, delta_y, delta_q,
-            N, K, D, lo, hi, y_scale(tau), **row_launch)
+            N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
+        delta_y, delta_q = (None if t is None else t.sum(0) for t in (delta_y, delta_q))
 
     common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
               delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
-    dx = torch.empty((N, D), dtype=torch.float32, device=dev)
-    _gmvq_bwd_dx_kernel[(triton.cdiv(N, rcfg.BLOCK_N),)](
-        *common, dx, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), **row_launch)
+    dd_part, acc_part = parts(N), parts(N, D)
+    _gmvq_bwd_dx_kernel[row_grid](
+        *common, dd_part, acc_part, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, **row_launch)
+    dx = 2.0 * (x.float() * dd_part.sum(0)[:, None] - acc_part.sum(0))
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)

@@ -190,3 +190,16 @@ def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
     rows = -(-N // splits)
     rows_per_split = -(-rows // BLOCK_N) * BLOCK_N
     return -(-N // rows_per_split), rows_per_split
+
+
+def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device):
+    """(splits, codes_per_split) for the row kernels that can split the codebook (split-K): when few
+    row blocks would leave the GPU idle (small N, e.g. N = 8192 against 132 SMs), each row block's
+    codes are split across up to 2·SMs / row blocks programs, in whole BLOCK_K tiles. Their partial
+    results (O(splits·N) or O(splits·N·D), at most ~2·SMs·BLOCK_N rows) are reduced by torch in a
+    fixed order: deterministic."""
+    row_blocks = -(-N // BLOCK_N)
+    k_tiles = -(-K // BLOCK_K)
+    splits = min(k_tiles, max(1, 2 * sm_count(device) // row_blocks))
+    codes_per_split = -(-k_tiles // splits) * BLOCK_K
+    return -(-K // codes_per_split), codes_per_split

@@ -64,10 +64,7 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     K = means.shape[0]
     cfg = encode_config(D, x.dtype, x.device)
     row_blocks = triton.cdiv(N, cfg.BLOCK_N)
-    k_tiles = triton.cdiv(K, cfg.BLOCK_K)
-    splits = min(k_tiles, max(1, 2 * config.sm_count(x.device) // row_blocks))
-    codes_per_split = triton.cdiv(k_tiles, splits) * cfg.BLOCK_K
-    splits = triton.cdiv(K, codes_per_split)
+    splits, codes_per_split = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, x.device)
     codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
     _gmvq_encode_kernel[(row_blocks, splits)](

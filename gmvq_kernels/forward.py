@@ -5,7 +5,10 @@ all K codes in BLOCK_K tiles. Per tile: d = ||x||² + ||μ||² − 2·x·μᵀ (
 ℓ = b − d·a, two online softmaxes (q over ℓ; y over (ℓ + g)/τ with in-kernel Gumbel noise g), the
 running argmax of ℓ (codes) and of ℓ + g (hard sample), and ``acc_z += p_y·μ`` (a second dot), with
 FlashAttention rescaling. It writes the row outputs plus the few row statistics backward needs.
-FLOPs 4·N·K·D; bytes: x and the outputs once, the codebook once per row block.
+FLOPs 4·N·K·D; bytes: x and the outputs once, the codebook once per row block. When there are few row
+blocks (small N: N = 8192 makes 128 CTAs of 4 warps for 132 SMs, one warp per scheduler), the codebook
+is split across programs (config.split_codes, as flash-decoding does): each split writes its running
+softmax states and ``combine_splits`` merges them in torch (fixed order: deterministic).
 
 ``_gmvq_fwd_colsum_kernel`` (column blocks × row splits): q̄ needs each row's final logsumexp, so a
 second pass recomputes ℓ and sums q = exp(ℓ − lse) over rows. Each split writes its own partial
@@ -13,11 +16,13 @@ column sum (no atomics: bitwise deterministic). FLOPs 2·N·K·D.
 
 No N×K tensor exists at any point: the only buffers are O(N·D + K·D).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, row_config, split_rows
+from .config import block_d, col_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
@@ -25,6 +30,11 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
+# a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
+PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat", "hard_lat", "hard_v")
+PART_STRIDE = tl.constexpr(len(PART_FIELDS))
+P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT, P_HARD_LAT, P_HARD_V = (
+    tl.constexpr(i) for i in range(len(PART_FIELDS)))
 
 
 @EVEN_K
@@ -32,8 +42,9 @@ EVEN_K = triton.heuristics({"EVEN_K": even_k})
 def _gmvq_fwd_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
     z_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
-    N, K, D, seed_lo, seed_hi, y_scale,
-    HARD: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    part_ptr, part_k_ptr, part_z_ptr,
+    N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
+    HARD: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
@@ -42,7 +53,19 @@ def _gmvq_fwd_kernel(
     x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
     noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's
     dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (4, N) fp32 (tiles.M_Q .. LOG2S_Y) and,
-    when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision."""
+    when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
+
+    SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
+    writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
+    int64: best code and hard code, part_z (splits, N, D) fp32: Σ p_y μ); ``combine_splits`` merges."""
+    if SPLIT:
+        split = tl.program_id(1).to(tl.int64)
+        k_lo = split * codes_per_split
+        k_hi = tl.minimum(k_lo + codes_per_split, K)
+    else:
+        split = 0
+        k_lo = 0
+        k_hi = K
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
@@ -67,7 +90,7 @@ def _gmvq_fwd_kernel(
     hard_lat = tl.zeros((BLOCK_N,), tl.float32)
     hard_v = tl.zeros((BLOCK_N,), tl.float32)
 
-    for k_start in range(0, K, BLOCK_K):
+    for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
                                                                offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
@@ -106,32 +129,49 @@ def _gmvq_fwd_kernel(
             hard_v = tl.where(better_y, tl.sum(tl.where(pick, v[None, :], 0.0), axis=1), hard_v)
         m_y = m_y_new
 
-    # NaN policy: a row whose x is not finite (or whose ||x||² overflows fp32) gets NaN outputs and
-    # statistics (so q̄ and every gradient it reaches are NaN too) and code −1: the GPU's max/argmax
-    # would otherwise skip its NaN logits and return finite garbage
-    bad = ~(xx < float("inf"))
-    lse = tl.where(bad, float("nan"), m_q + tl.log2(s_q) * LN2)
-    entropy = tl.where(bad, float("nan"), tl.log2(s_q) * LN2 - u_q / s_q)
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     nd = offs_n[:, None] * D + offs_d[None, :]
-    tl.store(codes_ptr + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
-    tl.store(lse_ptr + offs_n, lse, mask=mask_n)
-    tl.store(ent_ptr + offs_n, entropy, mask=mask_n)
-    tl.store(stats_ptr + M_Q * N + offs_n, tl.where(bad, float("nan"), m_q), mask=mask_n)
-    tl.store(stats_ptr + LOG2S_Q * N + offs_n, tl.log2(s_q), mask=mask_n)
-    tl.store(stats_ptr + M_Y * N + offs_n, tl.where(bad, float("nan"), m_y), mask=mask_n)
-    tl.store(stats_ptr + LOG2S_Y * N + offs_n, tl.log2(s_y), mask=mask_n)
-    if HARD:
-        z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
-        tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
-        tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), hard_lat), mask=mask_n)
-        tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), hard_v), mask=mask_n)
-        tl.store(hard_idx_ptr + offs_n, hard_k, mask=mask_n)
+    if SPLIT:
+        part = part_ptr + split * PART_STRIDE * N + offs_n
+        tl.store(part + P_M_Q * N, m_q, mask=mask_n)
+        tl.store(part + P_S_Q * N, s_q, mask=mask_n)
+        tl.store(part + P_U_Q * N, u_q, mask=mask_n)
+        tl.store(part + P_M_Y * N, m_y, mask=mask_n)
+        tl.store(part + P_S_Y * N, s_y, mask=mask_n)
+        tl.store(part_k_ptr + split * 2 * N + offs_n, best_k, mask=mask_n)
+        if HARD:
+            tl.store(part + P_HARD_LAT * N, hard_lat, mask=mask_n)
+            tl.store(part + P_HARD_V * N, hard_v, mask=mask_n)
+            tl.store(part_k_ptr + (split * 2 + 1) * N + offs_n, hard_k, mask=mask_n)
+        else:
+            tl.store(part + P_ACC_V * N, acc_v, mask=mask_n)
+            tl.store(part + P_ACC_LAT * N, acc_lat, mask=mask_n)
+            tl.store(part_z_ptr + split * N * D + nd, acc_z, mask=mask_nd)
     else:
-        z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
-        tl.store(z_ptr + nd, z.to(z_ptr.dtype.element_ty), mask=mask_nd)
-        tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), acc_lat / s_y), mask=mask_n)
-        tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), acc_v / s_y), mask=mask_n)
+        # NaN policy: a row whose x is not finite (or whose ||x||² overflows fp32) gets NaN outputs and
+        # statistics (so q̄ and every gradient it reaches are NaN too) and code −1: the GPU's max/argmax
+        # would otherwise skip its NaN logits and return finite garbage
+        bad = ~(xx < float("inf"))
+        lse = tl.where(bad, float("nan"), m_q + tl.log2(s_q) * LN2)
+        entropy = tl.where(bad, float("nan"), tl.log2(s_q) * LN2 - u_q / s_q)
+        tl.store(codes_ptr + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
+        tl.store(lse_ptr + offs_n, lse, mask=mask_n)
+        tl.store(ent_ptr + offs_n, entropy, mask=mask_n)
+        tl.store(stats_ptr + M_Q * N + offs_n, tl.where(bad, float("nan"), m_q), mask=mask_n)
+        tl.store(stats_ptr + LOG2S_Q * N + offs_n, tl.log2(s_q), mask=mask_n)
+        tl.store(stats_ptr + M_Y * N + offs_n, tl.where(bad, float("nan"), m_y), mask=mask_n)
+        tl.store(stats_ptr + LOG2S_Y * N + offs_n, tl.log2(s_y), mask=mask_n)
+        if HARD:
+            z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
+            tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
+            tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), hard_lat), mask=mask_n)
+            tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), hard_v), mask=mask_n)
+            tl.store(hard_idx_ptr + offs_n, hard_k, mask=mask_n)
+        else:
+            z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
+            tl.store(z_ptr + nd, z.to(z_ptr.dtype.element_ty), mask=mask_nd)
+            tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), acc_lat / s_y), mask=mask_n)
+            tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), acc_v / s_y), mask=mask_n)
 
 
 @EVEN_K
@@ -172,30 +212,71 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
     statistics fp32); saved = {"entropy", "stats", "hard_idx"} for the backward: stats (4, N) fp32 with
-    rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``)."""
+    rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``). With few row
+    blocks the codebook is split across programs (config.split_codes) and ``combine_splits`` forms
+    these from the splits' states."""
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
     f32 = dict(dtype=torch.float32, device=dev)
-    z = torch.empty_like(x)
-    codes = torch.empty(N, dtype=torch.int64, device=dev)
-    lse, lat, s2, ent = (torch.empty(N, **f32) for _ in range(4))
-    stats = torch.empty((4, N), **f32)
-    hard_idx = torch.empty(N, dtype=torch.int64, device=dev) if hard else None
     lo, hi = split_seed(seed)
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     cfg = row_config(D, x.dtype, dev)
-    _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N),)](
-        xk, mk, a, b, v, noise, z, codes, lse, lat, s2, ent, stats, hard_idx,
-        N, K, D, lo, hi, y_scale(tau),
-        HARD=hard, DOT_PRECISION=prec, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
+    if splits == 1:
+        z = torch.empty_like(x)
+        codes = torch.empty(N, dtype=torch.int64, device=dev)
+        lse, lat, s2, ent = (torch.empty(N, **f32) for _ in range(4))
+        stats = torch.empty((4, N), **f32)
+        hard_idx = torch.empty(N, dtype=torch.int64, device=dev) if hard else None
+        part = part_k = part_z = None
+    else:
+        z = codes = lse = lat = s2 = ent = stats = hard_idx = None
+        part = torch.empty((splits, len(PART_FIELDS), N), **f32)
+        part_k = torch.empty((splits, 2, N), dtype=torch.int64, device=dev)
+        part_z = None if hard else torch.empty((splits, N, D), **f32)
+    _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
+        xk, mk, a, b, v, noise, z, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
+        N, K, D, lo, hi, y_scale(tau), codes_per_split,
+        HARD=hard, SPLIT=splits > 1, DOT_PRECISION=prec, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
+        BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    if splits > 1:
+        z, codes, lse, lat, s2, ent, stats, hard_idx = combine_splits(part, part_k, part_z, x, means, tau, hard)
     agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
     return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx)
+
+
+def combine_splits(part, part_k, part_z, x, means, tau, hard):
+    """The forward's row outputs from its splits' running states (the kernel's SPLIT epilogue, in
+    torch): each softmax's state is rescaled to the largest split maximum and summed, as the kernel
+    does across tiles; codes and hard samples come from the first split holding the maximum (the
+    lowest code on ties, as unsplit). The kernel's NaN policy is applied last. Returns (z, codes, lse,
+    latent_nll, mixture_var, entropy, stats, hard_idx)."""
+    p = dict(zip(PART_FIELDS, part.unbind(1)))  # each (splits, N)
+    m_q, m_y = p["m_q"].amax(0), p["m_y"].amax(0)
+    w_q = torch.exp(p["m_q"] - m_q)
+    s_q = (w_q * p["s_q"]).sum(0)
+    u_q = (w_q * (p["u_q"] + (p["m_q"] - m_q) * p["s_q"])).sum(0)
+    w_y = torch.exp2((p["m_y"] - m_y) * y_scale(tau))
+    s_y = (w_y * p["s_y"]).sum(0)
+    first = lambda m, rows: rows.gather(0, m.argmax(0, keepdim=True))[0]  # noqa: E731
+    codes = first(p["m_q"], part_k[:, 0])
+    hard_idx = first(p["m_y"], part_k[:, 1]) if hard else None
+    if hard:
+        z, lat, s2 = means[hard_idx], first(p["m_y"], p["hard_lat"]), first(p["m_y"], p["hard_v"])
+    else:
+        z = (w_y[:, :, None] * part_z).sum(0) / s_y[:, None]
+        lat, s2 = (w_y * p["acc_lat"]).sum(0) / s_y, (w_y * p["acc_v"]).sum(0) / s_y
+    log_s_q = torch.log(s_q)
+    bad = ~((x.float() ** 2).sum(1) < math.inf)
+    nan = lambda t: t.masked_fill(bad if t.dim() == 1 else bad[:, None], math.nan)  # noqa: E731
+    stats = torch.stack([nan(m_q), torch.log2(s_q), nan(m_y), torch.log2(s_y)])
+    return (nan(z.float()).to(x.dtype), codes.masked_fill(bad, -1), nan(m_q + log_s_q), nan(lat), nan(s2),
+            nan(log_s_q - u_q / s_q), stats, hard_idx)
 
 
 def colsum_q(x, means, a, b, v, stats, prec):

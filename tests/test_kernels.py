@@ -101,6 +101,24 @@ def test_half_matches_reference(shape, opts, dtype, device):
     check_case(*shape, device, dtype=dtype, **opts)
 
 
+@pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
+                                  dict(shape=(13, 37, 11), tau=0.2, explicit_noise=True),
+                                  dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"})],
+                         ids=["hard-prior", "soft-noise", "partial"])
+def test_backward_split_over_codes_matches_reference(monkeypatch, case, device):
+    """Few row blocks split the codebook of the Δ and dx kernels across programs (the GPU path at small
+    N, config.split_codes): torch adds the per-split partial sums. Forced here with a small SM count
+    (several splits, the last one short) and checked as every other case."""
+    from gmvq_kernels import config
+
+    monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+    case = dict(case)
+    N, K, D = case.pop("shape")
+    cfg = config.row_config(D, torch.float32, device)
+    assert config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, torch.device(device))[0] > 1
+    check_case(N, K, D, device, **case)
+
+
 # which outputs send an upstream gradient (by name; the others send None)
 UPSTREAM = {
     "only-agg": {"agg_posterior"},

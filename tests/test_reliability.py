@@ -10,11 +10,23 @@ from utils import OUT_FIELDS, make_inputs
 ROW_FIELDS = ("log_likelihood", "latent_nll", "mixture_var", "entropy")
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+def impl_of(impl, monkeypatch):
+    """"triton-split": the kernels with the codebook split across programs (config.split_codes, the
+    GPU path at small N), forced by a small SM count."""
+    if impl == "triton-split":
+        from gmvq_kernels import config
+
+        monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+        return "triton"
+    return impl
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton", "triton-split"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_non_finite_rows_are_nan_with_code_minus_one(impl, hard, device):
+def test_non_finite_rows_are_nan_with_code_minus_one(impl, hard, device, monkeypatch):
     """x rows holding NaN, +inf, or a squared norm past fp32 give NaN outputs and code −1 in every impl
     and mode, q̄ is NaN, and the other rows are exactly what they are without the bad rows."""
+    impl = impl_of(impl, monkeypatch)
     x, m, lv, lp = make_inputs(9, 37, 6, prior=True, device=device)
     bad_rows = [1, 4, 7]
     xb = x.clone()
@@ -95,18 +107,20 @@ def test_cuda_finiteness_checks_are_opt_in(monkeypatch):
     assert OUT_FIELDS == gk.GMVQOutput._fields
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
-def test_finite_at_the_corners_of_the_supported_ranges(impl, device):
+@pytest.mark.parametrize("impl", ["reference", "triton", "triton-split"])
+def test_finite_at_the_corners_of_the_supported_ranges(impl, device, monkeypatch):
     """|λ| ≤ 30, τ in [1e-4, 1e4], ‖x‖, ‖μ‖ from 1e-6 to 1e6 (README, "Modes, precisions, limits"): every
     output and every gradient is finite, soft and hard."""
     import itertools
 
     from utils import run
 
+    impl = impl_of(impl, monkeypatch)
+
     if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
         pytest.skip("needs the interpreter or a GPU")
     for lv, tau, scale, hard in itertools.product([-30.0, 30.0], [1e-4, 1e4], [1e-6, 1e6], [False, True]):
-        x, m, lv0, lp = make_inputs(7, 9, 5, prior=True, device=device)
+        x, m, lv0, lp = make_inputs(7, 40, 5, prior=True, device=device)  # 40 codes: 3 splits with triton-split
         lvt = (lv0 * 0.1 + lv).clamp(-30, 30)
         out, grads, _ = run([x * scale, m * scale, lvt, lp], impl, tau=tau, hard=hard, seed=1)
         case = dict(log_var=lv, tau=tau, scale=scale, hard=hard)
