@@ -241,8 +241,9 @@ def train_one(method, train, test, *, dim, K, steps, batch, seed, log_every, cfg
     return (metrics if isinstance(test, dict) else metrics["test"]), curve, (ae, quant)
 
 
-# the default run (2 datasets × 5 methods × 2 seeds × 1200 steps, batch 128) took 231 s on 2 idle CPU cores
-DEFAULT_RUN = dict(seconds=231.0, runs=20, steps=1200, batch=128)
+# the default run (2 datasets × 5 methods × 2 seeds × 1200 steps, batch 128) took 216 s on 2 idle CPU cores
+# (2026-11-30)
+DEFAULT_RUN = dict(seconds=216.0, runs=20, steps=1200, batch=128)
 
 
 def expected_seconds(args):
@@ -379,8 +380,8 @@ def main(argv=None):
     print(f"GM-VQ quality study: {len(args.methods)} methods ({', '.join(args.methods)}) × datasets "
           f"{', '.join(args.datasets)} × {args.seeds} seed(s) = {runs} training runs of {args.steps} steps "
           f"(K = {args.codebook_size}, D = {args.dim}, batch {args.batch}), on the CPU.\n"
-          f"Expected about {expected_seconds(args):.0f} s on 2 idle CPU cores (the default run took 231 s); "
-          f"results go to {out_dir}/", flush=True)
+          f"Expected about {expected_seconds(args):.0f} s on 2 idle CPU cores "
+          f"(the default run took {DEFAULT_RUN['seconds']:.0f} s); results go to {out_dir}/", flush=True)
     results, curves, models, seconds = run(args)
     print_table(results, args, seconds)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
