@@ -182,6 +182,8 @@ def tune(device, log, deadline, out_dir, shapes=TUNE_SHAPES, config_path=config.
     from gmvq_kernels import autotune
     from gmvq_kernels.spec import component_terms
 
+    info = speed.env_info(device)
+    stamp = f"{info['date']}, {info['device']}, torch {info['torch']}, triton {info['triton']}"
     winners, report = {}, []
     for dtype in (torch.bfloat16, torch.float32):
         for (N, K, D) in shapes:
@@ -194,21 +196,18 @@ def tune(device, log, deadline, out_dir, shapes=TUNE_SHAPES, config_path=config.
             timer = dict(time_fn=time_fn or autotune.cuda_ms)
             res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=False, dot_precision=prec, **timer)
             res.update(autotune.tune_encode(x, means, a, b, dot_precision=prec, **timer))
-            for key, (cfg, times) in res.items():
-                if key in winners:  # two shapes of one bucket: the first one decides
-                    continue
+            new = {key: val for key, val in res.items() if key not in winners}  # a bucket's first shape decides
+            for key, (cfg, times) in new.items():
                 winners[key] = cfg
                 row = dict(check="tune", key=list(key), shape=[N, K, D], dtype=str(dtype), winner=list(astuple(cfg)),
                            ms={str(astuple(c)): t for c, t in times.items()})
                 report.append(row)
                 log(row)
-    if winners:
-        info = speed.env_info(device)
-        stamp = f"{info['date']}, {info['device']}, torch {info['torch']}, triton {info['triton']}"
-        autotune.write_tuned(config_path, winners, stamp)
-        shutil.copy(config_path, os.path.join(out_dir, "config.py"))
-        with open(os.path.join(out_dir, "tune.json"), "w") as fh:
-            json.dump(report, fh, indent=1)
+            # after every shape: a run cut short by its time limit keeps what it has measured
+            autotune.write_tuned(config_path, {key: cfg for key, (cfg, _) in new.items()}, stamp)
+            shutil.copy(config_path, os.path.join(out_dir, "config.py"))
+            with open(os.path.join(out_dir, "tune.json"), "w") as fh:
+                json.dump(report, fh, indent=1)
     return report
 
 
