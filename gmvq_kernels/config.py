@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -123,7 +124,7 @@ def bucket(kind: str, D: int, dtype: torch.dtype):
     return dtype_kind(dtype), next((limit for limit, _ in rows if D <= limit), rows[-1][0])
 
 
-def arch(device) -> str:
+def arch(device) -> Optional[str]:
     """"sm_90" for a CUDA device of compute capability 9.0; None off CUDA (no tuned entries apply)."""
     if device is None or torch.device(device).type != "cuda":
         return None
