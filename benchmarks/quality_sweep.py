@@ -10,7 +10,8 @@ folder skips the runs already there, so an interrupted sweep resumes):
   ablation  both GM-VQ methods' selected configurations with the paper's soft relaxation (decoder fed
             Σ_k y_k μ_k), with noise injection (z + s·ε), and with both (not part of the selection:
             reported with their validation MSE beside the test metrics)
-  k1024     every method's patches-selected configuration at K = 1024
+  k1024     every method's patches-selected configuration at K = 1024, and the GM-VQ methods' soft
+            variants
   budget    every method's digits-selected configuration at 4× the steps
 
 Writes ``runs.jsonl``, ``sweep.json`` (selection, per-stage tables with mean ± std), ``sweep_table.md``,
@@ -167,9 +168,11 @@ def main(argv=None):
                               for ds in args.datasets}
     if "k1024" in args.stages and "patches" in args.datasets:
         K = 64 if args.smoke else 1024
-        tables["k1024"] = {"patches": {m: summary([sw.run("k1024", "patches", m, selected["patches"][m]["overrides"],
-                                                          s, K=K) for s in range(args.extra_seeds)])
-                                       for m in args.methods}}
+        cases = [(m, m, {}) for m in args.methods] + [(f"{m} soft", m, ABLATIONS["soft"]) for m in mixture]
+        tables["k1024"] = {"patches": {name: summary([sw.run("k1024", "patches", m,
+                                                             dict(selected["patches"][m]["overrides"], **extra), s, K=K)
+                                                      for s in range(args.extra_seeds)])
+                                       for name, m, extra in cases}}
     if "budget" in args.stages and "digits" in args.datasets:
         tables["budget"] = {"digits": {m: summary([sw.run("budget", "digits", m, selected["digits"][m]["overrides"],
                                                           s, steps=4 * args.steps) for s in range(args.extra_seeds)])

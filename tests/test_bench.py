@@ -120,6 +120,7 @@ def test_quality_sweep_smoke(tmp_path):
             assert s["overrides"] == min(s["grid"], key=lambda g: g["val"]["mse"])["overrides"]
         assert res["tables"]["final"][ds]["gmvq"]["seeds"] == 2
     assert "gmvq_entropy soft" in res["tables"]["ablation"]["digits"]
+    assert "gmvq_entropy soft" in res["tables"]["k1024"]["patches"]
     assert (tmp_path / "sweep_scatter.png").exists() and (tmp_path / "sweep_curves.png").exists()
     runs = len(open(tmp_path / "runs.jsonl").readlines())
     out = run_script(cmd, interpret=False)
