@@ -53,8 +53,9 @@ VQ_ARGUMENTS = {
 # above a per-pixel mean: with γ = β = 1 the latent term wins, the encoder collapses onto one mean and the
 # learned variances shrink with it (1 code of 512 used on digits, loss → −3). γ, β: the tuned quality
 # sweep's best GM-VQ configuration (GM-VQ + Entropy, γ = 1, β = 8, soft samples: the lowest validation
-# MSE, benchmarks/results/quality-sweep-2026-11-30), whose reconstruction term is Σ over the 16 pixels
-# a latent covers of (x − x̂)²/(2·0.01) = 800 × their mean, divided by that 800 for a per-pixel mean.
+# MSE on digits, 2 % above soft GM-VQ with β = 1 on the patches; results/quality-sweep-2026-11-30),
+# whose reconstruction term is Σ over the 16 pixels a latent covers of (x − x̂)²/(2·0.01) = 800 × their
+# mean, divided by that 800 for a per-pixel mean.
 # In the recipe (2 seeds, soft): test MSE 0.019–0.021 with 241–275 codes of 512 on digits, against
 # the former γ = 0.003, β = 0.1 at 0.023 / 351–369 codes and VectorQuantize at 0.022–0.023 / 114–115
 # codes; on photo patches 0.0104–0.0106 / 268–280 against 0.013–0.014 and VectorQuantize's 0.0069–0.0072
