@@ -193,14 +193,23 @@ def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
     return -(-N // rows_per_split), rows_per_split
 
 
-def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device):
+# The training kernels split the codebook only from this many (n, k) pairs on: below it a whole fwd+bwd
+# is a fraction of a millisecond on an H100/H200 (modelled 0.12 ms at N = 8192, K = 1024, D = 64), and
+# the split's ~25 extra torch launches (the forward's merge, the partial sums) would cost more host
+# time than the idle SMs lose. N = 8192 with K ≥ 8192 splits.
+SPLIT_MIN_PAIRS = 1 << 26
+
+
+def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device, min_pairs=None):
     """(splits, codes_per_split) for the row kernels that can split the codebook (split-K): when few
     row blocks would leave the GPU idle (small N, e.g. N = 8192 against 132 SMs), each row block's
     codes are split across up to 2·SMs / row blocks programs, in whole BLOCK_K tiles. Their partial
     results (O(splits·N) or O(splits·N·D), at most ~2·SMs·BLOCK_N rows) are reduced by torch in a
-    fixed order: deterministic."""
+    fixed order: deterministic. No split below ``min_pairs`` = N·K (default SPLIT_MIN_PAIRS)."""
     row_blocks = -(-N // BLOCK_N)
     k_tiles = -(-K // BLOCK_K)
     splits = min(k_tiles, max(1, 2 * sm_count(device) // row_blocks))
+    if N * K < (SPLIT_MIN_PAIRS if min_pairs is None else min_pairs):
+        splits = 1
     codes_per_split = -(-k_tiles // splits) * BLOCK_K
     return -(-K // codes_per_split), codes_per_split

@@ -14,7 +14,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 
-from gmvq_kernels import backward, devtools, encode, forward, noise  # noqa: E402
+from gmvq_kernels import backward, config, devtools, encode, forward, noise  # noqa: E402
 from gmvq_kernels.spec import DIFF_OUTPUTS  # noqa: E402
 
 ALL = DIFF_OUTPUTS
@@ -23,8 +23,8 @@ Z_ONLY = ("quantized",)
 # (dtype, fp32 dot precision, hard, explicit noise, D, N, K, upstream-gradient sets): every dtype,
 # precision, constexpr branch, D bucket (≤64, ≤128, ≤256, ≤512) and both K tails compiled at least
 # once; the full product would be hundreds of variants at seconds each. Off CUDA the launchers see one
-# SM, so N = 64 (one row block) takes the split-codebook path (config.split_codes) and N = 512 the
-# unsplit one: both are compiled, soft and hard, fp32 and bf16.
+# SM, so with the size threshold lifted (record) N = 64 (one row block) takes the split-codebook path
+# (config.split_codes) and N = 512 the unsplit one: both are compiled, soft and hard, fp32 and bf16.
 VARIANTS = [
     (torch.float32, "tf32x3", True, False, 64, 64, 256, [ALL, ALBO]),
     (torch.float32, "ieee", True, True, 256, 512, 250, [ALL]),
@@ -41,6 +41,7 @@ VARIANTS = [
 
 
 def record():
+    config.SPLIT_MIN_PAIRS = 0  # tiny shapes: split wherever the row blocks leave SMs idle
     with devtools.record_launches(forward, backward, encode, noise) as log:
         for dtype, prec, hard, explicit, D, N, K, grad_sets in VARIANTS:
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)

@@ -19,7 +19,7 @@ def test_kernels_compile_for_sm80_and_sm90():
 
 
 def test_static_cost_fast_mode_has_no_spills(tmp_path):
-    """benchmarks/static_cost.py --fast: one small shape, bf16, soft and hard (every kernel of one
+    """benchmarks/static_cost.py --fast: two small shapes (one splits the codebook), bf16, soft and hard (every kernel of one
     fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it exits 1 on any spill."""
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,

@@ -112,6 +112,7 @@ def test_backward_split_over_codes_matches_reference(monkeypatch, case, device):
     from gmvq_kernels import config
 
     monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+    monkeypatch.setattr(config, "SPLIT_MIN_PAIRS", 0)
     case = dict(case)
     N, K, D = case.pop("shape")
     cfg = config.row_config(D, torch.float32, device)
