@@ -105,10 +105,11 @@ def test_half_matches_reference(shape, opts, dtype, device):
                                   dict(shape=(13, 37, 11), tau=0.2, explicit_noise=True),
                                   dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"})],
                          ids=["hard-prior", "soft-noise", "partial"])
-def test_backward_split_over_codes_matches_reference(monkeypatch, case, device):
-    """Few row blocks split the codebook of the Δ and dx kernels across programs (the GPU path at small
-    N, config.split_codes): torch adds the per-split partial sums. Forced here with a small SM count
-    (several splits, the last one short) and checked as every other case."""
+def test_split_over_codes_matches_reference(monkeypatch, case, device):
+    """Few row blocks split the codebook of the forward, Δ and dx kernels across programs (the GPU path
+    at small N, config.split_codes): torch merges the forward's per-split softmax states
+    (forward.combine_splits) and adds the backward's partial sums. Forced here with a small SM count
+    and no size threshold (several splits, the last one short) and checked as every other case."""
     from gmvq_kernels import config
 
     monkeypatch.setattr(config, "sm_count", lambda dev: 8)
