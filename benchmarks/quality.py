@@ -287,17 +287,27 @@ def run(args):
                 if seed == 0:
                     curves[(ds, method)] = curve
                     models[(ds, method)] = model
-            agg = {}
-            for key in ("mse", "perplexity", "codes_used"):
-                vals = np.array([r[key] for r in runs], dtype=np.float64)
-                agg[key] = float(vals.mean())
-                agg[key + "_std"] = float(vals.std())
-            agg["runs"] = runs
+            agg = dict(summarize(runs), runs=runs)
             results[ds][method] = agg
             print(f"{ds:>8} {method:>18}: mse {agg['mse']:.5f} ± {agg['mse_std']:.5f}  "
                   f"perplexity {agg['perplexity']:7.2f} ± {agg['perplexity_std']:.2f}  "
                   f"codes used {agg['codes_used']:6.1f}  ({time.time() - t0:.0f} s)", flush=True)
     return results, curves, models, time.time() - t0
+
+
+def summarize(metrics):
+    """Mean and std over seeds of each metric (mse, perplexity, codes_used) of a list of per-run dicts."""
+    out = {}
+    for key in ("mse", "perplexity", "codes_used"):
+        vals = np.array([m[key] for m in metrics], dtype=np.float64)
+        out[key], out[key + "_std"] = float(vals.mean()), float(vals.std())
+    return out
+
+
+def metric_cells(r):
+    """The markdown cells "MSE ± std | perplexity ± std | codes used ± std" of a ``summarize`` result."""
+    return (f"{r['mse']:.5f} ± {r['mse_std']:.5f} | {r['perplexity']:.1f} ± {r['perplexity_std']:.1f} | "
+            f"{r['codes_used']:.1f} ± {r['codes_used_std']:.1f}")
 
 
 def print_table(results, args, seconds, file=sys.stdout):
@@ -308,8 +318,7 @@ def print_table(results, args, seconds, file=sys.stdout):
     print("|---|---|---|---|---|", file=file)
     for ds, per in results.items():
         for m, r in per.items():
-            print(f"| {ds} | {m} | {r['mse']:.5f} ± {r['mse_std']:.5f} | {r['perplexity']:.1f} ± "
-                  f"{r['perplexity_std']:.1f} | {r['codes_used']:.1f} ± {r['codes_used_std']:.1f} |", file=file)
+            print(f"| {ds} | {m} | {metric_cells(r)} |", file=file)
 
 
 def plot(curves, models, datasets, test_sets, out_dir):

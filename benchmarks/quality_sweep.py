@@ -111,10 +111,7 @@ class Sweep:
 
 def summary(runs, splits=("test",)):
     """Mean and std over seeds of the first split's metrics; "val_mse" too when "val" is listed."""
-    out = {}
-    for key in ("mse", "perplexity", "codes_used"):
-        vals = np.array([r[splits[0]][key] for r in runs], dtype=np.float64)
-        out[key], out[key + "_std"] = float(vals.mean()), float(vals.std())
+    out = Q.summarize([r[splits[0]] for r in runs])
     if "val" in splits:
         out["val_mse"] = float(np.mean([r["val"]["mse"] for r in runs]))
     out["seeds"] = len(runs)
@@ -214,8 +211,7 @@ def write_tables(result, fh):
         for ds, per in per_ds.items():
             for m, r in per.items():
                 val = f"{r['val_mse']:.5f}" if "val_mse" in r else "—"
-                print(f"| {ds} | {m} | {r['mse']:.5f} ± {r['mse_std']:.5f} | {r['perplexity']:.1f} ± "
-                      f"{r['perplexity_std']:.1f} | {r['codes_used']:.1f} ± {r['codes_used_std']:.1f} | {val} |", file=fh)
+                print(f"| {ds} | {m} | {Q.metric_cells(r)} | {val} |", file=fh)
 
 
 def plot(runs, selected, curve_runs, out_dir):

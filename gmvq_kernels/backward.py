@@ -15,7 +15,8 @@ the mismatch (seen: 1e-5 relative error in dx at K = 1, τ = 0.1); recomputed, i
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
-                                                             code splits at small N, summed by torch)
+                                                             code splits at large K and small N; torch
+                                                             adds the splits and forms dx)
     dμ_k = 2 (μ_k Σ_n dd − Σ_n dd x_n) + Σ_n y_val Ḡ_z      ``_gmvq_bwd_dmu_kernel`` (column blocks ×
     dλ_k = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²]   row splits, partial sums added
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
@@ -43,7 +44,7 @@ from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
                     even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_log2prob,
-                    softmax_prob, y_scale)
+                    softmax_prob, split_code_range, y_scale)
 
 HEURISTICS = triton.heuristics({
     "EVEN_K": even_k,
@@ -124,9 +125,7 @@ def _gmvq_bwd_delta_kernel(
     adds the splits. gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
     y and Y are per element what the dx kernel computes (same helper, same tiles), so Y − Δy cancels
     as exactly as in softmax's backward."""
-    split = tl.program_id(1).to(tl.int64)
-    k_lo = split * codes_per_split
-    k_hi = tl.minimum(k_lo + codes_per_split, K)
+    split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
@@ -167,13 +166,13 @@ def _gmvq_bwd_dx_kernel(
 ):
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
-    launcher adds the splits and forms dx. ent (N,) and stats (4, N) from the forward; hard_idx (N,)
+    launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
+    bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
+    (4, N) from the forward; hard_idx (N,)
     int64 in hard mode, else None; delta_y / delta_q (N,) from the delta kernel; upstream gradients gz
     (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ,
     y_scale = log2(e)/τ."""
-    split = tl.program_id(1).to(tl.int64)
-    k_lo = split * codes_per_split
-    k_hi = tl.minimum(k_lo + codes_per_split, K)
+    split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
@@ -314,6 +313,11 @@ def _gmvq_bwd_dmu_kernel(
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
 
 
+def sum_splits(t):
+    """The sum over the leading split axis, in a fixed order; no launch when there is one split."""
+    return t[0] if t.shape[0] == 1 else t.sum(0)
+
+
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision):
     """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` = {"entropy", "stats",
     "hard_idx"} from the forward; ``grads`` = {output name: upstream gradient} with names from
@@ -348,14 +352,14 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         _gmvq_bwd_delta_kernel[row_grid](
             xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, delta_y, delta_q,
             N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
-        delta_y, delta_q = (None if t is None else t.sum(0) for t in (delta_y, delta_q))
+        delta_y, delta_q = (None if t is None else sum_splits(t) for t in (delta_y, delta_q))
 
     common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
               delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
     dd_part, acc_part = parts(N), parts(N, D)
     _gmvq_bwd_dx_kernel[row_grid](
         *common, dd_part, acc_part, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, **row_launch)
-    dx = 2.0 * (x.float() * dd_part.sum(0)[:, None] - acc_part.sum(0))
+    dx = 2.0 * (x.float() * sum_splits(dd_part)[:, None] - sum_splits(acc_part))
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)

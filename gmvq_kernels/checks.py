@@ -99,11 +99,16 @@ def check_finite_on_cuda() -> bool:
     return os.environ.get("GMVQ_CHECK_FINITE", "0") == "1"
 
 
+def _skip_value_checks(t):
+    """Checks that read a tensor's values are skipped while torch.compile traces (graphs stay unbroken),
+    on meta tensors, and, unless asked for, on CUDA, where they would stall the host on the device at
+    every call."""
+    return torch.compiler.is_compiling() or t.device.type == "meta" or (
+        t.device.type == "cuda" and not check_finite_on_cuda())
+
+
 def _check_finite(name, t):
-    # data-dependent: skipped while torch.compile traces (graphs stay unbroken) and, unless asked for, on
-    # CUDA, where it would stall the host on the device every call
-    if torch.compiler.is_compiling() or t.device.type == "meta" or (
-            t.device.type == "cuda" and not check_finite_on_cuda()):
+    if _skip_value_checks(t):
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite; got non-finite values (nan or inf)")
@@ -176,8 +181,7 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
 
 
 def _check_log_var(log_var):
-    if torch.compiler.is_compiling() or log_var.device.type == "meta" or (
-            log_var.device.type == "cuda" and not check_finite_on_cuda()):
+    if _skip_value_checks(log_var):
         return
     lo, hi = (float(v) for v in torch.aminmax(log_var.detach().float()))
     if not -LOG_VAR_LIMIT <= lo <= hi <= LOG_VAR_LIMIT:

@@ -9,6 +9,7 @@ Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``)
 CPU tests fast while still crossing many codebook tiles.
 """
 import contextlib
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -118,18 +119,30 @@ def dtype_kind(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "half"
 
 
+def _table_row(kind: str, D: int, dtype: torch.dtype):
+    """(largest D, config) of the table row of ``kind`` that serves D for this input dtype."""
+    rows = TABLES[kind][dtype_kind(dtype)]
+    return next((row for row in rows if D <= row[0]), rows[-1])
+
+
 def bucket(kind: str, D: int, dtype: torch.dtype):
     """(input kind, largest D) of the table row that serves D: the unit of tuning."""
-    rows = TABLES[kind][dtype_kind(dtype)]
-    return dtype_kind(dtype), next((limit for limit, _ in rows if D <= limit), rows[-1][0])
+    return dtype_kind(dtype), _table_row(kind, D, dtype)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
 
 
 def arch(device) -> Optional[str]:
-    """"sm_90" for a CUDA device of compute capability 9.0; None off CUDA (no tuned entries apply)."""
-    if device is None or torch.device(device).type != "cuda":
+    """"sm_90" for a CUDA device of compute capability 9.0 (looked up once per device: config picks run
+    at every launch); None off CUDA (no tuned entries apply)."""
+    device = None if device is None else torch.device(device)
+    if device is None or device.type != "cuda":
         return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm_{major}{minor}"
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
@@ -144,18 +157,14 @@ def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
         return configs[kind]
     if INTERPRET:
         return INTERPRET_CONFIG
-    if arch(device) is not None:
-        key = tuned_key(kind, D, dtype, device)
-        found = RUNTIME_TUNED.get(key) or TUNED.get(key)
-        if found is not None:
-            return found
-    return table_config(kind, D, dtype)
+    key = tuned_key(kind, D, dtype, device)
+    found = (RUNTIME_TUNED.get(key) or TUNED.get(key)) if key[0] is not None else None
+    return found if found is not None else table_config(kind, D, dtype)
 
 
 def table_config(kind: str, D: int, dtype: torch.dtype) -> KernelConfig:
     """The default heuristic: the table row of ``kind`` that serves D for this input dtype."""
-    rows = TABLES[kind][dtype_kind(dtype)]
-    return next((cfg for limit, cfg in rows if D <= limit), rows[-1][1])
+    return _table_row(kind, D, dtype)[1]
 
 
 def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import config
 from .config import block_d, encode_config
-from .tiles import dot_precision_for, even_k, interpreter_operand, load_rows, row_tile
+from .tiles import dot_precision_for, even_k, interpreter_operand, load_rows, row_tile, split_code_range
 
 
 @triton.heuristics({"EVEN_K": even_k})
@@ -31,13 +31,12 @@ def _gmvq_encode_kernel(
     None (several splits), the maximum ℓ (splits, N) fp32 for the final reduction.
     a, b (K,) fp32: spec.component_terms."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
+    split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_d = tl.arange(0, BLOCK_D)
     x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_k = tl.zeros((BLOCK_N,), tl.int64)
-    k_lo = split * codes_per_split
-    for k_start in range(k_lo, tl.minimum(k_lo + codes_per_split, K), BLOCK_K):
+    for k_start in range(k_lo, k_hi, BLOCK_K):
         # a stands in for v (σ²), which the argmax does not need: the pointer is only read
         _, _, _, _, _, _, logits, _ = row_tile(x, xx, means_ptr, a_ptr, b_ptr, a_ptr, k_start, K, D, offs_d,
                                                EVEN_K, BLOCK_K, DOT_PRECISION)

@@ -26,7 +26,8 @@ from .config import block_d, col_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
-                    even_k, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob, y_scale)
+                    even_k, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob,
+                    split_code_range, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -59,11 +60,8 @@ def _gmvq_fwd_kernel(
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
     int64: best code and hard code, part_z (splits, N, D) fp32: Σ p_y μ); ``combine_splits`` merges."""
     if SPLIT:
-        split = tl.program_id(1).to(tl.int64)
-        k_lo = split * codes_per_split
-        k_hi = tl.minimum(k_lo + codes_per_split, K)
+        split, k_lo, k_hi = split_code_range(codes_per_split, K)
     else:
-        split = 0
         k_lo = 0
         k_hi = K
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -258,9 +256,10 @@ def combine_splits(part, part_k, part_z, x, means, tau, hard):
     latent_nll, mixture_var, entropy, stats, hard_idx)."""
     p = dict(zip(PART_FIELDS, part.unbind(1)))  # each (splits, N)
     m_q, m_y = p["m_q"].amax(0), p["m_y"].amax(0)
-    w_q = torch.exp(p["m_q"] - m_q)
+    shift_q = p["m_q"] - m_q  # ≤ 0: each split's max against the row's
+    w_q = torch.exp(shift_q)
     s_q = (w_q * p["s_q"]).sum(0)
-    u_q = (w_q * (p["u_q"] + (p["m_q"] - m_q) * p["s_q"])).sum(0)
+    u_q = (w_q * (p["u_q"] + shift_q * p["s_q"])).sum(0)
     w_y = torch.exp2((p["m_y"] - m_y) * y_scale(tau))
     s_y = (w_y * p["s_y"]).sum(0)
     first = lambda m, rows: rows.gather(0, m.argmax(0, keepdim=True))[0]  # noqa: E731

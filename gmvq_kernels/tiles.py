@@ -117,6 +117,17 @@ def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_
 
 
 @triton.jit
+def split_code_range(codes_per_split, K):
+    """(split, first code, end code) of this program's share of the codebook: split = program_id(1),
+    codes_per_split a whole number of tiles (config.split_codes; one split covers all K). int32 is
+    enough: there are several splits only while N < 2·SMs·BLOCK_N, so split·N·D stays far below 2³¹,
+    and the int64 split cost the encode kernel half its resident warps at D = 128 (static report)."""
+    split = tl.program_id(1)
+    k_lo = split * codes_per_split
+    return split, k_lo, tl.minimum(k_lo + codes_per_split, K)
+
+
+@triton.jit
 def load_stats(stats_ptr, offs_n, N):
     """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
     mask_n = offs_n < N
