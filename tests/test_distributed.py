@@ -34,6 +34,14 @@ def rank_terms(out):
     return out.latent_nll.mean() + out.quantized.double().square().mean() + 0.1 * out.entropy.mean()
 
 
+def exit_worker():
+    """End a spawned rank once its results are saved, without the interpreter's teardown: torch's
+    threads (torch.compile, gloo) were destroyed while joinable there, and std::terminate aborted a
+    rank after its work had finished (CI, twice across sessions; "terminate called without an active
+    exception"). The results file and the exit code 0 stay what the test checks."""
+    os._exit(0)
+
+
 def worker(rank, world, init_file, impl, dtype, compiled, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, m, lv, lp, noise = problem(dtype)
@@ -52,6 +60,7 @@ def worker(rank, world, init_file, impl, dtype, compiled, result_file):
     torch.save(dict(agg=out.agg_posterior.detach(), grads=grads), f"{result_file}.{rank}")
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
+    exit_worker()
 
 
 def single_process(impl, dtype):
@@ -95,6 +104,7 @@ def module_worker(rank, world, init_file, result_file):
                     kl_c=out_c.terms["kl"]), f"{result_file}.{rank}")
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
+    exit_worker()
 
 
 def test_module_ranks_draw_distinct_noise_and_share_q_bar():
