@@ -41,10 +41,14 @@ def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
     for _ in tl.static_range(N_ROUNDS):
         _c0 = c0
         _c2 = c2
-        c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
-        c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
-        c1 = _c2 * 0xCD9E8D57
-        c3 = _c0 * 0xD2511F53
+        # the full 64-bit products: ptxas makes each one IMAD.WIDE.U32 with both halves, where
+        # tl.umulhi and a separate low multiply were two IMADs (static report: −2 instructions per element)
+        p2 = _c2.to(tl.uint64) * 0xCD9E8D57
+        p0 = _c0.to(tl.uint64) * 0xD2511F53
+        c0 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (p0 >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = p2.to(tl.uint32)
+        c3 = p0.to(tl.uint32)
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
     return c0, c1, c2, c3
@@ -64,13 +68,15 @@ def _log2(x):
 def _uniform_to_gumbel(r):
     # 23 bits: (r >> 9) + ½ needs at most 24 bits, so u and w = 1 − u are exact in fp32 and strictly
     # inside (0, 1). (With 24 bits the top word rounds to u = 1.0 and g = +inf: seen on an H200.)
-    h = (r >> 9).to(tl.float32) + 0.5
-    u = h * 1.1920928955078125e-07  # 2**-23
-    w = (8388608.0 - h) * 1.1920928955078125e-07  # 1 − u, exactly
+    h = (r >> 9).to(tl.float32)
+    # u = (h + ½)·2⁻²³ and w = 1 − u, each one exact FMA (every value fits in 24 bits)
+    u = tl.fma(h, 1.1920928955078125e-07, 5.960464477539063e-08)
+    w = tl.fma(h, -1.1920928955078125e-07, 0.9999999403953552)
     series = w * (1.0 + w * (0.5 + w * (0.3333333333333333 + w * (0.25 + w * (0.2 + w * 0.16666666666666666)))))
     e = tl.where(w < 0.0625, series, _log2(u) * -0.6931471805599453)  # 0.0625: SERIES_W
-    # E ≥ 2⁻²⁴ exactly; the floor 2⁻²⁵ only guards an approximate log rounding to ≤ 0
-    return _log2(tl.maximum(e, 2.9802322387695312e-08)) * -0.6931471805599453
+    # E > 0 without a floor: the series is a sum of positive terms (≥ w ≥ 2⁻²⁴), and the log branch has
+    # u ≤ 15/16, where log₂ u ≤ −0.093 lies far beyond the approximate log's error (~2⁻²²)
+    return _log2(e) * -0.6931471805599453
 
 
 @triton.jit
