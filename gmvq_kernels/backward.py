@@ -242,10 +242,13 @@ def _gmvq_bwd_dmu_kernel(
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
     valid = mask_k[:, None]
 
-    # one accumulator for both dots: acc = Σ_n (−2 dd) x + Σ_n y_val Ḡ_z, so dμ = 2 μ Σ_n dd + acc
+    # the loop works with e = −2 dd (a_e = −2a: exact, and one multiply per element less), and one
+    # accumulator for both dots: acc = Σ_n e x + Σ_n y_val Ḡ_z, so dμ = acc − μ Σ_n e
+    a_e = -2.0 * a
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    dd_col = tl.zeros((BLOCK_K,), tl.float32)
-    d_log_var = tl.zeros((BLOCK_K,), tl.float32)
+    e_col = tl.zeros((BLOCK_K,), tl.float32)
+    e_d = tl.zeros((BLOCK_K,), tl.float32)
+    gs_y = tl.zeros((BLOCK_K,), tl.float32)
     d_log_pi = tl.zeros((BLOCK_K,), tl.float32)
     row_lo = split * rows_per_split
     row_hi = tl.minimum(row_lo + rows_per_split, N)
@@ -289,17 +292,14 @@ def _gmvq_bwd_dmu_kernel(
                             gc_ptr is not None, glat_ptr is not None)
         dl = tl.where(rows, dl, 0.0)
         w = tl.where(rows, w, 0.0)
-        dd = tl.where(clamp_ok & rows & valid, w * a[:, None], 0.0)
-        dd_col += tl.sum(dd, axis=1)
-        acc = tl.dot((-2.0 * dd).to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-        # ∂ℓ/∂λ = d·a − D/2 and ∂ℓ/∂log π = 1, summed per element (the cancellation of d·a against D/2
-        # stays inside each term instead of between two large column sums)
-        dlv = dl * (da - half_d)
-        if glat_ptr is not None:
-            dlv -= g_lat[None, :] * y_val * da
+        e = tl.where(clamp_ok & rows & valid, w * a_e[:, None], 0.0)
+        e_col += tl.sum(e, axis=1)
+        acc = tl.dot(e.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        # dλ = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²] = ½ Σ_n e·d − (D/2)·Σ_n dℓ + σ² Σ_n Ḡ_s y_val
+        # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it
+        e_d += tl.sum(e * d, axis=1)
         if gs_ptr is not None:
-            dlv += g_s[None, :] * y_val * v[:, None]
-        d_log_var += tl.sum(tl.where(rows, dlv, 0.0), axis=1)
+            gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
         if gz_ptr is not None:
             acc = tl.dot(tl.where(rows, y_val, 0.0).to(gz.dtype), gz, acc, input_precision=DOT_PRECISION)
@@ -307,8 +307,9 @@ def _gmvq_bwd_dmu_kernel(
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
-    dmu = 2.0 * mu.to(tl.float32) * dd_col[:, None] + acc
+    dmu = acc - mu.to(tl.float32) * e_col[:, None]
     tl.store(dmu_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], dmu, mask=mask_kd)
+    d_log_var = v * gs_y + 0.5 * e_d - half_d * d_log_pi
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
 
