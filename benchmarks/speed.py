@@ -21,9 +21,11 @@ import time
 
 import torch
 
-if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and "--cpu-step" not in sys.argv:
+CPU_MODES = ("--cpu-step", "--host-cpu")
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and not set(CPU_MODES) & set(sys.argv):
     os.environ["TRITON_INTERPRET"] = "1"  # CPU: run the kernels in Triton's interpreter (not for --cpu-step,
-    # which measures what a CPU user gets: the reference and the NumPy noise)
+    # which measures what a CPU user gets: the reference and the NumPy noise, nor for --host-cpu, which
+    # records the launches instead of running them)
 
 import triton  # noqa: E402
 
@@ -253,6 +255,27 @@ def host_overhead(device, iters=200):
     return dict(check="host_overhead", N=8, K=16, D=16, us_per_fwd_bwd=(time.perf_counter() - t0) / iters * 1e6)
 
 
+def host_path_cpu(iters=300):
+    """Host work of one fwd+bwd of the kernel path at (8, 16, 16) bf16 on this CPU, with the kernel
+    launches recorded instead of run (devtools.host_path_on_cpu): Python, dispatcher and torch ops, not
+    Triton's launch cost. Median µs over ``iters`` calls."""
+    from gmvq_kernels import devtools
+
+    x, means, log_var = make_inputs(8, 16, 16, torch.bfloat16, torch.device("cpu"), True)
+    fn = gmvq_loss("triton")
+    times = []
+    with devtools.host_path_on_cpu() as log:
+        for i in range(iters + 20):
+            t0 = time.perf_counter()
+            fn(x, means, log_var).backward()
+            times.append(time.perf_counter() - t0)
+            if i == 0:
+                launches = len(log)
+    times = sorted(times[20:])
+    return dict(check="host_path_cpu", N=8, K=16, D=16, launches_per_fwd_bwd=launches,
+                us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads())
+
+
 def cpu_training_step(steps=20, dim=32, codebook_size=512, batch=(64, 32, 4, 4)):
     """One training step of the quantizer alone on CPU (forward, the quantizer's loss plus a stand-in
     reconstruction, backward, Adam), GaussianMixtureVQ (reference impl: what ``impl="auto"`` runs on a
@@ -348,9 +371,11 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=300, help="skip optional parts after this many seconds")
     p.add_argument("--cpu-step", action="store_true",
                    help="CPU: one training step of GaussianMixtureVQ beside VectorQuantize (if installed)")
+    p.add_argument("--host-cpu", action="store_true",
+                   help="CPU: host work of one fwd+bwd of the kernel path, launches recorded, not run")
     args = p.parse_args(argv)
-    if args.cpu_step:
-        rows = cpu_training_step()
+    if args.cpu_step or args.host_cpu:
+        rows = cpu_training_step() if args.cpu_step else [host_path_cpu()]
         for r in rows:
             print(json.dumps(r))
         if args.out:

@@ -370,4 +370,4 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         *common, dmu_part, dlv_part, dlp_part, N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
         num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
-    return dx.to(x.dtype), dmu_part.sum(0).to(means.dtype), dlv_part.sum(0), dlp_part.sum(0)
+    return dx.to(x.dtype), sum_splits(dmu_part).to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)

@@ -40,9 +40,9 @@ def _gmvq_encode_kernel(
         # a stands in for v (σ²), which the argmax does not need: the pointer is only read
         _, _, _, _, _, _, logits, _ = row_tile(x, xx, means_ptr, a_ptr, b_ptr, a_ptr, k_start, K, D, offs_d,
                                                EVEN_K, BLOCK_K, DOT_PRECISION)
-        tile_max = tl.max(logits, axis=1)
+        tile_max, tile_arg = tl.max(logits, axis=1, return_indices=True)  # one reduction for both
         better = tile_max > best  # strict: the first maximum wins, as torch.argmax
-        best_k = tl.where(better, tl.argmax(logits, axis=1).to(tl.int64) + k_start, best_k)
+        best_k = tl.where(better, tile_arg.to(tl.int64) + k_start, best_k)
         best = tl.maximum(best, tile_max)
     bad = ~(xx < float("inf"))
     mask_n = offs_n < N

@@ -26,11 +26,12 @@ from .config import block_d, col_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
-                    even_k, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob,
+                    even_k, even_n, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob,
                     split_code_range, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
+EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
 PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat", "hard_lat", "hard_v")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
@@ -95,7 +96,7 @@ def _gmvq_fwd_kernel(
         da = d * a[None, :]
 
         # --- q statistics
-        tile_max = tl.max(logits, axis=1)
+        tile_max, tile_arg = tl.max(logits, axis=1, return_indices=True)  # one reduction for both
         m_new = tl.maximum(m_q, tile_max)
         alpha = tl.exp2((m_q - m_new) * LOG2E)
         rel = logits - m_new[:, None]  # −inf in padded columns
@@ -104,13 +105,16 @@ def _gmvq_fwd_kernel(
         u_q = alpha * (u_q + shift * s_q) + tl.sum(p * tl.where(valid, rel, 0.0), axis=1)
         s_q = alpha * s_q + tl.sum(p, axis=1)
         better = tile_max > m_q  # strict: the first maximum wins, as torch.argmax
-        best_k = tl.where(better, tl.argmax(logits, axis=1).to(tl.int64) + k_start, best_k)
+        best_k = tl.where(better, tile_arg.to(tl.int64) + k_start, best_k)
         m_q = m_new
 
         # --- y statistics
         g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
         noisy = tl.where(valid, logits + g, float("-inf"))
-        tile_ymax = tl.max(noisy, axis=1)
+        if HARD:
+            tile_ymax, tile_yarg = tl.max(noisy, axis=1, return_indices=True)
+        else:
+            tile_ymax = tl.max(noisy, axis=1)
         m_y_new = tl.maximum(m_y, tile_ymax)
         alpha_y = tl.exp2((m_y - m_y_new) * y_scale)
         p_y = tl.exp2((noisy - m_y_new[:, None]) * y_scale)
@@ -120,7 +124,6 @@ def _gmvq_fwd_kernel(
         acc_z = acc_z * alpha_y[:, None] + tl.dot(p_y.to(mu.dtype), mu, input_precision=DOT_PRECISION)
         if HARD:
             better_y = tile_ymax > m_y
-            tile_yarg = tl.argmax(noisy, axis=1)
             pick = tl.arange(0, BLOCK_K)[None, :] == tile_yarg[:, None]
             hard_k = tl.where(better_y, tile_yarg.to(tl.int64) + k_start, hard_k)
             hard_lat = tl.where(better_y, tl.sum(tl.where(pick, da, 0.0), axis=1), hard_lat)
@@ -172,12 +175,12 @@ def _gmvq_fwd_kernel(
             tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), acc_v / s_y), mask=mask_n)
 
 
-@EVEN_K
+@EVEN_KN
 @triton.jit
 def _gmvq_fwd_colsum_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, stats_ptr, part_ptr,
     N, K, D, rows_per_split,
-    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Column sums Σ_n q_nk of BLOCK_K codes over one split of rows (program_id(1)), from the forward's
@@ -200,7 +203,7 @@ def _gmvq_fwd_colsum_kernel(
         m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
         log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
         q = softmax_prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
-        colsum += tl.sum(tl.where(mask_n[None, :], q, 0.0), axis=1)
+        colsum += tl.sum(tl.where(code_mask(offs_n, row_hi, EVEN_N)[None, :], q, 0.0), axis=1)
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 

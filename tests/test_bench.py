@@ -62,6 +62,17 @@ def test_speed_cpu_step(tmp_path):
         assert rows["gmvq_kernels"]["ratio_to_vector_quantize_pytorch"] > 0
 
 
+def test_speed_host_cpu(tmp_path):
+    """speed.py --host-cpu: the kernel path's host work on CPU tensors, its 5 launches recorded (the
+    forward, q̄, Δ, dx, dμ kernels), none run."""
+    import json
+
+    run_script(["benchmarks/speed.py", "--host-cpu", "--out", str(tmp_path / "h.json")], interpret=False)
+    (row,) = json.load(open(tmp_path / "h.json"))["rows"]
+    assert row["launches_per_fwd_bwd"] == 5
+    assert 0 < row["us_min"] <= row["us_median"]
+
+
 def test_gpu_check_dry(tmp_path):
     """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
     short; a crash there wastes it)."""
