@@ -271,9 +271,8 @@ def _gmvq_bwd_dmu_kernel(
         if HAS_Y:
             noisy = tl.where(valid, logits + g, float("-inf"))
             y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-            # all terms, present or not: dropping the absent Ḡ_s term here shifts register allocation
-            # into a 12-byte spill at D = 64 (hard), which costs more than the FFMA it saves
-            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], True, True)
+            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], glat_ptr is not None,
+                                   gs_ptr is not None)
             if gz_ptr is not None:
                 gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
