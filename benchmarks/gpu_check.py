@@ -7,7 +7,8 @@
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
-   host time of one fwd+bwd at a tiny shape (speed.host_overhead).
+   host time of one fwd+bwd at a tiny shape (speed.host_overhead); split-K timed on, off and as the
+   launchers choose at N = 8192 (split_check).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
@@ -170,6 +171,27 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
              compilations=counter.frame_count))
 
 
+SPLIT_SHAPES = ((8192, 1024, 64), (8192, 16384, 64), (8192, 262144, 32))
+
+
+def split_check(device, log, shapes=SPLIT_SHAPES):
+    """Split-K A/B (the static model's untimed guess): bf16 fwd+bwd of speed.py's objective with the
+    codebook split as the launchers choose (config.SPLIT_MIN_PAIRS), never split, and always split,
+    side by side per shape."""
+    default = config.SPLIT_MIN_PAIRS
+    for N, K, D in shapes:
+        row = dict(check="split_k", N=N, K=K, D=D, split_min_pairs=default)
+        cfg = config.row_config(D, torch.bfloat16, device)
+        row["splits"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device, min_pairs=0)[0]
+        try:
+            for name, pairs in (("ms_default", default), ("ms_never", 2**62), ("ms_always", 0)):
+                config.SPLIT_MIN_PAIRS = pairs
+                row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
+        finally:
+            config.SPLIT_MIN_PAIRS = default
+        log(row)
+
+
 TUNE_SHAPES = ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256))
 
 
@@ -272,6 +294,7 @@ def main():
         lambda: determinism_check(device, log),
         lambda: compile_check(device, log),
         lambda: log(speed.host_overhead(device)),
+        lambda: split_check(device, log),
     ]
     if args.dry:
         checks = [
@@ -281,6 +304,7 @@ def main():
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
+            lambda: split_check(device, log, ((20, 40, 8),)),
         ]
         args.skip_bench = True
     for c in checks:

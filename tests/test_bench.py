@@ -84,7 +84,9 @@ def test_gpu_check_dry(tmp_path):
     # --tune's path: winners of every kind timed and written into (a copy of) config.py
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "encode"}
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
-    assert {"full", "window", "deterministic", "torch_compile", "done"} <= {r["check"] for r in rows}
+    assert {"full", "window", "deterministic", "torch_compile", "split_k", "done"} <= {r["check"] for r in rows}
+    split = next(r for r in rows if r["check"] == "split_k")
+    assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
     comp = next(r for r in rows if r["check"] == "torch_compile")
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
 
