@@ -9,7 +9,8 @@ for sm_90 (and sm_80 with ``--arch 80 90``) with the ptxas bundled in triton's w
 with the bundled nvdisasm. Per kernel it reports registers, spill bytes, shared memory, resident
 warps/SM, grid, and the thread-instructions per (n, k) element of one pass by class, read from the main
 loop (the outermost backward branch). A FlashAttention-2-style kernel pair (forward + backward with
-queries = x, keys = values = the codebook) is compiled in the same run as the yardstick.
+queries = x, keys = values = the codebook) is compiled in the same run as the yardstick, and so is the
+standalone kernel of ``gumbel_noise`` (the cost of the noise alone, per element drawn).
 
 Throughput model (H200 SXM, stated, not measured): 132 SMs at 1.98 GHz; per SM and clock 4 warp-
 instructions issued (128 thread-instructions), FP32 128, integer ALU 64, IMAD 64, MUFU 16, conversions 16,
@@ -231,6 +232,21 @@ def yardstick(shape, dtype_name, cc, cache):
                 model_ms=sum(r["model_ms"] for r in rows))
 
 
+def noise_cost(cc, cache, BLOCK_N=32, BLOCK_K=128, num_warps=4):
+    """The Gumbel noise alone: the standalone kernel of ``gumbel_noise`` (one (BLOCK_N, BLOCK_K) tile
+    per program, no loop) compiled like the others; instructions per element = the whole kernel's per
+    thread over the elements each thread draws. The fused kernels pay about this per noise pass, plus
+    the layout change that puts the tile where their dot results are."""
+    out = torch.empty(BLOCK_N, BLOCK_K)
+    launch = devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (out, BLOCK_N, BLOCK_K, 0, 0, 0),
+                             dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps))
+    info = analyse(launch, cc, cache)
+    per_thread = BLOCK_N * BLOCK_K / (32 * num_warps)
+    classes = {k: v / per_thread for k, v in info["sass"].classes.items()}
+    return dict(arch=f"sm_{cc}", regs=info["regs"], spill_bytes=info["spill_bytes"],
+                instr_per_elem=info["sass"].loop_len / per_thread, classes=classes)
+
+
 # ---------------------------------------------------------------------------------------------------
 
 def markdown(result):
@@ -251,6 +267,10 @@ def markdown(result):
         lines.append(f"| {', '.join(map(str, t['shape']))} | {t['mode']} | {t['dtype']} | {t['arch']} | "
                      f"{t['passes']} | {t['instr_per_elem']:.1f} | {t['mufu_per_elem']:.2f} | {t['model_ms']:.2f} | "
                      + (f"{y['instr_per_elem']:.1f} | {y['model_ms']:.2f} |" if y else "— | — |"))
+    for n in result.get("noise", []):
+        lines += ["", f"Gumbel noise alone ({n['arch']}, standalone kernel): {n['instr_per_elem']:.2f} instr/elem, "
+                  f"{n['regs']} regs, {n['spill_bytes']} B spill; by class: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(n["classes"].items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines)
 
 
@@ -269,6 +289,7 @@ def main(argv=None):
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
     t0 = time.time()
     cache, rows, totals, yard = {}, [], [], []
+    noise_rows = [noise_cost(cc, cache) for cc in args.arch]
     for cc in args.arch:
         for shape in shapes:
             for dtype_name in args.dtypes.split(","):
@@ -285,7 +306,7 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  rows=rows, totals=totals, yardstick=yard)
+                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:

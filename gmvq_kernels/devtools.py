@@ -213,7 +213,8 @@ def read_sass(kernel) -> Sass:
     for addr, op, operands in instrs:
         if op.startswith("BRA"):
             t = re.search(r"\((\.L_x_\d+)\)", operands)
-            if t and labels.get(t.group(1), addr + 1) <= addr:
+            # strictly backward: the branch-to-itself after EXIT is padding, not a loop
+            if t and labels.get(t.group(1), addr) < addr:
                 loops.append((labels[t.group(1)], addr))
     if loops:  # the longest backward jump: the main loop over tiles
         lo, hi = max(loops, key=lambda r: r[1] - r[0])
