@@ -44,7 +44,7 @@ from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
                     even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_log2prob,
-                    softmax_prob, split_code_range, y_scale)
+                    softmax_prob, split_code_range, tile_code, y_scale)
 
 HEURISTICS = triton.heuristics({
     "EVEN_K": even_k,
@@ -203,7 +203,7 @@ def _gmvq_bwd_dx_kernel(
                                   v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
                                   gs_ptr is not None, BLOCK_K, DOT_PRECISION)
         if hard_idx_ptr is not None:
-            y_val = (offs_k[None, :] == hard_idx[:, None]).to(tl.float32)
+            y_val = (tl.arange(0, BLOCK_K)[None, :] == tile_code(hard_idx, k_start, BLOCK_K)[:, None]).to(tl.float32)
         else:
             y_val = y
         g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
@@ -278,7 +278,7 @@ def _gmvq_bwd_dmu_kernel(
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
         if hard_idx_ptr is not None:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
-            y_val = (offs_k[:, None] == hard_idx[None, :]).to(tl.float32)
+            y_val = (tl.arange(0, BLOCK_K)[:, None] == tile_code(hard_idx, k_start, BLOCK_K)[None, :]).to(tl.float32)
         else:
             y_val = y
         dl, w = grad_logits(q, log2_q, y, big_y, y_val,

@@ -128,6 +128,15 @@ def split_code_range(codes_per_split, K):
 
 
 @triton.jit
+def tile_code(idx, k_start, BLOCK_K: tl.constexpr):
+    """Per-row codes ``idx`` (int64) as int32 positions in the code tile that starts at k_start, −1
+    outside it: one-hot compares against tl.arange(0, BLOCK_K) then run in 32 bits for any K (an
+    int64 compare per element cost the hard-mode dμ kernel ~10 instructions per element)."""
+    rel = idx - k_start
+    return tl.where((rel >= 0) & (rel < BLOCK_K), rel, -1).to(tl.int32)
+
+
+@triton.jit
 def load_stats(stats_ptr, offs_n, N):
     """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
     mask_n = offs_n < N
