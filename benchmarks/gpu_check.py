@@ -182,7 +182,7 @@ def split_check(device, log, shapes=SPLIT_SHAPES):
     for N, K, D in shapes:
         row = dict(check="split_k", N=N, K=K, D=D, split_min_pairs=default)
         cfg = config.row_config(D, torch.bfloat16, device)
-        row["splits"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device, min_pairs=0)[0]
+        row["splits_when_split"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device, min_pairs=0)[0]
         try:
             for name, pairs in (("ms_default", default), ("ms_never", 2**62), ("ms_always", 0)):
                 config.SPLIT_MIN_PAIRS = pairs
