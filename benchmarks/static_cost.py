@@ -232,11 +232,12 @@ def yardstick(shape, dtype_name, cc, cache):
                 model_ms=sum(r["model_ms"] for r in rows))
 
 
-def noise_cost(cc, cache, BLOCK_N=32, BLOCK_K=128, num_warps=4):
-    """The Gumbel noise alone: the standalone kernel of ``gumbel_noise`` (one (BLOCK_N, BLOCK_K) tile
-    per program, no loop) compiled like the others; instructions per element = the whole kernel's per
-    thread over the elements each thread draws. The fused kernels pay about this per noise pass, plus
-    the layout change that puts the tile where their dot results are."""
+def noise_cost(cc, cache, num_warps=4):
+    """The Gumbel noise alone: the standalone kernel of ``gumbel_noise`` at its GPU tile
+    (noise.NOISE_BLOCKS, one tile per program, no loop) compiled like the others; instructions per
+    element = the whole kernel's per thread over the elements each thread draws. The fused kernels pay
+    about this per noise pass, plus the layout change that puts the tile where their dot results are."""
+    BLOCK_N, BLOCK_K = noise.NOISE_BLOCKS
     out = torch.empty(BLOCK_N, BLOCK_K)
     launch = devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (out, BLOCK_N, BLOCK_K, 0, 0, 0),
                              dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps))

@@ -168,10 +168,9 @@ def _gmvq_bwd_dx_kernel(
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
     launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
     bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
-    (4, N) from the forward; hard_idx (N,)
-    int64 in hard mode, else None; delta_y / delta_q (N,) from the delta kernel; upstream gradients gz
-    (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ,
-    y_scale = log2(e)/τ."""
+    (4, N) from the forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q (N,) from
+    the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32,
+    each or None. inv_tau = 1/τ, y_scale = log2(e)/τ."""
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N

@@ -34,6 +34,7 @@ _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 SERIES_W = 0.0625  # below this w = 1 − u, E = −log(1 − w) by its series
 FAST_LOG = tl.constexpr(not INTERPRET)  # the interpreter has no PTX: it takes the accurate log
+NOISE_BLOCKS = (32, 128)  # (BLOCK_N, BLOCK_K) of gumbel_noise's own kernel on a GPU (4 warps)
 
 
 @triton.jit
@@ -191,7 +192,7 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
     lo, hi = split_seed(seed)
     if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
         out = torch.empty((N, K), dtype=torch.float32, device=device)
-        BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else (32, 128)
+        BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
