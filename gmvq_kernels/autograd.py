@@ -17,7 +17,7 @@ from .backward import gmvq_bwd
 from .checks import check_tau
 from .config import launch_guard
 from .encode import gmvq_encode_fwd
-from .forward import gmvq_fwd
+from .forward import delta_from_forward, gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
 
 FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in this order
@@ -25,10 +25,13 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 
 @torch.library.custom_op("gmvq_kernels::fused_fwd", mutates_args=())
 def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
-              tau: Tensor, hard: bool, seed: Tensor, dot_precision: str) -> tuple[(Tensor,) * len(FWD_RETURNS)]:
+              tau: Tensor, hard: bool, seed: Tensor, dot_precision: str,
+              for_backward: bool) -> tuple[(Tensor,) * len(FWD_RETURNS)]:
     """x (N, D), means (K, D) contiguous, same dtype; log_var, log_pi = log π (K,) fp32; noise None or
     (N, K) fp32 contiguous. Returns ``FWD_RETURNS``: the ``GMVQOutput`` fields, then what the backward
-    needs: stats (4, N) fp32 and hard_idx (N,) int64 (empty unless ``hard``)."""
+    needs: stats (4, N) fp32, hard_idx (N,) int64 (empty unless ``hard``) and y_sums (N, D + 2) fp32
+    (empty unless ``for_backward`` and ``forward.delta_from_forward``). for_backward: whether a backward
+    can follow (an input needs a gradient)."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
@@ -36,24 +39,25 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
         x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
-                               dot_precision=dot_precision)
-    if saved["hard_idx"] is None:
-        saved["hard_idx"] = torch.empty(0, dtype=torch.int64, device=x.device)
-    return (*outs, *(saved[name] for name in SAVED_FIELDS))
+                               dot_precision=dot_precision, for_backward=for_backward)
+    empty = dict(hard_idx=x.new_empty(0, dtype=torch.int64), y_sums=x.new_empty(0, dtype=torch.float32))
+    return (*outs, *(empty[name] if saved[name] is None else saved[name] for name in SAVED_FIELDS))
 
 
 @fused_fwd.register_fake
-def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision):
-    N, K = x.shape[0], means.shape[0]
+def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward):
+    (N, D), K = x.shape, means.shape[0]
     vec = lambda n: x.new_empty(n, dtype=torch.float32)  # noqa: E731
     fake = dict(quantized=torch.empty_like(x), codes=x.new_empty(N, dtype=torch.int64), agg_posterior=vec(K),
                 stats=x.new_empty((4, N), dtype=torch.float32),
-                hard_idx=x.new_empty(N if hard else 0, dtype=torch.int64))
+                hard_idx=x.new_empty(N if hard else 0, dtype=torch.int64),
+                y_sums=x.new_empty((N, D + 2) if for_backward and delta_from_forward(x.dtype, hard, D) else (0,),
+                                   dtype=torch.float32))
     return tuple(fake[name] if name in fake else vec(N) for name in FWD_RETURNS)
 
 
 def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
-              entropy: Tensor, stats: Tensor, hard_idx: Tensor,
+              entropy: Tensor, stats: Tensor, hard_idx: Tensor, y_sums: Tensor,
               g_quantized: Optional[Tensor], g_log_likelihood: Optional[Tensor], g_agg_posterior: Optional[Tensor],
               g_latent_nll: Optional[Tensor], g_mixture_var: Optional[Tensor], g_entropy: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -62,7 +66,8 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     (not a list: inductor's call of a custom op flattens a list of optional tensors); the check below
     keeps them in step with ``DIFF_OUTPUTS``."""
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx if hard else None)
+    saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx if hard else None,
+                 y_sums=y_sums if y_sums.numel() else None)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
@@ -94,7 +99,7 @@ def _(x, means, a, b, dot_precision):
     return x.new_empty(x.shape[0], dtype=torch.int64)
 
 
-FWD_INPUTS = ("x", "means", "log_var", "log_pi", "noise", "tau", "hard", "seed", "dot_precision")
+FWD_INPUTS = ("x", "means", "log_var", "log_pi", "noise", "tau", "hard", "seed", "dot_precision", "for_backward")
 DIFF_INPUTS = ("x", "means", "log_var", "log_pi")  # what fused_bwd returns gradients for
 
 
@@ -103,7 +108,7 @@ def _setup_context(ctx, inputs, output):
     out = dict(zip(FWD_RETURNS, output))
     ctx.set_materialize_grads(False)  # in eager, an unused output sends None: its work is skipped
     ctx.save_for_backward(*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
-                          out["entropy"], out["stats"], out["hard_idx"], inp["tau"], inp["seed"])
+                          *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], inp["seed"])
     ctx.opts = (inp["hard"], inp["dot_precision"])
 
 

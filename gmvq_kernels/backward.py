@@ -10,8 +10,10 @@ the forward formed them), with the Gumbel noise g regenerated from its counters,
 
 with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums Δy = Σ_k y Y and
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
-Δy could come from the forward's soft sums, but then Y − Δy would mix two roundings and 1/τ amplifies
-the mismatch (seen: 1e-5 relative error in dx at K = 1, τ = 0.1); recomputed, it cancels exactly.
+For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
+Ḡ_s·Σ y σ², ``delta_y_from_forward``; see forward.delta_from_forward for when and why), and that pass
+computes Δq alone: no noise. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
+the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
@@ -317,11 +319,19 @@ def sum_splits(t):
     return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
+def delta_y_from_forward(y_sums, g_z, g_lat, g_s):
+    """Δy = Σ_k y Y = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² (N,) fp32 from the forward's y_sums
+    (N, D + 2) fp32 (forward.delta_from_forward); g_z rounded to x's dtype, as the kernels take it."""
+    D = y_sums.shape[1] - 2
+    terms = [(g_lat, y_sums[:, D]), (g_s, y_sums[:, D + 1])]
+    delta = sum(g * t for g, t in terms if g is not None)
+    return delta + (g_z.float() * y_sums[:, :D]).sum(1) if g_z is not None else delta
+
+
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision):
-    """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` = {"entropy", "stats",
-    "hard_idx"} from the forward; ``grads`` = {output name: upstream gradient} with names from
-    ``spec.DIFF_OUTPUTS`` (quantized (N, D); agg_posterior (K,); the others (N,)). A missing or None
-    entry removes its work from the kernels.
+    """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` as ``gmvq_fwd`` returns it;
+    ``grads`` = {output name: upstream gradient} with names from ``spec.DIFF_OUTPUTS`` (quantized (N, D);
+    agg_posterior (K,); the others (N,)). A missing or None entry removes its work from the kernels.
 
     Returns (dx (N, D) x.dtype, dmeans (K, D) means.dtype, d log_var (K,), d log π (K,) fp32)."""
     unknown = set(grads) - set(DIFF_OUTPUTS)
@@ -340,18 +350,24 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     lo, hi = split_seed(seed)
+    from_fwd = has_y and saved.get("y_sums") is not None
+    delta_y = delta_y_from_forward(saved["y_sums"], g_z, g_lat, g_s) if from_fwd else None
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape: torch.empty((splits, *shape), dtype=torch.float32, device=dev)  # noqa: E731
-    delta_y = parts(N) if has_y else None
-    delta_q = parts(N) if g_c is not None else None
-    if has_y or g_c is not None:
+    recompute_y = has_y and not from_fwd
+    dy_part = parts(N) if recompute_y else None
+    dq_part = parts(N) if g_c is not None else None
+    if recompute_y or g_c is not None:
+        # with Δy from the forward, the pass is Δq alone: no noise, no Ḡ_z dot (HAS_Y false)
+        y_grads = (g_z, g_lat, g_s) if recompute_y else (None, None, None)
         _gmvq_bwd_delta_kernel[row_grid](
-            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, delta_y, delta_q,
+            xk, mk, a, b, v, noise, saved["stats"], *y_grads, g_c, dy_part, dq_part,
             N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
-        delta_y, delta_q = (None if t is None else sum_splits(t) for t in (delta_y, delta_q))
+    delta_y = sum_splits(dy_part) if recompute_y else delta_y
+    delta_q = None if dq_part is None else sum_splits(dq_part)
 
     common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
               delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)

@@ -30,6 +30,7 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances
                     split_code_range, y_scale)
 
 
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
 EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
@@ -43,10 +44,11 @@ P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT, P_HARD_LAT, P_HARD_V = (
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
-    z_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
+    z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
-    HARD: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, P_DTYPE: tl.constexpr, SPLIT_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
@@ -56,6 +58,13 @@ def _gmvq_fwd_kernel(
     noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's
     dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (4, N) fp32 (tiles.M_Q .. LOG2S_Y) and,
     when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
+
+    P_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
+    it here keeps p_y's rounding to it visible to the CPU tests). SPLIT_P (half inputs): p_y enters
+    the z dot as two half operands, p_hi = half(p_y) and p_lo = half(p_y − p_hi), so acc_z is
+    fp32-accurate (p_hi alone errs by 2⁻⁹ of |μ|; z is the same whether or not Y_SUMS). Y_SUMS (see
+    ``delta_from_forward``): the soft sample's sums [Σ y μ, Σ y d a, Σ y σ²] are written in fp32 to
+    ysum (N, D + 2) for the backward, in hard mode too.
 
     SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
@@ -121,7 +130,11 @@ def _gmvq_fwd_kernel(
         s_y = alpha_y * s_y + tl.sum(p_y, axis=1)
         acc_v = alpha_y * acc_v + tl.sum(p_y * v[None, :], axis=1)
         acc_lat = alpha_y * acc_lat + tl.sum(p_y * da, axis=1)
-        acc_z = acc_z * alpha_y[:, None] + tl.dot(p_y.to(mu.dtype), mu, input_precision=DOT_PRECISION)
+        p_hi = p_y.to(P_DTYPE)
+        acc_z = acc_z * alpha_y[:, None] + tl.dot(p_hi.to(mu.dtype), mu, input_precision=DOT_PRECISION)
+        if SPLIT_P:
+            p_lo = (p_y - p_hi.to(tl.float32)).to(P_DTYPE)
+            acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
         if HARD:
             better_y = tile_ymax > m_y
             pick = tl.arange(0, BLOCK_K)[None, :] == tile_yarg[:, None]
@@ -144,7 +157,7 @@ def _gmvq_fwd_kernel(
             tl.store(part + P_HARD_LAT * N, hard_lat, mask=mask_n)
             tl.store(part + P_HARD_V * N, hard_v, mask=mask_n)
             tl.store(part_k_ptr + (split * 2 + 1) * N + offs_n, hard_k, mask=mask_n)
-        else:
+        if Y_SUMS or not HARD:
             tl.store(part + P_ACC_V * N, acc_v, mask=mask_n)
             tl.store(part + P_ACC_LAT * N, acc_lat, mask=mask_n)
             tl.store(part_z_ptr + split * N * D + nd, acc_z, mask=mask_nd)
@@ -162,6 +175,14 @@ def _gmvq_fwd_kernel(
         tl.store(stats_ptr + LOG2S_Q * N + offs_n, tl.log2(s_q), mask=mask_n)
         tl.store(stats_ptr + M_Y * N + offs_n, tl.where(bad, float("nan"), m_y), mask=mask_n)
         tl.store(stats_ptr + LOG2S_Y * N + offs_n, tl.log2(s_y), mask=mask_n)
+        soft_z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
+        soft_lat = tl.where(bad, float("nan"), acc_lat / s_y)
+        soft_v = tl.where(bad, float("nan"), acc_v / s_y)
+        if Y_SUMS:
+            row = ysum_ptr + offs_n * (D + 2)
+            tl.store(row[:, None] + offs_d[None, :], soft_z, mask=mask_nd)
+            tl.store(row + D, soft_lat, mask=mask_n)
+            tl.store(row + D + 1, soft_v, mask=mask_n)
         if HARD:
             z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
             tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
@@ -169,10 +190,9 @@ def _gmvq_fwd_kernel(
             tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), hard_v), mask=mask_n)
             tl.store(hard_idx_ptr + offs_n, hard_k, mask=mask_n)
         else:
-            z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
-            tl.store(z_ptr + nd, z.to(z_ptr.dtype.element_ty), mask=mask_nd)
-            tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), acc_lat / s_y), mask=mask_n)
-            tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), acc_v / s_y), mask=mask_n)
+            tl.store(z_ptr + nd, soft_z.to(z_ptr.dtype.element_ty), mask=mask_nd)
+            tl.store(lat_ptr + offs_n, soft_lat, mask=mask_n)
+            tl.store(s2_ptr + offs_n, soft_v, mask=mask_n)
 
 
 @EVEN_KN
@@ -207,15 +227,17 @@ def _gmvq_fwd_colsum_kernel(
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
-def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
+def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
     a, b, v (K,) fp32 contiguous (see spec.component_terms); noise None or (N, K) contiguous.
+    for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
-    statistics fp32); saved = {"entropy", "stats", "hard_idx"} for the backward: stats (4, N) fp32 with
-    rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``). With few row
-    blocks the codebook is split across programs (config.split_codes) and ``combine_splits`` forms
-    these from the splits' states."""
+    statistics fp32); saved = {"entropy"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (4, N) fp32
+    with rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
+    (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
+    ``for_backward`` and ``delta_from_forward``). With few row blocks the codebook is split across programs
+    (config.split_codes) and ``combine_splits`` forms these from the splits' states."""
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
@@ -225,30 +247,51 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision):
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     cfg = row_config(D, x.dtype, dev)
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
+    with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
     if splits == 1:
         z = torch.empty_like(x)
+        y_sums = torch.empty((N, D + 2), **f32) if with_sums else None
         codes = torch.empty(N, dtype=torch.int64, device=dev)
         lse, lat, s2, ent = (torch.empty(N, **f32) for _ in range(4))
         stats = torch.empty((4, N), **f32)
         hard_idx = torch.empty(N, dtype=torch.int64, device=dev) if hard else None
         part = part_k = part_z = None
     else:
-        z = codes = lse = lat = s2 = ent = stats = hard_idx = None
+        z = y_sums = codes = lse = lat = s2 = ent = stats = hard_idx = None
         part = torch.empty((splits, len(PART_FIELDS), N), **f32)
         part_k = torch.empty((splits, 2, N), dtype=torch.int64, device=dev)
-        part_z = None if hard else torch.empty((splits, N, D), **f32)
+        part_z = torch.empty((splits, N, D), **f32) if with_sums or not hard else None
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
-        xk, mk, a, b, v, noise, z, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
+        xk, mk, a, b, v, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
         N, K, D, lo, hi, y_scale(tau), codes_per_split,
-        HARD=hard, SPLIT=splits > 1, DOT_PRECISION=prec, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
-        BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, P_DTYPE=TL_DTYPES[x.dtype],
+        SPLIT_P=x.dtype != torch.float32, DOT_PRECISION=prec,
+        BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     if splits > 1:
-        z, codes, lse, lat, s2, ent, stats, hard_idx = combine_splits(part, part_k, part_z, x, means, tau, hard)
+        z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, means, tau,
+                                                                              hard)
+        y_sums = y_sums if with_sums else None
     agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
-    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, y_sums=y_sums)
+
+
+def delta_from_forward(dtype, hard, D):
+    """Whether the forward keeps the soft sample's sums (y_sums) so that the backward takes
+    Δy = Σ_k y Y = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² from them (O(N·D) in torch) instead of
+    recomputing it in the Δ pass (a pass over N×K that draws the noise again; static report at
+    (8192, 1024, 64) bf16: Δ pass 49 → 17 instructions per element, forward +4 soft, +9 hard).
+
+    For half inputs: their gradients are stored in half (2⁻⁹), and with Σ y μ kept fp32-accurate (the
+    kernel's SPLIT_P split of p_y: 2⁻¹⁸ in bf16) the two ways differ by ~2⁻¹⁸·|μ|/spread relative in
+    Y − Δy. fp32 inputs keep the recompute, whose Y − Δy cancels exactly per element: from the forward,
+    the CPU tests saw 5e-6 error in dx against a bound of 5e-7 (1e-5 of max|dx|) at K = 1. Hard mode at
+    D > 128 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers
+    for a (128, 256) fp32 accumulator (static report: 0 → 884 B of spills)."""
+    return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 128)
 
 
 def combine_splits(part, part_k, part_z, x, means, tau, hard):
@@ -256,7 +299,7 @@ def combine_splits(part, part_k, part_z, x, means, tau, hard):
     torch): each softmax's state is rescaled to the largest split maximum and summed, as the kernel
     does across tiles; codes and hard samples come from the first split holding the maximum (the
     lowest code on ties, as unsplit). The kernel's NaN policy is applied last. Returns (z, codes, lse,
-    latent_nll, mixture_var, entropy, stats, hard_idx)."""
+    latent_nll, mixture_var, entropy, stats, hard_idx, y_sums), y_sums None unless part_z is given."""
     p = dict(zip(PART_FIELDS, part.unbind(1)))  # each (splits, N)
     m_q, m_y = p["m_q"].amax(0), p["m_y"].amax(0)
     shift_q = p["m_q"] - m_q  # ≤ 0: each split's max against the row's
@@ -268,17 +311,21 @@ def combine_splits(part, part_k, part_z, x, means, tau, hard):
     first = lambda m, rows: rows.gather(0, m.argmax(0, keepdim=True))[0]  # noqa: E731
     codes = first(p["m_q"], part_k[:, 0])
     hard_idx = first(p["m_y"], part_k[:, 1]) if hard else None
-    if hard:
-        z, lat, s2 = means[hard_idx], first(p["m_y"], p["hard_lat"]), first(p["m_y"], p["hard_v"])
-    else:
-        z = (w_y[:, :, None] * part_z).sum(0) / s_y[:, None]
-        lat, s2 = (w_y * p["acc_lat"]).sum(0) / s_y, (w_y * p["acc_v"]).sum(0) / s_y
     log_s_q = torch.log(s_q)
     bad = ~((x.float() ** 2).sum(1) < math.inf)
     nan = lambda t: t.masked_fill(bad if t.dim() == 1 else bad[:, None], math.nan)  # noqa: E731
+    y_sums = None
+    if part_z is not None:  # the soft sample's sums
+        soft = [(w_y[:, :, None] * part_z).sum(0)] + [(w_y * p[f]).sum(0)[:, None] for f in ("acc_lat", "acc_v")]
+        y_sums = nan(torch.cat(soft, 1) / s_y[:, None])
+    if hard:
+        z, lat, s2 = means[hard_idx], first(p["m_y"], p["hard_lat"]), first(p["m_y"], p["hard_v"])
+    else:
+        D = x.shape[1]
+        z, lat, s2 = y_sums[:, :D], y_sums[:, D], y_sums[:, D + 1]
     stats = torch.stack([nan(m_q), torch.log2(s_q), nan(m_y), torch.log2(s_y)])
     return (nan(z.float()).to(x.dtype), codes.masked_fill(bad, -1), nan(m_q + log_s_q), nan(lat), nan(s2),
-            nan(log_s_q - u_q / s_q), stats, hard_idx)
+            nan(log_s_q - u_q / s_q), stats, hard_idx, y_sums)
 
 
 def colsum_q(x, means, a, b, v, stats, prec):

@@ -70,7 +70,9 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
                          log_prior_probs(log_prior, means.shape[0], log_var32),
                          None if noise is None else noise.float().contiguous(),
                          torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
-                         bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION)
+                         bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION,
+                         torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                         for t in (x, means, log_var, log_prior)))
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
         hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
         sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None

@@ -27,8 +27,9 @@ class GMVQOutput(NamedTuple):
 OUTPUT_FIELDS = GMVQOutput._fields
 # outputs that carry a gradient (codes is an integer output), in the order the backward op takes them
 DIFF_OUTPUTS = tuple(f for f in OUTPUT_FIELDS if f != "codes")
-# what the forward saves for the backward, after the outputs
-SAVED_FIELDS = ("stats", "hard_idx")
+# what the forward returns for the backward, after the outputs: stats, hard_idx (empty unless hard) and
+# y_sums (empty unless forward.delta_from_forward)
+SAVED_FIELDS = ("stats", "hard_idx", "y_sums")
 # rows of the (4, N) fp32 softmax statistics: the row maxima (natural units) and log2 of the sums of
 # q = softmax(ℓ) and y = softmax((ℓ + g)/τ)
 STATS_ROWS = ("m_q", "log2_s_q", "m_y", "log2_s_y")

@@ -22,12 +22,13 @@ HALF_ABS_REL = 2**-7
 
 
 def make_inputs(N, K, D, *, dtype=torch.float32, prior=False, device="cpu", seed=0, scale=1.0,
-                log_var_scale=0.3, requires_grad=False):
+                log_var_scale=0.3, offset=0.0, requires_grad=False):
     """[x (N, D), means (K, D), log_var (K,), log_prior (K,) or None], reproducible from ``seed``:
-    x, means ~ scale·N(0, 1) in ``dtype``; log_var ~ log_var_scale·N(0, 1) + log scale² (fp32)."""
+    x, means ~ offset + scale·N(0, 1) in ``dtype`` (a large offset: data clustered far from the origin,
+    |μ| ≫ the spread); log_var ~ log_var_scale·N(0, 1) + log scale² (fp32)."""
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(N, D, generator=g) * scale).to(dtype)
-    means = (torch.randn(K, D, generator=g) * scale).to(dtype)
+    x = (offset + torch.randn(N, D, generator=g) * scale).to(dtype)
+    means = (offset + torch.randn(K, D, generator=g) * scale).to(dtype)
     log_var = torch.randn(K, generator=g) * log_var_scale + 2 * torch.log(torch.tensor(scale))
     log_prior = torch.randn(K, generator=g) if prior else None
     out = [t.to(device) if t is not None else None for t in (x, means, log_var, log_prior)]
@@ -55,7 +56,7 @@ def assert_three_way(name, out, refs, gt, rel_tol):
     ok, err, bound, worst = three_way(out, refs, gt, rel_tol)
     if not ok:
         gt64, out64 = gt.detach().double().cpu(), out.detach().double().cpu()
-        idx = tuple(int(i) for i in torch.unravel_index(worst, gt.shape)) if gt.dim() else ()
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), gt.shape)) if gt.dim() else ()
         raise AssertionError(f"{name}: kernel error {err:.3e} > bound {bound:.3e} (= {ROUNDING_FACTOR}·reference "
                              f"error + {rel_tol:.1e}·max|gt|); worst at {idx}: out={out64.flatten()[worst].item():.8g} "
                              f"gt={gt64.flatten()[worst].item():.8g}")

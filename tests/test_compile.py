@@ -32,6 +32,10 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
+        if r["kernel"] == "_gmvq_bwd_delta_kernel":
+            # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
+            # exp2 per element and no noise (with the noise: 4 MUFU per element)
+            assert r["classes"]["MUFU"] == 1.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
     # the noise alone (29.25 per element with triton 3.7.1): the accurate libm-style logs it replaced

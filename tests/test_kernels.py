@@ -27,9 +27,9 @@ def shape_id(s):
 
 def check_case(N, K, D, device, *, dtype=torch.float32, hard=False, prior=False, tau=1.0,
                explicit_noise=False, seed=7, upstream_only=None, dot_precision="ieee", scale=1.0,
-               log_var_scale=0.3):
+               log_var_scale=0.3, offset=0.0):
     inputs = make_inputs(N, K, D, dtype=dtype, prior=prior, device=device, seed=N * 1000 + K + D,
-                         scale=scale, log_var_scale=log_var_scale)
+                         scale=scale, log_var_scale=log_var_scale, offset=offset)
     noise = gk.gumbel_noise(N, K, seed=seed, device=device) if explicit_noise else None
     kw = dict(tau=tau, hard=hard, seed=seed, noise=noise)
     # the reference sees exactly the in-kernel noise through gumbel_noise
@@ -99,6 +99,39 @@ def test_fp32_matches_reference(shape, opts, device):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_matches_reference(shape, opts, dtype, device):
     check_case(*shape, device, dtype=dtype, **opts)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("upstream_only", [{"quantized"}, None], ids=["only-quantized", "all"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_delta_from_forward_clustered(dtype, upstream_only, hard, device):
+    """Half inputs take Δy = Ḡ_z·Σ y μ + … from the forward (forward.delta_from_forward). With the data
+    clustered far from the origin (|μ| / spread = 30) an error ε·|μ| in Σ y μ is 30·ε of Y − Δy, so the
+    sum must be fp32-accurate: p_y rounded to half alone (ε = 2⁻⁹) fails this case in dx, soft and
+    hard; the split p_hi + p_lo passes. The interpreter sees that rounding because the kernel rounds
+    to x's dtype by name (P_DTYPE), not to its fp32 interpreter operands."""
+    check_case(13, 37, 8, device, dtype=dtype, offset=30.0, upstream_only=upstream_only, hard=hard)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
+    """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
+    gradient): without, the forward writes none, and every output is bitwise the same either way."""
+    from gmvq_kernels import forward
+    from gmvq_kernels.spec import component_terms
+
+    x, m, lv, _ = make_inputs(13, 37, 8, dtype=torch.bfloat16, device=device, requires_grad=True)
+    kw = dict(tau=0.5, hard=hard, seed=3, impl="triton")
+    trained = gk.gmvq(x, m, lv, **kw)
+    with torch.no_grad():
+        evaluated = gk.gmvq(x, m, lv, **kw)
+    for name, a, b in zip(OUT_FIELDS, trained, evaluated):
+        assert torch.equal(a.detach(), b), name
+    a, b, v = (t.detach().contiguous() for t in component_terms(lv, torch.full((37,), -3.6109, device=device), 8))
+    for for_backward, shape in ((True, (13, 10)), (False, None)):
+        _, saved = forward.gmvq_fwd(x.detach(), m.detach(), a, b, v, tau=0.5, hard=hard, seed=3, noise=None,
+                                    dot_precision="ieee", for_backward=for_backward)
+        assert (None if saved["y_sums"] is None else tuple(saved["y_sums"].shape)) == shape
 
 
 @pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
