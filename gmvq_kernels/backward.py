@@ -70,9 +70,8 @@ def grad_logits(q, log2_q, y, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g
     if HAS_GH:
         # log q in the forward's own terms: exactly 0 where q = 1 (e.g. K = 1), unlike ℓ − lse
         dl -= q * g_h * tl.where(valid, log2_q * LN2 + ent, 0.0)
-    w = -dl
-    if HAS_GLAT:
-        w += g_lat * y_val
+    # one FFMA with Ḡ_lat: Triton negates a float as 0 − x, so w = −dℓ first would cost an FADD
+    w = g_lat * y_val - dl if HAS_GLAT else -dl
     return dl, w
 
 
