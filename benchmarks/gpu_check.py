@@ -8,7 +8,8 @@
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
    host time of one fwd+bwd at a tiny shape (speed.host_overhead); split-K timed on, off and as the
-   launchers choose at N = 8192 (split_check).
+   launchers choose at N = 8192 (split_check); the experimental fused backward (fused_check: float64
+   correctness, determinism and fused vs unfused timings, in a child process with a deadline).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
@@ -192,6 +193,42 @@ def split_check(device, log, shapes=SPLIT_SHAPES):
         log(row)
 
 
+def fused_checks(device, log, shapes=speed.ANCHOR_SHAPES, small=False):
+    """(In a child process, see fused_check.) The experimental fused backward (GMVQ_FUSED_BACKWARD=1:
+    the dμ kernel forms dx too, adding per row tile in a fixed order behind a lock): float64
+    correctness (bf16, soft and hard), bitwise determinism of repeated calls, and bf16 fwd+bwd timed
+    unfused and fused side by side per shape."""
+    os.environ["GMVQ_FUSED_BACKWARD"] = "1"
+    if small:
+        full_check(20, 40, 8, torch.bfloat16, None, True, device, log)
+        determinism_check(device, log, (20, 40, 8))
+    else:
+        full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log)
+        full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log)
+        determinism_check(device, log)
+    for N, K, D in shapes:
+        row = dict(check="fused_backward", N=N, K=K, D=D)
+        for name, flag in (("ms_unfused", "0"), ("ms_fused", "1"), ("ms_unfused_again", "0")):
+            os.environ["GMVQ_FUSED_BACKWARD"] = flag
+            row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
+        log(row)
+
+
+def fused_check(out_dir, dry, log, timeout_s=180):
+    """fused_checks in a child process with a deadline (its rows go to fused.jsonl): the fused
+    backward's code blocks wait on each other's locks, and a hang there must not cost the rest of the
+    run. Logs the child's exit status, or that it was stopped."""
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--out", out_dir, "--fused-child"] + (["--dry"] if dry else [])
+    try:
+        proc = subprocess.run(cmd, timeout=timeout_s, capture_output=True, text=True)
+        log(dict(check="fused_backward_run", returncode=proc.returncode, output_tail=proc.stdout[-1500:] +
+                 proc.stderr[-1500:]))
+    except subprocess.TimeoutExpired:
+        log(dict(check="fused_backward_run", stopped_after_s=timeout_s, hung=True))
+
+
 TUNE_SHAPES = ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256))
 
 
@@ -267,12 +304,13 @@ def main():
     p.add_argument("--tune", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
+    p.add_argument("--fused-child", action="store_true", help="(internal) only fused_checks, into fused.jsonl")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     device = torch.device("cpu" if args.dry else "cuda")
     info = speed.env_info(device)
-    logfile = open(os.path.join(args.out, "correctness.jsonl"), "w")
+    logfile = open(os.path.join(args.out, "fused.jsonl" if args.fused_child else "correctness.jsonl"), "w")
 
     def log(row):
         row = dict(row, elapsed_s=round(time.time() - t0, 1))
@@ -281,6 +319,9 @@ def main():
         logfile.flush()
 
     log(dict(check="env", **info))
+    if args.fused_child:
+        fused_checks(device, log, **(dict(shapes=((20, 40, 8),), small=True) if args.dry else {}))
+        return
     checks = [
         lambda: noise_check(device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log),
@@ -295,6 +336,7 @@ def main():
         lambda: compile_check(device, log),
         lambda: log(speed.host_overhead(device)),
         lambda: split_check(device, log),
+        lambda: fused_check(args.out, False, log),
     ]
     if args.dry:
         checks = [
@@ -305,6 +347,7 @@ def main():
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
             lambda: split_check(device, log, ((20, 40, 8),)),
+            lambda: fused_check(args.out, True, log),
         ]
         args.skip_bench = True
     for c in checks:

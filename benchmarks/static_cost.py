@@ -24,6 +24,7 @@ not an A100 estimate).
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # two small shapes; exit 1 on any spill (CI)
+    python benchmarks/static_cost.py --fused-backward     # the experimental fused backward (4 passes)
 """
 import argparse
 import json
@@ -251,7 +252,9 @@ def noise_cost(cc, cache, num_warps=4):
 # ---------------------------------------------------------------------------------------------------
 
 def markdown(result):
-    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
+    lines = (["Experimental fused backward (GMVQ_FUSED_BACKWARD=1): fp32 rows run the unfused kernels.", ""]
+             if result.get("fused_backward") else [])
+    lines += ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
              "instr/elem | MUFU/elem | MMA in loop | bound | model ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -283,11 +286,15 @@ def main(argv=None):
                    help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true", help=f"shapes {FAST_SHAPES} only; exit 1 on any spill")
+    p.add_argument("--fused-backward", action="store_true",
+                   help="the experimental fused backward (GMVQ_FUSED_BACKWARD=1; half inputs): dμ kernel forms dx")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     args = p.parse_args(argv)
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
+    if args.fused_backward:
+        os.environ["GMVQ_FUSED_BACKWARD"] = "1"  # the launchers read it at each call
     t0 = time.time()
     cache, rows, totals, yard = {}, [], [], []
     noise_rows = [noise_cost(cc, cache) for cc in args.arch]
@@ -307,7 +314,7 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
+                  fused_backward=config.fused_backward(), rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:

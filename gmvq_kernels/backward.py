@@ -24,6 +24,10 @@ y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.compo
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
+Experimental (config.fused_backward, ``GMVQ_FUSED_BACKWARD=1``, half inputs): the dμ kernel also forms
+dx's two sums from its tiles and adds them per row tile in the order of its code blocks
+(``add_dx_ordered``), and the dx kernel does not run.
+
 The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2's dK/dV kernel does:
 its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
 ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
@@ -41,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, row_config, split_codes, split_rows
+from .config import block_d, col_config, fused_backward, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
@@ -225,10 +229,10 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dmu_part_ptr, dlv_part_ptr, dlp_part_ptr,
+    dmu_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dd_acc_ptr, lock_ptr,
     N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    FUSE_DX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial dμ (splits, K, D), d log_var and d log π (splits, K) fp32 of BLOCK_K codes over one
     split of rows (program_id(1)); arguments as for the dx kernel, half_d = D/2. Tiles are transposed
@@ -302,6 +306,9 @@ def _gmvq_bwd_dmu_kernel(
         d_log_pi += tl.sum(dl, axis=1)
         if gz_ptr is not None:
             acc = tl.dot(tl.where(rows, y_val, 0.0).to(gz.dtype), gz, acc, input_precision=DOT_PRECISION)
+        if FUSE_DX:
+            add_dx_ordered(e, mu, dx_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, D, offs_d,
+                           DOT_PRECISION)
 
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
@@ -311,6 +318,34 @@ def _gmvq_bwd_dmu_kernel(
     d_log_var = v * gs_y + 0.5 * e_d - half_d * d_log_pi
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
+
+
+@triton.jit
+def add_dx_ordered(e, mu, dx_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_hi, D, offs_d,
+                   DOT_PRECISION: tl.constexpr):
+    """The fused backward's share of dx from one (codes × rows) tile: e = −2·dd gives
+    Σ_k e μ_k (rows, D) and Σ_k e (rows,), added into dx_acc (N, D) and dd_acc (N,) fp32 in the order
+    of the code blocks (program_id(0)), so the sums are the same at every run: code block j waits
+    until the row tile's lock holds j, adds (block 0 stores), and hands the lock to j + 1.
+    (FlashAttention-3's deterministic backward orders its dQ additions the same way.) Deadlock-free
+    while code blocks start in the order of their program ids, which waits only on lower ones."""
+    j = tl.program_id(0)
+    ex = tl.dot(tl.trans(e).to(mu.dtype), mu, input_precision=DOT_PRECISION)
+    es = tl.sum(e, axis=0)
+    rows = offs_n < row_hi
+    ptrs = dx_acc_ptr + offs_n[:, None] * D + offs_d[None, :]
+    mask = rows[:, None] & (offs_d[None, :] < D)
+    lock = lock_ptr + tile
+    if j > 0:
+        while tl.atomic_cas(lock, j, j, sem="acquire") != j:
+            pass
+        tl.debug_barrier()
+        ex += tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        es += tl.load(dd_acc_ptr + offs_n, mask=rows, other=0.0, cache_modifier=".cg")
+    tl.store(ptrs, ex, mask=mask)
+    tl.store(dd_acc_ptr + offs_n, es, mask=rows)
+    tl.debug_barrier()
+    tl.atomic_xchg(lock, j + 1, sem="release")
 
 
 def sum_splits(t):
@@ -370,17 +405,28 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
 
     common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
               delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
-    dd_part, acc_part = parts(N), parts(N, D)
-    _gmvq_bwd_dx_kernel[row_grid](
-        *common, dd_part, acc_part, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, **row_launch)
-    dx = 2.0 * (x.float() * sum_splits(dd_part)[:, None] - sum_splits(acc_part))
+    # fused (experimental, half inputs): the dμ kernel's Y is not bitwise the Δ pass's, so fp32's exact
+    # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
+    fused = fused_backward() and x.dtype != torch.float32
+    if not fused:
+        dd_part, acc_part = parts(N), parts(N, D)
+        _gmvq_bwd_dx_kernel[row_grid](
+            *common, dd_part, acc_part, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, **row_launch)
+        dx = 2.0 * (x.float() * sum_splits(dd_part)[:, None] - sum_splits(acc_part))
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
     dmu_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
     dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(2))
+    # fused: the dμ kernel also adds dx's sums of e = −2·dd (dx = Σ_k e μ_k − x Σ_k e), see add_dx_ordered
+    dx_acc = torch.empty((N, D), dtype=torch.float32, device=dev) if fused else None
+    dd_acc = torch.empty(N, dtype=torch.float32, device=dev) if fused else None
+    locks = torch.zeros(triton.cdiv(N, ccfg.BLOCK_N), dtype=torch.int32, device=dev) if fused else None
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
-        *common, dmu_part, dlv_part, dlp_part, N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
-        DOT_PRECISION=prec, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
+        *common, dmu_part, dlv_part, dlp_part, dx_acc, dd_acc, locks,
+        N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
+        DOT_PRECISION=prec, FUSE_DX=fused, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
         num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
+    if fused:
+        dx = dx_acc - x.float() * dd_acc[:, None]
     return dx.to(x.dtype), sum_splits(dmu_part).to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)

@@ -89,6 +89,15 @@ def test_gpu_check_dry(tmp_path):
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
     comp = next(r for r in rows if r["check"] == "torch_compile")
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
+    # the fused backward's checks ran in their child process, within its deadline, without error
+    (run,) = [r for r in rows if r["check"] == "fused_backward_run"]
+    assert run.get("returncode") == 0, run
+    fused = [json.loads(line) for line in open(tmp_path / "fused.jsonl")]
+    assert [r for r in fused if r["check"] == "error"] == []
+    assert [r["ok"] for r in fused if r["check"] == "full"] == [True], fused
+    assert [r["bitwise_equal"] for r in fused if r["check"] == "deterministic"] == [True], fused
+    timing = next(r for r in fused if r["check"] == "fused_backward")
+    assert all(timing[k] > 0 for k in ("ms_unfused", "ms_fused", "ms_unfused_again")), timing
 
 
 def test_quality_smoke(tmp_path):
