@@ -40,8 +40,9 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)
-    empty = dict(hard_idx=x.new_empty(0, dtype=torch.int64), y_sums=x.new_empty(0, dtype=torch.float32))
-    return (*outs, *(empty[name] if saved[name] is None else saved[name] for name in SAVED_FIELDS))
+    empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
+    return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
+                     for name in SAVED_FIELDS))
 
 
 @fused_fwd.register_fake

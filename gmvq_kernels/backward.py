@@ -11,7 +11,7 @@ the forward formed them), with the Gumbel noise g regenerated from its counters,
 with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums Δy = Σ_k y Y and
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
 For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
-Ḡ_s·Σ y σ², ``delta_y_from_forward``; see forward.delta_from_forward for when and why), and that pass
+Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
 computes Δq alone: no noise. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
 the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
@@ -52,11 +52,16 @@ from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, 
                     even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_log2prob,
                     softmax_prob, split_code_range, tile_code, y_scale)
 
-HEURISTICS = triton.heuristics({
-    "EVEN_K": even_k,
-    "EVEN_N": even_n,
-    "HAS_Y": lambda args: any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr")),
-})
+
+def has_y_grads(args):
+    """triton.heuristics rule: an upstream gradient reaches y (Ḡ_z, Ḡ_lat or Ḡ_s)."""
+    return any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr"))
+
+
+HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads})
+# the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
+DELTA_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n,
+                                      "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
 
 
 @triton.jit
@@ -116,11 +121,11 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
     return y, big_y
 
 
-@HEURISTICS
+@DELTA_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_delta_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
-    gz_ptr, glat_ptr, gs_ptr, gc_ptr, delta_y_ptr, delta_q_ptr,
+    gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -129,7 +134,9 @@ def _gmvq_bwd_delta_kernel(
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
     adds the splits. gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
     y and Y are per element what the dx kernel computes (same helper, same tiles), so Y − Δy cancels
-    as exactly as in softmax's backward."""
+    as exactly as in softmax's backward. With the forward's y_sums (N, D + 2) fp32 (ysum_ptr, see
+    forward.delta_from_forward) Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² comes from them instead
+    (split 0 writes it, the others 0) and the loop computes Δq alone."""
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -153,7 +160,17 @@ def _gmvq_bwd_delta_kernel(
                                   v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
                                   gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
-    if HAS_Y:
+    if ysum_ptr is not None:
+        row = ysum_ptr + offs_n * (D + 2)
+        if gz_ptr is not None:
+            z = tl.load(row[:, None] + offs_d[None, :], mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)
+            delta_y += tl.sum(gz.to(tl.float32) * z, axis=1)
+        if glat_ptr is not None:
+            delta_y += g_lat * tl.load(row + D, mask=mask_n, other=0.0)
+        if gs_ptr is not None:
+            delta_y += g_s * tl.load(row + D + 1, mask=mask_n, other=0.0)
+        delta_y = tl.where(split == 0, delta_y, 0.0)
+    if HAS_Y or ysum_ptr is not None:
         tl.store(delta_y_ptr + split * N + offs_n, delta_y, mask=mask_n)
     if gc_ptr is not None:
         tl.store(delta_q_ptr + split * N + offs_n, delta_q, mask=mask_n)
@@ -353,15 +370,6 @@ def sum_splits(t):
     return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
-def delta_y_from_forward(y_sums, g_z, g_lat, g_s):
-    """Δy = Σ_k y Y = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² (N,) fp32 from the forward's y_sums
-    (N, D + 2) fp32 (forward.delta_from_forward); g_z rounded to x's dtype, as the kernels take it."""
-    D = y_sums.shape[1] - 2
-    terms = [(g_lat, y_sums[:, D]), (g_s, y_sums[:, D + 1])]
-    delta = sum(g * t for g, t in terms if g is not None)
-    return delta + (g_z.float() * y_sums[:, :D]).sum(1) if g_z is not None else delta
-
-
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision):
     """Gradients of the fused op. Inputs as for ``gmvq_fwd``; ``saved`` as ``gmvq_fwd`` returns it;
     ``grads`` = {output name: upstream gradient} with names from ``spec.DIFF_OUTPUTS`` (quantized (N, D);
@@ -384,24 +392,19 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     lo, hi = split_seed(seed)
-    from_fwd = has_y and saved.get("y_sums") is not None
-    delta_y = delta_y_from_forward(saved["y_sums"], g_z, g_lat, g_s) if from_fwd else None
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape: torch.empty((splits, *shape), dtype=torch.float32, device=dev)  # noqa: E731
-    recompute_y = has_y and not from_fwd
-    dy_part = parts(N) if recompute_y else None
+    dy_part = parts(N) if has_y else None
     dq_part = parts(N) if g_c is not None else None
-    if recompute_y or g_c is not None:
-        # with Δy from the forward, the pass is Δq alone: no noise, no Ḡ_z dot (HAS_Y false)
-        y_grads = (g_z, g_lat, g_s) if recompute_y else (None, None, None)
+    if has_y or g_c is not None:
+        # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
         _gmvq_bwd_delta_kernel[row_grid](
-            xk, mk, a, b, v, noise, saved["stats"], *y_grads, g_c, dy_part, dq_part,
-            N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
-    delta_y = sum_splits(dy_part) if recompute_y else delta_y
-    delta_q = None if dq_part is None else sum_splits(dq_part)
+            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, saved.get("y_sums") if has_y else None,
+            dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
+    delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
 
     common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
               delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)

@@ -281,7 +281,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
 
 def delta_from_forward(dtype, hard, D):
     """Whether the forward keeps the soft sample's sums (y_sums) so that the backward takes
-    Δy = Σ_k y Y = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² from them (O(N·D) in torch) instead of
+    Δy = Σ_k y Y = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² from them (per row, O(N·D)) instead of
     recomputing it in the Δ pass (a pass over N×K that draws the noise again; static report at
     (8192, 1024, 64) bf16: Δ pass 49 → 17 instructions per element, forward +4 soft, +9 hard).
 
