@@ -8,9 +8,10 @@
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
    host time of one fwd+bwd at a tiny shape (speed.host_overhead); split-K timed on, off and as the
-   launchers choose at N = 8192 (split_check); the experimental fused backward (fused_check: float64
-   correctness, determinism and fused vs unfused timings, in a child process with a deadline).
+   launchers choose at N = 8192 (split_check).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
+   Then the experimental fused backward (fused_check: float64 correctness, determinism and fused vs
+   unfused timings at the anchor shapes, in a child process with a 180 s deadline).
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
    are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the
@@ -336,7 +337,6 @@ def main():
         lambda: compile_check(device, log),
         lambda: log(speed.host_overhead(device)),
         lambda: split_check(device, log),
-        lambda: fused_check(args.out, False, log),
     ]
     if args.dry:
         checks = [
@@ -347,7 +347,6 @@ def main():
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
             lambda: split_check(device, log, ((20, 40, 8),)),
-            lambda: fused_check(args.out, True, log),
         ]
         args.skip_bench = True
     for c in checks:
@@ -362,6 +361,10 @@ def main():
                         "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
         except Exception:
             log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
+    try:  # after speed.py: its rows come first; before --tune, which fills whatever time is left
+        fused_check(args.out, args.dry, log)
+    except Exception:
+        log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
     if args.tune or args.dry:
         # dry: tiny shapes, wall-clock timing, and a copy of config.py to write into
         dry = dict(shapes=((40, 48, 8),), config_path=shutil.copy(config.__file__, os.path.join(args.out, "config_in.py")),
