@@ -246,7 +246,7 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dmu_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dd_acc_ptr, lock_ptr,
+    dmu_part_ptr, dlv_part_ptr, dlp_part_ptr, dxt_acc_ptr, dd_acc_ptr, lock_ptr,
     N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     FUSE_DX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -324,8 +324,8 @@ def _gmvq_bwd_dmu_kernel(
         if gz_ptr is not None:
             acc = tl.dot(tl.where(rows, y_val, 0.0).to(gz.dtype), gz, acc, input_precision=DOT_PRECISION)
         if FUSE_DX:
-            add_dx_ordered(e, mu, dx_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, D, offs_d,
-                           DOT_PRECISION)
+            add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, N, D,
+                           offs_d, DOT_PRECISION)
 
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
@@ -338,20 +338,29 @@ def _gmvq_bwd_dmu_kernel(
 
 
 @triton.jit
-def add_dx_ordered(e, mu, dx_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_hi, D, offs_d,
+def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_hi, N, D, offs_d,
                    DOT_PRECISION: tl.constexpr):
     """The fused backward's share of dx from one (codes × rows) tile: e = −2·dd gives
-    Σ_k e μ_k (rows, D) and Σ_k e (rows,), added into dx_acc (N, D) and dd_acc (N,) fp32 in the order
-    of the code blocks (program_id(0)), so the sums are the same at every run: code block j waits
-    until the row tile's lock holds j, adds (block 0 stores), and hands the lock to j + 1.
-    (FlashAttention-3's deterministic backward orders its dQ additions the same way.) Deadlock-free
-    while code blocks start in the order of their program ids, which waits only on lower ones."""
+    Σ_k e μ_k and Σ_k e (rows,), added into dxt_acc (D, N) (transposed) and dd_acc (N,) fp32
+    in the order of the code blocks (program_id(0)), so the sums are the same at every run: code
+    block j waits until the row tile's lock holds j, adds (block 0 stores), and hands the lock to
+    j + 1. (FlashAttention-3's deterministic backward orders its dQ additions the same way.)
+    Deadlock-free while code blocks start in the order of their program ids: each waits only on a
+    lower one."""
     j = tl.program_id(0)
-    ex = tl.dot(tl.trans(e).to(mu.dtype), mu, input_precision=DOT_PRECISION)
-    es = tl.sum(e, axis=0)
     rows = offs_n < row_hi
-    ptrs = dx_acc_ptr + offs_n[:, None] * D + offs_d[None, :]
-    mask = rows[:, None] & (offs_d[None, :] < D)
+    if mu.shape[1] >= 64 and mu.shape[1] <= 128:
+        # μᵀ·e: BLOCK_D rows, a wgmma (static report: 6–14 instructions per element fewer than eᵀ·μ,
+        # whose BLOCK_N = 32 rows make it an mma.sync). Not at BLOCK_D = 256, where it would be 30
+        # fewer on sm_90 but needs 168 KiB of shared memory, more than an A100 has
+        ex = tl.dot(tl.trans(mu), e.to(mu.dtype), input_precision=DOT_PRECISION)
+        ptrs = dxt_acc_ptr + offs_d[:, None] * N + offs_n[None, :]
+        mask = (offs_d[:, None] < D) & rows[None, :]
+    else:  # BLOCK_D ≤ 32 (too few rows for a wgmma either way: eᵀ·μ is cheaper) or 256 (see above)
+        ex = tl.dot(tl.trans(e).to(mu.dtype), mu, input_precision=DOT_PRECISION)
+        ptrs = dxt_acc_ptr + offs_n[:, None] + offs_d[None, :] * N
+        mask = rows[:, None] & (offs_d[None, :] < D)
+    es = tl.sum(e, axis=0)
     lock = lock_ptr + tile
     if j > 0:
         while tl.atomic_cas(lock, j, j, sem="acquire") != j:
@@ -421,15 +430,16 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
     dmu_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
     dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(2))
-    # fused: the dμ kernel also adds dx's sums of e = −2·dd (dx = Σ_k e μ_k − x Σ_k e), see add_dx_ordered
-    dx_acc = torch.empty((N, D), dtype=torch.float32, device=dev) if fused else None
+    # fused: the dμ kernel also forms dx's two sums of e = −2·dd, Σ_k e μ_k (transposed) and Σ_k e: add_dx_ordered
+    dxt_acc = torch.empty((D, N), dtype=torch.float32, device=dev) if fused else None
     dd_acc = torch.empty(N, dtype=torch.float32, device=dev) if fused else None
     locks = torch.zeros(triton.cdiv(N, ccfg.BLOCK_N), dtype=torch.int32, device=dev) if fused else None
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
-        *common, dmu_part, dlv_part, dlp_part, dx_acc, dd_acc, locks,
+        *common, dmu_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
         N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, FUSE_DX=fused, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
         num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:
-        dx = dx_acc - x.float() * dd_acc[:, None]
+        # dx = Σ e μ − x Σ e, formed as −(x Σ e − Σ e μ): row-major like x (the other order follows dxt_accᵀ)
+        dx = (x.float() * dd_acc[:, None]).sub_(dxt_acc.t()).neg_()
     return dx.to(x.dtype), sum_splits(dmu_part).to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)

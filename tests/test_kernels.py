@@ -162,6 +162,7 @@ FUSED_CASES = {
     "partial-hard": dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"}),
     "row-splits": dict(shape=(40, 37, 11), sms=8, tau=0.2, explicit_noise=True),
     "clustered": dict(shape=(13, 37, 8), offset=30.0),
+    "wide-d": dict(shape=(21, 45, 40), prior=True),  # BLOCK_D = 64: add_dx_ordered's μᵀ·e branch
 }
 
 
