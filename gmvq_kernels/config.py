@@ -68,7 +68,7 @@ def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "Ke
 
 def fused_backward() -> bool:
     """Experimental (``GMVQ_FUSED_BACKWARD=1``, read at each call; half inputs only): the dμ kernel also
-    forms dx, adding its share into an (N, D) buffer in a fixed order per row tile
+    forms dx, adding its share into fp32 buffers in a fixed order per row tile
     (backward.add_dx_ordered), so the dx pass and its noise draw go away. Deterministic, modelled
     faster, but untimed on a GPU: off by default until it is measured (README "Speed", item 12)."""
     return os.environ.get("GMVQ_FUSED_BACKWARD", "0") == "1"
