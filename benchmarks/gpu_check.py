@@ -11,7 +11,7 @@
    launchers choose at N = 8192 (split_check).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
    Then the experimental fused backward (fused_check: float64 correctness, determinism and fused vs
-   unfused timings at the anchor shapes, in a child process with a 180 s deadline).
+   unfused timings at the anchor shapes, in a child process with a 240 s deadline).
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
    are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the
@@ -199,23 +199,22 @@ def fused_checks(device, log, shapes=speed.ANCHOR_SHAPES, small=False):
     the dμ kernel forms dx too, adding per row tile in a fixed order behind a lock): float64
     correctness (bf16, soft and hard), bitwise determinism of repeated calls, and bf16 fwd+bwd timed
     unfused and fused side by side per shape."""
+    # each row is logged as it finishes: correctness and determinism first (small shapes, D = 64),
+    # then the timings (each new D compiles a variant), the hard-mode check last
     os.environ["GMVQ_FUSED_BACKWARD"] = "1"
-    if small:
-        full_check(20, 40, 8, torch.bfloat16, None, True, device, log)
-        determinism_check(device, log, (20, 40, 8))
-    else:
-        full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log)
-        full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log)
-        determinism_check(device, log)
+    full_check(*((20, 40, 8) if small else (2048, 4096, 64)), torch.bfloat16, None, False, device, log)
+    determinism_check(device, log, *([(20, 40, 8)] if small else []))
     for N, K, D in shapes:
         row = dict(check="fused_backward", N=N, K=K, D=D)
         for name, flag in (("ms_unfused", "0"), ("ms_fused", "1"), ("ms_unfused_again", "0")):
             os.environ["GMVQ_FUSED_BACKWARD"] = flag
             row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
         log(row)
+    os.environ["GMVQ_FUSED_BACKWARD"] = "1"
+    full_check(*((20, 40, 8) if small else (1000, 3000, 100)), torch.bfloat16, None, True, device, log)
 
 
-def fused_check(out_dir, dry, log, timeout_s=180):
+def fused_check(out_dir, dry, log, timeout_s=240):
     """fused_checks in a child process with a deadline (its rows go to fused.jsonl): the fused
     backward's code blocks wait on each other's locks, and a hang there must not cost the rest of the
     run. Logs the child's exit status, or that it was stopped."""
@@ -304,6 +303,7 @@ def main():
     p.add_argument("--budget-s", type=float, default=420)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
+    p.add_argument("--skip-fused", action="store_true", help="skip the experimental fused backward's check")
     p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
     p.add_argument("--fused-child", action="store_true", help="(internal) only fused_checks, into fused.jsonl")
     args = p.parse_args()
@@ -362,7 +362,8 @@ def main():
         except Exception:
             log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
     try:  # after speed.py: its rows come first; before --tune, which fills whatever time is left
-        fused_check(args.out, args.dry, log)
+        if not args.skip_fused:
+            fused_check(args.out, args.dry, log)
     except Exception:
         log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
     if args.tune or args.dry:
