@@ -136,8 +136,11 @@ def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
 
 @pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
                                   dict(shape=(13, 37, 11), tau=0.2, explicit_noise=True),
-                                  dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"})],
-                         ids=["hard-prior", "soft-noise", "partial"])
+                                  dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"}),
+                                  # half: the forward's soft sums merged from the splits, Δy from them
+                                  dict(shape=(13, 37, 11), dtype=torch.bfloat16, offset=30.0),
+                                  dict(shape=(40, 200, 20), dtype=torch.float16, hard=True, prior=True)],
+                         ids=["hard-prior", "soft-noise", "partial", "soft-bf16-clustered", "hard-fp16"])
 def test_split_over_codes_matches_reference(monkeypatch, case, device):
     """Few row blocks split the codebook of the forward, Δ and dx kernels across programs (the GPU path
     at small N, config.split_codes): torch merges the forward's per-split softmax states
@@ -149,7 +152,7 @@ def test_split_over_codes_matches_reference(monkeypatch, case, device):
     monkeypatch.setattr(config, "SPLIT_MIN_PAIRS", 0)
     case = dict(case)
     N, K, D = case.pop("shape")
-    cfg = config.row_config(D, torch.float32, device)
+    cfg = config.row_config(D, case.get("dtype", torch.float32), device)
     assert config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, torch.device(device))[0] > 1
     check_case(N, K, D, device, **case)
 
