@@ -1,4 +1,6 @@
 """The Triton path against the reference (three-way comparison, tests/utils.py); on CPU through TRITON_INTERPRET=1."""
+import math
+
 import pytest
 import torch
 import triton
@@ -127,8 +129,9 @@ def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
         evaluated = gk.gmvq(x, m, lv, **kw)
     for name, a, b in zip(OUT_FIELDS, trained, evaluated):
         assert torch.equal(a.detach(), b), name
-    a, b, v = (t.detach().contiguous() for t in component_terms(lv, torch.full((37,), -3.6109, device=device), 8))
-    for for_backward, shape in ((True, (13, 10)), (False, None)):
+    log_pi = torch.full((37,), -math.log(37), device=device)  # uniform prior
+    a, b, v = (t.detach().contiguous() for t in component_terms(lv, log_pi, 8))
+    for for_backward, shape in ((True, (13, 8 + 2)), (False, None)):
         _, saved = forward.gmvq_fwd(x.detach(), m.detach(), a, b, v, tau=0.5, hard=hard, seed=3, noise=None,
                                     dot_precision="ieee", for_backward=for_backward)
         assert (None if saved["y_sums"] is None else tuple(saved["y_sums"].shape)) == shape
