@@ -15,10 +15,13 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   transform of the same u. Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper as
   the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit) and ``words_to_gumbel``:
+  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit; row blocks on two threads)
+  and ``words_to_gumbel``:
   −log(−log u) with torch's accurate fp32 logs, which keep their relative accuracy for u near 1, so the
   series is not needed there (results within a few ulps of the kernels').
 """
+import os
+
 import numpy as np
 import torch
 import triton
@@ -135,42 +138,83 @@ def split_seed(seed):
     return seed & _MASK32, seed >> 32
 
 
-def _philox_rounds_numpy(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-7 on uint64 arrays holding 32-bit counters (same shape, updated in place): the
-    multiplies are exact in 64 bits, so hi/lo are a shift and a mask."""
-    m32, s32 = np.uint64(_MASK32), np.uint64(32)
-    p0, p2 = np.empty_like(c0), np.empty_like(c0)
+# the two multiply chains of a round, (c0, k0) and (c2, k1), side by side on axis 0 of one array:
+# one NumPy call per step of the round for both, half the calls of two separate chains
+_PAIR_MUL = np.array([0xD2511F53, 0xCD9E8D57], dtype=np.uint64)[:, None, None]
+_PAIR_KEY_STEP = np.array([_KEY_A, _KEY_B], dtype=np.uint64)[:, None, None]
+_BLOCK_CALLS = 32768  # Philox calls per row block (the arrays stay in cache; tuned at N = 1024, K = 512)
+
+
+def _philox_block(n, J, lo, hi):
+    """Philox4x32-7 of the calls (j < J, rows ``n``): the four word arrays (len(n), J), uint64.
+    E = (c0, c2) and O = (c1, c3) on axis 0: a round is P = E·(A, B), E = hi(P) swapped ^ O ^ key,
+    O = lo(P) swapped (the swap, P[::-1], is a view); the multiplies are exact in 64 bits."""
+    E = np.empty((2, len(n), J), dtype=np.uint64)
+    O = np.empty_like(E)
+    P = np.empty_like(E)
+    E[0] = np.arange(J, dtype=np.uint64)
+    E[1] = (n >> np.uint64(32))[:, None]
+    O[0] = (n & np.uint64(_MASK32))[:, None]
+    O[1] = 0
+    key = np.array([lo, hi], dtype=np.uint64)[:, None, None]
     for _ in range(PHILOX_ROUNDS):
-        np.multiply(c0, np.uint64(_ROUND_A), out=p0)
-        np.multiply(c2, np.uint64(_ROUND_B), out=p2)
-        np.right_shift(p2, s32, out=c0)
-        c0 ^= c1
-        c0 ^= np.uint64(k0)
-        np.bitwise_and(p2, m32, out=c1)
-        np.right_shift(p0, s32, out=c2)
-        c2 ^= c3
-        c2 ^= np.uint64(k1)
-        np.bitwise_and(p0, m32, out=c3)
-        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+        np.multiply(E, _PAIR_MUL, out=P)
+        np.right_shift(P[::-1], np.uint64(32), out=E)
+        E ^= O
+        E ^= key
+        np.bitwise_and(P[::-1], np.uint64(_MASK32), out=O)
+        key = (key + _PAIR_KEY_STEP) & np.uint64(_MASK32)
+    return E[0], O[0], E[1], O[1]
+
+
+_POOL = (None, None)  # (pid, executor)
+
+
+def _cpu_pool():
+    """Two worker threads, made anew in a forked child (a parent's pool has no threads there)."""
+    global _POOL
+    if _POOL[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = (os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="gmvq-noise"))
+    return _POOL[1]
+
+
+def _philox_numpy(N, K, seed, row_offset, out, transform):
+    """Fill ``out`` (N, ceil(K/4), 4): out[n, j, i] = transform(word i of call j of row row_offset + n).
+    Row blocks run on two threads when torch may use two (NumPy releases the GIL in its loops)."""
+    lo, hi = split_seed(seed)
+    J = out.shape[1]
+    rows = max(1, _BLOCK_CALLS // J)
+
+    def block(start):
+        n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)
+        dst = out[start:start + len(n)]
+        for i, w in enumerate(_philox_block(n, J, lo, hi)):
+            dst[:, :, i] = transform(w)
+
+    starts = range(0, N, rows)
+    if len(starts) > 1 and torch.get_num_threads() > 1:
+        list(_cpu_pool().map(block, starts))
+    else:
+        for start in starts:
+            block(start)
 
 
 def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
     """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K, as an
-    (N, K) uint64 array. Rows go in blocks of about 8192 calls: in-place rounds on arrays that stay in
-    cache run ~2× faster than whole-array NumPy expressions (measured at N = 1024, K = 512)."""
-    lo, hi = split_seed(seed)
-    J = (K + 3) // 4  # one Philox call per four codes: code 4j + i is word i of call j
-    out = np.empty((N, J, 4), dtype=np.uint64)
-    rows = max(1, 8192 // J)
-    j = np.arange(J, dtype=np.uint64)[None, :]
-    for start in range(0, N, rows):
-        n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)[:, None]
-        c = [np.broadcast_to(v, (len(n), J)).copy()
-             for v in (j, n & np.uint64(_MASK32), n >> np.uint64(32), np.zeros_like(j))]
-        _philox_rounds_numpy(*c, lo, hi)
-        for i in range(4):
-            out[start:start + len(n), :, i] = c[i]
+    (N, K) uint64 array."""
+    out = np.empty((N, (K + 3) // 4, 4), dtype=np.uint64)
+    _philox_numpy(N, K, seed, row_offset, out, lambda w: w)
     return out.reshape(N, -1)[:, :K]
+
+
+def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
+    """The CPU twin of the kernels' noise, (N, K) fp32: ``words_to_gumbel(philox_words_numpy(...))``
+    bit for bit, without the (N, K) int64 words: the 23 bits the transform takes, r >> 9, go straight
+    into fp32 (exact)."""
+    h = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
+    _philox_numpy(N, K, seed, row_offset, h, lambda w: w >> np.uint64(9))
+    return _bits_to_gumbel(torch.from_numpy(h).view(N, -1))[:, :K].contiguous()
 
 
 def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> torch.Tensor:
@@ -197,8 +241,7 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
-    words = philox_words_numpy(N, K, seed, row_offset)
-    return words_to_gumbel(torch.from_numpy(words.view(np.int64))).to(device)  # words < 2³²: same values
+    return gumbel_noise_numpy(N, K, seed, row_offset).to(device)
 
 
 @_gumbel_noise_op.register_fake
@@ -211,5 +254,10 @@ def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
     with torch's fp32 logs. They are accurate in relative terms (about an ulp), also for u near 1 where
     −log u is tiny, so the kernels' series (which makes up for the GPU's absolute-error log) is not
     needed; E = −log u ≥ 2⁻²⁴ > 0, so g is finite for every word."""
-    u = (r >> 9).to(torch.float32).add_(0.5).mul_(2.0**-23)
+    return _bits_to_gumbel((r >> 9).to(torch.float32))
+
+
+def _bits_to_gumbel(h: torch.Tensor) -> torch.Tensor:
+    """words_to_gumbel of the words' top 23 bits h = r >> 9 held in fp32 (a tensor it may overwrite)."""
+    u = h.add_(0.5).mul_(2.0**-23)
     return u.log_().neg_().log_().neg_()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmvq_kernels.noise import SERIES_W, philox_words_numpy, words_to_gumbel
+from gmvq_kernels.noise import SERIES_W, gumbel_noise_numpy, philox_words_numpy, words_to_gumbel
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -93,11 +93,15 @@ def philox_exact(counter, key, rounds=7):
     return c
 
 
-@pytest.mark.parametrize("seed,N,K,row_offset", [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3),
-                                                 (12345, 3, 40000, 5), (9, 1100, 16, 2**40)])
+# shapes: one row block; 5 row blocks of one row each (4·32768 + 3 codes: on the threads); long rows
+TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5), (9, 1100, 16, 2**40),
+              (4, 5, 4 * 32768 + 3, 11)]
+
+
+@pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
 def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset):
     """Word i of call j = k div 4 for row n, counter (j, n mod 2³², n div 2³², 0) and key (seed mod 2³²,
-    seed div 2³²), against Python integers; the shapes cover one and many row blocks and long rows."""
+    seed div 2³²), against Python integers."""
     w = philox_words_numpy(N, K, seed, row_offset)
     assert w.shape == (N, K) and w.dtype == np.uint64
     for n in (0, N // 2, N - 1):
@@ -105,3 +109,13 @@ def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset):
             r = n + row_offset
             want = philox_exact([k // 4, r & 0xFFFFFFFF, r >> 32, 0], [seed & 0xFFFFFFFF, seed >> 32])[k % 4]
             assert int(w[n, k]) == want, (n, k)
+
+
+@pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
+def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset):
+    """``gumbel_noise`` on a CPU without the interpreter (the path the tests' interpreter hides) is
+    ``words_to_gumbel`` of the twin's words, bit for bit."""
+    g = gumbel_noise_numpy(N, K, seed, row_offset)
+    want = words_to_gumbel(torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64)))
+    assert g.shape == (N, K) and g.dtype == torch.float32 and g.is_contiguous()
+    assert torch.equal(g, want)
