@@ -67,8 +67,10 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     (not a list: inductor's call of a custom op flattens a list of optional tensors); the check below
     keeps them in step with ``DIFF_OUTPUTS``."""
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
+    # soft mode saves the argmax codes in hard_idx's place (_setup_context): the backward's per-row
+    # stand-in for Δq (backward.defer_delta_q)
     saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx if hard else None,
-                 y_sums=y_sums if y_sums.numel() else None)
+                 codes=None if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
@@ -108,6 +110,8 @@ def _setup_context(ctx, inputs, output):
     inp = dict(zip(FWD_INPUTS, inputs))
     out = dict(zip(FWD_RETURNS, output))
     ctx.set_materialize_grads(False)  # in eager, an unused output sends None: its work is skipped
+    if not inp["hard"]:  # no hard sample: the argmax codes take its place (see _fused_bwd)
+        out["hard_idx"] = out["codes"]
     ctx.save_for_backward(*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
                           *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], inp["seed"])
     ctx.opts = (inp["hard"], inp["dot_precision"])

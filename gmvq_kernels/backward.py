@@ -12,7 +12,8 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
 For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
-computes Δq alone: no noise. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
+computes Δq alone: no noise. In soft mode at D ≤ 64 the dx kernel takes that Δq too (``defer_delta_q``)
+and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
 the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
@@ -48,9 +49,9 @@ import triton.language as tl
 from .config import block_d, col_config, fused_backward, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
-from .tiles import (LN2, LOG2E, code_mask, distances_logits, dot_precision_for, interpreter_operand, load_codes,
-                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile, softmax_log2prob,
-                    softmax_prob, split_code_range, tile_code, y_scale)
+from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
+                    load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile,
+                    softmax_log2prob, softmax_prob, split_code_range, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -93,6 +94,44 @@ def load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d):
     if gz_ptr is not None:
         gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
     return x, xx, gz
+
+
+@triton.jit
+def ones_column(ROWS: tl.constexpr, ptr):
+    """(ROWS, 16) in the element type of ``ptr``, ones in column 0 and zeros elsewhere (see add_row_sums)."""
+    return (tl.zeros((ROWS, 16), tl.int32) + (tl.arange(0, 16)[None, :] == 0)).to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def add_row_sums(acc, t, ones, DOT_PRECISION: tl.constexpr):
+    """acc + the row sums of t (the tile another dot takes, rounded to x's dtype, so that x Σ dd − Σ dd μ
+    cancels a common offset of x and μ exactly: an fp32 sum of the unrounded tile left 2⁻⁹·offset/spread
+    in dx). acc (R, 16) fp32: tl.dot(t, ones) puts the sums in column 0 (zeros elsewhere; reduce with
+    tl.sum(acc, axis=1)), on the tensor cores (a 64×16 HGMMA) instead of FADDs and shuffles per element:
+    −4 instructions per element in dx at D = 64. acc (R, 1): a plain fp32 sum, for fp32 inputs (their
+    dot would be FFMA loops or tf32 splits) and where the 8 more registers would spill."""
+    if acc.shape[1] == 1:
+        acc += tl.sum(t.to(tl.float32), axis=1, keep_dims=True)
+    else:
+        acc = tl.dot(t, ones, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
+def delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, HAS_GZ: tl.constexpr,
+                      HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
+    """Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² of BLOCK_N rows from the forward's y_sums (N, D + 2)
+    fp32 (forward.delta_from_forward); gz the rows' Ḡ_z tile (unread without HAS_GZ)."""
+    row = ysum_ptr + offs_n * (D + 2)
+    delta_y = tl.zeros(offs_n.shape, tl.float32)
+    if HAS_GZ:
+        z = tl.load(row[:, None] + offs_d[None, :], mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)
+        delta_y += tl.sum(gz.to(tl.float32) * z, axis=1)
+    if HAS_GLAT:
+        delta_y += g_lat * tl.load(row + D, mask=mask_n, other=0.0)
+    if HAS_GS:
+        delta_y += g_s * tl.load(row + D + 1, mask=mask_n, other=0.0)
+    return delta_y
 
 
 @triton.jit
@@ -161,14 +200,8 @@ def _gmvq_bwd_delta_kernel(
                                   gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if ysum_ptr is not None:
-        row = ysum_ptr + offs_n * (D + 2)
-        if gz_ptr is not None:
-            z = tl.load(row[:, None] + offs_d[None, :], mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)
-            delta_y += tl.sum(gz.to(tl.float32) * z, axis=1)
-        if glat_ptr is not None:
-            delta_y += g_lat * tl.load(row + D, mask=mask_n, other=0.0)
-        if gs_ptr is not None:
-            delta_y += g_s * tl.load(row + D + 1, mask=mask_n, other=0.0)
+        delta_y += delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
+                                     glat_ptr is not None, gs_ptr is not None)
         delta_y = tl.where(split == 0, delta_y, 0.0)
     if HAS_Y or ysum_ptr is not None:
         tl.store(delta_y_ptr + split * N + offs_n, delta_y, mask=mask_n)
@@ -181,10 +214,10 @@ def _gmvq_bwd_delta_kernel(
 def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dd_part_ptr, acc_part_ptr,
+    dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
     N, K, D, seed_lo, seed_hi, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
@@ -192,24 +225,52 @@ def _gmvq_bwd_dx_kernel(
     bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
     (4, N) from the forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q (N,) from
     the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32,
-    each or None. inv_tau = 1/τ, y_scale = log2(e)/τ."""
+    each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
+    dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's operands are fp32).
+
+    With codes (N,) int64, the forward's argmax codes (``defer_delta_q``), the kernel replaces the Δ
+    pass. Δq is unknown until a row's codes are all seen, so the loop runs with a stand-in c_n = Ḡ_c at
+    the row's argmax code and also sums r = Δq − c_n = Σ_k q (Ḡ_c − c_n), Σ_k a q and Σ_k a q μ_k (masked
+    as dd), whose r-multiples are the a·q·r that dd left out. Near that code q (Ḡ_c − c_n) is small, so
+    neither dot carries a large Ḡ_c into half precision. With one split the kernel adds them itself;
+    with several it stores Σ_k a q and Σ_k a q μ_k into qa_part (splits, N) and qamu_part
+    (splits, N, D) and the launcher adds them. delta_q (splits, N) is then an output: each split's r,
+    plus c_n in split 0, so that the splits sum to Δq. Δy comes from the forward's y_sums (ysum_ptr,
+    when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
+    DEFER_DQ: tl.constexpr = codes_ptr is not None
+    # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 256 spills 32 B more)
+    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 128 else 1
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
     x, xx, gz = load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     ent = load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, N)
-    delta_y = load_row_vec(delta_y_ptr, offs_n, N)
-    delta_q = load_row_vec(delta_q_ptr, offs_n, N)
     g_lse = load_row_vec(glse_ptr, offs_n, N)
     g_h = load_row_vec(gh_ptr, offs_n, N)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
+    if DEFER_DQ:  # the stand-in c_n (code −1, a non-finite row, takes code 0: its row is NaN anyway)
+        code = tl.maximum(tl.load(codes_ptr + offs_n, mask=mask_n, other=0), 0)
+        delta_q = tl.load(gc_ptr + code, mask=mask_n, other=0.0)
+        dq_rel = tl.zeros((BLOCK_N,), tl.float32)
+        qa_sum = tl.zeros((BLOCK_N, SUMS), tl.float32)
+        qa_mu = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        if ysum_ptr is not None:
+            delta_y = delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
+                                        glat_ptr is not None, gs_ptr is not None)
+            tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n & (split == 0))
+        else:
+            delta_y = tl.zeros((BLOCK_N,), tl.float32)  # no y gradient: unread
+    else:
+        delta_y = load_row_vec(delta_y_ptr, offs_n, N)
+        delta_q = load_row_vec(delta_q_ptr, offs_n, N)
     if hard_idx_ptr is not None:
         hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
 
-    dd_sum = tl.zeros((BLOCK_N,), tl.float32)
+    dd_sum = tl.zeros((BLOCK_N, SUMS), tl.float32)
+    ones = ones_column(BLOCK_K, means_ptr)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K,
@@ -232,11 +293,28 @@ def _gmvq_bwd_dx_kernel(
                             g_lse[:, None], g_h[:, None], g_lat[:, None], g_c[None, :], inv_tau, valid,
                             HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None,
                             glat_ptr is not None)
-        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0)
-        dd_sum += tl.sum(dd, axis=1)
+        # Σ_k dd of the very values the dot takes (rounded to x's dtype): x Σ dd − Σ dd μ then cancels a
+        # common offset of x and μ exactly (latents far from the origin; an fp32 sum left 2⁻⁹·offset/spread)
+        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0).to(OP_DTYPE)
+        dd_sum = add_row_sums(dd_sum, dd.to(mu.dtype), ones, DOT_PRECISION)
         acc += tl.dot(dd.to(mu.dtype), mu, input_precision=DOT_PRECISION)
+        if DEFER_DQ:
+            dq_rel += tl.sum(q * (g_c[None, :] - delta_q[:, None]), axis=1)
+            qa = tl.where(clamp_ok & valid, q * a[None, :], 0.0).to(OP_DTYPE)
+            qa_sum = add_row_sums(qa_sum, qa.to(mu.dtype), ones, DOT_PRECISION)
+            qa_mu += tl.dot(qa.to(mu.dtype), mu, input_precision=DOT_PRECISION)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
+    dd_sum = tl.sum(dd_sum, axis=1)
+    if DEFER_DQ:
+        qa_sum = tl.sum(qa_sum, axis=1)
+        if qamu_part_ptr is None:  # one split: r is complete here
+            dd_sum += dq_rel * qa_sum
+            acc += dq_rel[:, None] * qa_mu
+        else:
+            tl.store(qa_part_ptr + split * N + offs_n, qa_sum, mask=mask_n)
+            tl.store(qamu_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], qa_mu, mask=mask_nd)
+        tl.store(delta_q_ptr + split * N + offs_n, dq_rel + tl.where(split == 0, delta_q, 0.0), mask=mask_n)
     tl.store(dd_part_ptr + split * N + offs_n, dd_sum, mask=mask_n)
     tl.store(acc_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], acc, mask=mask_nd)
 
@@ -249,7 +327,8 @@ def _gmvq_bwd_dmu_kernel(
     dmu_part_ptr, dlv_part_ptr, dlp_part_ptr, dxt_acc_ptr, dd_acc_ptr, lock_ptr,
     N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    FUSE_DX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    FUSE_DX: tl.constexpr, OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Partial dμ (splits, K, D), d log_var and d log π (splits, K) fp32 of BLOCK_K codes over one
     split of rows (program_id(1)); arguments as for the dx kernel, half_d = D/2. Tiles are transposed
@@ -267,7 +346,10 @@ def _gmvq_bwd_dmu_kernel(
     # accumulator for both dots: acc = Σ_n e x + Σ_n y_val Ḡ_z, so dμ = acc − μ Σ_n e
     a_e = -2.0 * a
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    e_col = tl.zeros((BLOCK_K,), tl.float32)
+    # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
+    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 else 1
+    e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
+    ones = ones_column(BLOCK_N, x_ptr)
     e_d = tl.zeros((BLOCK_K,), tl.float32)
     gs_y = tl.zeros((BLOCK_K,), tl.float32)
     d_log_pi = tl.zeros((BLOCK_K,), tl.float32)
@@ -313,11 +395,14 @@ def _gmvq_bwd_dmu_kernel(
         dl = tl.where(rows, dl, 0.0)
         w = tl.where(rows, w, 0.0)
         e = tl.where(clamp_ok & rows & valid, w * a_e[:, None], 0.0)
-        e_col += tl.sum(e, axis=1)
-        acc = tl.dot(e.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
         # dλ = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²] = ½ Σ_n e·d − (D/2)·Σ_n dℓ + σ² Σ_n Ḡ_s y_val
-        # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it
+        # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it; fp32 e
+        # (its terms cancel)
         e_d += tl.sum(e * d, axis=1)
+        # Σ_n e of the values the dot takes (rounded to x's dtype), as in the dx kernel
+        e = e.to(OP_DTYPE)
+        e_col = add_row_sums(e_col, e.to(x.dtype), ones, DOT_PRECISION)
+        acc = tl.dot(e.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
         if gs_ptr is not None:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
@@ -330,7 +415,7 @@ def _gmvq_bwd_dmu_kernel(
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
-    dmu = acc - mu.to(tl.float32) * e_col[:, None]
+    dmu = acc - mu.to(tl.float32) * tl.sum(e_col, axis=1)[:, None]
     tl.store(dmu_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], dmu, mask=mask_kd)
     d_log_var = v * gs_y + 0.5 * e_d - half_d * d_log_pi
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
@@ -340,7 +425,7 @@ def _gmvq_bwd_dmu_kernel(
 @triton.jit
 def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_hi, N, D, offs_d,
                    DOT_PRECISION: tl.constexpr):
-    """The fused backward's share of dx from one (codes × rows) tile: e = −2·dd gives
+    """The fused backward's share of dx from one (codes × rows) tile: e = −2·dd (in x's dtype) gives
     Σ_k e μ_k and Σ_k e (rows,), added into dxt_acc (D, N) (transposed) and dd_acc (N,) fp32
     in the order of the code blocks (program_id(0)), so the sums are the same at every run: code
     block j waits until the row tile's lock holds j, adds (block 0 stores), and hands the lock to
@@ -360,7 +445,7 @@ def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_h
         ex = tl.dot(tl.trans(e).to(mu.dtype), mu, input_precision=DOT_PRECISION)
         ptrs = dxt_acc_ptr + offs_n[:, None] + offs_d[None, :] * N
         mask = rows[:, None] & (offs_d[None, :] < D)
-    es = tl.sum(e, axis=0)
+    es = tl.sum(e.to(tl.float32), axis=0)
     lock = lock_ptr + tile
     if j > 0:
         while tl.atomic_cas(lock, j, j, sem="acquire") != j:
@@ -372,6 +457,18 @@ def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_h
     tl.store(dd_acc_ptr + offs_n, es, mask=rows)
     tl.debug_barrier()
     tl.atomic_xchg(lock, j + 1, sem="release")
+
+
+def defer_delta_q(half: bool, hard: bool, has_gc: bool, has_y: bool, y_from_forward: bool, fused: bool,
+                  BLOCK_D: int) -> bool:
+    """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
+    in soft mode when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching
+    y), not in the fused backward (its dμ kernel needs Δq before it starts), and where the extra
+    (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128
+    has 12 to spare). Soft only: the stand-in for Δq is Ḡ_c at the argmax code, which soft mode saves
+    in the hard sample's place; the sample itself would be a poor stand-in where q is peaked but
+    not one-hot (1 row in 10 at q_max = 0.9: then Ḡ_c − c is no longer small where q is large)."""
+    return half and not hard and has_gc and (y_from_forward or not has_y) and not fused and BLOCK_D <= 64
 
 
 def sum_splits(t):
@@ -406,25 +503,40 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape: torch.empty((splits, *shape), dtype=torch.float32, device=dev)  # noqa: E731
-    dy_part = parts(N) if has_y else None
-    dq_part = parts(N) if g_c is not None else None
-    if has_y or g_c is not None:
-        # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
-        _gmvq_bwd_delta_kernel[row_grid](
-            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, saved.get("y_sums") if has_y else None,
-            dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
-    delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
-
-    common = (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"], saved["hard_idx"] if hard else None,
-              delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
+    y_sums = saved.get("y_sums") if has_y else None
     # fused (experimental, half inputs): the dμ kernel's Y is not bitwise the Δ pass's, so fp32's exact
     # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
     fused = fused_backward() and x.dtype != torch.float32
+    defer = defer_delta_q(x.dtype != torch.float32, hard, g_c is not None, has_y, y_sums is not None, fused, BLOCK_D)
+    dy_part = parts(N) if has_y else None
+    dq_part = parts(N) if g_c is not None else None
+    if defer:
+        delta_y = dy_part[0] if has_y else None  # written by the dx kernel's split 0
+    elif has_y or g_c is not None:
+        # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
+        _gmvq_bwd_delta_kernel[row_grid](
+            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
+            dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
+    if not defer:
+        delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
+
+    common = lambda delta_q: (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"],  # noqa: E731
+                              saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
     if not fused:
         dd_part, acc_part = parts(N), parts(N, D)
+        qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
         _gmvq_bwd_dx_kernel[row_grid](
-            *common, dd_part, acc_part, N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, **row_launch)
-        dx = 2.0 * (x.float() * sum_splits(dd_part)[:, None] - sum_splits(acc_part))
+            *common(dq_part if defer else delta_q), dd_part, acc_part,
+            *((y_sums, saved["codes"]) if defer else (None, None)), qa_part, qamu_part,
+            N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=TL_DTYPES[x.dtype], **row_launch)
+        dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
+        if defer:
+            delta_q = sum_splits(dq_part)
+            if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
+                rel = delta_q - g_c[saved["codes"].clamp_min(0)]
+                dd_sum = dd_sum + rel * sum_splits(qa_part)
+                acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part))
+        dx = 2.0 * (x.float() * dd_sum[:, None] - acc)
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
@@ -435,10 +547,10 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     dd_acc = torch.empty(N, dtype=torch.float32, device=dev) if fused else None
     locks = torch.zeros(triton.cdiv(N, ccfg.BLOCK_N), dtype=torch.int32, device=dev) if fused else None
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
-        *common, dmu_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
+        *common(delta_q), dmu_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
         N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
-        DOT_PRECISION=prec, FUSE_DX=fused, BLOCK_N=ccfg.BLOCK_N, BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D,
-        num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
+        DOT_PRECISION=prec, FUSE_DX=fused, OP_DTYPE=TL_DTYPES[x.dtype], BLOCK_N=ccfg.BLOCK_N,
+        BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:
         # dx = Σ e μ − x Σ e, formed as −(x Σ e − Σ e μ): row-major like x (the other order follows dxt_accᵀ)
         dx = (x.float() * dd_acc[:, None]).sub_(dxt_acc.t()).neg_()

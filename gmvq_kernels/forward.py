@@ -25,12 +25,11 @@ import triton.language as tl
 from .config import block_d, col_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, code_mask, distances_logits, dot_precision_for,
-                    even_k, even_n, interpreter_operand, load_codes, load_rows, noise_tile, row_tile, softmax_prob,
-                    split_code_range, y_scale)
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, TL_DTYPES, code_mask, distances_logits,
+                    dot_precision_for, even_k, even_n, interpreter_operand, load_codes, load_rows, noise_tile, row_tile,
+                    softmax_prob, split_code_range, y_scale)
 
 
-TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
 EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
@@ -233,8 +232,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
-    statistics fp32); saved = {"entropy"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (4, N) fp32
-    with rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
+    statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (4, N)
+    fp32 with rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
     ``for_backward`` and ``delta_from_forward``). With few row blocks the codebook is split across programs
     (config.split_codes) and ``combine_splits`` forms these from the splits' states."""
@@ -276,7 +275,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
-    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, y_sums=y_sums)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums)
 
 
 def delta_from_forward(dtype, hard, D):

@@ -166,6 +166,9 @@ def dot_precision_for(x, dot_precision):
     return dot_precision if x.dtype == torch.float32 else "ieee"
 
 
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
 def interpreter_operand(t):
     """The interpreter's bf16/fp16 ``tl.dot`` returns garbage (see docs/design.md §6):
     launchers hand it fp32 copies of half operands. A no-op on GPUs."""

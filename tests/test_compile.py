@@ -29,6 +29,8 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     kernels = {r["kernel"] for r in report["rows"]}
     assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
                        "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel", "_gmvq_encode_kernel"}, kernels
+    # D = 64 soft: the dx pass takes Δq (backward.defer_delta_q), so the Δ pass runs in hard mode only
+    assert {r["mode"] for r in report["rows"] if r["kernel"] == "_gmvq_bwd_delta_kernel"} == {"hard"}
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r

@@ -29,7 +29,7 @@ def shape_id(s):
 
 def check_case(N, K, D, device, *, dtype=torch.float32, hard=False, prior=False, tau=1.0,
                explicit_noise=False, seed=7, upstream_only=None, dot_precision="ieee", scale=1.0,
-               log_var_scale=0.3, offset=0.0):
+               log_var_scale=0.3, offset=0.0, agg_shift=0.0):
     inputs = make_inputs(N, K, D, dtype=dtype, prior=prior, device=device, seed=N * 1000 + K + D,
                          scale=scale, log_var_scale=log_var_scale, offset=offset)
     noise = gk.gumbel_noise(N, K, seed=seed, device=device) if explicit_noise else None
@@ -39,8 +39,10 @@ def check_case(N, K, D, device, *, dtype=torch.float32, hard=False, prior=False,
     ref_kw = dict(kw, noise=ref_noise)
     gt, gt_grads, up = run([t.cpu() if t is not None else None for t in inputs], "reference",
                            cast=torch.float64, **dict(ref_kw, noise=ref_noise.cpu().double()))
-    if upstream_only is not None:  # the names of the outputs that send a gradient; the others send None
-        up = {name: u if name in upstream_only else None for name, u in up.items()}
+    if upstream_only is not None or agg_shift:  # only these outputs send a gradient; Ḡ_q̄ shifted
+        up = {name: u if upstream_only is None or name in upstream_only else None for name, u in up.items()}
+        if up["agg_posterior"] is not None:
+            up["agg_posterior"] = up["agg_posterior"] + agg_shift
         gt, gt_grads, _ = run([t.cpu() if t is not None else None for t in inputs], "reference",
                               cast=torch.float64, upstream=up, **dict(ref_kw, noise=ref_noise.cpu().double()))
     up_dev = {name: None if u is None else u.to(device) for name, u in up.items()}
@@ -113,6 +115,17 @@ def test_half_delta_from_forward_clustered(dtype, upstream_only, hard, device):
     hard; the split p_hi + p_lo passes. The interpreter sees that rounding because the kernel rounds
     to x's dtype by name (P_DTYPE), not to its fp32 interpreter operands."""
     check_case(13, 37, 8, device, dtype=dtype, offset=30.0, upstream_only=upstream_only, hard=hard)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("upstream_only", [None, {"agg_posterior"}], ids=["all", "agg-only"])
+def test_half_agg_posterior_gradient_with_a_common_part(dtype, upstream_only, device):
+    """Ḡ_q̄ + c sends the same gradients as Ḡ_q̄ (Σ_k q̄_k = 1), and a large c is common in training (the
+    variance normaliser adds (D/2)·λ_k to every code). Half inputs at D ≤ 64 take Δq in dx's own loop
+    (backward.defer_delta_q), with Ḡ_c at each row's argmax code standing in for it until the loop ends:
+    with a stand-in of 0 instead, c = 300 fails dx in all four cases (and bf16 agg-only fails even at
+    c = 0 with Ḡ_q̄ centred on its q̄-weighted mean, one stand-in for all rows)."""
+    check_case(13, 37, 8, device, dtype=dtype, upstream_only=upstream_only, agg_shift=300.0)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
