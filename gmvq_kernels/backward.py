@@ -309,8 +309,11 @@ def _gmvq_bwd_dx_kernel(
     if DEFER_DQ:
         qa_sum = tl.sum(qa_sum, axis=1)
         if qamu_part_ptr is None:  # one split: r is complete here
-            dd_sum += dq_rel * qa_sum
-            acc += dq_rel[:, None] * qa_mu
+            # qa ≥ 0, so Σ a q = 0 only where every term is masked (a non-finite row, whose r is NaN):
+            # there dd has no term to correct, and dx stays what the Δ pass would give
+            r = tl.where(qa_sum == 0.0, 0.0, dq_rel)
+            dd_sum += r * qa_sum
+            acc += r[:, None] * qa_mu
         else:
             tl.store(qa_part_ptr + split * N + offs_n, qa_sum, mask=mask_n)
             tl.store(qamu_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], qa_mu, mask=mask_nd)
@@ -533,8 +536,9 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         if defer:
             delta_q = sum_splits(dq_part)
             if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-                rel = delta_q - g_c[saved["codes"].clamp_min(0)]
-                dd_sum = dd_sum + rel * sum_splits(qa_part)
+                qa = sum_splits(qa_part)
+                rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
+                dd_sum = dd_sum + rel * qa
                 acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part))
         dx = 2.0 * (x.float() * dd_sum[:, None] - acc)
 
