@@ -402,10 +402,23 @@ def _gmvq_bwd_dmu_kernel(
         # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it; fp32 e
         # (its terms cancel)
         e_d += tl.sum(e * d, axis=1)
-        # Σ_n e of the values the dot takes (rounded to x's dtype), as in the dx kernel
-        e = e.to(OP_DTYPE)
-        e_col = add_row_sums(e_col, e.to(x.dtype), ones, DOT_PRECISION)
-        acc = tl.dot(e.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        # half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (2⁻¹⁸; e_hi alone left
+        # dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to below that: 1.3 bf16 ulps off
+        # at N = 1), and Σ_n e is taken of the same values, so that μ Σ e − Σ e x cancels a common offset
+        # of x and μ exactly (an fp32 sum beside e_hi alone left 2⁻⁹·offset/spread)
+        e_hi = e.to(OP_DTYPE)
+        acc = tl.dot(e_hi.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        if OP_DTYPE != tl.float32:
+            e_lo = (e - e_hi.to(tl.float32)).to(OP_DTYPE)
+            acc = tl.dot(e_lo.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+            if SUMS == 1:  # the fp32 tile: within 2⁻¹⁸ of e_hi + e_lo
+                e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
+            else:
+                e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
+                e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
+        else:
+            e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
+        e = e_hi
         if gs_ptr is not None:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
