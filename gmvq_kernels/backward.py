@@ -423,7 +423,9 @@ def _gmvq_bwd_dmu_kernel(
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
         if gz_ptr is not None:
-            acc = tl.dot(tl.where(rows, y_val, 0.0).to(gz.dtype), gz, acc, input_precision=DOT_PRECISION)
+            # y rounded to x's dtype by name, so that the interpreter rounds it as a GPU does
+            y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
+            acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
         if FUSE_DX:
             add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, N, D,
                            offs_d, DOT_PRECISION)
