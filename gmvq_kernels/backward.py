@@ -295,14 +295,14 @@ def _gmvq_bwd_dx_kernel(
                             glat_ptr is not None)
         # Σ_k dd of the very values the dot takes (rounded to x's dtype): x Σ dd − Σ dd μ then cancels a
         # common offset of x and μ exactly (latents far from the origin; an fp32 sum left 2⁻⁹·offset/spread)
-        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0).to(OP_DTYPE)
-        dd_sum = add_row_sums(dd_sum, dd.to(mu.dtype), ones, DOT_PRECISION)
-        acc += tl.dot(dd.to(mu.dtype), mu, input_precision=DOT_PRECISION)
+        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0).to(OP_DTYPE).to(mu.dtype)
+        dd_sum = add_row_sums(dd_sum, dd, ones, DOT_PRECISION)
+        acc += tl.dot(dd, mu, input_precision=DOT_PRECISION)
         if DEFER_DQ:
             dq_rel += tl.sum(q * (g_c[None, :] - delta_q[:, None]), axis=1)
-            qa = tl.where(clamp_ok & valid, q * a[None, :], 0.0).to(OP_DTYPE)
-            qa_sum = add_row_sums(qa_sum, qa.to(mu.dtype), ones, DOT_PRECISION)
-            qa_mu += tl.dot(qa.to(mu.dtype), mu, input_precision=DOT_PRECISION)
+            qa = tl.where(clamp_ok & valid, q * a[None, :], 0.0).to(OP_DTYPE).to(mu.dtype)
+            qa_sum = add_row_sums(qa_sum, qa, ones, DOT_PRECISION)
+            qa_mu += tl.dot(qa, mu, input_precision=DOT_PRECISION)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     dd_sum = tl.sum(dd_sum, axis=1)
@@ -411,13 +411,11 @@ def _gmvq_bwd_dmu_kernel(
         if OP_DTYPE != tl.float32:
             e_lo = (e - e_hi.to(tl.float32)).to(OP_DTYPE)
             acc = tl.dot(e_lo.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-            if SUMS == 1:  # the fp32 tile: within 2⁻¹⁸ of e_hi + e_lo
-                e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
-            else:
-                e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
-                e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
-        else:
+        if SUMS == 1:  # fp32 inputs, or the fp32 tile (within 2⁻¹⁸ of e_hi + e_lo) where 16 would spill
             e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
+        else:
+            e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
+            e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
         e = e_hi
         if gs_ptr is not None:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
@@ -516,6 +514,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     lo, hi = split_seed(seed)
+    op_dtype = TL_DTYPES[x.dtype]
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
@@ -530,12 +529,12 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     dq_part = parts(N) if g_c is not None else None
     if defer:
         delta_y = dy_part[0] if has_y else None  # written by the dx kernel's split 0
-    elif has_y or g_c is not None:
-        # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
-        _gmvq_bwd_delta_kernel[row_grid](
-            xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
-            dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
-    if not defer:
+    else:
+        if has_y or g_c is not None:
+            # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
+            _gmvq_bwd_delta_kernel[row_grid](
+                xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
+                dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
         delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
 
     common = lambda delta_q: (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"],  # noqa: E731
@@ -546,7 +545,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q), dd_part, acc_part,
             *((y_sums, saved["codes"]) if defer else (None, None)), qa_part, qamu_part,
-            N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=TL_DTYPES[x.dtype], **row_launch)
+            N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
         dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
         if defer:
             delta_q = sum_splits(dq_part)
@@ -568,7 +567,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
         *common(delta_q), dmu_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
         N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
-        DOT_PRECISION=prec, FUSE_DX=fused, OP_DTYPE=TL_DTYPES[x.dtype], BLOCK_N=ccfg.BLOCK_N,
+        DOT_PRECISION=prec, FUSE_DX=fused, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:
         # dx = Σ e μ − x Σ e, formed as −(x Σ e − Σ e μ): row-major like x (the other order follows dxt_accᵀ)

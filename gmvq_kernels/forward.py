@@ -46,7 +46,7 @@ def _gmvq_fwd_kernel(
     z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
-    HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, P_DTYPE: tl.constexpr, SPLIT_P: tl.constexpr,
+    HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -58,8 +58,8 @@ def _gmvq_fwd_kernel(
     dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (4, N) fp32 (tiles.M_Q .. LOG2S_Y) and,
     when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
-    P_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
-    it here keeps p_y's rounding to it visible to the CPU tests). SPLIT_P (half inputs): p_y enters
+    OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
+    it here keeps p_y's rounding to it visible to the CPU tests). Half inputs: p_y enters
     the z dot as two half operands, p_hi = half(p_y) and p_lo = half(p_y − p_hi), so acc_z is
     fp32-accurate (p_hi alone errs by 2⁻⁹ of |μ|; z is the same whether or not Y_SUMS). Y_SUMS (see
     ``delta_from_forward``): the soft sample's sums [Σ y μ, Σ y d a, Σ y σ²] are written in fp32 to
@@ -129,10 +129,10 @@ def _gmvq_fwd_kernel(
         s_y = alpha_y * s_y + tl.sum(p_y, axis=1)
         acc_v = alpha_y * acc_v + tl.sum(p_y * v[None, :], axis=1)
         acc_lat = alpha_y * acc_lat + tl.sum(p_y * da, axis=1)
-        p_hi = p_y.to(P_DTYPE)
+        p_hi = p_y.to(OP_DTYPE)
         acc_z = acc_z * alpha_y[:, None] + tl.dot(p_hi.to(mu.dtype), mu, input_precision=DOT_PRECISION)
-        if SPLIT_P:
-            p_lo = (p_y - p_hi.to(tl.float32)).to(P_DTYPE)
+        if OP_DTYPE != tl.float32:
+            p_lo = (p_y - p_hi.to(tl.float32)).to(OP_DTYPE)
             acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
         if HARD:
             better_y = tile_ymax > m_y
@@ -263,8 +263,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
         xk, mk, a, b, v, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
         N, K, D, lo, hi, y_scale(tau), codes_per_split,
-        HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, P_DTYPE=TL_DTYPES[x.dtype],
-        SPLIT_P=x.dtype != torch.float32, DOT_PRECISION=prec,
+        HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -285,7 +284,7 @@ def delta_from_forward(dtype, hard, D):
     (8192, 1024, 64) bf16: Δ pass 49 → 17 instructions per element, forward +4 soft, +9 hard).
 
     For half inputs: their gradients are stored in half (2⁻⁹), and with Σ y μ kept fp32-accurate (the
-    kernel's SPLIT_P split of p_y: 2⁻¹⁸ in bf16) the two ways differ by ~2⁻¹⁸·|μ|/spread relative in
+    kernel's p_hi + p_lo split of p_y: 2⁻¹⁸ in bf16) the two ways differ by ~2⁻¹⁸·|μ|/spread relative in
     Y − Δy. fp32 inputs keep the recompute, whose Y − Δy cancels exactly per element: from the forward,
     the CPU tests saw 5e-6 error in dx against a bound of 5e-7 (1e-5 of max|dx|) at K = 1. Hard mode at
     D > 128 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers

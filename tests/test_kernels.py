@@ -113,7 +113,7 @@ def test_half_delta_from_forward_clustered(dtype, upstream_only, hard, device):
     clustered far from the origin (|μ| / spread = 30) an error ε·|μ| in Σ y μ is 30·ε of Y − Δy, so the
     sum must be fp32-accurate: p_y rounded to half alone (ε = 2⁻⁹) fails this case in dx, soft and
     hard; the split p_hi + p_lo passes. The interpreter sees that rounding because the kernel rounds
-    to x's dtype by name (P_DTYPE), not to its fp32 interpreter operands."""
+    to x's dtype by name (OP_DTYPE), not to its fp32 interpreter operands."""
     check_case(13, 37, 8, device, dtype=dtype, offset=30.0, upstream_only=upstream_only, hard=hard)
 
 
