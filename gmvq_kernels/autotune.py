@@ -2,9 +2,10 @@
 
 - ``GMVQ_AUTOTUNE=1``: the first fused call on a CUDA device per (arch, input kind, D bucket) times
   the bucket's table default and ``config.CANDIDATES`` on that call's own inputs and keeps the fastest
-  for the process (``config.RUNTIME_TUNED``): a forward + backward of the training objective per row
-  candidate (column kernels at their default), then per column candidate (rows at the winner); the
-  encode kernel alone for encode candidates. It syncs the device and costs a few dozen fused calls
+  for the process (``config.RUNTIME_TUNED``): a forward + backward of the training objective per
+  candidate of each of ``TRAINING_KINDS`` in turn (row, then dμ's column, then q̄'s column config; the
+  kinds not yet tuned at their default, those tuned at their winner); the encode kernel alone for
+  encode candidates. It syncs the device and costs a few dozen fused calls
   plus their compiles, once per bucket; off by default, so that no call stalls or changes configs
   unasked.
 - ``python benchmarks/gpu_check.py --tune`` runs the same timing at fixed shapes and writes the
@@ -21,6 +22,7 @@ from . import config
 from .config import KernelConfig
 
 ENV = "GMVQ_AUTOTUNE"
+TRAINING_KINDS = ("row", "col", "colsum")  # the config kinds one training fwd + bwd launches
 BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
@@ -92,7 +94,7 @@ def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_m
     def step():
         _, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None, dot_precision=dot_precision)
         gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0, dot_precision=dot_precision)
-    return _tune(("row", "col"), D, x, step, time_fn)
+    return _tune(TRAINING_KINDS, D, x, step, time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):

@@ -55,11 +55,13 @@ _OVERRIDE = threading.local()  # per thread: a tuning run in one thread never le
 
 
 @contextlib.contextmanager
-def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None):
+def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None,
+             colsum: "KernelConfig" = None):
     """Within the block, launches in this thread use these configs for every D and dtype (tuning and
     the static cost report try alternatives this way); the defaults come back on exit."""
     saved = getattr(_OVERRIDE, "configs", {})
-    _OVERRIDE.configs = {**saved, **{k: v for k, v in (("row", row), ("col", col), ("encode", encode)) if v is not None}}
+    given = dict(row=row, col=col, encode=encode, colsum=colsum)
+    _OVERRIDE.configs = {**saved, **{k: v for k, v in given.items() if v is not None}}
     try:
         yield
     finally:
@@ -93,6 +95,15 @@ COL_CONFIGS = {
     "half": ((256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
+# The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
+# dμ: chosen 2026-11-30 with benchmarks/static_cost.py (bf16: 16.9 → 12.3 instructions per element at
+# D = 64, 20.1 → 13.9 at 128, 26.1 → 17.2 at 256, the per-tile overhead spread over 4× the elements;
+# 160 KiB of shared memory at D = 256, within an A100's; fp32 (tf32x3) at D = 64: 27.0 → 23.5, and
+# its wider tiles need more shared memory than an A100 has).
+COLSUM_CONFIGS = {
+    "half": ((256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "fp32": ((64, KC(64, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
 # takes wider tiles than the row kernels. Chosen 2026-11-29 with benchmarks/static_cost.py --modes encode
 # (lowest modelled time among the configs with no spill, every dot an HGMMA with N ≥ 32, within an
@@ -103,13 +114,14 @@ ENCODE_CONFIGS = {
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
-TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "encode": ENCODE_CONFIGS}
+TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "encode": ENCODE_CONFIGS}
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
 # bucket fails to compile or runs slowly, and the timing drops it.
 CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
     "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
+    "colsum": (KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(32, 256, 8, 2), KC(128, 128, 8, 2)),
     "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
 }
 
@@ -182,8 +194,13 @@ def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
 
 
 def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
-    """Column-block kernels (q̄, backward dμ): one program owns BLOCK_K codes, streams a row range."""
+    """The backward's column-block kernel (dμ): one program owns BLOCK_K codes, streams a row range."""
     return _pick("col", D, dtype, device)
+
+
+def colsum_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The forward's column-block kernel (q̄ = column sums of q), laid out as dμ's."""
+    return _pick("colsum", D, dtype, device)
 
 
 def encode_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

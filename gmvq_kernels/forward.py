@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, row_config, split_codes, split_rows
+from .config import block_d, colsum_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, TL_DTYPES, code_mask, distances_logits,
@@ -33,10 +33,9 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, TL_DTYPES, code_mask
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
 EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
-PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat", "hard_lat", "hard_v")
+PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
-P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT, P_HARD_LAT, P_HARD_V = (
-    tl.constexpr(i) for i in range(len(PART_FIELDS)))
+P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
 
 
 @EVEN_K
@@ -92,10 +91,8 @@ def _gmvq_fwd_kernel(
     acc_z = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     acc_v = tl.zeros((BLOCK_N,), tl.float32)
     acc_lat = tl.zeros((BLOCK_N,), tl.float32)
-    # hard sample: argmax of ℓ + g and its d·a, σ²
+    # hard sample: argmax of ℓ + g (its d·a and σ² come after the loop, from its mean)
     hard_k = tl.zeros((BLOCK_N,), tl.int64)
-    hard_lat = tl.zeros((BLOCK_N,), tl.float32)
-    hard_v = tl.zeros((BLOCK_N,), tl.float32)
 
     for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
@@ -135,11 +132,7 @@ def _gmvq_fwd_kernel(
             p_lo = (p_y - p_hi.to(tl.float32)).to(OP_DTYPE)
             acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
         if HARD:
-            better_y = tile_ymax > m_y
-            pick = tl.arange(0, BLOCK_K)[None, :] == tile_yarg[:, None]
-            hard_k = tl.where(better_y, tile_yarg.to(tl.int64) + k_start, hard_k)
-            hard_lat = tl.where(better_y, tl.sum(tl.where(pick, da, 0.0), axis=1), hard_lat)
-            hard_v = tl.where(better_y, tl.sum(tl.where(pick, v[None, :], 0.0), axis=1), hard_v)
+            hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
         m_y = m_y_new
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
@@ -153,8 +146,6 @@ def _gmvq_fwd_kernel(
         tl.store(part + P_S_Y * N, s_y, mask=mask_n)
         tl.store(part_k_ptr + split * 2 * N + offs_n, best_k, mask=mask_n)
         if HARD:
-            tl.store(part + P_HARD_LAT * N, hard_lat, mask=mask_n)
-            tl.store(part + P_HARD_V * N, hard_v, mask=mask_n)
             tl.store(part_k_ptr + (split * 2 + 1) * N + offs_n, hard_k, mask=mask_n)
         if Y_SUMS or not HARD:
             tl.store(part + P_ACC_V * N, acc_v, mask=mask_n)
@@ -184,6 +175,14 @@ def _gmvq_fwd_kernel(
             tl.store(row + D + 1, soft_v, mask=mask_n)
         if HARD:
             z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
+            # the sample's d·a and σ² from its mean, once per row (picking them out of every tile cost
+            # ~5 instructions per element: static report, bf16 hard)
+            # (x reloaded, not kept live across the loop: static report, D = 128 and 256: 200, 320 B of spills → 0)
+            zf = z_hard.to(tl.float32)
+            xf = tl.load(x_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)
+            d_hard = tl.maximum(xx + tl.sum(zf * zf, axis=1) - 2.0 * tl.sum(xf * zf, axis=1), 0.0)
+            hard_lat = d_hard * tl.load(a_ptr + hard_k)
+            hard_v = tl.load(v_ptr + hard_k)
             tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
             tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), hard_lat), mask=mask_n)
             tl.store(s2_ptr + offs_n, tl.where(bad, float("nan"), hard_v), mask=mask_n)
@@ -268,8 +267,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         num_stages=cfg.num_stages,
     )
     if splits > 1:
-        z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, means, tau,
-                                                                              hard)
+        z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, means, a, v,
+                                                                              tau, hard)
         y_sums = y_sums if with_sums else None
     agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
@@ -292,7 +291,7 @@ def delta_from_forward(dtype, hard, D):
     return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 128)
 
 
-def combine_splits(part, part_k, part_z, x, means, tau, hard):
+def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
     """The forward's row outputs from its splits' running states (the kernel's SPLIT epilogue, in
     torch): each softmax's state is rescaled to the largest split maximum and summed, as the kernel
     does across tiles; codes and hard samples come from the first split holding the maximum (the
@@ -310,14 +309,19 @@ def combine_splits(part, part_k, part_z, x, means, tau, hard):
     codes = first(p["m_q"], part_k[:, 0])
     hard_idx = first(p["m_y"], part_k[:, 1]) if hard else None
     log_s_q = torch.log(s_q)
-    bad = ~((x.float() ** 2).sum(1) < math.inf)
+    xf = x.float()
+    xx = (xf * xf).sum(1)
+    bad = ~(xx < math.inf)
     nan = lambda t: t.masked_fill(bad if t.dim() == 1 else bad[:, None], math.nan)  # noqa: E731
     y_sums = None
     if part_z is not None:  # the soft sample's sums
         soft = [(w_y[:, :, None] * part_z).sum(0)] + [(w_y * p[f]).sum(0)[:, None] for f in ("acc_lat", "acc_v")]
         y_sums = nan(torch.cat(soft, 1) / s_y[:, None])
-    if hard:
-        z, lat, s2 = means[hard_idx], first(p["m_y"], p["hard_lat"]), first(p["m_y"], p["hard_v"])
+    if hard:  # the sample's d·a and σ² from its mean, as the kernel's epilogue forms them
+        z = means[hard_idx]
+        zf = z.float()
+        lat = (xx + (zf * zf).sum(1) - 2.0 * (xf * zf).sum(1)).clamp_min(0.0) * a[hard_idx]
+        s2 = v[hard_idx]
     else:
         D = x.shape[1]
         z, lat, s2 = y_sums[:, :D], y_sums[:, D], y_sums[:, D + 1]
@@ -330,7 +334,7 @@ def colsum_q(x, means, a, b, v, stats, prec):
     """Σ_n q_nk (K,) fp32 from the forward's final row statistics, deterministic."""
     N, D = x.shape
     K = means.shape[0]
-    cfg = col_config(D, x.dtype, x.device)
+    cfg = colsum_config(D, x.dtype, x.device)
     n_col = triton.cdiv(K, cfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
     part = torch.empty((splits, K), dtype=torch.float32, device=x.device)

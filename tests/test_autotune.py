@@ -56,29 +56,34 @@ def test_pick_fastest_skips_configs_that_do_not_run():
 
 
 def test_tune_training_times_every_candidate_with_the_kernels(monkeypatch):
-    """Each candidate really runs the fused fwd + bwd (the interpreter on a CPU); the row winner is in
-    force while the column candidates are timed; the fastest of each kind wins."""
+    """Each candidate really runs the fused fwd + bwd (the interpreter on a CPU); each kind's winner is in
+    force while the next kind's candidates are timed; the fastest of each kind wins."""
     monkeypatch.setattr(config, "CANDIDATES", {"row": (KC(16, 16, 1, 1), KC(32, 16, 1, 1)),
-                                               "col": (KC(16, 16, 1, 1), KC(16, 32, 1, 1))})
+                                               "col": (KC(16, 16, 1, 1), KC(16, 32, 1, 1)),
+                                               "colsum": (KC(16, 16, 1, 1), KC(32, 32, 1, 1))})
     if not config.INTERPRET:
         pytest.skip("the kernels run here through Triton's interpreter")
     x, means = torch.randn(20, 8), torch.randn(24, 8)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(24), torch.full((24,), -math.log(24)), 8))
     seen = []
-    fast = {("row", KC(32, 16, 1, 1)): 1.0, ("col", KC(16, 32, 1, 1)): 1.0}
+    fast = {("row", KC(32, 16, 1, 1)): 1.0, ("col", KC(16, 32, 1, 1)): 1.0, ("colsum", KC(32, 32, 1, 1)): 1.0}
 
     def fake_time(step):
-        rows, cols = config.row_config(8, x.dtype), config.col_config(8, x.dtype)
+        now = {k: getattr(config, k + "_config")(8, x.dtype) for k in autotune.TRAINING_KINDS}
         step()
-        kind, cfg = ("row", rows) if len(seen) < 3 else ("col", cols)
-        seen.append((rows, cols))
-        return fast.get((kind, cfg), 2.0)
+        kind = autotune.TRAINING_KINDS[len(seen) // 3]
+        seen.append(now)
+        return fast.get((kind, now[kind]), 2.0)
     res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=True, dot_precision="ieee", time_fn=fake_time)
-    row_key, col_key = (config.tuned_key(k, 8, x.dtype, x.device) for k in ("row", "col"))
-    assert res[row_key][0] == KC(32, 16, 1, 1) and res[col_key][0] == KC(16, 32, 1, 1)
-    assert len(seen) == 6  # 3 row candidates (the table default first), then 3 column candidates
-    assert {r for r, _ in seen[:3]} == {config.table_config("row", 8, x.dtype), KC(16, 16, 1, 1), KC(32, 16, 1, 1)}
-    assert all(r == KC(32, 16, 1, 1) for r, _ in seen[3:])
+    keys = {k: config.tuned_key(k, 8, x.dtype, x.device) for k in autotune.TRAINING_KINDS}
+    assert {k: res[key][0] for k, key in keys.items()} == {"row": KC(32, 16, 1, 1), "col": KC(16, 32, 1, 1),
+                                                           "colsum": KC(32, 32, 1, 1)}
+    assert len(seen) == 9  # 3 candidates of each kind (the table default first), kind after kind
+    assert {s["row"] for s in seen[:3]} == {config.table_config("row", 8, x.dtype), KC(16, 16, 1, 1),
+                                            KC(32, 16, 1, 1)}
+    assert all(s["row"] == KC(32, 16, 1, 1) for s in seen[3:])
+    assert all(s["col"] == KC(16, 32, 1, 1) for s in seen[6:])
+    assert {s["colsum"] for s in seen[:6]} == {config.INTERPRET_CONFIG}  # untuned yet: the plain pick
 
 
 def test_autotune_is_opt_in_and_runs_once_per_bucket(gpu_like, monkeypatch):
@@ -116,11 +121,11 @@ def test_write_tuned_updates_the_block_of_config_py(tmp_path):
         spec.loader.exec_module(mod)
         return mod
     assert load().TUNED == {}  # the shipped block is empty until a GPU run fills it
-    autotune.write_tuned(path, {("sm_90", "half", "row", 128): KC(128, 32, 8, 2)}, "2026-11-30, H200 (test)")
+    autotune.write_tuned(path, {("sm_90", "half", "row", 128): KC(128, 32, 8, 2)}, "first-stamp, H200 (test)")
     autotune.write_tuned(path, {("sm_90", "fp32", "col", 64): KC(32, 64, 4, 2),
                                 ("sm_90", "half", "row", 128): KC(64, 16, 4, 2)}, "later")
     tuned = {key: astuple(cfg) for key, cfg in load().TUNED.items()}  # the copy has its own KernelConfig class
     assert tuned == {("sm_90", "half", "row", 128): (64, 16, 4, 2), ("sm_90", "fp32", "col", 64): (32, 64, 4, 2)}
     text = path.read_text()
-    assert "KC(32, 64, 4, 2),  # later" in text and "2026-11-30" not in text  # replaced entry, new note
+    assert "KC(32, 64, 4, 2),  # later" in text and "first-stamp" not in text  # replaced entry, new note
     assert outside_block(text) == outside_block(open(config.__file__).read())  # nothing else changed

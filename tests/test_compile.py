@@ -40,7 +40,8 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
             assert r["classes"]["MUFU"] == 1.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
-    # the noise alone (29.25 per element with triton 3.7.1): the accurate libm-style logs it replaced
-    # cost ~25 instructions each, Philox-10 three more per element than Philox-7
+    # the noise alone (25.25 per element with triton 3.7.1): the accurate libm-style logs it replaced
+    # cost ~25 instructions each, Philox-10 three more per element than Philox-7, the Taylor series and
+    # natural-unit logs 4 more than the cubic and log₂ units
     (noise,) = report["noise"]
-    assert noise["spill_bytes"] == 0 and 20 < noise["instr_per_elem"] <= 32, noise
+    assert noise["spill_bytes"] == 0 and 20 < noise["instr_per_elem"] <= 26, noise
