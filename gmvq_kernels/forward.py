@@ -176,8 +176,8 @@ def _gmvq_fwd_kernel(
         if HARD:
             z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
             # the sample's d·a and σ² from its mean, once per row (picking them out of every tile cost
-            # ~5 instructions per element: static report, bf16 hard)
-            # (x reloaded, not kept live across the loop: static report, D = 128 and 256: 200, 320 B of spills → 0)
+            # 5–10 instructions per element: static report, bf16 hard), with x reloaded rather than kept
+            # live across the loop (that spilled 200 B at D = 128, 320 B at 256)
             zf = z_hard.to(tl.float32)
             xf = tl.load(x_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)
             d_hard = tl.maximum(xx + tl.sum(zf * zf, axis=1) - 2.0 * tl.sum(xf * zf, axis=1), 0.0)
