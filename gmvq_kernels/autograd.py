@@ -1,4 +1,4 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd`` and ``gmvq_kernels::fused_bwd`` (and
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v2`` and ``gmvq_kernels::fused_bwd_v2`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. No kernel code here.
@@ -21,15 +21,20 @@ from .forward import delta_from_forward, gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
 
 FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in this order
+# The training ops' names carry a version, raised whenever their arguments or the shapes or layouts of
+# their outputs change: torch's compile caches key a custom op by its name alone (pytorch/pytorch#187319),
+# so graphs cached by an older version would otherwise call the new op with the old signature, or assert
+# the old shapes (v2: stats (N, 4) instead of (4, N)).
+OP_VERSION = 2
 
 
-@torch.library.custom_op("gmvq_kernels::fused_fwd", mutates_args=())
+@torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=())
 def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str,
               for_backward: bool) -> tuple[(Tensor,) * len(FWD_RETURNS)]:
     """x (N, D), means (K, D) contiguous, same dtype; log_var, log_pi = log π (K,) fp32; noise None or
     (N, K) fp32 contiguous. Returns ``FWD_RETURNS``: the ``GMVQOutput`` fields, then what the backward
-    needs: stats (4, N) fp32, hard_idx (N,) int64 (empty unless ``hard``) and y_sums (N, D + 2) fp32
+    needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless ``hard``) and y_sums (N, D + 2) fp32
     (empty unless ``for_backward`` and ``forward.delta_from_forward``). for_backward: whether a backward
     can follow (an input needs a gradient)."""
     tau = float(tau)
@@ -50,7 +55,7 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
     (N, D), K = x.shape, means.shape[0]
     vec = lambda n: x.new_empty(n, dtype=torch.float32)  # noqa: E731
     fake = dict(quantized=torch.empty_like(x), codes=x.new_empty(N, dtype=torch.int64), agg_posterior=vec(K),
-                stats=x.new_empty((4, N), dtype=torch.float32),
+                stats=x.new_empty((N, 4), dtype=torch.float32),
                 hard_idx=x.new_empty(N if hard else 0, dtype=torch.int64),
                 y_sums=x.new_empty((N, D + 2) if for_backward and delta_from_forward(x.dtype, hard, D) else (0,),
                                    dtype=torch.float32))
@@ -80,7 +85,7 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
 
 assert [p for p in inspect.signature(_fused_bwd).parameters if p.startswith("g_")] == \
     ["g_" + name for name in DIFF_OUTPUTS], "fused_bwd takes one g_<name> per spec.DIFF_OUTPUTS, in that order"
-fused_bwd = torch.library.custom_op("gmvq_kernels::fused_bwd", mutates_args=())(_fused_bwd)
+fused_bwd = torch.library.custom_op(f"gmvq_kernels::fused_bwd_v{OP_VERSION}", mutates_args=())(_fused_bwd)
 
 
 @fused_bwd.register_fake

@@ -66,13 +66,14 @@ DELTA_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n,
 
 
 @triton.jit
-def grad_logits(q, log2_q, y, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g_lat, g_c, inv_tau, valid,
+def grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y, delta_q, ent, g_lse, g_h, g_lat, g_c, valid,
                 HAS_Y: tl.constexpr, HAS_GLSE: tl.constexpr, HAS_GH: tl.constexpr, HAS_GC: tl.constexpr,
                 HAS_GLAT: tl.constexpr):
-    """(dℓ, w) of a tile (see the module docstring). All operands broadcast to the tile."""
+    """(dℓ, w) of a tile (see the module docstring), with y_tau = y/τ. All operands broadcast to the
+    tile."""
     dl = tl.zeros(q.shape, tl.float32)
     if HAS_Y:
-        dl += (y * inv_tau) * (big_y - delta_y)
+        dl += y_tau * (big_y - delta_y)
     if HAS_GLSE:
         dl += q * g_lse
     if HAS_GC:
@@ -146,14 +147,15 @@ def upstream_value(da, v, g_lat, g_s, HAS_GLAT: tl.constexpr, HAS_GS: tl.constex
 
 @triton.jit
 def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a, v, mu, gz,
-               m_y, log2s_y, y_scale, g_lat, g_s, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
+               m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
                HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """(y, Y) of a row tile: the soft sample, recomputed from the forward's statistics, and the upstream
-    value Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ). The Δ and
-    dx kernels call this one helper, so their y and Y agree bit for bit."""
+    """(y·2^log2_gain, Y) of a row tile: the soft sample, recomputed from the forward's statistics
+    (``log2s_y`` lowered by log2_gain: see tiles.softmax_prob), and the upstream value
+    Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ). The Δ and dx
+    kernels call this one helper, so their Y agree bit for bit."""
     g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
     noisy = tl.where(valid, logits + g, float("-inf"))
-    y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale)
+    y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale, log2_gain)
     big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], HAS_GLAT, HAS_GS)
     if HAS_GZ:
         big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
@@ -196,8 +198,8 @@ def _gmvq_bwd_delta_kernel(
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
             y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
-                                  gs_ptr is not None, BLOCK_K, DOT_PRECISION)
+                                  v, mu, gz, m_y, log2s_y, y_scale, 0.0, g_lat, g_s, gz_ptr is not None,
+                                  glat_ptr is not None, gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if ysum_ptr is not None:
         delta_y += delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
@@ -223,7 +225,7 @@ def _gmvq_bwd_dx_kernel(
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
     launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
     bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
-    (4, N) from the forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q (N,) from
+    (N, 4) from the forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q (N,) from
     the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32,
     each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
     dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's operands are fp32).
@@ -266,8 +268,15 @@ def _gmvq_bwd_dx_kernel(
     else:
         delta_y = load_row_vec(delta_y_ptr, offs_n, N)
         delta_q = load_row_vec(delta_q_ptr, offs_n, N)
+    # y/τ straight from the exp (its log2 sum lowered by log2(1/τ), a per-row constant): one multiply per
+    # element less; w's Ḡ_lat·y then weighs it by Ḡ_lat·τ (soft mode; the hard one-hot by Ḡ_lat)
+    log2_inv_tau = tl.log2(inv_tau)
+    log2s_y_tau = log2s_y - log2_inv_tau
     if hard_idx_ptr is not None:
         hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
+        g_lat_w = g_lat
+    else:
+        g_lat_w = g_lat * (1.0 / inv_tau)
 
     dd_sum = tl.zeros((BLOCK_N, SUMS), tl.float32)
     ones = ones_column(BLOCK_K, means_ptr)
@@ -278,19 +287,20 @@ def _gmvq_bwd_dx_kernel(
         valid = mask_k[None, :]
         log2_q = softmax_log2prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         q = tl.exp2(log2_q)
-        y = q  # placeholder when no y gradient (never used then)
+        y_tau = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, g_lat, g_s, gz_ptr is not None, glat_ptr is not None,
-                                  gs_ptr is not None, BLOCK_K, DOT_PRECISION)
+            y_tau, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d,
+                                      a, v, mu, gz, m_y, log2s_y_tau, y_scale, log2_inv_tau, g_lat, g_s,
+                                      gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
+                                      DOT_PRECISION)
         if hard_idx_ptr is not None:
             y_val = (tl.arange(0, BLOCK_K)[None, :] == tile_code(hard_idx, k_start, BLOCK_K)[:, None]).to(tl.float32)
         else:
-            y_val = y
+            y_val = y_tau  # with g_lat·τ as its weight
         g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
-        dl, w = grad_logits(q, log2_q, y, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
-                            g_lse[:, None], g_h[:, None], g_lat[:, None], g_c[None, :], inv_tau, valid,
+        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
+                            g_lse[:, None], g_h[:, None], g_lat_w[:, None], g_c[None, :], valid,
                             HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None,
                             glat_ptr is not None)
         # Σ_k dd of the very values the dot takes (rounded to x's dtype): x Σ dd − Σ dd μ then cancels a
@@ -387,13 +397,13 @@ def _gmvq_bwd_dmu_kernel(
             y_val = (tl.arange(0, BLOCK_K)[:, None] == tile_code(hard_idx, k_start, BLOCK_K)[None, :]).to(tl.float32)
         else:
             y_val = y
-        dl, w = grad_logits(q, log2_q, y, big_y, y_val,
+        dl, w = grad_logits(q, log2_q, y * inv_tau, big_y, y_val,
                             load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(delta_q_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, row_hi)[None, :],
                             load_row_vec(glse_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(gh_ptr, offs_n, row_hi)[None, :], g_lat[None, :], g_c[:, None],
-                            inv_tau, valid, HAS_Y, glse_ptr is not None, gh_ptr is not None,
+                            valid, HAS_Y, glse_ptr is not None, gh_ptr is not None,
                             gc_ptr is not None, glat_ptr is not None)
         dl = tl.where(rows, dl, 0.0)
         w = tl.where(rows, w, 0.0)

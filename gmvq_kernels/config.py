@@ -96,12 +96,12 @@ COL_CONFIGS = {
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
-# dμ: chosen 2026-11-30 with benchmarks/static_cost.py (bf16: 16.9 → 12.3 instructions per element at
-# D = 64, 20.1 → 13.9 at 128, 26.1 → 17.2 at 256, the per-tile overhead spread over 4× the elements;
-# 160 KiB of shared memory at D = 256, within an A100's; fp32 (tf32x3) at D = 64: 27.0 → 23.5, and
-# its wider tiles need more shared memory than an A100 has).
+# dμ: chosen 2026-11-30 with benchmarks/static_cost.py (bf16, against dμ's (32, 128, 8, 2): 16.9 → 10.7
+# instructions per element at D = 64, 20.1 → 11.6 at 128, 26.1 → 17.2 at 256 (64 × 256 there: 512
+# codes would need more shared memory than an A100's 163 KiB), the per-tile overhead spread over 4–8×
+# the elements; fp32 (tf32x3) at D = 64: 27.0 → 23.5, its wider tiles exceeding an A100's shared memory).
 COLSUM_CONFIGS = {
-    "half": ((256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "half": ((128, KC(64, 512, 8, 2)), (256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(64, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
@@ -121,7 +121,7 @@ TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "enc
 CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
     "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
-    "colsum": (KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(32, 256, 8, 2), KC(128, 128, 8, 2)),
+    "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
     "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
 }
 

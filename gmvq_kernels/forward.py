@@ -25,9 +25,9 @@ import triton.language as tl
 from .config import block_d, colsum_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, TL_DTYPES, code_mask, distances_logits,
-                    dot_precision_for, even_k, even_n, interpreter_operand, load_codes, load_rows, noise_tile, row_tile,
-                    softmax_prob, split_code_range, y_scale)
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, distances_logits,
+                    dot_precision_for, even_k, even_n, interpreter_operand, load_codes, load_rows, load_stats,
+                    noise_tile, row_tile, softmax_prob, split_code_range, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -54,7 +54,7 @@ def _gmvq_fwd_kernel(
 
     x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
     noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's
-    dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (4, N) fp32 (tiles.M_Q .. LOG2S_Y) and,
+    dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y) and,
     when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
@@ -161,10 +161,11 @@ def _gmvq_fwd_kernel(
         tl.store(codes_ptr + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
         tl.store(lse_ptr + offs_n, lse, mask=mask_n)
         tl.store(ent_ptr + offs_n, entropy, mask=mask_n)
-        tl.store(stats_ptr + M_Q * N + offs_n, tl.where(bad, float("nan"), m_q), mask=mask_n)
-        tl.store(stats_ptr + LOG2S_Q * N + offs_n, tl.log2(s_q), mask=mask_n)
-        tl.store(stats_ptr + M_Y * N + offs_n, tl.where(bad, float("nan"), m_y), mask=mask_n)
-        tl.store(stats_ptr + LOG2S_Y * N + offs_n, tl.log2(s_y), mask=mask_n)
+        rec = stats_ptr + offs_n * N_STATS
+        tl.store(rec + M_Q, tl.where(bad, float("nan"), m_q), mask=mask_n)
+        tl.store(rec + LOG2S_Q, tl.log2(s_q), mask=mask_n)
+        tl.store(rec + M_Y, tl.where(bad, float("nan"), m_y), mask=mask_n)
+        tl.store(rec + LOG2S_Y, tl.log2(s_y), mask=mask_n)
         soft_z = tl.where(bad[:, None], float("nan"), acc_z / s_y[:, None])
         soft_lat = tl.where(bad, float("nan"), acc_lat / s_y)
         soft_v = tl.where(bad, float("nan"), acc_v / s_y)
@@ -213,13 +214,11 @@ def _gmvq_fwd_colsum_kernel(
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < row_hi
         x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         # transposed tile (codes × rows): the sum over rows stays inside each warp
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         _, logits, _ = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], mask_k[:, None])
-        m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
-        log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
+        m_q, log2s_q, _m_y, _log2s_y = load_stats(stats_ptr, offs_n, N)
         q = softmax_prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         colsum += tl.sum(tl.where(code_mask(offs_n, row_hi, EVEN_N)[None, :], q, 0.0), axis=1)
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
@@ -231,8 +230,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
-    statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (4, N)
-    fp32 with rows ``spec.STATS_ROWS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
+    statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (N, 4)
+    fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
     ``for_backward`` and ``delta_from_forward``). With few row blocks the codebook is split across programs
     (config.split_codes) and ``combine_splits`` forms these from the splits' states."""
@@ -251,7 +250,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         y_sums = torch.empty((N, D + 2), **f32) if with_sums else None
         codes = torch.empty(N, dtype=torch.int64, device=dev)
         lse, lat, s2, ent = (torch.empty(N, **f32) for _ in range(4))
-        stats = torch.empty((4, N), **f32)
+        stats = torch.empty((N, 4), **f32)
         hard_idx = torch.empty(N, dtype=torch.int64, device=dev) if hard else None
         part = part_k = part_z = None
     else:
@@ -325,7 +324,7 @@ def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
     else:
         D = x.shape[1]
         z, lat, s2 = y_sums[:, :D], y_sums[:, D], y_sums[:, D + 1]
-    stats = torch.stack([nan(m_q), torch.log2(s_q), nan(m_y), torch.log2(s_y)])
+    stats = torch.stack([nan(m_q), torch.log2(s_q), nan(m_y), torch.log2(s_y)], 1)
     return (nan(z.float()).to(x.dtype), codes.masked_fill(bad, -1), nan(m_q + log_s_q), nan(lat), nan(s2),
             nan(log_s_q - u_q / s_q), stats, hard_idx, y_sums)
 

@@ -11,16 +11,18 @@ import triton.language as tl
 
 from .config import INTERPRET
 from .noise import gumbel_tile, gumbel_tile_t
-from .spec import STATS_ROWS
+from .spec import STATS_FIELDS
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-# rows of the (4, N) softmax statistics the forward saves (spec.STATS_ROWS): each softmax's row max in
-# natural units and log2 of its sum, so exp2((e − m)·scale − log2 s) reproduces its probabilities
-M_Q = tl.constexpr(STATS_ROWS.index("m_q"))
-LOG2S_Q = tl.constexpr(STATS_ROWS.index("log2_s_q"))
-M_Y = tl.constexpr(STATS_ROWS.index("m_y"))
-LOG2S_Y = tl.constexpr(STATS_ROWS.index("log2_s_y"))
+# columns of the (N, 4) softmax statistics the forward saves (spec.STATS_FIELDS): each softmax's row max
+# in natural units and log2 of its sum, so exp2((e − m)·scale − log2 s) reproduces its probabilities
+assert STATS_FIELDS == ("m_q", "log2_s_q", "m_y", "log2_s_y"), "load_stats splits the records in this order"
+N_STATS = tl.constexpr(len(STATS_FIELDS))
+M_Q = tl.constexpr(STATS_FIELDS.index("m_q"))
+LOG2S_Q = tl.constexpr(STATS_FIELDS.index("log2_s_q"))
+M_Y = tl.constexpr(STATS_FIELDS.index("m_y"))
+LOG2S_Y = tl.constexpr(STATS_FIELDS.index("log2_s_y"))
 
 
 def even_k(args):
@@ -101,17 +103,20 @@ def noise_tile_t(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLO
 
 
 @triton.jit
-def softmax_log2prob(e, m, log2s, scale):
+def softmax_log2prob(e, m, log2s, scale, cap=0.0):
     """log2 of a softmax probability from its row statistics, (e − m)·scale − log2 s, capped at 0: a
     tile recomputed with another summation order than the one that produced the statistics can sit an
-    ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf."""
-    return tl.minimum((e - m) * scale - log2s, 0.0)
+    ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf. With log2 s
+    lowered by c and cap = c it is log2 of 2^c times the probability (see softmax_prob)."""
+    return tl.minimum((e - m) * scale - log2s, cap)
 
 
 @triton.jit
-def softmax_prob(e, m, log2s, scale):
-    """The probability exp2(softmax_log2prob(...)) of a softmax from its row statistics (≤ 1)."""
-    return tl.exp2(softmax_log2prob(e, m, log2s, scale))
+def softmax_prob(e, m, log2s, scale, log2_gain=0.0):
+    """The probability exp2(softmax_log2prob(...)) of a softmax from its row statistics (≤ 1), times
+    2^log2_gain when ``log2s`` comes lowered by log2_gain (a per-row constant: the factor costs nothing
+    per element)."""
+    return tl.exp2(softmax_log2prob(e, m, log2s, scale, log2_gain))
 
 
 @triton.jit
@@ -149,12 +154,13 @@ def tile_code(idx, k_start, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def load_stats(stats_ptr, offs_n, N):
-    """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y)."""
-    mask_n = offs_n < N
-    m_q = tl.load(stats_ptr + M_Q * N + offs_n, mask=mask_n, other=0.0)
-    log2s_q = tl.load(stats_ptr + LOG2S_Q * N + offs_n, mask=mask_n, other=0.0)
-    m_y = tl.load(stats_ptr + M_Y * N + offs_n, mask=mask_n, other=0.0)
-    log2s_y = tl.load(stats_ptr + LOG2S_Y * N + offs_n, mask=mask_n, other=0.0)
+    """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y): one
+    (rows, 4) tile of the records, split into its columns."""
+    rec = tl.load(stats_ptr + offs_n[:, None] * N_STATS + tl.arange(0, N_STATS)[None, :],
+                  mask=(offs_n < N)[:, None], other=0.0)
+    even, odd = tl.split(tl.reshape(rec, (offs_n.shape[0], 2, 2)))  # columns (0, 2) and (1, 3)
+    m_q, m_y = tl.split(even)
+    log2s_q, log2s_y = tl.split(odd)
     return m_q, log2s_q, m_y, log2s_y
 
 

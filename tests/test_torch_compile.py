@@ -144,3 +144,32 @@ def test_compiled_module_kmeans_init():
     fresh = make_module(kmeans_init=True)
     fresh.load_state_dict(vq.state_dict())
     assert not fresh._kmeans_pending
+
+
+def test_op_version_pins_the_signature_and_output_layouts():
+    """torch's compile caches key a custom op by its name alone (pytorch/pytorch#187319): a graph cached
+    by an older version of the package calls the op with the old signature or asserts the old output
+    shapes. So the training ops' names carry autograd.OP_VERSION; when this test fails, the signature
+    or the fake outputs changed: raise OP_VERSION and pin the new values here."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from gmvq_kernels import autograd
+
+    pinned = {2: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
+                  "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 10) + ")",
+                  "(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor entropy, "
+                  "Tensor stats, Tensor hard_idx, Tensor y_sums, Tensor? g_quantized, Tensor? g_log_likelihood, "
+                  "Tensor? g_agg_posterior, Tensor? g_latent_nll, Tensor? g_mixture_var, Tensor? g_entropy, "
+                  "Tensor tau, bool hard, Tensor seed, str dot_precision) -> (Tensor, Tensor, Tensor, Tensor)",
+                  [((5, 2), (2, 1)), ((5,), (1,)), ((5,), (1,)), ((3,), (1,)), ((5,), (1,)), ((5,), (1,)),
+                   ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((5, 4), (4, 1))])}
+    fwd_schema, bwd_schema, layouts = pinned[autograd.OP_VERSION]
+    ops = torch.ops.gmvq_kernels
+    fwd, bwd = (getattr(ops, f"{name}_v{autograd.OP_VERSION}").default._schema for name in ("fused_fwd", "fused_bwd"))
+    suffix = f"_v{autograd.OP_VERSION}"
+    assert str(fwd).split(suffix, 1)[1] == fwd_schema and str(bwd).split(suffix, 1)[1] == bwd_schema
+    with FakeTensorMode():  # hard, bf16, a backward to follow: every output at its largest
+        x, means = torch.empty(5, 2, dtype=torch.bfloat16), torch.empty(3, 2, dtype=torch.bfloat16)
+        out = autograd.fused_fwd(x, means, torch.empty(3), torch.empty(3), None, torch.ones((), dtype=torch.float64),
+                                 True, torch.ones((), dtype=torch.int64), "ieee", True)
+        assert [(tuple(t.shape), t.stride()) for t in out] == layouts
