@@ -50,8 +50,8 @@ from .config import block_d, col_config, fused_backward, row_config, split_codes
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
-                    load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, noise_tile_t,
-                    row_tile, softmax_log2prob, softmax_prob, split_code_range, tile_code, y_scale)
+                    load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile,
+                    softmax_log2prob, softmax_prob, split_code_range, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -372,7 +372,7 @@ def _gmvq_bwd_dmu_kernel(
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
         if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers)
-            g = noise_tile_t(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True)
         x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)

@@ -100,11 +100,11 @@ def _uniform_to_gumbel(r):
 
 
 @triton.jit
-def _philox_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_FIRST: tl.constexpr):
-    """The Philox words of rows ``offs_n`` and codes k_start .. k_start+BLOCK_K (k_start % 4 == 0): code
-    4j + i takes word i of call j. A (len(offs_n), BLOCK_K) tile, or (BLOCK_K, len(offs_n)) when
-    CODES_FIRST: drawn in the orientation its kernel works in (a transpose after the draw is a round
-    trip through shared memory: static report, dμ −1.8 instructions per element at D = 64)."""
+def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_FIRST: tl.constexpr = False):
+    """Gumbel noise of rows ``offs_n`` (int64) and codes k_start .. k_start+BLOCK_K (k_start % 4 == 0):
+    code 4j + i takes word i of Philox call j. A (len(offs_n), BLOCK_K) fp32 tile, or (BLOCK_K,
+    len(offs_n)) when CODES_FIRST: drawn in the orientation its kernel works in (a transpose after the
+    draw is a round trip through shared memory: static report, dμ −1.8 instructions per element at D = 64)."""
     tl.static_assert(BLOCK_K % 4 == 0)
     offs_n = offs_n.to(tl.int64)
     j = (k_start // 4 + tl.arange(0, BLOCK_K // 4)).to(tl.uint32)
@@ -122,22 +122,10 @@ def _philox_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES
                                  seed_hi.to(tl.uint32), _ROUNDS)
     if CODES_FIRST:
         w = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # (calls, rows, p, q): word 2p + q
-        return tl.reshape(tl.permute(w, (0, 2, 3, 1)), (BLOCK_K, offs_n.shape[0]))
+        r = tl.reshape(tl.permute(w, (0, 2, 3, 1)), (BLOCK_K, offs_n.shape[0]))
     else:
-        return tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
-
-
-@triton.jit
-def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr):
-    """Gumbel noise of rows ``offs_n`` (int64) and codes k_start .. k_start+BLOCK_K (k_start % 4 == 0).
-    Returns a (len(offs_n), BLOCK_K) fp32 tile."""
-    return _uniform_to_gumbel(_philox_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K, False))
-
-
-@triton.jit
-def gumbel_tile_t(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr):
-    """gumbel_tile transposed, drawn in that orientation: a (BLOCK_K, len(offs_n)) fp32 tile."""
-    return _uniform_to_gumbel(_philox_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K, True))
+        r = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
+    return _uniform_to_gumbel(r)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "row_offset"])

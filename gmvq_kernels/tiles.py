@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .config import INTERPRET
-from .noise import gumbel_tile, gumbel_tile_t
+from .noise import gumbel_tile
 from .spec import STATS_FIELDS
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -80,25 +80,19 @@ def distances_logits(xm, xx, mm, a, b, valid):
 
 
 @triton.jit
-def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr):
-    """Gumbel noise of a (BLOCK_N, BLOCK_K) tile: drawn from (seed, n, k), or read from the explicit
-    (N, K) fp32 ``noise`` tensor when one was given."""
+def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr,
+               CODES_FIRST: tl.constexpr = False):
+    """Gumbel noise of a (BLOCK_N, BLOCK_K) tile, or of its transpose when CODES_FIRST (the column
+    kernels' orientation): drawn from (seed, n, k), or read from the explicit (N, K) fp32 ``noise``
+    tensor when one was given."""
     if noise_ptr is None:
-        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
+        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K, CODES_FIRST)
+    elif CODES_FIRST:
+        mask = (offs_k[:, None] < K) & (offs_n[None, :] < N)
+        g = tl.load(noise_ptr + offs_n[None, :] * K + offs_k[:, None], mask=mask, other=0.0)
     else:
         mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
         g = tl.load(noise_ptr + offs_n[:, None] * K + offs_k[None, :], mask=mask, other=0.0)
-    return g
-
-
-@triton.jit
-def noise_tile_t(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr):
-    """noise_tile transposed: (BLOCK_K, len(offs_n)), drawn or loaded in that orientation."""
-    if noise_ptr is None:
-        g = gumbel_tile_t(seed_lo, seed_hi, offs_n, k_start, BLOCK_K)
-    else:
-        mask = (offs_k[:, None] < K) & (offs_n[None, :] < N)
-        g = tl.load(noise_ptr + offs_n[None, :] * K + offs_k[:, None], mask=mask, other=0.0)
     return g
 
 

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gmvq_kernels as gk
-from gmvq_kernels.noise import (_uniform_to_gumbel, gumbel_tile, gumbel_tile_t, philox_words_numpy, split_seed,
-                                words_to_gumbel)
+from gmvq_kernels.noise import _uniform_to_gumbel, gumbel_tile, philox_words_numpy, split_seed, words_to_gumbel
 
 from gmvq_kernels.testing import HALF_ABS_REL, REL_TOL
 from utils import OUT_FIELDS, assert_three_way, make_inputs, run
@@ -266,13 +265,13 @@ def test_in_kernel_noise_is_gumbel_noise(device, seed):
 
 @triton.jit
 def _noise_codes_by_rows_kernel(out_ptr, k_start, lo, hi):
-    g = gumbel_tile_t(lo, hi, tl.arange(0, 8).to(tl.int64) + 3, k_start, 32)
+    g = gumbel_tile(lo, hi, tl.arange(0, 8).to(tl.int64) + 3, k_start, 32, True)
     tl.store(out_ptr + tl.arange(0, 32)[:, None] * 8 + tl.arange(0, 8)[None, :], g)
 
 
 def test_transposed_noise_tile_is_the_noise_transposed(device):
-    """The dμ kernel draws its (codes × rows) noise tile in that orientation (noise.gumbel_tile_t, no
-    transpose through shared memory): bit for bit gumbel_noise's, transposed."""
+    """The dμ kernel draws its (codes × rows) noise tile in that orientation (noise.gumbel_tile with
+    CODES_FIRST, no transpose through shared memory): bit for bit gumbel_noise's, transposed."""
     lo, hi = split_seed(11)
     out = torch.empty(32, 8, device=device)
     _noise_codes_by_rows_kernel[(1,)](out, 36, lo, hi)
