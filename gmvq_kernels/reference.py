@@ -14,9 +14,10 @@ from .spec import GMVQOutput, stats_dtype
 
 
 def sq_distances(x, means):
-    """d_nk = ||x_n − μ_k||², as ||x||² + ||μ||² − 2 x·μ clamped at 0 (what the kernels compute)."""
-    norms = (x * x).sum(1, keepdim=True) + (means * means).sum(1)[None, :]
-    return torch.addmm(norms, x, means.T, alpha=-2.0).clamp_min(0.0)
+    """d_nk = ||x_n − μ_k||², as ||x||² + ||μ||² − 2 x·μ clamped at 0 (what the kernels compute).
+    In place on the product: no N×K temporary, and no N×K bias for addmm to copy (torch.compile fuses
+    the rest into the ops that follow)."""
+    return (x @ means.T).mul_(-2.0).add_((x * x).sum(1, keepdim=True)).add_((means * means).sum(1)).clamp_min_(0.0)
 
 
 def _distances_logits(x, means, lv, log_pi):

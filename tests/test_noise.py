@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmvq_kernels.noise import SERIES_W, gumbel_noise_numpy, philox_words_numpy, words_to_gumbel
+from gmvq_kernels.noise import SERIES_W, gumbel_noise_numpy, philox_words_numpy, philox_words_torch, words_to_gumbel
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -109,6 +109,16 @@ def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset):
             r = n + row_offset
             want = philox_exact([k // 4, r & 0xFFFFFFFF, r >> 32, 0], [seed & 0xFFFFFFFF, seed >> 32])[k % 4]
             assert int(w[n, k]) == want, (n, k)
+
+
+@pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES + [(0xFFFFFFFB, 6, 9, 0), (2**64 - 1, 3, 5, 2**40 - 1)])
+def test_torch_twin_words_are_the_numpy_twins(seed, N, K, row_offset):
+    """The torch-op words (what torch.compile traces on a CPU) equal the NumPy twin's, eagerly and with
+    a seed tensor; the extra cases have a low key word near 2³², where a wrapping int64 product once
+    gave wrong words under inductor (test_torch_compile.py compiles them)."""
+    want = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
+    assert torch.equal(philox_words_torch(N, K, seed, row_offset), want)
+    assert torch.equal(philox_words_torch(N, K, torch.tensor(seed - 2**64 if seed >= 2**63 else seed), row_offset), want)
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)

@@ -173,3 +173,46 @@ def test_op_version_pins_the_signature_and_output_layouts():
         out = autograd.fused_fwd(x, means, torch.empty(3), torch.empty(3), None, torch.ones((), dtype=torch.float64),
                                  True, torch.ones((), dtype=torch.int64), "ieee", True)
         assert [(tuple(t.shape), t.stride()) for t in out] == layouts
+
+
+CPU_COMPILE_SCRIPT = r"""
+import copy, torch, gmvq_kernels as gk
+from gmvq_kernels.noise import gumbel_noise_numpy
+graphs = []
+def record(gm, inputs):
+    graphs.append(gm)
+    return gm.forward
+noise = lambda seed: gk.gumbel_noise(37, 45, seed, row_offset=2**32 + 1)
+seed = torch.tensor(-5)  # the 64 bits of 2**64 - 5
+assert torch.equal(torch.compile(noise, fullgraph=True, backend=record)(seed), noise(seed))
+ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+assert not any("gumbel_noise" in op for op in ops) and any("rshift" in op for op in ops), ops
+torch.testing.assert_close(torch.compile(noise, fullgraph=True)(seed),  # inductor: C++ on this CPU
+                           gumbel_noise_numpy(37, 45, 2**64 - 5, 2**32 + 1), rtol=1e-6, atol=1e-6)
+eager = gk.GaussianMixtureVQ(8, 24, seed=3, learnable_prior=True, accept_image_fmap=True)
+compiled = copy.deepcopy(eager)
+compiled.forward = torch.compile(compiled.forward, fullgraph=True)
+for vq in (eager, compiled):
+    opt = torch.optim.SGD(vq.parameters(), lr=0.1)
+    vq.outs = []
+    for step in range(3):
+        x = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(step))
+        quantized, codes, loss = vq(x)
+        (quantized.square().mean() + loss).backward()
+        opt.step()
+        opt.zero_grad()
+        vq.outs.append((quantized, codes, loss))
+for a, b in zip(compiled.outs, eager.outs):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(dict(compiled.named_parameters()), dict(eager.named_parameters()), rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def test_compiled_reference_on_cpu_traces_the_noise():
+    """Without the interpreter (the path a CPU user compiles): torch.compile traces ``gumbel_noise`` as
+    torch integer ops (no opaque NumPy call in the graph), inductor's noise is the NumPy twin's within
+    an ulp, and a compiled module trains like eager over three steps."""
+    from test_bench import run_script
+
+    assert "ok" in run_script(["-c", CPU_COMPILE_SCRIPT], interpret=False)
