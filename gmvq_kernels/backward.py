@@ -394,7 +394,11 @@ def _gmvq_bwd_dmu_kernel(
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
         if hard_idx_ptr is not None:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
-            y_val = (tl.arange(0, BLOCK_K)[:, None] == tile_code(hard_idx, k_start, BLOCK_K)[None, :]).to(tl.float32)
+            # the one-hot's zeros taken from q (min(q, 0) = 0, NaN included) put it in q's (MMA) layout,
+            # so the Ḡ_z dot takes it from registers; built from the compare alone it made a round trip
+            # through shared memory (static report: −3.2 per element), and comparing codes directly
+            # rather than positions in the tile saves the per-row work (−3.0; K < 2³¹, checks.MAX_K)
+            y_val = tl.where(offs_k.to(tl.int32)[:, None] == hard_idx.to(tl.int32)[None, :], 1.0, tl.minimum(q, 0.0))
         else:
             y_val = y
         dl, w = grad_logits(q, log2_q, y * inv_tau, big_y, y_val,

@@ -15,6 +15,7 @@ from . import config
 TAU_RANGE = (1e-4, 1e4)
 LOG_VAR_LIMIT = 30.0       # |λ| ≤ 30: σ² from 1e-13 to 1e13
 MAX_D = 512                # the kernels hold a whole row of D in one tile
+MAX_K = 2**31 - 1          # the kernels compare codes in 32 bits (hard mode's one-hot)
 SEED_MSG = "seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor"
 
 
@@ -174,6 +175,9 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
     if impl != "reference" and can_use_triton(x.device) and D > MAX_D:
         raise ValueError(f"x must have D <= {MAX_D} for the fused kernels (one tile holds a whole row); "
                          f"got D = {D}. impl='reference' takes any D")
+    if impl != "reference" and can_use_triton(x.device) and K > MAX_K:
+        raise ValueError(f"means must have K <= {MAX_K} codes for the fused kernels (codes compare in 32 bits); "
+                         f"got K = {K}. impl='reference' takes any K")
     for name in ("means", "log_var", "log_prior", "noise"):
         if params[name] is not None:
             _check_finite(name, params[name])

@@ -139,11 +139,12 @@ def split_code_range(codes_per_split, K):
 
 @triton.jit
 def tile_code(idx, k_start, BLOCK_K: tl.constexpr):
-    """Per-row codes ``idx`` (int64) as int32 positions in the code tile that starts at k_start, −1
-    outside it: one-hot compares against tl.arange(0, BLOCK_K) then run in 32 bits for any K (an
-    int64 compare per element cost the hard-mode dμ kernel ~10 instructions per element)."""
-    rel = idx - k_start
-    return tl.where((rel >= 0) & (rel < BLOCK_K), rel, -1).to(tl.int32)
+    """Per-row codes ``idx`` (int64, < 2³¹: checks.MAX_K; −1 for none) as int32 positions in the code
+    tile that starts at k_start, −1 outside it: one-hot compares against tl.arange(0, BLOCK_K) then run
+    in 32 bits (an int64 compare per element cost the hard-mode dμ kernel ~10 instructions per
+    element), and so does this per-row arithmetic (one unsigned compare for both bounds)."""
+    rel = idx.to(tl.int32) - tl.cast(k_start, tl.int32)
+    return tl.where(rel.to(tl.uint32, bitcast=True) < BLOCK_K, rel, -1)
 
 
 @triton.jit

@@ -177,6 +177,16 @@ def test_triton_rejects_d_above_512(device):
     assert gk.gmvq(x, m, lv, impl="reference").quantized.shape == (2, 513)
 
 
+def test_triton_rejects_k_of_2_pow_31(device):
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    x = torch.zeros(2, 1, device=device)
+    m = torch.zeros(1, 1, device=device).expand(2**31, 1)  # a view: no memory behind the 2³¹ codes
+    lv = torch.zeros(1, device=device).expand(2**31)
+    with pytest.raises(ValueError, match=r"means must have K <= 2147483647 codes .*; got K = 2147483648"):
+        gk.gmvq(x, m, lv, impl="triton")
+
+
 def test_double_backward_through_kernels_is_a_clear_error(device):
     if not gk.functional.can_use_triton(torch.device(device)):
         pytest.skip("needs the interpreter or a GPU")
