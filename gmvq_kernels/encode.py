@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import config
 from .config import block_d, encode_config
-from .tiles import dot_precision_for, even_k, interpreter_operand, load_rows, row_tile, split_code_range
+from .tiles import dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows, row_tile, split_code_range
 
 
 @triton.heuristics({"EVEN_K": even_k})
@@ -40,7 +40,8 @@ def _gmvq_encode_kernel(
         # a stands in for v (σ²), which the argmax does not need: the pointer is only read
         _, _, _, _, _, _, logits, _ = row_tile(x, xx, means_ptr, a_ptr, b_ptr, a_ptr, k_start, K, D, offs_d,
                                                EVEN_K, BLOCK_K, DOT_PRECISION)
-        tile_max, tile_arg = tl.max(logits, axis=1, return_indices=True)  # one reduction for both
+        tile_max = tl.max(logits, axis=1)
+        tile_arg = first_argmax(logits, tile_max, BLOCK_K)
         better = tile_max > best  # strict: the first maximum wins, as torch.argmax
         best_k = tl.where(better, tile_arg.to(tl.int64) + k_start, best_k)
         best = tl.maximum(best, tile_max)

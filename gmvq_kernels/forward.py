@@ -26,8 +26,8 @@ from .config import block_d, colsum_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, distances_logits,
-                    dot_precision_for, even_k, even_n, interpreter_operand, load_codes, load_rows, load_stats,
-                    noise_tile, row_tile, softmax_prob, split_code_range, y_scale)
+                    dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes, load_rows,
+                    load_stats, noise_tile, row_tile, softmax_prob, split_code_range, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -101,7 +101,8 @@ def _gmvq_fwd_kernel(
         da = d * a[None, :]
 
         # --- q statistics
-        tile_max, tile_arg = tl.max(logits, axis=1, return_indices=True)  # one reduction for both
+        tile_max = tl.max(logits, axis=1)
+        tile_arg = first_argmax(logits, tile_max, BLOCK_K)
         m_new = tl.maximum(m_q, tile_max)
         alpha = tl.exp2((m_q - m_new) * LOG2E)
         rel = logits - m_new[:, None]  # −inf in padded columns
@@ -116,10 +117,9 @@ def _gmvq_fwd_kernel(
         # --- y statistics
         g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
         noisy = tl.where(valid, logits + g, float("-inf"))
+        tile_ymax = tl.max(noisy, axis=1)
         if HARD:
-            tile_ymax, tile_yarg = tl.max(noisy, axis=1, return_indices=True)
-        else:
-            tile_ymax = tl.max(noisy, axis=1)
+            tile_yarg = first_argmax(noisy, tile_ymax, BLOCK_K)
         m_y_new = tl.maximum(m_y, tile_ymax)
         alpha_y = tl.exp2((m_y - m_y_new) * y_scale)
         p_y = tl.exp2((noisy - m_y_new[:, None]) * y_scale)

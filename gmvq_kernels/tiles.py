@@ -127,6 +127,15 @@ def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_
 
 
 @triton.jit
+def first_argmax(t, t_max, BLOCK_K: tl.constexpr):
+    """Column (int32) of each row's first maximum in a (rows, BLOCK_K) tile, given the row maxima
+    ``t_max`` (ties: the first, as torch.argmax): the smallest column equal to it. Cheaper than
+    tl.max(..., return_indices=True), whose reduction carries (value, index) pairs: static report
+    (bf16, D = 64) −0.9 instructions per element per argmax in the forward, −1.5 in hard mode's second."""
+    return tl.min(tl.where(t == t_max[:, None], tl.arange(0, BLOCK_K)[None, :], BLOCK_K), axis=1)
+
+
+@triton.jit
 def split_code_range(codes_per_split, K):
     """(split, first code, end code) of this program's share of the codebook: split = program_id(1),
     codes_per_split a whole number of tiles (config.split_codes; one split covers all K). int32 is

@@ -108,3 +108,22 @@ def test_encode_and_decode_trace_with_fullgraph(device):
     enc = torch.compile(lambda x, m, lv: gk.gmvq_decode(gk.gmvq_encode(x, m, lv), m), fullgraph=True,
                         backend="aot_eager")
     assert torch.equal(enc(x, means, log_var), means[gk.gmvq_encode(x, means, log_var)])
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_training_codes_and_hard_sample_take_the_first_of_tied_codes(device, hard):
+    """The forward's argmaxes (codes; in hard mode also the sample under explicit zero noise) on exact
+    ties within a code tile (codes 5, 6) and across tiles (codes 2 and 20; the interpreter's tiles hold
+    16 codes): the lowest code, as torch.argmax."""
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    means = torch.randn(24, 3, generator=torch.Generator().manual_seed(0))
+    means[6], means[20] = means[5], means[2]
+    x = means[[5, 2, 20, 6]].clone()
+    means, x = means.to(device), x.to(device)
+    noise = torch.zeros(4, 24, device=device)
+    out, sample = gk.functional.gmvq_with_sample(x, means, torch.zeros(24, device=device), hard=hard, noise=noise,
+                                                 impl="triton")
+    assert out.codes.tolist() == [5, 2, 2, 5]
+    if hard:
+        assert sample.tolist() == [5, 2, 2, 5]
