@@ -51,7 +51,7 @@ from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
                     load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile,
-                    softmax_log2prob, softmax_prob, split_code_range, tile_code, y_scale)
+                    softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -416,21 +416,23 @@ def _gmvq_bwd_dmu_kernel(
         # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it; fp32 e
         # (its terms cancel)
         e_d += tl.sum(e * d, axis=1)
-        # half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (2⁻¹⁸; e_hi alone left
-        # dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to below that: 1.3 bf16 ulps off
-        # at N = 1), and Σ_n e is taken of the same values, so that μ Σ e − Σ e x cancels a common offset
-        # of x and μ exactly (an fp32 sum beside e_hi alone left 2⁻⁹·offset/spread)
-        e_hi = e.to(OP_DTYPE)
-        acc = tl.dot(e_hi.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        # half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (tiles.split_hi_lo, within
+        # 2⁻¹⁷; e rounded alone left dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to
+        # below that: 1.3 bf16 ulps off at N = 1), and Σ_n e is taken of the same values, so that
+        # μ Σ e − Σ e x cancels a common offset of x and μ exactly (an fp32 sum beside e rounded alone
+        # left 2⁻⁹·offset/spread)
         if OP_DTYPE != tl.float32:
-            e_lo = (e - e_hi.to(tl.float32)).to(OP_DTYPE)
+            e_hi, e_lo = split_hi_lo(e, OP_DTYPE)
+            acc = tl.dot(e_hi.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
             acc = tl.dot(e_lo.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-        if SUMS == 1:  # fp32 inputs, or the fp32 tile (within 2⁻¹⁸ of e_hi + e_lo) where 16 would spill
+        else:
+            e_hi = e
+            acc = tl.dot(e, x, acc, input_precision=DOT_PRECISION)
+        if SUMS == 1:  # fp32 inputs, or the fp32 tile (within 2⁻¹⁷ of e_hi + e_lo) where 16 would spill
             e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
         else:
             e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
             e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
-        e = e_hi
         if gs_ptr is not None:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
@@ -438,8 +440,8 @@ def _gmvq_bwd_dmu_kernel(
             # y rounded to x's dtype by name, so that the interpreter rounds it as a GPU does
             y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
             acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
-        if FUSE_DX:
-            add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, N, D,
+        if FUSE_DX:  # dx's share takes e rounded to x's dtype, as the dx kernel rounds dd (e_hi is truncated)
+            add_dx_ordered(e.to(OP_DTYPE), mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, N, D,
                            offs_d, DOT_PRECISION)
 
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)

@@ -27,7 +27,7 @@ from .noise import split_seed
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, distances_logits,
                     dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes, load_rows,
-                    load_stats, noise_tile, row_tile, softmax_prob, split_code_range, y_scale)
+                    load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -59,8 +59,8 @@ def _gmvq_fwd_kernel(
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
     it here keeps p_y's rounding to it visible to the CPU tests). Half inputs: p_y enters
-    the z dot as two half operands, p_hi = half(p_y) and p_lo = half(p_y − p_hi), so acc_z is
-    fp32-accurate (p_hi alone errs by 2⁻⁹ of |μ|; z is the same whether or not Y_SUMS). Y_SUMS (see
+    the z dot as two half operands p_hi + p_lo (tiles.split_hi_lo, within 2⁻¹⁷), so acc_z is
+    fp32-accurate (p_y rounded alone errs by 2⁻⁹ of |μ|; z is the same whether or not Y_SUMS). Y_SUMS (see
     ``delta_from_forward``): the soft sample's sums [Σ y μ, Σ y d a, Σ y σ²] are written in fp32 to
     ysum (N, D + 2) for the backward, in hard mode too.
 
@@ -126,11 +126,12 @@ def _gmvq_fwd_kernel(
         s_y = alpha_y * s_y + tl.sum(p_y, axis=1)
         acc_v = alpha_y * acc_v + tl.sum(p_y * v[None, :], axis=1)
         acc_lat = alpha_y * acc_lat + tl.sum(p_y * da, axis=1)
-        p_hi = p_y.to(OP_DTYPE)
-        acc_z = acc_z * alpha_y[:, None] + tl.dot(p_hi.to(mu.dtype), mu, input_precision=DOT_PRECISION)
         if OP_DTYPE != tl.float32:
-            p_lo = (p_y - p_hi.to(tl.float32)).to(OP_DTYPE)
+            p_hi, p_lo = split_hi_lo(p_y, OP_DTYPE)
+            acc_z = acc_z * alpha_y[:, None] + tl.dot(p_hi.to(mu.dtype), mu, input_precision=DOT_PRECISION)
             acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
+        else:
+            acc_z = acc_z * alpha_y[:, None] + tl.dot(p_y, mu, input_precision=DOT_PRECISION)
         if HARD:
             hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
         m_y = m_y_new
@@ -282,7 +283,7 @@ def delta_from_forward(dtype, hard, D):
     (8192, 1024, 64) bf16: Δ pass 49 → 17 instructions per element, forward +4 soft, +9 hard).
 
     For half inputs: their gradients are stored in half (2⁻⁹), and with Σ y μ kept fp32-accurate (the
-    kernel's p_hi + p_lo split of p_y: 2⁻¹⁸ in bf16) the two ways differ by ~2⁻¹⁸·|μ|/spread relative in
+    kernel's p_hi + p_lo split of p_y: 2⁻¹⁷ in bf16) the two ways differ by ~2⁻¹⁷·|μ|/spread relative in
     Y − Δy. fp32 inputs keep the recompute, whose Y − Δy cancels exactly per element: from the forward,
     the CPU tests saw 5e-6 error in dx against a bound of 5e-7 (1e-5 of max|dx|) at K = 1. Hard mode at
     D > 128 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers

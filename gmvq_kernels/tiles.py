@@ -127,6 +127,19 @@ def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_
 
 
 @triton.jit
+def split_hi_lo(t, OP_DTYPE: tl.constexpr):
+    """fp32 t as hi + lo, two tiles of the half type OP_DTYPE, for a dot that must be fp32-accurate
+    (|t − hi − lo| ≤ 2⁻¹⁷|t|). bf16: hi = t with its low 16 bits cleared, i.e. truncated to bf16
+    (one LOP3, exact in both types) and lo = t − hi (exact) rounded to bf16; static report: −1
+    instruction per element against rounding hi and converting it back. fp16: hi = t rounded."""
+    if OP_DTYPE == tl.bfloat16:
+        hi = (t.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+    else:
+        hi = t.to(OP_DTYPE).to(tl.float32)
+    return hi.to(OP_DTYPE), (t - hi).to(OP_DTYPE)
+
+
+@triton.jit
 def first_argmax(t, t_max, BLOCK_K: tl.constexpr):
     """Column (int32) of each row's first maximum in a (rows, BLOCK_K) tile, given the row maxima
     ``t_max`` (ties: the first, as torch.argmax): the smallest column equal to it. Cheaper than
