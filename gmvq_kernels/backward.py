@@ -449,7 +449,9 @@ def _gmvq_bwd_dmu_kernel(
     mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
     dmu = acc - mu.to(tl.float32) * tl.sum(e_col, axis=1)[:, None]
     tl.store(dmu_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], dmu, mask=mask_kd)
-    d_log_var = v * gs_y + 0.5 * e_d - half_d * d_log_pi
+    d_log_var = 0.5 * e_d - half_d * d_log_pi
+    if gs_ptr is not None:  # else 0·σ² (not foldable) kept σ² live across the loop: spilled at D = 128
+        d_log_var += v * gs_y
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
 
