@@ -40,7 +40,7 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    autotune.ensure_tuned(autotune.TRAINING_KINDS, x, lambda: autotune.tune_training(
+    autotune.ensure_tuned(autotune.training_kinds(x.dtype), x, lambda: autotune.tune_training(
         x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,

@@ -3,8 +3,9 @@
 - ``GMVQ_AUTOTUNE=1``: the first fused call on a CUDA device per (arch, input kind, D bucket) times
   the bucket's table default and ``config.CANDIDATES`` on that call's own inputs and keeps the fastest
   for the process (``config.RUNTIME_TUNED``): a forward + backward of the training objective per
-  candidate of each of ``TRAINING_KINDS`` in turn (row, then dμ's column, then q̄'s column config; the
-  kinds not yet tuned at their default, those tuned at their winner); the encode kernel alone for
+  candidate of each of ``TRAINING_KINDS`` in turn (row, then dμ's column, then q̄'s column, then the
+  Δ kernel's config, half inputs only; the kinds not yet tuned at their default, those tuned at their
+  winner); the encode kernel alone for
   encode candidates. It syncs the device and costs a few dozen fused calls
   plus their compiles, once per bucket; off by default, so that no call stalls or changes configs
   unasked.
@@ -22,7 +23,12 @@ from . import config
 from .config import KernelConfig
 
 ENV = "GMVQ_AUTOTUNE"
-TRAINING_KINDS = ("row", "col", "colsum")  # the config kinds one training fwd + bwd launches
+TRAINING_KINDS = ("row", "col", "colsum", "delta")  # the config kinds one training fwd + bwd launches
+
+
+def training_kinds(dtype: torch.dtype):
+    """TRAINING_KINDS for inputs of ``dtype``: fp32 has no Δ config of its own (config.delta_config)."""
+    return TRAINING_KINDS if dtype != torch.float32 else tuple(k for k in TRAINING_KINDS if k != "delta")
 BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
@@ -67,12 +73,13 @@ def cuda_ms(fn, reps: int = 5) -> float:
 
 
 def _tune(kinds, D, x, step, time_fn):
-    """Each kind in turn, the ones before it fixed at their winners: {tuned_key: (config, {config: ms})}."""
+    """Each kind in turn, the ones before it fixed at their winners: {tuned_key: (config, {config: ms})}.
+    ``step(kind)``: the call to time for that kind's candidates."""
     chosen, results = {}, {}
     for kind in kinds:
         def time_cfg(cfg, kind=kind):
             with config.override(**chosen, **{kind: cfg}):
-                return time_fn(step)
+                return time_fn(step(kind))
         best, times = pick_fastest(candidates(kind, D, x.dtype), time_cfg)
         chosen[kind] = best
         results[config.tuned_key(kind, D, x.dtype, x.device)] = (best, times)
@@ -80,8 +87,9 @@ def _tune(kinds, D, x, step, time_fn):
 
 
 def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_ms):
-    """Row and column winners for these inputs (see the module docstring): fwd + bwd with upstream
-    gradients for quantized, latent_nll and agg_posterior, as in training."""
+    """The winners of each training kind for these inputs (see the module docstring): fwd + bwd with
+    upstream gradients for quantized, latent_nll and agg_posterior, as in training; ``hard`` as given,
+    except for the Δ kernel's candidates, timed in hard mode (where the Δ pass always runs)."""
     from .backward import gmvq_bwd
     from .forward import gmvq_fwd
 
@@ -91,18 +99,20 @@ def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_m
                  latent_nll=torch.randn(N, generator=g, device=x.device),
                  agg_posterior=torch.randn(means.shape[0], generator=g, device=x.device))
 
-    def step():
+    def step(hard):
         _, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None, dot_precision=dot_precision)
         gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0, dot_precision=dot_precision)
-    return _tune(TRAINING_KINDS, D, x, step, time_fn)
+    # the Δ kernel's candidates in hard mode: soft mode at D ≤ 64 folds the Δ pass into dx (no Δ launch)
+    return _tune(training_kinds(x.dtype), D, x,
+                 lambda kind: (lambda: step(True if kind == "delta" else hard)), time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):
     """The encode kernel's winner for these inputs."""
     from .encode import gmvq_encode_fwd
 
-    return _tune(("encode",), x.shape[1], x, lambda: gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision),
-                 time_fn)
+    return _tune(("encode",), x.shape[1], x,
+                 lambda kind: (lambda: gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)), time_fn)
 
 
 def ensure_tuned(kinds, x, tune):

@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, fused_backward, row_config, split_codes, split_rows
+from .config import block_d, col_config, delta_config, fused_backward, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
@@ -543,16 +543,24 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
     fused = fused_backward() and x.dtype != torch.float32
     defer = defer_delta_q(x.dtype != torch.float32, hard, g_c is not None, has_y, y_sums is not None, fused, BLOCK_D)
-    dy_part = parts(N) if has_y else None
-    dq_part = parts(N) if g_c is not None else None
     if defer:
+        dy_part = parts(N) if has_y else None
+        dq_part = parts(N)
         delta_y = dy_part[0] if has_y else None  # written by the dx kernel's split 0
     else:
+        # the Δ kernel holds no (BLOCK_N, D) accumulator: its own, wider tiles (config.DELTA_CONFIGS)
+        dcfg = delta_config(D, x.dtype, dev)
+        d_splits, d_codes_per_split = split_codes(N, K, dcfg.BLOCK_N, dcfg.BLOCK_K, dev)
+        d_parts = lambda: torch.empty((d_splits, N), dtype=torch.float32, device=dev)  # noqa: E731
+        dy_part = d_parts() if has_y else None
+        dq_part = d_parts() if g_c is not None else None
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
-            _gmvq_bwd_delta_kernel[row_grid](
+            _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
                 xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
-                dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), codes_per_split, **row_launch)
+                dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
+                BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
+                num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
 
     common = lambda delta_q: (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"],  # noqa: E731

@@ -56,11 +56,11 @@ _OVERRIDE = threading.local()  # per thread: a tuning run in one thread never le
 
 @contextlib.contextmanager
 def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None,
-             colsum: "KernelConfig" = None):
+             colsum: "KernelConfig" = None, delta: "KernelConfig" = None):
     """Within the block, launches in this thread use these configs for every D and dtype (tuning and
     the static cost report try alternatives this way); the defaults come back on exit."""
     saved = getattr(_OVERRIDE, "configs", {})
-    given = dict(row=row, col=col, encode=encode, colsum=colsum)
+    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta)
     _OVERRIDE.configs = {**saved, **{k: v for k, v in given.items() if v is not None}}
     try:
         yield
@@ -104,6 +104,16 @@ COLSUM_CONFIGS = {
     "half": ((128, KC(64, 512, 8, 2)), (256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(64, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
+# The Δ kernel (a row kernel: Δq, and Δy where it recomputes y) holds no (BLOCK_N, BLOCK_D) accumulator
+# either, so it takes wider tiles than the forward and dx: chosen 2026-11-30 with benchmarks/static_cost.py
+# (bf16, against the row table's): 21.7 → 16.0 instructions per element at (32768, 8192, 128) soft,
+# 16.9 → 13.6 at (8192, 1024, 64) hard, 14.9 → 12.5 at (8192, 262144, 32) hard, 57.0 → 53.3 at
+# (65536, 16384, 256) hard (its full recompute of y); (128, 128, 8, 2) is 0.7–0.9 lower at D ≤ 128 with
+# 182–255 registers and spills 788 B at D = 256. fp32 inputs keep the row kernels' tiles (delta_config).
+DELTA_CONFIGS = {
+    "half": ((256, KC(128, 64, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "fp32": ROW_CONFIGS["fp32"],  # unused: see delta_config
+}
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
 # takes wider tiles than the row kernels. Chosen 2026-11-29 with benchmarks/static_cost.py --modes encode
 # (lowest modelled time among the configs with no spill, every dot an HGMMA with N ≥ 32, within an
@@ -114,7 +124,8 @@ ENCODE_CONFIGS = {
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
-TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "encode": ENCODE_CONFIGS}
+TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
+          "encode": ENCODE_CONFIGS}
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
 # bucket fails to compile or runs slowly, and the timing drops it.
@@ -122,6 +133,7 @@ CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
     "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
     "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
+    "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
     "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
 }
 
@@ -201,6 +213,13 @@ def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
 def colsum_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
     """The forward's column-block kernel (q̄ = column sums of q), laid out as dμ's."""
     return _pick("colsum", D, dtype, device)
+
+
+def delta_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The backward's Δ kernel (a row kernel without a D-wide accumulator), for half inputs. fp32 inputs
+    take the row kernels' config: their Δ pass recomputes y and Y, and Y − Δy must then cancel exactly
+    in dx (backward.py's docstring), so both must come from the same tiles, bit for bit."""
+    return _pick("delta", D, dtype, device) if dtype != torch.float32 else row_config(D, dtype, device)
 
 
 def encode_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
