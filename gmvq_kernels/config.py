@@ -87,8 +87,11 @@ KC = KernelConfig
 # config spills: use bf16 there for speed).
 # History: (128, 64, 8 warps, 3 stages) at D ≤ 64 returned garbage quantized rows with triton 3.6 on an
 # H200 (bf16/fp16; benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt).
+# 2026-11-30 (later): 64 < D ≤ 128 moved from (64, 32, 4) to (128, 32, 8): forward 68.8 → 65.3, dx 61.5 →
+# 57.1 per element at (32768, 8192, 128) soft, no spill in either loop. D ≤ 64 keeps 64-row tiles: at
+# N = 8192 (the anchor row) 128-row tiles leave half of an H200's SMs without a row block (−3.2 modelled).
 ROW_CONFIGS = {
-    "half": ((128, KC(64, 32, 4, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 COL_CONFIGS = {
@@ -110,8 +113,8 @@ COLSUM_CONFIGS = {
 # 16.9 → 13.6 at (8192, 1024, 64) hard, 14.9 → 12.5 at (8192, 262144, 32) hard, 57.0 → 53.3 at
 # (65536, 16384, 256) hard (its full recompute of y); (128, 128, 8, 2) is 0.7–0.9 lower at D ≤ 128 with
 # 182–255 registers and spills 788 B at D = 256. fp32 inputs keep the row kernels' tiles (delta_config).
-DELTA_CONFIGS = {
-    "half": ((256, KC(128, 64, 8, 2)), (512, KC(64, 16, 4, 1))),
+DELTA_CONFIGS = {  # one bucket per D range, as the row table's, so that tuning can tell them apart
+    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 2)), (512, KC(64, 16, 4, 1))),
     "fp32": ROW_CONFIGS["fp32"],  # unused: see delta_config
 }
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it

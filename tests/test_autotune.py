@@ -27,10 +27,11 @@ def test_config_sources_in_order(gpu_like):
     bf16 = torch.bfloat16
     default = config.table_config("row", 64, bf16)
     assert config.row_config(64, bf16, "cuda") == default
-    key = config.tuned_key("row", 64, bf16, "cuda")
-    assert key == ("sm_90", "half", "row", 128)  # D = 64 is served by the table row of D ≤ 128
-    config.TUNED[key] = KC(128, 32, 8, 2)
-    assert config.row_config(100, bf16, "cuda") == KC(128, 32, 8, 2)  # same bucket
+    key = config.tuned_key("row", 48, bf16, "cuda")
+    assert key == ("sm_90", "half", "row", 64)  # D = 48 is served by the table row of D ≤ 64
+    config.TUNED[key] = KC(32, 64, 4, 2)
+    assert config.row_config(64, bf16, "cuda") == KC(32, 64, 4, 2)  # same bucket
+    assert config.row_config(100, bf16, "cuda") == config.table_config("row", 100, bf16)  # the next one
     assert config.row_config(64, torch.float32, "cuda") == config.table_config("row", 64, torch.float32)
     assert config.row_config(64, bf16, "cpu") == default and config.row_config(64, bf16) == default
     config.TUNED[("sm_80", "half", "row", 256)] = KC(16, 16, 1, 1)  # another arch: never used here
@@ -98,7 +99,7 @@ def test_tune_training_times_every_candidate_with_the_kernels(monkeypatch):
 
 def test_autotune_is_opt_in_and_runs_once_per_bucket(gpu_like, monkeypatch):
     calls = []
-    key = ("sm_90", "half", "row", 128)
+    key = ("sm_90", "half", "row", 64)
 
     def tune():
         calls.append(1)
