@@ -24,12 +24,12 @@ from .config import KernelConfig
 
 ENV = "GMVQ_AUTOTUNE"
 TRAINING_KINDS = ("row", "col", "colsum", "delta")  # the config kinds one training fwd + bwd launches
+BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
 def training_kinds(dtype: torch.dtype):
     """TRAINING_KINDS for inputs of ``dtype``: fp32 has no Δ config of its own (config.delta_config)."""
     return TRAINING_KINDS if dtype != torch.float32 else tuple(k for k in TRAINING_KINDS if k != "delta")
-BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
 def enabled() -> bool:

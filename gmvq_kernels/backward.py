@@ -441,8 +441,8 @@ def _gmvq_bwd_dmu_kernel(
             y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
             acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
         if FUSE_DX:  # dx's share takes e rounded to x's dtype, as the dx kernel rounds dd (e_hi is truncated)
-            add_dx_ordered(e.to(OP_DTYPE), mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N, row_hi, N, D,
-                           offs_d, DOT_PRECISION)
+            add_dx_ordered(e.to(OP_DTYPE), mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N,
+                           row_hi, N, D, offs_d, DOT_PRECISION)
 
     # μ reloaded rather than kept live across the loop (registers: the loop's tiles need them)
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)

@@ -128,10 +128,11 @@ def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_
 
 @triton.jit
 def split_hi_lo(t, OP_DTYPE: tl.constexpr):
-    """fp32 t as hi + lo, two tiles of the half type OP_DTYPE, for a dot that must be fp32-accurate
-    (|t − hi − lo| ≤ 2⁻¹⁷|t|). bf16: hi = t with its low 16 bits cleared, i.e. truncated to bf16
-    (one LOP3, exact in both types) and lo = t − hi (exact) rounded to bf16; static report: −1
-    instruction per element against rounding hi and converting it back. fp16: hi = t rounded."""
+    """fp32 t as hi + lo, two tiles of the half type OP_DTYPE, for a dot that must be fp32-accurate.
+    bf16: hi = t with its low 16 bits cleared, i.e. truncated to bf16 (one LOP3, exact in both types),
+    and lo = t − hi (exact) rounded to bf16: |t − hi| < 2⁻⁷|t|, so |t − hi − lo| ≤ 2⁻¹⁶|t|, one bit
+    less than with hi rounded (2⁻¹⁷), for one instruction per element less (static report: rounding
+    hi and converting it back costs an F2F and an unpack). fp16: hi = t rounded."""
     if OP_DTYPE == tl.bfloat16:
         hi = (t.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
     else:

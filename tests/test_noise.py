@@ -118,7 +118,8 @@ def test_torch_twin_words_are_the_numpy_twins(seed, N, K, row_offset):
     gave wrong words under inductor (test_torch_compile.py compiles them)."""
     want = torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64))
     assert torch.equal(philox_words_torch(N, K, seed, row_offset), want)
-    assert torch.equal(philox_words_torch(N, K, torch.tensor(seed - 2**64 if seed >= 2**63 else seed), row_offset), want)
+    seed_bits = torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
+    assert torch.equal(philox_words_torch(N, K, seed_bits, row_offset), want)
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
