@@ -103,8 +103,7 @@ def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_m
         _, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None, dot_precision=dot_precision)
         gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0, dot_precision=dot_precision)
     # the Δ kernel's candidates in hard mode: soft mode at D ≤ 64 folds the Δ pass into dx (no Δ launch)
-    return _tune(training_kinds(x.dtype), D, x,
-                 lambda kind: (lambda: step(True if kind == "delta" else hard)), time_fn)
+    return _tune(training_kinds(x.dtype), D, x, lambda kind: (lambda: step(hard or kind == "delta")), time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):

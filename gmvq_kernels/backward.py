@@ -537,7 +537,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
-    parts = lambda *shape: torch.empty((splits, *shape), dtype=torch.float32, device=dev)  # noqa: E731
+    parts = lambda *shape, n=splits: torch.empty((n, *shape), dtype=torch.float32, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
     # fused (experimental, half inputs): the dμ kernel's Y is not bitwise the Δ pass's, so fp32's exact
     # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
@@ -551,9 +551,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         # the Δ kernel holds no (BLOCK_N, D) accumulator: its own, wider tiles (config.DELTA_CONFIGS)
         dcfg = delta_config(D, x.dtype, dev)
         d_splits, d_codes_per_split = split_codes(N, K, dcfg.BLOCK_N, dcfg.BLOCK_K, dev)
-        d_parts = lambda: torch.empty((d_splits, N), dtype=torch.float32, device=dev)  # noqa: E731
-        dy_part = d_parts() if has_y else None
-        dq_part = d_parts() if g_c is not None else None
+        dy_part = parts(N, n=d_splits) if has_y else None
+        dq_part = parts(N, n=d_splits) if g_c is not None else None
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](

@@ -22,7 +22,9 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   CPU it runs a NumPy twin of the Philox rounds (same words bit for bit; row blocks on two threads)
   and ``words_to_gumbel``:
   −log(−log u) with torch's accurate fp32 logs, which keep their relative accuracy for u near 1, so the
-  cubic is not needed there (results within a few ulps of the kernels').
+  cubic is not needed there (results within a few ulps of the kernels'). Traced by torch.compile on a
+  CPU, it is ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses)
+  and the same transform.
 """
 import os
 
