@@ -1,4 +1,4 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v2`` and ``gmvq_kernels::fused_bwd_v2`` (and
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v3`` and ``gmvq_kernels::fused_bwd_v3`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. No kernel code here.
@@ -21,11 +21,13 @@ from .forward import delta_from_forward, gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
 
 FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in this order
-# The training ops' names carry a version, raised whenever their arguments or the shapes or layouts of
-# their outputs change: torch's compile caches key a custom op by its name alone (pytorch/pytorch#187319),
-# so graphs cached by an older version would otherwise call the new op with the old signature, or assert
-# the old shapes (v2: stats (N, 4) instead of (4, N)).
-OP_VERSION = 2
+# The training ops' names carry a version, raised whenever their arguments, the shapes or layouts of
+# their outputs, or what _setup_context saves for the backward change: torch's compile caches key a
+# custom op by its name alone (pytorch/pytorch#187319), so graphs cached by an older version would
+# otherwise call the new op with the old signature, assert the old shapes, or hand the backward the old
+# saved tensors (v2: stats (N, 4) instead of (4, N); v3: hard mode saves the argmax codes beside the
+# sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it).
+OP_VERSION = 3
 
 
 @torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=())
@@ -40,7 +42,7 @@ def fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: 
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    autotune.ensure_tuned(autotune.training_kinds(x.dtype), x, lambda: autotune.tune_training(
+    autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
         x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
@@ -72,10 +74,10 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     (not a list: inductor's call of a custom op flattens a list of optional tensors); the check below
     keeps them in step with ``DIFF_OUTPUTS``."""
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    # soft mode saves the argmax codes in hard_idx's place (_setup_context): the backward's per-row
-    # stand-in for Δq (backward.defer_delta_q)
-    saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx if hard else None,
-                 codes=None if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None)
+    # the argmax codes, the backward's per-row stand-in for Δq (backward.defer_delta_q), come in
+    # hard_idx's place in soft mode and as its second row in hard mode (_setup_context)
+    saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx[0] if hard else None,
+                 codes=hard_idx[1] if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
@@ -115,8 +117,9 @@ def _setup_context(ctx, inputs, output):
     inp = dict(zip(FWD_INPUTS, inputs))
     out = dict(zip(FWD_RETURNS, output))
     ctx.set_materialize_grads(False)  # in eager, an unused output sends None: its work is skipped
-    if not inp["hard"]:  # no hard sample: the argmax codes take its place (see _fused_bwd)
-        out["hard_idx"] = out["codes"]
+    # the argmax codes go with the hard sample, or take its place (see _fused_bwd); one saved tensor
+    # either way, so fused_bwd's schema stays (torch's compile caches key a custom op by its name)
+    out["hard_idx"] = torch.stack((out["hard_idx"], out["codes"])) if inp["hard"] else out["codes"]
     ctx.save_for_backward(*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
                           *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], inp["seed"])
     ctx.opts = (inp["hard"], inp["dot_precision"])

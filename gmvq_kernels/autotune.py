@@ -27,9 +27,12 @@ TRAINING_KINDS = ("row", "col", "colsum", "delta")  # the config kinds one train
 BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
-def training_kinds(dtype: torch.dtype):
-    """TRAINING_KINDS for inputs of ``dtype``: fp32 has no Δ config of its own (config.delta_config)."""
-    return TRAINING_KINDS if dtype != torch.float32 else tuple(k for k in TRAINING_KINDS if k != "delta")
+def training_kinds(dtype: torch.dtype, D: int):
+    """TRAINING_KINDS for inputs of ``dtype`` and width D: no "delta" for fp32, which has no Δ config of
+    its own (config.delta_config), nor for half inputs at D ≤ 64, where the dx pass takes Δq
+    (backward.defer_delta_q: the Δ kernel does not run when a q̄ gradient arrives, as in training)."""
+    no_delta = dtype == torch.float32 or config.block_d(D) <= config.DEFER_DQ_MAX_BLOCK_D
+    return tuple(k for k in TRAINING_KINDS if not (no_delta and k == "delta"))
 
 
 def enabled() -> bool:
@@ -74,12 +77,12 @@ def cuda_ms(fn, reps: int = 5) -> float:
 
 def _tune(kinds, D, x, step, time_fn):
     """Each kind in turn, the ones before it fixed at their winners: {tuned_key: (config, {config: ms})}.
-    ``step(kind)``: the call to time for that kind's candidates."""
+    ``step``: the call to time."""
     chosen, results = {}, {}
     for kind in kinds:
         def time_cfg(cfg, kind=kind):
             with config.override(**chosen, **{kind: cfg}):
-                return time_fn(step(kind))
+                return time_fn(step)
         best, times = pick_fastest(candidates(kind, D, x.dtype), time_cfg)
         chosen[kind] = best
         results[config.tuned_key(kind, D, x.dtype, x.device)] = (best, times)
@@ -88,8 +91,8 @@ def _tune(kinds, D, x, step, time_fn):
 
 def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_ms):
     """The winners of each training kind for these inputs (see the module docstring): fwd + bwd with
-    upstream gradients for quantized, latent_nll and agg_posterior, as in training; ``hard`` as given,
-    except for the Δ kernel's candidates, timed in hard mode (where the Δ pass always runs)."""
+    upstream gradients for quantized, latent_nll and agg_posterior, as in training; ``hard`` as given
+    (the Δ pass, where it runs at all, runs in both modes)."""
     from .backward import gmvq_bwd
     from .forward import gmvq_fwd
 
@@ -99,19 +102,18 @@ def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_m
                  latent_nll=torch.randn(N, generator=g, device=x.device),
                  agg_posterior=torch.randn(means.shape[0], generator=g, device=x.device))
 
-    def step(hard):
+    def step():
         _, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None, dot_precision=dot_precision)
         gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0, dot_precision=dot_precision)
-    # the Δ kernel's candidates in hard mode: soft mode at D ≤ 64 folds the Δ pass into dx (no Δ launch)
-    return _tune(training_kinds(x.dtype), D, x, lambda kind: (lambda: step(hard or kind == "delta")), time_fn)
+    return _tune(training_kinds(x.dtype, D), D, x, step, time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):
     """The encode kernel's winner for these inputs."""
     from .encode import gmvq_encode_fwd
 
-    return _tune(("encode",), x.shape[1], x,
-                 lambda kind: (lambda: gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)), time_fn)
+    return _tune(("encode",), x.shape[1], x, lambda: gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision),
+                 time_fn)
 
 
 def ensure_tuned(kinds, x, tune):

@@ -12,8 +12,8 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
 For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
-computes Δq alone: no noise. In soft mode at D ≤ 64 the dx kernel takes that Δq too (``defer_delta_q``)
-and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
+computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
+(``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
 the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
@@ -46,7 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, col_config, delta_config, fused_backward, row_config, split_codes, split_rows
+from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, fused_backward, row_config,
+                     split_codes, split_rows)
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
@@ -225,7 +226,8 @@ def _gmvq_bwd_dx_kernel(
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
     launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
     bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
-    (N, 4) from the forward; hard_idx (N,) int64 in hard mode, else None; delta_y / delta_q (N,) from
+    (N, 4) from the forward; hard_idx (N,) int64 the hard sample in hard mode, else None (its Ḡ_lat·a
+    term is added per row after the loop at BLOCK_D ≤ 128, a one-hot in the loop at 256); delta_y / delta_q (N,) from
     the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32,
     each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
     dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's operands are fp32).
@@ -272,8 +274,14 @@ def _gmvq_bwd_dx_kernel(
     # element less; w's Ḡ_lat·y then weighs it by Ḡ_lat·τ (soft mode; the hard one-hot by Ḡ_lat)
     log2_inv_tau = tl.log2(inv_tau)
     log2s_y_tau = log2s_y - log2_inv_tau
+    # hard mode at BLOCK_D ≤ 128 adds the one-hot sample's Ḡ_lat·a term once per row after the loop (at 256
+    # the epilogue's (BLOCK_N, D) μ tile would spill the accumulator into the loop: static report)
+    ROW_TERM: tl.constexpr = hard_idx_ptr is not None and glat_ptr is not None and BLOCK_D <= 128
+    # w = Ḡ_lat·y_val − dℓ in the loop: soft (y/τ weighed by Ḡ_lat·τ) or the hard one-hot
+    W_LAT: tl.constexpr = glat_ptr is not None and not ROW_TERM
     if hard_idx_ptr is not None:
-        hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
+        if W_LAT:
+            hard_idx = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=-1)
         g_lat_w = g_lat
     else:
         g_lat_w = g_lat * (1.0 / inv_tau)
@@ -294,18 +302,18 @@ def _gmvq_bwd_dx_kernel(
                                       a, v, mu, gz, m_y, log2s_y_tau, y_scale, log2_inv_tau, g_lat, g_s,
                                       gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
                                       DOT_PRECISION)
-        if hard_idx_ptr is not None:
+        y_val = y_tau  # with g_lat·τ as its weight (soft)
+        if hard_idx_ptr is not None and W_LAT:
             y_val = (tl.arange(0, BLOCK_K)[None, :] == tile_code(hard_idx, k_start, BLOCK_K)[:, None]).to(tl.float32)
-        else:
-            y_val = y_tau  # with g_lat·τ as its weight
         g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
         dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
                             g_lse[:, None], g_h[:, None], g_lat_w[:, None], g_c[None, :], valid,
-                            HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None,
-                            glat_ptr is not None)
+                            HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None, W_LAT)
+        # without the Ḡ_lat term dd = dℓ·(−a), a per-code negation: w = −dℓ is 0 − dℓ in Triton, an FADD
+        dd = w * a[None, :] if W_LAT else dl * (-a)[None, :]
         # Σ_k dd of the very values the dot takes (rounded to x's dtype): x Σ dd − Σ dd μ then cancels a
         # common offset of x and μ exactly (latents far from the origin; an fp32 sum left 2⁻⁹·offset/spread)
-        dd = tl.where(clamp_ok & valid, w * a[None, :], 0.0).to(OP_DTYPE).to(mu.dtype)
+        dd = tl.where(clamp_ok & valid, dd, 0.0).to(OP_DTYPE).to(mu.dtype)
         dd_sum = add_row_sums(dd_sum, dd, ones, DOT_PRECISION)
         acc += tl.dot(dd, mu, input_precision=DOT_PRECISION)
         if DEFER_DQ:
@@ -316,6 +324,17 @@ def _gmvq_bwd_dx_kernel(
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     dd_sum = tl.sum(dd_sum, axis=1)
+    if ROW_TERM:
+        # the hard sample's Ḡ_lat·a_h at its code h (where the distance clamp passes gradient), in fp32,
+        # once per row (split 0) instead of a one-hot in every tile (static report: −2.7 per element at
+        # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
+        h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
+        mu_h = tl.load(means_ptr + h[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0).to(tl.float32)
+        xf = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0).to(tl.float32)
+        d_raw = xx + tl.sum(mu_h * mu_h, axis=1) - 2.0 * tl.sum(xf * mu_h, axis=1)
+        dd_h = tl.where((d_raw >= 0.0) & (split == 0), g_lat * tl.load(a_ptr + h, mask=mask_n, other=0.0), 0.0)
+        dd_sum += dd_h
+        acc += dd_h[:, None] * mu_h
     if DEFER_DQ:
         qa_sum = tl.sum(qa_sum, axis=1)
         if qamu_part_ptr is None:  # one split: r is complete here
@@ -493,16 +512,15 @@ def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_h
     tl.atomic_xchg(lock, j + 1, sem="release")
 
 
-def defer_delta_q(half: bool, hard: bool, has_gc: bool, has_y: bool, y_from_forward: bool, fused: bool,
-                  BLOCK_D: int) -> bool:
+def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, fused: bool, BLOCK_D: int) -> bool:
     """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
-    in soft mode when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching
-    y), not in the fused backward (its dμ kernel needs Δq before it starts), and where the extra
-    (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128
-    has 12 to spare). Soft only: the stand-in for Δq is Ḡ_c at the argmax code, which soft mode saves
-    in the hard sample's place; the sample itself would be a poor stand-in where q is peaked but
-    not one-hot (1 row in 10 at q_max = 0.9: then Ḡ_c − c is no longer small where q is large)."""
-    return half and not hard and has_gc and (y_from_forward or not has_y) and not fused and BLOCK_D <= 64
+    when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), not in
+    the fused backward (its dμ kernel needs Δq before it starts), and where the extra (BLOCK_N,
+    BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128 has 12 to
+    spare). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved beside the sample:
+    the sample itself would be a poor stand-in where q is peaked but not one-hot, 1 row in 10 at
+    q_max = 0.9, and then Ḡ_c − c is no longer small where q is large)."""
+    return half and has_gc and (y_from_forward or not has_y) and not fused and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
 
 
 def sum_splits(t):
@@ -542,7 +560,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     # fused (experimental, half inputs): the dμ kernel's Y is not bitwise the Δ pass's, so fp32's exact
     # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
     fused = fused_backward() and x.dtype != torch.float32
-    defer = defer_delta_q(x.dtype != torch.float32, hard, g_c is not None, has_y, y_sums is not None, fused, BLOCK_D)
+    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, fused, BLOCK_D)
     if defer:
         dy_part = parts(N) if has_y else None
         dq_part = parts(N)

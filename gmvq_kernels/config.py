@@ -46,6 +46,11 @@ class KernelConfig:
     num_stages: int
 
 
+# half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:
+# beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
+DEFER_DQ_MAX_BLOCK_D = 64
+
+
 def block_d(D: int) -> int:
     """Whole latent dimension in one tile: next power of two, at least 16 (the GPU dot minimum)."""
     return max(16, 1 << (D - 1).bit_length())

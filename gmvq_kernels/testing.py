@@ -5,6 +5,7 @@ Three-way comparison: ground truth ``gt`` = the reference in float64; ``refs`` =
 test precision (the same math rounded differently, one or more samples); ``out`` = the kernel. The
 kernel passes when its worst error is within ROUNDING_FACTOR of plain PyTorch's worst error at the same
 precision, plus a tolerance set by the precision (never by the observed error)."""
+import numpy as np
 import torch
 
 # The kernel's worst error may exceed plain PyTorch's worst by this factor. Two correct fp32 programs
@@ -60,3 +61,35 @@ def assert_three_way(name, out, refs, gt, rel_tol):
         raise AssertionError(f"{name}: kernel error {err:.3e} > bound {bound:.3e} (= {ROUNDING_FACTOR}·reference "
                              f"error + {rel_tol:.1e}·max|gt|); worst at {idx}: out={out64.flatten()[worst].item():.8g} "
                              f"gt={gt64.flatten()[worst].item():.8g}")
+
+
+def interpreter_rounds_bf16_to_nearest():
+    """Make Triton's interpreter round fp32 → bf16 casts to nearest even, as the GPU does
+    (``cvt.rn.bf16.f32``; Triton's own semantics name RTNE the default for float downcasts). The
+    interpreter (triton 3.7.1) truncates them instead, toward zero: a tile rounded to bf16 before a dot
+    then carries twice the GPU's error, all of it one-sided, so a sum over many codes drifts by ~2⁻⁹
+    of its size where the GPU's errors average out (a whole row of dx 0.4–0.7 % low in a bf16 test).
+    The test suite calls this before any kernel runs (tests/conftest.py), so that the CPU tests hold
+    the kernels to the GPU's rounding, not to a worse one; ``test_interpreter_bf16_cast_rounds_like_torch``
+    checks it. No effect outside the interpreter; idempotent."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.cast_impl, "_gmvq_rtne", False):
+        return
+    truncating = builder.cast_impl
+    import triton.language as tl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            f = np.asarray(src.data, dtype=np.float32)
+            bits = f.view(np.uint32)
+            # + 0x7FFF + the kept part's lowest bit, then the top 16 bits: round half to even; ±inf and
+            # overflow to ±inf come out right, NaN (whose sum could wrap) is set to the quiet NaN
+            out = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+            out[np.isnan(f)] = 0x7FC0
+            return interpreter.TensorHandle(out, dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    cast_impl._gmvq_rtne = True
+    builder.cast_impl = cast_impl

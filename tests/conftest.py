@@ -10,6 +10,12 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import gmvq_kernels  # noqa: E402,F401  (decorates the kernels under the setting above)
+from gmvq_kernels.config import INTERPRET  # noqa: E402
+
+if INTERPRET:  # the interpreter truncates fp32 → bf16 casts; the GPU rounds them to nearest even
+    from gmvq_kernels.testing import interpreter_rounds_bf16_to_nearest
+
+    interpreter_rounds_bf16_to_nearest()
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -66,32 +66,35 @@ def test_tune_training_times_every_candidate_with_the_kernels(monkeypatch):
     if not config.INTERPRET:
         pytest.skip("the kernels run here through Triton's interpreter")
     # bf16: half inputs tune the Δ kernel's config too (fp32 keeps the row config there: see below);
-    # hard mode at D = 8 takes Δq in its own pass
-    x, means = torch.randn(20, 8).bfloat16(), torch.randn(24, 8).bfloat16()
-    a, b, v = (t.contiguous() for t in component_terms(torch.zeros(24), torch.full((24,), -math.log(24)), 8))
+    # at D = 72 (BLOCK_D 128) the Δ pass runs (at D ≤ 64 the dx pass takes Δq: no Δ launch to time)
+    D = 72
+    x, means = torch.randn(20, D).bfloat16(), torch.randn(24, D).bfloat16()
+    a, b, v = (t.contiguous() for t in component_terms(torch.zeros(24), torch.full((24,), -math.log(24)), D))
     seen = []
     fast = {("row", KC(32, 16, 1, 1)): 1.0, ("col", KC(16, 32, 1, 1)): 1.0, ("colsum", KC(32, 32, 1, 1)): 1.0,
             ("delta", KC(32, 16, 1, 1)): 1.0}
 
     def fake_time(step):
-        now = {k: getattr(config, k + "_config")(8, x.dtype) for k in autotune.TRAINING_KINDS}
+        now = {k: getattr(config, k + "_config")(D, x.dtype) for k in autotune.TRAINING_KINDS}
         step()
         kind = autotune.TRAINING_KINDS[len(seen) // 3]
         seen.append(now)
         return fast.get((kind, now[kind]), 2.0)
     res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=True, dot_precision="ieee", time_fn=fake_time)
-    keys = {k: config.tuned_key(k, 8, x.dtype, x.device) for k in autotune.TRAINING_KINDS}
+    keys = {k: config.tuned_key(k, D, x.dtype, x.device) for k in autotune.TRAINING_KINDS}
     assert {k: res[key][0] for k, key in keys.items()} == {"row": KC(32, 16, 1, 1), "col": KC(16, 32, 1, 1),
                                                            "colsum": KC(32, 32, 1, 1), "delta": KC(32, 16, 1, 1)}
     assert len(seen) == 12  # 3 candidates of each kind (the table default first), kind after kind
-    assert {s["row"] for s in seen[:3]} == {config.table_config("row", 8, x.dtype), KC(16, 16, 1, 1),
+    assert {s["row"] for s in seen[:3]} == {config.table_config("row", D, x.dtype), KC(16, 16, 1, 1),
                                             KC(32, 16, 1, 1)}
     assert all(s["row"] == KC(32, 16, 1, 1) for s in seen[3:])
     assert all(s["col"] == KC(16, 32, 1, 1) for s in seen[6:])
     assert {s["colsum"] for s in seen[:6]} == {config.INTERPRET_CONFIG}  # untuned yet: the plain pick
     assert all(s["colsum"] == KC(32, 32, 1, 1) for s in seen[9:])
-    # fp32 inputs: the Δ pass keeps the row kernels' tiles (Y − Δy cancels exactly), so no Δ tuning
-    assert autotune.training_kinds(torch.float32) == ("row", "col", "colsum")
+    # fp32 inputs: the Δ pass keeps the row kernels' tiles (Y − Δy cancels exactly), so no Δ tuning;
+    # half inputs at D ≤ 64 have no Δ pass in training
+    assert autotune.training_kinds(torch.float32, D) == ("row", "col", "colsum")
+    assert autotune.training_kinds(torch.bfloat16, 64) == ("row", "col", "colsum")
     with config.override(row=KC(16, 16, 1, 1), delta=KC(32, 16, 1, 1)):
         assert config.delta_config(8, torch.float32) == KC(16, 16, 1, 1)
         assert config.delta_config(8, torch.bfloat16) == KC(32, 16, 1, 1)

@@ -27,17 +27,12 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     kernels = {r["kernel"] for r in report["rows"]}
-    assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
-                       "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel", "_gmvq_encode_kernel"}, kernels
-    # D = 64 soft: the dx pass takes Δq (backward.defer_delta_q), so the Δ pass runs in hard mode only
-    assert {r["mode"] for r in report["rows"] if r["kernel"] == "_gmvq_bwd_delta_kernel"} == {"hard"}
+    # D = 64, half inputs: the dx pass takes Δq in both modes (backward.defer_delta_q): no Δ pass
+    assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel",
+                       "_gmvq_encode_kernel"}, kernels
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
-        if r["kernel"] == "_gmvq_bwd_delta_kernel":
-            # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
-            # exp2 per element and no noise (with the noise: 4 MUFU per element)
-            assert r["classes"]["MUFU"] == 1.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
     # the noise alone (25.25 per element with triton 3.7.1): the accurate libm-style logs it replaced

@@ -3,6 +3,7 @@ kernels are custom ops (one opaque node each way), the compiled results equal ea
 tau or a new seed per step does not recompile after the first change. On CPU the kernels run in
 Triton's interpreter inside the compiled graph."""
 import copy
+import types
 
 import pytest
 import torch
@@ -149,21 +150,23 @@ def test_compiled_module_kmeans_init():
 def test_op_version_pins_the_signature_and_output_layouts():
     """torch's compile caches key a custom op by its name alone (pytorch/pytorch#187319): a graph cached
     by an older version of the package calls the op with the old signature or asserts the old output
-    shapes. So the training ops' names carry autograd.OP_VERSION; when this test fails, the signature
-    or the fake outputs changed: raise OP_VERSION and pin the new values here."""
+    shapes, or hands the backward what an older _setup_context saved. So the training ops' names carry
+    autograd.OP_VERSION; when this test fails, the signature, the fake outputs or the saved index
+    tensor's shape changed: raise OP_VERSION and pin the new values here."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from gmvq_kernels import autograd
 
-    pinned = {2: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
+    pinned = {3: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
                   "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 10) + ")",
                   "(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor entropy, "
                   "Tensor stats, Tensor hard_idx, Tensor y_sums, Tensor? g_quantized, Tensor? g_log_likelihood, "
                   "Tensor? g_agg_posterior, Tensor? g_latent_nll, Tensor? g_mixture_var, Tensor? g_entropy, "
                   "Tensor tau, bool hard, Tensor seed, str dot_precision) -> (Tensor, Tensor, Tensor, Tensor)",
                   [((5, 2), (2, 1)), ((5,), (1,)), ((5,), (1,)), ((3,), (1,)), ((5,), (1,)), ((5,), (1,)),
-                   ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((5, 4), (4, 1))])}
-    fwd_schema, bwd_schema, layouts = pinned[autograd.OP_VERSION]
+                   ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((5, 4), (4, 1))],
+                  {True: (2, 5), False: (5,)})}  # the saved hard_idx: sample and argmax codes, or the codes
+    fwd_schema, bwd_schema, layouts, saved_idx = pinned[autograd.OP_VERSION]
     ops = torch.ops.gmvq_kernels
     fwd, bwd = (getattr(ops, f"{name}_v{autograd.OP_VERSION}").default._schema for name in ("fused_fwd", "fused_bwd"))
     suffix = f"_v{autograd.OP_VERSION}"
@@ -173,6 +176,13 @@ def test_op_version_pins_the_signature_and_output_layouts():
         out = autograd.fused_fwd(x, means, torch.empty(3), torch.empty(3), None, torch.ones((), dtype=torch.float64),
                                  True, torch.ones((), dtype=torch.int64), "ieee", True)
         assert [(tuple(t.shape), t.stride()) for t in out] == layouts
+        for hard in (True, False):
+            ctx = types.SimpleNamespace(set_materialize_grads=lambda flag: None)
+            ctx.save_for_backward = lambda *t: setattr(ctx, "saved", t)
+            inputs = (x, means, None, None, None, None, hard, None, "ieee", True)
+            autograd._setup_context(ctx, inputs, out)
+            names = ("x", "means", "log_var", "log_pi", "noise", "entropy") + autograd.SAVED_FIELDS
+            assert tuple(ctx.saved[names.index("hard_idx")].shape) == saved_idx[hard]
 
 
 CPU_COMPILE_SCRIPT = r"""
