@@ -137,10 +137,12 @@ def delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, HAS_G
 
 
 @triton.jit
-def upstream_value(da, v, g_lat, g_s, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
+def upstream_value(da, v, g_lat, g_s, shift, HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
     """Y's scalar terms Ḡ_lat d a + Ḡ_s σ² of a tile (operands broadcast to it), each only when its
-    gradient exists: an absent one would still cost an FFMA per element (0·σ² is not foldable)."""
-    big_y = g_lat * da if HAS_GLAT else tl.zeros(da.shape, tl.float32)
+    gradient exists: an absent one would still cost an FFMA per element (0·σ² is not foldable), minus
+    ``shift`` (Δy, or 0.0, which folds away): the Ḡ_z dot then accumulates onto Y − Δy, and dℓ's
+    y·(Y − Δy) saves its subtraction (static report: −1 per element)."""
+    big_y = g_lat * da - shift if HAS_GLAT else tl.zeros(da.shape, tl.float32) - shift
     if HAS_GS:
         big_y += g_s * v
     return big_y
@@ -148,16 +150,17 @@ def upstream_value(da, v, g_lat, g_s, HAS_GLAT: tl.constexpr, HAS_GS: tl.constex
 
 @triton.jit
 def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a, v, mu, gz,
-               m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
+               m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, shift, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
                HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """(y·2^log2_gain, Y) of a row tile: the soft sample, recomputed from the forward's statistics
+    """(y·2^log2_gain, Y − shift) of a row tile: the soft sample, recomputed from the forward's statistics
     (``log2s_y`` lowered by log2_gain: see tiles.softmax_prob), and the upstream value
-    Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ). The Δ and dx
-    kernels call this one helper, so their Y agree bit for bit."""
+    Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ) less a per-row
+    shift (upstream_value). The Δ and dx kernels call this one helper with shift 0.0 where Δy is
+    recomputed, so their Y agree bit for bit."""
     g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
     noisy = tl.where(valid, logits + g, float("-inf"))
     y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale, log2_gain)
-    big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], HAS_GLAT, HAS_GS)
+    big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], shift, HAS_GLAT, HAS_GS)
     if HAS_GZ:
         big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
     return y, big_y
@@ -199,7 +202,7 @@ def _gmvq_bwd_delta_kernel(
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
             y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, 0.0, g_lat, g_s, gz_ptr is not None,
+                                  v, mu, gz, m_y, log2s_y, y_scale, 0.0, g_lat, g_s, 0.0, gz_ptr is not None,
                                   glat_ptr is not None, gs_ptr is not None, BLOCK_K, DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if ysum_ptr is not None:
@@ -243,6 +246,9 @@ def _gmvq_bwd_dx_kernel(
     when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     DEFER_DQ: tl.constexpr = codes_ptr is not None
+    # Δy from the forward's sums (ysum_ptr given): no Δ pass's Y to agree with bit for bit, so the loop
+    # forms Y − Δy directly (upstream_value)
+    SHIFT_Y: tl.constexpr = ysum_ptr is not None
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 256 spills 32 B more)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 128 else 1
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -300,14 +306,14 @@ def _gmvq_bwd_dx_kernel(
         if HAS_Y:
             y_tau, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d,
                                       a, v, mu, gz, m_y, log2s_y_tau, y_scale, log2_inv_tau, g_lat, g_s,
-                                      gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
-                                      DOT_PRECISION)
+                                      delta_y[:, None] if SHIFT_Y else 0.0, gz_ptr is not None,
+                                      glat_ptr is not None, gs_ptr is not None, BLOCK_K, DOT_PRECISION)
         y_val = y_tau  # with g_lat·τ as its weight (soft)
         if hard_idx_ptr is not None and W_LAT:
             y_val = (tl.arange(0, BLOCK_K)[None, :] == tile_code(hard_idx, k_start, BLOCK_K)[:, None]).to(tl.float32)
         g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
-        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y[:, None], delta_q[:, None], ent[:, None],
-                            g_lse[:, None], g_h[:, None], g_lat_w[:, None], g_c[None, :], valid,
+        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, 0.0 if SHIFT_Y else delta_y[:, None], delta_q[:, None],
+                            ent[:, None], g_lse[:, None], g_h[:, None], g_lat_w[:, None], g_c[None, :], valid,
                             HAS_Y, glse_ptr is not None, gh_ptr is not None, gc_ptr is not None, W_LAT)
         # without the Ḡ_lat term dd = dℓ·(−a), a per-code negation: w = −dℓ is 0 − dℓ in Triton, an FADD
         dd = w * a[None, :] if W_LAT else dl * (-a)[None, :]
@@ -406,7 +412,9 @@ def _gmvq_bwd_dmu_kernel(
         if HAS_Y:
             noisy = tl.where(valid, logits + g, float("-inf"))
             y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], glat_ptr is not None,
+            # Y itself: Y − Δy formed here (as dx does) costs dμ more than it saves (static report: +0.5
+            # per element at D = 64, more spills at 128)
+            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], 0.0, glat_ptr is not None,
                                    gs_ptr is not None)
             if gz_ptr is not None:
                 gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
@@ -587,7 +595,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q), dd_part, acc_part,
-            *((y_sums, saved["codes"]) if defer else (None, None)), qa_part, qamu_part,
+            y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
             N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
         dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
         if defer:

@@ -133,6 +133,15 @@ def test_half_agg_posterior_gradient_with_a_common_part(seed, dtype, upstream_on
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("D", [72, 130], ids=["D72", "D130"])
+def test_wide_latents_match_reference(D, hard, device):
+    """BLOCK_D 128 and 256, half inputs: the Δ pass runs (the dx pass takes Δq only up to 64), dx forms
+    Y − Δy in place from the forward's sums, and hard mode adds the sample's Ḡ_lat·a term after dx's loop
+    at 128 but keeps the one-hot in the loop at 256 (where its Δ pass also recomputes Δy)."""
+    check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=0.5)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
     gradient): without, the forward writes none, and every output is bitwise the same either way."""
