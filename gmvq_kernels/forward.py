@@ -137,7 +137,10 @@ def _gmvq_fwd_kernel(
         m_y = m_y_new
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
-    nd = offs_n[:, None] * D + offs_d[None, :]
+    # the row block's offsets as a uniform int64 base plus int32 offsets within the block (< BLOCK_N·D),
+    # not offs_n·D + offs_d: that is the prologue's x load, whose 64-bit per-row products the compiler
+    # then kept live across the loop and ptxas spilled (static report: hard, D = 128: 40 → 0 B)
+    nd = tl.program_id(0).to(tl.int64) * BLOCK_N * D + (tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :])
     if SPLIT:
         part = part_ptr + split * PART_STRIDE * N + offs_n
         tl.store(part + P_M_Q * N, m_q, mask=mask_n)
