@@ -13,8 +13,8 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
 computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
-(``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy cancels exactly (from
-the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
+(``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
+cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
@@ -230,9 +230,9 @@ def _gmvq_bwd_dx_kernel(
     launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
     bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
     (N, 4) from the forward; hard_idx (N,) int64 the hard sample in hard mode, else None (its Ḡ_lat·a
-    term is added per row after the loop at BLOCK_D ≤ 128, a one-hot in the loop at 256); delta_y / delta_q (N,) from
-    the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32, gc = Ḡ_q̄/N (K,) fp32,
-    each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
+    term is added per row after the loop at BLOCK_D ≤ 128, a one-hot in the loop at 256); delta_y /
+    delta_q (N,) from the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32,
+    gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
     dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's operands are fp32).
 
     With codes (N,) int64, the forward's argmax codes (``defer_delta_q``), the kernel replaces the Δ
@@ -611,20 +611,21 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
-    acc_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
+    # dμ = acc − μ Σ_n e from the kernel's partial acc (splits, K, D) and Σ_n e (splits, K)
+    mu_acc_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
     esum_part, dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(3))
     # fused: the dμ kernel also forms dx's two sums of e = −2·dd, Σ_k e μ_k (transposed) and Σ_k e: add_dx_ordered
     dxt_acc = torch.empty((D, N), dtype=torch.float32, device=dev) if fused else None
     dd_acc = torch.empty(N, dtype=torch.float32, device=dev) if fused else None
     locks = torch.zeros(triton.cdiv(N, ccfg.BLOCK_N), dtype=torch.int32, device=dev) if fused else None
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
-        *common(delta_q), acc_part, esum_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
+        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
         N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, FUSE_DX=fused, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:
         # dx = Σ e μ − x Σ e, formed as −(x Σ e − Σ e μ): row-major like x (the other order follows dxt_accᵀ)
         dx = (x.float() * dd_acc[:, None]).sub_(dxt_acc.t()).neg_()
-    # dμ = acc − μ Σ_n e, in fp32 (so that a common offset of x and μ cancels as in the kernel's sums)
-    dmu = sum_splits(acc_part).addcmul_(means, sum_splits(esum_part)[:, None], value=-1.0)
+    # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)
+    dmu = sum_splits(mu_acc_part).addcmul_(means, sum_splits(esum_part)[:, None], value=-1.0)
     return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)
