@@ -332,7 +332,7 @@ def _gmvq_bwd_dx_kernel(
     dd_sum = tl.sum(dd_sum, axis=1)
     if ROW_TERM:
         # the hard sample's Ḡ_lat·a_h at its code h (where the distance clamp passes gradient), in fp32,
-        # once per row (split 0) instead of a one-hot in every tile (static report: −2.7 per element at
+        # once per row (split 0) instead of a one-hot in every tile (static report: −3.2 per element at
         # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
         h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
         mu_h = tl.load(means_ptr + h[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0).to(tl.float32)
