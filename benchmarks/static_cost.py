@@ -23,7 +23,7 @@ not an A100 estimate).
 
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
     python benchmarks/static_cost.py --out F.json --md F.md
-    python benchmarks/static_cost.py --fast               # two small shapes; exit 1 on any spill (CI)
+    python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill (CI)
     python benchmarks/static_cost.py --fused-backward     # the experimental fused backward (4 passes)
 """
 import argparse
@@ -43,8 +43,9 @@ from gmvq_kernels import backward, config, devtools, encode, forward, noise  # n
 from gmvq_kernels.spec import component_terms  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
-# --fast (CI): a small shape, and one with enough codes that N = 2048 splits the codebook (split-K)
-FAST_SHAPES = [(2048, 1024, 64), (2048, 65536, 64)]
+# --fast (CI): a small shape, one with enough codes that N = 2048 splits the codebook (split-K), and
+# D = 128 (spill-free since README "Speed", item 16; the Δ pass runs there)
+FAST_SHAPES = [(2048, 1024, 64), (2048, 65536, 64), (2048, 1024, 128)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # --- the H200 model (see the module docstring)

@@ -19,20 +19,27 @@ def test_kernels_compile_for_sm80_and_sm90():
 
 
 def test_static_cost_fast_mode_has_no_spills(tmp_path):
-    """benchmarks/static_cost.py --fast: two small shapes (one splits the codebook), bf16, soft and hard (every kernel of one
-    fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it exits 1 on any spill."""
+    """benchmarks/static_cost.py --fast: three small shapes (one splits the codebook, one at D = 128), bf16, soft
+    and hard (every kernel of one fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it
+    exits 1 on any spill."""
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     kernels = {r["kernel"] for r in report["rows"]}
-    # D = 64, half inputs: the dx pass takes Δq in both modes (backward.defer_delta_q): no Δ pass
-    assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel",
-                       "_gmvq_encode_kernel"}, kernels
+    assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
+                       "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel", "_gmvq_encode_kernel"}, kernels
+    # half inputs at D = 64: the dx pass takes Δq in both modes (backward.defer_delta_q), so the Δ pass
+    # runs at D = 128 only
+    assert {r["shape"][2] for r in report["rows"] if r["kernel"] == "_gmvq_bwd_delta_kernel"} == {128}
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
+        if r["kernel"] == "_gmvq_bwd_delta_kernel":
+            # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
+            # exp2 per element and no noise (with the noise: 4 MUFU per element)
+            assert r["classes"]["MUFU"] == 1.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
     # the noise alone (25.25 per element with triton 3.7.1): the accurate libm-style logs it replaced
