@@ -50,9 +50,9 @@ from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, fu
                      split_codes, split_rows)
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
-from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, distances_logits, dot_precision_for, interpreter_operand,
-                    load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, row_tile,
-                    softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, tile_code, y_scale)
+from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
+                    interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
+                    row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -232,8 +232,9 @@ def _gmvq_bwd_dx_kernel(
     (N, 4) from the forward; hard_idx (N,) int64 the hard sample in hard mode, else None (its Ḡ_lat·a
     term is added per row after the loop at BLOCK_D ≤ 128, a one-hot in the loop at 256); delta_y /
     delta_q (N,) from the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32,
-    gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which the tiles entering a
-    dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's operands are fp32).
+    gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which
+    the tiles entering a dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's
+    operands are fp32).
 
     With codes (N,) int64, the forward's argmax codes (``defer_delta_q``), the kernel replaces the Δ
     pass. Δq is unknown until a row's codes are all seen, so the loop runs with a stand-in c_n = Ḡ_c at
@@ -335,9 +336,9 @@ def _gmvq_bwd_dx_kernel(
         # once per row (split 0) instead of a one-hot in every tile (static report: −3.2 per element at
         # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
         h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
-        mu_h = tl.load(means_ptr + h[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0).to(tl.float32)
-        xf = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0).to(tl.float32)
-        d_raw = xx + tl.sum(mu_h * mu_h, axis=1) - 2.0 * tl.sum(xf * mu_h, axis=1)
+        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :], mask_nd, D,
+                                        offs_d)
+        mu_h = mu_h.to(tl.float32)
         dd_h = tl.where((d_raw >= 0.0) & (split == 0), g_lat * tl.load(a_ptr + h, mask=mask_n, other=0.0), 0.0)
         dd_sum += dd_h
         acc += dd_h[:, None] * mu_h

@@ -25,9 +25,9 @@ import triton.language as tl
 from .config import block_d, colsum_config, row_config, split_codes, split_rows
 from .noise import split_seed
 from .spec import GMVQOutput
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, distances_logits,
-                    dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes, load_rows,
-                    load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, y_scale)
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
+                    distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
+                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -179,14 +179,10 @@ def _gmvq_fwd_kernel(
             tl.store(row + D, soft_lat, mask=mask_n)
             tl.store(row + D + 1, soft_v, mask=mask_n)
         if HARD:
-            z_hard = tl.load(means_ptr + hard_k[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
             # the sample's d·a and σ² from its mean, once per row (picking them out of every tile cost
-            # 5–10 instructions per element: static report, bf16 hard), with x reloaded rather than kept
-            # live across the loop (that spilled 200 B at D = 128, 320 B at 256)
-            zf = z_hard.to(tl.float32)
-            xf = tl.load(x_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)
-            d_hard = tl.maximum(xx + tl.sum(zf * zf, axis=1) - 2.0 * tl.sum(xf * zf, axis=1), 0.0)
-            hard_lat = d_hard * tl.load(a_ptr + hard_k)
+            # 5–10 instructions per element: static report, bf16 hard)
+            z_hard, d_raw = code_row_distance(x_ptr, means_ptr, hard_k, xx, nd, mask_nd, D, offs_d)
+            hard_lat = tl.maximum(d_raw, 0.0) * tl.load(a_ptr + hard_k)
             hard_v = tl.load(v_ptr + hard_k)
             tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
             tl.store(lat_ptr + offs_n, tl.where(bad, float("nan"), hard_lat), mask=mask_n)

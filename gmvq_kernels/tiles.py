@@ -150,6 +150,18 @@ def first_argmax(t, t_max, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def code_row_distance(x_ptr, means_ptr, code, xx, nd, mask_nd, D, offs_d):
+    """(μ_code as stored, raw d) of each row and one code per row (the hard sample), after a row kernel's
+    loop: the mean gathered and x reloaded at the row tile's offsets ``nd`` (reloaded rather than kept
+    live across the loop: it spilled 200 B at D = 128 in the forward), raw d = ||x||² + ||μ||² − 2 x·μ in
+    fp32, unclamped. The forward's hard latent_nll and dx's clamp for the sample's term both use it."""
+    mu = tl.load(means_ptr + code[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
+    muf = mu.to(tl.float32)
+    xf = tl.load(x_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)
+    return mu, xx + tl.sum(muf * muf, axis=1) - 2.0 * tl.sum(xf * muf, axis=1)
+
+
+@triton.jit
 def split_code_range(codes_per_split, K):
     """(split, first code, end code) of this program's share of the codebook: split = program_id(1),
     codes_per_split a whole number of tiles (config.split_codes; one split covers all K). int32 is
