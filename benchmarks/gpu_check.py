@@ -7,11 +7,12 @@
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
-   host time of one fwd+bwd at a tiny shape (speed.host_overhead); split-K timed on, off and as the
-   launchers choose at N = 8192 (split_check).
+   host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
+   SDPA and an empty launch; device syncs; a cProfile into host_profile.txt); the kernels' own time at
+   (8192, 1024, 64) from a CUDA-graph replay (graph_check); split-K timed on, off and as the
+   launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
+   (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
-   Then the experimental fused backward (fused_check: float64 correctness, determinism and fused vs
-   unfused timings at the anchor shapes, in a child process with a 240 s deadline).
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
    are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the
@@ -33,7 +34,9 @@ from dataclasses import astuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import speed  # noqa: E402
+import speed  # noqa: E402  (sets TRITON_INTERPRET on a CPU before triton loads)
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
 from gmvq_kernels import config, testing  # noqa: E402
@@ -178,60 +181,153 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
              compilations=counter.frame_count))
 
 
-SPLIT_SHAPES = ((8192, 1024, 64), (8192, 16384, 64), (8192, 262144, 32))
+SPLIT_SHAPES = ((8192, 1024, 64), (8192, 16384, 64), (4096, 16384, 128), (8192, 65536, 64), (8192, 262144, 32))
 
 
 def split_check(device, log, shapes=SPLIT_SHAPES):
-    """Split-K A/B (the static model's untimed guess): bf16 fwd+bwd of speed.py's objective with the
-    codebook split as the launchers choose (config.SPLIT_MIN_PAIRS), never split, and always split,
-    side by side per shape."""
-    default = config.SPLIT_MIN_PAIRS
+    """Split-K A/B (config.SPLIT_MIN_CODES is set from such timings): bf16 fwd+bwd of speed.py's
+    objective with the codebook split as the launchers choose, never split, and always split, side by
+    side per shape."""
+    default = config.SPLIT_MIN_CODES
     for N, K, D in shapes:
-        row = dict(check="split_k", N=N, K=K, D=D, split_min_pairs=default)
+        row = dict(check="split_k", N=N, K=K, D=D, split_min_codes=default)
         cfg = config.row_config(D, torch.bfloat16, device)
-        row["splits_when_split"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device, min_pairs=0)[0]
+        row["splits_when_split"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device, min_codes=0)[0]
+        row["splits_default"] = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, device)[0]
         try:
-            for name, pairs in (("ms_default", default), ("ms_never", 2**62), ("ms_always", 0)):
-                config.SPLIT_MIN_PAIRS = pairs
+            for name, codes in (("ms_default", default), ("ms_never", 2**62), ("ms_always", 0)):
+                config.SPLIT_MIN_CODES = codes
                 row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
         finally:
-            config.SPLIT_MIN_PAIRS = default
+            config.SPLIT_MIN_CODES = default
         log(row)
 
 
-def fused_checks(device, log, shapes=speed.ANCHOR_SHAPES, small=False):
-    """(In a child process, see fused_check.) The experimental fused backward (GMVQ_FUSED_BACKWARD=1:
-    the dμ kernel forms dx too, adding per row tile in a fixed order behind a lock): float64
-    correctness (bf16, soft and hard), bitwise determinism of repeated calls, and bf16 fwd+bwd timed
-    unfused and fused side by side per shape."""
-    # each row is logged as it finishes: correctness and determinism first (small shapes, D = 64),
-    # then the timings (each new D compiles a variant), the hard-mode check last
-    os.environ["GMVQ_FUSED_BACKWARD"] = "1"
-    full_check(*((20, 40, 8) if small else (2048, 4096, 64)), torch.bfloat16, None, False, device, log)
-    determinism_check(device, log, *([(20, 40, 8)] if small else []))
+@triton.jit
+def _touch(p, B: tl.constexpr):  # host_check's empty launch
+    o = tl.arange(0, B)
+    tl.store(p + o, tl.load(p + o) + 1.0)
+
+
+def host_check(device, log, out_dir, iters=300):
+    """Where the host time of one fwd+bwd at a tiny shape (8, 16, 16) goes, in µs per call over
+    ``iters`` calls with one sync at the end (CUDA launches are asynchronous, so this is host time):
+    fwd+bwd, the forward alone without and with a graph to build, the backward alone, SDPA's fwd+bwd and
+    one empty Triton launch; whether the call syncs the device (torch's sync debug mode); and into
+    host_profile.txt torch.profiler's CPU table (per op, every thread: on CUDA the backward runs on
+    autograd's device thread) and a cProfile of the calling thread."""
+    import cProfile
+    import io
+    import pstats
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def per_call(f):
+        for _ in range(min(10, iters)):
+            f()
+        sync()
+        t = time.perf_counter()
+        for _ in range(iters):
+            f()
+        sync()
+        return (time.perf_counter() - t) / iters * 1e6
+
+    x, m, lv = speed.make_inputs(8, 16, 16, torch.bfloat16, device, True)
+    fn = speed.gmvq_loss("triton")
+    loss = fn(x, m, lv)
+    buf = torch.zeros(16, device=device)
+    row = dict(check="host_overhead", N=8, K=16, D=16, iters=iters,
+               us_per_fwd_bwd=per_call(lambda: fn(x, m, lv).backward()),
+               us_fwd_no_grad=per_call(lambda: gk.gmvq(x.detach(), m.detach(), lv.detach(), impl="triton")),
+               us_fwd_with_graph=per_call(lambda: fn(x, m, lv)),
+               us_bwd_alone=per_call(lambda: loss.backward(retain_graph=True)),
+               us_empty_triton_launch=per_call(lambda: _touch[(1,)](buf, B=16)))
+    if cuda:
+        row["us_sdpa_fwd_bwd"] = per_call(lambda: speed.sdpa_loss(x, m, lv).backward())
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn(x, m, lv).backward()
+            row["device_sync"] = "none seen"
+        except RuntimeError as e:
+            row["device_sync"] = str(e)[:300]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    text = io.StringIO()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn(x, m, lv).backward()
+        sync()
+    text.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+    cprof = cProfile.Profile()
+    cprof.enable()
+    for _ in range(iters):
+        fn(x, m, lv).backward()
+    sync()
+    cprof.disable()
+    pstats.Stats(cprof, stream=text).sort_stats("tottime").print_stats(30).sort_stats("cumulative").print_stats(40)
+    with open(os.path.join(out_dir, "host_profile.txt"), "w") as fh:
+        fh.write(text.getvalue())
+    log(row)
+
+
+def graph_check(device, log, shape=(8192, 1024, 64)):
+    """The kernels' own time at a host-bound shape: one fwd+bwd captured in a CUDA graph and replayed
+    (same seed: the replay's gradients must equal eager's bitwise), beside eager and SDPA in eager."""
+    x, m, lv = speed.make_inputs(*shape, torch.bfloat16, device, True)
+    fn = speed.gmvq_loss("triton")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
+        for _ in range(3):
+            for t in (x, m, lv):
+                t.grad = None
+            fn(x, m, lv).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    eager = [t.grad.clone() for t in (x, m, lv)]
+    for t in (x, m, lv):
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x, m, lv).backward()
+    graph.replay()
+    torch.cuda.synchronize()
+    same = all(torch.equal(a, t.grad) for a, t in zip(eager, (x, m, lv)))
+    ms_graph = triton.testing.do_bench(graph.replay)
+    for t in (x, m, lv):
+        t.grad = None
+    log(dict(check="cuda_graph", N=shape[0], K=shape[1], D=shape[2], grads_equal_eager=same,
+             ms_graph_replay=ms_graph, ms_eager=triton.testing.do_bench(lambda: fn(x, m, lv).backward()),
+             ms_sdpa_eager=triton.testing.do_bench(lambda: speed.sdpa_loss(x, m, lv).backward())))
+
+
+def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
+    """Device time per kernel of one bf16 fwd+bwd of speed.py's objective at each shape (torch.profiler,
+    mean over ``reps`` calls after a warm-up), to set beside static_cost.py's modelled time per kernel:
+    where they part is what the model misses (memory traffic, tails, latency). Off CUDA (``--dry``) the
+    profiler's CPU table stands in, so the script's path is tested."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
     for N, K, D in shapes:
-        row = dict(check="fused_backward", N=N, K=K, D=D)
-        for name, flag in (("ms_unfused", "0"), ("ms_fused", "1"), ("ms_unfused_again", "0")):
-            os.environ["GMVQ_FUSED_BACKWARD"] = flag
-            row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
-        log(row)
-    os.environ["GMVQ_FUSED_BACKWARD"] = "1"
-    full_check(*((20, 40, 8) if small else (1000, 3000, 100)), torch.bfloat16, None, True, device, log)
-
-
-def fused_check(out_dir, dry, log, timeout_s=240):
-    """fused_checks in a child process with a deadline (its rows go to fused.jsonl): the fused
-    backward's code blocks wait on each other's locks, and a hang there must not cost the rest of the
-    run. Logs the child's exit status, or that it was stopped."""
-    import subprocess
-
-    cmd = [sys.executable, os.path.abspath(__file__), "--out", out_dir, "--fused-child"] + (["--dry"] if dry else [])
-    try:
-        proc = subprocess.run(cmd, timeout=timeout_s, capture_output=True, text=True)
-        log(dict(check="fused_backward_run", returncode=proc.returncode, output_tail=proc.stdout[-1500:] +
-                 proc.stderr[-1500:]))
-    except subprocess.TimeoutExpired:
-        log(dict(check="fused_backward_run", stopped_after_s=timeout_s, hung=True))
+        x, m, lv = speed.make_inputs(N, K, D, torch.bfloat16, device, True)
+        fn = speed.gmvq_loss("triton")
+        fn(x, m, lv).backward()
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                fn(x, m, lv).backward()
+            sync()
+        per_kernel = {}
+        for e in prof.key_averages():
+            us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) if cuda else e.self_cpu_time_total
+            if us > 0:
+                name = e.key if e.key.startswith("_gmvq") else "other"
+                per_kernel[name] = per_kernel.get(name, 0.0) + us / reps / 1e3
+        log(dict(check="kernel_times", N=N, K=K, D=D, ms_per_fwd_bwd={k: round(v, 4) for k, v in sorted(
+            per_kernel.items(), key=lambda kv: -kv[1])}, ms_total=round(sum(per_kernel.values()), 4)))
 
 
 TUNE_SHAPES = ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256))
@@ -308,15 +404,13 @@ def main():
     p.add_argument("--budget-s", type=float, default=420)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
-    p.add_argument("--skip-fused", action="store_true", help="skip the experimental fused backward's check")
     p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
-    p.add_argument("--fused-child", action="store_true", help="(internal) only fused_checks, into fused.jsonl")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     device = torch.device("cpu" if args.dry else "cuda")
     info = speed.env_info(device)
-    logfile = open(os.path.join(args.out, "fused.jsonl" if args.fused_child else "correctness.jsonl"), "w")
+    logfile = open(os.path.join(args.out, "correctness.jsonl"), "w")
 
     def log(row):
         row = dict(row, elapsed_s=round(time.time() - t0, 1))
@@ -325,9 +419,6 @@ def main():
         logfile.flush()
 
     log(dict(check="env", **info))
-    if args.fused_child:
-        fused_checks(device, log, **(dict(shapes=((20, 40, 8),), small=True) if args.dry else {}))
-        return
     checks = [
         lambda: noise_check(device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log),
@@ -342,8 +433,10 @@ def main():
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
         lambda: determinism_check(device, log),
         lambda: compile_check(device, log),
-        lambda: log(speed.host_overhead(device)),
+        lambda: host_check(device, log, args.out),
+        lambda: graph_check(device, log),
         lambda: split_check(device, log),
+        lambda: kernel_times_check(device, log),
     ]
     if args.dry:
         checks = [
@@ -354,6 +447,8 @@ def main():
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
+            lambda: host_check(device, log, args.out, iters=2),
+            lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
         ]
         args.skip_bench = True
@@ -369,11 +464,6 @@ def main():
                         "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
         except Exception:
             log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
-    try:  # after speed.py: its rows come first; before --tune, which fills whatever time is left
-        if not args.skip_fused:
-            fused_check(args.out, args.dry, log)
-    except Exception:
-        log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
     if args.tune or args.dry:
         # dry: tiny shapes, wall-clock timing, and a copy of config.py to write into
         dry = dict(shapes=((40, 48, 8),), config_path=shutil.copy(config.__file__, os.path.join(args.out, "config_in.py")),

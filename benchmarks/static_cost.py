@@ -24,7 +24,10 @@ not an A100 estimate).
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill (CI)
-    python benchmarks/static_cost.py --fused-backward     # the experimental fused backward (4 passes)
+
+The launches take the configs the launchers pick on that arch: ``config.TUNED``'s measured entries first
+(what an H100/H200 runs), then the tables. ``--fast`` takes the tables alone: it guards the kernels at the
+configs they were designed for (what a GPU without measured entries runs), as before the first tuning.
 """
 import argparse
 import json
@@ -55,14 +58,17 @@ TENSOR_FLOPS_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
 REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
 
 
-def capture(N, K, D, dtype, mode, dot_precision="tf32x3"):
+def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
     """Launches of one fwd+bwd of the training objective (see module docstring), or with mode "encode"
-    of the tokenizer path (codes only); nothing run."""
+    of the tokenizer path (codes only); nothing run. The launchers pick their configs as on a GPU of
+    compute capability ``cc``: config.TUNED's measured entries for that arch first (unless ``tuned`` is
+    False), then the tables."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
     hard = mode == "hard"
-    sms = config.sm_count
+    sms, arch = config.sm_count, config.arch
     config.sm_count = lambda device: SMS
+    config.arch = lambda device: f"sm_{cc}" if tuned else None
     try:
         with devtools.record_launches(forward, backward, encode, noise) as log:
             if mode == "encode":
@@ -75,7 +81,7 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3"):
             backward.gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=1.0, hard=hard, seed=0,
                               dot_precision=dot_precision)
     finally:
-        config.sm_count = sms
+        config.sm_count, config.arch = sms, arch
     return log
 
 
@@ -125,11 +131,11 @@ def dot_kind(dtype, prec):
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32")
 
 
-def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3"):
+def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True):
     N, K, D = shape
     dtype = DTYPES[dtype_name]
     rows = []
-    for launch in capture(N, K, D, dtype, mode, prec):
+    for launch in capture(N, K, D, dtype, mode, prec, cc, tuned):
         info = analyse(launch, cc, cache)
         m = model(info, launch, N * K, dot_kind(dtype, prec))
         rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",
@@ -253,9 +259,7 @@ def noise_cost(cc, cache, num_warps=4):
 # ---------------------------------------------------------------------------------------------------
 
 def markdown(result):
-    lines = (["Experimental fused backward (GMVQ_FUSED_BACKWARD=1): fp32 rows run the unfused kernels.", ""]
-             if result.get("fused_backward") else [])
-    lines += ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
+    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
              "instr/elem | MUFU/elem | MMA in loop | bound | model ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -287,15 +291,11 @@ def main(argv=None):
                    help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true", help=f"shapes {FAST_SHAPES} only; exit 1 on any spill")
-    p.add_argument("--fused-backward", action="store_true",
-                   help="the experimental fused backward (GMVQ_FUSED_BACKWARD=1; half inputs): dμ kernel forms dx")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     args = p.parse_args(argv)
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
-    if args.fused_backward:
-        os.environ["GMVQ_FUSED_BACKWARD"] = "1"  # the launchers read it at each call
     t0 = time.time()
     cache, rows, totals, yard = {}, [], [], []
     noise_rows = [noise_cost(cc, cache) for cc in args.arch]
@@ -305,7 +305,7 @@ def main(argv=None):
                 precs = ("tf32x3", "tf32") if dtype_name == "fp32" else ("ieee",)
                 for prec in precs:
                     for mode in args.modes.split(","):
-                        r, t = report_case(shape, mode, dtype_name, cc, cache, prec)
+                        r, t = report_case(shape, mode, dtype_name, cc, cache, prec, tuned=not args.fast)
                         rows += r
                         totals.append(t)
                         print(f"sm_{cc} {shape} {mode} {t['dtype']}: {t['passes']} passes, "
@@ -315,7 +315,7 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  fused_backward=config.fused_backward(), rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
+                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:

@@ -25,10 +25,6 @@ y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.compo
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
-Experimental (config.fused_backward, ``GMVQ_FUSED_BACKWARD=1``, half inputs): the dμ kernel also forms
-dx's two sums from its tiles and adds them per row tile in the order of its code blocks
-(``add_dx_ordered``), and the dx kernel does not run.
-
 The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2's dK/dV kernel does:
 its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
 ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
@@ -46,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, fused_backward, row_config,
+from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, row_config,
                      split_codes, split_rows)
 from .noise import split_seed
 from .spec import DIFF_OUTPUTS
@@ -363,10 +359,10 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dxt_acc_ptr, dd_acc_ptr, lock_ptr,
+    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr,
     N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    FUSE_DX: tl.constexpr, OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """The partial sums behind dμ = acc − μ Σ_n e of BLOCK_K codes over one split of rows
@@ -472,9 +468,6 @@ def _gmvq_bwd_dmu_kernel(
             # y rounded to x's dtype by name, so that the interpreter rounds it as a GPU does
             y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
             acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
-        if FUSE_DX:  # dx's share takes e rounded to x's dtype, as the dx kernel rounds dd (e_hi is truncated)
-            add_dx_ordered(e.to(OP_DTYPE), mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, n_start // BLOCK_N,
-                           row_hi, N, D, offs_d, DOT_PRECISION)
 
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     tl.store(acc_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], acc, mask=mask_kd)
@@ -486,52 +479,14 @@ def _gmvq_bwd_dmu_kernel(
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
 
 
-@triton.jit
-def add_dx_ordered(e, mu, dxt_acc_ptr, dd_acc_ptr, lock_ptr, offs_n, tile, row_hi, N, D, offs_d,
-                   DOT_PRECISION: tl.constexpr):
-    """The fused backward's share of dx from one (codes × rows) tile: e = −2·dd (in x's dtype) gives
-    Σ_k e μ_k and Σ_k e (rows,), added into dxt_acc (D, N) (transposed) and dd_acc (N,) fp32
-    in the order of the code blocks (program_id(0)), so the sums are the same at every run: code
-    block j waits until the row tile's lock holds j, adds (block 0 stores), and hands the lock to
-    j + 1. (FlashAttention-3's deterministic backward orders its dQ additions the same way.)
-    Deadlock-free while code blocks start in the order of their program ids: each waits only on a
-    lower one."""
-    j = tl.program_id(0)
-    rows = offs_n < row_hi
-    if mu.shape[1] >= 64 and mu.shape[1] <= 128:
-        # μᵀ·e: BLOCK_D rows, a wgmma (static report: 6–14 instructions per element fewer than eᵀ·μ,
-        # whose BLOCK_N = 32 rows make it an mma.sync). Not at BLOCK_D = 256, where it would be 30
-        # fewer on sm_90 but needs 168 KiB of shared memory, more than an A100 has
-        ex = tl.dot(tl.trans(mu), e.to(mu.dtype), input_precision=DOT_PRECISION)
-        ptrs = dxt_acc_ptr + offs_d[:, None] * N + offs_n[None, :]
-        mask = (offs_d[:, None] < D) & rows[None, :]
-    else:  # BLOCK_D ≤ 32 (too few rows for a wgmma either way: eᵀ·μ is cheaper) or 256 (see above)
-        ex = tl.dot(tl.trans(e).to(mu.dtype), mu, input_precision=DOT_PRECISION)
-        ptrs = dxt_acc_ptr + offs_n[:, None] + offs_d[None, :] * N
-        mask = rows[:, None] & (offs_d[None, :] < D)
-    es = tl.sum(e.to(tl.float32), axis=0)
-    lock = lock_ptr + tile
-    if j > 0:
-        while tl.atomic_cas(lock, j, j, sem="acquire") != j:
-            pass
-        tl.debug_barrier()
-        ex += tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-        es += tl.load(dd_acc_ptr + offs_n, mask=rows, other=0.0, cache_modifier=".cg")
-    tl.store(ptrs, ex, mask=mask)
-    tl.store(dd_acc_ptr + offs_n, es, mask=rows)
-    tl.debug_barrier()
-    tl.atomic_xchg(lock, j + 1, sem="release")
-
-
-def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, fused: bool, BLOCK_D: int) -> bool:
+def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
     """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
-    when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), not in
-    the fused backward (its dμ kernel needs Δq before it starts), and where the extra (BLOCK_N,
-    BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128 has 12 to
+    when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), and where
+    the extra (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128 has 12 to
     spare). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved beside the sample:
     the sample itself would be a poor stand-in where q is peaked but not one-hot, 1 row in 10 at
     q_max = 0.9, and then Ḡ_c − c is no longer small where q is large)."""
-    return half and has_gc and (y_from_forward or not has_y) and not fused and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
+    return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
 
 
 def sum_splits(t):
@@ -568,10 +523,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape, n=splits: torch.empty((n, *shape), dtype=torch.float32, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
-    # fused (experimental, half inputs): the dμ kernel's Y is not bitwise the Δ pass's, so fp32's exact
-    # Y − Δy cancellation (see the module docstring) would be lost; fp32 keeps the dx kernel
-    fused = fused_backward() and x.dtype != torch.float32
-    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, fused, BLOCK_D)
+    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
         dy_part = parts(N) if has_y else None
         dq_part = parts(N)
@@ -593,40 +545,32 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
 
     common = lambda delta_q: (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"],  # noqa: E731
                               saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
-    if not fused:
-        dd_part, acc_part = parts(N), parts(N, D)
-        qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
-        _gmvq_bwd_dx_kernel[row_grid](
-            *common(dq_part if defer else delta_q), dd_part, acc_part,
-            y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
-            N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
-        dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
-        if defer:
-            delta_q = sum_splits(dq_part)
-            if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-                qa = sum_splits(qa_part)
-                rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
-                dd_sum = dd_sum + rel * qa
-                acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part))
-        dx = 2.0 * (x.float() * dd_sum[:, None] - acc)
+    dd_part, acc_part = parts(N), parts(N, D)
+    qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
+    _gmvq_bwd_dx_kernel[row_grid](
+        *common(dq_part if defer else delta_q), dd_part, acc_part,
+        y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
+        N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
+    dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
+    if defer:
+        delta_q = sum_splits(dq_part)
+        if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
+            qa = sum_splits(qa_part)
+            rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
+            dd_sum = dd_sum + rel * qa
+            acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part))
+    dx = 2.0 * (x.float() * dd_sum[:, None] - acc)
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
     # dμ = acc − μ Σ_n e from the kernel's partial acc (splits, K, D) and Σ_n e (splits, K)
     mu_acc_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
     esum_part, dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(3))
-    # fused: the dμ kernel also forms dx's two sums of e = −2·dd, Σ_k e μ_k (transposed) and Σ_k e: add_dx_ordered
-    dxt_acc = torch.empty((D, N), dtype=torch.float32, device=dev) if fused else None
-    dd_acc = torch.empty(N, dtype=torch.float32, device=dev) if fused else None
-    locks = torch.zeros(triton.cdiv(N, ccfg.BLOCK_N), dtype=torch.int32, device=dev) if fused else None
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
-        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part, dxt_acc, dd_acc, locks,
+        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part,
         N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
-        DOT_PRECISION=prec, FUSE_DX=fused, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
+        DOT_PRECISION=prec, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
-    if fused:
-        # dx = Σ e μ − x Σ e, formed as −(x Σ e − Σ e μ): row-major like x (the other order follows dxt_accᵀ)
-        dx = (x.float() * dd_acc[:, None]).sub_(dxt_acc.t()).neg_()
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)
     dmu = sum_splits(mu_acc_part).addcmul_(means, sum_splits(esum_part)[:, None], value=-1.0)
     return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)

@@ -73,17 +73,10 @@ def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "Ke
         _OVERRIDE.configs = saved
 
 
-def fused_backward() -> bool:
-    """Experimental (``GMVQ_FUSED_BACKWARD=1``, read at each call; half inputs only): the dμ kernel also
-    forms dx, adding its share into fp32 buffers in a fixed order per row tile
-    (backward.add_dx_ordered), so the dx pass and its noise draw go away. Deterministic, modelled
-    faster, but untimed on a GPU: off by default until it is measured (README "Speed", item 12)."""
-    return os.environ.get("GMVQ_FUSED_BACKWARD", "0") == "1"
-
-
 KC = KernelConfig
 # (largest D, config) per input kind, first match wins. Chosen 2026-11-29 with benchmarks/static_cost.py
-# (sm_90 SASS read on a CPU, not yet timed on a GPU): the lowest modelled H200 time among configs whose
+# (sm_90 SASS read on a CPU; on sm_90 the measured TUNED entries below take precedence since an H200
+# timed them on 2026-11-30, e.g. 64 × 32 tiles on 4 warps at 64 < D ≤ 128): the lowest modelled H200 time among configs whose
 # dots are HGMMA with N ≥ 32 and that do not duplicate work across warps (one 64-row wgmma tile per 4
 # warps: BLOCK_N ≥ 16·num_warps in the row kernels, BLOCK_K ≥ 16·num_warps in the transposed column
 # kernels), within an A100's 163 KiB of shared memory. Registers bound these kernels: BLOCK_K = 32 in
@@ -149,7 +142,26 @@ CANDIDATES = {
 # between the markers), used before the tables on a GPU of the same arch. Key: (arch, "half" | "fp32",
 # kind, largest D of the bucket, as in the tables); each entry's comment names its date and device.
 # BEGIN TUNED
-TUNED = {}
+TUNED = {
+    ('sm_90', 'fp32', 'col', 128): KC(32, 128, 8, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'col', 64): KC(32, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'colsum', 128): KC(64, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'colsum', 64): KC(128, 256, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'encode', 64): KC(128, 128, 8, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'row', 64): KC(64, 32, 4, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'col', 256): KC(32, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'colsum', 128): KC(64, 512, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'colsum', 256): KC(128, 256, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'delta', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'delta', 256): KC(128, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'encode', 256): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 256): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 64): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+}
 # END TUNED
 # GMVQ_AUTOTUNE=1: this process's own winners (autotune.ensure_tuned), same keys; used before TUNED
 RUNTIME_TUNED = {}
@@ -254,23 +266,25 @@ def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
     return -(-N // rows_per_split), rows_per_split
 
 
-# The training kernels split the codebook only from this many (n, k) pairs on: below it a whole fwd+bwd
-# is a fraction of a millisecond on an H100/H200 (modelled 0.12 ms at N = 8192, K = 1024, D = 64), and
-# the split's ~25 extra torch launches (the forward's merge, the partial sums) would cost more host
-# time than the idle SMs lose. N = 8192 with K ≥ 8192 splits.
-SPLIT_MIN_PAIRS = 1 << 26
+# The training kernels split the codebook only into parts of at least this many codes. Timed on an H200
+# (2026-11-30, bf16 fwd+bwd, split against not split): a split of 8192 codes or fewer was 25–35 % slower
+# (N = 8192, K = 4096 and 16384; N = 4096, K = 16384, D = 128: the partial sums and the merge cost more
+# than the idle SMs lose), one of 16384 or more 25–74 % faster (N = 2048–8192, K = 65536–262144, D = 32–128).
+SPLIT_MIN_CODES = 16384
 
 
-def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device, min_pairs=None):
+def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device, min_codes=None):
     """(splits, codes_per_split) for the row kernels that can split the codebook (split-K): when few
     row blocks would leave the GPU idle (small N, e.g. N = 8192 against 132 SMs), each row block's
     codes are split across up to 2·SMs / row blocks programs, in whole BLOCK_K tiles. Their partial
     results (O(splits·N) or O(splits·N·D), at most ~2·SMs·BLOCK_N rows) are reduced by torch in a
-    fixed order: deterministic. No split below ``min_pairs`` = N·K (default SPLIT_MIN_PAIRS)."""
+    fixed order: deterministic. Each split streams at least ``min_codes`` codes (default
+    SPLIT_MIN_CODES; 0: no limit)."""
     row_blocks = -(-N // BLOCK_N)
     k_tiles = -(-K // BLOCK_K)
     splits = min(k_tiles, max(1, 2 * sm_count(device) // row_blocks))
-    if N * K < (SPLIT_MIN_PAIRS if min_pairs is None else min_pairs):
-        splits = 1
+    min_codes = SPLIT_MIN_CODES if min_codes is None else min_codes
+    if min_codes > 0:
+        splits = max(1, min(splits, K // min_codes))
     codes_per_split = -(-k_tiles // splits) * BLOCK_K
     return -(-K // codes_per_split), codes_per_split

@@ -65,7 +65,7 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     cfg = encode_config(D, x.dtype, x.device)
     row_blocks = triton.cdiv(N, cfg.BLOCK_N)
     # its merge is one gather: worth it at any size
-    splits, codes_per_split = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, x.device, min_pairs=0)
+    splits, codes_per_split = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, x.device, min_codes=0)
     codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
     _gmvq_encode_kernel[(row_blocks, splits)](

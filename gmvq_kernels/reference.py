@@ -67,12 +67,13 @@ def reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise):
         return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)
 
 
-def _reference(x, means, log_var, log_prior, tau, hard, seed, noise):
+def _reference(x, means, log_var, log_prior, tau, hard, seed, noise, compute_dtype=None):
     N, D = x.shape
     K = means.shape[0]
     in_dt = x.dtype
-    # fp16/bf16 inputs are computed in fp32 from their rounded values, as the kernels do (fp64 stays fp64)
-    dt = out_dt = stats_dtype(in_dt)
+    # fp16/bf16 inputs are computed in fp32 from their rounded values, as the kernels do (fp64 stays fp64);
+    # compute_dtype: only for the benchmarks' naive baseline (benchmarks/speed.py, "naive_compile")
+    dt = out_dt = compute_dtype or stats_dtype(in_dt)
     x, means = x.to(dt), means.to(dt)
     lv = log_var.to(dt)
     log_pi = _log_pi(log_prior, lv)

@@ -40,20 +40,10 @@ VARIANTS = [
 ]
 
 
-# the experimental fused backward (GMVQ_FUSED_BACKWARD=1, half inputs): the dμ kernel with FUSE_DX
-FUSED_VARIANTS = [
-    (torch.bfloat16, "ieee", False, False, 64, 512, 256, [ALBO]),
-    (torch.bfloat16, "ieee", True, False, 128, 512, 250, [ALL]),
-    (torch.float16, "ieee", False, True, 256, 64, 256, [ALBO]),
-]
-
-
 def record():
-    config.SPLIT_MIN_PAIRS = 0  # tiny shapes: split wherever the row blocks leave SMs idle
+    config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
     with devtools.record_launches(forward, backward, encode, noise) as log:
-        for fused, dtype, prec, hard, explicit, D, N, K, grad_sets in (
-                [(False, *v) for v in VARIANTS] + [(True, *v) for v in FUSED_VARIANTS]):
-            os.environ["GMVQ_FUSED_BACKWARD"] = "1" if fused else "0"
+        for dtype, prec, hard, explicit, D, N, K, grad_sets in VARIANTS:
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
             a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
             g = torch.randn(N, K) if explicit else None

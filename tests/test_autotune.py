@@ -2,7 +2,6 @@
 autotuner's selection, and the writer of config.py's TUNED block."""
 import importlib.util
 import math
-import shutil
 from dataclasses import astuple
 from types import SimpleNamespace
 
@@ -127,14 +126,16 @@ def outside_block(text):
 
 def test_write_tuned_updates_the_block_of_config_py(tmp_path):
     path = tmp_path / "config.py"
-    shutil.copy(config.__file__, path)
+    shipped = open(config.__file__).read()  # its block emptied: the writer's own entries alone
+    path.write_text(shipped[:shipped.index(autotune.BEGIN)] + f"{autotune.BEGIN}TUNED = {{}}\n"
+                    + shipped[shipped.index(autotune.END):])
 
     def load():
         spec = importlib.util.spec_from_file_location("config_copy", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
-    assert load().TUNED == {}  # the shipped block is empty until a GPU run fills it
+    assert load().TUNED == {}
     autotune.write_tuned(path, {("sm_90", "half", "row", 128): KC(128, 32, 8, 2)}, "first-stamp, H200 (test)")
     autotune.write_tuned(path, {("sm_90", "fp32", "col", 64): KC(32, 64, 4, 2),
                                 ("sm_90", "half", "row", 128): KC(64, 16, 4, 2)}, "later")
@@ -143,3 +144,16 @@ def test_write_tuned_updates_the_block_of_config_py(tmp_path):
     text = path.read_text()
     assert "KC(32, 64, 4, 2),  # later" in text and "first-stamp" not in text  # replaced entry, new note
     assert outside_block(text) == outside_block(open(config.__file__).read())  # nothing else changed
+
+
+@pytest.mark.parametrize("N, K, splits", [(8192, 16384, 1), (8192, 65536, 2), (4096, 65536, 4), (2048, 262144, 8),
+                                          (32768, 262144, 1), (8192, 1024, 1)])
+def test_split_codes_only_splits_into_parts_of_16384_codes(monkeypatch, N, K, splits):
+    """The split-K rule on an H200 (132 SMs, 64 × 32 row tiles): up to 2·SMs programs, but no split of
+    fewer than config.SPLIT_MIN_CODES codes (timed: ≤ 8192 codes per split was slower, ≥ 16384 faster);
+    the encode kernel (min_codes=0) splits whenever row blocks leave SMs idle."""
+    monkeypatch.setattr(config, "sm_count", lambda device: 132)
+    got, per_split = config.split_codes(N, K, 64, 32, torch.device("cuda"))
+    assert got == splits and (got == 1 or per_split >= config.SPLIT_MIN_CODES == 16384)
+    assert -(-K // per_split) == got  # every split has codes
+    assert config.split_codes(8192, 1024, 64, 32, torch.device("cuda"), min_codes=0)[0] == 2

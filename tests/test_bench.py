@@ -44,7 +44,7 @@ def test_speed_smoke(tmp_path):
     out = run_script(["benchmarks/speed.py", "--smoke", "--out", str(tmp_path / "s.json")], interpret=True)
     import json
     rows = json.load(open(tmp_path / "s.json"))["rows"]
-    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "triton", "cdist_argmin"}
+    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "cdist_argmin"}
     assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out
@@ -87,20 +87,16 @@ def test_gpu_check_dry(tmp_path):
     # the dx pass takes Δq there, autotune.training_kinds)
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "colsum", "encode"}
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
-    assert {"full", "window", "deterministic", "torch_compile", "split_k", "done"} <= {r["check"] for r in rows}
+    assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "kernel_times",
+            "done"} <= {r["check"] for r in rows}
+    assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
+    host = next(r for r in rows if r["check"] == "host_overhead")
+    assert all(host[k] > 0 for k in ("us_per_fwd_bwd", "us_fwd_no_grad", "us_fwd_with_graph", "us_bwd_alone")), host
+    assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops
     split = next(r for r in rows if r["check"] == "split_k")
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
     comp = next(r for r in rows if r["check"] == "torch_compile")
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
-    # the fused backward's checks ran in their child process, within its deadline, without error
-    (run,) = [r for r in rows if r["check"] == "fused_backward_run"]
-    assert run.get("returncode") == 0, run
-    fused = [json.loads(line) for line in open(tmp_path / "fused.jsonl")]
-    assert [r for r in fused if r["check"] == "error"] == []
-    assert [r["ok"] for r in fused if r["check"] == "full"] == [True, True], fused  # soft, hard
-    assert [r["bitwise_equal"] for r in fused if r["check"] == "deterministic"] == [True], fused
-    timing = next(r for r in fused if r["check"] == "fused_backward")
-    assert all(timing[k] > 0 for k in ("ms_unfused", "ms_fused", "ms_unfused_again")), timing
 
 
 def test_quality_smoke(tmp_path):

@@ -178,46 +178,12 @@ def test_split_over_codes_matches_reference(monkeypatch, case, device):
     from gmvq_kernels import config
 
     monkeypatch.setattr(config, "sm_count", lambda dev: 8)
-    monkeypatch.setattr(config, "SPLIT_MIN_PAIRS", 0)
+    monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
     case = dict(case)
     N, K, D = case.pop("shape")
     cfg = config.row_config(D, case.get("dtype", torch.float32), device)
     assert config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, torch.device(device))[0] > 1
     check_case(N, K, D, device, **case)
-
-
-FUSED_CASES = {
-    "defaults": dict(shape=(40, 200, 20)),
-    "hard-prior": dict(shape=(13, 37, 11), hard=True, prior=True, tau=0.5),
-    "one-row": dict(shape=(1, 29, 8)),
-    "one-code": dict(shape=(23, 1, 5)),
-    "partial-hard": dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"}),
-    "row-splits": dict(shape=(40, 37, 11), sms=8, tau=0.2, explicit_noise=True),
-    "clustered": dict(shape=(13, 37, 8), offset=30.0),
-    "wide-d": dict(shape=(21, 45, 40), prior=True),  # BLOCK_D = 64: add_dx_ordered's μᵀ·e branch
-}
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", list(FUSED_CASES.values()), ids=list(FUSED_CASES))
-def test_fused_backward_matches_reference(monkeypatch, case, dtype, device):
-    """GMVQ_FUSED_BACKWARD=1 (half inputs): the dμ kernel also forms dx, each code block adding its
-    share per row tile in the order of its program id (backward.add_dx_ordered); the dx kernel must
-    not run (it is replaced by None here). Under the interpreter the programs run one after another,
-    so the lock protocol never waits here; what it checks is the arithmetic and the bookkeeping
-    (several code blocks and, with ``sms``, several row splits)."""
-    from gmvq_kernels import backward, config
-
-    monkeypatch.setenv("GMVQ_FUSED_BACKWARD", "1")
-    monkeypatch.setattr(backward, "_gmvq_bwd_dx_kernel", None)
-    case = dict(case)
-    N, K, D = case.pop("shape")
-    sms = case.pop("sms", None)
-    if sms:
-        monkeypatch.setattr(config, "sm_count", lambda dev: sms)
-        cfg = config.col_config(D, dtype, torch.device(device))
-        assert config.split_rows(N, triton.cdiv(K, cfg.BLOCK_K), cfg.BLOCK_N, torch.device(device))[0] > 1
-    check_case(N, K, D, device, dtype=dtype, **case)
 
 
 # which outputs send an upstream gradient (by name; the others send None)

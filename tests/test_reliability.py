@@ -17,7 +17,7 @@ def impl_of(impl, monkeypatch):
         from gmvq_kernels import config
 
         monkeypatch.setattr(config, "sm_count", lambda dev: 8)
-        monkeypatch.setattr(config, "SPLIT_MIN_PAIRS", 0)
+        monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
         return "triton"
     return impl
 

@@ -1,0 +1,295 @@
+"""Launch configuration and interpreter detection (one place for block sizes).
+
+One table for half inputs and one for fp32, by D (see the comment at ROW_CONFIGS for how they were
+chosen), the default heuristic. On a GPU two measured sources come first: ``TUNED`` below, written by
+``benchmarks/gpu_check.py --tune`` per (arch, input kind, D bucket), and with ``GMVQ_AUTOTUNE=1`` the
+winners that ``autotune.py`` times on the process's own first call per bucket. ``override`` beats all
+of them (tuning runs and ``benchmarks/static_cost.py``, which models configs on a CPU, use it).
+Under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``import triton``) small blocks keep the
+CPU tests fast while still crossing many codebook tiles.
+"""
+import contextlib
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+# Triton decides at decoration time (when our kernel modules are imported) whether a @triton.jit
+# function is interpreted, from this variable; reading it at the same moment keeps us in agreement.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Triton's interpreter keeps global state per launch: two threads launching at once raise or return wrong
+# values (seen: 1.43 max difference). Interpreted launches take this lock; compiled ones run freely.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def launch_guard():
+    """Context for a launch: the interpreter's lock under TRITON_INTERPRET=1, nothing on a GPU."""
+    return _INTERPRETER_LOCK if INTERPRET else contextlib.nullcontext()
+
+
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+# fp32 default: tf32x3 keeps the distance dot within a few fp32 ulps (||x||²+||μ||²−2x·μ cancels
+# badly for nearby points, and plain tf32's 10-bit mantissa gives ~1e-3 relative error in x·μ),
+# while still running on the tensor cores. Ask for "tf32" when speed matters more than the last digits.
+DEFAULT_DOT_PRECISION = "tf32x3"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+
+# half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:
+# beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
+DEFER_DQ_MAX_BLOCK_D = 64
+
+
+def block_d(D: int) -> int:
+    """Whole latent dimension in one tile: next power of two, at least 16 (the GPU dot minimum)."""
+    return max(16, 1 << (D - 1).bit_length())
+
+
+_OVERRIDE = threading.local()  # per thread: a tuning run in one thread never leaks into another
+
+
+@contextlib.contextmanager
+def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None,
+             colsum: "KernelConfig" = None, delta: "KernelConfig" = None):
+    """Within the block, launches in this thread use these configs for every D and dtype (tuning and
+    the static cost report try alternatives this way); the defaults come back on exit."""
+    saved = getattr(_OVERRIDE, "configs", {})
+    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta)
+    _OVERRIDE.configs = {**saved, **{k: v for k, v in given.items() if v is not None}}
+    try:
+        yield
+    finally:
+        _OVERRIDE.configs = saved
+
+
+def fused_backward() -> bool:
+    """Experimental (``GMVQ_FUSED_BACKWARD=1``, read at each call; half inputs only): the dμ kernel also
+    forms dx, adding its share into fp32 buffers in a fixed order per row tile
+    (backward.add_dx_ordered), so the dx pass and its noise draw go away. Deterministic, modelled
+    faster, but untimed on a GPU: off by default until it is measured (README "Speed", item 12)."""
+    return os.environ.get("GMVQ_FUSED_BACKWARD", "0") == "1"
+
+
+KC = KernelConfig
+# (largest D, config) per input kind, first match wins. Chosen 2026-11-29 with benchmarks/static_cost.py
+# (sm_90 SASS read on a CPU, not yet timed on a GPU): the lowest modelled H200 time among configs whose
+# dots are HGMMA with N ≥ 32 and that do not duplicate work across warps (one 64-row wgmma tile per 4
+# warps: BLOCK_N ≥ 16·num_warps in the row kernels, BLOCK_K ≥ 16·num_warps in the transposed column
+# kernels), within an A100's 163 KiB of shared memory. Registers bound these kernels: BLOCK_K = 32 in
+# the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator. fp32 tiles take twice the bytes
+# and tf32x3 splits every operand into three, hence their own, smaller table (at D = 256 every fp32
+# config spills: use bf16 there for speed).
+# History: (128, 64, 8 warps, 3 stages) at D ≤ 64 returned garbage quantized rows with triton 3.6 on an
+# H200 (bf16/fp16; benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt).
+# 2026-11-30 (later): 64 < D ≤ 128 moved from (64, 32, 4) to (128, 32, 8): forward 68.8 → 65.3, dx 61.5 →
+# 57.1 per element at (32768, 8192, 128) soft, no spill in either loop. D ≤ 64 keeps 64-row tiles: at
+# N = 8192 (the anchor row) 128-row tiles leave half of an H200's SMs without a row block (−3.2 modelled).
+ROW_CONFIGS = {
+    "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
+COL_CONFIGS = {
+    "half": ((256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
+# The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
+# dμ: chosen 2026-11-30 with benchmarks/static_cost.py (bf16, against dμ's (32, 128, 8, 2): 16.9 → 10.7
+# instructions per element at D = 64, 20.1 → 11.6 at 128, 26.1 → 17.2 at 256 (64 × 256 there: 512
+# codes would need more shared memory than an A100's 163 KiB), the per-tile overhead spread over 4–8×
+# the elements; fp32 (tf32x3) at D = 64: 27.0 → 23.5, its wider tiles exceeding an A100's shared memory).
+COLSUM_CONFIGS = {
+    "half": ((128, KC(64, 512, 8, 2)), (256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "fp32": ((64, KC(64, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
+# The Δ kernel (a row kernel: Δq, and Δy where it recomputes y) holds no (BLOCK_N, BLOCK_D) accumulator
+# either, so it takes wider tiles than the forward and dx: chosen 2026-11-30 with benchmarks/static_cost.py
+# (bf16, against the row table's): 21.7 → 16.0 instructions per element at (32768, 8192, 128) soft,
+# 16.9 → 13.6 at (8192, 1024, 64) hard, 14.9 → 12.5 at (8192, 262144, 32) hard, 57.0 → 53.3 at
+# (65536, 16384, 256) hard (its full recompute of y); (128, 128, 8, 2) is 0.7–0.9 lower at D ≤ 128 with
+# 182–255 registers and spills 788 B at D = 256. fp32 inputs keep the row kernels' tiles (delta_config).
+DELTA_CONFIGS = {  # one bucket per D range, as the row table's, so that tuning can tell them apart
+    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "fp32": ROW_CONFIGS["fp32"],  # unused: see delta_config
+}
+# The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
+# takes wider tiles than the row kernels. Chosen 2026-11-29 with benchmarks/static_cost.py --modes encode
+# (lowest modelled time among the configs with no spill, every dot an HGMMA with N ≥ 32, within an
+# A100's shared memory; ≥ 16 resident warps/SM preferred where the model saw < 15 % between them). fp32
+# (tf32x3) spills at D ≥ 256 in every config tried: use bf16 there.
+ENCODE_CONFIGS = {
+    "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
+    "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
+}
+INTERPRET_CONFIG = KC(16, 16, 1, 1)
+TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
+          "encode": ENCODE_CONFIGS}
+# Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
+# sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
+# bucket fails to compile or runs slowly, and the timing drops it.
+CANDIDATES = {
+    "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
+    "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
+    "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
+    "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
+    "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
+}
+
+# Measured winners of `python benchmarks/gpu_check.py --tune` (autotune.write_tuned rewrites the block
+# between the markers), used before the tables on a GPU of the same arch. Key: (arch, "half" | "fp32",
+# kind, largest D of the bucket, as in the tables); each entry's comment names its date and device.
+# BEGIN TUNED
+TUNED = {
+    ('sm_90', 'fp32', 'col', 128): KC(32, 128, 8, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'col', 64): KC(32, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'colsum', 128): KC(64, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'colsum', 64): KC(128, 256, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'encode', 64): KC(128, 128, 8, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'fp32', 'row', 64): KC(64, 32, 4, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'col', 256): KC(32, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'colsum', 128): KC(64, 512, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'colsum', 256): KC(128, 256, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'delta', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'delta', 256): KC(128, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'encode', 256): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 256): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+    ('sm_90', 'half', 'row', 64): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
+}
+# END TUNED
+# GMVQ_AUTOTUNE=1: this process's own winners (autotune.ensure_tuned), same keys; used before TUNED
+RUNTIME_TUNED = {}
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def _table_row(kind: str, D: int, dtype: torch.dtype):
+    """(largest D, config) of the table row of ``kind`` that serves D for this input dtype."""
+    rows = TABLES[kind][dtype_kind(dtype)]
+    return next((row for row in rows if D <= row[0]), rows[-1])
+
+
+def bucket(kind: str, D: int, dtype: torch.dtype):
+    """(input kind, largest D) of the table row that serves D: the unit of tuning."""
+    return dtype_kind(dtype), _table_row(kind, D, dtype)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
+def arch(device) -> Optional[str]:
+    """"sm_90" for a CUDA device of compute capability 9.0 (looked up once per device: config picks run
+    at every launch); None off CUDA (no tuned entries apply)."""
+    device = None if device is None else torch.device(device)
+    if device is None or device.type != "cuda":
+        return None
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
+    """(arch, input kind, kernel kind, largest D of the bucket): the key of TUNED and RUNTIME_TUNED."""
+    kind_dt, limit = bucket(kind, D, dtype)
+    return (arch(device), kind_dt, kind, limit)
+
+
+def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
+    configs = getattr(_OVERRIDE, "configs", {})
+    if kind in configs:
+        return configs[kind]
+    if INTERPRET:
+        return INTERPRET_CONFIG
+    key = tuned_key(kind, D, dtype, device)
+    found = (RUNTIME_TUNED.get(key) or TUNED.get(key)) if key[0] is not None else None
+    return found if found is not None else table_config(kind, D, dtype)
+
+
+def table_config(kind: str, D: int, dtype: torch.dtype) -> KernelConfig:
+    """The default heuristic: the table row of ``kind`` that serves D for this input dtype."""
+    return _table_row(kind, D, dtype)[1]
+
+
+def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """Row-block kernels (forward, backward dx, delta): one program owns BLOCK_N rows, streams K.
+    ``device``: where the launch runs (tuned entries apply on CUDA devices of their arch)."""
+    return _pick("row", D, dtype, device)
+
+
+def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The backward's column-block kernel (dμ): one program owns BLOCK_K codes, streams a row range."""
+    return _pick("col", D, dtype, device)
+
+
+def colsum_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The forward's column-block kernel (q̄ = column sums of q), laid out as dμ's."""
+    return _pick("colsum", D, dtype, device)
+
+
+def delta_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The backward's Δ kernel (a row kernel without a D-wide accumulator), for half inputs. fp32 inputs
+    take the row kernels' config: their Δ pass recomputes y and Y, and Y − Δy must then cancel exactly
+    in dx (backward.py's docstring), so both must come from the same tiles, bit for bit."""
+    return _pick("delta", D, dtype, device) if dtype != torch.float32 else row_config(D, dtype, device)
+
+
+def encode_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The encode kernel (codes only): one program owns BLOCK_N rows, streams K."""
+    return _pick("encode", D, dtype, device)
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors to fill; 1 off CUDA (the interpreter still exercises the row splits;
+    benchmarks/static_cost.py patches this to model a real GPU)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def split_rows(N: int, num_col_blocks: int, BLOCK_N: int, device: torch.device):
+    """(splits, rows_per_split) for the column kernels, so that small K still fills the GPU.
+
+    Each split writes its own partial sums (splits, K[, D]) that torch adds up afterwards:
+    deterministic, no atomics, and the extra memory is bounded by about 2·SMs·BLOCK_K·D floats,
+    independent of N and K."""
+    target = 2 * sm_count(device)
+    splits = max(1, -(-target // num_col_blocks))
+    rows = -(-N // splits)
+    rows_per_split = -(-rows // BLOCK_N) * BLOCK_N
+    return -(-N // rows_per_split), rows_per_split
+
+
+# The training kernels split the codebook only from this many (n, k) pairs on: below it a whole fwd+bwd
+# is a fraction of a millisecond on an H100/H200 (modelled 0.12 ms at N = 8192, K = 1024, D = 64), and
+# the split's ~25 extra torch launches (the forward's merge, the partial sums) would cost more host
+# time than the idle SMs lose. N = 8192 with K ≥ 8192 splits.
+SPLIT_MIN_PAIRS = 1 << 26
+
+
+def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device, min_pairs=None):
+    """(splits, codes_per_split) for the row kernels that can split the codebook (split-K): when few
+    row blocks would leave the GPU idle (small N, e.g. N = 8192 against 132 SMs), each row block's
+    codes are split across up to 2·SMs / row blocks programs, in whole BLOCK_K tiles. Their partial
+    results (O(splits·N) or O(splits·N·D), at most ~2·SMs·BLOCK_N rows) are reduced by torch in a
+    fixed order: deterministic. No split below ``min_pairs`` = N·K (default SPLIT_MIN_PAIRS)."""
+    row_blocks = -(-N // BLOCK_N)
+    k_tiles = -(-K // BLOCK_K)
+    splits = min(k_tiles, max(1, 2 * sm_count(device) // row_blocks))
+    if N * K < (SPLIT_MIN_PAIRS if min_pairs is None else min_pairs):
+        splits = 1
+    codes_per_split = -(-k_tiles // splits) * BLOCK_K
+    return -(-K // codes_per_split), codes_per_split
