@@ -8,7 +8,8 @@
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
    host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
-   SDPA and an empty launch; device syncs; a cProfile into host_profile.txt); the kernels' own time at
+   the backward alone, SDPA and an empty launch; device syncs; torch.profiler's CPU table and a
+   cProfile into host_profile.txt); the kernels' own time at
    (8192, 1024, 64) from a CUDA-graph replay (graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
@@ -273,32 +274,46 @@ def host_check(device, log, out_dir, iters=300):
 
 
 def graph_check(device, log, shape=(8192, 1024, 64)):
-    """The kernels' own time at a host-bound shape: one fwd+bwd captured in a CUDA graph and replayed
-    (same seed: the replay's gradients must equal eager's bitwise), beside eager and SDPA in eager."""
+    """The kernels' own time at a host-bound shape, and CUDA graphs as a training mode: one fwd+bwd with
+    its seed in device memory (noise.seed_on_device) captured in a CUDA graph and replayed for two
+    seeds set in place. Each replay's gradients must equal eager's with that seed as an int, bitwise,
+    and differ between the two seeds (new noise per replay). Timed beside eager and SDPA in eager."""
     x, m, lv = speed.make_inputs(*shape, torch.bfloat16, device, True)
-    fn = speed.gmvq_loss("triton")
+    leaves = (x, m, lv)
+    seed = torch.zeros((), dtype=torch.int64, device=device)
+
+    def step(s):
+        for t in leaves:
+            t.grad = None
+        out = gk.gmvq(x, m, lv, impl="triton", tau=1.0, seed=s)
+        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
         for _ in range(3):
-            for t in (x, m, lv):
-                t.grad = None
-            fn(x, m, lv).backward()
+            step(seed)
     torch.cuda.current_stream().wait_stream(side)
-    eager = [t.grad.clone() for t in (x, m, lv)]
-    for t in (x, m, lv):
-        t.grad = None
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(x, m, lv).backward()
-    graph.replay()
-    torch.cuda.synchronize()
-    same = all(torch.equal(a, t.grad) for a, t in zip(eager, (x, m, lv)))
-    ms_graph = triton.testing.do_bench(graph.replay)
-    for t in (x, m, lv):
+    for t in leaves:
         t.grad = None
+    with torch.cuda.graph(graph):
+        out = gk.gmvq(x, m, lv, impl="triton", tau=1.0, seed=seed)
+        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+    static_grads = [t.grad for t in leaves]  # what each replay overwrites
+    replayed, eager = {}, {}
+    for s in (11, 12):
+        seed.fill_(s)
+        graph.replay()
+        replayed[s] = [g.clone() for g in static_grads]
+        step(s)
+        eager[s] = [t.grad for t in leaves]
+    same = all(torch.equal(a, b) for s in replayed for a, b in zip(replayed[s], eager[s]))
+    new_noise = not torch.equal(replayed[11][0], replayed[12][0])
+    ms_graph = triton.testing.do_bench(graph.replay)
     log(dict(check="cuda_graph", N=shape[0], K=shape[1], D=shape[2], grads_equal_eager=same,
-             ms_graph_replay=ms_graph, ms_eager=triton.testing.do_bench(lambda: fn(x, m, lv).backward()),
+             new_noise_per_replay=new_noise, ms_graph_replay=ms_graph,
+             ms_eager=triton.testing.do_bench(lambda: step(0)),
              ms_sdpa_eager=triton.testing.do_bench(lambda: speed.sdpa_loss(x, m, lv).backward())))
 
 
@@ -322,7 +337,8 @@ def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
             sync()
         per_kernel = {}
         for e in prof.key_averages():
-            us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) if cuda else e.self_cpu_time_total
+            # self time: a CPU op's device time is its kernels', which are counted as themselves
+            us = e.self_device_time_total if cuda else e.self_cpu_time_total
             if us > 0:
                 name = e.key if e.key.startswith("_gmvq") else "other"
                 per_kernel[name] = per_kernel.get(name, 0.0) + us / reps / 1e3

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import autotune
+from . import autotune, noise
 from .backward import gmvq_bwd
 from .checks import check_tau
 from .config import launch_guard
@@ -120,8 +120,11 @@ def _setup_context(ctx, inputs, output):
     # the argmax codes go with the hard sample, or take its place (see _fused_bwd); one saved tensor
     # either way, so fused_bwd's schema stays (torch's compile caches key a custom op by its name)
     out["hard_idx"] = torch.stack((out["hard_idx"], out["codes"])) if inp["hard"] else out["codes"]
+    # a seed on the device is read again by the backward's kernels: a copy, in case it is changed in place
+    # before the backward runs (a CUDA-graph step that advances it, say)
+    seed = inp["seed"].clone() if noise.seed_on_device(inp["seed"]) else inp["seed"]
     ctx.save_for_backward(*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
-                          *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], inp["seed"])
+                          *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], seed)
     ctx.opts = (inp["hard"], inp["dot_precision"])
 
 

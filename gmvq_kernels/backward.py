@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, row_config,
                      split_codes, split_rows)
-from .noise import split_seed
+from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
@@ -167,7 +167,7 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
 def _gmvq_bwd_delta_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
-    N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
+    N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -178,6 +178,7 @@ def _gmvq_bwd_delta_kernel(
     as exactly as in softmax's backward. With the forward's y_sums (N, D + 2) fp32 (ysum_ptr, see
     forward.delta_from_forward) Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² comes from them instead
     (split 0 writes it, the others 0) and the loop computes Δq alone."""
+    seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -217,7 +218,7 @@ def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
-    N, K, D, seed_lo, seed_hi, inv_tau, y_scale, codes_per_split,
+    N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -241,6 +242,7 @@ def _gmvq_bwd_dx_kernel(
     (splits, N, D) and the launcher adds them. delta_q (splits, N) is then an output: each split's r,
     plus c_n in split 0, so that the splits sum to Δq. Δy comes from the forward's y_sums (ysum_ptr,
     when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
+    seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     DEFER_DQ: tl.constexpr = codes_ptr is not None
     # Δy from the forward's sums (ysum_ptr given): no Δ pass's Y to agree with bit for bit, so the loop
@@ -360,7 +362,7 @@ def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr,
-    N, K, D, half_d, seed_lo, seed_hi, inv_tau, y_scale, rows_per_split,
+    N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -372,6 +374,7 @@ def _gmvq_bwd_dmu_kernel(
     ptxas spill (static report: 44 / 180 B at D = 128 soft / hard, 972 / 1116 B at 256, against 0 / 0
     and 476 / 612 B without it). Arguments as for the dx kernel, half_d = D/2. Tiles are transposed
     (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :]."""
+    seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
@@ -482,10 +485,10 @@ def _gmvq_bwd_dmu_kernel(
 def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
     """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
     when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), and where
-    the extra (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at D = 128 has 12 to
-    spare). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved beside the sample:
-    the sample itself would be a poor stand-in where q is peaked but not one-hot, 1 row in 10 at
-    q_max = 0.9, and then Ḡ_c − c is no longer small where q is large)."""
+    the extra (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at
+    D = 128 has 12 to spare). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved
+    beside the sample: the sample itself would be a poor stand-in where q is peaked but not one-hot, 1
+    row in 10 at q_max = 0.9, and then Ḡ_c − c is no longer small where q is large)."""
     return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
 
 
@@ -515,7 +518,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
-    lo, hi = split_seed(seed)
+    seed_lhp = seed_args(seed)
     op_dtype = TL_DTYPES[x.dtype]
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
@@ -538,7 +541,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
                 xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
-                dy_part, dq_part, N, K, D, lo, hi, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
+                dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
                 BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
@@ -550,7 +553,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     _gmvq_bwd_dx_kernel[row_grid](
         *common(dq_part if defer else delta_q), dd_part, acc_part,
         y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
-        N, K, D, lo, hi, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
+        N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
     dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
     if defer:
         delta_q = sum_splits(dq_part)
@@ -568,7 +571,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     esum_part, dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(3))
     _gmvq_bwd_dmu_kernel[(n_col, splits)](
         *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part,
-        N, K, D, 0.5 * D, lo, hi, 1.0 / tau, y_scale(tau), rows_per_split,
+        N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)

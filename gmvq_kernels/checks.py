@@ -16,7 +16,7 @@ TAU_RANGE = (1e-4, 1e4)
 LOG_VAR_LIMIT = 30.0       # |λ| ≤ 30: σ² from 1e-13 to 1e13
 MAX_D = 512                # the kernels hold a whole row of D in one tile
 MAX_K = 2**31 - 1          # the kernels compare codes in 32 bits (hard mode's one-hot)
-SEED_MSG = "seed must be an integer in [0, 2**64) or a 0-dim int64 CPU tensor"
+SEED_MSG = "seed must be an integer in [0, 2**64) or a 0-dim int64 tensor on the CPU or a CUDA device"
 
 
 def check_tau(tau):
@@ -26,9 +26,13 @@ def check_tau(tau):
         raise ValueError(f"tau must be a finite number in [{lo:g}, {hi:g}]; got {tau!r}")
 
 
-def check_seed(seed):
+def check_seed(seed, device=None):
+    """``device``: where the noise is drawn; a seed on a CUDA device must be on that one."""
     if isinstance(seed, torch.Tensor):
-        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type != "cpu":
+        if seed.device.type == "cuda" and device is not None and seed.device != torch.device(device):
+            raise ValueError(f"seed on a CUDA device must be on the device of the inputs ({device}); "
+                             f"got {seed.device}")
+        if seed.dim() != 0 or seed.dtype != torch.int64 or seed.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{SEED_MSG}; got a tensor of shape {_shape(seed)}, dtype {seed.dtype} on {seed.device}")
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise ValueError(f"{SEED_MSG}; got {seed!r}")
@@ -148,7 +152,7 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
         # under torch.compile a comparison would pin tau's value into the graph (a recompile per
         # temperature); the op checks it at run time instead
         check_tau(tau)
-    check_seed(seed)
+    check_seed(seed, x.device)
     check_flag("hard", hard)
     if process_group is not None and not hasattr(process_group, "group_name"):
         raise TypeError(f"process_group must be a torch.distributed ProcessGroup or None; got {process_group!r}")

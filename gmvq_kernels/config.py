@@ -74,20 +74,22 @@ def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "Ke
 
 
 KC = KernelConfig
-# (largest D, config) per input kind, first match wins. Chosen 2026-11-29 with benchmarks/static_cost.py
-# (sm_90 SASS read on a CPU; on sm_90 the measured TUNED entries below take precedence since an H200
-# timed them on 2026-11-30, e.g. 64 × 32 tiles on 4 warps at 64 < D ≤ 128): the lowest modelled H200 time among configs whose
-# dots are HGMMA with N ≥ 32 and that do not duplicate work across warps (one 64-row wgmma tile per 4
-# warps: BLOCK_N ≥ 16·num_warps in the row kernels, BLOCK_K ≥ 16·num_warps in the transposed column
-# kernels), within an A100's 163 KiB of shared memory. Registers bound these kernels: BLOCK_K = 32 in
-# the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator. fp32 tiles take twice the bytes
-# and tf32x3 splits every operand into three, hence their own, smaller table (at D = 256 every fp32
-# config spills: use bf16 there for speed).
+# (largest D, config) per input kind, first match wins; on sm_90 the measured TUNED entries below come
+# first (an H200 timed them on 2026-11-30; e.g. 64 × 32 tiles on 4 warps at 64 < D ≤ 128). Chosen
+# 2026-11-29 with benchmarks/static_cost.py (sm_90 SASS read on a CPU): the lowest modelled H200 time
+# among configs whose dots are HGMMA with N ≥ 32 and that do not duplicate work across warps (one 64-row
+# wgmma tile per 4 warps: BLOCK_N ≥ 16·num_warps in the row kernels, BLOCK_K ≥ 16·num_warps in the
+# transposed column kernels), within an A100's 163 KiB of shared memory. Registers bound these kernels:
+# BLOCK_K = 32 in the row kernels leaves room for the (BLOCK_N, BLOCK_D) accumulator. fp32 tiles take
+# twice the bytes and tf32x3 splits every operand into three, hence their own, smaller table (at D = 256
+# every fp32 config spills: use bf16 there for speed).
 # History: (128, 64, 8 warps, 3 stages) at D ≤ 64 returned garbage quantized rows with triton 3.6 on an
 # H200 (bf16/fp16; benchmarks/results/NVIDIA_H200-2026-11-27/diag_bf16_quantized.txt).
 # 2026-11-30 (later): 64 < D ≤ 128 moved from (64, 32, 4) to (128, 32, 8): forward 68.8 → 65.3, dx 61.5 →
 # 57.1 per element at (32768, 8192, 128) soft, no spill in either loop. D ≤ 64 keeps 64-row tiles: at
 # N = 8192 (the anchor row) 128-row tiles leave half of an H200's SMs without a row block (−3.2 modelled).
+# Then timed on an H200 the same day: (64, 32, 4) was 4 % faster there after all (TUNED holds it for sm_90;
+# the table keeps the model's pick for other GPUs).
 ROW_CONFIGS = {
     "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .config import block_d, colsum_config, row_config, split_codes, split_rows
-from .noise import split_seed
+from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
@@ -44,7 +44,7 @@ def _gmvq_fwd_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
     z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
     part_ptr, part_k_ptr, part_z_ptr,
-    N, K, D, seed_lo, seed_hi, y_scale, codes_per_split,
+    N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -53,9 +53,10 @@ def _gmvq_fwd_kernel(
     lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
 
     x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
-    noise_ptr: explicit (N, K) fp32 noise or None (drawn from seed_lo/seed_hi). Writes z (N, D) in x's
-    dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y) and,
-    when HARD, hard_idx (N,) int64. y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
+    noise_ptr: explicit (N, K) fp32 noise or None (drawn from the seed: seed_lo/seed_hi, or the int64
+    at seed_ptr, noise.kernel_seed). Writes z (N, D) in x's dtype, codes (N,) int64, lse, lat, s2, ent
+    (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y) and, when HARD, hard_idx (N,) int64.
+    y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
     it here keeps p_y's rounding to it visible to the CPU tests). Half inputs: p_y enters
@@ -67,6 +68,7 @@ def _gmvq_fwd_kernel(
     SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
     int64: best code and hard code, part_z (splits, N, D) fp32: Σ p_y μ); ``combine_splits`` merges."""
+    seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     if SPLIT:
         split, k_lo, k_hi = split_code_range(codes_per_split, K)
     else:
@@ -239,7 +241,6 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     K = means.shape[0]
     dev = x.device
     f32 = dict(dtype=torch.float32, device=dev)
-    lo, hi = split_seed(seed)
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     cfg = row_config(D, x.dtype, dev)
@@ -260,7 +261,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         part_z = torch.empty((splits, N, D), **f32) if with_sums or not hard else None
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
         xk, mk, a, b, v, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
-        N, K, D, lo, hi, y_scale(tau), codes_per_split,
+        N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,

@@ -130,9 +130,21 @@ def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_
     return _uniform_to_gumbel(r)
 
 
+@triton.jit
+def kernel_seed(seed_lo, seed_hi, seed_ptr):
+    """The Philox key words (uint32) of a launch: its scalars, or, when it passes ``seed_ptr`` (see
+    ``seed_args``), the 0-dim int64 seed read from device memory as the kernel runs."""
+    if seed_ptr is not None:
+        s = tl.load(seed_ptr)
+        return (s & 0xFFFFFFFF).to(tl.uint32), ((s >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    else:
+        return seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "row_offset"])
-def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, row_offset,
+def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, seed_ptr, row_offset,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_start = tl.program_id(1).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -150,7 +162,8 @@ def as_int64(seed):
 
 
 def seed_tensor(seed) -> torch.Tensor:
-    """The seed as the 0-dim int64 CPU tensor the custom ops take (a tensor passes through).
+    """The seed as the 0-dim int64 tensor the custom ops take: an int becomes a CPU tensor, a tensor (CPU
+    or CUDA, see ``seed_on_device``) passes through.
 
     A tensor, not an int: under torch.compile a changing int seed on a module attribute would be a
     recompile per step; a tensor is a graph input. ``torch.ones(()) * seed`` rather than
@@ -164,6 +177,21 @@ def split_seed(seed):
     """64-bit seed (int, or int64 tensor in two's complement) -> (lo, hi) 32-bit Philox key words."""
     seed = int(seed) & ((1 << 64) - 1)
     return seed & _MASK32, seed >> 32
+
+
+def seed_on_device(seed) -> bool:
+    """Whether the kernels read the seed from device memory as they run: a 0-dim int64 tensor on a CUDA
+    device. Reading it there costs no host sync, and a captured CUDA graph then draws the noise of the
+    value it holds at each replay (README, "CUDA graphs")."""
+    return isinstance(seed, torch.Tensor) and seed.device.type == "cuda"
+
+
+def seed_args(seed):
+    """(seed_lo, seed_hi, seed_ptr) of a kernel launch (``kernel_seed``): the key words as ints and no
+    pointer, or (0, 0, the tensor) for a seed on the device."""
+    if seed_on_device(seed):
+        return 0, 0, seed
+    return (*split_seed(seed), None)
 
 
 # the two multiply chains of a round, (c0, k0) and (c2, k1), side by side on axis 0 of one array:
@@ -274,7 +302,8 @@ def philox_words_torch(N: int, K: int, seed, row_offset: int = 0) -> torch.Tenso
 
 def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> torch.Tensor:
     """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring):
-    an int in [0, 2**64) or a 0-dim int64 CPU tensor holding its bits (see ``seed_tensor``).
+    an int in [0, 2**64) or a 0-dim int64 tensor holding its bits, on the CPU (see ``seed_tensor``) or
+    on ``device`` when that is a CUDA device (read by the kernel as it runs: ``seed_on_device``).
     ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch.
     Traced by torch.compile on a CPU (outside the interpreter), it is ``words_to_gumbel`` of
     ``philox_words_torch`` in the graph (the same words; the compiled logs may differ by an ulp), which
@@ -283,7 +312,7 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     check_int("N", N)
     check_int("K", K)
     check_int("row_offset", row_offset, lo=0)
-    check_seed(seed)
+    check_seed(seed, device)
     if device.type == "cpu" and not INTERPRET and torch.compiler.is_compiling():
         return words_to_gumbel(philox_words_torch(N, K, seed, row_offset))
     return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
@@ -293,13 +322,12 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
 # NumPy, neither of which it can trace.
 @torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=())
 def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
-    lo, hi = split_seed(seed)
     if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
         with launch_guard():
-            _gumbel_noise_kernel[grid](out, N, K, lo, hi, row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+            _gumbel_noise_kernel[grid](out, N, K, *seed_args(seed), row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
     return gumbel_noise_numpy(N, K, seed, row_offset).to(device)
 

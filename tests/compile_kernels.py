@@ -40,24 +40,31 @@ VARIANTS = [
 ]
 
 
+# a seed on the device (noise.kernel_seed loads it): once for fp32 (its Δ pass draws noise too), once bf16
+SEED_VARIANTS = [VARIANTS[0], next(v for v in VARIANTS if v[0] == torch.bfloat16)]
+
+
 def record():
     config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
+    noise.seed_on_device = lambda seed: isinstance(seed, torch.Tensor)  # CPU tensors stand in for CUDA ones
     with devtools.record_launches(forward, backward, encode, noise) as log:
-        for dtype, prec, hard, explicit, D, N, K, grad_sets in VARIANTS:
+        for seed, dtype, prec, hard, explicit, D, N, K, grad_sets in (
+                [(1, *v) for v in VARIANTS] + [(torch.tensor(1), *v) for v in SEED_VARIANTS]):
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
             a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
             g = torch.randn(N, K) if explicit else None
-            _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=0.5, hard=hard, seed=1, noise=g,
+            _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=0.5, hard=hard, seed=seed, noise=g,
                                         dot_precision=prec)
             upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K),
                             **{n: torch.randn(N) for n in DIFF_OUTPUTS if n not in ("quantized", "agg_posterior")})
             for keep in grad_sets:
                 backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
-                                  hard=hard, seed=1, dot_precision=prec)
+                                  hard=hard, seed=seed, dot_precision=prec)
             encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
-    # the noise kernel is launched only on CUDA / interpreter: record one launch by hand
-    log.append(devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (torch.empty(4, 4), 4, 4, 1, 2, 0),
-                               dict(BLOCK_N=32, BLOCK_K=128)))
+    # the noise kernel is launched only on CUDA / interpreter: record its launches by hand
+    for seed_ptr in (None, torch.tensor(1)):
+        log.append(devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
+                                   dict(BLOCK_N=32, BLOCK_K=128)))
     return log
 
 
