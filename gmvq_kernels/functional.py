@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from . import config
-from .autograd import all_reduce_sum, fused_encode, fused_fwd
+from .autograd import EagerFused, all_reduce_sum, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, validate
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward
@@ -66,13 +66,14 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
         out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
     else:
         log_var32 = log_var.float()
-        outs = fused_fwd(x.contiguous(), means.contiguous(), log_var32,
-                         log_prior_probs(log_prior, means.shape[0], log_var32),
-                         None if noise is None else noise.float().contiguous(),
-                         torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
-                         bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION,
-                         torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                         for t in (x, means, log_var, log_prior)))
+        op = fused_fwd if torch.compiler.is_compiling() else EagerFused.apply  # see EagerFused
+        outs = op(x.contiguous(), means.contiguous(), log_var32,
+                  log_prior_probs(log_prior, means.shape[0], log_var32),
+                  None if noise is None else noise.float().contiguous(),
+                  torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
+                  bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION,
+                  torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                  for t in (x, means, log_var, log_prior)))
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
         hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
         sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None

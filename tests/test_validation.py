@@ -201,6 +201,21 @@ def test_double_backward_through_kernels_is_a_clear_error(device):
         g.sum().backward()
 
 
+def test_eager_calls_skip_the_custom_op(monkeypatch, device):
+    """Eager gmvq takes autograd.EagerFused (no torch.library dispatch: less host time); the custom op
+    is torch.compile's path (tests/test_torch_compile.py compares the two bitwise)."""
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+
+    def refuse(*args):
+        raise AssertionError("eager gmvq dispatched the custom op")
+    monkeypatch.setattr(gk.functional, "fused_fwd", refuse)
+    x, m, lv, _ = make_inputs(5, 7, 4, device=device)
+    x.requires_grad_(True)
+    gk.gmvq(x, m, lv, impl="triton").quantized.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_concurrent_interpreted_calls_agree():
     """The interpreter is not thread-safe; interpreted launches are serialised (config.launch_guard)."""
     import threading
