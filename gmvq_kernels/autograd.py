@@ -1,7 +1,9 @@
 """The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v3`` and ``gmvq_kernels::fused_bwd_v3`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
-forward and one for the backward and traces around them without graph breaks. No kernel code here.
+forward and one for the backward and traces around them without graph breaks. Eager calls take
+``EagerFused``, the same code as a plain autograd.Function (torch.library's dispatch costs host time).
+No kernel code here.
 
 The ops take ``tau`` as a 0-dim float64 CPU tensor, not a float: torch.compile turns a float
 argument of a custom op into a guard on its value (one recompile per temperature of an annealing
