@@ -52,6 +52,12 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
+def sync(device):
+    """Wait for the device's queued work (CUDA launches are asynchronous); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def forward_backward(x, m, lv, lp, impl, up, **kw):
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, m, lv, lp)]
     out = gk.gmvq(*leaves, impl=impl, **kw)
@@ -115,8 +121,7 @@ def window_check(N, K, D, dtype, rows, device, log):
     t0 = time.time()
     out, gout = forward_backward(x, m, lv, None, "triton",
                                  dict(quantized=up_rows, log_likelihood=up_lse, agg_posterior=up_q), seed=11, tau=1.0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     row = dict(check="window", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), seconds=time.time() - t0)
     enc = gk.gmvq_encode(x, m, lv, impl="triton")
     for lo in rows:
@@ -148,7 +153,7 @@ def determinism_check(device, log, shape=(4096, 8192, 64)):
         for t in (x, m, lv):
             t.grad = None
         out = gk.gmvq(x, m, lv, impl="triton", hard=True, seed=3)
-        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+        speed.objective(out).backward()
         runs.append([t.clone() for t in out] + [x.grad.clone(), m.grad.clone(), lv.grad.clone()])
     same = all(torch.equal(a, b) for a, b in zip(*runs))
     finite = all(torch.isfinite(t.float()).all().item() for t in runs[0] if t.is_floating_point())
@@ -166,7 +171,7 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
 
     def fwd(x, m, lv, tau, seed):
         out = gk.gmvq(x, m, lv, impl="triton", hard=True, tau=tau, seed=seed)
-        return out.quantized, out.agg_posterior, gk.albo_loss(out) + out.quantized.float().square().mean()
+        return out.quantized, out.agg_posterior, speed.objective(out)
 
     def step(fn, tau, seed):
         z, agg, loss = fn(x, m, lv, tau, seed)
@@ -222,16 +227,15 @@ def host_check(device, log, out_dir, iters=300):
     import pstats
 
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def per_call(f):
         for _ in range(min(10, iters)):
             f()
-        sync()
+        sync(device)
         t = time.perf_counter()
         for _ in range(iters):
             f()
-        sync()
+        sync(device)
         return (time.perf_counter() - t) / iters * 1e6
 
     x, m, lv = speed.make_inputs(8, 16, 16, torch.bfloat16, device, True)
@@ -259,13 +263,13 @@ def host_check(device, log, out_dir, iters=300):
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(iters):
             fn(x, m, lv).backward()
-        sync()
+        sync(device)
     text.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
     cprof = cProfile.Profile()
     cprof.enable()
     for _ in range(iters):
         fn(x, m, lv).backward()
-    sync()
+    sync(device)
     cprof.disable()
     pstats.Stats(cprof, stream=text).sort_stats("tottime").print_stats(30).sort_stats("cumulative").print_stats(40)
     with open(os.path.join(out_dir, "host_profile.txt"), "w") as fh:
@@ -285,8 +289,7 @@ def graph_check(device, log, shape=(8192, 1024, 64)):
     def step(s):
         for t in leaves:
             t.grad = None
-        out = gk.gmvq(x, m, lv, impl="triton", tau=1.0, seed=s)
-        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+        speed.gmvq_loss("triton", seed=s)(x, m, lv).backward()
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -295,11 +298,8 @@ def graph_check(device, log, shape=(8192, 1024, 64)):
             step(seed)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    for t in leaves:
-        t.grad = None
     with torch.cuda.graph(graph):
-        out = gk.gmvq(x, m, lv, impl="triton", tau=1.0, seed=seed)
-        (gk.albo_loss(out) + out.quantized.float().square().mean()).backward()
+        step(seed)
     static_grads = [t.grad for t in leaves]  # what each replay overwrites
     replayed, eager = {}, {}
     for s in (11, 12):
@@ -329,12 +329,11 @@ def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
         x, m, lv = speed.make_inputs(N, K, D, torch.bfloat16, device, True)
         fn = speed.gmvq_loss("triton")
         fn(x, m, lv).backward()
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
-        sync()
+        sync(device)
         with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
             for _ in range(reps):
                 fn(x, m, lv).backward()
-            sync()
+            sync(device)
         per_kernel = {}
         for e in prof.key_averages():
             # self time: a CPU op's device time is its kernels', which are counted as themselves

@@ -50,11 +50,16 @@ def make_inputs(N, K, D, dtype, device, requires_grad):
                                requires_grad=requires_grad)[:3]
 
 
-def gmvq_loss(impl, dot_precision=None):
-    """The training objective a user runs: ALBO terms + a stand-in reconstruction on the quantized output."""
+def objective(out):
+    """The training objective a user runs on gmvq's outputs: ALBO terms + a stand-in reconstruction on
+    the quantized output."""
+    return gk.albo_loss(out) + out.quantized.float().square().mean()
+
+
+def gmvq_loss(impl, dot_precision=None, seed=0):
+    """``objective`` of gmvq with this impl (τ = 1)."""
     def loss(x, means, log_var):
-        out = gk.gmvq(x, means, log_var, impl=impl, tau=1.0, seed=0, dot_precision=dot_precision)
-        return gk.albo_loss(out) + out.quantized.float().square().mean()
+        return objective(gk.gmvq(x, means, log_var, impl=impl, tau=1.0, seed=seed, dot_precision=dot_precision))
     return loss
 
 
@@ -63,8 +68,7 @@ def naive_loss(x, means, log_var):
     the compiled baseline a user's own bf16 code would give (the reference itself computes in fp32)."""
     from gmvq_kernels.reference import _reference
 
-    out, _ = _reference(x, means, log_var, None, 1.0, False, 0, None, compute_dtype=x.dtype)
-    return gk.albo_loss(out) + out.quantized.float().square().mean()
+    return objective(_reference(x, means, log_var, None, 1.0, False, 0, None, compute_dtype=x.dtype)[0])
 
 
 def sdpa_loss(x, means, log_var):
