@@ -13,6 +13,7 @@ forward+backward: 4 forward, 8 backward; 2·N·K·D for encode).
 
     python benchmarks/speed.py --smoke                       # CPU, seconds (CI)
     python benchmarks/speed.py --cpu-step                    # CPU: module training step vs VectorQuantize
+    python benchmarks/speed.py --cpu-step --codebook-size 8192 --unblocked   # ... and the row blocks' effect
     python benchmarks/speed.py --out benchmarks/results/X/speed.json   # GPU: anchors + sweeps
 """
 import argparse
@@ -32,7 +33,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and no
 import triton  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
-from gmvq_kernels import testing  # noqa: E402
+from gmvq_kernels import config, testing  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
@@ -277,13 +278,14 @@ def host_path_cpu(iters=300):
                 us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads())
 
 
-def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4), compiled=True):
+def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4), compiled=True, unblocked=False):
     """One training step of the quantizer alone on CPU (forward, the quantizer's loss plus a stand-in
     reconstruction, backward, Adam), GaussianMixtureVQ (reference impl: what ``impl="auto"`` runs on a
     CPU) beside vector-quantize-pytorch's VectorQuantize when installed, each eager and (``compiled``)
     under torch.compile; median ms over interleaved steps, ratios like for like (eager to eager,
     compiled to compiled) and compiled GM-VQ to eager VectorQuantize. The first step's seconds include
-    the compile."""
+    the compile. ``unblocked``: also GM-VQ eager with the whole batch as one row block
+    (config.reference_rows), interleaved with the rest."""
     torch.manual_seed(0)
     latents = torch.randn(*batch)
     makers = {"gmvq_kernels": lambda: gk.GaussianMixtureVQ(dim, codebook_size, seed=0, impl="reference",
@@ -295,15 +297,21 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     except ImportError:
         pass
     quantizers, opts = {}, {}
-    for name, make in makers.items():
-        for mode in ("eager", "compiled") if compiled else ("eager",):
-            q = make()
-            # VectorQuantize's EMA codebook has no trainable parameters: its optimiser step is a no-op
-            if any(True for _ in q.parameters()):
-                opts[name, mode] = torch.optim.Adam(q.parameters(), lr=1e-3)
-            quantizers[name, mode] = torch.compile(q) if mode == "compiled" else q
+    modes = ("eager", "compiled") if compiled else ("eager",)
+    variants = [(name, mode) for name in makers for mode in modes]
+    if unblocked:
+        makers["gmvq_kernels_unblocked"] = makers["gmvq_kernels"]
+        variants.append(("gmvq_kernels_unblocked", "eager"))
+    block_elems = config.REFERENCE_BLOCK_ELEMS
+    for name, mode in variants:
+        q = makers[name]()
+        # VectorQuantize's EMA codebook has no trainable parameters: its optimiser step is a no-op
+        if any(True for _ in q.parameters()):
+            opts[name, mode] = torch.optim.Adam(q.parameters(), lr=1e-3)
+        quantizers[name, mode] = torch.compile(q) if mode == "compiled" else q
 
     def step(key):
+        config.REFERENCE_BLOCK_ELEMS = 2 ** 62 if key[0].endswith("unblocked") else block_elems
         t0 = time.perf_counter()
         z = latents.clone().requires_grad_(True)
         quantized, _, loss = quantizers[key](z)[:3]
@@ -322,6 +330,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     for _ in range(steps + 1):
         for key in times:
             times[key].append(step(key))
+    config.REFERENCE_BLOCK_ELEMS = block_elems
     rows = {}
     for (name, mode), ts in times.items():
         first, ts = ts[0], sorted(ts[2:])
@@ -329,6 +338,9 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
                                 codebook_size=codebook_size, batch=list(batch), ms_median=ts[len(ts) // 2],
                                 ms_min=ts[0], first_step_s=first / 1e3, threads=torch.get_num_threads())
     vqp = "vector_quantize_pytorch"
+    if ("gmvq_kernels_unblocked", "eager") in rows and ("gmvq_kernels", "eager") in rows:
+        rows["gmvq_kernels", "eager"]["ratio_to_unblocked"] = (
+            rows["gmvq_kernels", "eager"]["ms_median"] / rows["gmvq_kernels_unblocked", "eager"]["ms_median"])
     for mode in ("eager", "compiled"):
         if ("gmvq_kernels", mode) in rows and (vqp, mode) in rows:
             rows["gmvq_kernels", mode]["ratio_to_vector_quantize_pytorch"] = (
@@ -399,9 +411,13 @@ def main(argv=None):
                    help="CPU: one training step of GaussianMixtureVQ beside VectorQuantize (if installed)")
     p.add_argument("--host-cpu", action="store_true",
                    help="CPU: host work of one fwd+bwd of the kernel path, launches recorded, not run")
+    p.add_argument("--codebook-size", type=int, default=512, help="--cpu-step: K (default 512)")
+    p.add_argument("--unblocked", action="store_true",
+                   help="--cpu-step: also GM-VQ eager with the batch as one row block (config.reference_rows)")
     args = p.parse_args(argv)
     if args.cpu_step or args.host_cpu:
-        rows = cpu_training_step() if args.cpu_step else [host_path_cpu()]
+        rows = (cpu_training_step(codebook_size=args.codebook_size, unblocked=args.unblocked) if args.cpu_step
+                else [host_path_cpu()])
         for r in rows:
             print(json.dumps(r))
         if args.out:

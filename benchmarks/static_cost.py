@@ -290,7 +290,11 @@ def main(argv=None):
     p.add_argument("--modes", default="soft,hard,encode",
                    help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
-    p.add_argument("--fast", action="store_true", help=f"shapes {FAST_SHAPES} only; exit 1 on any spill")
+    p.add_argument("--fast", action="store_true",
+                   help=f"shapes {FAST_SHAPES} only, the tables' configs; exit 1 on any spill or a kernel that does "
+                        "not fit an SM")
+    p.add_argument("--tables", action="store_true",
+                   help="the tables' configs on sm_90 too (what a GPU without config.TUNED entries runs)")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     args = p.parse_args(argv)
@@ -305,7 +309,8 @@ def main(argv=None):
                 precs = ("tf32x3", "tf32") if dtype_name == "fp32" else ("ieee",)
                 for prec in precs:
                     for mode in args.modes.split(","):
-                        r, t = report_case(shape, mode, dtype_name, cc, cache, prec, tuned=not args.fast)
+                        r, t = report_case(shape, mode, dtype_name, cc, cache, prec,
+                                           tuned=not (args.fast or args.tables))
                         rows += r
                         totals.append(t)
                         print(f"sm_{cc} {shape} {mode} {t['dtype']}: {t['passes']} passes, "
@@ -315,7 +320,7 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
+                  configs="tables" if args.fast or args.tables else "config.TUNED first on sm_90", rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:
@@ -327,7 +332,11 @@ def main(argv=None):
     spills = [r for r in rows if r["spill_bytes"]]
     for r in spills:
         print(f"SPILL: {r['kernel']} {r['shape']} {r['mode']} {r['dtype']} {r['arch']}: {r['spill_bytes']} B")
-    return 1 if (args.fast and spills) else 0
+    unfit = [r for r in rows if r["warps_per_sm"] == 0]  # more shared memory or registers than an SM has
+    for r in unfit:
+        print(f"DOES NOT FIT: {r['kernel']} {r['shape']} {r['mode']} {r['dtype']} {r['arch']}: "
+              f"{r['shared_bytes']} B of shared memory, {r['regs']} registers")
+    return 1 if (args.fast and (spills or unfit)) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v3`` and ``gmvq_kernels::fused_bwd_v3`` (and
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v4`` and ``gmvq_kernels::fused_bwd_v4`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. Eager calls take
@@ -28,8 +28,9 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 # custom op by its name alone (pytorch/pytorch#187319), so graphs cached by an older version would
 # otherwise call the new op with the old signature, assert the old shapes, or hand the backward the old
 # saved tensors (v2: stats (N, 4) instead of (4, N); v3: hard mode saves the argmax codes beside the
-# sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it).
-OP_VERSION = 3
+# sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it;
+# v4: the forward returns ||x||² (x_sq), which the backward takes).
+OP_VERSION = 4
 
 
 def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
@@ -37,9 +38,9 @@ def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
               for_backward: bool) -> tuple[(Tensor,) * len(FWD_RETURNS)]:
     """x (N, D), means (K, D) contiguous, same dtype; log_var, log_pi = log π (K,) fp32; noise None or
     (N, K) fp32 contiguous. Returns ``FWD_RETURNS``: the ``GMVQOutput`` fields, then what the backward
-    needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless ``hard``) and y_sums (N, D + 2) fp32
-    (empty unless ``for_backward`` and ``forward.delta_from_forward``). for_backward: whether a backward
-    can follow (an input needs a gradient)."""
+    needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless ``hard``), y_sums (N, D + 2) fp32
+    (empty unless ``for_backward`` and ``forward.delta_from_forward``) and x_sq (N,) fp32. for_backward:
+    whether a backward can follow (an input needs a gradient)."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
@@ -61,7 +62,7 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
     (N, D), K = x.shape, means.shape[0]
     vec = lambda n: x.new_empty(n, dtype=torch.float32)  # noqa: E731
     fake = dict(quantized=torch.empty_like(x), codes=x.new_empty(N, dtype=torch.int64), agg_posterior=vec(K),
-                stats=x.new_empty((N, 4), dtype=torch.float32),
+                stats=x.new_empty((N, 4), dtype=torch.float32), x_sq=vec(N),
                 hard_idx=x.new_empty(N if hard else 0, dtype=torch.int64),
                 y_sums=x.new_empty((N, D + 2) if for_backward and delta_from_forward(x.dtype, hard, D) else (0,),
                                    dtype=torch.float32))
@@ -69,7 +70,7 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
 
 
 def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
-              entropy: Tensor, stats: Tensor, hard_idx: Tensor, y_sums: Tensor,
+              entropy: Tensor, stats: Tensor, hard_idx: Tensor, y_sums: Tensor, x_sq: Tensor,
               g_quantized: Optional[Tensor], g_log_likelihood: Optional[Tensor], g_agg_posterior: Optional[Tensor],
               g_latent_nll: Optional[Tensor], g_mixture_var: Optional[Tensor], g_entropy: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -81,7 +82,7 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     # the argmax codes, the backward's per-row stand-in for Δq (backward.defer_delta_q), come in
     # hard_idx's place in soft mode and as its second row in hard mode (_setup_context)
     saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx[0] if hard else None,
-                 codes=hard_idx[1] if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None)
+                 codes=hard_idx[1] if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None, x_sq=x_sq)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
@@ -163,12 +164,10 @@ class EagerFused(torch.autograd.Function):
     torch.compile the custom ops stay: they are what it traces."""
 
     @staticmethod
-    def forward(*inputs):
-        return _fused_fwd(*inputs)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
+    def forward(ctx, *inputs):  # with ctx, not a separate setup_context: apply() then skips binding the
+        output = _fused_fwd(*inputs)  # arguments to forward's signature (inspect.signature), ~20 µs a call
         _setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
     def backward(ctx, *upstream):

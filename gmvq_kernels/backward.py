@@ -45,7 +45,7 @@ import triton.language as tl
 from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, row_config,
                      split_codes, split_rows)
 from .noise import kernel_seed, seed_args
-from .spec import DIFF_OUTPUTS
+from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
                     row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, tile_code, y_scale)
@@ -84,13 +84,14 @@ def grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y, delta_q, ent, g_lse, g_
 
 
 @triton.jit
-def load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d):
-    """The row kernels' (BLOCK_N, BLOCK_D) tiles: x, its squared norms, and Ḡ_z (x again, never read,
-    when Ḡ_z is absent)."""
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+def load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d):
+    """The row kernels' (BLOCK_N, BLOCK_D) tiles: x, the forward's ||x||² (xx (N,) fp32, so that every
+    pass forms the same distances), and Ḡ_z (x again, never read, when Ḡ_z is absent)."""
+    x = load_rows(x_ptr, offs_n, N, D, offs_d)
+    xx = tl.load(xx_ptr + offs_n, mask=offs_n < N, other=0.0)
     gz = x
     if gz_ptr is not None:
-        gz, _gz_sq = load_rows(gz_ptr, offs_n, N, D, offs_d)
+        gz = load_rows(gz_ptr, offs_n, N, D, offs_d)
     return x, xx, gz
 
 
@@ -165,7 +166,7 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
 @DELTA_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_delta_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr,
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
@@ -183,15 +184,15 @@ def _gmvq_bwd_delta_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx, gz = load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d)
+    x, xx, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
-                                                               offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start,
+                                                               K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
         if gc_ptr is not None:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
@@ -215,7 +216,7 @@ def _gmvq_bwd_delta_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dx_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
@@ -253,7 +254,7 @@ def _gmvq_bwd_dx_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx, gz = load_row_block(x_ptr, gz_ptr, offs_n, N, D, offs_d)
+    x, xx, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     ent = load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, N)
     g_lse = load_row_vec(glse_ptr, offs_n, N)
@@ -295,8 +296,8 @@ def _gmvq_bwd_dx_kernel(
     ones = ones_column(BLOCK_K, means_ptr)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K,
-                                                                 D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
+                                                                 k_start, K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
         log2_q = softmax_log2prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         q = tl.exp2(log2_q)
@@ -334,7 +335,7 @@ def _gmvq_bwd_dx_kernel(
         # once per row (split 0) instead of a one-hot in every tile (static report: −3.2 per element at
         # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
         h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
-        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :], mask_nd, D,
+        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :], mask_nd, D,
                                         offs_d)
         mu_h = mu_h.to(tl.float32)
         dd_h = tl.where((d_raw >= 0.0) & (split == 0), g_lat * tl.load(a_ptr + h, mask=mask_n, other=0.0), 0.0)
@@ -359,7 +360,7 @@ def _gmvq_bwd_dx_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dmu_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr, stats_ptr, ent_ptr, hard_idx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
@@ -380,7 +381,7 @@ def _gmvq_bwd_dmu_kernel(
     mask_k = code_mask(offs_k, K, EVEN_K)
     split = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
     valid = mask_k[:, None]
 
@@ -402,7 +403,8 @@ def _gmvq_bwd_dmu_kernel(
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
         if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers)
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True)
-        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)
         m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
@@ -421,7 +423,7 @@ def _gmvq_bwd_dmu_kernel(
             big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], 0.0, glat_ptr is not None,
                                    gs_ptr is not None)
             if gz_ptr is not None:
-                gz, _gz_sq = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
+                gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
         if hard_idx_ptr is not None:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
@@ -516,6 +518,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     has_y = g_z is not None or g_lat is not None or g_s is not None
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
+    mm = code_sq_norms(means)
     BLOCK_D = block_d(D)
     rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     seed_lhp = seed_args(seed)
@@ -540,14 +543,15 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
-                xk, mk, a, b, v, noise, saved["stats"], g_z, g_lat, g_s, g_c, y_sums,
+                xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s, g_c, y_sums,
                 dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
                 BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
 
-    common = lambda delta_q: (xk, mk, a, b, v, noise, saved["stats"], saved["entropy"],  # noqa: E731
-                              saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c)
+    common = lambda delta_q: (xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"],  # noqa: E731
+                              saved["entropy"], saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse,
+                              g_h, g_lat, g_s, g_c)
     dd_part, acc_part = parts(N), parts(N, D)
     qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
     _gmvq_bwd_dx_kernel[row_grid](

@@ -131,9 +131,13 @@ TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "del
           "encode": ENCODE_CONFIGS}
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
-# bucket fails to compile or runs slowly, and the timing drops it.
+# bucket fails to compile or runs slowly, and the timing drops it. The row kernels' one-stage tiles were
+# added on 2026-11-30 (later): without the prefetch's registers dx at D = 128 takes 49.6 instead of 54.3
+# instructions per element and at D = 256 spills 68 instead of 76 B, while loads wait on memory, which
+# the model does not see. Untimed so far.
 CANDIDATES = {
-    "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1)),
+    "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1),
+            KC(64, 32, 4, 1), KC(128, 32, 8, 1)),
     "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
     "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
     "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
@@ -143,6 +147,14 @@ CANDIDATES = {
 # Measured winners of `python benchmarks/gpu_check.py --tune` (autotune.write_tuned rewrites the block
 # between the markers), used before the tables on a GPU of the same arch. Key: (arch, "half" | "fp32",
 # kind, largest D of the bucket, as in the tables); each entry's comment names its date and device.
+# Removed by hand on 2026-11-30 (later), after ||x||² became a saved (N,) vector and the kernels stopped
+# forming it from their x tiles (x then reaches the dots through shared memory): three half-input winners
+# at D = 256. The colsum (128, 256, 8, 2) and Δ (128, 128, 8, 2) configs need more than sm_90's 227 KiB
+# of shared memory (Δ in hard mode); the tables' configs timed within 0.2 % and 1.4 % of them in the same
+# tuning run (whole fwd+bwd, bf16 soft). With the row winner (64, 32, 4, 2) dx now spills 644 B, 5 local
+# loads/stores per element in its loop (static report; 76 B and 0.4 with the table's (128, 32, 8, 2)),
+# where it was 1.5 % faster than the table before the change. The next --tune run re-times all three.
+# tests/compile_kernels.py compiles the TUNED entries for sm_90 too.
 # BEGIN TUNED
 TUNED = {
     ('sm_90', 'fp32', 'col', 128): KC(32, 128, 8, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
@@ -155,13 +167,10 @@ TUNED = {
     ('sm_90', 'fp32', 'row', 64): KC(64, 32, 4, 1),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'col', 256): KC(32, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'colsum', 128): KC(64, 512, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
-    ('sm_90', 'half', 'colsum', 256): KC(128, 256, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'delta', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
-    ('sm_90', 'half', 'delta', 256): KC(128, 128, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'encode', 256): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
-    ('sm_90', 'half', 'row', 256): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'row', 64): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
 }
 # END TUNED
@@ -290,3 +299,18 @@ def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device
         splits = max(1, min(splits, K // min_codes))
     codes_per_split = -(-k_tiles // splits) * BLOCK_K
     return -(-K // codes_per_split), codes_per_split
+
+
+# The reference on a CPU (what impl="auto" runs there) takes a training batch in row blocks of about this
+# many (n, k) elements, at least REFERENCE_MIN_ROWS rows (reference.reference_forward_blocks): a
+# block's (rows, K) temporaries stay in cache. Timed on this project's 2-core CPU (2026-11-30, torch
+# 2.13, one training step of the module at N = 1024, D = 32, median ms, block rows in brackets):
+# K = 512 13.3 → 10.2–10.5 (256–512), K = 2048 50 → 33 (128), K = 8192 305 → 134 (128); each block
+# costs ~0.6 ms of torch calls, so at K = 128 blocks of 512 rows were slower (2.5 → 3.2 ms).
+REFERENCE_BLOCK_ELEMS = 2 ** 18
+REFERENCE_MIN_ROWS = 128
+
+
+def reference_rows(N: int, K: int) -> int:
+    """Rows per block of the blocked CPU reference (N itself: one block)."""
+    return max(REFERENCE_MIN_ROWS, REFERENCE_BLOCK_ELEMS // max(K, 1))

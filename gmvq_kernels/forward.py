@@ -24,10 +24,11 @@ import triton.language as tl
 
 from .config import block_d, colsum_config, row_config, split_codes, split_rows
 from .noise import kernel_seed, seed_args
-from .spec import GMVQOutput
+from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, y_scale)
+                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, sq_norms,
+                    y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -41,8 +42,8 @@ P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i i
 @EVEN_K
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, noise_ptr,
-    z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr,
+    z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr, xx_ptr,
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
@@ -52,10 +53,11 @@ def _gmvq_fwd_kernel(
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
     lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
 
-    x (N, D), means (K, D): the inputs; a, b, v (K,) fp32: per-code constants (spec.component_terms);
-    noise_ptr: explicit (N, K) fp32 noise or None (drawn from the seed: seed_lo/seed_hi, or the int64
-    at seed_ptr, noise.kernel_seed). Writes z (N, D) in x's dtype, codes (N,) int64, lse, lat, s2, ent
-    (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y) and, when HARD, hard_idx (N,) int64.
+    x (N, D), means (K, D): the inputs; a, b, v, mm (K,) fp32: per-code constants (spec.component_terms,
+    spec.code_sq_norms); noise_ptr: explicit (N, K) fp32 noise or None (drawn from the seed:
+    seed_lo/seed_hi, or the int64 at seed_ptr, noise.kernel_seed). Writes z (N, D) in x's dtype, codes
+    (N,) int64, lse, lat, s2, ent (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y), xx = ||x||² (N,)
+    fp32 (split 0 when SPLIT) and, when HARD, hard_idx (N,) int64.
     y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
@@ -77,7 +79,12 @@ def _gmvq_fwd_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx = load_rows(x_ptr, offs_n, N, D, offs_d)
+    x = load_rows(x_ptr, offs_n, N, D, offs_d)
+    xx = sq_norms(x)
+    if SPLIT:
+        tl.store(xx_ptr + offs_n, xx, mask=mask_n & (split == 0))
+    else:
+        tl.store(xx_ptr + offs_n, xx, mask=mask_n)
 
     # Both softmaxes keep their running max in natural units and form exponents as (e − m)·scale, as
     # torch's softmax does: e − m is exact near the maximum, so large logits (small τ, far codes)
@@ -97,8 +104,8 @@ def _gmvq_fwd_kernel(
     hard_k = tl.zeros((BLOCK_N,), tl.int64)
 
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D,
-                                                               offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start,
+                                                               K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         valid = mask_k[None, :]
         da = d * a[None, :]
 
@@ -183,7 +190,7 @@ def _gmvq_fwd_kernel(
         if HARD:
             # the sample's d·a and σ² from its mean, once per row (picking them out of every tile cost
             # 5–10 instructions per element: static report, bf16 hard)
-            z_hard, d_raw = code_row_distance(x_ptr, means_ptr, hard_k, xx, nd, mask_nd, D, offs_d)
+            z_hard, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, hard_k, xx, nd, mask_nd, D, offs_d)
             hard_lat = tl.maximum(d_raw, 0.0) * tl.load(a_ptr + hard_k)
             hard_v = tl.load(v_ptr + hard_k)
             tl.store(z_ptr + nd, tl.where(bad[:, None], float("nan"), z_hard).to(z_ptr.dtype.element_ty), mask=mask_nd)
@@ -199,24 +206,26 @@ def _gmvq_fwd_kernel(
 @EVEN_KN
 @triton.jit
 def _gmvq_fwd_colsum_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, stats_ptr, part_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, stats_ptr, xx_ptr, part_ptr,
     N, K, D, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Column sums Σ_n q_nk of BLOCK_K codes over one split of rows (program_id(1)), from the forward's
-    row statistics: writes part (splits, K) fp32. Inputs as for ``_gmvq_fwd_kernel``."""
+    row statistics and ||x||² (xx (N,) fp32): writes part (splits, K) fp32. Inputs as for
+    ``_gmvq_fwd_kernel``."""
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     row_lo = split.to(tl.int64) * rows_per_split
     row_hi = tl.minimum(row_lo + rows_per_split, N)
-    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
-        x, xx = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
         # transposed tile (codes × rows): the sum over rows stays inside each warp
         xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
         _, logits, _ = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], mask_k[:, None])
@@ -235,8 +244,9 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (N, 4)
     fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
-    ``for_backward`` and ``delta_from_forward``). With few row blocks the codebook is split across programs
-    (config.split_codes) and ``combine_splits`` forms these from the splits' states."""
+    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32. With few row blocks the codebook
+    is split across programs (config.split_codes) and ``combine_splits`` forms these from the splits'
+    states."""
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
@@ -246,6 +256,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     cfg = row_config(D, x.dtype, dev)
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
+    mm = code_sq_norms(means)
+    xx = torch.empty(N, **f32)
     if splits == 1:
         z = torch.empty_like(x)
         y_sums = torch.empty((N, D + 2), **f32) if with_sums else None
@@ -260,20 +272,20 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         part_k = torch.empty((splits, 2, N), dtype=torch.int64, device=dev)
         part_z = torch.empty((splits, N, D), **f32) if with_sums or not hard else None
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
-        xk, mk, a, b, v, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, part, part_k, part_z,
+        xk, mk, a, b, v, mm, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, xx, part, part_k, part_z,
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     if splits > 1:
-        z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, means, a, v,
-                                                                              tau, hard)
+        z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, xx, means, a,
+                                                                              v, mm, tau, hard)
         y_sums = y_sums if with_sums else None
-    agg = colsum_q(xk, mk, a, b, v, stats, prec) / N
+    agg = colsum_q(xk, mk, a, b, v, mm, stats, xx, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
-    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums, x_sq=xx)
 
 
 def delta_from_forward(dtype, hard, D):
@@ -291,12 +303,13 @@ def delta_from_forward(dtype, hard, D):
     return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 128)
 
 
-def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
+def combine_splits(part, part_k, part_z, x, xx, means, a, v, mm, tau, hard):
     """The forward's row outputs from its splits' running states (the kernel's SPLIT epilogue, in
     torch): each softmax's state is rescaled to the largest split maximum and summed, as the kernel
     does across tiles; codes and hard samples come from the first split holding the maximum (the
     lowest code on ties, as unsplit). The kernel's NaN policy is applied last. Returns (z, codes, lse,
-    latent_nll, mixture_var, entropy, stats, hard_idx, y_sums), y_sums None unless part_z is given."""
+    latent_nll, mixture_var, entropy, stats, hard_idx, y_sums), y_sums None unless part_z is given.
+    xx = ||x||² (N,) and mm = ||μ||² (K,) fp32, as the kernel used them."""
     p = dict(zip(PART_FIELDS, part.unbind(1)))  # each (splits, N)
     m_q, m_y = p["m_q"].amax(0), p["m_y"].amax(0)
     shift_q = p["m_q"] - m_q  # ≤ 0: each split's max against the row's
@@ -309,8 +322,6 @@ def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
     codes = first(p["m_q"], part_k[:, 0])
     hard_idx = first(p["m_y"], part_k[:, 1]) if hard else None
     log_s_q = torch.log(s_q)
-    xf = x.float()
-    xx = (xf * xf).sum(1)
     bad = ~(xx < math.inf)
     nan = lambda t: t.masked_fill(bad if t.dim() == 1 else bad[:, None], math.nan)  # noqa: E731
     y_sums = None
@@ -319,8 +330,7 @@ def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
         y_sums = nan(torch.cat(soft, 1) / s_y[:, None])
     if hard:  # the sample's d·a and σ² from its mean, as the kernel's epilogue forms them
         z = means[hard_idx]
-        zf = z.float()
-        lat = (xx + (zf * zf).sum(1) - 2.0 * (xf * zf).sum(1)).clamp_min(0.0) * a[hard_idx]
+        lat = (xx + mm[hard_idx] - 2.0 * (x.float() * z.float()).sum(1)).clamp_min(0.0) * a[hard_idx]
         s2 = v[hard_idx]
     else:
         D = x.shape[1]
@@ -330,8 +340,8 @@ def combine_splits(part, part_k, part_z, x, means, a, v, tau, hard):
             nan(log_s_q - u_q / s_q), stats, hard_idx, y_sums)
 
 
-def colsum_q(x, means, a, b, v, stats, prec):
-    """Σ_n q_nk (K,) fp32 from the forward's final row statistics, deterministic."""
+def colsum_q(x, means, a, b, v, mm, stats, xx, prec):
+    """Σ_n q_nk (K,) fp32 from the forward's final row statistics and ||x||², deterministic."""
     N, D = x.shape
     K = means.shape[0]
     cfg = colsum_config(D, x.dtype, x.device)
@@ -339,7 +349,7 @@ def colsum_q(x, means, a, b, v, stats, prec):
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
     part = torch.empty((splits, K), dtype=torch.float32, device=x.device)
     _gmvq_fwd_colsum_kernel[(n_col, splits)](
-        x, means, a, b, v, stats, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
+        x, means, a, b, v, mm, stats, xx, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -7,7 +7,7 @@ from . import config
 from .autograd import EagerFused, all_reduce_sum, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, validate
 from .noise import seed_tensor
-from .reference import gmvq_encode_reference, reference_forward
+from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
 from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
@@ -63,7 +63,11 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
     if impl == "reference":
         if torch.compiler.is_compiling():  # tau is checked when the graph runs (see checks.checked_tau)
             tau = checked_tau(torch.ones((), dtype=torch.float64) * tau)
-        out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():  # compiled: one fused graph
+            out, sample = reference_forward_blocks(x, means, log_var, log_prior, tau, hard, seed, noise,
+                                                   config.reference_rows(x.shape[0], means.shape[0]))
+        else:
+            out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
     else:
         log_var32 = log_var.float()
         op = fused_fwd if torch.compiler.is_compiling() else EagerFused.apply  # see EagerFused

@@ -67,6 +67,27 @@ def reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise):
         return _reference(x, means, log_var, log_prior, tau, hard, seed, noise)
 
 
+def reference_forward_blocks(x, means, log_var, log_prior, tau, hard, seed, noise, rows: int):
+    """``reference_forward`` on blocks of ``rows`` rows: the same values (each block draws its own rows
+    of the noise, ``gumbel_noise``'s row_offset), with q̄ summed block by block (ulps from one mean).
+    On a CPU each block's N×K temporaries, and in the backward their gradients, then stay in cache
+    (one (rows, K) fp32 tensor ~1 MiB at config.REFERENCE_BLOCK_ELEMS), where the whole batch's go
+    to memory: see the README, "Speed", on the CPU training step."""
+    N, K = x.shape[0], means.shape[0]
+    if N <= rows:
+        return reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
+    outs, samples = [], []
+    for i in range(0, N, rows):
+        n = min(rows, N - i)
+        block_noise = gumbel_noise(n, K, seed, device=x.device, row_offset=i) if noise is None else noise[i:i + n]
+        out, sample = reference_forward(x[i:i + n], means, log_var, log_prior, tau, hard, seed, block_noise)
+        outs.append(out)
+        samples.append(sample)
+    fields = {f: torch.cat([getattr(o, f) for o in outs]) for f in GMVQOutput._fields if f != "agg_posterior"}
+    agg = sum(o.agg_posterior * (o.codes.shape[0] / N) for o in outs)
+    return GMVQOutput(agg_posterior=agg, **fields), torch.cat(samples) if hard else None
+
+
 def _reference(x, means, log_var, log_prior, tau, hard, seed, noise, compute_dtype=None):
     N, D = x.shape
     K = means.shape[0]

@@ -27,9 +27,9 @@ class GMVQOutput(NamedTuple):
 OUTPUT_FIELDS = GMVQOutput._fields
 # outputs that carry a gradient (codes is an integer output), in the order the backward op takes them
 DIFF_OUTPUTS = tuple(f for f in OUTPUT_FIELDS if f != "codes")
-# what the forward returns for the backward, after the outputs: stats, hard_idx (empty unless hard) and
-# y_sums (empty unless forward.delta_from_forward)
-SAVED_FIELDS = ("stats", "hard_idx", "y_sums")
+# what the forward returns for the backward, after the outputs: stats, hard_idx (empty unless hard),
+# y_sums (empty unless forward.delta_from_forward) and x_sq = ||x||² (N,) fp32, which every later pass reads
+SAVED_FIELDS = ("stats", "hard_idx", "y_sums", "x_sq")
 # columns of the (N, 4) fp32 softmax statistics: the row maxima (natural units) and log2 of the sums of
 # q = softmax(ℓ) and y = softmax((ℓ + g)/τ). One 16-byte record per row: the column kernels (q̄, dμ)
 # load a row tile's four in one go (as (4, N) rows they cost dμ 2.7 instructions per element more)
@@ -46,6 +46,13 @@ def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tenso
     if log_prior is None:
         return torch.full((K,), -math.log(K), dtype=like.dtype, device=like.device)
     return torch.log_softmax(log_prior.to(like.dtype), dim=0)
+
+
+def code_sq_norms(means: torch.Tensor) -> torch.Tensor:
+    """||μ_k||² (K,) fp32, the per-code part of the distance ||x||² + ||μ||² − 2 x·μ. The launchers
+    compute it once per call and every kernel reads it (no gradient: the kernels differentiate d)."""
+    m = means.float()
+    return (m * m).sum(1)
 
 
 def component_terms(log_var, log_pi, D: int):

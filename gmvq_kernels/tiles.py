@@ -38,11 +38,17 @@ def even_n(args):
 
 @triton.jit
 def load_rows(ptr, offs_n, N, D, offs_d):
-    """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored, and its fp32 squared norms."""
+    """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored."""
     mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
-    t = tl.load(ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+    return tl.load(ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def sq_norms(t):
+    """fp32 squared norms of the rows of a tile (the forward's ||x||², stored for every later pass:
+    spec.SAVED_FIELDS "x_sq")."""
     tf = t.to(tl.float32)
-    return t, tl.sum(tf * tf, axis=1)
+    return tl.sum(tf * tf, axis=1)
 
 
 @triton.jit
@@ -56,16 +62,19 @@ def code_mask(offs_k, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d):
-    """Code tile (BLOCK_K, BLOCK_D) as stored, its fp32 squared norms, and the per-code a, b, v
-    (spec.component_terms: ℓ = b − d·a, v = σ²)."""
+def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d):
+    """Code tile (BLOCK_K, BLOCK_D) as stored and the per-code a, b, v (spec.component_terms:
+    ℓ = b − d·a, v = σ²) and mm = ||μ||² (spec.code_sq_norms), as (μ, mm, a, b, v). The norms come
+    from the launcher, computed once per call: formed from the tile they cost the row kernels, which
+    meet every code tile once per row block, 3–7 instructions per (n, k) element at D ≥ 128 (the
+    conversion, the squares, the sum's shuffles; static report)."""
     mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
                  mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
-    muf = mu.to(tl.float32)
     a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
     b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
     v = tl.load(v_ptr + offs_k, mask=mask_k, other=0.0)
-    return mu, tl.sum(muf * muf, axis=1), a, b, v
+    mm = tl.load(mm_ptr + offs_k, mask=mask_k, other=0.0)
+    return mu, mm, a, b, v
 
 
 @triton.jit
@@ -114,13 +123,13 @@ def softmax_prob(e, m, log2s, scale, log2_gain=0.0):
 
 
 @triton.jit
-def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
+def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
              BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One codebook tile of a row kernel (rows × codes) for the rows ``x`` with squared norms ``xx``:
     (offs_k, mask_k, μ tile, a, v, d, ℓ, clamp_ok), see load_codes and distances_logits."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
     d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, mu, a, v, d, logits, clamp_ok
@@ -150,15 +159,16 @@ def first_argmax(t, t_max, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def code_row_distance(x_ptr, means_ptr, code, xx, nd, mask_nd, D, offs_d):
+def code_row_distance(x_ptr, means_ptr, mm_ptr, code, xx, nd, mask_nd, D, offs_d):
     """(μ_code as stored, raw d) of each row and one code per row (the hard sample), after a row kernel's
     loop: the mean gathered and x reloaded at the row tile's offsets ``nd`` (reloaded rather than kept
     live across the loop: it spilled 200 B at D = 128 in the forward), raw d = ||x||² + ||μ||² − 2 x·μ in
-    fp32, unclamped. The forward's hard latent_nll and dx's clamp for the sample's term both use it."""
+    fp32, unclamped, with ||μ||² from ``mm_ptr`` as in the loop. The forward's hard latent_nll and dx's
+    clamp for the sample's term both use it."""
     mu = tl.load(means_ptr + code[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
-    muf = mu.to(tl.float32)
     xf = tl.load(x_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)
-    return mu, xx + tl.sum(muf * muf, axis=1) - 2.0 * tl.sum(xf * muf, axis=1)
+    mm = tl.load(mm_ptr + code, mask=code >= 0, other=0.0)
+    return mu, xx + mm - 2.0 * tl.sum(xf * mu.to(tl.float32), axis=1)
 
 
 @triton.jit

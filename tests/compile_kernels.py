@@ -4,7 +4,8 @@ Run as a script (NOT under TRITON_INTERPRET): it records the launches of the lau
 CPU tensors for a grid of options (dtype, dot precision, hard, explicit noise, which upstream gradients
 arrive, D bucket) and compiles each distinct variant with ``triton.compile(..., target=GPUTarget("cuda",
 cc, 32))`` to PTX and cubin (gmvq_kernels.devtools). This catches what the interpreter lets through: the
-16-wide dot minimum, type errors in untaken constexpr branches, register and shared-memory overflows.
+16-wide dot minimum, type errors in untaken constexpr branches, register and shared-memory overflows,
+for the tables' configs and, on sm_90, config.TUNED's.
 Usage: python tests/compile_kernels.py [80 90 ...]
 """
 import os
@@ -44,8 +45,11 @@ VARIANTS = [
 SEED_VARIANTS = [VARIANTS[0], next(v for v in VARIANTS if v[0] == torch.bfloat16)]
 
 
-def record():
+def record(arch=None):
+    """The launches of VARIANTS with the configs a GPU of ``arch`` gets: the tables (None), or on "sm_90"
+    config.TUNED's measured entries first (a kernel change can push one past the shared memory)."""
     config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
+    config.arch = lambda device: arch
     noise.seed_on_device = lambda seed: isinstance(seed, torch.Tensor)  # CPU tensors stand in for CUDA ones
     with devtools.record_launches(forward, backward, encode, noise) as log:
         for seed, dtype, prec, hard, explicit, D, N, K, grad_sets in (
@@ -70,12 +74,15 @@ def record():
 
 def main(capabilities):
     seen, failures = set(), []
-    for launch in record():
+    launches = [(launch, capabilities) for launch in record()]
+    if 90 in capabilities:
+        launches += [(launch, [90]) for launch in record("sm_90")]
+    for launch, ccs in launches:
         key = devtools.variant_key(launch)
         if key in seen:
             continue
         seen.add(key)
-        for cc in capabilities:
+        for cc in ccs:
             try:
                 kernel = devtools.compile_launch(launch, cc)
                 assert kernel.asm.get("cubin"), "no cubin produced"
@@ -83,8 +90,8 @@ def main(capabilities):
                 assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
             except Exception as e:  # report every failing variant, not just the first
                 failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
-    print(f"compiled {len(seen)} kernel variants for sm_{', sm_'.join(map(str, capabilities))}; "
-          f"{len(failures)} failed")
+    print(f"compiled {len(seen)} kernel variants for sm_{', sm_'.join(map(str, capabilities))} (with "
+          f"config.TUNED's sm_90 entries); {len(failures)} failed")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -161,6 +161,9 @@ def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
         _, saved = forward.gmvq_fwd(x.detach(), m.detach(), a, b, v, tau=0.5, hard=hard, seed=3, noise=None,
                                     dot_precision="ieee", for_backward=for_backward)
         assert (None if saved["y_sums"] is None else tuple(saved["y_sums"].shape)) == shape
+        # ||x||², which every later pass reads instead of forming it from its tiles
+        xf = x.detach().float()
+        torch.testing.assert_close(saved["x_sq"], (xf * xf).sum(1), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),

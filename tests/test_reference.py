@@ -169,3 +169,38 @@ def test_reference_finite_at_extremes(N, K, D, scale, lv_shift, hard, prior, tau
     for t in leaves:
         if t is not None:
             assert torch.isfinite(t.grad).all()
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("explicit_noise", [False, True])
+def test_cpu_reference_in_row_blocks_equals_one_block(monkeypatch, hard, explicit_noise):
+    """On a CPU ``gmvq(impl="reference")`` takes the batch in row blocks (config.reference_rows): the
+    same outputs, samples and gradients as the unblocked reference, up to q̄'s summation order."""
+    from gmvq_kernels import config, reference
+    from gmvq_kernels.functional import gmvq_with_sample
+    N, K = 23, 6
+    x, m, lv, lp = f64(*make_inputs(N, K, 3, prior=True))
+    x[5, 1] = float("nan")  # a non-finite row inside a block keeps the NaN policy
+    noise = gk.gumbel_noise(N, K, seed=9).double() if explicit_noise else None
+    monkeypatch.setattr(config, "REFERENCE_MIN_ROWS", 5)
+    monkeypatch.setattr(config, "REFERENCE_BLOCK_ELEMS", 1)
+    calls = []
+    whole = reference.reference_forward
+    monkeypatch.setattr(reference, "reference_forward", lambda *a: calls.append(a[0].shape[0]) or whole(*a))
+    results = []
+    for blocked in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, m, lv, lp)]
+        if blocked:
+            out, sample = gmvq_with_sample(*leaves, tau=0.6, hard=hard, seed=9, noise=noise, impl="reference")
+        else:
+            out, sample = whole(*leaves, 0.6, hard, 9, noise)
+        loss = sum((torch.nan_to_num(o) * (i + 1)).sum() for i, o in enumerate(out) if o.is_floating_point())
+        loss.backward()
+        results.append((out, sample, [t.grad for t in leaves]))
+    assert calls == [5, 5, 5, 5, 3]
+    (out_b, sample_b, grads_b), (out_w, sample_w, grads_w) = results
+    for name, b, w in zip(out_b._fields, out_b, out_w):
+        torch.testing.assert_close(b, w, rtol=1e-14, atol=1e-14, equal_nan=True, msg=name)
+    assert (sample_b is None) == (not hard) and (not hard or torch.equal(sample_b, sample_w))
+    for gb, gw in zip(grads_b, grads_w):
+        torch.testing.assert_close(gb, gw, rtol=1e-13, atol=1e-13, equal_nan=True)
