@@ -335,8 +335,8 @@ def _gmvq_bwd_dx_kernel(
         # once per row (split 0) instead of a one-hot in every tile (static report: −3.2 per element at
         # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
         h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
-        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :], mask_nd, D,
-                                        offs_d)
+        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :],
+                                        mask_nd, D, offs_d)
         mu_h = mu_h.to(tl.float32)
         dd_h = tl.where((d_raw >= 0.0) & (split == 0), g_lat * tl.load(a_ptr + h, mask=mask_n, other=0.0), 0.0)
         dd_sum += dd_h

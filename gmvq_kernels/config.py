@@ -304,9 +304,10 @@ def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device
 # The reference on a CPU (what impl="auto" runs there) takes a training batch in row blocks of about this
 # many (n, k) elements, at least REFERENCE_MIN_ROWS rows (reference.reference_forward_blocks): a
 # block's (rows, K) temporaries stay in cache. Timed on this project's 2-core CPU (2026-11-30, torch
-# 2.13, one training step of the module at N = 1024, D = 32, median ms, block rows in brackets):
-# K = 512 13.3 → 10.2–10.5 (256–512), K = 2048 50 → 33 (128), K = 8192 305 → 134 (128); each block
-# costs ~0.6 ms of torch calls, so at K = 128 blocks of 512 rows were slower (2.5 → 3.2 ms).
+# 2.13, one training step of the module at N = 1024, D = 32, median ms, whole batch → blocks, steps
+# interleaved): K = 512 11.0 → 11.2 and 13.2 → 12.6, K = 2048 42.3 → 35.2, K = 8192 239 → 137. Rows per
+# block (32 to 1024, runs one after another): 128 best at K = 2048 and 8192, 256–512 at K = 512; each
+# block costs ~0.6 ms of torch calls, so at K = 128 blocks of 512 rows were slower (2.5 → 3.2 ms).
 REFERENCE_BLOCK_ELEMS = 2 ** 18
 REFERENCE_MIN_ROWS = 128
 
