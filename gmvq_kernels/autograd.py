@@ -1,4 +1,4 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v4`` and ``gmvq_kernels::fused_bwd_v4`` (and
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v5`` and ``gmvq_kernels::fused_bwd_v5`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. Eager calls take
@@ -20,7 +20,7 @@ from .checks import check_tau
 from .config import launch_guard
 from .encode import gmvq_encode_fwd
 from .forward import delta_from_forward, gmvq_fwd
-from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, component_terms
+from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, code_sq_norms, component_terms
 
 FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in this order
 # The training ops' names carry a version, raised whenever their arguments, the shapes or layouts of
@@ -29,8 +29,32 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 # otherwise call the new op with the old signature, assert the old shapes, or hand the backward the old
 # saved tensors (v2: stats (N, 4) instead of (4, N); v3: hard mode saves the argmax codes beside the
 # sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it;
-# v4: the forward returns ||x||² (x_sq), which the backward takes).
-OP_VERSION = 4
+# v4: the forward returns ||x||² (x_sq), which the backward takes; v5: the backward takes the per-code
+# constants a, b, v, ||μ||² instead of log_var and log π).
+OP_VERSION = 5
+
+
+def code_terms(means: Tensor, log_var: Tensor, log_pi: Tensor):
+    """(a, b, v, mm): the per-code constants the kernels read, contiguous fp32 (K,): spec.component_terms
+    and ||μ||² (spec.code_sq_norms). An eager backward reuses the forward's (``EagerFused``: ~10 fewer
+    small torch ops per call)."""
+    a, b, v = component_terms(log_var, log_pi, means.shape[1])
+    return a.contiguous(), b.contiguous(), v.contiguous(), code_sq_norms(means)
+
+
+def _forward(x, means, terms, noise, tau, hard, seed, dot_precision, for_backward):
+    """``_fused_fwd`` given its per-code constants ``terms`` (``code_terms``)."""
+    tau = float(tau)
+    check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
+    a, b, v, mm = terms
+    autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
+        x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
+    with launch_guard():
+        outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, tau=tau, hard=hard, seed=seed, noise=noise,
+                               dot_precision=dot_precision, for_backward=for_backward)
+    empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
+    return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
+                     for name in SAVED_FIELDS))
 
 
 def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
@@ -41,17 +65,8 @@ def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless ``hard``), y_sums (N, D + 2) fp32
     (empty unless ``for_backward`` and ``forward.delta_from_forward``) and x_sq (N,) fp32. for_backward:
     whether a backward can follow (an input needs a gradient)."""
-    tau = float(tau)
-    check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
-    a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
-    autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
-        x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
-    with launch_guard():
-        outs, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=noise,
-                               dot_precision=dot_precision, for_backward=for_backward)
-    empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
-    return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
-                     for name in SAVED_FIELDS))
+    return _forward(x, means, code_terms(means, log_var, log_pi), noise, tau, hard, seed, dot_precision,
+                    for_backward)
 
 
 fused_fwd = torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=())(_fused_fwd)
@@ -69,16 +84,16 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
     return tuple(fake[name] if name in fake else vec(N) for name in FWD_RETURNS)
 
 
-def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
+def _fused_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, mm: Tensor, noise: Optional[Tensor],
               entropy: Tensor, stats: Tensor, hard_idx: Tensor, y_sums: Tensor, x_sq: Tensor,
               g_quantized: Optional[Tensor], g_log_likelihood: Optional[Tensor], g_agg_posterior: Optional[Tensor],
               g_latent_nll: Optional[Tensor], g_mixture_var: Optional[Tensor], g_entropy: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, means, log_var, log π) from the upstream gradients ``g_<name>`` of ``DIFF_OUTPUTS``;
-    a None removes its work from the kernels (see ``backward.gmvq_bwd``). One parameter per output
-    (not a list: inductor's call of a custom op flattens a list of optional tensors); the check below
-    keeps them in step with ``DIFF_OUTPUTS``."""
-    a, b, v = (t.contiguous() for t in component_terms(log_var, log_pi, x.shape[1]))
+    """Gradients (x, means, log_var, log π) from the upstream gradients ``g_<name>`` of ``DIFF_OUTPUTS``,
+    given the forward's per-code constants a, b, v, mm (``code_terms``); a None removes its work from
+    the kernels (see ``backward.gmvq_bwd``). One parameter per output (not a list: inductor's call of a
+    custom op flattens a list of optional tensors); the check below keeps them in step with
+    ``DIFF_OUTPUTS``."""
     # the argmax codes, the backward's per-row stand-in for Δq (backward.defer_delta_q), come in
     # hard_idx's place in soft mode and as its second row in hard mode (_setup_context)
     saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx[0] if hard else None,
@@ -87,7 +102,7 @@ def _fused_bwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
         return gmvq_bwd(x, means, a, b, v, noise, saved, named, tau=float(tau), hard=hard, seed=seed,
-                        dot_precision=dot_precision)
+                        dot_precision=dot_precision, mm=mm)
 
 
 assert [p for p in inspect.signature(_fused_bwd).parameters if p.startswith("g_")] == \
@@ -96,8 +111,8 @@ fused_bwd = torch.library.custom_op(f"gmvq_kernels::fused_bwd_v{OP_VERSION}", mu
 
 
 @fused_bwd.register_fake
-def _(x, means, log_var, log_pi, *args):
-    return torch.empty_like(x), torch.empty_like(means), torch.empty_like(log_var), torch.empty_like(log_pi)
+def _(x, means, a, *args):  # d log_var and d log π: (K,) fp32, as a
+    return torch.empty_like(x), torch.empty_like(means), torch.empty_like(a), torch.empty_like(a)
 
 
 @torch.library.custom_op("gmvq_kernels::fused_encode", mutates_args=())
@@ -139,9 +154,12 @@ def _backward(ctx, *upstream, bwd=None):
     grads = [named[name] for name in DIFF_OUTPUTS]
     if all(g is None for g in grads):
         return (None,) * len(FWD_INPUTS)
-    *saved, tau, seed = ctx.saved_tensors
+    x, means, log_var, log_pi, *saved, tau, seed = ctx.saved_tensors
     hard, dot_precision = ctx.opts
-    result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(*saved, *grads, tau, hard, seed, dot_precision)))
+    # the per-code constants: the eager forward's (EagerFused), or recomputed (a traced graph fuses them)
+    terms = getattr(ctx, "terms", None) or code_terms(means, log_var, log_pi)
+    result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(x, means, *terms, *saved, *grads, tau, hard, seed,
+                                                      dot_precision)))
     need = dict(zip(FWD_INPUTS, ctx.needs_input_grad))
     return tuple(result[n] if n in result and need[n] else None for n in FWD_INPUTS)
 
@@ -165,7 +183,10 @@ class EagerFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):  # with ctx, not a separate setup_context: apply() then skips binding the
-        output = _fused_fwd(*inputs)  # arguments to forward's signature (inspect.signature), ~20 µs a call
+        # arguments to forward's signature (inspect.signature), ~20 µs a call
+        inp = dict(zip(FWD_INPUTS, inputs))
+        ctx.terms = code_terms(inp["means"], inp["log_var"], inp["log_pi"])  # the backward's too
+        output = _forward(inp["x"], inp["means"], ctx.terms, *inputs[FWD_INPUTS.index("noise"):])
         _setup_context(ctx, inputs, output)
         return output
 

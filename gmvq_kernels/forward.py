@@ -235,9 +235,10 @@ def _gmvq_fwd_colsum_kernel(
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
-def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True):
+def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
-    a, b, v (K,) fp32 contiguous (see spec.component_terms); noise None or (N, K) contiguous.
+    a, b, v (K,) fp32 contiguous (see spec.component_terms); mm = ||μ||² (K,) fp32 (spec.code_sq_norms;
+    computed here when None); noise None or (N, K) contiguous.
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
@@ -256,7 +257,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     cfg = row_config(D, x.dtype, dev)
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
-    mm = code_sq_norms(means)
+    mm = code_sq_norms(means) if mm is None else mm
     xx = torch.empty(N, **f32)
     if splits == 1:
         z = torch.empty_like(x)
