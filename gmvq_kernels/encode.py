@@ -31,7 +31,8 @@ def _gmvq_encode_kernel(
     """argmax_k ℓ_nk of BLOCK_N rows over one split of the codes (program_id(1)): writes codes
     (splits, N) int64, −1 for a row whose x is not finite (NaN policy), and, when ``best_ptr`` is not
     None (several splits), the maximum ℓ (splits, N) fp32 for the final reduction.
-    a, b (K,) fp32: spec.component_terms; mm (K,) fp32: spec.code_sq_norms."""
+    a, b (K,) fp32: spec.component_terms; mm (K,) fp32: spec.code_sq_norms, or None to form the norms
+    from each code tile (the launcher's choice at D ≤ 32: tiles.load_codes)."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_d = tl.arange(0, BLOCK_D)
@@ -72,8 +73,8 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
     _gmvq_encode_kernel[(row_blocks, splits)](
-        interpreter_operand(x), interpreter_operand(means), a, b, code_sq_norms(means), best, codes, N, K, D,
-        codes_per_split,
+        interpreter_operand(x), interpreter_operand(means), a, b, code_sq_norms(means) if D > 32 else None, best,
+        codes, N, K, D, codes_per_split,
         DOT_PRECISION=dot_precision_for(x, dot_precision), BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
         BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -6,7 +6,8 @@ import torch
 import gmvq_kernels as gk
 from gmvq_kernels.testing import make_inputs
 
-SHAPES = [(64, 64, 16), (13, 37, 11), (40, 200, 20), (1, 1, 1), (23, 1, 5), (17, 40, 1)]
+# D ≤ 32 forms the codes' norms in the kernel, D > 32 reads spec.code_sq_norms (encode.gmvq_encode_fwd)
+SHAPES = [(64, 64, 16), (13, 37, 11), (40, 200, 20), (1, 1, 1), (23, 1, 5), (17, 40, 1), (29, 50, 40)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-K{}-D{}".format(*s))
