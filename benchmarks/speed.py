@@ -273,9 +273,26 @@ def host_path_cpu(iters=300):
             times.append(time.perf_counter() - t0)
             if i == 0:
                 launches = len(log)
+        ops = torch_ops(lambda: fn(x, means, log_var).backward())
     times = sorted(times[20:])
     return dict(check="host_path_cpu", N=8, K=16, D=16, launches_per_fwd_bwd=launches,
-                us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads())
+                us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads(),
+                torch_ops_per_fwd_bwd=ops)
+
+
+def torch_ops(fn):
+    """The torch ops one call of ``fn`` dispatches, by name (torch.profiler; ops that other ops call
+    inside them not counted): on a GPU each costs host time, ~13 µs per launching op on the H200's host
+    (gpu_check.py's calibration, 2026-11-30)."""
+    from collections import Counter
+
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")
+              and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    return dict(Counter(e.name[len("aten::"):] for e in events).most_common())
 
 
 def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4), compiled=True, unblocked=False):

@@ -73,6 +73,8 @@ def test_speed_host_cpu(tmp_path):
     (row,) = json.load(open(tmp_path / "h.json"))["rows"]
     assert row["launches_per_fwd_bwd"] == 4
     assert 0 < row["us_min"] <= row["us_median"]
+    # the torch ops a fwd+bwd dispatches around them (103 on 2026-11-30, the loss's included)
+    assert 50 < sum(row["torch_ops_per_fwd_bwd"].values()) < 200 and row["torch_ops_per_fwd_bwd"]["empty"] > 0
 
 
 def test_gpu_check_dry(tmp_path):
