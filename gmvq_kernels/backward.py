@@ -48,7 +48,8 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
-                    row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, tile_code, y_scale)
+                    row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts, sum_splits,
+                    tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -494,11 +495,6 @@ def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, B
     return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
 
 
-def sum_splits(t):
-    """The sum over the leading split axis, in a fixed order; no launch when there is one split."""
-    return t[0] if t.shape[0] == 1 else t.sum(0)
-
-
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision, mm=None):
     """Gradients of the fused op. Inputs as for ``gmvq_fwd`` (mm too); ``saved`` as ``gmvq_fwd`` returns it;
     ``grads`` = {output name: upstream gradient} with names from ``spec.DIFF_OUTPUTS`` (quantized (N, D);
@@ -527,13 +523,13 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
-    parts = lambda *shape, n=splits: torch.empty((n, *shape), dtype=torch.float32, device=dev)  # noqa: E731
+    parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
     defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
         dy_part = parts(N) if has_y else None
         dq_part = parts(N)
-        delta_y = dy_part[0] if has_y else None  # written by the dx kernel's split 0
+        delta_y = None if not has_y else dy_part if splits == 1 else dy_part[0]  # written by the dx kernel's split 0
     else:
         # the Δ kernel holds no (BLOCK_N, D) accumulator: its own, wider tiles (config.DELTA_CONFIGS)
         dcfg = delta_config(D, x.dtype, dev)
@@ -547,7 +543,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
                 dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
                 BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
-        delta_y, delta_q = (None if t is None else sum_splits(t) for t in (dy_part, dq_part))
+        delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))
 
     common = lambda delta_q: (xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"],  # noqa: E731
                               saved["entropy"], saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse,
@@ -558,28 +554,28 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         *common(dq_part if defer else delta_q), dd_part, acc_part,
         y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
         N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
-    dd_sum, acc = sum_splits(dd_part), sum_splits(acc_part)
+    dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
     if defer:
-        delta_q = sum_splits(dq_part)
+        delta_q = sum_splits(dq_part, splits)
         if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-            qa = sum_splits(qa_part)
+            qa = sum_splits(qa_part, splits)
             rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
             dd_sum = dd_sum + rel * qa
-            acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part))
+            acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part, splits))
     # dx = 2 (x Σ dd − acc), in place on acc (fp32; x promoted): two launches instead of four, no
     # (N, D) temporaries
     dx = acc.addcmul_(x, dd_sum[:, None], value=-1.0).mul_(-2.0)
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
-    splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
+    col_splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
     # dμ = acc − μ Σ_n e from the kernel's partial acc (splits, K, D) and Σ_n e (splits, K)
-    mu_acc_part = torch.empty((splits, K, D), dtype=torch.float32, device=dev)
-    esum_part, dlv_part, dlp_part = (torch.empty((splits, K), dtype=torch.float32, device=dev) for _ in range(3))
-    _gmvq_bwd_dmu_kernel[(n_col, splits)](
+    mu_acc_part = parts(K, D, n=col_splits)
+    esum_part, dlv_part, dlp_part = (parts(K, n=col_splits) for _ in range(3))
+    _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
         *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)
-    dmu = sum_splits(mu_acc_part).addcmul_(means, sum_splits(esum_part)[:, None], value=-1.0)
-    return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part), sum_splits(dlp_part)
+    dmu = sum_splits(mu_acc_part, col_splits).addcmul_(means, sum_splits(esum_part, col_splits)[:, None], value=-1.0)
+    return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part, col_splits), sum_splits(dlp_part, col_splits)

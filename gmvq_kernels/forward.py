@@ -27,8 +27,8 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo, sq_norms,
-                    y_scale)
+                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo,
+                    split_parts, sq_norms, sum_splits, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -348,10 +348,10 @@ def colsum_q(x, means, a, b, v, mm, stats, xx, prec):
     cfg = colsum_config(D, x.dtype, x.device)
     n_col = triton.cdiv(K, cfg.BLOCK_K)
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
-    part = torch.empty((splits, K), dtype=torch.float32, device=x.device)
+    part = split_parts(splits, K, device=x.device)
     _gmvq_fwd_colsum_kernel[(n_col, splits)](
         x, means, a, b, v, mm, stats, xx, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return part.sum(0)
+    return sum_splits(part, splits)

@@ -231,6 +231,18 @@ def dot_precision_for(x, dot_precision):
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
+def split_parts(n, *shape, device):
+    """An fp32 buffer for the partial results of n splits (of the codebook or of the rows): (n, *shape),
+    or ``shape`` itself for one split. The kernels address it as split · size + offset either way, and
+    with one split ``sum_splits`` hands it on as it is: no torch op (on a GPU each costs host time)."""
+    return torch.empty(shape if n == 1 else (n, *shape), dtype=torch.float32, device=device)
+
+
+def sum_splits(t, n):
+    """The sum of ``split_parts``' n partials, in a fixed order (deterministic)."""
+    return t if n == 1 else t.sum(0)
+
+
 def interpreter_operand(t):
     """The interpreter's bf16/fp16 ``tl.dot`` returns garbage (see docs/design.md §6):
     launchers hand it fp32 copies of half operands. A no-op on GPUs."""
