@@ -527,9 +527,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     y_sums = saved.get("y_sums") if has_y else None
     defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
-        dy_part = parts(N) if has_y else None
         dq_part = parts(N)
-        delta_y = None if not has_y else dy_part if splits == 1 else dy_part[0]  # written by the dx kernel's split 0
+        delta_y = parts(N, n=1) if has_y else None  # (N,): the dx kernel's split 0 writes it
     else:
         # the Δ kernel holds no (BLOCK_N, D) accumulator: its own, wider tiles (config.DELTA_CONFIGS)
         dcfg = delta_config(D, x.dtype, dev)
