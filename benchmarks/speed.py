@@ -14,6 +14,7 @@ forward+backward: 4 forward, 8 backward; 2·N·K·D for encode).
     python benchmarks/speed.py --smoke                       # CPU, seconds (CI)
     python benchmarks/speed.py --cpu-step                    # CPU: module training step vs VectorQuantize
     python benchmarks/speed.py --cpu-step --codebook-size 8192 --unblocked   # ... and the row blocks' effect
+    python benchmarks/speed.py --cpu-step --processes 3      # ... each quantizer in its own process
     python benchmarks/speed.py --out benchmarks/results/X/speed.json   # GPU: anchors + sweeps
 """
 import argparse
@@ -195,7 +196,8 @@ def matmul_ceilings(device):
 
 
 def env_info(device):
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "cpu (Triton interpreter)" if config.INTERPRET else "cpu")
     return dict(device=name, torch=torch.__version__, triton=triton.__version__,
                 date=time.strftime("%Y-%m-%d"))
 
@@ -295,18 +297,26 @@ def torch_ops(fn):
     return dict(Counter(e.name[len("aten::"):] for e in events).most_common())
 
 
-def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4), compiled=True, unblocked=False):
+def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4), compiled=True, unblocked=False,
+                      only=None):
     """One training step of the quantizer alone on CPU (forward, the quantizer's loss plus a stand-in
-    reconstruction, backward, Adam), GaussianMixtureVQ (reference impl: what ``impl="auto"`` runs on a
-    CPU) beside vector-quantize-pytorch's VectorQuantize when installed, each eager and (``compiled``)
-    under torch.compile; median ms over interleaved steps, ratios like for like (eager to eager,
-    compiled to compiled) and compiled GM-VQ to eager VectorQuantize. The first step's seconds include
-    the compile. ``unblocked``: also GM-VQ eager with the whole batch as one row block
-    (config.reference_rows), interleaved with the rest."""
+    reconstruction, backward, Adam), GaussianMixtureVQ with ``impl="auto"`` (what a CPU user gets:
+    "torch" eagerly, the reference traced under torch.compile) beside vector-quantize-pytorch's
+    VectorQuantize when installed, each eager and (``compiled``) under torch.compile, and GM-VQ eager
+    with ``impl="reference"`` (autograd through the ground truth: what "torch" replaces); median ms over
+    interleaved steps, ratios like for like (eager to eager, compiled to compiled) and compiled GM-VQ to
+    eager VectorQuantize. The first step's seconds include the compile. ``unblocked``: also GM-VQ eager
+    with the whole batch as one row block (config.reference_rows), interleaved with the rest. ``only``:
+    the (quantizer, mode) keys to run (``cpu_step_processes`` runs each in a process of its own).
+    Each row also counts the page faults of a step (median): glibc returns freed memory to the system
+    and faults it back in, and how often depends on what else the process allocates (see
+    benchmarks/README.md, "The CPU training step")."""
+    import resource
     torch.manual_seed(0)
     latents = torch.randn(*batch)
-    makers = {"gmvq_kernels": lambda: gk.GaussianMixtureVQ(dim, codebook_size, seed=0, impl="reference",
-                                                           accept_image_fmap=True)}
+    gmvq = lambda impl: lambda: gk.GaussianMixtureVQ(dim, codebook_size, seed=0, impl=impl,  # noqa: E731
+                                                     accept_image_fmap=True)
+    makers = {"gmvq_kernels": gmvq("auto"), "gmvq_kernels_reference": gmvq("reference")}
     try:
         from vector_quantize_pytorch import VectorQuantize
         makers["vector_quantize_pytorch"] = lambda: VectorQuantize(dim=dim, codebook_size=codebook_size,
@@ -315,10 +325,12 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
         pass
     quantizers, opts = {}, {}
     modes = ("eager", "compiled") if compiled else ("eager",)
-    variants = [(name, mode) for name in makers for mode in modes]
+    variants = [(name, mode) for name in makers for mode in modes if mode == "eager" or not name.endswith("reference")]
     if unblocked:
         makers["gmvq_kernels_unblocked"] = makers["gmvq_kernels"]
         variants.append(("gmvq_kernels_unblocked", "eager"))
+    if only is not None:
+        variants = [key for key in variants if key in only]
     block_elems = config.REFERENCE_BLOCK_ELEMS
     for name, mode in variants:
         q = makers[name]()
@@ -327,8 +339,11 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
             opts[name, mode] = torch.optim.Adam(q.parameters(), lr=1e-3)
         quantizers[name, mode] = torch.compile(q) if mode == "compiled" else q
 
+    faults = {key: [] for key in variants}
+
     def step(key):
         config.REFERENCE_BLOCK_ELEMS = 2 ** 62 if key[0].endswith("unblocked") else block_elems
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         z = latents.clone().requires_grad_(True)
         quantized, _, loss = quantizers[key](z)[:3]
@@ -336,7 +351,9 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
         if key in opts:
             opts[key].step()
             opts[key].zero_grad()
-        return (time.perf_counter() - t0) * 1e3
+        t = (time.perf_counter() - t0) * 1e3
+        faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        return t
 
     times = {}
     for key in list(quantizers):
@@ -353,11 +370,18 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
         first, ts = ts[0], sorted(ts[2:])
         rows[name, mode] = dict(check="cpu_training_step", quantizer=name, mode=mode, dim=dim,
                                 codebook_size=codebook_size, batch=list(batch), ms_median=ts[len(ts) // 2],
-                                ms_min=ts[0], first_step_s=first / 1e3, threads=torch.get_num_threads())
+                                ms_min=ts[0], first_step_s=first / 1e3, threads=torch.get_num_threads(),
+                                page_faults_per_step=sorted(faults[name, mode][2:])[len(ts) // 2])
+    return list(step_ratios(rows).values())
+
+
+def step_ratios(rows):
+    """``rows`` ({(quantizer, mode): row}) with the ratios of ``cpu_training_step`` added."""
     vqp = "vector_quantize_pytorch"
-    if ("gmvq_kernels_unblocked", "eager") in rows and ("gmvq_kernels", "eager") in rows:
-        rows["gmvq_kernels", "eager"]["ratio_to_unblocked"] = (
-            rows["gmvq_kernels", "eager"]["ms_median"] / rows["gmvq_kernels_unblocked", "eager"]["ms_median"])
+    for other in ("unblocked", "reference"):
+        if (f"gmvq_kernels_{other}", "eager") in rows and ("gmvq_kernels", "eager") in rows:
+            rows["gmvq_kernels", "eager"][f"ratio_to_{other}"] = (
+                rows["gmvq_kernels", "eager"]["ms_median"] / rows[f"gmvq_kernels_{other}", "eager"]["ms_median"])
     for mode in ("eager", "compiled"):
         if ("gmvq_kernels", mode) in rows and (vqp, mode) in rows:
             rows["gmvq_kernels", mode]["ratio_to_vector_quantize_pytorch"] = (
@@ -365,7 +389,33 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     if ("gmvq_kernels", "compiled") in rows and (vqp, "eager") in rows:
         rows["gmvq_kernels", "compiled"]["ratio_to_eager_vector_quantize_pytorch"] = (
             rows["gmvq_kernels", "compiled"]["ms_median"] / rows[vqp, "eager"]["ms_median"])
-    return list(rows.values())
+    return rows
+
+
+def cpu_step_processes(rounds=3, codebook_size=512):
+    """``cpu_training_step`` with each (quantizer, mode) alone in a process of its own, the processes
+    run one after another, ``rounds`` times over: each quantizer then meets only its own allocations.
+    Per variant the median over rounds of each process's median (``round_ms``: every round's)."""
+    import subprocess
+
+    keys = [("gmvq_kernels", "eager"), ("gmvq_kernels_reference", "eager"), ("vector_quantize_pytorch", "eager"),
+            ("gmvq_kernels", "compiled"), ("vector_quantize_pytorch", "compiled")]
+    runs = {}
+    for _ in range(rounds):
+        for name, mode in keys:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cpu-step", "--only", f"{name}:{mode}",
+                                   "--codebook-size", str(codebook_size)], capture_output=True, text=True)
+            for line in proc.stdout.splitlines():
+                if line.startswith("{"):
+                    row = json.loads(line)
+                    runs.setdefault((row["quantizer"], row["mode"]), []).append(row)
+    rows = {}
+    for key, got in runs.items():
+        ms = sorted(r["ms_median"] for r in got)
+        rows[key] = dict(got[0], ms_median=ms[len(ms) // 2], ms_min=min(r["ms_min"] for r in got),
+                         round_ms=[r["ms_median"] for r in got], processes=len(got),
+                         page_faults_per_step=sorted(r["page_faults_per_step"] for r in got)[len(got) // 2])
+    return list(step_ratios(rows).values())
 
 
 def run_smoke(args):
@@ -431,10 +481,18 @@ def main(argv=None):
     p.add_argument("--codebook-size", type=int, default=512, help="--cpu-step: K (default 512)")
     p.add_argument("--unblocked", action="store_true",
                    help="--cpu-step: also GM-VQ eager with the batch as one row block (config.reference_rows)")
+    p.add_argument("--processes", type=int, default=0, metavar="ROUNDS",
+                   help="--cpu-step: each quantizer and mode in a process of its own, ROUNDS rounds")
+    p.add_argument("--only", help="--cpu-step: one variant, QUANTIZER:MODE (what --processes runs)")
     args = p.parse_args(argv)
     if args.cpu_step or args.host_cpu:
-        rows = (cpu_training_step(codebook_size=args.codebook_size, unblocked=args.unblocked) if args.cpu_step
-                else [host_path_cpu()])
+        if not args.cpu_step:
+            rows = [host_path_cpu()]
+        elif args.processes:
+            rows = cpu_step_processes(args.processes, codebook_size=args.codebook_size)
+        else:
+            only = None if args.only is None else {tuple(args.only.split(":"))}
+            rows = cpu_training_step(codebook_size=args.codebook_size, unblocked=args.unblocked, only=only)
         for r in rows:
             print(json.dumps(r))
         if args.out:

@@ -78,7 +78,7 @@ def _(tau):
     return torch.empty_like(tau)
 
 
-IMPLS = ("auto", "triton", "reference")
+IMPLS = ("auto", "triton", "torch", "reference")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -176,12 +176,12 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
                              f"set before triton is imported; got x on {x.device}")
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"impl='triton' needs x of dtype float32, float16 or bfloat16; got {x.dtype}")
-    if impl != "reference" and can_use_triton(x.device) and D > MAX_D:
+    if impl in ("auto", "triton") and can_use_triton(x.device) and D > MAX_D:
         raise ValueError(f"x must have D <= {MAX_D} for the fused kernels (one tile holds a whole row); "
-                         f"got D = {D}. impl='reference' takes any D")
-    if impl != "reference" and can_use_triton(x.device) and K > MAX_K:
+                         f"got D = {D}. impl='torch' or 'reference' takes any D")
+    if impl in ("auto", "triton") and can_use_triton(x.device) and K > MAX_K:
         raise ValueError(f"means must have K <= {MAX_K} codes for the fused kernels (codes compare in 32 bits); "
-                         f"got K = {K}. impl='reference' takes any K")
+                         f"got K = {K}. impl='torch' or 'reference' takes any K")
     for name in ("means", "log_var", "log_prior", "noise"):
         if params[name] is not None:
             _check_finite(name, params[name])

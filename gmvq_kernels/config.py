@@ -301,9 +301,11 @@ def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device
     return -(-K // codes_per_split), codes_per_split
 
 
-# The reference on a CPU (what impl="auto" runs there) takes a training batch in row blocks of about this
-# many (n, k) elements, at least REFERENCE_MIN_ROWS rows (reference.reference_forward_blocks): a
-# block's (rows, K) temporaries stay in cache. Timed on this project's 2-core CPU (2026-11-30, torch
+# The eager CPU paths (impl="torch", eager.py, what impl="auto" runs there, and the reference on a CPU,
+# reference.reference_forward_blocks) take a training batch in row blocks of about this many (n, k)
+# elements, at least REFERENCE_MIN_ROWS rows: a block's (rows, K) temporaries stay in cache. Timed for
+# the reference (for the "torch" path 2¹⁷ and 2¹⁸ were within noise at K = 512 and 2048) on this
+# project's 2-core CPU (2026-11-30, torch
 # 2.13, one training step of the module at N = 1024, D = 32, median ms, whole batch → blocks, steps
 # interleaved): K = 512 11.0 → 11.2 and 13.2 → 12.6, K = 2048 42.3 → 35.2, K = 8192 239 → 137. Rows per
 # block (32 to 1024, runs one after another): 128 best at K = 2048 and 8192, 256–512 at K = 512; each
@@ -313,5 +315,5 @@ REFERENCE_MIN_ROWS = 128
 
 
 def reference_rows(N: int, K: int) -> int:
-    """Rows per block of the blocked CPU reference (N itself: one block)."""
+    """Rows per block of the eager CPU paths (N itself: one block)."""
     return max(REFERENCE_MIN_ROWS, REFERENCE_BLOCK_ELEMS // max(K, 1))

@@ -6,14 +6,21 @@ import torch
 from . import config
 from .autograd import EagerFused, all_reduce_sum, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, validate
+from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
 from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
-    if impl != "auto":
-        return impl
-    return "triton" if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES else "reference"
+    """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
+    on CUDA, meta tensors). "torch" is an eager evaluation of the reference's math: under torch.compile
+    it traces the reference, whose graph inductor fuses (its Python loop over row blocks and saved
+    blocks would not trace)."""
+    if impl == "auto":
+        if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES:
+            return "triton"
+        impl = "torch" if x.device.type == "cpu" else "reference"
+    return "reference" if impl == "torch" and torch.compiler.is_compiling() else impl
 
 
 def _global_agg_posterior(agg, n_local, process_group):
@@ -35,7 +42,9 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     tau: Gumbel-softmax temperature in [1e-4, 1e4]. hard: straight-through one-hot sample. seed: 64-bit key of the
     in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it), an int in [0, 2**64) or a 0-dim
     int64 CPU tensor with its bits; noise: explicit (N, K) noise instead.
-    impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, else reference), "triton", "reference".
+    impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, "torch" on a CPU, else the reference),
+    "triton", "torch" (plain torch ops in row blocks with the hand-derived backward, eager.py; under
+    torch.compile the reference), "reference" (autograd through the ground truth).
     process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
     Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. A row of x that is not
@@ -60,7 +69,9 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
         amp = torch.get_autocast_dtype(x.device.type)
         x, means = x.to(amp), means.to(amp)
     impl = resolve_impl(impl, x)
-    if impl == "reference":
+    if impl == "torch":
+        out, sample = gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise)
+    elif impl == "reference":
         if torch.compiler.is_compiling():  # tau is checked when the graph runs (see checks.checked_tau)
             tau = checked_tau(torch.ones((), dtype=torch.float64) * tau)
         if x.device.type == "cpu" and not torch.compiler.is_compiling():  # compiled: one fused graph
@@ -94,7 +105,7 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
     O(N + K·D)); the reference computes the logits of 4096 rows at a time."""
     validate(x, means, log_var, log_prior, 1.0, False, None, 0, impl, dot_precision)
     impl = resolve_impl(impl, x)
-    if impl == "reference":
+    if impl in ("torch", "reference"):  # no gradient to hand-derive: the chunked reference is the torch path
         return gmvq_encode_reference(x, means, log_var, log_prior)
     log_var32 = log_var.detach().float()
     a, b, _ = component_terms(log_var32, log_prior_probs(None if log_prior is None else log_prior.detach(),

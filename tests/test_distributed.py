@@ -74,6 +74,7 @@ def single_process(impl, dtype):
 
 
 @pytest.mark.parametrize("impl, dtype, tol, compiled", [("reference", torch.float64, 1e-12, False),
+                                                        ("torch", torch.float64, 1e-12, False),
                                                         ("triton", torch.float32, 2e-5, False),
                                                         ("triton", torch.float32, 2e-5, True)])
 def test_two_rank_gloo_matches_single_process(impl, dtype, tol, compiled):

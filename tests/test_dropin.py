@@ -1,7 +1,7 @@
 """GaussianMixtureVQ as a drop-in for vector-quantize-pytorch's VectorQuantize: the same training loop
 runs with either (skipped when vector-quantize-pytorch is absent: pip install -e ".[compare]").
 
-Runs in a subprocess without TRITON_INTERPRET, as a CPU user runs it (impl="auto" takes the reference
+Runs in a subprocess without TRITON_INTERPRET, as a CPU user runs it (impl="auto" takes the "torch" path
 and the NumPy noise; under the interpreter the noise alone would take minutes)."""
 import json
 import os

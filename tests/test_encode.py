@@ -71,7 +71,7 @@ def test_encode_validates_like_gmvq(device):
         gk.gmvq_encode(x, torch.randn(5, 4, device=device), torch.zeros(5, device=device))
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("impl", ["triton", "torch", "reference"])
 def test_module_codes_are_the_codes_used(impl, device):
     """Training with hard samples: quantized holds the means of the returned codes (as VectorQuantize's
     indices). encode / eval: the noise-free argmax, equal to gmvq_encode."""

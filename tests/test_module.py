@@ -210,7 +210,7 @@ def test_tau_schedule():
 
 
 @pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
 def test_autocast(impl, amp, device):
     if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
         pytest.skip("needs the interpreter or a GPU")
@@ -291,8 +291,8 @@ def test_defaults_do_not_collapse_in_the_plain_recipe():
     D = 32, batch 128, Adam 1e-3, 300 steps, loss = pixel-mean MSE + vq_loss, no other tuning. With the
     first defaults (γ = β = 1, σ² = 1, hard) this used 1 code of 512 at a test MSE of 0.074 (the mean
     image); today's: 0.019–0.021 with 241–275 codes; vector-quantize-pytorch's VectorQuantize in the
-    same loop: 0.022–0.023, 114–115 codes. Runs as a CPU user runs it (reference impl and NumPy noise,
-    a subprocess without the interpreter): seconds."""
+    same loop: 0.022–0.023, 114–115 codes. Runs as a CPU user runs it (impl="auto", i.e. "torch", and
+    NumPy noise, a subprocess without the interpreter): seconds."""
     import json
     import os
     import subprocess

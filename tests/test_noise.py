@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmvq_kernels.noise import SERIES_W, gumbel_noise_numpy, philox_words_numpy, philox_words_torch, words_to_gumbel
+from gmvq_kernels.noise import (SERIES_W, bits_to_gumbel_numpy, gumbel_noise_numpy, philox_words_numpy, philox_words_torch,
+                                words_to_gumbel)
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -72,6 +73,7 @@ def test_transform_matches_float64_over_all_tails():
     1, −log u tiny) and everywhere else."""
     words = tail_words()
     assert_matches_float64(words, words_to_gumbel(words))
+    assert_matches_float64(words, torch.from_numpy(bits_to_gumbel_numpy((words >> 9).float().numpy())))
 
 
 def test_numpy_twin_words_are_philox_per_four_codes():
@@ -125,8 +127,11 @@ def test_torch_twin_words_are_the_numpy_twins(seed, N, K, row_offset):
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
 def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset):
     """``gumbel_noise`` on a CPU without the interpreter (the path the tests' interpreter hides) is
-    ``words_to_gumbel`` of the twin's words, bit for bit."""
+    ``bits_to_gumbel_numpy`` of the twin's words, bit for bit, and within a few ulps of torch's
+    transform of them (``words_to_gumbel``, what torch.compile traces)."""
     g = gumbel_noise_numpy(N, K, seed, row_offset)
-    want = words_to_gumbel(torch.from_numpy(philox_words_numpy(N, K, seed, row_offset).astype(np.int64)))
+    words = philox_words_numpy(N, K, seed, row_offset)
+    want = torch.from_numpy(bits_to_gumbel_numpy((words >> np.uint64(9)).astype(np.float32)))
     assert g.shape == (N, K) and g.dtype == torch.float32 and g.is_contiguous()
     assert torch.equal(g, want)
+    torch.testing.assert_close(g, words_to_gumbel(torch.from_numpy(words.astype(np.int64))), rtol=1e-6, atol=1e-6)

@@ -1,5 +1,5 @@
 """Every Python block of the README runs as written, as a CPU user runs it (no TRITON_INTERPRET, so
-impl="auto" takes the reference; the kernels are covered by the other tests)."""
+impl="auto" takes the "torch" path; the kernels are covered by the other tests)."""
 import os
 import re
 import subprocess

@@ -1,5 +1,6 @@
-"""No silent NaN or wrong answer: the NaN policy in both impls, the half-precision reference computed in
-fp32, tau checked under torch.compile for both impls, and non-finite explicit noise rejected."""
+"""No silent NaN or wrong answer: the NaN policy in every impl, the half-precision reference computed in
+fp32, tau checked under torch.compile for the reference and the kernels ("torch" traces the reference
+there), and non-finite explicit noise rejected."""
 import pytest
 import torch
 
@@ -22,7 +23,7 @@ def impl_of(impl, monkeypatch):
     return impl
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton", "triton-split"])
+@pytest.mark.parametrize("impl", ["reference", "torch", "triton", "triton-split"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_non_finite_rows_are_nan_with_code_minus_one(impl, hard, device, monkeypatch):
     """x rows holding NaN, +inf, or a squared norm past fp32 give NaN outputs and code −1 in every impl
@@ -49,7 +50,7 @@ def test_non_finite_rows_are_nan_with_code_minus_one(impl, hard, device, monkeyp
     assert torch.equal(out.codes[good], clean.codes[good])
 
 
-@pytest.mark.parametrize("impl", ["triton", "triton-split"])
+@pytest.mark.parametrize("impl", ["torch", "triton", "triton-split"])
 def test_half_gradients_of_non_finite_rows_match_the_reference(impl, device, monkeypatch):
     """bf16, soft, with a q̄ gradient (the dx kernel takes Δq there, backward.defer_delta_q): a NaN row
     gives NaN gradients exactly where the reference's do, the other rows of dx stay finite."""
@@ -127,7 +128,7 @@ def test_cuda_finiteness_checks_are_opt_in(monkeypatch):
     assert OUT_FIELDS == gk.GMVQOutput._fields
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton", "triton-split"])
+@pytest.mark.parametrize("impl", ["reference", "torch", "triton", "triton-split"])
 def test_finite_at_the_corners_of_the_supported_ranges(impl, device, monkeypatch):
     """|λ| ≤ 30, τ in [1e-4, 1e4], ‖x‖, ‖μ‖ from 1e-6 to 1e6 (README, "Modes, precisions, limits"): every
     output and every gradient is finite, soft and hard."""

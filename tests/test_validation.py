@@ -54,7 +54,7 @@ def test_bad_tensors(good, mutate, exc, match):
     (dict(seed=torch.tensor([1])), ValueError, r"seed must be .* got a tensor of shape \(1,\), dtype torch.int64 on cpu"),
     (dict(seed=torch.tensor(1, dtype=torch.int32)), ValueError, r"seed must be .* got a tensor of shape \(\), dtype torch.int32"),
     (dict(seed=torch.tensor(1, device="meta")), ValueError, r"seed must be .* got a tensor .* on meta"),
-    (dict(impl="cuda"), ValueError, r"impl must be one of \('auto', 'triton', 'reference'\); got 'cuda'"),
+    (dict(impl="cuda"), ValueError, r"impl must be one of \('auto', 'triton', 'torch', 'reference'\); got 'cuda'"),
     (dict(dot_precision="fp16"), ValueError, r"dot_precision must be None or one of .*; got 'fp16'"),
     (dict(noise=torch.zeros(6, 4)), ValueError, r"noise must have shape \(N, K\) == \(6, 5\); got \(6, 4\)"),
     (dict(noise=torch.zeros(6, 5, dtype=torch.int64)), TypeError, r"noise must have a floating dtype; got torch.int64"),
@@ -90,16 +90,17 @@ def test_triton_rejects_float64(good):
 def test_auto_dispatch(good):
     from gmvq_kernels import config
     from gmvq_kernels.functional import resolve_impl
-    want = "triton" if config.INTERPRET else "reference"
+    cpu = good[0].device.type == "cpu"
+    want = "triton" if config.INTERPRET or not cpu else "torch"
     assert resolve_impl("auto", good[0]) == want
-    assert resolve_impl("auto", good[0].double()) == "reference"
+    assert resolve_impl("auto", good[0].double()) == ("torch" if cpu else "reference")  # the kernels take no fp64
 
 
 def test_non_contiguous_inputs_are_handled(good, device):
     x, m, lv, lp = [t.to(device) for t in good]
     xt = torch.stack([x, x], 2)[:, :, 0]  # strided view with the values of x
     assert not xt.is_contiguous()
-    for impl in ("reference", "triton"):
+    for impl in ("reference", "torch", "triton"):
         if impl == "triton" and not (gk.functional.can_use_triton(x.device)):
             continue
         a = gk.gmvq(xt, m, lv, lp, impl=impl, seed=1)
@@ -128,7 +129,7 @@ def test_gumbel_noise_args(args, kw, match):
     (dict(beta=float("nan")), r"beta must be a finite number in \[0, inf\]; got nan"),
     (dict(gamma=-1.0), r"gamma must be a finite number in \[0, inf\]; got -1.0"),
     (dict(init_log_var=float("nan")), r"init_log_var must be a finite number in \[-30, 30\]; got nan"),
-    (dict(impl="cuda"), r"impl must be one of \('auto', 'triton', 'reference'\); got 'cuda'"),
+    (dict(impl="cuda"), r"impl must be one of \('auto', 'triton', 'torch', 'reference'\); got 'cuda'"),
     (dict(hard=1), r"hard must be a bool; got 1"),
 ])
 def test_module_constructor_args(kw, match):

@@ -1,0 +1,188 @@
+"""``impl="torch"``: the fused op in plain torch ops for a CPU (what ``impl="auto"`` runs there; under
+torch.compile ``functional.resolve_impl`` takes the reference instead).
+
+The reference differentiated by autograd is the ground truth, and slow as a training step: autograd
+keeps and revisits every N×K intermediate of its ops. Here the forward takes the batch in row blocks
+(a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps five of them per
+block (d, d·a, log q, q and the soft sample y); the backward applies the hand-derived gradients of
+docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
+products; the terms of an absent upstream gradient are skipped). It returns the gradients of the
+per-code constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the
+prior logits.
+
+Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
+fp32 and half by the three-way rule the kernels meet). The noise is ``gumbel_noise(N, K, seed)``, drawn
+for the whole batch in one call (the NumPy twin then runs on two threads). No double backward
+(``impl="reference"`` for that).
+"""
+import math
+
+import torch
+
+from . import config
+from .noise import gumbel_noise
+from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype
+
+
+def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise):
+    """(GMVQOutput, sample_codes) as ``reference.reference_forward``, computed as the module docstring says."""
+    dt = stats_dtype(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        lv = log_var.to(dt)
+        a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
+        rows = config.reference_rows(x.shape[0], means.shape[0])
+        *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed, rows)
+    out = GMVQOutput(*outs)
+    return out._replace(quantized=out.quantized.to(x.dtype)), sample if hard else None
+
+
+def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
+    """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
+    (or None; −1 on a non-finite row) and what its backward reads: (d, d·a, log q, q, y, the sample,
+    the mask where the distance clamp stops the gradient or None)."""
+    x_sq = (x * x).sum(1)
+    d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
+    # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
+    # gradient flows through d, as torch.clamp_min's. Rare, so its mask is formed only when the block's
+    # minimum says it is needed (a comparison into a bool tensor costs a CPU ~10× a min-reduction)
+    stopped = None if bool(d.amin() >= 0.0) else ~(d >= 0.0)
+    d.clamp_min_(0.0)
+    da = d * a
+    ell = torch.sub(b, da)
+    log_q = torch.log_softmax(ell, 1)
+    q = torch.softmax(ell, 1)  # not log_q.exp(): torch's exp is the slower of the two on a CPU
+    codes = ell.argmax(1)
+    best = codes[:, None]
+    lse = (ell.gather(1, best) - log_q.gather(1, best))[:, 0]
+    noisy = ell.add_(noise)  # ℓ is not needed after this
+    if tau != 1.0:
+        noisy.div_(tau)
+    y = torch.softmax(noisy, 1)
+    if hard:
+        sample = noisy.argmax(1)
+        quantized, mixture_var = means[sample], v[sample]
+        latent_nll = da.gather(1, sample[:, None])[:, 0]
+    else:
+        sample = None
+        zs = y @ torch.cat((means, v[:, None]), 1)  # Σ_k y μ_k and Σ_k y σ_k² in one product
+        quantized, mixture_var = zs[:, :-1], zs[:, -1]
+        latent_nll = torch.linalg.vecdot(y, da)
+    entropy = -torch.linalg.vecdot(q, log_q)
+    bad = ~(x_sq < math.inf)  # NaN policy (README): a non-finite row is NaN with code −1
+    if bad.any():
+        nan = float("nan")
+        quantized = quantized.masked_fill(bad[:, None], nan)
+        lse, latent_nll, mixture_var, entropy = (t.masked_fill(bad, nan) for t in (lse, latent_nll, mixture_var,
+                                                                                    entropy))
+        codes = codes.masked_fill(bad, -1)
+    outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
+    return outs, None if sample is None else sample.masked_fill(bad, -1), (d, da, log_q, q, y, sample, stopped)
+
+
+def _backward_block(x, means, a, v, saved, entropy, g, tau, N):
+    """One row block's part of docs/design.md §2, with E = dℓ − Ḡ_lat y_val and e = E·a = −dd (the
+    design's dd, negated: no negation pass): (dx, 2 Σ_n e x_n + Σ_n y_val Ḡ_z (dμ but its μ Σ_n dd
+    term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
+    DIFF_OUTPUTS for these rows (None where absent)."""
+    d, da, log_q, q, y, sample, stopped = saved
+    gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
+    n, K = q.shape
+    # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
+    dl = None
+    if gz is not None or gs is not None:
+        cols = [(gz, means)] if gz is not None else []
+        cols += [(gs[:, None], v[:, None])] if gs is not None else []
+        dl = torch.cat([c for c, _ in cols], 1).div(tau) @ torch.cat([m for _, m in cols], 1).T
+    if glat is not None:
+        dl = torch.mul(da, (glat / tau)[:, None]) if dl is None else dl.addcmul_(da, (glat / tau)[:, None])
+    if dl is not None:
+        dl.sub_(torch.linalg.vecdot(y, dl)[:, None]).mul_(y)
+    # + q (Ḡ_lse + (Ḡ_q̄_k − Δq)/N − Ḡ_H (log q + H)), Δq = Σ_k q Ḡ_q̄
+    if glse is not None or gq is not None or gH is not None:
+        row = q.new_zeros(n) if glse is None else glse.clone()
+        if gq is not None:
+            row -= (q @ gq) / N
+        if gH is not None:
+            row -= gH * entropy
+        c = row[:, None] if gq is None else row[:, None] + gq / N
+        if gH is not None:
+            c = torch.addcmul(c, log_q, gH[:, None], value=-1.0)
+        dl = torch.mul(q, c) if dl is None else dl.addcmul_(q, c)
+    if dl is None:
+        dl = torch.zeros_like(q)
+    db = dl.sum(0)
+    # E = dℓ − Ḡ_lat y_val (y_val: the soft sample, or the one-hot of the hard one)
+    if glat is not None:
+        if sample is None:
+            dl.addcmul_(y, glat[:, None], value=-1.0)
+        else:
+            dl.scatter_add_(1, sample[:, None], -glat[:, None])
+    e = dl
+    ga = torch.linalg.vecdot(e, d, dim=0)
+    e.mul_(a)  # −dd
+    if stopped is not None:
+        e.masked_fill_(stopped, 0.0)
+    dx = torch.addmm(x * e.sum(1, keepdim=True), e, means, beta=-2.0, alpha=2.0)
+    dm = (e.T @ x).mul_(2.0)
+    if gz is not None:
+        if sample is None:
+            dm.addmm_(y.T, gz)
+        else:
+            dm.index_add_(0, sample, gz)
+    if gs is None:
+        dv = None
+    elif sample is None:
+        dv = gs @ y
+    else:
+        dv = torch.zeros_like(v).index_add_(0, sample, gs)
+    return dx, dm, e.sum(0), db, ga, dv
+
+
+class _EagerGMVQ(torch.autograd.Function):
+    """Row blocks forward, docs/design.md §2 backward; inputs x, means in the computation dtype and
+    a, b, v (K,) (spec.component_terms). Returns the GMVQOutput fields and the sample codes."""
+
+    @staticmethod
+    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows):
+        N, K = x.shape[0], means.shape[0]
+        mm = (means * means).sum(1)
+        if noise is None:  # the whole batch's in one call: the NumPy twin then draws on two threads
+            noise = gumbel_noise(N, K, seed, device=x.device)
+        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, noise[i:i + rows].to(x.dtype), tau, hard)
+                  for i in range(0, N, rows)]
+        fields = [torch.cat([blk[0][j] for blk in blocks]) for j in range(len(GMVQOutput._fields))]
+        fields[GMVQOutput._fields.index("agg_posterior")] = sum(blk[0][3] for blk in blocks) / N
+        # an empty tensor for no sample: an autograd.Function returns tensors
+        sample = torch.cat([blk[1] for blk in blocks]) if hard else fields[1].new_empty(0)
+        ctx.set_materialize_grads(False)
+        ctx.blocks = [blk[2] for blk in blocks]
+        ctx.tau, ctx.rows = tau, rows
+        ctx.save_for_backward(x, means, a, v, fields[GMVQOutput._fields.index("entropy")])
+        ctx.mark_non_differentiable(sample, fields[GMVQOutput._fields.index("codes")])
+        return (*fields, sample)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *upstream):
+        x, means, a, v, entropy = ctx.saved_tensors
+        grads = dict(zip(GMVQOutput._fields, upstream))
+        N, rows = x.shape[0], ctx.rows
+        dx = torch.empty_like(x)
+        dm = torch.zeros_like(means)
+        cs, db, ga = (torch.zeros_like(a) for _ in range(3))
+        dv = None
+        for blk, i in zip(ctx.blocks, range(0, N, rows)):
+            sl = slice(i, i + rows)
+            g = {name: None if grads[name] is None else grads[name] if name == "agg_posterior" else grads[name][sl]
+                 for name in DIFF_OUTPUTS}
+            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, v, blk, entropy[sl], g, ctx.tau, N)
+            dx[sl] = bx
+            dm += bm
+            cs += bcs
+            db += bdb
+            ga += bga
+            if bdv is not None:
+                dv = bdv if dv is None else dv.add_(bdv)
+        dm.addcmul_(means, cs[:, None], value=-2.0)
+        # ℓ = b − d·a: ∂/∂a = −Σ_n dℓ d + (latent_nll's Σ_n Ḡ_lat y_val d) = −Σ_n E d
+        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None

@@ -1,0 +1,102 @@
+"""impl="torch" (eager.py): the fused op in plain torch ops with the hand-derived backward, against the
+reference: in float64 to 1e-10 (formulas), in fp32 and half by the kernels' three-way rule (rounding),
+and the properties the row blocks must keep."""
+import pytest
+import torch
+
+import gmvq_kernels as gk
+from gmvq_kernels import config
+from gmvq_kernels.functional import gmvq_with_sample, resolve_impl
+from gmvq_kernels.spec import DIFF_OUTPUTS
+
+from utils import check_case, make_inputs, run
+
+SUBSETS = {"all": None, **{name: {name} for name in DIFF_OUTPUTS}}
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Row blocks of 4 rows, so that a small batch spans several (N = 11: 4, 4, 3)."""
+    monkeypatch.setattr(config, "REFERENCE_MIN_ROWS", 4)
+    monkeypatch.setattr(config, "REFERENCE_BLOCK_ELEMS", 1)
+
+
+@pytest.mark.parametrize("subset", list(SUBSETS.values()), ids=list(SUBSETS))
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("prior,tau", [(False, 1.0), (True, 0.6)], ids=["uniform-tau1", "prior-tau0.6"])
+def test_float64_matches_autograd_of_the_reference(small_blocks, subset, hard, prior, tau):
+    """Every output, the sample codes and every gradient, with every upstream gradient alone and all
+    together (an absent one skips its terms): the formulas, to float64 rounding. Rows 3 and 6 sit on a
+    mean (the clamp at 0 is active at (3, 2), rounded d = −9e-16, and changes no gradient there as x = μ;
+    the NaN rows of test_reliability.py are what the clamp's mask changes)."""
+    N, K, D = 11, 7, 5
+    inputs = [None if t is None else t.double() for t in make_inputs(N, K, D, prior=prior)]
+    inputs[0][3], inputs[0][6] = inputs[1][2], inputs[1][5]
+    results = {}
+    for impl in ("reference", "torch"):
+        leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+        out, sample = gmvq_with_sample(*leaves, tau=tau, hard=hard, seed=5, impl=impl)
+        g = torch.Generator().manual_seed(0)
+        loss = sum((getattr(out, name) * torch.randn(getattr(out, name).shape, generator=g, dtype=torch.float64)).sum()
+                   for name in DIFF_OUTPUTS if subset is None or name in subset)
+        loss.backward()
+        results[impl] = out, sample, [t.grad for t in leaves if t is not None]
+    (want, want_sample, want_grads), (got, got_sample, got_grads) = results["reference"], results["torch"]
+    for name, w, o in zip(want._fields, want, got):
+        assert o.dtype == w.dtype, name
+        torch.testing.assert_close(o, w, rtol=1e-12, atol=1e-12, msg=name)
+    assert (got_sample is None) == (not hard) and (not hard or torch.equal(got_sample, want_sample))
+    for name, w, o in zip(("dx", "dmeans", "dlog_var", "dlog_prior"), want_grads, got_grads):
+        torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+CASES = {"defaults": dict(), "hard-prior": dict(hard=True, prior=True, tau=0.5),
+         "noise-tau-far": dict(explicit_noise=True, tau=0.2, prior=True, scale=10.0)}
+
+
+@pytest.mark.parametrize("opts", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("shape", [(40, 200, 20), (13, 37, 11), (23, 1, 5), (1, 29, 8)],
+                         ids=lambda s: "N{}-K{}-D{}".format(*s))
+def test_fp32_matches_reference(small_blocks, shape, opts, device):
+    check_case(*shape, device, impl="torch", **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_half_matches_reference(small_blocks, dtype, hard, device):
+    """Half inputs are computed in fp32 from their rounded values (as the reference); quantized and dx
+    come back in the input dtype."""
+    check_case(13, 37, 11, device, impl="torch", dtype=dtype, hard=hard, prior=True, tau=0.5)
+
+
+def test_seeded_noise_is_gumbel_noise_and_steps_are_reproducible(small_blocks):
+    """With a seed it draws ``gumbel_noise(N, K, seed)``: the same outputs as that noise passed
+    explicitly, and the same bits on a second run (blocks included)."""
+    inputs = make_inputs(11, 9, 4, prior=True)
+    seeded, grads, up = run(inputs, "torch", tau=0.5, hard=True, seed=2**63 + 5)
+    again, grads2, _ = run(inputs, "torch", tau=0.5, hard=True, seed=2**63 + 5, upstream=up)
+    explicit, _, _ = run(inputs, "torch", tau=0.5, hard=True, noise=gk.gumbel_noise(11, 9, 2**63 + 5), upstream=up)
+    for name, a, b, c in zip(seeded._fields, seeded, again, explicit):
+        assert torch.equal(a, b) and torch.equal(a, c), name
+    for a, b in zip(grads, grads2):
+        assert torch.equal(a, b)
+
+
+def test_no_double_backward():
+    x, m, lv, _ = make_inputs(5, 3, 2, requires_grad=True)
+    out = gk.gmvq(x, m, lv, impl="torch")
+    (gx,) = torch.autograd.grad(out.quantized.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_auto_takes_torch_on_a_cpu_and_the_reference_under_compile(monkeypatch):
+    import gmvq_kernels.functional as functional
+
+    x = torch.zeros(2, 3)
+    monkeypatch.setattr(functional, "can_use_triton", lambda device: False)  # a CPU without the interpreter
+    assert resolve_impl("auto", x) == "torch"
+    assert resolve_impl("auto", x.double()) == "torch"
+    assert resolve_impl("auto", torch.zeros(2, 3, device="meta")) == "reference"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert resolve_impl("auto", x) == "reference" and resolve_impl("torch", x) == "reference"
