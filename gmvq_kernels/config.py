@@ -301,19 +301,22 @@ def split_codes(N: int, K: int, BLOCK_N: int, BLOCK_K: int, device: torch.device
     return -(-K // codes_per_split), codes_per_split
 
 
-# The eager CPU paths (impl="torch", eager.py, what impl="auto" runs there, and the reference on a CPU,
+# The eager CPU paths (impl="torch", eager.py, what impl="auto" runs there; and the reference on a CPU,
 # reference.reference_forward_blocks) take a training batch in row blocks of about this many (n, k)
-# elements, at least REFERENCE_MIN_ROWS rows: a block's (rows, K) temporaries stay in cache. Timed for
-# the reference (for the "torch" path 2¹⁷ and 2¹⁸ were within noise at K = 512 and 2048) on this
-# project's 2-core CPU (2026-11-30, torch
-# 2.13, one training step of the module at N = 1024, D = 32, median ms, whole batch → blocks, steps
-# interleaved): K = 512 11.0 → 11.2 and 13.2 → 12.6, K = 2048 42.3 → 35.2, K = 8192 239 → 137. Rows per
-# block (32 to 1024, runs one after another): 128 best at K = 2048 and 8192, 256–512 at K = 512; each
-# block costs ~0.6 ms of torch calls, so at K = 128 blocks of 512 rows were slower (2.5 → 3.2 ms).
+# elements: a block's (rows, K) temporaries stay in cache. Timed for the reference on this project's
+# 2-core CPU (2026-11-30, torch 2.13, one training step of the module at N = 1024, D = 32, median ms,
+# whole batch → blocks, steps interleaved): K = 512 11.0 → 11.2 and 13.2 → 12.6, K = 2048 42.3 → 35.2,
+# K = 8192 239 → 137. Rows per block (32 to 1024, runs one after another): 128 best at K = 2048 and
+# 8192, 256–512 at K = 512; each block costs ~0.6 ms of torch calls, so at K = 128 blocks of 512 rows
+# were slower (2.5 → 3.2 ms): hence at least REFERENCE_MIN_ROWS rows. For the "torch" path 2¹⁷ and
+# 2¹⁸ elements were within noise at K = 512 and 2048, and its floor is EAGER_MIN_ROWS: at K = 8192
+# (blocks of 32 or 64 rows against 128) its step took 79–81 against 84–88 ms (interleaved, two runs).
 REFERENCE_BLOCK_ELEMS = 2 ** 18
 REFERENCE_MIN_ROWS = 128
+EAGER_MIN_ROWS = 64
 
 
-def reference_rows(N: int, K: int) -> int:
-    """Rows per block of the eager CPU paths (N itself: one block)."""
-    return max(REFERENCE_MIN_ROWS, REFERENCE_BLOCK_ELEMS // max(K, 1))
+def reference_rows(N: int, K: int, min_rows: int = None) -> int:
+    """Rows per block of the eager CPU paths (N itself: one block); ``min_rows``: REFERENCE_MIN_ROWS
+    by default."""
+    return max(REFERENCE_MIN_ROWS if min_rows is None else min_rows, REFERENCE_BLOCK_ELEMS // max(K, 1))

@@ -204,8 +204,7 @@ def _philox_block(n, J, lo, hi):
     E = (c0, c2) and O = (c1, c3) on axis 0: a round is P = E·(A, B), E = hi(P) swapped ^ O ^ key,
     O = lo(P) swapped (the swap, P[::-1], is a view); the multiplies are exact in 64 bits.
     Until round 2 mixes them each word depends on the row or on the call alone (c0 = j, c1, c2 from n,
-    c3 = 0), so rounds 1 and 2 run on those vectors, and round 3 xors vectors in: 2.4 of the 7 rounds'
-    full-array work saved, the block ~20 % faster."""
+    c3 = 0), so rounds 1 and 2 run on those vectors and round 3 xors vectors in (the block ~20 % faster)."""
     m, s = np.uint64(_MASK32), np.uint64(32)
     mul_a, mul_b = (np.uint64(c) for c in (_ROUND_A, _ROUND_B))
     keys = [(np.uint64((lo + r * _KEY_A) & _MASK32), np.uint64((hi + r * _KEY_B) & _MASK32))
@@ -292,8 +291,8 @@ def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tenso
 def bits_to_gumbel_numpy(h: np.ndarray) -> np.ndarray:
     """The twin's transform, in place on an fp32 array of the words' top 23 bits h = r >> 9:
     u = (h + ½)·2⁻²³ (exact), g = −log(−log u) with NumPy's fp32 logs. Those are accurate in relative
-    terms (within 4 ulps of torch's, ``words_to_gumbel``, on 2²⁰ draws), also for u near 1 where −log u
-    is tiny, and SIMD: ~3× torch's log on this project's CPU, one thread each."""
+    terms (within 4 ulps of torch's on 2²⁰ values in (0, 1); ``words_to_gumbel`` takes torch's), also
+    for u near 1 where −log u is tiny, and SIMD: ~3× torch's log on this project's CPU, one thread each."""
     h += 0.5
     h *= 2.0**-23
     np.log(h, out=h)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.benchmark_suite
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 def test_speed_small(benchmark, impl, mode, device):
     x, m, lv, _ = [t if t is None else t.requires_grad_(mode != "fwd") for t in make_inputs(64, 128, 16, device=device)]
@@ -59,9 +59,21 @@ def test_speed_cpu_step(tmp_path):
     rows = {(r["quantizer"], r["mode"]): r for r in json.load(open(tmp_path / "c.json"))["rows"]}
     assert rows["gmvq_kernels", "eager"]["ms_median"] > 0
     assert rows["gmvq_kernels", "compiled"]["ms_median"] > 0  # torch.compile on this CPU (C++)
+    assert rows["gmvq_kernels", "eager"]["ratio_to_reference"] > 0  # impl="torch" against the reference
+    assert all(r["page_faults_per_step"] >= 0 for r in rows.values())
     if ("vector_quantize_pytorch", "eager") in rows:
         assert rows["gmvq_kernels", "eager"]["ratio_to_vector_quantize_pytorch"] > 0
         assert rows["gmvq_kernels", "compiled"]["ratio_to_eager_vector_quantize_pytorch"] > 0
+
+
+def test_speed_cpu_step_one_variant(tmp_path):
+    """--only QUANTIZER:MODE (what --processes runs in each process): that variant alone."""
+    import json
+
+    run_script(["benchmarks/speed.py", "--cpu-step", "--only", "gmvq_kernels:eager", "--out", str(tmp_path / "o.json")],
+               interpret=False)
+    rows = json.load(open(tmp_path / "o.json"))["rows"]
+    assert [(r["quantizer"], r["mode"]) for r in rows] == [("gmvq_kernels", "eager")]
 
 
 def test_speed_host_cpu(tmp_path):

@@ -16,9 +16,15 @@ SUBSETS = {"all": None, **{name: {name} for name in DIFF_OUTPUTS}}
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Row blocks of 4 rows, so that a small batch spans several (N = 11: 4, 4, 3)."""
-    monkeypatch.setattr(config, "REFERENCE_MIN_ROWS", 4)
+    """Row blocks of 4 rows, so that a small batch spans several (N = 11: 4, 4, 3); returns the list
+    the row counts of the blocks run are appended to."""
+    from gmvq_kernels import eager
+
+    monkeypatch.setattr(config, "EAGER_MIN_ROWS", 4)
     monkeypatch.setattr(config, "REFERENCE_BLOCK_ELEMS", 1)
+    rows, block = [], eager._forward_block
+    monkeypatch.setattr(eager, "_forward_block", lambda x, *a: rows.append(x.shape[0]) or block(x, *a))
+    return rows
 
 
 @pytest.mark.parametrize("subset", list(SUBSETS.values()), ids=list(SUBSETS))
@@ -41,6 +47,7 @@ def test_float64_matches_autograd_of_the_reference(small_blocks, subset, hard, p
                    for name in DIFF_OUTPUTS if subset is None or name in subset)
         loss.backward()
         results[impl] = out, sample, [t.grad for t in leaves if t is not None]
+    assert small_blocks == [4, 4, 3]
     (want, want_sample, want_grads), (got, got_sample, got_grads) = results["reference"], results["torch"]
     for name, w, o in zip(want._fields, want, got):
         assert o.dtype == w.dtype, name
@@ -100,3 +107,13 @@ def test_auto_takes_torch_on_a_cpu_and_the_reference_under_compile(monkeypatch):
     assert resolve_impl("auto", torch.zeros(2, 3, device="meta")) == "reference"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert resolve_impl("auto", x) == "reference" and resolve_impl("torch", x) == "reference"
+
+
+def test_torch_compile_traces_the_reference_for_it():
+    """impl="torch" under torch.compile(fullgraph=True) traces without a graph break (as the reference)
+    and gives the eager values."""
+    x, m, lv, _ = make_inputs(9, 6, 3)
+    f = lambda x, m, lv: gk.gmvq(x, m, lv, impl="torch", seed=4, tau=0.7)  # noqa: E731
+    traced = torch.compile(f, fullgraph=True, backend="eager")(x, m, lv)
+    for name, a, b in zip(traced._fields, traced, f(x, m, lv)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
