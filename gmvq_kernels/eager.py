@@ -3,8 +3,8 @@ torch.compile ``functional.resolve_impl`` takes the reference instead).
 
 The reference differentiated by autograd is the ground truth, and slow as a training step: autograd
 keeps and revisits every N×K intermediate of its ops. Here the forward takes the batch in row blocks
-(a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps five of them per
-block (d, d·a, log q, q and the soft sample y); the backward applies the hand-derived gradients of
+(a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps three of them per
+block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
 products; the terms of an absent upstream gradient are skipped). It returns the gradients of the
 per-code constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the
@@ -38,16 +38,15 @@ def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise):
 
 def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
-    (or None; −1 on a non-finite row) and what its backward reads: (d, d·a, log q, q, y, the sample,
-    the mask where the distance clamp stops the gradient or None)."""
+    (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample, the mask
+    where the distance clamp stops the gradient or None): three N×K tensors."""
     x_sq = (x * x).sum(1)
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
     # gradient flows through d, as torch.clamp_min's. Rare, so its mask is formed only when the block's
     # minimum says it is needed (a comparison into a bool tensor costs a CPU ~10× a min-reduction)
     stopped = None if bool(d.amin() >= 0.0) else ~(d >= 0.0)
-    d.clamp_min_(0.0)
-    da = d * a
+    da = d.clamp_min_(0.0).mul_(a)  # d·a in place: the backward keeps d·a alone (and re-forms d from it)
     ell = torch.sub(b, da)
     log_q = torch.log_softmax(ell, 1)
     q = torch.softmax(ell, 1)  # not log_q.exp(): torch's exp is the slower of the two on a CPU
@@ -76,15 +75,15 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    return outs, None if sample is None else sample.masked_fill(bad, -1), (d, da, log_q, q, y, sample, stopped)
+    return outs, None if sample is None else sample.masked_fill(bad, -1), (da, q, y, sample, stopped)
 
 
-def _backward_block(x, means, a, v, saved, entropy, g, tau, N):
+def _backward_block(x, means, a, b, v, saved, entropy, g, tau, N):
     """One row block's part of docs/design.md §2, with E = dℓ − Ḡ_lat y_val and e = E·a = −dd (the
     design's dd, negated: no negation pass): (dx, 2 Σ_n e x_n + Σ_n y_val Ḡ_z (dμ but its μ Σ_n dd
     term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
     DIFF_OUTPUTS for these rows (None where absent)."""
-    d, da, log_q, q, y, sample, stopped = saved
+    da, q, y, sample, stopped = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     n, K = q.shape
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
@@ -105,8 +104,8 @@ def _backward_block(x, means, a, v, saved, entropy, g, tau, N):
         if gH is not None:
             row -= gH * entropy
         c = row[:, None] if gq is None else row[:, None] + gq / N
-        if gH is not None:
-            c = torch.addcmul(c, log_q, gH[:, None], value=-1.0)
+        if gH is not None:  # log q formed again as the forward formed it (ℓ − lse would cancel where |ℓ| ≫ 1)
+            c = torch.addcmul(c, torch.log_softmax(torch.sub(b, da), 1), gH[:, None], value=-1.0)
         dl = torch.mul(q, c) if dl is None else dl.addcmul_(q, c)
     if dl is None:
         dl = torch.zeros_like(q)
@@ -118,7 +117,9 @@ def _backward_block(x, means, a, v, saved, entropy, g, tau, N):
         else:
             dl.scatter_add_(1, sample[:, None], -glat[:, None])
     e = dl
-    ga = torch.linalg.vecdot(e, d, dim=0)
+    # Σ_n E d with d re-formed from d·a (a ≥ 5e-14 for |log σ²| ≤ 30): Σ_n E (d·a), divided by a after
+    # the sum, overflows fp32 at the corners of the supported range (σ² = 1e-13, ‖x‖ = 1e6, τ = 1e-4)
+    ga = torch.linalg.vecdot(e, da / a, dim=0)
     e.mul_(a)  # −dd
     if stopped is not None:
         e.masked_fill_(stopped, 0.0)
@@ -158,14 +159,14 @@ class _EagerGMVQ(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.blocks = [blk[2] for blk in blocks]
         ctx.tau, ctx.rows = tau, rows
-        ctx.save_for_backward(x, means, a, v, out["entropy"])
+        ctx.save_for_backward(x, means, a, b, v, out["entropy"])
         ctx.mark_non_differentiable(sample, out["codes"])
         return (*(out[name] for name in names), sample)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
-        x, means, a, v, entropy = ctx.saved_tensors
+        x, means, a, b, v, entropy = ctx.saved_tensors
         grads = dict(zip(GMVQOutput._fields, upstream))
         N, rows = x.shape[0], ctx.rows
         dx = torch.empty_like(x)
@@ -176,7 +177,7 @@ class _EagerGMVQ(torch.autograd.Function):
             sl = slice(i, i + rows)
             g = {name: None if grads[name] is None else grads[name] if name == "agg_posterior" else grads[name][sl]
                  for name in DIFF_OUTPUTS}
-            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, v, blk, entropy[sl], g, ctx.tau, N)
+            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, b, v, blk, entropy[sl], g, ctx.tau, N)
             dx[sl] = bx
             dm += bm
             cs += bcs

@@ -1,6 +1,6 @@
 """Shared test helpers: forward + backward with upstream gradients by name, and the three-way check of an
-impl against the reference (``check_case``); the input factory and the
-three-way comparison live in gmvq_kernels.testing (gpu_check.py applies the same rule on a GPU)."""
+impl against the reference (``check_case``: the kernels, and impl="torch"); the input factory and the
+three-way rule live in gmvq_kernels.testing (gpu_check.py applies the same rule on a GPU)."""
 import torch
 
 import gmvq_kernels as gk
