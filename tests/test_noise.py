@@ -24,10 +24,14 @@ def ks_pvalue(samples: np.ndarray) -> float:
     return float(min(1.0, 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * t * t) for k in range(1, 101))))
 
 
-@pytest.fixture(scope="module")
-def draws():
-    """2²¹ draws (2048 rows × 1024 codes) by the CPU twin: the kernels' words and transform (tests in
-    test_kernels.py pin the in-kernel noise to it), fast without the interpreter."""
+@pytest.fixture(scope="module", params=["numpy-twin", "torch-transform"])
+def draws(request):
+    """2²¹ draws (2048 rows × 1024 codes) of the kernels' words (tests in test_kernels.py pin the
+    in-kernel noise to them), fast without the interpreter: as the eager CPU paths draw them
+    (``gumbel_noise_numpy``, NumPy's logs), and through ``words_to_gumbel`` (torch's logs, what
+    torch.compile traces)."""
+    if request.param == "numpy-twin":
+        return gumbel_noise_numpy(2048, 1024, seed=12345).numpy().ravel()
     words = torch.from_numpy(philox_words_numpy(2048, 1024, seed=12345).astype(np.int64))
     return words_to_gumbel(words).numpy().ravel()
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gmvq_kernels as gk
-from gmvq_kernels.noise import philox_words_numpy
+from gmvq_kernels.noise import gumbel_noise_numpy, philox_words_numpy
 from gmvq_kernels.reference import gmvq_reference
 from gmvq_kernels.spec import component_terms, log_prior_probs
 
@@ -142,12 +142,16 @@ def chi_square_pvalue(counts, probs):
     return chisquare(counts, probs * counts.sum()).pvalue
 
 
-def test_gumbel_max_frequencies_match_q_reference():
+@pytest.mark.parametrize("twin", [False, True], ids=["gumbel_noise", "numpy-twin"])
+def test_gumbel_max_frequencies_match_q_reference(twin):
+    """Hard samples pick code k with probability q_k (χ²), with the noise of ``gumbel_noise`` (the
+    interpreter's kernel under the tests) and of the NumPy twin the eager CPU paths draw."""
     K, N = 5, 4000
     m = torch.tensor([[0.0], [0.5], [1.0], [1.5], [3.0]], dtype=torch.float64)
     x = torch.full((N, 1), 0.8, dtype=torch.float64)
     lv = torch.zeros(K, dtype=torch.float64)
-    out = gmvq_reference(x, m, lv, hard=True, seed=123)
+    noise = gumbel_noise_numpy(N, K, 123).double() if twin else None
+    out = gmvq_reference(x, m, lv, hard=True, seed=123, noise=noise)
     picked = (out.quantized[:, 0:1] == m.T).double().argmax(1)
     counts = torch.bincount(picked, minlength=K).numpy()
     q = gmvq_reference(x[:1], m, lv).agg_posterior.numpy()
