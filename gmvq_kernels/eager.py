@@ -85,7 +85,7 @@ def _backward_block(x, means, a, b, v, saved, entropy, g, tau, N):
     DIFF_OUTPUTS for these rows (None where absent)."""
     da, q, y, sample, stopped = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
-    n, K = q.shape
+    n = q.shape[0]
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
     dl = None
     if gz is not None or gs is not None:
