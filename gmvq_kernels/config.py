@@ -316,7 +316,7 @@ REFERENCE_MIN_ROWS = 128
 EAGER_MIN_ROWS = 64
 
 
-def reference_rows(N: int, K: int, min_rows: int = None) -> int:
+def reference_rows(N: int, K: int, min_rows: Optional[int] = None) -> int:
     """Rows per block of the eager CPU paths (N itself: one block); ``min_rows``: REFERENCE_MIN_ROWS
     by default."""
     return max(REFERENCE_MIN_ROWS if min_rows is None else min_rows, REFERENCE_BLOCK_ELEMS // max(K, 1))

@@ -8,7 +8,8 @@ block (d·a, q and the soft sample y); the backward applies the hand-derived gra
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
 products; the terms of an absent upstream gradient are skipped). It returns the gradients of the
 per-code constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the
-prior logits.
+prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors and the noise cover
+the whole batch (the N×K-free op is the kernels').
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
 fp32 and half by the three-way rule the kernels meet). The noise is ``gumbel_noise(N, K, seed)``, drawn
@@ -87,11 +88,9 @@ def _backward_block(x, means, a, b, v, saved, entropy, g, tau, N):
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     n = q.shape[0]
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
-    dl = None
-    if gz is not None or gs is not None:
-        cols = [(gz, means)] if gz is not None else []
-        cols += [(gs[:, None], v[:, None])] if gs is not None else []
-        dl = torch.cat([c for c, _ in cols], 1).div(tau) @ torch.cat([m for _, m in cols], 1).T
+    dl = None if gz is None else (gz / tau) @ means.T
+    if gs is not None:  # a rank-1 term: one pass (a column of σ² beside μ was a (K, D + 1) copy per block)
+        dl = torch.outer(gs / tau, v) if dl is None else dl.addr_(gs / tau, v)
     if glat is not None:
         dl = torch.mul(da, (glat / tau)[:, None]) if dl is None else dl.addcmul_(da, (glat / tau)[:, None])
     if dl is not None:
@@ -146,7 +145,7 @@ class _EagerGMVQ(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows):
         N, K = x.shape[0], means.shape[0]
-        mm = (means * means).sum(1)
+        mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
         if noise is None:  # the whole batch's in one call: the NumPy twin then draws on two threads
             noise = gumbel_noise(N, K, seed, device=x.device)
         blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, noise[i:i + rows].to(x.dtype), tau, hard)
