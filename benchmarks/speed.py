@@ -105,7 +105,7 @@ def encode_fn(provider, prec):
 
 
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
-    if provider == "triton":
+    if provider in ("triton", "triton_fused"):  # "triton_fused": measure() sets GMVQ_FUSED_BACKWARD=1
         return gmvq_loss("triton", prec)
     if provider == "reference":
         return gmvq_loss("reference")
@@ -136,7 +136,13 @@ def timeit(fn, device, quick):
 
 
 def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False):
-    """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such."""
+    """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_fused"
+    runs with GMVQ_FUSED_BACKWARD=1, "triton" with the default (deterministic) backward."""
+    with config.fused_backward_env(provider == "triton_fused"):
+        return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick)
+
+
+def _measure(provider, mode, dtype_name, N, K, D, device, prec, quick):
     dtype = DTYPES[dtype_name]
     row = dict(provider=provider, mode=mode, dtype=dtype_name + (f"-{prec}" if prec else ""), N=N, K=K, D=D)
     try:
@@ -422,10 +428,10 @@ def run_smoke(args):
     device = torch.device("cpu")
     rows = []
     for (N, K, D) in SMOKE_SHAPES:
-        for provider in ("reference", "torch_compile", "naive_compile", "triton"):
+        for provider in ("reference", "torch_compile", "naive_compile", "triton", "triton_fused"):
             for mode in ("fwd", "fwd_bwd"):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
-                                    prec="ieee" if provider == "triton" else None))
+                                    prec="ieee" if provider.startswith("triton") else None))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
                                 prec="ieee" if provider == "triton" else None))
@@ -442,6 +448,7 @@ def run_full(args, device, deadline, checkpoint=None):
     for i, (N, K, D) in enumerate(ANCHOR_SHAPES):
         for mode in ("fwd", "bwd", "fwd_bwd"):
             rows.append(measure("triton", mode, "bf16", N, K, D, device))
+        rows.append(measure("triton_fused", "fwd_bwd", "bf16", N, K, D, device))  # GMVQ_FUSED_BACKWARD=1
         for prec in FP32_PRECS.get(i, []):
             rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
         for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):

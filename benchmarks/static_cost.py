@@ -21,7 +21,8 @@ scheduler needs two warps to hide latency). A kernel costs iterations × CTAs pe
 code is counted the same way, but its model_ms still applies the H200's rates (a comparison of counts,
 not an A100 estimate).
 
-    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
+    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard (both backward
+                                                          # variants: "-fused") and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill (CI)
 
@@ -65,12 +66,15 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
     False), then the tables."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
+    # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)
+    fused = mode.endswith("-fused")
+    mode = mode.removesuffix("-fused")
     hard = mode == "hard"
     sms, arch = config.sm_count, config.arch
     config.sm_count = lambda device: SMS
     config.arch = lambda device: f"sm_{cc}" if tuned else None
     try:
-        with devtools.record_launches(forward, backward, encode, noise) as log:
+        with devtools.record_launches(forward, backward, encode, noise) as log, config.fused_backward_env(fused):
             if mode == "encode":
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
                 return log
@@ -287,8 +291,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default=None, help="N,K,D;N,K,D (default: the four anchor shapes)")
     p.add_argument("--dtypes", default="bf16", help="comma list of bf16, fp16, fp32 (fp32 reports tf32x3 and tf32)")
-    p.add_argument("--modes", default="soft,hard,encode",
-                   help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel)")
+    p.add_argument("--modes", default=None,
+                   help="soft, hard (one fwd+bwd of the training objective), soft-fused, hard-fused (the same with "
+                        "GMVQ_FUSED_BACKWARD=1), encode (the tokenizer kernel); default all five (--fast: soft, "
+                        "hard, encode: the default, deterministic kernels)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true",
                    help=f"shapes {FAST_SHAPES} only, the tables' configs; exit 1 on any spill or a kernel that does "
@@ -298,6 +304,7 @@ def main(argv=None):
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     args = p.parse_args(argv)
+    args.modes = args.modes or ("soft,hard,encode" if args.fast else "soft,hard,soft-fused,hard-fused,encode")
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
     t0 = time.time()
@@ -309,6 +316,8 @@ def main(argv=None):
                 precs = ("tf32x3", "tf32") if dtype_name == "fp32" else ("ieee",)
                 for prec in precs:
                     for mode in args.modes.split(","):
+                        if mode.endswith("-fused") and dtype_name == "fp32":
+                            continue  # fp32 inputs keep the two-pass backward (backward.use_fused)
                         r, t = report_case(shape, mode, dtype_name, cc, cache, prec,
                                            tuned=not (args.fast or args.tables))
                         rows += r

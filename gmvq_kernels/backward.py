@@ -25,6 +25,10 @@ y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.compo
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
+With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D ≤ 128) the dμ kernel also forms dx, adding
+each tile's Σ_k dd μ_k and Σ_k dd into fp32 buffers with float atomics (FlashAttention-2's dQ), and the
+dx pass does not run: one pass fewer, dx no longer bitwise reproducible. Δq then comes from the Δ pass.
+
 The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2's dK/dV kernel does:
 its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
 ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
@@ -42,8 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import (DEFER_DQ_MAX_BLOCK_D, block_d, col_config, delta_config, row_config,
-                     split_codes, split_rows)
+from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, block_d, col_config, delta_config, fused_backward,
+                     fused_col_config, row_config, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
@@ -363,7 +367,7 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr,
+    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -375,7 +379,12 @@ def _gmvq_bwd_dmu_kernel(
     The launcher adds the splits and forms dμ: the μ·Σ e epilogue in the kernel, with μ reloaded, made
     ptxas spill (static report: 44 / 180 B at D = 128 soft / hard, 972 / 1116 B at 256, against 0 / 0
     and 476 / 612 B without it). Arguments as for the dx kernel, half_d = D/2. Tiles are transposed
-    (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :]."""
+    (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :].
+
+    With dx_acc (N, D) and dx_sum (N,) fp32, zeroed (the fused backward, ``config.fused_backward``),
+    the kernel also adds each tile's Σ_k e μ_k and Σ_k e into them with float atomics, so that
+    dx = dx_acc − x·dx_sum without the dx pass (as FlashAttention-2's backward forms dQ): one pass
+    over N×K fewer, at the price of bitwise reproducibility (the atomics' order varies from run to run)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -391,7 +400,8 @@ def _gmvq_bwd_dmu_kernel(
     a_e = -2.0 * a
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
-    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 else 1
+    FUSED_DX: tl.constexpr = dx_acc_ptr is not None
+    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
     ones = ones_column(BLOCK_N, x_ptr)
     e_d = tl.zeros((BLOCK_K,), tl.float32)
@@ -462,6 +472,20 @@ def _gmvq_bwd_dmu_kernel(
         else:
             e_hi = e
             acc = tl.dot(e, x, acc, input_precision=DOT_PRECISION)
+        if FUSED_DX:
+            # this tile's share of dx = Σ_k e μ_k − x Σ_k e (e = −2 dd), added atomically. As in the dx
+            # kernel, e enters the dot rounded once to x's dtype (by name: the interpreter rounds it too) and
+            # Σ_k e is taken of those values, so that a common offset of x and μ cancels (e_hi + e_lo here
+            # cost 48 B more of spills and +7 instructions per element at D = 128: static report). Formed
+            # transposed, μᵀ·e (D × rows), so that the dot is a wgmma (M = D ≥ 64) at 32-row tiles
+            tl.static_assert(OP_DTYPE != tl.float32, "the fused backward takes half inputs (backward.use_fused)")
+            e_r = e.to(OP_DTYPE).to(mu.dtype)
+            dx_t = tl.dot(tl.trans(mu), e_r, input_precision=DOT_PRECISION)
+            e_rows = tl.sum(e_r.to(tl.float32), axis=0)
+            row_ok = offs_n < row_hi
+            tl.atomic_add(dx_acc_ptr + offs_n[None, :] * D + offs_d[:, None], dx_t,
+                          mask=row_ok[None, :] & (offs_d[:, None] < D), sem="relaxed")
+            tl.atomic_add(dx_sum_ptr + offs_n, e_rows, mask=row_ok, sem="relaxed")
         if SUMS == 1:  # fp32 inputs, or the fp32 tile (within 2⁻¹⁷ of e_hi + e_lo) where 16 would spill
             e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
         else:
@@ -483,6 +507,15 @@ def _gmvq_bwd_dmu_kernel(
         d_log_var += v * gs_y
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
+
+
+def use_fused(dtype: torch.dtype, BLOCK_D: int) -> bool:
+    """Whether this backward forms dx in the dμ pass (``config.fused_backward``): for half inputs up to
+    BLOCK_D = config.FUSED_MAX_BLOCK_D. fp32 inputs keep the two passes: their dx needs Y − Δy to
+    cancel exactly, per element, between the Δ and dx passes' identical row tiles (module docstring),
+    and the dμ kernel's transposed tiles sum Ḡ_z·μ in another order; at D = 256 the fused dμ kernel
+    exceeds an A100's shared memory or spills heavily (config.FUSED_COL_CONFIGS)."""
+    return fused_backward() and dtype != torch.float32 and BLOCK_D <= FUSED_MAX_BLOCK_D
 
 
 def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
@@ -516,7 +549,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     mm = code_sq_norms(means) if mm is None else mm
     BLOCK_D = block_d(D)
-    rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
+    fused = use_fused(x.dtype, BLOCK_D)
+    rcfg, ccfg = row_config(D, x.dtype, dev), (fused_col_config if fused else col_config)(D, x.dtype, dev)
     seed_lhp = seed_args(seed)
     op_dtype = TL_DTYPES[x.dtype]
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
@@ -525,7 +559,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
-    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
+    # the fused backward needs Δq before its one pass: no dx kernel to take over the Δ pass
+    defer = not fused and defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
         dq_part = parts(N)
         delta_y = parts(N, n=1) if has_y else None  # (N,): the dx kernel's split 0 writes it
@@ -547,23 +582,28 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     common = lambda delta_q: (xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"],  # noqa: E731
                               saved["entropy"], saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse,
                               g_h, g_lat, g_s, g_c)
-    dd_part, acc_part = parts(N), parts(N, D)
-    qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
-    _gmvq_bwd_dx_kernel[row_grid](
-        *common(dq_part if defer else delta_q), dd_part, acc_part,
-        y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
-        N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
-    dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
-    if defer:
-        delta_q = sum_splits(dq_part, splits)
-        if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-            qa = sum_splits(qa_part, splits)
-            rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
-            dd_sum = dd_sum + rel * qa
-            acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part, splits))
-    # dx = 2 (x Σ dd − acc), in place on acc (fp32; x promoted): two launches instead of four, no
-    # (N, D) temporaries
-    dx = acc.addcmul_(x, dd_sum[:, None], value=-1.0).mul_(-2.0)
+    if fused:  # the dμ kernel adds Σ_k e μ_k and Σ_k e (e = −2 dd) into these
+        dx_acc = torch.zeros((N, D), dtype=torch.float32, device=dev)
+        dx_sum = torch.zeros(N, dtype=torch.float32, device=dev)
+    else:
+        dx_acc = dx_sum = None
+        dd_part, acc_part = parts(N), parts(N, D)
+        qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
+        _gmvq_bwd_dx_kernel[row_grid](
+            *common(dq_part if defer else delta_q), dd_part, acc_part,
+            y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
+            N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
+        dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
+        if defer:
+            delta_q = sum_splits(dq_part, splits)
+            if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
+                qa = sum_splits(qa_part, splits)
+                rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
+                dd_sum = dd_sum + rel * qa
+                acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part, splits))
+        # dx = 2 (x Σ dd − acc), in place on acc (fp32; x promoted): two launches instead of four, no
+        # (N, D) temporaries
+        dx = acc.addcmul_(x, dd_sum[:, None], value=-1.0).mul_(-2.0)
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     col_splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
@@ -571,10 +611,12 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     mu_acc_part = parts(K, D, n=col_splits)
     esum_part, dlv_part, dlp_part = (parts(K, n=col_splits) for _ in range(3))
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part,
+        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
+    if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)
+        dx = dx_acc.addcmul_(x, dx_sum[:, None], value=-1.0)
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)
     dmu = sum_splits(mu_acc_part, col_splits).addcmul_(means, sum_splits(esum_part, col_splits)[:, None], value=-1.0)
     return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part, col_splits), sum_splits(dlp_part, col_splits)

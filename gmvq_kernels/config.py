@@ -46,6 +46,32 @@ class KernelConfig:
     num_stages: int
 
 
+FUSED_BACKWARD_ENV = "GMVQ_FUSED_BACKWARD"
+
+
+def fused_backward() -> bool:
+    """Whether the backward may form dx inside the dμ pass with float atomics (``GMVQ_FUSED_BACKWARD=1``,
+    read at each call): one pass over N×K fewer, but dx is no longer bitwise reproducible. Off while
+    ``torch.use_deterministic_algorithms(True)`` is in force: the deterministic kernels run then. It
+    applies to half inputs up to D = FUSED_MAX_BLOCK_D (below; ``backward.use_fused``)."""
+    return os.environ.get(FUSED_BACKWARD_ENV, "0") == "1" and not torch.are_deterministic_algorithms_enabled()
+
+
+@contextlib.contextmanager
+def fused_backward_env(on: bool = True):
+    """Within the block ``GMVQ_FUSED_BACKWARD`` is "1" (or "0"), process-wide: for the tests and the
+    benchmarks, which time and report both backward variants in one run."""
+    saved = os.environ.get(FUSED_BACKWARD_ENV)
+    os.environ[FUSED_BACKWARD_ENV] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[FUSED_BACKWARD_ENV]
+        else:
+            os.environ[FUSED_BACKWARD_ENV] = saved
+
+
 # half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:
 # beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
 DEFER_DQ_MAX_BLOCK_D = 64
@@ -61,11 +87,11 @@ _OVERRIDE = threading.local()  # per thread: a tuning run in one thread never le
 
 @contextlib.contextmanager
 def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None,
-             colsum: "KernelConfig" = None, delta: "KernelConfig" = None):
+             colsum: "KernelConfig" = None, delta: "KernelConfig" = None, fused: "KernelConfig" = None):
     """Within the block, launches in this thread use these configs for every D and dtype (tuning and
     the static cost report try alternatives this way); the defaults come back on exit."""
     saved = getattr(_OVERRIDE, "configs", {})
-    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta)
+    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta, fused=fused)
     _OVERRIDE.configs = {**saved, **{k: v for k, v in given.items() if v is not None}}
     try:
         yield
@@ -126,9 +152,21 @@ ENCODE_CONFIGS = {
     "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
+# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D ≤ FUSED_MAX_BLOCK_D) also
+# holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
+# (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 82.2 and 89.9 instructions per element
+# at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 200 B of spills). Not at D = 256: there
+# it needs 197632 B of shared memory, beyond an A100's 163 KiB, and the (32, 64, 4, 2) that fits spills
+# 1028 B, 9.4 local loads and stores per element in its loop (124.8 per element against 150.2 for
+# dx + dμ; the model counts their issue slots, not their memory traffic). Untimed on a GPU so far.
+FUSED_MAX_BLOCK_D = 128
+FUSED_COL_CONFIGS = {
+    "half": ((128, KC(32, 128, 8, 2)),),
+    "fp32": COL_CONFIGS["fp32"],  # unused: fp32 inputs keep the two-pass backward (backward.use_fused)
+}
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
-          "encode": ENCODE_CONFIGS}
+          "encode": ENCODE_CONFIGS, "fused": FUSED_COL_CONFIGS}
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
 # bucket fails to compile or runs slowly, and the timing drops it. The row kernels' one-stage tiles were
@@ -239,6 +277,11 @@ def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
 def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
     """The backward's column-block kernel (dμ): one program owns BLOCK_K codes, streams a row range."""
     return _pick("col", D, dtype, device)
+
+
+def fused_col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The dμ kernel when it also forms dx (the fused backward)."""
+    return _pick("fused", D, dtype, device)
 
 
 def colsum_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

@@ -2,10 +2,11 @@
 
 Run as a script (NOT under TRITON_INTERPRET): it records the launches of the launchers called on small
 CPU tensors for a grid of options (dtype, dot precision, hard, explicit noise, which upstream gradients
-arrive, D bucket) and compiles each distinct variant with ``triton.compile(..., target=GPUTarget("cuda",
-cc, 32))`` to PTX and cubin (gmvq_kernels.devtools). This catches what the interpreter lets through: the
-16-wide dot minimum, type errors in untaken constexpr branches, register and shared-memory overflows,
-for the tables' configs and, on sm_90, config.TUNED's.
+arrive, D bucket, both backward variants) and compiles each distinct variant with
+``triton.compile(..., target=GPUTarget("cuda", cc, 32))`` to PTX and cubin (gmvq_kernels.devtools).
+This catches what the interpreter lets through: the 16-wide dot minimum, type errors in untaken
+constexpr branches, register and shared-memory overflows, for the tables' configs and, on sm_90,
+config.TUNED's.
 Usage: python tests/compile_kernels.py [80 90 ...]
 """
 import os
@@ -63,6 +64,9 @@ def record(arch=None):
                             **{n: torch.randn(N) for n in DIFF_OUTPUTS if n not in ("quantized", "agg_posterior")})
             for keep in grad_sets:
                 backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
+                                  hard=hard, seed=seed, dot_precision=prec)
+            with config.fused_backward_env():  # GMVQ_FUSED_BACKWARD=1: dx's atomics in the dμ kernel
+                backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=0.5,
                                   hard=hard, seed=seed, dot_precision=prec)
             encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
     # the noise kernel is launched only on CUDA / interpreter: record its launches by hand

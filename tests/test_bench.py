@@ -44,7 +44,8 @@ def test_speed_smoke(tmp_path):
     out = run_script(["benchmarks/speed.py", "--smoke", "--out", str(tmp_path / "s.json")], interpret=True)
     import json
     rows = json.load(open(tmp_path / "s.json"))["rows"]
-    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "cdist_argmin"}
+    assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "triton_fused",
+                                             "cdist_argmin"}
     assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out
@@ -104,6 +105,8 @@ def test_gpu_check_dry(tmp_path):
     assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "kernel_times",
             "done"} <= {r["check"] for r in rows}
     assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
+    fused = [r for r in rows if r["check"] == "full" and r["fused_backward"]]
+    assert fused and all(r["ok"] for r in fused), fused
     host = next(r for r in rows if r["check"] == "host_overhead")
     assert all(host[k] > 0 for k in ("us_per_fwd_bwd", "us_fwd_no_grad", "us_fwd_with_graph", "us_bwd_alone")), host
     assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops

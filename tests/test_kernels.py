@@ -124,6 +124,72 @@ def test_split_over_codes_matches_reference(monkeypatch, case, device):
     check_case(N, K, D, device, **case)
 
 
+class _LaunchCounter:
+    """Stands in for a @triton.jit kernel: counts its launches and passes them on."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), dtype=torch.bfloat16),
+                                  dict(shape=(40, 200, 20), dtype=torch.bfloat16, hard=True, prior=True, tau=0.5),
+                                  dict(shape=(13, 37, 11), dtype=torch.bfloat16, offset=30.0),
+                                  dict(shape=(40, 200, 20), dtype=torch.float16, hard=True,
+                                       upstream_only={"agg_posterior"}),
+                                  dict(shape=(13, 37, 72), dtype=torch.bfloat16, hard=True, prior=True),
+                                  dict(shape=(21, 45, 6), dtype=torch.float16, upstream_only={"quantized", "entropy"},
+                                       explicit_noise=True),
+                                  dict(shape=(1, 29, 8), dtype=torch.bfloat16),
+                                  dict(shape=(23, 1, 5), dtype=torch.bfloat16, hard=True),
+                                  # not fused: fp32 inputs, and D beyond config.FUSED_MAX_BLOCK_D
+                                  dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
+                                  dict(shape=(5, 37, 130), dtype=torch.bfloat16)],
+                         ids=["soft", "hard-prior", "clustered", "fp16-hard-agg-only", "D72-hard", "fp16-partial", "N1",
+                              "K1-hard", "fp32", "D130"])
+def test_fused_backward_matches_reference(monkeypatch, case, device):
+    """GMVQ_FUSED_BACKWARD=1 (half inputs, D ≤ 128): dx comes from the dμ pass's atomics and the dx pass
+    does not run (its kernel would count a launch); every output and gradient by the usual rule. A
+    small SM count makes the forward split the codebook and the dμ pass split the rows, so several
+    programs add into each row of dx. fp32 inputs and wider latents take the two-pass backward."""
+    from gmvq_kernels import backward, config
+
+    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
+    monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+    monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
+    dx_pass, dmu_pass = (_LaunchCounter(k) for k in (backward._gmvq_bwd_dx_kernel, backward._gmvq_bwd_dmu_kernel))
+    monkeypatch.setattr(backward, "_gmvq_bwd_dx_kernel", dx_pass)
+    monkeypatch.setattr(backward, "_gmvq_bwd_dmu_kernel", dmu_pass)
+    case = dict(case)
+    N, K, D = case.pop("shape")
+    check_case(N, K, D, device, **case)
+    fused = case.get("dtype", torch.float32) != torch.float32 and D <= config.FUSED_MAX_BLOCK_D
+    assert (dx_pass.launches, dmu_pass.launches) == (0 if fused else 1, 1)
+
+
+def test_fused_backward_yields_to_deterministic_algorithms(monkeypatch, device):
+    """With torch.use_deterministic_algorithms(True) the deterministic dx pass runs although
+    GMVQ_FUSED_BACKWARD=1 (the fused one adds with float atomics, in no fixed order)."""
+    from gmvq_kernels import backward, config
+
+    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
+    assert config.fused_backward()
+    dx_pass = _LaunchCounter(backward._gmvq_bwd_dx_kernel)
+    monkeypatch.setattr(backward, "_gmvq_bwd_dx_kernel", dx_pass)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not config.fused_backward()
+        x, m, lv, _ = make_inputs(13, 37, 11, dtype=torch.bfloat16, device=device, seed=3, requires_grad=True)
+        gk.albo_loss(gk.gmvq(x, m, lv, impl="triton", seed=1)).backward()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert dx_pass.launches == 1 and x.grad is not None
+
+
 # which outputs send an upstream gradient (by name; the others send None)
 UPSTREAM = {
     "only-agg": {"agg_posterior"},
