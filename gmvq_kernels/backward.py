@@ -482,7 +482,7 @@ def _gmvq_bwd_dmu_kernel(
             e_r = e.to(OP_DTYPE).to(mu.dtype)
             dx_t = tl.dot(tl.trans(mu), e_r, input_precision=DOT_PRECISION)
             e_rows = tl.sum(e_r.to(tl.float32), axis=0)
-            row_ok = offs_n < row_hi
+            row_ok = code_mask(offs_n, row_hi, EVEN_N)  # the loop's row mask, folded when BLOCK_N divides N
             tl.atomic_add(dx_acc_ptr + offs_n[None, :] * D + offs_d[:, None], dx_t,
                           mask=row_ok[None, :] & (offs_d[:, None] < D), sem="relaxed")
             tl.atomic_add(dx_sum_ptr + offs_n, e_rows, mask=row_ok, sem="relaxed")

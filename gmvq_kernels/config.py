@@ -154,16 +154,13 @@ ENCODE_CONFIGS = {
 }
 # The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D ≤ FUSED_MAX_BLOCK_D) also
 # holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
-# (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 82.2 and 89.9 instructions per element
-# at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 200 B of spills). Not at D = 256: there
+# (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 80.9 and 88.9 instructions per element
+# at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 216 B of spills). Not at D = 256: there
 # it needs 197632 B of shared memory, beyond an A100's 163 KiB, and the (32, 64, 4, 2) that fits spills
 # 1028 B, 9.4 local loads and stores per element in its loop (124.8 per element against 150.2 for
 # dx + dμ; the model counts their issue slots, not their memory traffic). Untimed on a GPU so far.
 FUSED_MAX_BLOCK_D = 128
-FUSED_COL_CONFIGS = {
-    "half": ((128, KC(32, 128, 8, 2)),),
-    "fp32": COL_CONFIGS["fp32"],  # unused: fp32 inputs keep the two-pass backward (backward.use_fused)
-}
+FUSED_COL_CONFIGS = {"half": ((128, KC(32, 128, 8, 2)),)}  # no fp32 row: fp32 keeps two passes (backward.use_fused)
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
           "encode": ENCODE_CONFIGS, "fused": FUSED_COL_CONFIGS}

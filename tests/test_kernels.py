@@ -379,10 +379,16 @@ class AllocationRecorder(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused-backward"])
 @pytest.mark.parametrize("hard", [False, True])
-def test_no_n_by_k_allocation(hard, device):
+def test_no_n_by_k_allocation(hard, fused, device, monkeypatch):
+    """fused: bf16 with GMVQ_FUSED_BACKWARD=1 (its dx buffers are (N, D) and (N,))."""
+    from gmvq_kernels import config
+
+    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1" if fused else "0")
     N, K, D = 32, 512, 2  # N·K = 16384 ≫ N·D = 64 and K·D = 1024 (sizes compared in bytes)
-    x, m, lv, lp = [t.requires_grad_() for t in make_inputs(N, K, D, prior=True, device=device)]
+    dtype = torch.bfloat16 if fused else torch.float32
+    x, m, lv, lp = [t.requires_grad_() for t in make_inputs(N, K, D, dtype=dtype, prior=True, device=device)]
     rec = AllocationRecorder()
     with rec:
         out = gk.gmvq(x, m, lv, lp, impl="triton", hard=hard)
