@@ -19,14 +19,12 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper as
   the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit; row blocks on two threads)
+  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
   and −log(−log u) with NumPy's accurate fp32 logs (``bits_to_gumbel_numpy``), which keep their
   relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
   kernels'). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in torch
   integer ops, which the compiler fuses) and ``words_to_gumbel``, the same transform in torch ops.
 """
-import os
-
 import numpy as np
 import torch
 import triton
@@ -235,40 +233,22 @@ def _philox_block(n, J, lo, hi):
     return E[0], O[0], E[1], O[1]
 
 
-_POOL = (None, None)  # (pid, executor)
-
-
-def _cpu_pool():
-    """Two worker threads, made anew in a forked child (a parent's pool has no threads there)."""
-    global _POOL
-    if _POOL[0] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = (os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="gmvq-noise"))
-    return _POOL[1]
-
-
 def _philox_numpy(N, K, seed, row_offset, out, transform, finish=None):
     """Fill ``out`` (N, ceil(K/4), 4): out[n, j, i] = transform(word i of call j of row row_offset + n),
-    then ``finish`` (if given) on each row block's slab of ``out``, in place. Row blocks run on two
-    threads when torch may use two (NumPy releases the GIL in its loops)."""
+    then ``finish`` (if given) on each row block's slab of ``out``, in place, while it is in cache. One
+    thread: in a training step, right after torch's ops, two worker threads (NumPy releases the GIL)
+    lost to OpenMP's idle spin on the second core (benchmarks/README.md, "The CPU training step")."""
     lo, hi = split_seed(seed)
     J = out.shape[1]
     rows = max(1, _BLOCK_CALLS // J)
 
-    def block(start):
+    for start in range(0, N, rows):
         n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)
         dst = out[start:start + len(n)]
         for i, w in enumerate(_philox_block(n, J, lo, hi)):
             dst[:, :, i] = transform(w)
         if finish is not None:
             finish(dst)
-
-    starts = range(0, N, rows)
-    if len(starts) > 1 and torch.get_num_threads() > 1:
-        list(_cpu_pool().map(block, starts))
-    else:
-        for start in starts:
-            block(start)
 
 
 def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
@@ -282,7 +262,7 @@ def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.nda
 def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
     """The CPU twin of the kernels' noise, (N, K) fp32: ``bits_to_gumbel_numpy`` of the top 23 bits
     of ``philox_words_numpy(...)``'s words, without the (N, K) int64 words: r >> 9 goes straight into
-    fp32 (exact), and each row block is transformed on its thread while it is in cache."""
+    fp32 (exact), and each row block is transformed while it is in cache."""
     h = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
     _philox_numpy(N, K, seed, row_offset, h, lambda w: w >> np.uint64(9), bits_to_gumbel_numpy)
     return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()

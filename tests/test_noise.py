@@ -99,7 +99,7 @@ def philox_exact(counter, key, rounds=7):
     return c
 
 
-# shapes: one row block; 5 row blocks of one row each (4·32768 + 3 codes: on the threads); long rows
+# shapes: one row block; 5 row blocks of one row each (4·32768 + 3 codes); long rows
 TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5), (9, 1100, 16, 2**40),
               (4, 5, 4 * 32768 + 3, 11)]
 
