@@ -6,11 +6,13 @@ gradients for quantized, latent_nll and agg_posterior; mode "encode": the one la
 path ``gmvq_encode``) without running it, with the configs the launchers
 pick on an H100/H200 (132 SMs) and the JIT's argument specialisation. Each distinct kernel is compiled
 for sm_90 (and sm_80 with ``--arch 80 90``) with the ptxas bundled in triton's wheel and disassembled
-with the bundled nvdisasm. Per kernel it reports registers, spill bytes, shared memory, resident
-warps/SM, grid, and the thread-instructions per (n, k) element of one pass by class, read from the main
-loop (the outermost backward branch). A FlashAttention-2-style kernel pair (forward + backward with
-queries = x, keys = values = the codebook) is compiled in the same run as the yardstick, and so is the
-standalone kernel of ``gumbel_noise`` (the cost of the noise alone, per element drawn).
+with the bundled nvdisasm. Per kernel it reports registers, spill bytes, whether ptxas serialised its
+wgmma (its warnings C7515, C7512, ...: each then waits for the one before, which the instruction
+counts do not show), shared memory, resident warps/SM, grid, and the thread-instructions per (n, k)
+element of one pass by class, read from the main loop (the outermost backward branch). A
+FlashAttention-2-style kernel pair (forward + backward with queries = x, keys = values = the
+codebook) is compiled in the same run as the yardstick, and so is the standalone kernel of
+``gumbel_noise`` (the cost of the noise alone, per element drawn).
 
 Throughput model (H200 SXM, stated, not measured): 132 SMs at 1.98 GHz; per SM and clock 4 warp-
 instructions issued (128 thread-instructions), FP32 128, integer ALU 64, IMAD 64, MUFU 16, conversions 16,
@@ -24,7 +26,8 @@ not an A100 estimate).
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard (both backward
                                                           # variants: "-fused") and encode
     python benchmarks/static_cost.py --out F.json --md F.md
-    python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill (CI)
+    python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill or
+                                                          # serialised wgmma (CI)
 
 The launches take the configs the launchers pick on that arch: ``config.TUNED``'s measured entries first
 (what an H100/H200 runs), then the tables. ``--fast`` takes the tables alone: it guards the kernels at the
@@ -101,9 +104,9 @@ def analyse(launch, cc, cache):
     key = (devtools.variant_key(launch), cc)
     if key not in cache:
         kernel = devtools.compile_launch(launch, cc)
-        regs, spills, _ = devtools.resource_usage(kernel)
+        regs, spills, _, serialized = devtools.resource_usage(kernel)
         cache[key] = dict(kernel=kernel, regs=regs, spill_bytes=spills, shared=kernel.metadata.shared,
-                          sass=devtools.read_sass(kernel))
+                          wgmma_serialized=serialized, sass=devtools.read_sass(kernel))
     return cache[key]
 
 
@@ -144,7 +147,8 @@ def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True):
         m = model(info, launch, N * K, dot_kind(dtype, prec))
         rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",
                          arch=f"sm_{cc}", kernel=launch.name, regs=info["regs"],
-                         spill_bytes=info["spill_bytes"], shared_bytes=info["shared"],
+                         spill_bytes=info["spill_bytes"], wgmma_serialized=info["wgmma_serialized"],
+                         shared_bytes=info["shared"],
                          num_warps=launch.kwargs.get("num_warps", 4),
                          block=[launch.kwargs["BLOCK_N"], launch.kwargs["BLOCK_K"]], **m))
     total = dict(shape=list(shape), mode=mode, dtype=rows[0]["dtype"], arch=f"sm_{cc}", passes=len(rows),
@@ -263,13 +267,14 @@ def noise_cost(cc, cache, num_warps=4):
 # ---------------------------------------------------------------------------------------------------
 
 def markdown(result):
-    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | warps/SM | grid | block (N×K), warps | "
+    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | wgmma | warps/SM | grid | block (N×K), warps | "
              "instr/elem | MUFU/elem | MMA in loop | bound | model ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mma = ", ".join(f"{op.split('.')[1]}×{n}" for op, n in r["mma"].items()) or "—"
+        wgmma = f"serialised {r['wgmma_serialized']}" if r["wgmma_serialized"] else "ok"
         lines.append(f"| {', '.join(map(str, r['shape']))} | {r['mode']} | {r['dtype']} | {r['kernel']} | "
-                     f"{r['regs']} | {r['spill_bytes']} | {r['warps_per_sm']} | {r['grid']} | "
+                     f"{r['regs']} | {r['spill_bytes']} | {wgmma} | {r['warps_per_sm']} | {r['grid']} | "
                      f"{r['block'][0]}×{r['block'][1]}, {r['num_warps']} | {r['instr_per_elem']:.1f} | "
                      f"{r['classes'].get('MUFU', 0):.2f} | {mma} | {r['bound']} | {r['model_ms']:.3f} |")
     lines += ["", "| N, K, D | mode | dtype | arch | passes | instr/elem (sum) | MUFU/elem | model ms (fwd+bwd) | "
@@ -297,8 +302,8 @@ def main(argv=None):
                         "hard, encode: the default, deterministic kernels)")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true",
-                   help=f"shapes {FAST_SHAPES} only, the tables' configs; exit 1 on any spill or a kernel that does "
-                        "not fit an SM")
+                   help=f"shapes {FAST_SHAPES} only, the tables' configs; exit 1 on any spill, a kernel that does "
+                        "not fit an SM, or one whose wgmma ptxas serialises")
     p.add_argument("--tables", action="store_true",
                    help="the tables' configs on sm_90 too (what a GPU without config.TUNED entries runs)")
     p.add_argument("--out", help="write JSON here")
@@ -345,7 +350,11 @@ def main(argv=None):
     for r in unfit:
         print(f"DOES NOT FIT: {r['kernel']} {r['shape']} {r['mode']} {r['dtype']} {r['arch']}: "
               f"{r['shared_bytes']} B of shared memory, {r['regs']} registers")
-    return 1 if (args.fast and (spills or unfit)) else 0
+    serialized = [r for r in rows if r["wgmma_serialized"]]
+    for r in serialized:
+        print(f"WGMMA SERIALISED (ptxas {r['wgmma_serialized']}): {r['kernel']} {r['shape']} {r['mode']} {r['dtype']} "
+              f"{r['arch']}")
+    return 1 if (args.fast and (spills or unfit or serialized)) else 0
 
 
 if __name__ == "__main__":

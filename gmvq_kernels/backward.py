@@ -52,8 +52,8 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
-                    row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts, sum_splits,
-                    tile_code, y_scale)
+                    nonempty_range, row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
+                    split_parts, split_row_range, sum_splits, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -250,6 +250,7 @@ def _gmvq_bwd_dx_kernel(
     when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
+    k_lo, k_hi = nonempty_range(k_lo, k_hi)
     DEFER_DQ: tl.constexpr = codes_ptr is not None
     # Δy from the forward's sums (ysum_ptr given): no Δ pass's Y to agree with bit for bit, so the loop
     # forms Y − Δy directly (upstream_value)
@@ -389,7 +390,8 @@ def _gmvq_bwd_dmu_kernel(
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    split = tl.program_id(1).to(tl.int64)
+    split, row_lo, row_hi = split_row_range(rows_per_split, N)
+    row_lo, row_hi = nonempty_range(row_lo, row_hi)
     offs_d = tl.arange(0, BLOCK_D)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
@@ -407,8 +409,6 @@ def _gmvq_bwd_dmu_kernel(
     e_d = tl.zeros((BLOCK_K,), tl.float32)
     gs_y = tl.zeros((BLOCK_K,), tl.float32)
     d_log_pi = tl.zeros((BLOCK_K,), tl.float32)
-    row_lo = split * rows_per_split
-    row_hi = tl.minimum(row_lo + rows_per_split, N)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]

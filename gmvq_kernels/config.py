@@ -189,6 +189,8 @@ CANDIDATES = {
 # tuning run (whole fwd+bwd, bf16 soft). With the row winner (64, 32, 4, 2) dx now spills 644 B, 5 local
 # loads/stores per element in its loop (static report; 76 B and 0.4 with the table's (128, 32, 8, 2)),
 # where it was 1.5 % faster than the table before the change. The next --tune run re-times all three.
+# All entries were timed while ptxas serialised the dx and dμ kernels' wgmma (README "Speed", item 20,
+# fixed 2026-12-01), so the next --tune may pick differently (the one-stage candidates too).
 # tests/compile_kernels.py compiles the TUNED entries for sm_90 too.
 # BEGIN TUNED
 TUNED = {

@@ -139,7 +139,11 @@ def _run_tool(tool, *args, data: bytes, suffix: str):
 
 
 def resource_usage(kernel):
-    """(registers, spill bytes (stores + loads) per thread, stack bytes) from ptxas' report."""
+    """(registers, spill bytes (stores + loads) per thread, stack bytes, wgmma serialised) from ptxas'
+    report. The last is "" or the codes of ptxas' performance warnings that it serialised the kernel's
+    wgmma, every one waiting for the one before: C7515 (non-wgmma instructions defining accumulator
+    registers inside a pipeline stage; tiles.nonempty_range names the cause found in these kernels),
+    C7512 (insufficient register resources), ..."""
     cc = kernel.metadata.target.arch
     arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +155,9 @@ def resource_usage(kernel):
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
     stack = re.search(r"(\d+) bytes (?:cumulative )?stack", log)
-    return regs, spills, int(stack.group(1)) if stack else 0
+    serialized = sorted(set(re.findall(r"\((C\d+)\) Potential Performance Loss: wgmma\.mma_async instructions are "
+                                       r"serialized", log)))
+    return regs, spills, int(stack.group(1)) if stack else 0, " ".join(serialized)
 
 
 _INSTR = re.compile(r"/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")

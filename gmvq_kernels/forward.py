@@ -27,8 +27,8 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, row_tile, softmax_prob, split_code_range, split_hi_lo,
-                    split_parts, sq_norms, sum_splits, y_scale)
+                    load_rows, load_stats, noise_tile, nonempty_range, row_tile, softmax_prob, split_code_range,
+                    split_hi_lo, split_parts, split_row_range, sq_norms, sum_splits, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -73,6 +73,7 @@ def _gmvq_fwd_kernel(
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     if SPLIT:
         split, k_lo, k_hi = split_code_range(codes_per_split, K)
+        k_lo, k_hi = nonempty_range(k_lo, k_hi)  # serialised wgmma at D = 32 without (tiles.nonempty_range)
     else:
         k_lo = 0
         k_hi = K
@@ -216,10 +217,8 @@ def _gmvq_fwd_colsum_kernel(
     ``_gmvq_fwd_kernel``."""
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    split = tl.program_id(1)
+    split, row_lo, row_hi = split_row_range(rows_per_split, N)
     offs_d = tl.arange(0, BLOCK_D)
-    row_lo = split.to(tl.int64) * rows_per_split
-    row_hi = tl.minimum(row_lo + rows_per_split, N)
     mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):

@@ -177,6 +177,21 @@ def code_row_distance(x_ptr, means_ptr, mm_ptr, code, xx, nd, mask_nd, D, offs_d
 
 
 @triton.jit
+def nonempty_range(lo, hi):
+    """(lo, hi) of a main loop that carries a dot accumulator (dx's, dμ's, the split forward's), told to
+    the compiler to be non-empty: every launcher gives each split at least one tile (config.split_codes,
+    config.split_rows; K, N ≥ 1). Without it the loop has a zero-trip path whose zeroing of the
+    accumulator lies, in the PTX, between the loop's last asynchronous wgmma and its wait after the loop,
+    and ptxas then serialises every wgmma of the kernel (its warning C7515: each waits for the one
+    before; the static report's "wgmma" column): dx and dμ at every anchor shape, and the split forward
+    at D = 32. Elsewhere it only moved registers (encode, fp32 tf32x3 at D = 256: 8 → 152 B of spills;
+    the unsplit fp32 forward at D = 128: 1420 → 1564 B), so the Δ, q̄ and encode loops and the unsplit
+    forward's go without."""
+    tl.assume(hi > lo)
+    return lo, hi
+
+
+@triton.jit
 def split_code_range(codes_per_split, K):
     """(split, first code, end code) of this program's share of the codebook: split = program_id(1),
     codes_per_split a whole number of tiles (config.split_codes; one split covers all K). int32 is
@@ -185,6 +200,15 @@ def split_code_range(codes_per_split, K):
     split = tl.program_id(1)
     k_lo = split * codes_per_split
     return split, k_lo, tl.minimum(k_lo + codes_per_split, K)
+
+
+@triton.jit
+def split_row_range(rows_per_split, N):
+    """(split, first row, end row) of a column kernel's share of the rows: split = program_id(1) (int64),
+    rows_per_split a whole number of row tiles (config.split_rows)."""
+    split = tl.program_id(1).to(tl.int64)
+    row_lo = split * rows_per_split
+    return split, row_lo, tl.minimum(row_lo + rows_per_split, N)
 
 
 @triton.jit

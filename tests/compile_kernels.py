@@ -5,8 +5,8 @@ CPU tensors for a grid of options (dtype, dot precision, hard, explicit noise, w
 arrive, D bucket, both backward variants) and compiles each distinct variant with
 ``triton.compile(..., target=GPUTarget("cuda", cc, 32))`` to PTX and cubin (gmvq_kernels.devtools).
 This catches what the interpreter lets through: the 16-wide dot minimum, type errors in untaken
-constexpr branches, register and shared-memory overflows, for the tables' configs and, on sm_90,
-config.TUNED's.
+constexpr branches, register and shared-memory overflows, and on sm_90 wgmma that ptxas serialises for
+want of a non-empty loop (its warning C7515), for the tables' configs and, on sm_90, config.TUNED's.
 Usage: python tests/compile_kernels.py [80 90 ...]
 """
 import os
@@ -92,6 +92,12 @@ def main(capabilities):
                 assert kernel.asm.get("cubin"), "no cubin produced"
                 shared = kernel.metadata.shared
                 assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
+                if cc >= 90:  # every wgmma would wait for the one before (devtools.resource_usage)
+                    serialized = devtools.resource_usage(kernel)[3]
+                    # C7515 has a fix (tiles.nonempty_range); the register-bound kinds (C7511, C7512) are
+                    # known at D = 512 (bf16: a 64 × 512 fp32 accumulator on 4 warps) and in fp32's dμ at
+                    # D = 256, configs that spill anyway (config.py)
+                    assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
             except Exception as e:  # report every failing variant, not just the first
                 failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
     print(f"compiled {len(seen)} kernel variants for sm_{', sm_'.join(map(str, capabilities))} (with "

@@ -21,7 +21,7 @@ def test_kernels_compile_for_sm80_and_sm90():
 def test_static_cost_fast_mode_has_no_spills(tmp_path):
     """benchmarks/static_cost.py --fast: three small shapes (one splits the codebook, one at D = 128), bf16, soft
     and hard (every kernel of one fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it
-    exits 1 on any spill."""
+    exits 1 on any spill or serialised wgmma."""
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
@@ -35,6 +35,9 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     assert {r["shape"][2] for r in report["rows"] if r["kernel"] == "_gmvq_bwd_delta_kernel"} == {128}
     for r in report["rows"]:
         assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
+        # ptxas serialised every wgmma of dx and dμ (and of the split forward at D = 32) until their loops
+        # were declared non-empty (tiles.nonempty_range)
+        assert not r["wgmma_serialized"], r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
         if r["kernel"] == "_gmvq_bwd_delta_kernel":
             # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
