@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gmvq_kernels import autotune, config
 from gmvq_kernels.config import KC
@@ -157,3 +159,21 @@ def test_split_codes_only_splits_into_parts_of_16384_codes(monkeypatch, N, K, sp
     assert got == splits and (got == 1 or per_split >= config.SPLIT_MIN_CODES == 16384)
     assert -(-K // per_split) == got  # every split has codes
     assert config.split_codes(8192, 1024, 64, 32, torch.device("cuda"), min_codes=0)[0] == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(N=st.integers(1, 2**20), K=st.integers(1, 2**20), block_n=st.sampled_from([16, 32, 64, 128, 256]),
+       block_k=st.sampled_from([16, 32, 64, 128, 256, 512]), sms=st.integers(1, 200),
+       min_codes=st.sampled_from([None, 0, 1, 16384]))
+def test_every_split_holds_a_tile(N, K, block_n, block_k, sms, min_codes):
+    """The kernels tell the compiler that a split's loop range is non-empty (tiles.nonempty_range, which
+    keeps ptxas from serialising their wgmma); an empty split would then run its loop once on garbage.
+    So every split that config.split_codes and config.split_rows make holds codes (rows), in whole
+    tiles, and the splits cover all of K (N) exactly once."""
+    dev = torch.device("cuda")
+    with pytest.MonkeyPatch.context() as mp:  # hypothesis runs many examples per (function-scoped) fixture
+        mp.setattr(config, "sm_count", lambda device: sms)
+        code_splits, codes = config.split_codes(N, K, block_n, block_k, dev, min_codes=min_codes)
+        row_splits, rows = config.split_rows(N, -(-K // block_k), block_n, dev)
+    assert codes % block_k == 0 and (code_splits - 1) * codes < K <= code_splits * codes
+    assert rows % block_n == 0 and (row_splits - 1) * rows < N <= row_splits * rows
