@@ -180,7 +180,7 @@ def code_row_distance(x_ptr, means_ptr, mm_ptr, code, xx, nd, mask_nd, D, offs_d
 def nonempty_range(lo, hi):
     """(lo, hi) of a main loop that carries a dot accumulator (dx's, dμ's, the split forward's), told to
     the compiler to be non-empty: every launcher gives each split at least one tile (config.split_codes,
-    config.split_rows; K, N ≥ 1). Without it the loop has a zero-trip path whose zeroing of the
+    config.split_rows, K, N ≥ 1; tests/test_autotune.py checks it). Without it the loop has a zero-trip path whose zeroing of the
     accumulator lies, in the PTX, between the loop's last asynchronous wgmma and its wait after the loop,
     and ptxas then serialises every wgmma of the kernel (its warning C7515: each waits for the one
     before; the static report's "wgmma" column): dx and dμ at every anchor shape, and the split forward
