@@ -167,9 +167,11 @@ TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "del
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
 # bucket fails to compile or runs slowly, and the timing drops it. The row kernels' one-stage tiles were
-# added on 2026-11-30 (later): without the prefetch's registers dx at D = 128 takes 49.6 instead of 54.3
-# instructions per element and at D = 256 spills 68 instead of 76 B, while loads wait on memory, which
-# the model does not see. Untimed so far.
+# added on 2026-11-30 (later): without the prefetch's registers dx at D = 128 took 49.6 instead of 54.3
+# instructions per element and at D = 256 spilled 68 instead of 76 B, while loads wait on memory, which
+# the model does not see. Most of that gap was ptxas serialising the two-stage dx's wgmma (the one-stage
+# loops never were); since README "Speed", item 20: 51.5 against 52.7.
+# Untimed so far.
 CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1),
             KC(64, 32, 4, 1), KC(128, 32, 8, 1)),
