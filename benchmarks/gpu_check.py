@@ -14,8 +14,9 @@
    (8192, 1024, 64) from a CUDA-graph replay (graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
-3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, and with the fused
-   backward at D ≤ 128), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
+3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
+   backward at D ≤ 128, and with GMVQ_SERIAL_WGMMA=1: the loops before README "Speed", item 20), the K
+   and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
    are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, block_d, col_config, delta_config, fused_backward,
-                     fused_col_config, row_config, split_codes, split_rows)
+                     fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
@@ -226,7 +226,8 @@ def _gmvq_bwd_dx_kernel(
     dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
@@ -237,7 +238,8 @@ def _gmvq_bwd_dx_kernel(
     delta_q (N,) from the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32,
     gc = Ḡ_q̄/N (K,) fp32, each or None. inv_tau = 1/τ, y_scale = log2(e)/τ. OP_DTYPE: x's dtype, which
     the tiles entering a dot are rounded to by name (a no-op on a GPU, where μ has it; the interpreter's
-    operands are fp32).
+    operands are fp32). NONEMPTY: the loop's range is declared non-empty (tiles.nonempty_range; False
+    only for config.serial_wgmma's side-by-side timing).
 
     With codes (N,) int64, the forward's argmax codes (``defer_delta_q``), the kernel replaces the Δ
     pass. Δq is unknown until a row's codes are all seen, so the loop runs with a stand-in c_n = Ḡ_c at
@@ -250,7 +252,7 @@ def _gmvq_bwd_dx_kernel(
     when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
-    k_lo, k_hi = nonempty_range(k_lo, k_hi)
+    k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)
     DEFER_DQ: tl.constexpr = codes_ptr is not None
     # Δy from the forward's sums (ysum_ptr given): no Δ pass's Y to agree with bit for bit, so the loop
     # forms Y − Δy directly (upstream_value)
@@ -371,7 +373,7 @@ def _gmvq_bwd_dmu_kernel(
     acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    OP_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """The partial sums behind dμ = acc − μ Σ_n e of BLOCK_K codes over one split of rows
@@ -391,7 +393,7 @@ def _gmvq_bwd_dmu_kernel(
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
-    row_lo, row_hi = nonempty_range(row_lo, row_hi)
+    row_lo, row_hi = nonempty_range(row_lo, row_hi, NONEMPTY)
     offs_d = tl.arange(0, BLOCK_D)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
@@ -553,6 +555,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     rcfg, ccfg = row_config(D, x.dtype, dev), (fused_col_config if fused else col_config)(D, x.dtype, dev)
     seed_lhp = seed_args(seed)
     op_dtype = TL_DTYPES[x.dtype]
+    nonempty = not serial_wgmma()  # dx's and dμ's loops declared non-empty (tiles.nonempty_range)
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
                       num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
@@ -592,7 +595,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q), dd_part, acc_part,
             y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
-            N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, **row_launch)
+            N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
+            **row_launch)
         dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
         if defer:
             delta_q = sum_splits(dq_part, splits)
@@ -613,7 +617,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
         *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
-        DOT_PRECISION=prec, OP_DTYPE=op_dtype, BLOCK_N=ccfg.BLOCK_N,
+        DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)
         dx = dx_acc.addcmul_(x, dx_sum[:, None], value=-1.0)

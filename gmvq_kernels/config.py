@@ -58,18 +58,34 @@ def fused_backward() -> bool:
 
 
 @contextlib.contextmanager
-def fused_backward_env(on: bool = True):
-    """Within the block ``GMVQ_FUSED_BACKWARD`` is "1" (or "0"), process-wide: for the tests and the
-    benchmarks, which time and report both backward variants in one run."""
-    saved = os.environ.get(FUSED_BACKWARD_ENV)
-    os.environ[FUSED_BACKWARD_ENV] = "1" if on else "0"
+def env_flag(name: str, on: bool = True):
+    """Within the block the environment variable ``name`` is "1" (or "0"), process-wide: for the tests
+    and the benchmarks, which time and report both variants of a kernel in one run."""
+    saved = os.environ.get(name)
+    os.environ[name] = "1" if on else "0"
     try:
         yield
     finally:
         if saved is None:
-            del os.environ[FUSED_BACKWARD_ENV]
+            del os.environ[name]
         else:
-            os.environ[FUSED_BACKWARD_ENV] = saved
+            os.environ[name] = saved
+
+
+def fused_backward_env(on: bool = True):
+    """``env_flag`` of ``GMVQ_FUSED_BACKWARD``."""
+    return env_flag(FUSED_BACKWARD_ENV, on)
+
+
+SERIAL_WGMMA_ENV = "GMVQ_SERIAL_WGMMA"
+
+
+def serial_wgmma() -> bool:
+    """``GMVQ_SERIAL_WGMMA=1`` (read at each call; for side-by-side timing only): the forward, dx and dμ
+    kernels leave out the non-empty loop assumption (tiles.nonempty_range), as before README "Speed",
+    item 20, so that ptxas serialises their wgmma again. ``speed.py`` times it as provider
+    "triton_serial" beside the default, to measure what item 20 gained."""
+    return os.environ.get(SERIAL_WGMMA_ENV, "0") == "1"
 
 
 # half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:

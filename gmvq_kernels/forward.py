@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, colsum_config, row_config, split_codes, split_rows
+from .config import block_d, colsum_config, row_config, serial_wgmma, split_codes, split_rows
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
@@ -47,7 +47,7 @@ def _gmvq_fwd_kernel(
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, NONEMPTY: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
@@ -67,13 +67,16 @@ def _gmvq_fwd_kernel(
     ``delta_from_forward``): the soft sample's sums [Σ y μ, Σ y d a, Σ y σ²] are written in fp32 to
     ysum (N, D + 2) for the backward, in hard mode too.
 
+    NONEMPTY: the split loop's range is declared non-empty (tiles.nonempty_range; False only for
+    config.serial_wgmma's side-by-side timing).
+
     SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
     int64: best code and hard code, part_z (splits, N, D) fp32: Σ p_y μ); ``combine_splits`` merges."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     if SPLIT:
         split, k_lo, k_hi = split_code_range(codes_per_split, K)
-        k_lo, k_hi = nonempty_range(k_lo, k_hi)  # serialised wgmma at D = 32 without (tiles.nonempty_range)
+        k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)  # serialised wgmma at D = 32 without
     else:
         k_lo = 0
         k_hi = K
@@ -275,6 +278,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         xk, mk, a, b, v, mm, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, xx, part, part_k, part_z,
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
+        NONEMPTY=not serial_wgmma(),
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

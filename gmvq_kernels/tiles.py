@@ -177,7 +177,7 @@ def code_row_distance(x_ptr, means_ptr, mm_ptr, code, xx, nd, mask_nd, D, offs_d
 
 
 @triton.jit
-def nonempty_range(lo, hi):
+def nonempty_range(lo, hi, ASSUME: tl.constexpr = True):
     """(lo, hi) of a main loop that carries a dot accumulator (dx's, dμ's, the split forward's), told to
     the compiler to be non-empty: every launcher gives each split at least one tile (config.split_codes,
     config.split_rows, K, N ≥ 1; tests/test_autotune.py checks it). Without it the loop has a zero-trip path whose zeroing of the
@@ -186,8 +186,9 @@ def nonempty_range(lo, hi):
     before; the static report's "wgmma" column): dx and dμ at every anchor shape, and the split forward
     at D = 32. Elsewhere it only moved registers (encode, fp32 tf32x3 at D = 256: 8 → 152 B of spills;
     the unsplit fp32 forward at D = 128: 1420 → 1564 B), so the Δ, q̄ and encode loops and the unsplit
-    forward's go without."""
-    tl.assume(hi > lo)
+    forward's go without. ASSUME False (config.serial_wgmma: for side-by-side timing) leaves it out."""
+    if ASSUME:
+        tl.assume(hi > lo)
     return lo, hi
 
 

@@ -56,3 +56,16 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     # natural-unit logs 4 more than the cubic and log₂ units
     (noise,) = report["noise"]
     assert noise["spill_bytes"] == 0 and 20 < noise["instr_per_elem"] <= 26, noise
+
+
+def test_static_cost_fast_mode_fails_on_serialised_wgmma(tmp_path):
+    """With GMVQ_SERIAL_WGMMA=1 (config.serial_wgmma: the loops as before README "Speed", item 20) ptxas
+    serialises the wgmma of dx and dμ again, and --fast reports it and exits 1: the guard above can fail."""
+    out = tmp_path / "static.json"
+    proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--modes", "soft", "--out", str(out)],
+                          cwd=ROOT, env=dict(ENV, GMVQ_SERIAL_WGMMA="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    serialized = {r["kernel"] for r in report["rows"] if "C7515" in r["wgmma_serialized"]}
+    assert {"_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"} <= serialized, serialized
+    assert "WGMMA SERIALISED (ptxas C7515): _gmvq_bwd_dx_kernel" in proc.stdout
