@@ -302,9 +302,12 @@ def delta_from_forward(dtype, hard, D):
     kernel's p_hi + p_lo split of p_y: 2⁻¹⁷ in bf16) the two ways differ by ~2⁻¹⁷·|μ|/spread relative in
     Y − Δy. fp32 inputs keep the recompute, whose Y − Δy cancels exactly per element: from the forward,
     the CPU tests saw 5e-6 error in dx against a bound of 5e-7 (1e-5 of max|dx|) at K = 1. Hard mode at
-    D > 128 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers
-    for a (128, 256) fp32 accumulator (static report: 0 → 884 B of spills)."""
-    return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 128)
+    D > 256 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers
+    for a (64, 512) fp32 accumulator (static report at (8192, 4096, 512): spills 3.0 → 10.7 KB, its
+    wgmma serialised, 531 → 676 per element). At D ≤ 256 the sums pay (at (65536, 16384, 256): forward
+    55.1 → 75.6 per element and 40 → 316 B of spills, the soft forward's; Δ 46.0 → 14.4; 269.7 → 257.7
+    per element in all)."""
+    return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 256)
 
 
 def combine_splits(part, part_k, part_z, x, xx, means, a, v, mm, tau, hard):

@@ -72,7 +72,8 @@ def test_half_agg_posterior_gradient_with_a_common_part(seed, dtype, upstream_on
 def test_wide_latents_match_reference(D, hard, device):
     """BLOCK_D 128 and 256, half inputs: the Δ pass runs (the dx pass takes Δq only up to 64), dx forms
     Y − Δy in place from the forward's sums, and hard mode adds the sample's Ḡ_lat·a term after dx's loop
-    at 128 but keeps the one-hot in the loop at 256 (where its Δ pass also recomputes Δy)."""
+    at 128 but keeps the one-hot in the loop at 256 (in hard mode too the forward keeps the soft sums
+    up to D = 256: forward.delta_from_forward)."""
     check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=0.5)
 
 
