@@ -20,9 +20,9 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
 - On CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper as
   the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
   CPU it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
-  and −log(−log u) with NumPy's accurate fp32 logs (``bits_to_gumbel_numpy``), which keep their
-  relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
-  kernels'). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in torch
+  and −log(−log u) with accurate fp32 logs, NumPy's or torch's, whichever is faster on the CPU
+  (``bits_to_gumbel_numpy``), which keep their relative accuracy for u near 1, so the cubic is not
+  needed there (results within a few ulps of the kernels'). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in torch
   integer ops, which the compiler fuses) and ``words_to_gumbel``, the same transform in torch ops.
 """
 import numpy as np
@@ -268,13 +268,33 @@ def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tenso
     return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()
 
 
-def bits_to_gumbel_numpy(h: np.ndarray) -> np.ndarray:
+def _numpy_log_is_avx512() -> bool:
+    """Whether NumPy runs its AVX-512 fp32 log on this CPU (its X86_V4 loops)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get("AVX512_SKX"))
+
+
+# The twin's logs: NumPy's where it has its AVX-512 loop (~3× torch's on one thread there, 32 against
+# 97 µs per 131072 values), torch's elsewhere (on an AVX2-only CPU NumPy's took 1.7 ns a value against
+# torch's 1.2 on one thread, and torch's run on both cores: benchmarks/README.md, "The CPU training
+# step"). A property of the machine, so each machine's noise is deterministic.
+NUMPY_LOGS = _numpy_log_is_avx512()
+
+
+def bits_to_gumbel_numpy(h: np.ndarray, numpy_logs: bool | None = None) -> np.ndarray:
     """The twin's transform, in place on an fp32 array of the words' top 23 bits h = r >> 9:
-    u = (h + ½)·2⁻²³ (exact), g = −log(−log u) with NumPy's fp32 logs. Those are accurate in relative
-    terms (within 4 ulps of torch's on 2²⁰ values in (0, 1); ``words_to_gumbel`` takes torch's), also
-    for u near 1 where −log u is tiny, and SIMD: ~3× torch's log on this project's CPU, one thread each."""
+    u = (h + ½)·2⁻²³ (exact), g = −log(−log u) with accurate fp32 logs: NumPy's or torch's
+    (``numpy_logs``, default ``NUMPY_LOGS``; torch's give ``words_to_gumbel``'s values bit for bit).
+    Both are accurate in relative terms (within 4 ulps of each other on 2²⁰ values in (0, 1)), also for
+    u near 1 where −log u is tiny."""
     h += 0.5
     h *= 2.0**-23
+    if not (NUMPY_LOGS if numpy_logs is None else numpy_logs):
+        torch.from_numpy(h).log_().neg_().log_().neg_()
+        return h
     np.log(h, out=h)
     np.negative(h, out=h)
     np.log(h, out=h)
