@@ -22,8 +22,9 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   CPU it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
   and −log(−log u) with accurate fp32 logs, NumPy's or torch's, whichever is faster on the CPU
   (``bits_to_gumbel_numpy``), which keep their relative accuracy for u near 1, so the cubic is not
-  needed there (results within a few ulps of the kernels'). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in torch
-  integer ops, which the compiler fuses) and ``words_to_gumbel``, the same transform in torch ops.
+  needed there (results within a few ulps of the kernels'). Traced by torch.compile on a CPU, it is
+  ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
+  ``words_to_gumbel``, the same transform in torch ops.
 """
 import numpy as np
 import torch
