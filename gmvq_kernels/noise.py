@@ -278,10 +278,10 @@ def _numpy_log_is_avx512() -> bool:
     return bool(__cpu_features__.get("AVX512_SKX"))
 
 
-# The twin's logs: NumPy's where it has its AVX-512 loop (~3× torch's on one thread there, 32 against
-# 97 µs per 131072 values), torch's elsewhere (on an AVX2-only CPU NumPy's took 1.7 ns a value against
-# torch's 1.2 on one thread, and torch's run on both cores: benchmarks/README.md, "The CPU training
-# step"). A property of the machine, so each machine's noise is deterministic.
+# The twin's logs: NumPy's where it has its AVX-512 loop (~3× as fast as torch's on one thread there,
+# 32 against 97 µs per 131072 values), torch's elsewhere (on an AVX2-only CPU NumPy's took 1.7 ns a
+# value against torch's 1.2 on one thread, and torch's run on both cores: benchmarks/README.md, "The
+# CPU training step"). A property of the machine, so each machine's noise is deterministic.
 NUMPY_LOGS = _numpy_log_is_avx512()
 
 
