@@ -291,11 +291,11 @@ def bits_to_gumbel_numpy(h: np.ndarray, numpy_logs: bool | None = None) -> np.nd
     (``numpy_logs``, default ``NUMPY_LOGS``; torch's give ``words_to_gumbel``'s values bit for bit).
     Both are accurate in relative terms (within 4 ulps of each other on 2²⁰ values in (0, 1)), also for
     u near 1 where −log u is tiny."""
+    if not (NUMPY_LOGS if numpy_logs is None else numpy_logs):
+        _bits_to_gumbel_torch(torch.from_numpy(h))
+        return h
     h += 0.5
     h *= 2.0**-23
-    if not (NUMPY_LOGS if numpy_logs is None else numpy_logs):
-        torch.from_numpy(h).log_().neg_().log_().neg_()
-        return h
     np.log(h, out=h)
     np.negative(h, out=h)
     np.log(h, out=h)
@@ -366,11 +366,17 @@ def _(N, K, seed, row_offset, device):
     return torch.empty((N, K), dtype=torch.float32, device=device)
 
 
+def _bits_to_gumbel_torch(h: torch.Tensor) -> torch.Tensor:
+    """``bits_to_gumbel_numpy``'s transform with torch's fp32 logs, in place on an fp32 tensor of the
+    words' top 23 bits: the one place both ``words_to_gumbel`` and the twin (where it takes torch's
+    logs) form it, so that the two agree bit for bit."""
+    return h.add_(0.5).mul_(2.0**-23).log_().neg_().log_().neg_()
+
+
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
     """g = −log(−log u) of 32-bit words held in an int64 tensor, u as in the kernels' _uniform_to_gumbel,
-    with torch's fp32 logs (what torch.compile traces; the eager twin takes NumPy's,
+    with torch's fp32 logs (what torch.compile traces; the eager twin takes NumPy's or torch's,
     ``bits_to_gumbel_numpy``). They are accurate in relative terms (about an ulp), also for u near 1
     where −log u is tiny, so the kernels' cubic (which makes up for the GPU's absolute-error log) is not
     needed; E = −log u ≥ 2⁻²⁴ > 0, so g is finite for every word."""
-    u = (r >> 9).to(torch.float32).add_(0.5).mul_(2.0**-23)
-    return u.log_().neg_().log_().neg_()
+    return _bits_to_gumbel_torch((r >> 9).to(torch.float32))
