@@ -52,7 +52,7 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
-                    nonempty_range, row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
+                    nonempty_range, row_block_offsets, row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
                     split_parts, split_row_range, sum_splits, tile_code, y_scale)
 
 
@@ -337,14 +337,14 @@ def _gmvq_bwd_dx_kernel(
             qa_mu += tl.dot(qa, mu, input_precision=DOT_PRECISION)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
+    nd = row_block_offsets(BLOCK_N, D, offs_d)
     dd_sum = tl.sum(dd_sum, axis=1)
     if ROW_TERM:
         # the hard sample's Ḡ_lat·a_h at its code h (where the distance clamp passes gradient), in fp32,
         # once per row (split 0) instead of a one-hot in every tile (static report: −3.2 per element at
         # D = 64); h and x loaded here rather than kept live across the loop (D = 128: 60 and 172 B of spills)
         h = tl.load(hard_idx_ptr + offs_n, mask=mask_n, other=0)
-        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, h, xx, offs_n[:, None] * D + offs_d[None, :],
-                                        mask_nd, D, offs_d)
+        mu_h, d_raw = code_row_distance(x_ptr, means_ptr, mm_ptr, h, xx, nd, mask_nd, D, offs_d)
         mu_h = mu_h.to(tl.float32)
         dd_h = tl.where((d_raw >= 0.0) & (split == 0), g_lat * tl.load(a_ptr + h, mask=mask_n, other=0.0), 0.0)
         dd_sum += dd_h
@@ -359,10 +359,10 @@ def _gmvq_bwd_dx_kernel(
             acc += r[:, None] * qa_mu
         else:
             tl.store(qa_part_ptr + split * N + offs_n, qa_sum, mask=mask_n)
-            tl.store(qamu_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], qa_mu, mask=mask_nd)
+            tl.store(qamu_part_ptr + split * N * D + nd, qa_mu, mask=mask_nd)
         tl.store(delta_q_ptr + split * N + offs_n, dq_rel + tl.where(split == 0, delta_q, 0.0), mask=mask_n)
     tl.store(dd_part_ptr + split * N + offs_n, dd_sum, mask=mask_n)
-    tl.store(acc_part_ptr + (split * N + offs_n[:, None]) * D + offs_d[None, :], acc, mask=mask_nd)
+    tl.store(acc_part_ptr + split * N * D + nd, acc, mask=mask_nd)
 
 
 @HEURISTICS

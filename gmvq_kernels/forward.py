@@ -27,7 +27,7 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, nonempty_range, row_tile, softmax_prob, split_code_range,
+                    load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets, row_tile, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sq_norms, sum_splits, y_scale)
 
 
@@ -150,10 +150,7 @@ def _gmvq_fwd_kernel(
         m_y = m_y_new
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
-    # the row block's offsets as a uniform int64 base plus int32 offsets within the block (< BLOCK_N·D),
-    # not offs_n·D + offs_d: that is the prologue's x load, whose 64-bit per-row products the compiler
-    # then kept live across the loop and ptxas spilled (static report: hard, D = 128: 40 → 0 B)
-    nd = tl.program_id(0).to(tl.int64) * BLOCK_N * D + (tl.arange(0, BLOCK_N)[:, None] * D + offs_d[None, :])
+    nd = row_block_offsets(BLOCK_N, D, offs_d)  # not offs_n·D + offs_d (spills: see there)
     if SPLIT:
         part = part_ptr + split * PART_STRIDE * N + offs_n
         tl.store(part + P_M_Q * N, m_q, mask=mask_n)
