@@ -52,8 +52,8 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
                     interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
-                    nonempty_range, row_block_offsets, row_tile, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
-                    split_parts, split_row_range, sum_splits, tile_code, y_scale)
+                    nonempty_range, row_block_offsets, row_tile, softmax_log2prob, softmax_prob, split_code_range,
+                    split_hi_lo, split_parts, split_row_range, sum_splits, tile_code, y_scale)
 
 
 def has_y_grads(args):

@@ -27,8 +27,8 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
                     distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets, row_tile, softmax_prob, split_code_range,
-                    split_hi_lo, split_parts, split_row_range, sq_norms, sum_splits, y_scale)
+                    load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets, row_tile, softmax_prob,
+                    split_code_range, split_hi_lo, split_parts, split_row_range, sq_norms, sum_splits, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
