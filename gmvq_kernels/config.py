@@ -195,8 +195,9 @@ CANDIDATES = {
     "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
     "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
     "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
-    # the fused dμ kernel (GMVQ_FUSED_BACKWARD=1): (16, 128, 8, 2) is spill-free at D = 128 in both modes
-    # where the table's (32, 128, 8, 2) spills 136 / 112 B, but models 8 % slower per fwd+bwd (2026-12-01)
+    # the fused dμ kernel (GMVQ_FUSED_BACKWARD=1), at (32768, 8192, 128) soft / hard (2026-12-01): the
+    # table's (32, 128, 8, 2) spills 136 / 112 B; (16, 128, 8, 2) none, but models 8 % slower per
+    # fwd+bwd; (32, 64, 4, 2) models 6–7 % faster than the table, spilling 84 / 252 B
     "fused": (KC(32, 128, 8, 2), KC(16, 128, 8, 2), KC(32, 64, 4, 2)),
 }
 
