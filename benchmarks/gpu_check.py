@@ -2,7 +2,8 @@
 
 0. The GPU's Gumbel noise against the exact transform in float64, and a KS fit of 2²² draws.
 1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
-   hard, with a prior, and the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
+   hard, with a prior, latents far from the origin with and without the norm dot (GMVQ_NORM_DOT=0), and
+   the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
    gradient (max error relative to max|gt|, beside the
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
@@ -15,7 +16,8 @@
    launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
-   backward at D ≤ 128, and with GMVQ_SERIAL_WGMMA=1: the loops before README "Speed", item 20), the K
+   backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before README "Speed", item 20, and with
+   GMVQ_NORM_DOT=0: the distances before item 23), the K
    and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
@@ -76,16 +78,18 @@ def upstream(N, K, D, device, gen):
             for name in DIFF_OUTPUTS}
 
 
-def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False):
+def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False, norm_dot=True):
     """Every output and gradient against float64 (the CPU tests' rule). offset: latents and means that
     many spreads from the origin, where half-precision dots must cancel the offset exactly (the CPU
     interpreter runs them on fp32 operands; the kernels round their tiles by name so it sees most).
-    fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ pass)."""
-    with config.fused_backward_env(fused):
-        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused)
+    fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ pass). norm_dot False: bf16
+    with GMVQ_NORM_DOT=0, the norms added per element (README "Speed", item 23: the tensor cores'
+    own summation of the norm dot is what the interpreter cannot show)."""
+    with config.fused_backward_env(fused), config.env_flag(config.NORM_DOT_ENV, norm_dot):
+        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot)
 
 
-def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused):
+def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot):
     gen = torch.Generator(device=device).manual_seed(N + K + D)
     x, m, lv, lp = testing.make_inputs(N, K, D, dtype=dtype, prior=True, device=device, seed=N + K + D,
                                        offset=offset)
@@ -96,7 +100,7 @@ def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused):
     ref, gref = forward_backward(x, m, lv, lp, "reference", up, **kw)
     out, gout = forward_backward(x, m, lv, lp, "triton", up, dot_precision=prec, **dict(kw, noise=None, seed=5))
     row = dict(check="full", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), dot_precision=prec, hard=hard,
-               offset=offset, fused_backward=fused)
+               offset=offset, fused_backward=fused, norm_dot=config.norm_dot(dtype))
     # the CPU tests' pass rule (gmvq_kernels.testing.three_way); tf32 dots round operands to 10 mantissa
     # bits, so they get 1e-2 against the fp64 definition instead. Half inputs must also stay within
     # HALF_ABS_REL of max|gt| outright.
@@ -451,6 +455,8 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0),
+        lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
+        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, offset=30.0),
         lambda: full_check(1000, 3000, 100, torch.float16, None, True, device, log, offset=30.0),
         lambda: full_check(777, 1234, 256, torch.float32, "tf32x3", False, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
@@ -470,6 +476,7 @@ def main():
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0),
+            lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, True, device, log, fused=True),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),

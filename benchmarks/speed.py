@@ -6,9 +6,10 @@ Providers: ``triton`` (gmvq_kernels), ``reference`` (eager PyTorch, builds N×K 
 naive code written for bf16 runs, the fair compiled baseline), ``sdpa`` (PyTorch FlashAttention with x as queries
 and the codebook as keys and values: the nearest fused kernel, a speed-of-light proxy that computes
 less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed);
-``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``) and ``triton_serial`` (ours with
+``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``), ``triton_serial`` (ours with
 ``GMVQ_SERIAL_WGMMA=1``: the loops as before README "Speed", item 20, their wgmma serialised by ptxas,
-timed beside the default to measure what that item gained).
+timed beside the default to measure what that item gained) and ``triton_no_norm_dot`` (ours with
+``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23).
 Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
 ``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
@@ -108,7 +109,7 @@ def encode_fn(provider, prec):
 
 
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
-    if provider in ("triton", "triton_fused", "triton_serial"):  # measure() sets their environment flags
+    if provider in ("triton", "triton_fused", "triton_serial", "triton_no_norm_dot"):  # measure() sets their flags
         return gmvq_loss("triton", prec)
     if provider == "reference":
         return gmvq_loss("reference")
@@ -140,9 +141,11 @@ def timeit(fn, device, quick):
 
 def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False):
     """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_fused"
-    runs with GMVQ_FUSED_BACKWARD=1, "triton_serial" with GMVQ_SERIAL_WGMMA=1, "triton" with neither."""
+    runs with GMVQ_FUSED_BACKWARD=1, "triton_serial" with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
+    GMVQ_NORM_DOT=0, "triton" with none of them."""
     with config.fused_backward_env(provider == "triton_fused"), \
-            config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"):
+            config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
+            config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"):
         return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick)
 
 
@@ -437,7 +440,7 @@ def run_smoke(args):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
         # the fused backward takes half inputs (backward.use_fused)
-        for provider in ("triton_fused", "triton_serial"):
+        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot"):
             rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
@@ -458,6 +461,7 @@ def run_full(args, device, deadline, checkpoint=None):
         if config.block_d(D) <= config.FUSED_MAX_BLOCK_D:  # GMVQ_FUSED_BACKWARD=1 (beyond: the same kernels)
             rows.append(measure("triton_fused", "fwd_bwd", "bf16", N, K, D, device))
         rows.append(measure("triton_serial", "fwd_bwd", "bf16", N, K, D, device))  # before item 20's fix
+        rows.append(measure("triton_no_norm_dot", "fwd_bwd", "bf16", N, K, D, device))  # before item 23
         for prec in FP32_PRECS.get(i, []):
             rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
         for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from gmvq_kernels import backward, config, devtools, encode, forward, noise  # noqa: E402
+from gmvq_kernels import backward, config, devtools, encode, forward, noise, tiles  # noqa: E402
 from gmvq_kernels.spec import component_terms  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
@@ -77,7 +77,7 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
     config.sm_count = lambda device: SMS
     config.arch = lambda device: f"sm_{cc}" if tuned else None
     try:
-        with devtools.record_launches(forward, backward, encode, noise) as log, config.fused_backward_env(fused):
+        with devtools.record_launches(forward, backward, encode, noise, tiles) as log, config.fused_backward_env(fused):
             if mode == "encode":
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
                 return log
@@ -143,6 +143,8 @@ def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True):
     dtype = DTYPES[dtype_name]
     rows = []
     for launch in capture(N, K, D, dtype, mode, prec, cc, tuned):
+        if "BLOCK_K" not in launch.kwargs:  # tiles.norm_operand's O(N + K) launches: not a pass over N×K
+            continue
         info = analyse(launch, cc, cache)
         m = model(info, launch, N * K, dot_kind(dtype, prec))
         rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",

@@ -30,20 +30,23 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 # saved tensors (v2: stats (N, 4) instead of (4, N); v3: hard mode saves the argmax codes beside the
 # sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it;
 # v4: the forward returns ||x||² (x_sq), which the backward takes; v5: the backward takes the per-code
-# constants a, b, v, ||μ||² instead of log_var and log π).
-OP_VERSION = 5
+# constants a, b, v, ||μ||² instead of log_var and log π; v6: and the norm operands mp, x_parts or None).
+OP_VERSION = 6
 
 
 def code_terms(means: Tensor, log_var: Tensor, log_pi: Tensor):
     """(a, b, v, mm): the per-code constants the kernels read, contiguous fp32 (K,): spec.component_terms
-    and ||μ||² (spec.code_sq_norms). An eager backward reuses the forward's (``EagerFused``: ~10 fewer
-    small torch ops per call)."""
+    and ||μ||² (spec.code_sq_norms); torch ops, which a traced graph fuses. An eager backward reuses the
+    forward's (``EagerFused``: ~10 fewer small torch ops per call)."""
     a, b, v = component_terms(log_var, log_pi, means.shape[1])
     return a.contiguous(), b.contiguous(), v.contiguous(), code_sq_norms(means)
 
 
-def _forward(x, means, terms, noise, tau, hard, seed, dot_precision, for_backward):
-    """``_fused_fwd`` given its per-code constants ``terms`` (``code_terms``)."""
+def _forward(x, means, terms, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
+    """``_fused_fwd`` given its per-code constants ``terms`` (``code_terms``); ``kept`` (a dict, or None)
+    receives the forward's norm operands, mp and x_parts (forward.gmvq_fwd; None without the norm dot),
+    which an eager backward takes instead of forming them again (a launch each). Kernel launches, so
+    inside the op: a traced graph's backward forms its own."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     a, b, v, mm = terms
@@ -52,6 +55,8 @@ def _forward(x, means, terms, noise, tau, hard, seed, dot_precision, for_backwar
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)
+    if kept is not None:
+        kept.update(mp=saved["code_parts"], x_parts=saved["x_parts"])
     empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
     return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
                      for name in SAVED_FIELDS))
@@ -84,25 +89,28 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
     return tuple(fake[name] if name in fake else vec(N) for name in FWD_RETURNS)
 
 
-def _fused_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, mm: Tensor, noise: Optional[Tensor],
+def _fused_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, mm: Tensor, mp: Optional[Tensor],
+              x_parts: Optional[Tensor], noise: Optional[Tensor],
               entropy: Tensor, stats: Tensor, hard_idx: Tensor, y_sums: Tensor, x_sq: Tensor,
               g_quantized: Optional[Tensor], g_log_likelihood: Optional[Tensor], g_agg_posterior: Optional[Tensor],
               g_latent_nll: Optional[Tensor], g_mixture_var: Optional[Tensor], g_entropy: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (x, means, log_var, log π) from the upstream gradients ``g_<name>`` of ``DIFF_OUTPUTS``,
-    given the forward's per-code constants a, b, v, mm (``code_terms``); a None removes its work from
-    the kernels (see ``backward.gmvq_bwd``). One parameter per output (not a list: inductor's call of a
+    given the forward's per-code constants a, b, v, mm (``code_terms``) and its norm operands mp and
+    x_parts where they were kept (else None: formed again); a None gradient removes its work from the
+    kernels (see ``backward.gmvq_bwd``). One parameter per output (not a list: inductor's call of a
     custom op flattens a list of optional tensors); the check below keeps them in step with
     ``DIFF_OUTPUTS``."""
     # the argmax codes, the backward's per-row stand-in for Δq (backward.defer_delta_q), come in
     # hard_idx's place in soft mode and as its second row in hard mode (_setup_context)
     saved = dict(entropy=entropy, stats=stats, hard_idx=hard_idx[0] if hard else None,
-                 codes=hard_idx[1] if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None, x_sq=x_sq)
+                 codes=hard_idx[1] if hard else hard_idx, y_sums=y_sums if y_sums.numel() else None, x_sq=x_sq,
+                 x_parts=x_parts)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
     with launch_guard():
         return gmvq_bwd(x, means, a, b, v, noise, saved, named, tau=float(tau), hard=hard, seed=seed,
-                        dot_precision=dot_precision, mm=mm)
+                        dot_precision=dot_precision, mm=mm, mp=mp)
 
 
 assert [p for p in inspect.signature(_fused_bwd).parameters if p.startswith("g_")] == \
@@ -156,8 +164,9 @@ def _backward(ctx, *upstream, bwd=None):
         return (None,) * len(FWD_INPUTS)
     x, means, log_var, log_pi, *saved, tau, seed = ctx.saved_tensors
     hard, dot_precision = ctx.opts
-    # the per-code constants: the eager forward's (EagerFused), or recomputed (a traced graph fuses them)
-    terms = getattr(ctx, "terms", None) or code_terms(means, log_var, log_pi)
+    # the per-code constants and norm operands: the eager forward's (EagerFused), or recomputed (a traced
+    # graph fuses the constants; the operands are formed inside the backward op)
+    terms = getattr(ctx, "terms", None) or (*code_terms(means, log_var, log_pi), None, None)
     result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(x, means, *terms, *saved, *grads, tau, hard, seed,
                                                       dot_precision)))
     need = dict(zip(FWD_INPUTS, ctx.needs_input_grad))
@@ -185,8 +194,9 @@ class EagerFused(torch.autograd.Function):
     def forward(ctx, *inputs):  # with ctx, not a separate setup_context: apply() then skips binding the
         # arguments to forward's signature (inspect.signature), ~20 µs a call
         inp = dict(zip(FWD_INPUTS, inputs))
-        ctx.terms = code_terms(inp["means"], inp["log_var"], inp["log_pi"])  # the backward's too
-        output = _forward(inp["x"], inp["means"], ctx.terms, *inputs[FWD_INPUTS.index("noise"):])
+        terms, kept = code_terms(inp["means"], inp["log_var"], inp["log_pi"]), {}
+        output = _forward(inp["x"], inp["means"], terms, *inputs[FWD_INPUTS.index("noise"):], kept=kept)
+        ctx.terms = (*terms, kept["mp"], kept["x_parts"])  # the backward's too
         _setup_context(ctx, inputs, output)
         return output
 

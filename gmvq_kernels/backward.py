@@ -50,9 +50,10 @@ from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, block_d, col_confi
                      fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
-from .tiles import (LN2, LOG2E, TL_DTYPES, code_mask, code_row_distance, distances_logits, dot_precision_for,
-                    interpreter_operand, load_codes, even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile,
-                    nonempty_range, row_block_offsets, row_tile, softmax_log2prob, softmax_prob, split_code_range,
+from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
+                    col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
+                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets,
+                    row_norm_operand, row_operands, row_tile, softmax_log2prob, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sum_splits, tile_code, y_scale)
 
 
@@ -89,15 +90,18 @@ def grad_logits(q, log2_q, y_tau, big_y, y_val, delta_y, delta_q, ent, g_lse, g_
 
 
 @triton.jit
-def load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d):
-    """The row kernels' (BLOCK_N, BLOCK_D) tiles: x, the forward's ||x||² (xx (N,) fp32, so that every
-    pass forms the same distances), and Ḡ_z (x again, never read, when Ḡ_z is absent)."""
+def load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d, NORM_DOT: tl.constexpr):
+    """The row kernels' tiles: x (BLOCK_N, BLOCK_D) and xp as tiles.row_tile takes them (tiles.row_operands:
+    with NORM_DOT, −2x and the norm operand of ||x||², formed as the forward formed it), the forward's
+    ||x||² (xx (N,) fp32, so that every pass forms the same distances), and Ḡ_z (the x tile again, never
+    read, when Ḡ_z is absent)."""
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = tl.load(xx_ptr + offs_n, mask=offs_n < N, other=0.0)
+    x, xp = row_operands(x, xx, NORM_DOT)
     gz = x
     if gz_ptr is not None:
         gz = load_rows(gz_ptr, offs_n, N, D, offs_d)
-    return x, xx, gz
+    return x, xx, xp, gz
 
 
 @triton.jit
@@ -171,7 +175,7 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
 @DELTA_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_delta_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr,
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
@@ -189,15 +193,16 @@ def _gmvq_bwd_delta_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d)
+    x, xx, xp, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d, mp_ptr is not None)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start,
-                                                               K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
+                                                               mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
+                                                               DOT_PRECISION)
         valid = mask_k[None, :]
         if gc_ptr is not None:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
@@ -221,7 +226,7 @@ def _gmvq_bwd_delta_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dx_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
@@ -232,7 +237,8 @@ def _gmvq_bwd_dx_kernel(
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
     launcher adds the splits and forms dx. (That epilogue in the kernel, with x reloaded, cost spills:
-    bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) ent (N,) and stats
+    bf16 D = 256 soft 104 → 404 B, D = 128 hard 8 → 56 B in the static report.) mp (K, 16): the codes'
+    norm operand, or None (tiles.row_tile; as in the Δ kernel). ent (N,) and stats
     (N, 4) from the forward; hard_idx (N,) int64 the hard sample in hard mode, else None (its Ḡ_lat·a
     term is added per row after the loop at BLOCK_D ≤ 128, a one-hot in the loop at 256); delta_y /
     delta_q (N,) from the delta kernel; upstream gradients gz (N, D), glse, gh, glat, gs (N,) fp32,
@@ -262,7 +268,7 @@ def _gmvq_bwd_dx_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d)
+    x, xx, xp, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d, mp_ptr is not None)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     ent = load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, N)
     g_lse = load_row_vec(glse_ptr, offs_n, N)
@@ -304,8 +310,9 @@ def _gmvq_bwd_dx_kernel(
     ones = ones_column(BLOCK_K, means_ptr)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
-                                                                 k_start, K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
+                                                                 mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
+                                                                 DOT_PRECISION)
         valid = mask_k[None, :]
         log2_q = softmax_log2prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         q = tl.exp2(log2_q)
@@ -368,8 +375,8 @@ def _gmvq_bwd_dx_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dmu_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
-    delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr, ent_ptr,
+    hard_idx_ptr, delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
@@ -381,8 +388,9 @@ def _gmvq_bwd_dmu_kernel(
     (splits, K), with e = −2 dd; and d log_var, d log π into dlv_part, dlp_part (splits, K), all fp32.
     The launcher adds the splits and forms dμ: the μ·Σ e epilogue in the kernel, with μ reloaded, made
     ptxas spill (static report: 44 / 180 B at D = 128 soft / hard, 972 / 1116 B at 256, against 0 / 0
-    and 476 / 612 B without it). Arguments as for the dx kernel, half_d = D/2. Tiles are transposed
-    (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :].
+    and 476 / 612 B without it). Arguments as for the dx kernel, half_d = D/2, but instead of mp the
+    rows' norm operand xp (N, 16) or None (tiles.col_half_distance forms the codes' in registers). Tiles
+    are transposed (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :].
 
     With dx_acc (N, D) and dx_sum (N,) fp32, zeroed (the fused backward, ``config.fused_backward``),
     the kernel also adds each tile's Σ_k e μ_k and Σ_k e into them with float atomics, so that
@@ -408,7 +416,7 @@ def _gmvq_bwd_dmu_kernel(
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
     ones = ones_column(BLOCK_N, x_ptr)
-    e_d = tl.zeros((BLOCK_K,), tl.float32)
+    er_sum = tl.zeros((BLOCK_K,), tl.float32)
     gs_y = tl.zeros((BLOCK_K,), tl.float32)
     d_log_pi = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
@@ -418,12 +426,13 @@ def _gmvq_bwd_dmu_kernel(
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
-        xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
-        d, logits, clamp_ok = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], valid)
+        xp = load_rows(xp_ptr, offs_n, row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
+        s = col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None, DOT_PRECISION)
+        r, logits, clamp_ok = half_distances_logits(s, -a_e[:, None], b[:, None], valid)
         m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
         log2_q = softmax_log2prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         q = tl.exp2(log2_q)
-        da = d * a[:, None]
+        da = r * a_e[:, None]  # d·a (d = −2r)
         g_lat = load_row_vec(glat_ptr, offs_n, row_hi)
         g_s = load_row_vec(gs_ptr, offs_n, row_hi)
         y = q  # placeholder when no y gradient (never used then)
@@ -460,8 +469,8 @@ def _gmvq_bwd_dmu_kernel(
         e = tl.where(clamp_ok & rows & valid, w * a_e[:, None], 0.0)
         # dλ = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²] = ½ Σ_n e·d − (D/2)·Σ_n dℓ + σ² Σ_n Ḡ_s y_val
         # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it; fp32 e
-        # (its terms cancel)
-        e_d += tl.sum(e * d, axis=1)
+        # (its terms cancel). ½ Σ_n e·d = −Σ_n e·r (d = −2r: the same values, exactly)
+        er_sum += tl.sum(e * r, axis=1)
         # half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (tiles.split_hi_lo, within
         # 2⁻¹⁷; e rounded alone left dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to
         # below that: 1.3 bf16 ulps off at N = 1), and Σ_n e is taken of the same values, so that
@@ -504,7 +513,7 @@ def _gmvq_bwd_dmu_kernel(
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     tl.store(acc_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], acc, mask=mask_kd)
     tl.store(esum_part_ptr + split * K + offs_k, tl.sum(e_col, axis=1), mask=mask_k)
-    d_log_var = 0.5 * e_d - half_d * d_log_pi
+    d_log_var = -er_sum - half_d * d_log_pi
     if gs_ptr is not None:  # else 0·σ² (not foldable) kept σ² live across the loop: spilled at D = 128
         d_log_var += v * gs_y
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
@@ -530,8 +539,8 @@ def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, B
     return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
 
 
-def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision, mm=None):
-    """Gradients of the fused op. Inputs as for ``gmvq_fwd`` (mm too); ``saved`` as ``gmvq_fwd`` returns it;
+def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision, mm=None, mp=None):
+    """Gradients of the fused op. Inputs as for ``gmvq_fwd`` (mm and mp too); ``saved`` as ``gmvq_fwd`` returns it;
     ``grads`` = {output name: upstream gradient} with names from ``spec.DIFF_OUTPUTS`` (quantized (N, D);
     agg_posterior (K,); the others (N,)). A missing or None entry removes its work from the kernels.
 
@@ -550,6 +559,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
     mm = code_sq_norms(means) if mm is None else mm
+    mp = code_norm_operand(mm, x.dtype) if mp is None else mp
     BLOCK_D = block_d(D)
     fused = use_fused(x.dtype, BLOCK_D)
     rcfg, ccfg = row_config(D, x.dtype, dev), (fused_col_config if fused else col_config)(D, x.dtype, dev)
@@ -576,15 +586,16 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
-                xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s, g_c, y_sums,
+                xk, mk, a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s, g_c, y_sums,
                 dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
                 BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))
 
-    common = lambda delta_q: (xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"],  # noqa: E731
-                              saved["entropy"], saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse,
-                              g_h, g_lat, g_s, g_c)
+    # the distance operands: the row kernels' (mm, mp, ..., x_sq), the column kernel's (mm, ..., x_sq, xp)
+    common = lambda delta_q, dist: (xk, mk, a, b, v, *dist, saved["entropy"],  # noqa: E731
+                                    saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat,
+                                    g_s, g_c)
     if fused:  # the dμ kernel adds Σ_k e μ_k and Σ_k e (e = −2 dd) into these
         dx_acc = torch.zeros((N, D), dtype=torch.float32, device=dev)
         dx_sum = torch.zeros(N, dtype=torch.float32, device=dev)
@@ -593,8 +604,9 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dd_part, acc_part = parts(N), parts(N, D)
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
         _gmvq_bwd_dx_kernel[row_grid](
-            *common(dq_part if defer else delta_q), dd_part, acc_part,
-            y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
+            *common(dq_part if defer else delta_q, (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])),
+            dd_part,
+            acc_part, y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
             N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
             **row_launch)
         dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
@@ -614,8 +626,11 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     # dμ = acc − μ Σ_n e from the kernel's partial acc (splits, K, D) and Σ_n e (splits, K)
     mu_acc_part = parts(K, D, n=col_splits)
     esum_part, dlv_part, dlp_part = (parts(K, n=col_splits) for _ in range(3))
+    x_parts = saved.get("x_parts")  # the forward's, where it was kept (an eager backward: autograd.EagerFused)
+    xp = row_norm_operand(saved["x_sq"], mp) if x_parts is None else x_parts
+    dist = (mm, noise, saved["stats"], saved["x_sq"], xp)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        *common(delta_q), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
+        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)

@@ -88,6 +88,23 @@ def serial_wgmma() -> bool:
     return os.environ.get(SERIAL_WGMMA_ENV, "0") == "1"
 
 
+NORM_DOT_ENV = "GMVQ_NORM_DOT"
+
+
+def norm_dot(dtype: torch.dtype) -> bool:
+    """Whether the kernels add ||x||² + ||μ||² to the distance dot on the tensor cores (tiles.norm_parts):
+    for bf16 inputs, unless ``GMVQ_NORM_DOT=0`` (read at each call; for side-by-side timing and accuracy
+    checks: ``speed.py``'s provider "triton_no_norm_dot"). fp16 cannot hold the norms' range (65504), and
+    fp32 inputs keep the per-element sums: their bounds are fp32-tight, and the tensor cores do not
+    round their sums as IEEE fp32 does."""
+    return dtype == torch.bfloat16 and os.environ.get(NORM_DOT_ENV, "1") != "0"
+
+
+# the forward and dx kernels, whose (BLOCK_N, BLOCK_D) fp32 accumulator fills half the registers at 256, take
+# the norm dot up to this BLOCK_D (tiles.acc_norm_operand; static report at (65536, 16384, 256) bf16 with it:
+# the forward's spills 336 → 832 B, dx's 96 → 560 B, 244.0 instructions per element against 241.7)
+NORM_DOT_MAX_BLOCK_D = 128
+
 # half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:
 # beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
 DEFER_DQ_MAX_BLOCK_D = 64
@@ -145,8 +162,11 @@ COL_CONFIGS = {
 # instructions per element at D = 64, 20.1 → 11.6 at 128, 26.1 → 17.2 at 256 (64 × 256 there: 512
 # codes would need more shared memory than an A100's 163 KiB), the per-tile overhead spread over 4–8×
 # the elements; fp32 (tf32x3) at D = 64: 27.0 → 23.5, its wider tiles exceeding an A100's shared memory).
+# D = 256 since 2026-12-01 (fifth session): (128, 128, 8, 2), as the norm dot's operands (README "Speed",
+# item 23) took (64, 256, 8, 2) to 175104 B of shared memory on sm_80, past an A100's 163 KiB; at
+# (65536, 16384, 256) 11.9 instructions per element against 11.1, modelled 0.56 against 0.68 ms (140 KB).
 COLSUM_CONFIGS = {
-    "half": ((128, KC(64, 512, 8, 2)), (256, KC(64, 256, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "half": ((128, KC(64, 512, 8, 2)), (256, KC(128, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(64, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The Δ kernel (a row kernel: Δq, and Δy where it recomputes y) holds no (BLOCK_N, BLOCK_D) accumulator

@@ -87,14 +87,14 @@ def host_path_on_cpu():
     no data-dependent value checks) with every kernel launch recorded instead of run (yields the
     list): the host work of a call, the Python, dispatcher and torch ops around the kernels, can be
     timed without a GPU. Triton's own launch cost is not included."""
-    from . import checks, forward, backward, functional
+    from . import checks, forward, backward, functional, tiles
 
     saved = [(checks, "can_use_triton"), (functional, "can_use_triton"), (checks, "_skip_value_checks")]
     originals = [getattr(mod, name) for mod, name in saved]
     for mod, name in saved:
         setattr(mod, name, lambda _t: True)
     try:
-        with record_launches(forward, backward) as log:
+        with record_launches(forward, backward, tiles) as log:
             yield log
     finally:
         for (mod, name), obj in zip(saved, originals):

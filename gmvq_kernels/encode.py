@@ -17,14 +17,14 @@ import triton.language as tl
 from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
-from .tiles import (dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows, row_tile, split_code_range,
-                    sq_norms)
+from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows,
+                    row_operands, row_tile, split_code_range, sq_norms)
 
 
 @triton.heuristics({"EVEN_K": even_k})
 @triton.jit
 def _gmvq_encode_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, mm_ptr, best_ptr, codes_ptr, N, K, D, codes_per_split,
+    x_ptr, means_ptr, a_ptr, b_ptr, mm_ptr, mp_ptr, best_ptr, codes_ptr, N, K, D, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -32,18 +32,20 @@ def _gmvq_encode_kernel(
     (splits, N) int64, −1 for a row whose x is not finite (NaN policy), and, when ``best_ptr`` is not
     None (several splits), the maximum ℓ (splits, N) fp32 for the final reduction.
     a, b (K,) fp32: spec.component_terms; mm (K,) fp32: spec.code_sq_norms, or None to form the norms
-    from each code tile (the launcher's choice at D ≤ 32: tiles.load_codes)."""
+    from each code tile (the launcher's choice at D ≤ 32: tiles.load_codes); mp (K, 16): the codes' norm
+    operand (tiles.code_norm_operand) or None, as in the training kernels."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_d = tl.arange(0, BLOCK_D)
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = sq_norms(x)
+    x, xp = row_operands(x, xx, mp_ptr is not None)  # x·(−2) with the norm dot (tiles.row_tile)
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_k = tl.zeros((BLOCK_N,), tl.int64)
     for k_start in range(k_lo, k_hi, BLOCK_K):
         # a stands in for v (σ²), which the argmax does not need: the pointer is only read
-        _, _, _, _, _, _, logits, _ = row_tile(x, xx, means_ptr, a_ptr, b_ptr, a_ptr, mm_ptr, k_start, K, D, offs_d,
-                                               EVEN_K, BLOCK_K, DOT_PRECISION)
+        _, _, _, _, _, _, logits, _ = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, a_ptr, mm_ptr, mp_ptr, k_start, K,
+                                               D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         tile_max = tl.max(logits, axis=1)
         tile_arg = first_argmax(logits, tile_max, BLOCK_K)
         better = tile_max > best  # strict: the first maximum wins, as torch.argmax
@@ -72,9 +74,11 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     splits, codes_per_split = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, x.device, min_codes=0)
     codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
+    mm = code_sq_norms(means) if D > 32 or config.norm_dot(x.dtype) else None
+    mp = None if mm is None else code_norm_operand(mm, x.dtype)
     _gmvq_encode_kernel[(row_blocks, splits)](
-        interpreter_operand(x), interpreter_operand(means), a, b, code_sq_norms(means) if D > 32 else None, best,
-        codes, N, K, D, codes_per_split,
+        interpreter_operand(x), interpreter_operand(means), a, b, mm, mp,
+        best, codes, N, K, D, codes_per_split,
         DOT_PRECISION=dot_precision_for(x, dot_precision), BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
         BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

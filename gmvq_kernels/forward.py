@@ -25,10 +25,12 @@ import triton.language as tl
 from .config import block_d, colsum_config, row_config, serial_wgmma, split_codes, split_rows
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, code_mask, code_row_distance,
-                    distances_logits, dot_precision_for, even_k, even_n, first_argmax, interpreter_operand, load_codes,
-                    load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets, row_tile, softmax_prob,
-                    split_code_range, split_hi_lo, split_parts, split_row_range, sq_norms, sum_splits, y_scale)
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
+                    code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
+                    first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats,
+                    noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets, row_norm_operand,
+                    row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
+                    sq_norms, sum_splits, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
@@ -42,8 +44,8 @@ P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i i
 @EVEN_K
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr,
-    z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr, xx_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr,
+    z_ptr, ysum_ptr, codes_ptr, lse_ptr, lat_ptr, s2_ptr, ent_ptr, stats_ptr, hard_idx_ptr, xx_ptr, xq_ptr,
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
@@ -54,10 +56,13 @@ def _gmvq_fwd_kernel(
     lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
 
     x (N, D), means (K, D): the inputs; a, b, v, mm (K,) fp32: per-code constants (spec.component_terms,
-    spec.code_sq_norms); noise_ptr: explicit (N, K) fp32 noise or None (drawn from the seed:
-    seed_lo/seed_hi, or the int64 at seed_ptr, noise.kernel_seed). Writes z (N, D) in x's dtype, codes
+    spec.code_sq_norms); mp (K, 16): the codes' norm operand (tiles.code_norm_operand; None: the norms
+    are added per element, see tiles.row_tile), the rows' is formed here; noise_ptr: explicit (N, K)
+    fp32 noise or None (drawn from the seed: seed_lo/seed_hi, or the int64 at seed_ptr,
+    noise.kernel_seed). Writes z (N, D) in x's dtype, codes
     (N,) int64, lse, lat, s2, ent (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y), xx = ||x||² (N,)
-    fp32 (split 0 when SPLIT) and, when HARD, hard_idx (N,) int64.
+    fp32 and, unless None, xq (N, 16) the column kernels' norm operand of it (tiles.row_norm_operand)
+    (both by split 0 when SPLIT) and, when HARD, hard_idx (N,) int64.
     y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
@@ -78,17 +83,19 @@ def _gmvq_fwd_kernel(
         split, k_lo, k_hi = split_code_range(codes_per_split, K)
         k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)  # serialised wgmma at D = 32 without
     else:
-        k_lo = 0
-        k_hi = K
+        # the norm dot's second wgmma group serialised every wgmma without it (static report, C7515)
+        k_lo, k_hi = nonempty_range(0, K, NONEMPTY and mp_ptr is not None)
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = sq_norms(x)
-    if SPLIT:
-        tl.store(xx_ptr + offs_n, xx, mask=mask_n & (split == 0))
-    else:
-        tl.store(xx_ptr + offs_n, xx, mask=mask_n)
+    x, xp = row_operands(x, xx, mp_ptr is not None)  # x·(−2) with the norm dot (tiles.row_tile)
+    first = mask_n & (split == 0) if SPLIT else mask_n
+    tl.store(xx_ptr + offs_n, xx, mask=first)
+    if xq_ptr is not None:  # the column kernels' rows operand (tiles.row_norm_operand), for q̄ and dμ
+        tl.store(xq_ptr + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :],
+                 norm_parts(xx, -0.5, True).to(xq_ptr.dtype.element_ty), mask=first[:, None])
 
     # Both softmaxes keep their running max in natural units and form exponents as (e − m)·scale, as
     # torch's softmax does: e − m is exact near the maximum, so large logits (small τ, far codes)
@@ -108,8 +115,9 @@ def _gmvq_fwd_kernel(
     hard_k = tl.zeros((BLOCK_N,), tl.int64)
 
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start,
-                                                               K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
+                                                               mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
+                                                               DOT_PRECISION)
         valid = mask_k[None, :]
         da = d * a[None, :]
 
@@ -207,44 +215,50 @@ def _gmvq_fwd_kernel(
 @EVEN_KN
 @triton.jit
 def _gmvq_fwd_colsum_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, stats_ptr, xx_ptr, part_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, stats_ptr, xx_ptr, xp_ptr, part_ptr,
     N, K, D, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Column sums Σ_n q_nk of BLOCK_K codes over one split of rows (program_id(1)), from the forward's
-    row statistics and ||x||² (xx (N,) fp32): writes part (splits, K) fp32. Inputs as for
+    row statistics and ||x||² (xx (N,) fp32; and with the rows' norm operand xp (N, 16), tiles.row_norm_operand,
+    the tensor cores add the norms: tiles.col_half_distance): writes part (splits, K) fp32. Inputs as for
     ``_gmvq_fwd_kernel``."""
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
     offs_d = tl.arange(0, BLOCK_D)
     mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
+    a2 = a + a  # tiles.half_distances_logits
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
         # transposed tile (codes × rows): the sum over rows stays inside each warp
-        xm = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
-        _, logits, _ = distances_logits(xm, xx[None, :], mm[:, None], a[:, None], b[:, None], mask_k[:, None])
+        xp = load_rows(xp_ptr, offs_n, row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
+        s = col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None, DOT_PRECISION)
+        _, logits, _ = half_distances_logits(s, a2[:, None], b[:, None], mask_k[:, None])
         m_q, log2s_q, _m_y, _log2s_y = load_stats(stats_ptr, offs_n, N)
         q = softmax_prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         colsum += tl.sum(tl.where(code_mask(offs_n, row_hi, EVEN_N)[None, :], q, 0.0), axis=1)
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
-def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None):
+def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None, mp=None):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
     a, b, v (K,) fp32 contiguous (see spec.component_terms); mm = ||μ||² (K,) fp32 (spec.code_sq_norms;
-    computed here when None); noise None or (N, K) contiguous.
+    computed here when None); mp: the codes' norm operand (tiles.code_norm_operand, formed here when
+    None); noise None or (N, K) contiguous.
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
     statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (N, 4)
     fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
-    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32. With few row blocks the codebook
+    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32 and x_parts, the column kernels' norm
+    operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot), and code_parts, mp as used.
+    With few row blocks the codebook
     is split across programs (config.split_codes) and ``combine_splits`` forms these from the splits'
     states."""
     N, D = x.shape
@@ -257,7 +271,13 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
     mm = code_sq_norms(means) if mm is None else mm
+    mp = code_norm_operand(mm, x.dtype) if mp is None else mp
     xx = torch.empty(N, **f32)
+    row_mp = acc_norm_operand(mp, D)
+    # the column kernels' rows operand (tiles.row_norm_operand): written beside ||x||² by a forward that
+    # takes the norm dot itself; above config.NORM_DOT_MAX_BLOCK_D a launch of its own after it (the
+    # store cost that forward 2.5 instructions per element at D = 256: static report)
+    xq = None if row_mp is None else norm_operand_buffer(N, dev)
     if splits == 1:
         z = torch.empty_like(x)
         y_sums = torch.empty((N, D + 2), **f32) if with_sums else None
@@ -272,7 +292,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         part_k = torch.empty((splits, 2, N), dtype=torch.int64, device=dev)
         part_z = torch.empty((splits, N, D), **f32) if with_sums or not hard else None
     _gmvq_fwd_kernel[(triton.cdiv(N, cfg.BLOCK_N), splits)](
-        xk, mk, a, b, v, mm, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, xx, part, part_k, part_z,
+        xk, mk, a, b, v, mm, row_mp, noise, z, y_sums, codes, lse, lat, s2, ent, stats, hard_idx, xx,
+        xq, part, part_k, part_z,
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
         NONEMPTY=not serial_wgmma(),
@@ -283,10 +304,12 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, xx, means, a,
                                                                               v, mm, tau, hard)
         y_sums = y_sums if with_sums else None
-    agg = colsum_q(xk, mk, a, b, v, mm, stats, xx, prec) / N
+    xq = row_norm_operand(xx, mp) if xq is None else xq
+    agg = colsum_q(xk, mk, a, b, v, mm, stats, xx, xq, prec) / N
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
-    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums, x_sq=xx)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums, x_sq=xx, x_parts=xq,
+                      code_parts=mp)
 
 
 def delta_from_forward(dtype, hard, D):
@@ -344,8 +367,9 @@ def combine_splits(part, part_k, part_z, x, xx, means, a, v, mm, tau, hard):
             nan(log_s_q - u_q / s_q), stats, hard_idx, y_sums)
 
 
-def colsum_q(x, means, a, b, v, mm, stats, xx, prec):
-    """Σ_n q_nk (K,) fp32 from the forward's final row statistics and ||x||², deterministic."""
+def colsum_q(x, means, a, b, v, mm, stats, xx, xq, prec):
+    """Σ_n q_nk (K,) fp32 from the forward's final row statistics and ||x||² (xq: its norm operand,
+    tiles.row_norm_operand, or None), deterministic."""
     N, D = x.shape
     K = means.shape[0]
     cfg = colsum_config(D, x.dtype, x.device)
@@ -353,7 +377,7 @@ def colsum_q(x, means, a, b, v, mm, stats, xx, prec):
     splits, rows_per_split = split_rows(N, n_col, cfg.BLOCK_N, x.device)
     part = split_parts(splits, K, device=x.device)
     _gmvq_fwd_colsum_kernel[(n_col, splits)](
-        x, means, a, b, v, mm, stats, xx, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
+        x, means, a, b, v, mm, stats, xx, xq, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

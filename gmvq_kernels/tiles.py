@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import INTERPRET
+from .config import INTERPRET, NORM_DOT_MAX_BLOCK_D, block_d, norm_dot
 from .noise import gumbel_tile
 from .spec import STATS_FIELDS
 
@@ -83,14 +83,105 @@ def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d
 
 
 @triton.jit
-def distances_logits(xm, xx, mm, a, b, valid):
-    """(d, ℓ, clamp_ok) of a tile from the dot xm = x·μ: d = ||x||² + ||μ||² − 2 x·μ clamped at 0,
+def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr):
+    """A (L, 16) fp32 operand of the norm dot for L squared norms ``sq`` (fp32): SCALE·sq (SCALE 1 or
+    −½: exact) as three parts of 8 significant bits each, so that each is exact in bf16 and they sum
+    to SCALE·sq exactly (fp32 has 24; below |SCALE·sq| = 2⁻¹⁰⁹, where the parts are subnormal in bf16,
+    within 2⁻¹³¹), split by truncation (clearing low bits: one LOP3 each), in columns 0–2 and ones in
+    3–5 (PARTS_FIRST: the rows' operand), or the other way round (the codes'), zeros elsewhere. The dot
+    of a rows' and a codes' operand is then SCALE·(||x||² + ||μ||²), which the tensor cores add onto the
+    distance dot (row_tile, col_half_distance). A non-finite norm gives non-finite parts (its row is
+    NaN anyway: the NaN policy)."""
+    p = sq * SCALE
+    hi = (p.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+    rest = p - hi
+    mid = (rest.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+    lo = rest - mid
+    col = tl.arange(0, 16)[None, :]
+    part = col if PARTS_FIRST else col - 3  # which part a column holds, if any
+    ones = (col >= 3) & (col < 6) if PARTS_FIRST else col < 3
+    return tl.where(part == 0, hi[:, None], tl.where(part == 1, mid[:, None],
+                    tl.where(part == 2, lo[:, None], tl.where(ones, 1.0, 0.0))))
+
+
+@triton.jit
+def _norm_parts_kernel(sq_ptr, out_ptr, L, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    parts = norm_parts(tl.load(sq_ptr + offs, mask=offs < L, other=0.0), SCALE, PARTS_FIRST)
+    tl.store(out_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :], parts.to(out_ptr.dtype.element_ty),
+             mask=(offs < L)[:, None])
+
+
+def norm_operand_buffer(L, device):
+    """An (L, 16) norm operand's storage: bf16, fp32 under the interpreter (whose half dots fail:
+    interpreter_operand)."""
+    return torch.empty((L, 16), dtype=torch.float32 if INTERPRET else torch.bfloat16, device=device)
+
+
+def norm_operand(sq, scale: float, parts_first: bool):
+    """``norm_parts`` of the squared norms ``sq`` (L,) fp32 as an (L, 16) tensor (norm_operand_buffer),
+    one launch."""
+    out = norm_operand_buffer(sq.shape[0], sq.device)
+    _norm_parts_kernel[(triton.cdiv(sq.shape[0], 64),)](sq, out, sq.shape[0], SCALE=scale, PARTS_FIRST=parts_first,
+                                                         BLOCK=64)
+    return out
+
+
+def code_norm_operand(mm, dtype):
+    """The codes' norm operand of the row kernels, (K, 16): ``norm_operand`` of mm = ||μ||², where the
+    kernels add the norms on the tensor cores (``config.norm_dot``: bf16 inputs), else None."""
+    return norm_operand(mm, 1.0, False) if norm_dot(dtype) else None
+
+
+def acc_norm_operand(mp, D):
+    """The codes' norm operand for the row kernels that hold a (BLOCK_N, D) accumulator (the forward, dx):
+    ``mp`` up to config.NORM_DOT_MAX_BLOCK_D, None beyond (the norms then added per element there)."""
+    return mp if block_d(D) <= NORM_DOT_MAX_BLOCK_D else None
+
+
+def row_norm_operand(xx, mp):
+    """The rows' norm operand of the column kernels (q̄, dμ), (N, 16): ``norm_operand`` of −||x||²/2
+    (col_half_distance), where the row kernels take the codes' ``mp`` (code_norm_operand), else None. The
+    forward kernel writes it beside ||x||² (``x_parts``); the backward forms it where it was not kept."""
+    return None if mp is None else norm_operand(xx, -0.5, True)
+
+
+@triton.jit
+def distances_logits(d_raw, a, b, valid):
+    """(d, ℓ, clamp_ok) of a tile from the raw distance d_raw = ||x||² + ||μ||² − 2 x·μ: d clamped at 0,
     ℓ = b − d·a (−inf where ``valid`` is false), clamp_ok where the clamp passes gradient (raw d ≥ 0,
-    as torch.clamp_min). ``xx``, ``mm``, ``a``, ``b``, ``valid`` are broadcast to the tile."""
-    d_raw = xx + mm - 2.0 * xm
+    as torch.clamp_min). ``a``, ``b``, ``valid`` are broadcast to the tile."""
     d = tl.maximum(d_raw, 0.0)
     logits = tl.where(valid, b - d * a, float("-inf"))
     return d, logits, d_raw >= 0.0
+
+
+@triton.jit
+def col_half_distance(mu, x, mm, xx, xp, NORM_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """s = μ·x − (||μ||² + ||x||²)/2 = −d_raw/2 of a column kernel's (codes × rows) tile, for the codes
+    ``mu`` with squared norms ``mm`` (BLOCK_K,) and the rows ``x``, ``xx``. With NORM_DOT the tensor
+    cores add the norms: a second dot of the codes' operand of −mm/2 (norm_parts, formed here: the
+    codes stay for the whole loop) and the rows' ``xp`` (row_norm_operand). Halved, not −2 μ·x: the
+    per-code factors of half_distances_logits then cost nothing per element, where scaling μ would
+    take a second μ tile (row_tile, whose per-code factors would cost per element, scales x instead).
+    Without NORM_DOT, s from the norms with the roundings of d_raw: −2s is row_tile's d_raw bit for bit."""
+    s = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
+    if NORM_DOT:
+        mp = norm_parts(mm, -0.5, False).to(mu.dtype)
+        s = tl.dot(mp, tl.trans(xp), s, input_precision=DOT_PRECISION)
+    else:
+        s = s - 0.5 * (mm[:, None] + xx[None, :])
+    return s
+
+
+@triton.jit
+def half_distances_logits(s, a2, b, valid):
+    """(r, ℓ, clamp_ok) of a column tile from s = −d_raw/2 (col_half_distance), with a2 = 2a per code:
+    r = min(s, 0) = −d/2, ℓ = b − d·a = b + a2·r, clamp_ok where raw d ≥ 0; d·a is r·(−a2). The values
+    of distances_logits exactly (the factors are powers of two)."""
+    r = tl.minimum(s, 0.0)
+    logits = tl.where(valid, b + a2 * r, float("-inf"))
+    return r, logits, s <= 0.0
 
 
 @triton.jit
@@ -128,16 +219,36 @@ def softmax_prob(e, m, log2s, scale, log2_gain=0.0):
 
 
 @triton.jit
-def row_tile(x, xx, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
-             BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start, K, D, offs_d,
+             EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One codebook tile of a row kernel (rows × codes) for the rows ``x`` with squared norms ``xx``:
-    (offs_k, mask_k, μ tile, a, v, d, ℓ, clamp_ok), see load_codes and distances_logits."""
+    (offs_k, mask_k, μ tile, a, v, d, ℓ, clamp_ok), see load_codes and distances_logits.
+
+    With the codes' norm operand (``mp_ptr``, code_norm_operand), x comes scaled by −2 (exact) and
+    ``xp`` is the rows' operand of ||x||² (norm_parts, scale 1; see row_operands): the tensor cores then
+    return d_raw = ||x||² + ||μ||² − 2 x·μ, where forming it costs an FADD and an FFMA per element
+    (static report). Else x as stored and ``xp`` unread."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
-    d, logits, clamp_ok = distances_logits(xm, xx[:, None], mm[None, :], a[None, :], b[None, :], mask_k[None, :])
+    if mp_ptr is not None:  # mm unread: the compiler drops its load
+        mp = tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
+        d_raw = tl.dot(xp, tl.trans(mp), xm, input_precision=DOT_PRECISION)
+    else:
+        d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
+    d, logits, clamp_ok = distances_logits(d_raw, a[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, mu, a, v, d, logits, clamp_ok
+
+
+@triton.jit
+def row_operands(x, xx, NORM_DOT: tl.constexpr):
+    """(x, xp) as row_tile takes them: with NORM_DOT, −2x (exact) and the rows' norm operand of ||x||²
+    (norm_parts); else x as it is, and xx in xp's place (unread)."""
+    if NORM_DOT:
+        return x * -2.0, norm_parts(xx, 1.0, True).to(x.dtype)
+    else:
+        return x, xx
 
 
 @triton.jit

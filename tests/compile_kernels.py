@@ -16,7 +16,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 
-from gmvq_kernels import backward, config, devtools, encode, forward, noise  # noqa: E402
+from gmvq_kernels import backward, config, devtools, encode, forward, noise, tiles  # noqa: E402
 from gmvq_kernels.spec import DIFF_OUTPUTS  # noqa: E402
 
 ALL = DIFF_OUTPUTS
@@ -53,7 +53,7 @@ def record(arch=None):
     config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
     config.arch = lambda device: arch
     noise.seed_on_device = lambda seed: isinstance(seed, torch.Tensor)  # CPU tensors stand in for CUDA ones
-    with devtools.record_launches(forward, backward, encode, noise) as log:
+    with devtools.record_launches(forward, backward, encode, noise, tiles) as log:
         for seed, dtype, prec, hard, explicit, D, N, K, grad_sets in (
                 [(1, *v) for v in VARIANTS] + [(torch.tensor(1), *v) for v in SEED_VARIANTS]):
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)

@@ -45,7 +45,7 @@ def test_speed_smoke(tmp_path):
     import json
     rows = json.load(open(tmp_path / "s.json"))["rows"]
     assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "triton_fused",
-                                             "triton_serial", "cdist_argmin"}
+                                             "triton_serial", "triton_no_norm_dot", "cdist_argmin"}
     assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out
@@ -78,13 +78,14 @@ def test_speed_cpu_step_one_variant(tmp_path):
 
 
 def test_speed_host_cpu(tmp_path):
-    """speed.py --host-cpu: the kernel path's host work on CPU tensors, its 4 launches recorded (the
-    forward, q̄, dx, dμ kernels: bf16 soft at D = 16 takes Δq in dx, backward.defer_delta_q), none run."""
+    """speed.py --host-cpu: the kernel path's host work on CPU tensors, its 5 launches recorded (the
+    forward, q̄, dx, dμ kernels: bf16 soft at D = 16 takes Δq in dx, backward.defer_delta_q; and the codes'
+    norm operand, tiles.code_norm_operand, once: the eager backward keeps the forward's), none run."""
     import json
 
     run_script(["benchmarks/speed.py", "--host-cpu", "--out", str(tmp_path / "h.json")], interpret=False)
     (row,) = json.load(open(tmp_path / "h.json"))["rows"]
-    assert row["launches_per_fwd_bwd"] == 4
+    assert row["launches_per_fwd_bwd"] == 5
     assert 0 < row["us_min"] <= row["us_median"]
     # the torch ops a fwd+bwd dispatches around them (103 on 2026-11-30, the loss's included)
     assert 50 < sum(row["torch_ops_per_fwd_bwd"].values()) < 200 and row["torch_ops_per_fwd_bwd"]["empty"] > 0

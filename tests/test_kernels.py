@@ -52,6 +52,45 @@ def test_half_delta_from_forward_clustered(dtype, upstream_only, hard, device):
     check_case(13, 37, 8, device, dtype=dtype, offset=30.0, upstream_only=upstream_only, hard=hard)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf − inf
+@pytest.mark.parametrize("scale, parts_first", [(1.0, False), (1.0, True), (-0.5, True)],
+                         ids=["codes-rowkernels", "rows-rowkernels", "rows-colkernels"])
+def test_norm_parts_are_exact(scale, parts_first, device):
+    """The norm operands (tiles.norm_parts): scale·sq as three parts, each exact in bf16, summing to
+    scale·sq exactly, beside three ones (the rows' parts in columns 0–2, the codes' in 3–5), zeros
+    elsewhere: the norm dot then adds exactly scale·(||x||² + ||μ||²), up to the tensor cores' own
+    summation. Over fp32's exponent range: where the parts are subnormal in bf16 (|scale·sq| < 2⁻¹⁰⁹)
+    within 2⁻¹³¹ absolute; a non-finite norm gives non-finite parts."""
+    from gmvq_kernels.tiles import norm_operand
+
+    g = torch.Generator().manual_seed(0)
+    sq = torch.cat([torch.rand(200, generator=g) * 2.0 ** torch.randint(-140, 127, (200,), generator=g).float(),
+                    torch.tensor([0.0, 1.0, 3.0, 1e-45, 1e-40, 1.2e-38, 1.7e38, 3.4e38])]).float()
+    sq = sq[(sq * scale).isfinite()]
+    out = norm_operand(sq.to(device), scale, parts_first).cpu().float()
+    parts, ones = (out[:, :3], out[:, 3:6]) if parts_first else (out[:, 3:6], out[:, :3])
+    want = scale * sq.double()
+    normal = want.abs() >= 2.0**-109
+    assert torch.equal(parts[normal].to(torch.bfloat16).float(), parts[normal]), "a part is not exact in bf16"
+    assert torch.equal(parts[normal].double().sum(1), want[normal]), "the parts do not sum to scale·sq"
+    # below, each part loses its bits under bf16's smallest subnormal (2⁻¹³³): an absolute error, no more
+    assert (parts[~normal].double().sum(1) - want[~normal]).abs().max() < 2.0**-131
+    assert torch.equal(ones, torch.ones_like(ones)) and not out[:, 6:].any()
+    bad = norm_operand(torch.tensor([float("inf"), float("nan")], device=device), scale, parts_first)
+    assert not bad.cpu().float()[:, :6].isfinite().all(1).any(), "a non-finite norm gave finite parts"
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_bf16_without_norm_dot(hard, device, monkeypatch):
+    """bf16 with GMVQ_NORM_DOT=0 (config.norm_dot): the norms added per element, as for fp16 and fp32, on
+    clustered data far from the origin, where the distance expansion cancels most."""
+    from gmvq_kernels import config
+
+    monkeypatch.setenv(config.NORM_DOT_ENV, "0")
+    assert not config.norm_dot(torch.bfloat16)
+    check_case(13, 37, 8, device, dtype=torch.bfloat16, offset=30.0, hard=hard)
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("upstream_only", [None, {"agg_posterior"}], ids=["all", "agg-only"])
@@ -387,7 +426,9 @@ def test_no_n_by_k_allocation(hard, fused, device, monkeypatch):
     from gmvq_kernels import config
 
     monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1" if fused else "0")
-    N, K, D = 32, 512, 2  # N·K = 16384 ≫ N·D = 64 and K·D = 1024 (sizes compared in bytes)
+    # N·K = 24576 bytes (the bound) lies well above N·D, K·D and the norm operands' (N, 16) and (K, 16) (bf16:
+    # tiles.norm_operand; fp32 under the interpreter), sizes compared in bytes
+    N, K, D = 96, 256, 2
     dtype = torch.bfloat16 if fused else torch.float32
     x, m, lv, lp = [t.requires_grad_() for t in make_inputs(N, K, D, dtype=dtype, prior=True, device=device)]
     rec = AllocationRecorder()

@@ -157,9 +157,10 @@ def test_op_version_pins_the_signature_and_output_layouts():
 
     from gmvq_kernels import autograd
 
-    pinned = {5: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
+    pinned = {6: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
                   "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 11) + ")",
-                  "(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor mm, Tensor? noise, "
+                  "(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor mm, Tensor? mp, Tensor? x_parts, "
+                  "Tensor? noise, "
                   "Tensor entropy, Tensor stats, Tensor hard_idx, Tensor y_sums, Tensor x_sq, Tensor? g_quantized, "
                   "Tensor? g_log_likelihood, Tensor? g_agg_posterior, Tensor? g_latent_nll, Tensor? g_mixture_var, "
                   "Tensor? g_entropy, Tensor tau, bool hard, Tensor seed, str dot_precision) -> "
