@@ -59,10 +59,10 @@ def _gmvq_fwd_kernel(
     spec.code_sq_norms); mp (K, 16): the codes' norm operand (tiles.code_norm_operand; None: the norms
     are added per element, see tiles.row_tile), the rows' is formed here; noise_ptr: explicit (N, K)
     fp32 noise or None (drawn from the seed: seed_lo/seed_hi, or the int64 at seed_ptr,
-    noise.kernel_seed). Writes z (N, D) in x's dtype, codes
-    (N,) int64, lse, lat, s2, ent (N,) fp32, stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y), xx = ||x||² (N,)
-    fp32 and, unless None, xq (N, 16) the column kernels' norm operand of it (tiles.row_norm_operand)
-    (both by split 0 when SPLIT) and, when HARD, hard_idx (N,) int64.
+    noise.kernel_seed). Writes z (N, D) in x's dtype, codes (N,) int64, lse, lat, s2, ent (N,) fp32,
+    stats (N, 4) fp32 (tiles.M_Q .. LOG2S_Y), xx = ||x||² (N,) fp32 and, unless None, xq (N, 16) the
+    column kernels' norm operand of it (tiles.row_norm_operand) (both by split 0 when SPLIT) and, when
+    HARD, hard_idx (N,) int64.
     y_scale = log2(e)/τ. DOT_PRECISION: tl.dot input precision.
 
     OP_DTYPE: x's dtype (the dot operand type on a GPU; the interpreter gets fp32 operands, so naming
@@ -221,9 +221,9 @@ def _gmvq_fwd_colsum_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Column sums Σ_n q_nk of BLOCK_K codes over one split of rows (program_id(1)), from the forward's
-    row statistics and ||x||² (xx (N,) fp32; and with the rows' norm operand xp (N, 16), tiles.row_norm_operand,
-    the tensor cores add the norms: tiles.col_half_distance): writes part (splits, K) fp32. Inputs as for
-    ``_gmvq_fwd_kernel``."""
+    row statistics and ||x||² (xx (N,) fp32; with the rows' norm operand xp (N, 16),
+    tiles.row_norm_operand, the tensor cores add the norms: tiles.col_half_distance): writes part
+    (splits, K) fp32. Inputs as for ``_gmvq_fwd_kernel``."""
     offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
@@ -256,11 +256,10 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (N, 4)
     fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
-    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32 and x_parts, the column kernels' norm
-    operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot), and code_parts, mp as used.
-    With few row blocks the codebook
-    is split across programs (config.split_codes) and ``combine_splits`` forms these from the splits'
-    states."""
+    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32, x_parts the column kernels'
+    norm operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot) and code_parts, mp
+    as used. With few row blocks the codebook is split across programs (config.split_codes) and
+    ``combine_splits`` forms these from the splits' states."""
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
