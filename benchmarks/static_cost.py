@@ -77,7 +77,8 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
     config.sm_count = lambda device: SMS
     config.arch = lambda device: f"sm_{cc}" if tuned else None
     try:
-        with devtools.record_launches(forward, backward, encode, noise, tiles) as log, config.fused_backward_env(fused):
+        with devtools.record_launches(forward, backward, encode, noise, tiles) as log, \
+                config.fused_backward_env(fused):
             if mode == "encode":
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
                 return log

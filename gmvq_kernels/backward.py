@@ -603,10 +603,10 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dx_acc = dx_sum = None
         dd_part, acc_part = parts(N), parts(N, D)
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
+        row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
         _gmvq_bwd_dx_kernel[row_grid](
-            *common(dq_part if defer else delta_q, (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])),
-            dd_part,
-            acc_part, y_sums, saved["codes"] if defer else None, qa_part, qamu_part,
+            *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
+            saved["codes"] if defer else None, qa_part, qamu_part,
             N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
             **row_launch)
         dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
