@@ -306,7 +306,9 @@ def nonempty_range(lo, hi, ASSUME: tl.constexpr = True):
     before; the static report's "wgmma" column): dx and dμ at every anchor shape, and the split forward
     at D = 32. Elsewhere it only moved registers (encode, fp32 tf32x3 at D = 256: 8 → 152 B of spills;
     the unsplit fp32 forward at D = 128: 1420 → 1564 B), so the Δ, q̄ and encode loops and the unsplit
-    forward's go without. ASSUME False (config.serial_wgmma: for side-by-side timing) leaves it out."""
+    forward's go without, except the unsplit forward with the norm dot (row_tile), whose second wgmma
+    group had ptxas serialise it. ASSUME False (config.serial_wgmma: for side-by-side timing) leaves it
+    out."""
     if ASSUME:
         tl.assume(hi > lo)
     return lo, hi
