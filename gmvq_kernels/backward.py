@@ -15,7 +15,9 @@ For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y
 computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
 (``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
 cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
-y_val is y, or the one-hot hard sample in hard mode. Then (a, v as in spec.component_terms):
+y_val is y, or the one-hot hard sample in hard mode (whose terms dx adds once per row after its loop
+at D ≤ 128, and dμ over each code's own rows after its loop: ``hard_rows``). Then (a, v as in
+spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
                                                              code splits at large K and small N; torch
@@ -123,6 +125,37 @@ def add_row_sums(acc, t, ones, DOT_PRECISION: tl.constexpr):
     else:
         acc = tl.dot(t, ones, acc, input_precision=DOT_PRECISION)
     return acc
+
+
+@triton.jit
+def gather_rows(ptr, offs_n, in_seg, D, offs_d):
+    """A (BLOCK_N, BLOCK_D) tile of rows ``offs_n`` (any order) of an (N, D) tensor, zeros where not in_seg."""
+    return tl.load(ptr + offs_n[:, None] * D + offs_d[None, :], mask=in_seg[:, None] & (offs_d[None, :] < D),
+                   other=0.0)
+
+
+@triton.jit
+def add_e_terms(acc, e_col, e, x, ones, OP_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(acc + eᵀ·x, e_col + Σ_n e) of a column kernel's (codes × rows) tile e = −2 dd (fp32) and rows x.
+    Half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (tiles.split_hi_lo, within 2⁻¹⁷;
+    e rounded alone left dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to below that: 1.3
+    bf16 ulps off at N = 1), and Σ_n e is taken of the same values, so that μ Σ e − Σ e x cancels a
+    common offset of x and μ exactly (an fp32 sum beside e rounded alone left 2⁻⁹·offset/spread);
+    e_col (BLOCK_K, 1) takes the fp32 tile instead (fp32 inputs, or where 16 columns would spill: within
+    2⁻¹⁷ of e_hi + e_lo)."""
+    if OP_DTYPE != tl.float32:
+        e_hi, e_lo = split_hi_lo(e, OP_DTYPE)
+        acc = tl.dot(e_hi.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(e_lo.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
+        if e_col.shape[1] == 1:
+            e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
+        else:
+            e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
+            e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
+    else:
+        acc = tl.dot(e, x, acc, input_precision=DOT_PRECISION)
+        e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
+    return acc, e_col
 
 
 @triton.jit
@@ -377,7 +410,7 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr, ent_ptr,
     hard_idx_ptr, delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr,
+    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr, hard_perm_ptr, hard_off_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -395,7 +428,13 @@ def _gmvq_bwd_dmu_kernel(
     With dx_acc (N, D) and dx_sum (N,) fp32, zeroed (the fused backward, ``config.fused_backward``),
     the kernel also adds each tile's Σ_k e μ_k and Σ_k e into them with float atomics, so that
     dx = dx_acc − x·dx_sum without the dx pass (as FlashAttention-2's backward forms dQ): one pass
-    over N×K fewer, at the price of bitwise reproducibility (the atomics' order varies from run to run)."""
+    over N×K fewer, at the price of bitwise reproducibility (the atomics' order varies from run to run).
+
+    With hard_perm (N,) int64, the rows sorted by their hard code (stable), and hard_off (K + 1,) int64,
+    the position in that order of each code's first row (``hard_rows``), the hard one-hot sample stays
+    out of the loop: its terms (Ḡ_lat·y_val in w, y_valᵀ·Ḡ_z, Σ Ḡ_s y_val) are all at (h_n, n), so split 0
+    adds them after the loop over the rows whose code lies in its block only (O(N·BLOCK_K) work in all,
+    in a fixed order: deterministic)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -411,8 +450,13 @@ def _gmvq_bwd_dmu_kernel(
     # accumulator for both dots: acc = Σ_n e x + Σ_n y_val Ḡ_z, so dμ = acc − μ Σ_n e
     a_e = -2.0 * a
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     FUSED_DX: tl.constexpr = dx_acc_ptr is not None
+    # hard mode: the one-hot's terms after the loop, over the rows of this block's codes (hard_perm)
+    HARD_ROWS: tl.constexpr = hard_perm_ptr is not None
+    tl.static_assert(not (HARD_ROWS and FUSED_DX), "the fused backward's dx takes the one-hot in the loop")
+    W_LAT: tl.constexpr = glat_ptr is not None and not HARD_ROWS  # w = Ḡ_lat·y_val − dℓ in the loop
+    Y_VAL: tl.constexpr = not HARD_ROWS  # y_val's terms in the loop
+    # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
     ones = ones_column(BLOCK_N, x_ptr)
@@ -447,7 +491,7 @@ def _gmvq_bwd_dmu_kernel(
             if gz_ptr is not None:
                 gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
-        if hard_idx_ptr is not None:
+        if hard_idx_ptr is not None and Y_VAL:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
             # the one-hot's zeros taken from q (min(q, 0) = 0, NaN included) put it in q's (MMA) layout,
             # so the Ḡ_z dot takes it from registers; built from the compare alone it made a round trip
@@ -463,26 +507,15 @@ def _gmvq_bwd_dmu_kernel(
                             load_row_vec(glse_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(gh_ptr, offs_n, row_hi)[None, :], g_lat[None, :], g_c[:, None],
                             valid, HAS_Y, glse_ptr is not None, gh_ptr is not None,
-                            gc_ptr is not None, glat_ptr is not None)
+                            gc_ptr is not None, W_LAT)
         dl = tl.where(rows, dl, 0.0)
-        w = tl.where(rows, w, 0.0)
-        e = tl.where(clamp_ok & rows & valid, w * a_e[:, None], 0.0)
+        # without Ḡ_lat·y_val, e = dℓ·2a: w = −dℓ would be 0 − dℓ in Triton, an FADD per element
+        e = tl.where(clamp_ok & rows & valid, w * a_e[:, None] if W_LAT else dl * (-a_e)[:, None], 0.0)
         # dλ = Σ_n [dℓ (d a − D/2) − Ḡ_lat y_val d a + Ḡ_s y_val σ²] = ½ Σ_n e·d − (D/2)·Σ_n dℓ + σ² Σ_n Ḡ_s y_val
         # (e·d = −2 w·d·a), assembled after the loop from column sums, as autograd assembles it; fp32 e
         # (its terms cancel). ½ Σ_n e·d = −Σ_n e·r (d = −2r: the same values, exactly)
         er_sum += tl.sum(e * r, axis=1)
-        # half inputs: e enters the dot as e_hi + e_lo, two tiles of x's dtype (tiles.split_hi_lo, within
-        # 2⁻¹⁷; e rounded alone left dμ 2⁻⁹ of Σ_n |e|·|x − μ|, which the Ḡ_z term can cancel down to
-        # below that: 1.3 bf16 ulps off at N = 1), and Σ_n e is taken of the same values, so that
-        # μ Σ e − Σ e x cancels a common offset of x and μ exactly (an fp32 sum beside e rounded alone
-        # left 2⁻⁹·offset/spread)
-        if OP_DTYPE != tl.float32:
-            e_hi, e_lo = split_hi_lo(e, OP_DTYPE)
-            acc = tl.dot(e_hi.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-            acc = tl.dot(e_lo.to(x.dtype), x, acc, input_precision=DOT_PRECISION)
-        else:
-            e_hi = e
-            acc = tl.dot(e, x, acc, input_precision=DOT_PRECISION)
+        acc, e_col = add_e_terms(acc, e_col, e, x, ones, OP_DTYPE, DOT_PRECISION)
         if FUSED_DX:
             # this tile's share of dx = Σ_k e μ_k − x Σ_k e (e = −2 dd), added atomically. As in the dx
             # kernel, e enters the dot rounded once to x's dtype (by name: the interpreter rounds it too) and
@@ -497,18 +530,43 @@ def _gmvq_bwd_dmu_kernel(
             tl.atomic_add(dx_acc_ptr + offs_n[None, :] * D + offs_d[:, None], dx_t,
                           mask=row_ok[None, :] & (offs_d[:, None] < D), sem="relaxed")
             tl.atomic_add(dx_sum_ptr + offs_n, e_rows, mask=row_ok, sem="relaxed")
-        if SUMS == 1:  # fp32 inputs, or the fp32 tile (within 2⁻¹⁷ of e_hi + e_lo) where 16 would spill
-            e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
-        else:
-            e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
-            e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
-        if gs_ptr is not None:
+        if gs_ptr is not None and Y_VAL:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
-        if gz_ptr is not None:
+        if gz_ptr is not None and Y_VAL:
             # y rounded to x's dtype by name, so that the interpreter rounds it as a GPU does
             y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
             acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
+
+    if HARD_ROWS:
+        # the one-hot's terms, over the rows of this block's codes (split 0 alone), as the loop formed
+        # them: the same distance tile (so the same clamp), e = Ḡ_lat·a_e at (h_n, n) split hi + lo
+        seg_lo = tl.load(hard_off_ptr + k_start)
+        seg_hi = tl.load(hard_off_ptr + tl.minimum(k_start + BLOCK_K, K))
+        seg_hi = tl.where(split == 0, seg_hi, seg_lo)
+        for p_start in range(seg_lo, seg_hi, BLOCK_N):
+            in_seg = p_start + tl.arange(0, BLOCK_N) < seg_hi
+            offs_n = tl.load(hard_perm_ptr + p_start + tl.arange(0, BLOCK_N), mask=in_seg, other=0)
+            n_end = tl.where(in_seg, N, 0)  # load_row_vec's bound: the gathered rows, 0 outside the segment
+            one_hot = (offs_k[:, None] == tl.load(hard_idx_ptr + offs_n, mask=in_seg, other=-1)[None, :])
+            if glat_ptr is not None:
+                x = gather_rows(x_ptr, offs_n, in_seg, D, offs_d)
+                xx = tl.load(xx_ptr + offs_n, mask=in_seg, other=0.0)
+                xp = gather_rows(xp_ptr, offs_n, in_seg, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
+                r, _, clamp_ok = half_distances_logits(col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None,
+                                                                         DOT_PRECISION), -a_e[:, None], b[:, None],
+                                                       valid)
+                g_lat = load_row_vec(glat_ptr, offs_n, n_end)
+                e = tl.where(one_hot & clamp_ok, g_lat[None, :] * a_e[:, None], 0.0)
+                er_sum += tl.sum(e * r, axis=1)
+                acc, e_col = add_e_terms(acc, e_col, e, x, ones, OP_DTYPE, DOT_PRECISION)
+            if gs_ptr is not None:
+                gs_y += tl.sum(tl.where(one_hot, load_row_vec(gs_ptr, offs_n, n_end)[None, :], 0.0), axis=1)
+            if gz_ptr is not None:
+                gz = gather_rows(gz_ptr, offs_n, in_seg, D, offs_d)
+                # the one-hot as a float tile (a cast of the compare to bf16 came out wrong under the interpreter)
+                y_op = tl.where(one_hot, 1.0, 0.0).to(OP_DTYPE).to(gz.dtype)
+                acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
 
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     tl.store(acc_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], acc, mask=mask_kd)
@@ -518,6 +576,15 @@ def _gmvq_bwd_dmu_kernel(
         d_log_var += v * gs_y
     tl.store(dlv_part_ptr + split * K + offs_k, d_log_var, mask=mask_k)
     tl.store(dlp_part_ptr + split * K + offs_k, d_log_pi, mask=mask_k)
+
+
+def hard_rows(hard_idx, K):
+    """(perm, first) of the dμ kernel's hard-mode epilogue: the rows in order of their hard code (a
+    stable sort: one order, so deterministic) and, per code k ≤ K, the position there of its first row
+    (k = K: the end of the last code's rows). Codes outside [0, K) (a non-finite row's) fall outside
+    first[0] .. first[K], so no code takes their term, as in the loop's one-hot."""
+    codes, perm = torch.sort(hard_idx, stable=True)
+    return perm, torch.searchsorted(codes, torch.arange(K + 1, device=hard_idx.device))
 
 
 def use_fused(dtype: torch.dtype, BLOCK_D: int) -> bool:
@@ -631,7 +698,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     dist = (mm, noise, saved["stats"], saved["x_sq"], xp)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
         *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
-        N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
+        *(hard_rows(saved["hard_idx"], K) if hard and has_y and not fused else (None, None)), N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)

@@ -116,6 +116,19 @@ def test_wide_latents_match_reference(D, hard, device):
     check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("D", [6, 130], ids=["D6", "D130"])
+def test_hard_sample_terms_over_rows_sorted_by_code(D, dtype, device, monkeypatch):
+    """Hard mode's dμ kernel adds the one-hot's terms after its loop, over the rows sorted by their hard
+    code (backward.hard_rows): here ~80 rows fall in the first block of 16 codes (five row tiles of
+    the interpreter's 16), the rest in a second, partial block, and the column kernel runs four row
+    splits (as on a GPU with few code blocks), of which only the first may add them."""
+    from gmvq_kernels import backward
+
+    monkeypatch.setattr(backward, "split_rows", lambda N, n_col, BLOCK_N, dev: (-(-N // (2 * BLOCK_N)), 2 * BLOCK_N))
+    check_case(100, 20, D, device, dtype=dtype, hard=True, prior=True, tau=0.5)
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
