@@ -8,8 +8,9 @@ and the codebook as keys and values: the nearest fused kernel, a speed-of-light 
 less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed);
 ``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``), ``triton_serial`` (ours with
 ``GMVQ_SERIAL_WGMMA=1``: the loops as before README "Speed", item 20, their wgmma serialised by ptxas,
-timed beside the default to measure what that item gained) and ``triton_no_norm_dot`` (ours with
-``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23).
+timed beside the default to measure what that item gained), ``triton_no_norm_dot`` (ours with
+``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23) and
+``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, README "Speed", item 24).
 Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
 ``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
@@ -62,10 +63,11 @@ def objective(out):
     return gk.albo_loss(out) + out.quantized.float().square().mean()
 
 
-def gmvq_loss(impl, dot_precision=None, seed=0):
+def gmvq_loss(impl, dot_precision=None, seed=0, hard=False):
     """``objective`` of gmvq with this impl (τ = 1)."""
     def loss(x, means, log_var):
-        return objective(gk.gmvq(x, means, log_var, impl=impl, tau=1.0, seed=seed, dot_precision=dot_precision))
+        return objective(gk.gmvq(x, means, log_var, impl=impl, tau=1.0, seed=seed, dot_precision=dot_precision,
+                                 hard=hard))
     return loss
 
 
@@ -111,6 +113,8 @@ def encode_fn(provider, prec):
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
     if provider in ("triton", "triton_fused", "triton_serial", "triton_no_norm_dot"):  # measure() sets their flags
         return gmvq_loss("triton", prec)
+    if provider == "triton_hard":
+        return gmvq_loss("triton", prec, hard=True)
     if provider == "reference":
         return gmvq_loss("reference")
     if provider == "torch_compile":
@@ -440,7 +444,7 @@ def run_smoke(args):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
         # the fused backward takes half inputs (backward.use_fused)
-        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot"):
+        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot", "triton_hard"):
             rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
@@ -462,6 +466,7 @@ def run_full(args, device, deadline, checkpoint=None):
             rows.append(measure("triton_fused", "fwd_bwd", "bf16", N, K, D, device))
         rows.append(measure("triton_serial", "fwd_bwd", "bf16", N, K, D, device))  # before item 20's fix
         rows.append(measure("triton_no_norm_dot", "fwd_bwd", "bf16", N, K, D, device))  # before item 23
+        rows.append(measure("triton_hard", "fwd_bwd", "bf16", N, K, D, device))  # hard mode (item 24)
         for prec in FP32_PRECS.get(i, []):
             rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
         for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):

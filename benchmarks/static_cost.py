@@ -9,7 +9,8 @@ for sm_90 (and sm_80 with ``--arch 80 90``) with the ptxas bundled in triton's w
 with the bundled nvdisasm. Per kernel it reports registers, spill bytes, whether ptxas serialised its
 wgmma (its warnings C7515, C7512, ...: each then waits for the one before, which the instruction
 counts do not show), shared memory, resident warps/SM, grid, and the thread-instructions per (n, k)
-element of one pass by class, read from the main loop (the outermost backward branch). A
+element of one pass by class, read from the main loop (the outermost backward branch), plus a loop
+after it at its share of the main loop's iterations (``after_loop_share``: hard mode's dμ). A
 FlashAttention-2-style kernel pair (forward + backward with queries = x, keys = values = the
 codebook) is compiled in the same run as the yardstick, and so is the standalone kernel of
 ``gumbel_noise`` (the cost of the noise alone, per element drawn).
@@ -34,6 +35,7 @@ The launches take the configs the launchers pick on that arch: ``config.TUNED``'
 configs they were designed for (what a GPU without measured entries runs), as before the first tuning.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -111,27 +113,48 @@ def analyse(launch, cc, cache):
     return cache[key]
 
 
-def model(info, launch, elems, dot_kind):
-    """Modelled H200 milliseconds of one launch (see module docstring) and its per-element counts."""
+def after_loop_share(launch, K):
+    """Iterations of a kernel's loop after its main loop (``devtools.Sass.after``), per main-loop
+    iteration: hard mode's dμ kernel walks each row once more, in the code block of its hard code
+    (backward.hard_rows), so BLOCK_K/K of the main loop's tiles if the codes are used evenly (a
+    codebook whose rows crowd into few codes costs those blocks more). 0 for every other kernel."""
+    if launch.name != "_gmvq_bwd_dmu_kernel":
+        return 0.0
+    fn = launch.fn
+    while not inspect.isfunction(fn):  # heuristics / JIT wrappers down to the Python function
+        fn = fn.fn
+    perm = launch.args[list(inspect.signature(fn).parameters).index("hard_perm_ptr")]
+    return 0.0 if perm is None else launch.kwargs["BLOCK_K"] / K
+
+
+def model(info, launch, elems, dot_kind, after_share=0.0):
+    """Modelled H200 milliseconds of one launch (see module docstring) and its per-element counts; a
+    loop after the main one counts at ``after_share`` iterations per main-loop iteration."""
     kw = launch.kwargs
     warps = kw.get("num_warps", 4)
     tile = kw["BLOCK_N"] * kw["BLOCK_K"]
     grid = math.prod(launch.grid)
     sass = info["sass"]
+    loops = [(sass, 1.0)] + ([(sass.after, after_share)] if after_share and sass.after is not None else [])
+    loop_len = sum(s.loop_len * w for s, w in loops)
+    classes = {}
+    for s, w in loops:
+        for cls, n in s.classes.items():
+            classes[cls] = classes.get(cls, 0) + n * w
     per_sm = math.ceil(grid / SMS)
     ctas = occupancy(info["regs"], info["shared"], warps)
     resident = min(ctas, per_sm) * warps
     iters = math.ceil(elems / (grid * tile))
     eff = min(1.0, resident / 8)
-    cycles = {"issue": sass.loop_len * warps / 4 / max(eff, 1e-3)}
+    cycles = {"issue": loop_len * warps / 4 / max(eff, 1e-3)}
     for cls, rate in RATES.items():
-        cycles[cls] = sass.classes.get(cls, 0) * warps * 32 / rate
-    cycles["tensor"] = sass.mma_flops_per_cta(warps) / TENSOR_FLOPS_PER_CLK[dot_kind]
+        cycles[cls] = classes.get(cls, 0) * warps * 32 / rate
+    cycles["tensor"] = sum(s.mma_flops_per_cta(warps) * w for s, w in loops) / TENSOR_FLOPS_PER_CLK[dot_kind]
     bound = max(cycles, key=cycles.get)
     ms = per_sm * iters * cycles[bound] / CLOCK_HZ * 1e3
-    per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(sass.classes.items())}
+    per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(classes.items())}
     return dict(grid=grid, warps_per_sm=ctas * warps, resident_warps=resident,
-                instr_per_elem=sass.loop_len * warps * 32 / tile, classes=per_elem,
+                instr_per_elem=loop_len * warps * 32 / tile, classes=per_elem,
                 mma=sass.mma_shapes, bound=bound, model_ms=ms)
 
 
@@ -147,13 +170,14 @@ def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True):
         if "BLOCK_K" not in launch.kwargs:  # tiles.norm_operand's O(N + K) launches: not a pass over N×K
             continue
         info = analyse(launch, cc, cache)
-        m = model(info, launch, N * K, dot_kind(dtype, prec))
+        share = after_loop_share(launch, K)
+        m = model(info, launch, N * K, dot_kind(dtype, prec), share)
         rows.append(dict(shape=list(shape), mode=mode, dtype=dtype_name if dtype_name != "fp32" else f"fp32-{prec}",
                          arch=f"sm_{cc}", kernel=launch.name, regs=info["regs"],
                          spill_bytes=info["spill_bytes"], wgmma_serialized=info["wgmma_serialized"],
                          shared_bytes=info["shared"],
                          num_warps=launch.kwargs.get("num_warps", 4),
-                         block=[launch.kwargs["BLOCK_N"], launch.kwargs["BLOCK_K"]], **m))
+                         block=[launch.kwargs["BLOCK_N"], launch.kwargs["BLOCK_K"]], after_loop_share=share, **m))
     total = dict(shape=list(shape), mode=mode, dtype=rows[0]["dtype"], arch=f"sm_{cc}", passes=len(rows),
                  instr_per_elem=sum(r["instr_per_elem"] for r in rows),
                  mufu_per_elem=sum(r["classes"].get("MUFU", 0) for r in rows),

@@ -16,8 +16,8 @@ computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel t
 (``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
 cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
 y_val is y, or the one-hot hard sample in hard mode (whose terms dx adds once per row after its loop
-at D ≤ 128, and dμ over each code's own rows after its loop: ``hard_rows``). Then (a, v as in
-spec.component_terms):
+at D ≤ 128, and dμ over each code's own rows after its loop from config.HARD_ROWS_MIN_BLOCKS code
+blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
 
     dx_n = 2 (x_n Σ_k dd − Σ_k dd μ_k)                     ``_gmvq_bwd_dx_kernel``  (row blocks ×
                                                              code splits at large K and small N; torch
@@ -48,8 +48,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, block_d, col_config, delta_config, fused_backward,
-                     fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
+from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, HARD_ROWS_MIN_BLOCKS, block_d, col_config, delta_config,
+                     fused_backward, fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
@@ -432,9 +432,9 @@ def _gmvq_bwd_dmu_kernel(
 
     With hard_perm (N,) int64, the rows sorted by their hard code (stable), and hard_off (K + 1,) int64,
     the position in that order of each code's first row (``hard_rows``), the hard one-hot sample stays
-    out of the loop: its terms (Ḡ_lat·y_val in w, y_valᵀ·Ḡ_z, Σ Ḡ_s y_val) are all at (h_n, n), so split 0
-    adds them after the loop over the rows whose code lies in its block only (O(N·BLOCK_K) work in all,
-    in a fixed order: deterministic)."""
+    out of the loop: its terms (Ḡ_lat·y_val in w, y_valᵀ·Ḡ_z, Σ Ḡ_s y_val) are all at (h_n, n), so the
+    splits add them after the loop over the rows whose code lies in their block only, each an equal
+    share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -539,11 +539,14 @@ def _gmvq_bwd_dmu_kernel(
             acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
 
     if HARD_ROWS:
-        # the one-hot's terms, over the rows of this block's codes (split 0 alone), as the loop formed
-        # them: the same distance tile (so the same clamp), e = Ḡ_lat·a_e at (h_n, n) split hi + lo
+        # the one-hot's terms, over the rows of this block's codes (each split an equal, whole-tile share
+        # of them), as the loop formed them: the same distance tile (so the same clamp), e = Ḡ_lat·a_e at
+        # (h_n, n) split hi + lo
         seg_lo = tl.load(hard_off_ptr + k_start)
         seg_hi = tl.load(hard_off_ptr + tl.minimum(k_start + BLOCK_K, K))
-        seg_hi = tl.where(split == 0, seg_hi, seg_lo)
+        share = tl.cdiv(tl.cdiv(seg_hi - seg_lo, tl.num_programs(1)), BLOCK_N) * BLOCK_N
+        seg_lo += split * share
+        seg_hi = tl.minimum(seg_hi, seg_lo + share)
         for p_start in range(seg_lo, seg_hi, BLOCK_N):
             in_seg = p_start + tl.arange(0, BLOCK_N) < seg_hi
             offs_n = tl.load(hard_perm_ptr + p_start + tl.arange(0, BLOCK_N), mask=in_seg, other=0)
@@ -564,7 +567,7 @@ def _gmvq_bwd_dmu_kernel(
                 gs_y += tl.sum(tl.where(one_hot, load_row_vec(gs_ptr, offs_n, n_end)[None, :], 0.0), axis=1)
             if gz_ptr is not None:
                 gz = gather_rows(gz_ptr, offs_n, in_seg, D, offs_d)
-                # the one-hot as a float tile (a cast of the compare to bf16 came out wrong under the interpreter)
+                # a float tile: the compare cast to bf16 came out wrong under the interpreter
                 y_op = tl.where(one_hot, 1.0, 0.0).to(OP_DTYPE).to(gz.dtype)
                 acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
 
@@ -696,9 +699,13 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     x_parts = saved.get("x_parts")  # the forward's, where it was kept (an eager backward: autograd.EagerFused)
     xp = row_norm_operand(saved["x_sq"], mp) if x_parts is None else x_parts
     dist = (mm, noise, saved["stats"], saved["x_sq"], xp)
+    # hard mode: the one-hot's terms after the loop where the codebook has enough blocks for that to pay
+    # (config.HARD_ROWS_MIN_BLOCKS); not with the fused backward, whose dx takes them by atomics in the loop
+    after_loop = hard and has_y and not fused and n_col >= HARD_ROWS_MIN_BLOCKS
+    hard_perm_first = hard_rows(saved["hard_idx"], K) if after_loop else (None, None)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum,
-        *(hard_rows(saved["hard_idx"], K) if hard and has_y and not fused else (None, None)), N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
+        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum, *hard_perm_first,
+        N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)

@@ -109,6 +109,13 @@ NORM_DOT_MAX_BLOCK_D = 128
 # beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
 DEFER_DQ_MAX_BLOCK_D = 64
 
+# hard mode's dμ kernel adds the one-hot's terms after its loop (backward.hard_rows) from this many code
+# blocks on: that second loop walks each row once per code block of BLOCK_K codes, N·BLOCK_K elements in
+# all, against the main loop's N·K, at about half the main loop's instructions per tile (static report,
+# bf16: 486 against 965 at (8192, 1024, 64), 564 against 1041 at (32768, 8192, 128)), so it costs about
+# 30·BLOCK_K/K per element where the one-hot in the loop costs 5–7: from 8 blocks on it gains
+HARD_ROWS_MIN_BLOCKS = 8
+
 
 def block_d(D: int) -> int:
     """Whole latent dimension in one tile: next power of two, at least 16 (the GPU dot minimum)."""

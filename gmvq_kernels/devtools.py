@@ -194,6 +194,9 @@ class Sass:
     mma_shapes: dict = field(default_factory=dict)   # e.g. "HGMMA.64x64x16.F32.BF16" -> count in the loop
     hgmma_flops: float = 0.0                         # FLOPs of the loop's HGMMAs, per warpgroup
     hmma_flops: float = 0.0                          # FLOPs of the loop's HMMAs, per warp
+    # the longest loop that starts after the main one ends (hard mode's dμ: the rows of each code block,
+    # backward.hard_rows), counted the same way (its ``total`` is 0), or None
+    after: "Sass | None" = None
 
     def mma_flops_per_cta(self, num_warps: int) -> float:
         """Tensor-core FLOPs of one loop iteration of a CTA of ``num_warps`` warps."""
@@ -224,11 +227,20 @@ def read_sass(kernel) -> Sass:
                 loops.append((labels[t.group(1)], addr))
     if loops:  # the longest backward jump: the main loop over tiles
         lo, hi = max(loops, key=lambda r: r[1] - r[0])
-        body = [(a, op) for a, op, _ in instrs if lo <= a <= hi]
+        later = [r for r in loops if r[0] > hi]
+        after = max(later, key=lambda r: r[1] - r[0]) if later else None
     else:
-        body = [(a, op) for a, op, _ in instrs]
+        lo, hi, after = -1, float("inf"), None
+    sass = _loop_sass([op for a, op, _ in instrs if lo <= a <= hi], total=len(instrs))
+    if after is not None:
+        sass.after = _loop_sass([op for a, op, _ in instrs if after[0] <= a <= after[1]], total=0)
+    return sass
+
+
+def _loop_sass(body, total) -> Sass:
+    """The counts of one loop body (its opcodes, in order)."""
     classes, shapes, flops = {}, {}, {"HGMMA": 0.0, "HMMA": 0.0}
-    for _, op in body:
+    for op in body:
         cls = _classify(op)
         classes[cls] = classes.get(cls, 0) + 1
         if op.startswith(("HGMMA", "HMMA")):
@@ -240,5 +252,5 @@ def read_sass(kernel) -> Sass:
                 digits = re.match(r"HMMA\.(\d+)", op).group(1)  # HMMA.16816: m16 n8 k16; HMMA.1688: k8
                 m, n, k = int(digits[:2]), int(digits[2]), int(digits[3:])
                 flops["HMMA"] += 2.0 * m * n * k
-    return Sass(total=len(instrs), loop_len=len(body), classes=classes, mma_shapes=shapes,
+    return Sass(total=total, loop_len=len(body), classes=classes, mma_shapes=shapes,
                 hgmma_flops=flops["HGMMA"], hmma_flops=flops["HMMA"])

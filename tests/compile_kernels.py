@@ -63,9 +63,13 @@ def record(arch=None):
                                         dot_precision=prec)
             upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K),
                             **{n: torch.randn(N) for n in DIFF_OUTPUTS if n not in ("quantized", "agg_posterior")})
-            for keep in grad_sets:
-                backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
-                                  hard=hard, seed=seed, dot_precision=prec)
+            # hard mode's dμ both ways: the one-hot in the loop, and after it (a codebook of at least
+            # config.HARD_ROWS_MIN_BLOCKS code blocks; these have one or two)
+            for min_blocks in ((10**9, 1) if hard else (10**9,)):
+                backward.HARD_ROWS_MIN_BLOCKS = min_blocks
+                for keep in grad_sets:
+                    backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
+                                      hard=hard, seed=seed, dot_precision=prec)
             with config.fused_backward_env():  # GMVQ_FUSED_BACKWARD=1: dx's atomics in the dμ kernel
                 backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=0.5,
                                   hard=hard, seed=seed, dot_precision=prec)

@@ -44,6 +44,11 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
             # exp2 per element and no noise (with the noise: 4 MUFU per element)
             assert r["classes"]["MUFU"] == 1.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
+    # hard mode's dμ walks each row once more after its loop (backward.hard_rows) where K has at least
+    # config.HARD_ROWS_MIN_BLOCKS code blocks: counted at BLOCK_K/K of the main loop's tiles
+    shares = {(r["mode"], r["shape"][1]): r["after_loop_share"] for r in report["rows"]
+              if r["kernel"] == "_gmvq_bwd_dmu_kernel"}
+    assert shares[("hard", 1024)] == 128 / 1024 and shares[("soft", 1024)] == 0.0, shares
     # the target of ≤ 200 thread-instructions per (n, k) element over one fwd+bwd, met at D ≤ 64 in both
     # modes since README "Speed", item 18 (189.9 / 198.3 soft / hard): a change that gives it up must
     # say so here

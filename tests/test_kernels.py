@@ -120,11 +120,14 @@ def test_wide_latents_match_reference(D, hard, device):
 @pytest.mark.parametrize("D", [6, 130], ids=["D6", "D130"])
 def test_hard_sample_terms_over_rows_sorted_by_code(D, dtype, device, monkeypatch):
     """Hard mode's dμ kernel adds the one-hot's terms after its loop, over the rows sorted by their hard
-    code (backward.hard_rows): here ~80 rows fall in the first block of 16 codes (five row tiles of
-    the interpreter's 16), the rest in a second, partial block, and the column kernel runs four row
-    splits (as on a GPU with few code blocks), of which only the first may add them."""
+    code (backward.hard_rows), from config.HARD_ROWS_MIN_BLOCKS code blocks on (here from 1; the other
+    hard cases with fewer blocks than 8 keep the one-hot in the loop): ~80 rows fall in the first block
+    of 16 codes (five row tiles of the interpreter's 16), the rest in a second, partial block, and the
+    column kernel runs four row splits (as on a GPU with few code blocks), which share each block's
+    rows in whole tiles."""
     from gmvq_kernels import backward
 
+    monkeypatch.setattr(backward, "HARD_ROWS_MIN_BLOCKS", 1)
     monkeypatch.setattr(backward, "split_rows", lambda N, n_col, BLOCK_N, dev: (-(-N // (2 * BLOCK_N)), 2 * BLOCK_N))
     check_case(100, 20, D, device, dtype=dtype, hard=True, prior=True, tau=0.5)
 
