@@ -2,7 +2,7 @@
 
 0. The GPU's Gumbel noise against the exact transform in float64, and a KS fit of 2²² draws.
 1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
-   hard, with a prior, latents far from the origin with and without the norm dot (GMVQ_NORM_DOT=0), and
+   hard (dμ's one-hot after its loop and, at K = 500, in it), with a prior, latents far from the origin with and without the norm dot (GMVQ_NORM_DOT=0), and
    the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
    gradient (max error relative to max|gt|, beside the
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
@@ -454,6 +454,8 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32", False, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
+        # hard mode with fewer code blocks than config.HARD_ROWS_MIN_BLOCKS: dμ keeps the one-hot in its loop
+        lambda: full_check(1000, 500, 100, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, offset=30.0),
