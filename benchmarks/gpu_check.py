@@ -2,7 +2,8 @@
 
 0. The GPU's Gumbel noise against the exact transform in float64, and a KS fit of 2²² draws.
 1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
-   hard (dμ's one-hot after its loop and, at K = 500, in it), with a prior, latents far from the origin with and without the norm dot (GMVQ_NORM_DOT=0), and
+   hard (dμ's one-hot after its loop and, at K = 500, in it), with a prior, latents far from the
+   origin with and without the norm dot (GMVQ_NORM_DOT=0), and
    the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
    gradient (max error relative to max|gt|, beside the
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
