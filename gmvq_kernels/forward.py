@@ -245,11 +245,10 @@ def _gmvq_fwd_colsum_kernel(
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
-def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None, mp=None):
+def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
     a, b, v (K,) fp32 contiguous (see spec.component_terms); mm = ||μ||² (K,) fp32 (spec.code_sq_norms;
-    computed here when None); mp: the codes' norm operand (tiles.code_norm_operand, formed here when
-    None); noise None or (N, K) contiguous.
+    computed here when None); noise None or (N, K) contiguous.
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
@@ -257,8 +256,8 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
     ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32, x_parts the column kernels'
-    norm operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot) and code_parts, mp
-    as used. With few row blocks the codebook is split across programs (config.split_codes) and
+    norm operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot) and code_parts, the
+    codes' (K, 16) (tiles.code_norm_operand; an eager backward reuses both). With few row blocks the codebook is split across programs (config.split_codes) and
     ``combine_splits`` forms these from the splits' states."""
     N, D = x.shape
     K = means.shape[0]
@@ -270,7 +269,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
     mm = code_sq_norms(means) if mm is None else mm
-    mp = code_norm_operand(mm, x.dtype) if mp is None else mp
+    mp = code_norm_operand(mm, x.dtype)  # the codes' norm operand (returned as code_parts), or None
     xx = torch.empty(N, **f32)
     row_mp = acc_norm_operand(mp, D)
     # the column kernels' rows operand (tiles.row_norm_operand): written beside ||x||² by a forward that
