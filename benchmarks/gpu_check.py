@@ -455,6 +455,8 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32", False, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
+        # soft at BLOCK_D = 128: the forward's lazy rescale (forward.LAZY_MIN_BLOCK_D), soft sums kept
+        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log),
         # hard mode with fewer code blocks than config.HARD_ROWS_MIN_BLOCKS: dμ keeps the one-hot in its loop
         lambda: full_check(1000, 500, 100, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0),

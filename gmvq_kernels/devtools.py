@@ -197,6 +197,9 @@ class Sass:
     # the longest loop that starts after the main one ends (hard mode's dμ: the rows of each code block,
     # backward.hard_rows), counted the same way (its ``total`` is 0), or None
     after: "Sass | None" = None
+    # the main loop's code that a forward branch can jump over (the forward kernel's lazy rescale,
+    # forward.LAZY_LOG2), counted the same way and included above, or None
+    skippable: "Sass | None" = None
 
     def mma_flops_per_cta(self, num_warps: int) -> float:
         """Tensor-core FLOPs of one loop iteration of a CTA of ``num_warps`` warps."""
@@ -232,6 +235,13 @@ def read_sass(kernel) -> Sass:
     else:
         lo, hi, after = -1, float("inf"), None
     sass = _loop_sass([op for a, op, _ in instrs if lo <= a <= hi], total=len(instrs))
+    skipped = set()
+    for addr, op, operands in instrs:
+        t = re.search(r"\((\.L_x_\d+)\)", operands) if op.startswith("BRA") and lo <= addr < hi else None
+        if t and addr < labels.get(t.group(1), -1) <= hi:
+            skipped.update(a for a, _, _ in instrs if addr < a < labels[t.group(1)])
+    if skipped:
+        sass.skippable = _loop_sass([op for a, op, _ in instrs if a in skipped], total=0)
     if after is not None:
         sass.after = _loop_sass([op for a, op, _ in instrs if after[0] <= a <= after[1]], total=0)
     return sass

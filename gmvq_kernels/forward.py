@@ -39,6 +39,33 @@ EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
 P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
+# The forward's y sums move to a new reference only past p_y = 2^LAZY_LOG2, and then to 2^-LAZY_HEADROOM
+# below it (_gmvq_fwd_kernel, LAZY): 1–6 moves per program at the anchor rows (benchmarks/README.md).
+# fp16 holds the p_y operand only within [2^-14, 65504]: there the largest p_y stays in [1, 2^15].
+LAZY_LOG2, LAZY_HEADROOM = tl.constexpr(16.0), tl.constexpr(32.0)
+LAZY_LOG2_FP16 = tl.constexpr(15.0)
+LAZY_MIN_BLOCK_D = 128
+
+
+def lazy_rescale_on(dtype, hard, with_sums, BLOCK_D):
+    """Whether the forward kernel moves its y sums lazily (LAZY): for half inputs from BLOCK_D =
+    LAZY_MIN_BLOCK_D on, where acc_z is formed (soft mode, or hard mode with the soft sums). Below that
+    BLOCK_D the flag costs more than the multiply it saves; fp32 with tf32x3 spills more with it, and
+    a hard forward without the sums has no acc_z to spare (static report, README "Speed", item 25)."""
+    return dtype != torch.float32 and (with_sums or not hard) and BLOCK_D >= LAZY_MIN_BLOCK_D
+
+
+@triton.jit
+def lazy_rescale(r_y, m_y, y_scale):
+    """The factor taking sums relative to the reference r_y to the reference m_y: 1 where they are
+    equal, which also keeps a row whose loop saw no codes (both −inf: an empty split) at 0, not NaN."""
+    return tl.where(r_y == m_y, 1.0, tl.exp2((r_y - m_y) * y_scale))
+
+
+@triton.jit
+def rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z):
+    """The forward's y sums times the per-row factor alpha_y (a move of their reference)."""
+    return alpha_y * s_y, alpha_y * acc_v, alpha_y * acc_lat, acc_z * alpha_y[:, None]
 
 
 @EVEN_K
@@ -49,7 +76,7 @@ def _gmvq_fwd_kernel(
     part_ptr, part_k_ptr, part_z_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, NONEMPTY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, NONEMPTY: tl.constexpr, LAZY: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
@@ -73,7 +100,8 @@ def _gmvq_fwd_kernel(
     ysum (N, D + 2) for the backward, in hard mode too.
 
     NONEMPTY: the split loop's range is declared non-empty (tiles.nonempty_range; False only for
-    config.serial_wgmma's side-by-side timing).
+    config.serial_wgmma's side-by-side timing). LAZY: the y sums follow their maximum lazily
+    (lazy_rescale_on; see the loop).
 
     SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
@@ -105,8 +133,20 @@ def _gmvq_fwd_kernel(
     s_q = tl.zeros((BLOCK_N,), tl.float32)
     u_q = tl.zeros((BLOCK_N,), tl.float32)
     best_k = tl.zeros((BLOCK_N,), tl.int64)
-    # y = softmax((ℓ + g)/τ): max m_y of ℓ + g, sum, and the p_y-weighted sums of μ, σ², d/(2σ²)
+    # y = softmax((ℓ + g)/τ): max m_y of ℓ + g, sum, and the p_y-weighted sums of μ, σ², d/(2σ²),
+    # kept relative to a reference r_y. With LAZY (lazy_rescale_on), lazily (FlashAttention-4):
+    # r_y is set LAZY_HEADROOM log2 units above m_y and moves only when some row's maximum passes it
+    # by LAZY_LOG2, so most tiles skip the multiply of acc_z (BLOCK_D/2 FMULs per thread and tile on a
+    # warpgroup's 64 rows: 4 per element at D = 128) for a program-wide flag (~26 instructions per
+    # thread and tile: static report). p_y ≤ 2^LAZY_LOG2 and the largest term ≥ 2^-LAZY_HEADROOM lose
+    # nothing in fp32. Without, r_y = m_y at every tile, as FlashAttention-2. After the loop the sums
+    # are rescaled once to m_y: the statistics written are those of the true maximum either way.
     m_y = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    r_y = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    if OP_DTYPE == tl.float16:
+        lazy_limit, headroom = LAZY_LOG2_FP16, 0.0
+    else:
+        lazy_limit, headroom = LAZY_LOG2, LAZY_HEADROOM / y_scale
     s_y = tl.zeros((BLOCK_N,), tl.float32)
     acc_z = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     acc_v = tl.zeros((BLOCK_N,), tl.float32)
@@ -141,21 +181,30 @@ def _gmvq_fwd_kernel(
         tile_ymax = tl.max(noisy, axis=1)
         if HARD:
             tile_yarg = first_argmax(noisy, tile_ymax, BLOCK_K)
-        m_y_new = tl.maximum(m_y, tile_ymax)
-        alpha_y = tl.exp2((m_y - m_y_new) * y_scale)
-        p_y = tl.exp2((noisy - m_y_new[:, None]) * y_scale)
-        s_y = alpha_y * s_y + tl.sum(p_y, axis=1)
-        acc_v = alpha_y * acc_v + tl.sum(p_y * v[None, :], axis=1)
-        acc_lat = alpha_y * acc_lat + tl.sum(p_y * da, axis=1)
-        if OP_DTYPE != tl.float32:
-            p_hi, p_lo = split_hi_lo(p_y, OP_DTYPE)
-            acc_z = acc_z * alpha_y[:, None] + tl.dot(p_hi.to(mu.dtype), mu, input_precision=DOT_PRECISION)
-            acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
-        else:
-            acc_z = acc_z * alpha_y[:, None] + tl.dot(p_y, mu, input_precision=DOT_PRECISION)
         if HARD:
             hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
-        m_y = m_y_new
+        m_y = tl.maximum(m_y, tile_ymax)
+        if not LAZY:
+            s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat, acc_z)
+            r_y = m_y
+        # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway)
+        elif tl.max(((m_y - r_y) * y_scale > lazy_limit).to(tl.int32), axis=0) > 0:
+            s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, m_y + headroom, y_scale), s_y, acc_v,
+                                                      acc_lat, acc_z)
+            r_y = m_y + headroom
+        p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
+        s_y += tl.sum(p_y, axis=1)
+        acc_v += tl.sum(p_y * v[None, :], axis=1)
+        acc_lat += tl.sum(p_y * da, axis=1)
+        if OP_DTYPE != tl.float32:
+            p_hi, p_lo = split_hi_lo(p_y, OP_DTYPE)
+            acc_z = tl.dot(p_hi.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
+            acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
+        else:
+            acc_z = tl.dot(p_y, mu, acc_z, input_precision=DOT_PRECISION)
+
+    if LAZY:  # the sums to the true maximum, once per row
+        s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, m_y, y_scale), s_y, acc_v, acc_lat, acc_z)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     nd = row_block_offsets(BLOCK_N, D, offs_d)  # not offs_n·D + offs_d (spills: see there)
@@ -294,7 +343,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         xq, part, part_k, part_z,
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
-        NONEMPTY=not serial_wgmma(),
+        NONEMPTY=not serial_wgmma(), LAZY=lazy_rescale_on(x.dtype, hard, with_sums, block_d(D)),
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

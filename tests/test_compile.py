@@ -49,6 +49,11 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     shares = {(r["mode"], r["shape"][1]): r["after_loop_share"] for r in report["rows"]
               if r["kernel"] == "_gmvq_bwd_dmu_kernel"}
     assert shares[("hard", 1024)] == 128 / 1024 and shares[("soft", 1024)] == 0.0, shares
+    # the forward's lazy rescale (forward.LAZY_MIN_BLOCK_D): a block its loop skips from D = 128 on, counted
+    # at LAZY_MOVES of the 32 tiles of K = 1024; at D = 64 the rescale runs every tile, in the loop
+    lazy = {r["shape"][2]: r["skippable_share"] for r in report["rows"]
+            if r["kernel"] == "_gmvq_fwd_kernel" and r["shape"][1] == 1024}
+    assert lazy == {64: None, 128: 8 / 32}, lazy
     # the target of ≤ 200 thread-instructions per (n, k) element over one fwd+bwd, met at D ≤ 64 in both
     # modes since README "Speed", item 18 (189.9 / 198.3 soft / hard): a change that gives it up must
     # say so here

@@ -132,6 +132,36 @@ def test_hard_sample_terms_over_rows_sorted_by_code(D, dtype, device, monkeypatc
     check_case(100, 20, D, device, dtype=dtype, hard=True, prior=True, tau=0.5)
 
 
+@pytest.mark.parametrize("case", [dict(dtype=torch.bfloat16, tau=0.2, prior=True),
+                                  dict(dtype=torch.bfloat16, hard=True, tau=0.5, prior=True),
+                                  dict(dtype=torch.float16, tau=0.3),
+                                  dict(dtype=torch.bfloat16, split=True, tau=0.2)],
+                         ids=["bf16-soft", "bf16-hard", "fp16-soft", "bf16-split"])
+def test_forward_lazy_rescale(case, device, monkeypatch):
+    """The forward keeps its y sums relative to a reference that moves only when some row's maximum
+    passes it (forward.LAZY_LOG2: FlashAttention-4's lazy rescaling; half inputs from BLOCK_D = 128 on).
+    Here from BLOCK_D = 1 and with a window of 1 log2 unit (3 of headroom; fp16 12 and 0), so the
+    reference moves at most tiles while other rows keep theirs, within the codebook's splits too
+    (config.split_codes)."""
+    from gmvq_kernels import config, forward
+
+    monkeypatch.setattr(forward, "LAZY_MIN_BLOCK_D", 1)
+    for name, value in (("LAZY_LOG2", 1.0), ("LAZY_HEADROOM", 3.0), ("LAZY_LOG2_FP16", 12.0)):
+        monkeypatch.setattr(forward, name, tl.constexpr(value))
+    case = dict(case)
+    if case.pop("split", False):
+        monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+        monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
+    check_case(21, 90, 7, device, **case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_forward_lazy_rescale_at_block_d_128(dtype, device):
+    """The same with the kernel's own windows at D = 70 (BLOCK_D = 128: the lazy path on a GPU); fp16's
+    keeps p_y within what an fp16 operand holds."""
+    check_case(13, 40, 70, device, dtype=dtype, prior=True, tau=0.2)
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
