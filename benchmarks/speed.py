@@ -9,8 +9,10 @@ less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; 
 ``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``), ``triton_serial`` (ours with
 ``GMVQ_SERIAL_WGMMA=1``: the loops as before README "Speed", item 20, their wgmma serialised by ptxas,
 timed beside the default to measure what that item gained), ``triton_no_norm_dot`` (ours with
-``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23) and
-``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, README "Speed", item 24).
+``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23),
+``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, README "Speed", item 24)
+and ``triton_eager_rescale`` (ours with ``GMVQ_LAZY_RESCALE=0``: the forward's y sums rescaled at
+every tile, as before README "Speed", item 25).
 Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
 ``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
@@ -39,7 +41,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and no
 import triton  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
-from gmvq_kernels import config, testing  # noqa: E402
+from gmvq_kernels import config, forward, testing  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
@@ -111,7 +113,8 @@ def encode_fn(provider, prec):
 
 
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
-    if provider in ("triton", "triton_fused", "triton_serial", "triton_no_norm_dot"):  # measure() sets their flags
+    if provider in ("triton", "triton_fused", "triton_serial", "triton_no_norm_dot",
+                    "triton_eager_rescale"):  # measure() sets their flags
         return gmvq_loss("triton", prec)
     if provider == "triton_hard":
         return gmvq_loss("triton", prec, hard=True)
@@ -146,10 +149,11 @@ def timeit(fn, device, quick):
 def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False):
     """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_fused"
     runs with GMVQ_FUSED_BACKWARD=1, "triton_serial" with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
-    GMVQ_NORM_DOT=0, "triton" with none of them."""
+    GMVQ_NORM_DOT=0, "triton_eager_rescale" with GMVQ_LAZY_RESCALE=0, "triton" with none of them."""
     with config.fused_backward_env(provider == "triton_fused"), \
             config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
-            config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"):
+            config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"), \
+            config.env_flag(config.LAZY_RESCALE_ENV, provider != "triton_eager_rescale"):
         return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick)
 
 
@@ -444,7 +448,8 @@ def run_smoke(args):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
         # the fused backward takes half inputs (backward.use_fused)
-        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot", "triton_hard"):
+        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot", "triton_hard",
+                         "triton_eager_rescale"):
             rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
@@ -467,6 +472,8 @@ def run_full(args, device, deadline, checkpoint=None):
         rows.append(measure("triton_serial", "fwd_bwd", "bf16", N, K, D, device))  # before item 20's fix
         rows.append(measure("triton_no_norm_dot", "fwd_bwd", "bf16", N, K, D, device))  # before item 23
         rows.append(measure("triton_hard", "fwd_bwd", "bf16", N, K, D, device))  # hard mode (item 24)
+        if config.block_d(D) >= forward.LAZY_MIN_BLOCK_D:  # the forward's rescale at every tile (before item 25)
+            rows.append(measure("triton_eager_rescale", "fwd_bwd", "bf16", N, K, D, device))
         for prec in FP32_PRECS.get(i, []):
             rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
         for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):

@@ -89,6 +89,14 @@ def serial_wgmma() -> bool:
 
 
 NORM_DOT_ENV = "GMVQ_NORM_DOT"
+LAZY_RESCALE_ENV = "GMVQ_LAZY_RESCALE"
+
+
+def lazy_rescale_allowed() -> bool:
+    """Whether the forward may move its y sums lazily (forward.lazy_rescale_on says where), unless
+    ``GMVQ_LAZY_RESCALE=0`` (read at each call; for side-by-side timing: ``speed.py``'s provider
+    "triton_eager_rescale", the rescale at every tile as before README "Speed", item 25)."""
+    return os.environ.get(LAZY_RESCALE_ENV, "1") != "0"
 
 
 def norm_dot(dtype: torch.dtype) -> bool:

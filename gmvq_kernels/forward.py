@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, colsum_config, row_config, serial_wgmma, split_codes, split_rows
+from .config import block_d, colsum_config, lazy_rescale_allowed, row_config, serial_wgmma, split_codes, split_rows
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
@@ -51,8 +51,10 @@ def lazy_rescale_on(dtype, hard, with_sums, BLOCK_D):
     """Whether the forward kernel moves its y sums lazily (LAZY): for half inputs from BLOCK_D =
     LAZY_MIN_BLOCK_D on, where acc_z is formed (soft mode, or hard mode with the soft sums). Below that
     BLOCK_D the flag costs more than the multiply it saves; fp32 with tf32x3 spills more with it, and
-    a hard forward without the sums has no acc_z to spare (static report, README "Speed", item 25)."""
-    return dtype != torch.float32 and (with_sums or not hard) and BLOCK_D >= LAZY_MIN_BLOCK_D
+    a hard forward without the sums has no acc_z to spare (static report, README "Speed", item 25).
+    Never with GMVQ_LAZY_RESCALE=0 (config.lazy_rescale_allowed)."""
+    return (dtype != torch.float32 and (with_sums or not hard) and BLOCK_D >= LAZY_MIN_BLOCK_D
+            and lazy_rescale_allowed())
 
 
 @triton.jit

@@ -45,7 +45,8 @@ def test_speed_smoke(tmp_path):
     import json
     rows = json.load(open(tmp_path / "s.json"))["rows"]
     assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "triton_fused",
-                                             "triton_serial", "triton_no_norm_dot", "triton_hard", "cdist_argmin"}
+                                             "triton_serial", "triton_no_norm_dot", "triton_hard",
+                                             "triton_eager_rescale", "cdist_argmin"}
     assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out

@@ -155,11 +155,16 @@ def test_forward_lazy_rescale(case, device, monkeypatch):
     check_case(21, 90, 7, device, **case)
 
 
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "GMVQ_LAZY_RESCALE=0"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_forward_lazy_rescale_at_block_d_128(dtype, device):
+def test_forward_lazy_rescale_at_block_d_128(dtype, lazy, device):
     """The same with the kernel's own windows at D = 70 (BLOCK_D = 128: the lazy path on a GPU); fp16's
-    keeps p_y within what an fp16 operand holds."""
-    check_case(13, 40, 70, device, dtype=dtype, prior=True, tau=0.2)
+    keeps p_y within what an fp16 operand holds. GMVQ_LAZY_RESCALE=0 rescales at every tile."""
+    from gmvq_kernels import config, forward
+
+    with config.env_flag(config.LAZY_RESCALE_ENV, lazy):
+        assert forward.lazy_rescale_on(dtype, False, True, config.block_d(70)) == lazy
+        check_case(13, 40, 70, device, dtype=dtype, prior=True, tau=0.2)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
