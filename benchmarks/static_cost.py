@@ -127,7 +127,7 @@ def after_loop_share(launch, K):
 
 
 # the forward's lazy rescale (forward.LAZY_LOG2): moves of the reference per program assumed by the model.
-# With the benchmark's inputs (testing.make_inputs, log_var 0, τ = 1) a torch replay of the rule saw 1–6
+# With the benchmark's inputs (testing.make_inputs, log_var 0, τ = 1) a torch replay of the rule saw 1–4
 # per program at the anchor rows (benchmarks/README.md); peaked or small-τ posteriors may move it more.
 LAZY_MOVES = 8
 

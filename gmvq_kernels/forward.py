@@ -39,10 +39,11 @@ EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
 P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
-# The forward's y sums move to a new reference only past p_y = 2^LAZY_LOG2, and then to 2^-LAZY_HEADROOM
-# below it (_gmvq_fwd_kernel, LAZY): 1–6 moves per program at the anchor rows (benchmarks/README.md).
-# fp16 holds the p_y operand only within [2^-14, 65504]: there the largest p_y stays in [1, 2^15].
-LAZY_LOG2, LAZY_HEADROOM = tl.constexpr(16.0), tl.constexpr(32.0)
+# A row's y sums move to a new reference only past p_y = 2^LAZY_LOG2, and then to 2^-LAZY_HEADROOM below
+# it (_gmvq_fwd_kernel, LAZY): terms under 2^-126 flush, 2^-62 of the largest, far below fp32's
+# resolution. 1–4 moves per program at the anchor rows (benchmarks/README.md). fp16 holds the p_y
+# operand only within [2^-14, 65504]: there the largest p_y stays in [1, 2^15].
+LAZY_LOG2, LAZY_HEADROOM = tl.constexpr(16.0), tl.constexpr(64.0)
 LAZY_LOG2_FP16 = tl.constexpr(15.0)
 LAZY_MIN_BLOCK_D = 128
 
@@ -137,12 +138,14 @@ def _gmvq_fwd_kernel(
     best_k = tl.zeros((BLOCK_N,), tl.int64)
     # y = softmax((ℓ + g)/τ): max m_y of ℓ + g, sum, and the p_y-weighted sums of μ, σ², d/(2σ²),
     # kept relative to a reference r_y. With LAZY (lazy_rescale_on), lazily (FlashAttention-4):
-    # r_y is set LAZY_HEADROOM log2 units above m_y and moves only when some row's maximum passes it
-    # by LAZY_LOG2, so most tiles skip the multiply of acc_z (BLOCK_D/2 FMULs per thread and tile on a
+    # a row's r_y is set LAZY_HEADROOM log2 units above its m_y and moves only when its maximum passes
+    # it by LAZY_LOG2, so most tiles skip the multiply of acc_z (BLOCK_D/2 FMULs per thread and tile on a
     # warpgroup's 64 rows: 4 per element at D = 128) for a program-wide flag (~26 instructions per
     # thread and tile: static report). p_y ≤ 2^LAZY_LOG2 and the largest term ≥ 2^-LAZY_HEADROOM lose
-    # nothing in fp32. Without, r_y = m_y at every tile, as FlashAttention-2. After the loop the sums
-    # are rescaled once to m_y: the statistics written are those of the true maximum either way.
+    # nothing in fp32 (the headroom spares moves: with 2^32, 49–60 per program at D = 256 on the
+    # benchmark's inputs, 1–4 with 2^64). Without, r_y = m_y at every tile, as FlashAttention-2. After
+    # the loop the sums are rescaled once to m_y: the statistics written are those of the true maximum
+    # either way.
     m_y = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     r_y = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     if OP_DTYPE == tl.float16:
@@ -189,11 +192,13 @@ def _gmvq_fwd_kernel(
         if not LAZY:
             s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat, acc_z)
             r_y = m_y
-        # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway)
+        # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway), but only
+        # the rows past the window move: the others are multiplied by exactly 1, so a row's sums never
+        # depend on the other rows of its program
         elif tl.max(((m_y - r_y) * y_scale > lazy_limit).to(tl.int32), axis=0) > 0:
-            s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, m_y + headroom, y_scale), s_y, acc_v,
-                                                      acc_lat, acc_z)
-            r_y = m_y + headroom
+            r_new = tl.where((m_y - r_y) * y_scale > lazy_limit, m_y + headroom, r_y)
+            s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat, acc_z)
+            r_y = r_new
         p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
         s_y += tl.sum(p_y, axis=1)
         acc_v += tl.sum(p_y * v[None, :], axis=1)

@@ -155,6 +155,35 @@ def test_forward_lazy_rescale(case, device, monkeypatch):
     check_case(21, 90, 7, device, **case)
 
 
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_forward_lazy_rescale_keeps_rows_independent(hard, device, monkeypatch):
+    """The program-wide flag decides when the forward's reference moves, but only the rows past the
+    window move: each row's outputs and gradients are bitwise the same whatever the other rows of its
+    program hold (as without the lazy rescale). The kernel's windows, from BLOCK_D = 1; row 3 swapped
+    for code 85 (its maximum jumps at the last tile, where no other row's does), rows 9 and 14 for a
+    far-away and a NaN row. Moving every row at each move fails it (soft)."""
+    from gmvq_kernels import forward
+
+    monkeypatch.setattr(forward, "LAZY_MIN_BLOCK_D", 1)
+    x, m, lv, lp = make_inputs(16, 90, 7, dtype=torch.bfloat16, prior=True, device=device)
+    other = x.clone()
+    other[3] = m[85]
+    other[9] = -3.0 * x[9]
+    other[14, 1] = float("nan")
+    keep = [i for i in range(16) if i not in (3, 9, 14)]
+    runs = []
+    for rows in (x, other):
+        leaves = [t.clone().requires_grad_() for t in (rows, m, lv, lp)]
+        out = gk.gmvq(*leaves, tau=0.2, hard=hard, seed=5, impl="triton")
+        (out.quantized.float().sum() + out.latent_nll.sum()).backward()
+        runs.append((out, leaves[0].grad))
+    (a, dxa), (b, dxb) = runs
+    for name, u, w in zip(OUT_FIELDS, a, b):
+        if name != "agg_posterior":
+            assert torch.equal(u[keep], w[keep]), name
+    assert torch.equal(dxa[keep], dxb[keep])
+
+
 @pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "GMVQ_LAZY_RESCALE=0"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_forward_lazy_rescale_at_block_d_128(dtype, lazy, device):
