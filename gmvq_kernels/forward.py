@@ -39,10 +39,10 @@ EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
 P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
-# A row's y sums move to a new reference only past p_y = 2^LAZY_LOG2, and then to 2^-LAZY_HEADROOM below
-# it (_gmvq_fwd_kernel, LAZY): terms under 2^-126 flush, 2^-62 of the largest, far below fp32's
-# resolution. 1–4 moves per program at the anchor rows (benchmarks/README.md). fp16 holds the p_y
-# operand only within [2^-14, 65504]: there the largest p_y stays in [1, 2^15].
+# A row's y sums move to a new reference only once its p_y passes 2^LAZY_LOG2, and the new reference puts
+# its largest p_y at 2^-LAZY_HEADROOM (_gmvq_fwd_kernel, LAZY): terms under 2^-126 flush, 2^-62 of the
+# largest, far below fp32's resolution. 1–4 moves per program at the anchor rows (benchmarks/README.md).
+# fp16 holds the p_y operand only within [2^-14, 65504]: there the largest p_y stays in [1, 2^15].
 LAZY_LOG2, LAZY_HEADROOM = tl.constexpr(16.0), tl.constexpr(64.0)
 LAZY_LOG2_FP16 = tl.constexpr(15.0)
 LAZY_MIN_BLOCK_D = 128
