@@ -472,7 +472,7 @@ def run_full(args, device, deadline, checkpoint=None):
         rows.append(measure("triton_serial", "fwd_bwd", "bf16", N, K, D, device))  # before item 20's fix
         rows.append(measure("triton_no_norm_dot", "fwd_bwd", "bf16", N, K, D, device))  # before item 23
         rows.append(measure("triton_hard", "fwd_bwd", "bf16", N, K, D, device))  # hard mode (item 24)
-        if config.block_d(D) >= forward.LAZY_MIN_BLOCK_D:  # the forward's rescale at every tile (before item 25)
+        if forward.lazy_rescale_on(torch.bfloat16, False, True, config.block_d(D)):  # its rescale at every tile
             rows.append(measure("triton_eager_rescale", "fwd_bwd", "bf16", N, K, D, device))
         for prec in FP32_PRECS.get(i, []):
             rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))

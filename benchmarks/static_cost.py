@@ -38,7 +38,6 @@ The launches take the configs the launchers pick on that arch: ``config.TUNED``'
 configs they were designed for (what a GPU without measured entries runs), as before the first tuning.
 """
 import argparse
-import inspect
 import json
 import math
 import os
@@ -123,7 +122,7 @@ def after_loop_share(launch, K):
     codebook whose rows crowd into few codes costs those blocks more). 0 for every other kernel."""
     if launch.name != "_gmvq_bwd_dmu_kernel":
         return 0.0
-    return 0.0 if _arg(launch, "hard_perm_ptr") is None else launch.kwargs["BLOCK_K"] / K
+    return 0.0 if launch.arg("hard_perm_ptr") is None else launch.kwargs["BLOCK_K"] / K
 
 
 # the forward's lazy rescale (forward.LAZY_LOG2): moves of the reference per program assumed by the model.
@@ -140,18 +139,8 @@ def skippable_share(launch, K):
     if launch.name != "_gmvq_fwd_kernel":
         return 1.0
     kw = launch.kwargs
-    codes = K
-    if kw["SPLIT"]:
-        codes = _arg(launch, "codes_per_split")
+    codes = launch.arg("codes_per_split") if kw["SPLIT"] else K
     return min(1.0, LAZY_MOVES / math.ceil(codes / kw["BLOCK_K"]))
-
-
-def _arg(launch, name):
-    """A launch's positional argument by its parameter name."""
-    fn = launch.fn
-    while not inspect.isfunction(fn):  # heuristics / JIT wrappers down to the Python function
-        fn = fn.fn
-    return launch.args[list(inspect.signature(fn).parameters).index(name)]
 
 
 def model(info, launch, elems, dot_kind, after_share=0.0, skip_share=1.0):

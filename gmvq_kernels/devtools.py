@@ -37,6 +37,10 @@ class Launch:
     def name(self):
         return self.fn.fn.__name__
 
+    def arg(self, name):
+        """A positional argument by its parameter name (named as the recorder names them)."""
+        return self.args[self.fn.arg_names.index(name)]
+
 
 class _Recorder:
     """Stands in for a kernel: records its launches, with ``triton.heuristics`` values applied."""

@@ -189,14 +189,15 @@ def _gmvq_fwd_kernel(
         if HARD:
             hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
         m_y = tl.maximum(m_y, tile_ymax)
+        past = (m_y - r_y) * y_scale > lazy_limit  # the rows whose reference must move (LAZY)
         if not LAZY:
             s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat, acc_z)
             r_y = m_y
         # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway), but only
         # the rows past the window move: the others are multiplied by exactly 1, so a row's sums never
         # depend on the other rows of its program
-        elif tl.max(((m_y - r_y) * y_scale > lazy_limit).to(tl.int32), axis=0) > 0:
-            r_new = tl.where((m_y - r_y) * y_scale > lazy_limit, m_y + headroom, r_y)
+        elif tl.max(past.to(tl.int32), axis=0) > 0:
+            r_new = tl.where(past, m_y + headroom, r_y)
             s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat, acc_z)
             r_y = r_new
         p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
