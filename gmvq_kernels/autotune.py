@@ -47,9 +47,10 @@ def enabled() -> bool:
     return os.environ.get(ENV, "0") == "1"
 
 
-def candidates(kind: str, D: int, dtype: torch.dtype):
-    """The bucket's table default first, then the alternatives of config.CANDIDATES, no repeats."""
-    out = [config.table_config(kind, D, dtype)]
+def candidates(kind: str, D: int, dtype: torch.dtype, device=None):
+    """The bucket's table default (for ``device``: config.table_config) first, then the alternatives of
+    config.CANDIDATES, no repeats."""
+    out = [config.table_config(kind, D, dtype, device)]
     return out + [c for c in config.CANDIDATES[kind] if c not in out]
 
 
@@ -91,7 +92,7 @@ def _tune(kinds, D, x, step, time_fn):
         def time_cfg(cfg, kind=kind):
             with config.override(**chosen, **{kind: cfg}):
                 return time_fn(step)
-        best, times = pick_fastest(candidates(kind, D, x.dtype), time_cfg)
+        best, times = pick_fastest(candidates(kind, D, x.dtype, x.device), time_cfg)
         chosen[kind] = best
         results[config.tuned_key(kind, D, x.dtype, x.device)] = (best, times)
     return results

@@ -215,6 +215,36 @@ FUSED_COL_CONFIGS = {"half": ((128, KC(32, 128, 8, 2)),)}  # no fp32 row: fp32 k
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
           "encode": ENCODE_CONFIGS, "fused": FUSED_COL_CONFIGS}
+# GPUs whose blocks get 99 KiB of shared memory (sm_86, sm_89, sm_120: the RTX 30, 40 and 50 series, A10,
+# A40, L4, L40S) cannot load the tables' tiles in the buckets below: sm_86 builds of
+# tests/compile_kernels.py's variants took up to 166912 B there, an A100's whole budget, and failed to
+# launch (triton's OutOfResources). Where a device allows less than FULL_TABLE_SHARED bytes per block
+# (``small_shared``), these entries replace the tables' (and the tuned ones, which are sm_90's): per
+# bucket, the first config of a fixed ladder (one stage, then narrower tiles) whose sm_86 build fits
+# SMALL_SHARED in every variant compiled. Searched on 2026-12-01 by compiling on a CPU (triton 3.7.1);
+# untimed on such a GPU (GMVQ_AUTOTUNE=1 times the candidates that fit there).
+FULL_TABLE_SHARED = 166912  # an A100's per-block limit, which the tables were chosen within
+SMALL_SHARED = 101376
+# fp32 inputs at D > 256 do not fit: their row kernels took 163840 B at (16, 16, 4, 1), the smallest
+# tile tried, so gmvq refuses them on such a GPU (forward.check_shared_memory) rather than fail to launch
+SMALL_SHARED_MAX_FP32_D = 256
+SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): config; the table's, then B
+    ("half", "row", 256): KC(64, 32, 4, 1),  # (128, 32, 8, 2): 158208 B
+    ("half", "row", 512): KC(32, 16, 4, 1),  # (64, 16, 4, 1): 163840 B
+    ("half", "delta", 256): KC(128, 64, 8, 1),  # (128, 64, 8, 2): 104448 B
+    ("half", "col", 256): KC(32, 64, 4, 1),  # (32, 128, 8, 2): 120960 B
+    ("half", "col", 512): KC(16, 32, 4, 1),  # (32, 64, 4, 1): 165888 B
+    ("half", "colsum", 128): KC(64, 256, 8, 1),  # (64, 512, 8, 2): 166912 B
+    ("half", "colsum", 256): KC(128, 128, 8, 1),  # (128, 128, 8, 2): 140288 B
+    ("half", "encode", 256): KC(128, 32, 8, 1),  # (256, 64, 8, 1): 143360 B
+    ("half", "encode", 512): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 143360 B
+    ("half", "fused", 128): KC(32, 128, 8, 1),  # (32, 128, 8, 2): 104576 B
+    ("fp32", "row", 128): KC(32, 16, 4, 1),  # (64, 16, 4, 1): 139264 B
+    ("fp32", "col", 256): KC(16, 32, 4, 1),  # (16, 64, 4, 1): 147456 B
+    ("fp32", "colsum", 256): KC(16, 16, 4, 1),  # (16, 64, 4, 1): 139264 B
+    ("fp32", "encode", 128): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 135168 B
+    ("fp32", "encode", 256): KC(16, 16, 4, 1),  # (64, 16, 4, 1): 139264 B
+}
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
 # bucket fails to compile or runs slowly, and the timing drops it. The row kernels' one-stage tiles were
@@ -293,6 +323,38 @@ def _cuda_arch(index: int) -> str:
     return f"sm_{major}{minor}"
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_limit(index: int) -> Optional[int]:
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    if limit is None:  # a torch without the property: the 99 KiB parts by compute capability
+        return SMALL_SHARED if (props.major, props.minor) in ((8, 6), (8, 9)) or props.major == 12 else None
+    return int(limit)
+
+
+def shared_limit(device) -> Optional[int]:
+    """Bytes of shared memory one block may use on ``device`` (opted in); None off CUDA."""
+    device = None if device is None else torch.device(device)
+    if device is None or device.type != "cuda":
+        return None
+    return _cuda_shared_limit(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def small_shared(device) -> bool:
+    """Whether ``device`` takes SMALL_SHARED_CONFIGS (less shared memory per block than the tables need)."""
+    limit = shared_limit(device)
+    return limit is not None and limit < FULL_TABLE_SHARED
+
+
+def check_shared_memory(dtype: torch.dtype, D: int, device) -> None:
+    """A clear error where no tile fits the device (fp32 at D > SMALL_SHARED_MAX_FP32_D on a GPU with
+    99 KiB per block), instead of triton's OutOfResources at the first launch."""
+    if dtype == torch.float32 and D > SMALL_SHARED_MAX_FP32_D and small_shared(device):
+        raise ValueError(f"x: fp32 latents with D > {SMALL_SHARED_MAX_FP32_D} need more shared memory per block "
+                         f"than this GPU allows ({shared_limit(device)} B); got D = {D}. Pass bf16 or fp16 "
+                         f"latents, or use impl='torch'")
+
+
 def arch(device) -> Optional[str]:
     """"sm_90" for a CUDA device of compute capability 9.0 (looked up once per device: config picks run
     at every launch); None off CUDA (no tuned entries apply)."""
@@ -316,12 +378,16 @@ def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
         return INTERPRET_CONFIG
     key = tuned_key(kind, D, dtype, device)
     found = (RUNTIME_TUNED.get(key) or TUNED.get(key)) if key[0] is not None else None
-    return found if found is not None else table_config(kind, D, dtype)
+    return found if found is not None else table_config(kind, D, dtype, device)
 
 
-def table_config(kind: str, D: int, dtype: torch.dtype) -> KernelConfig:
-    """The default heuristic: the table row of ``kind`` that serves D for this input dtype."""
-    return _table_row(kind, D, dtype)[1]
+def table_config(kind: str, D: int, dtype: torch.dtype, device=None) -> KernelConfig:
+    """The default heuristic: the table row of ``kind`` that serves D for this input dtype, or on a
+    ``device`` with less shared memory its SMALL_SHARED_CONFIGS entry where the bucket has one."""
+    limit, config = _table_row(kind, D, dtype)
+    if small_shared(device):
+        return SMALL_SHARED_CONFIGS.get((dtype_kind(dtype), kind, limit), config)
+    return config
 
 
 def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

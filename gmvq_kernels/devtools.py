@@ -21,8 +21,9 @@ from triton.runtime.autotuner import Heuristics
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-# largest shared memory one block may use (bytes): A100 163 KiB, H100/H200 227 KiB
-SHARED_LIMIT = {80: 166912, 90: 232448}
+# largest shared memory one block may use (bytes, opted in): A100 163 KiB, the sm_86 / sm_89 parts (RTX 30
+# and 40 series, A10, L4, L40S) 99 KiB, H100/H200 227 KiB
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 
 @dataclass

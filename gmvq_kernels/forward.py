@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import block_d, colsum_config, lazy_rescale_allowed, row_config, serial_wgmma, split_codes, split_rows
+from .config import (block_d, check_shared_memory, colsum_config, lazy_rescale_allowed, row_config, serial_wgmma,
+                     split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
@@ -322,6 +323,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     f32 = dict(dtype=torch.float32, device=dev)
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
+    check_shared_memory(x.dtype, D, dev)
     cfg = row_config(D, x.dtype, dev)
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)

@@ -7,7 +7,9 @@ arrive, D bucket, both backward variants) and compiles each distinct variant wit
 This catches what the interpreter lets through: the 16-wide dot minimum, type errors in untaken
 constexpr branches, register and shared-memory overflows, and on sm_90 wgmma that ptxas serialises for
 want of a non-empty loop (its warning C7515), for the tables' configs and, on sm_90, config.TUNED's.
-Usage: python tests/compile_kernels.py [80 90 ...]
+On a GPU with 99 KiB of shared memory per block (sm_86, given as 86) the launches take
+config.SMALL_SHARED_CONFIGS and must fit that budget.
+Usage: python tests/compile_kernels.py [80 86 90 ...]
 """
 import os
 import sys
@@ -47,15 +49,19 @@ VARIANTS = [
 SEED_VARIANTS = [VARIANTS[0], next(v for v in VARIANTS if v[0] == torch.bfloat16)]
 
 
-def record(arch=None):
+def record(arch=None, shared=None):
     """The launches of VARIANTS with the configs a GPU of ``arch`` gets: the tables (None), or on "sm_90"
-    config.TUNED's measured entries first (a kernel change can push one past the shared memory)."""
+    config.TUNED's measured entries first (a kernel change can push one past the shared memory); with
+    ``shared`` (bytes per block) below config.FULL_TABLE_SHARED, config.SMALL_SHARED_CONFIGS."""
     config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
     config.arch = lambda device: arch
+    config.shared_limit = lambda device: shared
     noise.seed_on_device = lambda seed: isinstance(seed, torch.Tensor)  # CPU tensors stand in for CUDA ones
     with devtools.record_launches(forward, backward, encode, noise, tiles) as log:
         for seed, dtype, prec, hard, explicit, D, N, K, grad_sets in (
                 [(1, *v) for v in VARIANTS] + [(torch.tensor(1), *v) for v in SEED_VARIANTS]):
+            if config.small_shared("cuda") and dtype == torch.float32 and D > config.SMALL_SHARED_MAX_FP32_D:
+                continue  # refused there (config.check_shared_memory): no tile fits
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
             a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
             g = torch.randn(N, K) if explicit else None
@@ -83,11 +89,15 @@ def record(arch=None):
 
 def main(capabilities):
     seen, failures = set(), []
-    launches = [(launch, capabilities) for launch in record()]
+    small = [cc for cc in capabilities if devtools.SHARED_LIMIT.get(cc, 232448) < config.FULL_TABLE_SHARED]
+    full = [cc for cc in capabilities if cc not in small]
+    launches = [(launch, full) for launch in record()] if full else []
     if 90 in capabilities:
         launches += [(launch, [90]) for launch in record("sm_90")]
+    for cc in small:  # sm_86 / sm_89 / sm_120: 99 KiB per block, config.SMALL_SHARED_CONFIGS
+        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", devtools.SHARED_LIMIT[cc])]
     for launch, ccs in launches:
-        key = devtools.variant_key(launch)
+        key = (devtools.variant_key(launch), tuple(ccs))
         if key in seen:
             continue
         seen.add(key)
@@ -106,7 +116,8 @@ def main(capabilities):
             except Exception as e:  # report every failing variant, not just the first
                 failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
     print(f"compiled {len(seen)} kernel variants for sm_{', sm_'.join(map(str, capabilities))} (with "
-          f"config.TUNED's sm_90 entries); {len(failures)} failed")
+          f"config.TUNED's sm_90 entries and, below {config.FULL_TABLE_SHARED} B of shared memory, "
+          f"config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -20,6 +20,7 @@ def gpu_like(monkeypatch):
     """Config picking as on an sm_90 GPU ("cuda" devices), with empty tuned tables."""
     monkeypatch.setattr(config, "INTERPRET", False)
     monkeypatch.setattr(config, "arch", lambda device: "sm_90" if str(device).startswith("cuda") else None)
+    monkeypatch.setattr(config, "shared_limit", lambda device: 232448 if str(device).startswith("cuda") else None)
     monkeypatch.setattr(config, "TUNED", {})
     monkeypatch.setattr(config, "RUNTIME_TUNED", {})
 
@@ -42,6 +43,50 @@ def test_config_sources_in_order(gpu_like):
     with config.override(row=KC(32, 32, 2, 1)):
         assert config.row_config(64, bf16, "cuda") == KC(32, 32, 2, 1)
     assert config.col_config(64, bf16, "cuda") == config.table_config("col", 64, bf16)
+
+
+def test_small_shared_memory_gpus_take_their_own_configs(gpu_like, monkeypatch):
+    """A GPU whose blocks get 99 KiB of shared memory (sm_86/89/120) takes SMALL_SHARED_CONFIGS where a
+    bucket has an entry, the tables elsewhere, and never sm_90's tuned entries; tests/compile_kernels.py
+    builds those configs for sm_86 and checks that they fit."""
+    bf16 = torch.bfloat16
+    monkeypatch.setattr(config, "arch", lambda device: "sm_86" if str(device).startswith("cuda") else None)
+    monkeypatch.setattr(config, "shared_limit", lambda device: config.SMALL_SHARED if str(device).startswith("cuda")
+                        else None)
+    config.TUNED[("sm_90", "half", "row", 256)] = KC(16, 16, 1, 1)  # sm_90's: not for this GPU
+    assert config.SMALL_SHARED_CONFIGS, "no small-shared entries"
+    for (kind_dt, kind, limit), small in config.SMALL_SHARED_CONFIGS.items():
+        dtype = torch.float32 if kind_dt == "fp32" else bf16
+        big = config.table_config(kind, limit, dtype)
+        assert small != big, (kind_dt, kind, limit)
+        assert config._pick(kind, limit, dtype, "cuda") == small
+        assert config._pick(kind, limit, dtype, "cpu") == big
+        assert autotune.candidates(kind, limit, dtype, "cuda")[0] == small
+    # a bucket without an entry keeps the table's config (half inputs at D <= 64 fit 99 KiB)
+    assert ("half", "row", 64) not in config.SMALL_SHARED_CONFIGS
+    assert config.row_config(64, bf16, "cuda") == config.table_config("row", 64, bf16)
+    # the Δ pass of fp32 inputs follows the row kernels' config on this GPU too (Y − Δy cancels exactly)
+    assert config.delta_config(128, torch.float32, "cuda") == config.row_config(128, torch.float32, "cuda")
+    # fp32 at D > 256 fits no tile there: the forward refuses it before any launch, naming x
+    x = torch.zeros(4, config.SMALL_SHARED_MAX_FP32_D + 1)
+    with pytest.raises(ValueError, match=r"x: fp32 latents with D > 256 .*101376 B.*got D = 257"):
+        config.check_shared_memory(x.dtype, x.shape[1], "cuda")
+    config.check_shared_memory(torch.bfloat16, x.shape[1], "cuda")  # half inputs fit
+    config.check_shared_memory(x.dtype, config.SMALL_SHARED_MAX_FP32_D, "cuda")
+    # the limit decides, not the arch: a GPU with an A100's budget or more takes the tables
+    monkeypatch.setattr(config, "shared_limit", lambda device: config.FULL_TABLE_SHARED)
+    assert config.row_config(256, bf16, "cuda") == config.table_config("row", 256, bf16)
+    config.check_shared_memory(x.dtype, x.shape[1], "cuda")
+
+
+def test_forward_refuses_fp32_that_fits_no_tile_of_a_99_kib_gpu(monkeypatch):
+    import gmvq_kernels as gk
+
+    monkeypatch.setattr(config, "shared_limit", lambda device: config.SMALL_SHARED)
+    D = config.SMALL_SHARED_MAX_FP32_D + 1
+    x, means, log_var = torch.zeros(4, D), torch.zeros(8, D), torch.zeros(8)
+    with pytest.raises(ValueError, match="x: fp32 latents with D > 256"):
+        gk.gmvq(x, means, log_var, impl="triton")
 
 
 def test_pick_fastest_skips_configs_that_do_not_run():

@@ -1,4 +1,4 @@
-"""Every kernel variant compiles for real GPU targets (sm_80, sm_90), and the static cost report's fast
+"""Every kernel variant compiles for real GPU targets (sm_80, sm_86, sm_90), and the static cost report's fast
 mode finds no spill — without a GPU (docs/design.md §6)."""
 import json
 import os
@@ -14,6 +14,15 @@ def test_kernels_compile_for_sm80_and_sm90():
     script = Path(__file__).with_name("compile_kernels.py")
     proc = subprocess.run([sys.executable, str(script), "80", "90"], env=ENV, capture_output=True, text=True,
                           timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "0 failed" in proc.stdout and "compiled" in proc.stdout, proc.stdout
+
+
+def test_kernels_fit_99_kib_gpus():
+    """sm_86 (the RTX 30 series, A10; sm_89 and sm_120 parts have the same 99 KiB per block): every variant,
+    with config.SMALL_SHARED_CONFIGS where a bucket has one, fits that shared memory."""
+    script = Path(__file__).with_name("compile_kernels.py")
+    proc = subprocess.run([sys.executable, str(script), "86"], env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "0 failed" in proc.stdout and "compiled" in proc.stdout, proc.stdout
 
