@@ -364,6 +364,15 @@ def arch(device) -> Optional[str]:
     return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def tensor_memory_arch(device) -> bool:
+    """Whether ``device`` is a Blackwell datacenter GPU (compute capability 10.x), where triton keeps MMA
+    accumulators in tensor memory. Its layout pass (TritonNvidiaGPUOptimizeTMemLayoutsPass, triton
+    3.7.1) crashed on the forward's lazy rescale (5 of 206 sm_100 builds, tests/compile_kernels.py
+    100), so the forward rescales at every tile there (forward.lazy_rescale_on)."""
+    name = arch(device)
+    return name is not None and name.startswith("sm_10")
+
+
 def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
     """(arch, input kind, kernel kind, largest D of the bucket): the key of TUNED and RUNTIME_TUNED."""
     kind_dt, limit = bucket(kind, D, dtype)

@@ -21,9 +21,9 @@ from triton.runtime.autotuner import Heuristics
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-# largest shared memory one block may use (bytes, opted in): A100 163 KiB, the sm_86 / sm_89 parts (RTX 30
-# and 40 series, A10, L4, L40S) 99 KiB, H100/H200 227 KiB
-SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+# largest shared memory one block may use (bytes, opted in): A100 163 KiB, the sm_86 / sm_89 / sm_120 parts
+# (RTX 30, 40 and 50 series, A10, L4, L40S) 99 KiB, H100/H200 and B200 227 KiB
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
 @dataclass
@@ -143,6 +143,13 @@ def _run_tool(tool, *args, data: bytes, suffix: str):
         return out.stdout + out.stderr
 
 
+def _ptxas(cc: int) -> str:
+    """The ptxas triton itself takes for sm_{cc}: from sm_100 on its wheel's newer ``ptxas-blackwell``
+    (the other one rejects the PTX version triton writes for Blackwell)."""
+    blackwell = os.path.join(BIN, "ptxas-blackwell")
+    return blackwell if cc >= 100 and os.path.exists(blackwell) else os.path.join(BIN, "ptxas")
+
+
 def resource_usage(kernel):
     """(registers, spill bytes (stores + loads) per thread, stack bytes, wgmma serialised) from ptxas'
     report. The last is "" or the codes of ptxas' performance warnings that it serialised the kernel's
@@ -155,7 +162,7 @@ def resource_usage(kernel):
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
             f.write(kernel.asm["ptx"])
-        log = subprocess.run([os.path.join(BIN, "ptxas"), "-v", f"--gpu-name={arch}", ptx, "-o",
+        log = subprocess.run([_ptxas(cc), "-v", f"--gpu-name={arch}", ptx, "-o",
                               os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True).stderr
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .config import (block_d, check_shared_memory, colsum_config, lazy_rescale_allowed, row_config, serial_wgmma,
-                     split_codes, split_rows)
+                     split_codes, split_rows, tensor_memory_arch)
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
@@ -49,14 +49,15 @@ LAZY_LOG2_FP16 = tl.constexpr(15.0)
 LAZY_MIN_BLOCK_D = 128
 
 
-def lazy_rescale_on(dtype, hard, with_sums, BLOCK_D):
+def lazy_rescale_on(dtype, hard, with_sums, BLOCK_D, device=None):
     """Whether the forward kernel moves its y sums lazily (LAZY): for half inputs from BLOCK_D =
     LAZY_MIN_BLOCK_D on, where acc_z is formed (soft mode, or hard mode with the soft sums). Below that
     BLOCK_D the flag costs more than the multiply it saves; fp32 with tf32x3 spills more with it, and
     a hard forward without the sums has no acc_z to spare (static report, README "Speed", item 25).
-    Never with GMVQ_LAZY_RESCALE=0 (config.lazy_rescale_allowed)."""
+    Never with GMVQ_LAZY_RESCALE=0 (config.lazy_rescale_allowed), nor on a ``device`` of compute
+    capability 10.x, where triton fails to compile it (config.tensor_memory_arch)."""
     return (dtype != torch.float32 and (with_sums or not hard) and BLOCK_D >= LAZY_MIN_BLOCK_D
-            and lazy_rescale_allowed())
+            and lazy_rescale_allowed() and not tensor_memory_arch(device))
 
 
 @triton.jit
@@ -353,7 +354,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         xq, part, part_k, part_z,
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
-        NONEMPTY=not serial_wgmma(), LAZY=lazy_rescale_on(x.dtype, hard, with_sums, block_d(D)),
+        NONEMPTY=not serial_wgmma(), LAZY=lazy_rescale_on(x.dtype, hard, with_sums, block_d(D), dev),
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -7,8 +7,9 @@ arrive, D bucket, both backward variants) and compiles each distinct variant wit
 This catches what the interpreter lets through: the 16-wide dot minimum, type errors in untaken
 constexpr branches, register and shared-memory overflows, and on sm_90 wgmma that ptxas serialises for
 want of a non-empty loop (its warning C7515), for the tables' configs and, on sm_90, config.TUNED's.
-On a GPU with 99 KiB of shared memory per block (sm_86, given as 86) the launches take
-config.SMALL_SHARED_CONFIGS and must fit that budget.
+On a GPU with 99 KiB of shared memory per block (sm_86, sm_89, sm_120) the launches take
+config.SMALL_SHARED_CONFIGS and must fit that budget; from sm_100 on, what that arch gets (no lazy
+rescale on 10.x: config.tensor_memory_arch).
 Usage: python tests/compile_kernels.py [80 86 90 ...]
 """
 import os
@@ -90,12 +91,15 @@ def record(arch=None, shared=None):
 def main(capabilities):
     seen, failures = set(), []
     small = [cc for cc in capabilities if devtools.SHARED_LIMIT.get(cc, 232448) < config.FULL_TABLE_SHARED]
-    full = [cc for cc in capabilities if cc not in small]
-    launches = [(launch, full) for launch in record()] if full else []
+    # sm_100 and on, and the 99 KiB parts (sm_86 / sm_89 / sm_120: config.SMALL_SHARED_CONFIGS), with
+    # what a GPU of their own arch gets; the rest with the tables, sm_90 also with config.TUNED
+    own = [cc for cc in capabilities if cc in small or cc >= 100]
+    plain = [cc for cc in capabilities if cc not in own]
+    launches = [(launch, plain) for launch in record()] if plain else []
     if 90 in capabilities:
         launches += [(launch, [90]) for launch in record("sm_90")]
-    for cc in small:  # sm_86 / sm_89 / sm_120: 99 KiB per block, config.SMALL_SHARED_CONFIGS
-        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", devtools.SHARED_LIMIT[cc])]
+    for cc in own:
+        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", devtools.SHARED_LIMIT[cc] if cc in small else None)]
     for launch, ccs in launches:
         key = (devtools.variant_key(launch), tuple(ccs))
         if key in seen:

@@ -204,6 +204,17 @@ def test_forward_lazy_rescale_at_block_d_128(dtype, lazy, device):
         check_case(13, 40, 70, device, dtype=dtype, prior=True, tau=0.2)
 
 
+def test_forward_lazy_rescale_off_on_compute_capability_10(monkeypatch):
+    """triton 3.7.1 fails to compile the lazy forward for sm_100 (tests/compile_kernels.py 100): such a
+    device takes the rescale at every tile; sm_90 and sm_120 keep the lazy path."""
+    from gmvq_kernels import config, forward
+
+    for name, lazy in (("sm_90", True), ("sm_100", False), ("sm_103", False), ("sm_120", True)):
+        monkeypatch.setattr(config, "arch", lambda device, name=name: name if str(device).startswith("cuda") else None)
+        assert forward.lazy_rescale_on(torch.bfloat16, False, True, 128, "cuda") == lazy, name
+        assert forward.lazy_rescale_on(torch.bfloat16, False, True, 128, "cpu")
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
