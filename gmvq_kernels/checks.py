@@ -119,9 +119,16 @@ def _check_finite(name, t):
         raise ValueError(f"{name} must be finite; got non-finite values (nan or inf)")
 
 
+def nvidia_gpu(device: torch.device) -> bool:
+    """A CUDA device of an NVIDIA build of torch: a ROCm build calls AMD GPUs "cuda" too, but the kernels'
+    noise takes its logs in PTX (noise._log2), which only NVIDIA GPUs run."""
+    return device.type == "cuda" and torch.version.hip is None
+
+
 def can_use_triton(device: torch.device) -> bool:
-    """Triton runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (set before import)."""
-    return device.type == "cuda" or (config.INTERPRET and device.type == "cpu")
+    """The kernels run on NVIDIA CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (set before
+    import)."""
+    return nvidia_gpu(device) or (config.INTERPRET and device.type == "cpu")
 
 
 def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group=None):
@@ -172,8 +179,10 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
         raise ValueError(f"dot_precision must be None or one of {config.DOT_PRECISIONS}; got {dot_precision!r}")
     if impl == "triton":
         if not can_use_triton(x.device):
-            raise ValueError(f"impl='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
-                             f"set before triton is imported; got x on {x.device}")
+            rocm = " of a ROCm build of torch (the kernels are NVIDIA-only)" if x.device.type == "cuda" else ""
+            raise ValueError(f"impl='triton' needs NVIDIA CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
+                             f"set before triton is imported; got x on {x.device}{rocm}. impl='auto' or "
+                             f"'reference' runs anywhere")
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"impl='triton' needs x of dtype float32, float16 or bfloat16; got {x.dtype}")
     if impl in ("auto", "triton") and can_use_triton(x.device) and D > MAX_D:

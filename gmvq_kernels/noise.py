@@ -17,9 +17,9 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   MUFU.LG2 and one FFMA, and the word becomes u without an int-to-float conversion: the whole
   transform is ~12 instructions per draw on sm_90 (16 with the Taylor series and natural-unit logs).
   Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
-- On CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper as
-  the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
+- On NVIDIA CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper
+  as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
+  CPU (and, copied over, on an AMD GPU of a ROCm build: ``kernel_draws``) it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
   and −log(−log u) with accurate fp32 logs, NumPy's or torch's, whichever is faster on the CPU
   (``bits_to_gumbel_numpy``), which keep their relative accuracy for u near 1, so the cubic is not
   needed there (results within a few ulps of the kernels'). Traced by torch.compile on a CPU, it is
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_int, check_seed
+from .checks import check_int, check_seed, nvidia_gpu
 from .config import INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
@@ -347,17 +347,24 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
 
 
+def kernel_draws(device: torch.device) -> bool:
+    """Whether ``gumbel_noise`` on ``device`` launches the Triton kernel (an NVIDIA GPU, or the CPU under
+    the interpreter) rather than the NumPy twin (a CPU, or an AMD GPU: the kernel's logs are PTX)."""
+    return nvidia_gpu(device) or (INTERPRET and device.type == "cpu")
+
+
 # A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
 # NumPy, neither of which it can trace.
 @torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=())
 def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" or (INTERPRET and device.type == "cpu"):
+    if kernel_draws(device):
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, *seed_args(seed), row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
+    # a CPU, or an AMD GPU (ROCm; the kernel's logs are PTX): the NumPy twin, copied over
     return gumbel_noise_numpy(N, K, seed, row_offset).to(device)
 
 

@@ -72,10 +72,27 @@ def test_bad_options(good, kw, exc, match):
 def test_triton_on_cpu_without_interpreter_is_an_error(good, monkeypatch):
     from gmvq_kernels import config
     monkeypatch.setattr(config, "INTERPRET", False)
-    with pytest.raises(ValueError, match=r"impl='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match=r"impl='triton' needs NVIDIA CUDA tensors, or CPU tensors with "
+                                         r"TRITON_INTERPRET=1 .*got x on cpu\. impl='auto' or 'reference' runs"):
         gk.gmvq(*good, impl="triton")
     # and auto falls back to the reference there (documented), it does not raise
     assert gk.gmvq(*good, impl="auto").codes.shape == (6,)
+
+
+def test_rocm_gpus_take_the_reference_and_the_numpy_noise(monkeypatch):
+    """A ROCm build of torch calls AMD GPUs "cuda" too; the kernels' noise takes its logs in PTX, so
+    there impl='auto' runs the reference and gumbel_noise the NumPy twin (copied to the device)."""
+    from types import SimpleNamespace
+
+    from gmvq_kernels import checks, noise
+    from gmvq_kernels.functional import resolve_impl
+    cuda = torch.device("cuda")
+    gpu_x = SimpleNamespace(device=cuda, dtype=torch.bfloat16)  # the dispatch reads only these
+    assert checks.can_use_triton(cuda) and noise.kernel_draws(cuda) and resolve_impl("auto", gpu_x) == "triton"
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert not checks.can_use_triton(cuda) and not noise.kernel_draws(cuda)
+    assert resolve_impl("auto", gpu_x) == "reference"
+    assert noise.kernel_draws(torch.device("cpu")) == checks.config.INTERPRET  # the CPU as before
 
 
 def test_triton_rejects_float64(good):
