@@ -219,14 +219,14 @@ TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "del
 # A40, L4, L40S) cannot load the tables' tiles in the buckets below: sm_86 builds of
 # tests/compile_kernels.py's variants took up to 166912 B there, an A100's whole budget, and failed to
 # launch (triton's OutOfResources). Where a device allows less than FULL_TABLE_SHARED bytes per block
-# (``small_shared``), these entries replace the tables' (and the tuned ones, which are sm_90's): per
+# (``small_shared``), these entries replace the tables' (TUNED's are sm_90's and never apply there): per
 # bucket, the first config of a fixed ladder (one stage, then narrower tiles) whose sm_86 build fits
-# SMALL_SHARED in every variant compiled. Searched on 2026-12-01 by compiling on a CPU (triton 3.7.1);
-# untimed on such a GPU (GMVQ_AUTOTUNE=1 times the candidates that fit there).
+# SMALL_SHARED in every variant compiled (benchmarks/fit_shared.py). Searched on 2026-12-01 by compiling
+# on a CPU (triton 3.7.1); untimed on such a GPU (GMVQ_AUTOTUNE=1 times the candidates that fit there).
 FULL_TABLE_SHARED = 166912  # an A100's per-block limit, which the tables were chosen within
 SMALL_SHARED = 101376
 # fp32 inputs at D > 256 do not fit: their row kernels took 163840 B at (16, 16, 4, 1), the smallest
-# tile tried, so gmvq refuses them on such a GPU (forward.check_shared_memory) rather than fail to launch
+# tile tried, so gmvq refuses them on such a GPU (check_shared_memory) rather than fail to launch
 SMALL_SHARED_MAX_FP32_D = 256
 SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): config; the table's, then B
     ("half", "row", 256): KC(64, 32, 4, 1),  # (128, 32, 8, 2): 158208 B

@@ -19,10 +19,11 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On NVIDIA CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper
   as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU (and, copied over, on an AMD GPU of a ROCm build: ``kernel_draws``) it runs a NumPy twin of the Philox rounds (same words bit for bit, in cache-sized row blocks)
-  and −log(−log u) with accurate fp32 logs, NumPy's or torch's, whichever is faster on the CPU
-  (``bits_to_gumbel_numpy``), which keep their relative accuracy for u near 1, so the cubic is not
-  needed there (results within a few ulps of the kernels'). Traced by torch.compile on a CPU, it is
+  CPU (and, copied over, on an AMD GPU of a ROCm build: ``kernel_draws``) it runs a NumPy twin of the
+  Philox rounds (same words bit for bit, in cache-sized row blocks) and −log(−log u) with accurate fp32
+  logs, NumPy's or torch's, whichever is faster on the CPU (``bits_to_gumbel_numpy``), which keep their
+  relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
+  kernels'). Traced by torch.compile on a CPU, it is
   ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
   ``words_to_gumbel``, the same transform in torch ops.
 """

@@ -99,7 +99,8 @@ def main(capabilities):
     if 90 in capabilities:
         launches += [(launch, [90]) for launch in record("sm_90")]
     for cc in own:
-        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", devtools.SHARED_LIMIT[cc] if cc in small else None)]
+        shared = devtools.SHARED_LIMIT[cc] if cc in small else None
+        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", shared)]
     for launch, ccs in launches:
         key = (devtools.variant_key(launch), tuple(ccs))
         if key in seen:
