@@ -116,6 +116,8 @@ def test_gpu_check_dry(tmp_path):
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
     comp = next(r for r in rows if r["check"] == "torch_compile")
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
+    env = rows[0]  # which configs the device takes (on a CPU: none of the GPU-specific ones)
+    assert env["check"] == "env" and env["shared_per_block"] is None and env["small_shared_configs"] is False, env
 
 
 def test_quality_smoke(tmp_path):
