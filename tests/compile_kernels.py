@@ -102,11 +102,11 @@ def main(capabilities):
         shared = devtools.SHARED_LIMIT[cc] if cc in small else None
         launches += [(launch, [cc]) for launch in record(f"sm_{cc}", shared)]
     for launch, ccs in launches:
-        key = (devtools.variant_key(launch), tuple(ccs))
-        if key in seen:
-            continue
-        seen.add(key)
+        key = devtools.variant_key(launch)
         for cc in ccs:
+            if (key, cc) in seen:  # the same variant recorded for this arch twice (tables and TUNED agree)
+                continue
+            seen.add((key, cc))
             try:
                 kernel = devtools.compile_launch(launch, cc)
                 assert kernel.asm.get("cubin"), "no cubin produced"
@@ -120,7 +120,7 @@ def main(capabilities):
                     assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
             except Exception as e:  # report every failing variant, not just the first
                 failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
-    print(f"compiled {len(seen)} kernel variants for sm_{', sm_'.join(map(str, capabilities))} (with "
+    print(f"compiled {len(seen)} (kernel variant, arch) builds for sm_{', sm_'.join(map(str, capabilities))} (with "
           f"config.TUNED's sm_90 entries and, below {config.FULL_TABLE_SHARED} B of shared memory, "
           f"config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
     for f in failures:
