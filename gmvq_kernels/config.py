@@ -332,12 +332,18 @@ def _cuda_shared_limit(index: int) -> Optional[int]:
     return int(limit)
 
 
-def shared_limit(device) -> Optional[int]:
-    """Bytes of shared memory one block may use on ``device`` (opted in); None off CUDA."""
+def _cuda_index(device) -> Optional[int]:
+    """The CUDA device index of ``device`` (a device, a string or None), None off CUDA."""
     device = None if device is None else torch.device(device)
     if device is None or device.type != "cuda":
         return None
-    return _cuda_shared_limit(device.index if device.index is not None else torch.cuda.current_device())
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def shared_limit(device) -> Optional[int]:
+    """Bytes of shared memory one block may use on ``device`` (opted in); None off CUDA."""
+    index = _cuda_index(device)
+    return None if index is None else _cuda_shared_limit(index)
 
 
 def small_shared(device) -> bool:
@@ -358,10 +364,8 @@ def check_shared_memory(dtype: torch.dtype, D: int, device) -> None:
 def arch(device) -> Optional[str]:
     """"sm_90" for a CUDA device of compute capability 9.0 (looked up once per device: config picks run
     at every launch); None off CUDA (no tuned entries apply)."""
-    device = None if device is None else torch.device(device)
-    if device is None or device.type != "cuda":
-        return None
-    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    index = _cuda_index(device)
+    return None if index is None else _cuda_arch(index)
 
 
 def tensor_memory_arch(device) -> bool:

@@ -19,7 +19,7 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On NVIDIA CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper
   as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU (and, copied over, on an AMD GPU of a ROCm build: ``kernel_draws``) it runs a NumPy twin of the
+  CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a NumPy twin of the
   Philox rounds (same words bit for bit, in cache-sized row blocks) and −log(−log u) with accurate fp32
   logs, NumPy's or torch's, whichever is faster on the CPU (``bits_to_gumbel_numpy``), which keep their
   relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_int, check_seed, nvidia_gpu
+from .checks import can_use_triton, check_int, check_seed
 from .config import INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
@@ -348,17 +348,11 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
 
 
-def kernel_draws(device: torch.device) -> bool:
-    """Whether ``gumbel_noise`` on ``device`` launches the Triton kernel (an NVIDIA GPU, or the CPU under
-    the interpreter) rather than the NumPy twin (a CPU, or an AMD GPU: the kernel's logs are PTX)."""
-    return nvidia_gpu(device) or (INTERPRET and device.type == "cpu")
-
-
 # A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
 # NumPy, neither of which it can trace.
 @torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=())
 def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
-    if kernel_draws(device):
+    if can_use_triton(device):  # an NVIDIA GPU, or the CPU under the interpreter
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
         grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
