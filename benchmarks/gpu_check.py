@@ -17,7 +17,7 @@
    launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
-   backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before README "Speed", item 20, and with
+   backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before docs/speed_history.md, item 20, and with
    GMVQ_NORM_DOT=0: the distances before item 23), the K
    and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
@@ -84,7 +84,7 @@ def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False,
     many spreads from the origin, where half-precision dots must cancel the offset exactly (the CPU
     interpreter runs them on fp32 operands; the kernels round their tiles by name so it sees most).
     fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ pass). norm_dot False: bf16
-    with GMVQ_NORM_DOT=0, the norms added per element (README "Speed", item 23: the tensor cores'
+    with GMVQ_NORM_DOT=0, the norms added per element (docs/speed_history.md, item 23: the tensor cores'
     own summation of the norm dot is what the interpreter cannot show)."""
     with config.fused_backward_env(fused), config.env_flag(config.NORM_DOT_ENV, norm_dot):
         return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot)

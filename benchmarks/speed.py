@@ -7,12 +7,12 @@ naive code written for bf16 runs, the fair compiled baseline), ``sdpa`` (PyTorch
 and the codebook as keys and values: the nearest fused kernel, a speed-of-light proxy that computes
 less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed);
 ``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``), ``triton_serial`` (ours with
-``GMVQ_SERIAL_WGMMA=1``: the loops as before README "Speed", item 20, their wgmma serialised by ptxas,
+``GMVQ_SERIAL_WGMMA=1``: the loops as before docs/speed_history.md, item 20, their wgmma serialised by ptxas,
 timed beside the default to measure what that item gained), ``triton_no_norm_dot`` (ours with
-``GMVQ_NORM_DOT=0``: the norms added per element, as before README "Speed", item 23),
-``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, README "Speed", item 24)
+``GMVQ_NORM_DOT=0``: the norms added per element, as before docs/speed_history.md, item 23),
+``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, docs/speed_history.md, item 24)
 and ``triton_eager_rescale`` (ours with ``GMVQ_LAZY_RESCALE=0``: the forward's y sums rescaled at
-every tile, as before README "Speed", item 25).
+every tile, as before docs/speed_history.md, item 25).
 Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
 ``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per

@@ -55,7 +55,7 @@ from gmvq_kernels.spec import component_terms  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
 # --fast (CI): a small shape, one with enough codes that N = 2048 splits the codebook (split-K), and
-# D = 128 (spill-free since README "Speed", item 16; the Δ pass runs there)
+# D = 128 (spill-free since docs/speed_history.md, item 16; the Δ pass runs there)
 FAST_SHAPES = [(2048, 1024, 64), (2048, 65536, 64), (2048, 1024, 128)]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -82,7 +82,7 @@ SERIAL_WGMMA_ENV = "GMVQ_SERIAL_WGMMA"
 
 def serial_wgmma() -> bool:
     """``GMVQ_SERIAL_WGMMA=1`` (read at each call; for side-by-side timing only): the forward, dx and dμ
-    kernels leave out the non-empty loop assumption (tiles.nonempty_range), as before README "Speed",
+    kernels leave out the non-empty loop assumption (tiles.nonempty_range), as before docs/speed_history.md,
     item 20, so that ptxas serialises their wgmma again. ``speed.py`` times it as provider
     "triton_serial" beside the default, to measure what item 20 gained."""
     return os.environ.get(SERIAL_WGMMA_ENV, "0") == "1"
@@ -95,7 +95,7 @@ LAZY_RESCALE_ENV = "GMVQ_LAZY_RESCALE"
 def lazy_rescale_allowed() -> bool:
     """Whether the forward may move its y sums lazily (forward.lazy_rescale_on says where), unless
     ``GMVQ_LAZY_RESCALE=0`` (read at each call; for side-by-side timing: ``speed.py``'s provider
-    "triton_eager_rescale", the rescale at every tile as before README "Speed", item 25)."""
+    "triton_eager_rescale", the rescale at every tile as before docs/speed_history.md, item 25)."""
     return os.environ.get(LAZY_RESCALE_ENV, "1") != "0"
 
 
@@ -177,7 +177,7 @@ COL_CONFIGS = {
 # instructions per element at D = 64, 20.1 → 11.6 at 128, 26.1 → 17.2 at 256 (64 × 256 there: 512
 # codes would need more shared memory than an A100's 163 KiB), the per-tile overhead spread over 4–8×
 # the elements; fp32 (tf32x3) at D = 64: 27.0 → 23.5, its wider tiles exceeding an A100's shared memory).
-# D = 256 since 2026-12-01 (fifth session): (128, 128, 8, 2), as the norm dot's operands (README "Speed",
+# D = 256 since 2026-12-01 (fifth session): (128, 128, 8, 2), as the norm dot's operands (docs/speed_history.md,
 # item 23) took (64, 256, 8, 2) to 175104 B of shared memory on sm_80, past an A100's 163 KiB; at
 # (65536, 16384, 256) 11.9 instructions per element against 11.1, modelled 0.56 against 0.68 ms (140 KB).
 COLSUM_CONFIGS = {
@@ -251,7 +251,7 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 # added on 2026-11-30 (later): without the prefetch's registers dx at D = 128 took 49.6 instead of 54.3
 # instructions per element and at D = 256 spilled 68 instead of 76 B, while loads wait on memory, which
 # the model does not see. Most of that gap was ptxas serialising the two-stage dx's wgmma (the one-stage
-# loops never were); since README "Speed", item 20: 51.5 against 52.7.
+# loops never were); since docs/speed_history.md, item 20: 51.5 against 52.7.
 # Untimed so far.
 CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1),
@@ -276,7 +276,7 @@ CANDIDATES = {
 # tuning run (whole fwd+bwd, bf16 soft). With the row winner (64, 32, 4, 2) dx now spills 644 B, 5 local
 # loads/stores per element in its loop (static report; 76 B and 0.4 with the table's (128, 32, 8, 2)),
 # where it was 1.5 % faster than the table before the change. The next --tune run re-times all three.
-# All entries were timed while ptxas serialised the dx and dμ kernels' wgmma (README "Speed", item 20,
+# All entries were timed while ptxas serialised the dx and dμ kernels' wgmma (docs/speed_history.md, item 20,
 # fixed 2026-12-01), so the next --tune may pick differently (the one-stage candidates too).
 # tests/compile_kernels.py compiles the TUNED entries for sm_90 too.
 # BEGIN TUNED

@@ -53,7 +53,7 @@ def lazy_rescale_on(dtype, hard, with_sums, BLOCK_D, device=None):
     """Whether the forward kernel moves its y sums lazily (LAZY): for half inputs from BLOCK_D =
     LAZY_MIN_BLOCK_D on, where acc_z is formed (soft mode, or hard mode with the soft sums). Below that
     BLOCK_D the flag costs more than the multiply it saves; fp32 with tf32x3 spills more with it, and
-    a hard forward without the sums has no acc_z to spare (static report, README "Speed", item 25).
+    a hard forward without the sums has no acc_z to spare (static report, docs/speed_history.md, item 25).
     Never with GMVQ_LAZY_RESCALE=0 (config.lazy_rescale_allowed), nor on a ``device`` of compute
     capability 10.x, where triton fails to compile it (config.tensor_memory_arch)."""
     return (dtype != torch.float32 and (with_sums or not hard) and BLOCK_D >= LAZY_MIN_BLOCK_D

@@ -72,7 +72,7 @@ def reference_forward_blocks(x, means, log_var, log_prior, tau, hard, seed, nois
     of the noise, ``gumbel_noise``'s row_offset), with q̄ summed block by block (ulps from one mean).
     On a CPU each block's N×K temporaries, and in the backward their gradients, then stay in cache
     (one (rows, K) fp32 tensor ~1 MiB at config.REFERENCE_BLOCK_ELEMS), where the whole batch's go
-    to memory: see the README, "Speed", on the CPU training step."""
+    to memory: see the README, "The CPU training step"."""
     N, K = x.shape[0], means.shape[0]
     if N <= rows:
         return reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)

@@ -64,7 +64,7 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
             if r["kernel"] == "_gmvq_fwd_kernel" and r["shape"][1] == 1024}
     assert lazy == {64: None, 128: 8 / 32}, lazy
     # the target of ≤ 200 thread-instructions per (n, k) element over one fwd+bwd, met at D ≤ 64 in both
-    # modes since README "Speed", item 18 (189.9 / 198.3 soft / hard): a change that gives it up must
+    # modes since docs/speed_history.md, item 18 (189.9 / 198.3 soft / hard): a change that gives it up must
     # say so here
     for t in report["totals"]:
         if t["shape"][2] == 64 and t["mode"] != "encode":
@@ -78,7 +78,7 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
 
 
 def test_static_cost_fast_mode_fails_on_serialised_wgmma(tmp_path):
-    """With GMVQ_SERIAL_WGMMA=1 (config.serial_wgmma: the loops as before README "Speed", item 20) ptxas
+    """With GMVQ_SERIAL_WGMMA=1 (config.serial_wgmma: the loops as before docs/speed_history.md, item 20) ptxas
     serialises the wgmma of dx and dμ again, and --fast reports it and exits 1: the guard above can fail."""
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--modes", "soft", "--out", str(out)],
