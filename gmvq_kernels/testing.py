@@ -93,3 +93,20 @@ def interpreter_rounds_bf16_to_nearest():
 
     cast_impl._gmvq_rtne = True
     builder.cast_impl = cast_impl
+
+
+def interpreter_min_max_ignore_nan():
+    """Make Triton's interpreter (before 3.8) give ``tl.minimum``/``tl.maximum`` of floats the GPU's NaN
+    semantics: by default (``propagate_nan=NONE``) they lower to PTX ``min.f32``/``max.f32``, which
+    return the other operand when one is NaN (SASS ``FMNMX``); with ``PropagateNan.ALL`` to
+    ``min.NaN.f32`` (``FMNMX.NAN``), which return NaN. Triton 3.6–3.7's interpreter propagated NaN
+    either way (NumPy's ``minimum``), so a kernel that counted on a NaN passing through a default min or
+    max passed the CPU tests and gave finite garbage on a GPU (q̄ with a NaN row: README, "NaN policy").
+    Triton 3.8's interpreter takes ``fmin``/``fmax``, as this does. Applied by tests/conftest.py;
+    ``test_interpreter_min_max_treat_nan_like_the_gpu`` checks it. No effect outside the interpreter;
+    idempotent."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    builder.create_minnumf = lambda self, lhs, rhs: self.binary_op(lhs, rhs, np.fmin)
+    builder.create_maxnumf = lambda self, lhs, rhs: self.binary_op(lhs, rhs, np.fmax)

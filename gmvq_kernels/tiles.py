@@ -206,8 +206,10 @@ def softmax_log2prob(e, m, log2s, scale, cap=0.0):
     """log2 of a softmax probability from its row statistics, (e − m)·scale − log2 s, capped at 0: a
     tile recomputed with another summation order than the one that produced the statistics can sit an
     ulp above the max, and a huge scale (σ² → 0, τ → 0) would turn that ulp into inf. With log2 s
-    lowered by c and cap = c it is log2 of 2^c times the probability (see softmax_prob)."""
-    return tl.minimum((e - m) * scale - log2s, cap)
+    lowered by c and cap = c it is log2 of 2^c times the probability (see softmax_prob). NaN statistics
+    (a non-finite row: the NaN policy) give NaN: a default min on the GPU (PTX min.f32) would return the
+    cap, i.e. probability 1 at every code, and q̄ finite garbage (min.NaN.f32 costs the same one FMNMX)."""
+    return tl.minimum((e - m) * scale - log2s, cap, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit

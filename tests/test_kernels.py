@@ -423,6 +423,33 @@ def test_interpreter_bf16_cast_rounds_like_torch(device):
 
 
 @triton.jit
+def _min_max_kernel(src_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(src_ptr + offs)
+    tl.store(out_ptr + offs, tl.minimum(x, 0.0))
+    tl.store(out_ptr + BLOCK + offs, tl.maximum(x, 0.0))
+    tl.store(out_ptr + 2 * BLOCK + offs, tl.minimum(x, 0.0, propagate_nan=tl.PropagateNan.ALL))
+    tl.store(out_ptr + 3 * BLOCK + offs, tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL))
+
+
+def test_interpreter_min_max_treat_nan_like_the_gpu(device):
+    """A default ``tl.minimum``/``tl.maximum`` returns the other operand where one is NaN, as PTX
+    min.f32/max.f32 do on the GPU; ``PropagateNan.ALL`` returns NaN (min.NaN.f32). Triton's interpreter
+    before 3.8 propagated NaN either way: tests/conftest.py applies testing.interpreter_min_max_ignore_nan.
+    The kernels' NaN policy counts on the difference (tiles.softmax_log2prob)."""
+    x = torch.tensor([float("nan"), -1.0, 2.0, float("-inf"), float("inf"), -0.0, 0.5, float("nan")])
+    out = torch.empty(4 * 8, device=device)
+    _min_max_kernel[(1,)](x.to(device), out, BLOCK=8)
+    out = out.cpu().view(4, 8)
+    nan = x.isnan()
+    assert torch.equal(out[0], torch.where(nan, 0.0, torch.minimum(x, torch.zeros(()))))
+    assert torch.equal(out[1], torch.where(nan, 0.0, torch.maximum(x, torch.zeros(()))))
+    assert torch.equal(out[2].isnan(), nan) and torch.equal(out[3].isnan(), nan)
+    assert torch.equal(out[2][~nan], torch.minimum(x, torch.zeros(()))[~nan])
+    assert torch.equal(out[3][~nan], torch.maximum(x, torch.zeros(()))[~nan])
+
+
+@triton.jit
 def _noise_rows_kernel(out_ptr, row0, lo, hi):
     offs_n = row0 + tl.arange(0, 16).to(tl.int64)
     g = gumbel_tile(lo, hi, offs_n, 0, 16)
