@@ -427,6 +427,44 @@ def noise_check(device, log, rows=4096, cols=1024):
              ok=bool(err < 5e-6 and d < 1.95 / np.sqrt(x.size))))
 
 
+def nan_check(device, log, shape=(9, 37, 6)):
+    """The NaN policy on the GPU (README, "NaN policy"): rows of x holding NaN, inf, or a squared norm
+    past fp32 give NaN outputs, code −1 and a NaN q̄, the other rows exactly what they are without them;
+    in soft mode the gradients are NaN exactly where the reference's are. Until 2026-12-01 (ninth
+    session) a default tl.minimum (PTX min.f32 skips NaN) gave such rows probability 1 at every code on
+    a GPU and q̄ finite garbage, which the CPU interpreter could not show."""
+    N, K, D = shape
+    bad = [1, 4, 7]
+    good = [i for i in range(N) if i not in bad]
+    for dtype in (torch.float32, torch.bfloat16):
+        for hard in (False, True):
+            x, m, lv, lp = testing.make_inputs(N, K, D, prior=True, dtype=dtype, device=device)
+            xb = x.clone()
+            xb[1, 2], xb[4, 0], xb[7] = float("nan"), float("inf"), 3e19
+            kw = dict(tau=0.7, hard=hard, seed=5, impl="triton")
+            out = gk.gmvq(xb, m, lv, lp, **kw)
+            clean = gk.gmvq(x, m, lv, lp, **dict(kw, noise=gk.gumbel_noise(N, K, 5, device=device)))
+            rows_ok = all(bool(torch.isnan(getattr(out, f)[bad]).all()) and
+                          torch.equal(getattr(out, f)[good], getattr(clean, f)[good])
+                          for f in ("quantized", "log_likelihood", "latent_nll", "mixture_var", "entropy"))
+            row = dict(check="nan_policy", dtype=str(dtype), hard=hard, codes_bad=out.codes[bad].tolist(),
+                       agg_posterior_nan=bool(torch.isnan(out.agg_posterior).all()), good_rows_equal=rows_ok)
+            if not hard:  # the gradients' NaN pattern against the reference's (one NaN row)
+                xg = x.clone()
+                xg[1, 2] = float("nan")
+                masks = {}
+                for impl in ("reference", "triton"):
+                    leaves = [t.clone().requires_grad_() for t in (xg, m, lv, lp)]
+                    o = gk.gmvq(*leaves, impl=impl, seed=5, tau=0.7)
+                    r = torch.randn(K, generator=torch.Generator().manual_seed(0)).to(device)
+                    (o.quantized.float().sum() + (o.agg_posterior * r).sum()).backward()
+                    masks[impl] = [t.grad.isnan().cpu() for t in leaves]
+                row["grad_nan_as_reference"] = all(torch.equal(a, b) for a, b in zip(*masks.values()))
+            row["ok"] = (row["codes_bad"] == [-1, -1, -1] and row["agg_posterior_nan"] and rows_ok
+                         and row.get("grad_nan_as_reference", True))
+            log(row)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -438,6 +476,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     device = torch.device("cpu" if args.dry else "cuda")
+    if args.dry:  # the interpreter with the GPU's bf16 rounding and min/max NaN semantics, as the tests run it
+        testing.interpreter_rounds_bf16_to_nearest()
+        testing.interpreter_min_max_ignore_nan()
     info = speed.env_info(device)
     logfile = open(os.path.join(args.out, "correctness.jsonl"), "w")
 
@@ -453,6 +494,7 @@ def main():
              small_shared_configs=config.small_shared(device), lazy_rescale_arch=not config.tensor_memory_arch(device)))
     checks = [
         lambda: noise_check(device, log),
+        lambda: nan_check(device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32", False, device, log),
@@ -481,6 +523,7 @@ def main():
     if args.dry:
         checks = [
             lambda: noise_check(device, log, 64, 64),
+            lambda: nan_check(device, log),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0),

@@ -493,10 +493,11 @@ def _gmvq_bwd_dmu_kernel(
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
         if hard_idx_ptr is not None and Y_VAL:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
-            # the one-hot's zeros taken from q (min(q, 0) = 0, NaN kept: propagate_nan) put it in q's (MMA) layout,
-            # so the Ḡ_z dot takes it from registers; built from the compare alone it made a round trip
-            # through shared memory (static report: −3.2 per element), and comparing codes directly
-            # rather than positions in the tile saves the per-row work (−3.0; K < 2³¹, checks.MAX_K)
+            # the one-hot's zeros taken from q (min(q, 0) = 0; a NaN row's NaN kept: propagate_nan) put
+            # it in q's (MMA) layout, so the Ḡ_z dot takes it from registers; built from the compare alone
+            # it made a round trip through shared memory (static report: −3.2 per element), and comparing
+            # codes directly rather than positions in the tile saves the per-row work (−3.0; K < 2³¹,
+            # checks.MAX_K)
             y_val = tl.where(offs_k.to(tl.int32)[:, None] == hard_idx.to(tl.int32)[None, :], 1.0,
                              tl.minimum(q, 0.0, propagate_nan=tl.PropagateNan.ALL))
         else:

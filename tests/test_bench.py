@@ -106,6 +106,8 @@ def test_gpu_check_dry(tmp_path):
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
     assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "kernel_times",
             "done"} <= {r["check"] for r in rows}
+    nan = [r for r in rows if r["check"] == "nan_policy"]
+    assert len(nan) == 4 and all(r["ok"] for r in nan), nan
     assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
     fused = [r for r in rows if r["check"] == "full" and r["fused_backward"]]
     assert fused and all(r["ok"] for r in fused), fused
