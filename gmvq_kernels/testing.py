@@ -110,3 +110,10 @@ def interpreter_min_max_ignore_nan():
     builder = interpreter.InterpreterBuilder
     builder.create_minnumf = lambda self, lhs, rhs: self.binary_op(lhs, rhs, np.fmin)
     builder.create_maxnumf = lambda self, lhs, rhs: self.binary_op(lhs, rhs, np.fmax)
+
+
+def interpreter_like_gpu():
+    """Both of the above: what the tests (tests/conftest.py) and ``gpu_check.py --dry`` run the
+    interpreter with, so that the CPU holds the kernels to the GPU's rounding and NaN semantics."""
+    interpreter_rounds_bf16_to_nearest()
+    interpreter_min_max_ignore_nan()

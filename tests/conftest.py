@@ -14,10 +14,9 @@ from gmvq_kernels.config import INTERPRET  # noqa: E402
 
 if INTERPRET:  # hold the kernels to the GPU's semantics where the interpreter (triton < 3.8) differs:
     # fp32 → bf16 casts round to nearest even (it truncates), a default min/max skips NaN (it propagates)
-    from gmvq_kernels.testing import interpreter_min_max_ignore_nan, interpreter_rounds_bf16_to_nearest
+    from gmvq_kernels.testing import interpreter_like_gpu
 
-    interpreter_rounds_bf16_to_nearest()
-    interpreter_min_max_ignore_nan()
+    interpreter_like_gpu()
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
