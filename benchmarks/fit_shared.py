@@ -6,7 +6,8 @@ bucket) with the configs such a GPU would get, compiles each for the given arch 
 triton's wheel, and where a bucket's largest build exceeds the limit moves that bucket one step down its
 ladder: first the same tile with one pipeline stage, then LADDER's narrower tiles. It repeats until every
 bucket fits or has run out of steps, and prints the entries to paste into config.py. Run it after a
-kernel change makes ``tests/compile_kernels.py 86`` fail.
+kernel change makes ``tests/compile_kernels.py 86`` fail. Buckets with a config.ARCH_CONFIGS "mma" entry
+take that one on these GPUs (chosen to fit) and are not searched.
 
     python benchmarks/fit_shared.py [86]        # ~10-20 minutes on 2 CPU cores (compiles are cached)
 """

@@ -487,10 +487,12 @@ def main():
         logfile.write(json.dumps(row) + "\n")
         logfile.flush()
 
-    # which configs this GPU takes: the arch (TUNED's key), its shared memory per block (below an A100's:
-    # config.SMALL_SHARED_CONFIGS) and whether the forward's lazy rescale runs (off on compute capability 10.x)
-    log(dict(check="env", **info, arch=config.arch(device), shared_per_block=config.shared_limit(device),
-             small_shared_configs=config.small_shared(device), lazy_rescale_arch=not config.tensor_memory_arch(device)))
+    # which configs this GPU takes: the arch (TUNED's key) and its family (config.ARCH_CONFIGS), its shared
+    # memory per block (below an A100's: config.SMALL_SHARED_CONFIGS) and whether the forward's lazy rescale
+    # runs (off on compute capability 10.x)
+    log(dict(check="env", **info, arch=config.arch(device), arch_family=config.arch_family(device),
+             shared_per_block=config.shared_limit(device), small_shared_configs=config.small_shared(device),
+             lazy_rescale_arch=not config.tensor_memory_arch(device)))
     checks = [
         lambda: noise_check(device, log),
         lambda: nan_check(device, log),

@@ -34,7 +34,8 @@ not an A100 estimate).
                                                           # serialised wgmma (CI)
 
 The launches take the configs the launchers pick on that arch: ``config.TUNED``'s measured entries first
-(what an H100/H200 runs), then the tables. ``--fast`` takes the tables alone: it guards the kernels at the
+(what an H100/H200 runs), then the tables, off sm_90 with ``config.ARCH_CONFIGS``' entries for the arch's
+family (``--arch 80``: what an A100 runs). ``--fast`` takes the tables alone: it guards the kernels at the
 configs they were designed for (what a GPU without measured entries runs), as before the first tuning.
 """
 import argparse
@@ -69,8 +70,8 @@ REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
 def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
     """Launches of one fwd+bwd of the training objective (see module docstring), or with mode "encode"
     of the tokenizer path (codes only); nothing run. The launchers pick their configs as on a GPU of
-    compute capability ``cc``: config.TUNED's measured entries for that arch first (unless ``tuned`` is
-    False), then the tables."""
+    compute capability ``cc``: config.TUNED's measured entries for that arch first, then the tables
+    with config.ARCH_CONFIGS' entries for its family; with ``tuned`` False, the tables alone."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
     # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)
@@ -381,7 +382,8 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  configs="tables" if args.fast or args.tables else "config.TUNED first on sm_90", rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
+                  configs="tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90",
+                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:

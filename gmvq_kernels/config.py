@@ -168,8 +168,8 @@ ROW_CONFIGS = {
     "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
-COL_CONFIGS = {
-    "half": ((256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
+COL_CONFIGS = {  # half: two buckets to D = 256, so that ARCH_CONFIGS can tell them apart
+    "half": ((128, KC(32, 128, 8, 2)), (256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
@@ -229,21 +229,59 @@ SMALL_SHARED = 101376
 # tile tried, so gmvq refuses them on such a GPU (check_shared_memory) rather than fail to launch
 SMALL_SHARED_MAX_FP32_D = 256
 SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): config; the table's, then B
-    ("half", "row", 256): KC(64, 32, 4, 1),  # (128, 32, 8, 2): 158208 B
-    ("half", "row", 512): KC(32, 16, 4, 1),  # (64, 16, 4, 1): 163840 B
     ("half", "delta", 256): KC(128, 64, 8, 1),  # (128, 64, 8, 2): 104448 B
-    ("half", "col", 256): KC(32, 64, 4, 1),  # (32, 128, 8, 2): 120960 B
-    ("half", "col", 512): KC(16, 32, 4, 1),  # (32, 64, 4, 1): 165888 B
     ("half", "colsum", 128): KC(64, 256, 8, 1),  # (64, 512, 8, 2): 166912 B
     ("half", "colsum", 256): KC(128, 128, 8, 1),  # (128, 128, 8, 2): 140288 B
     ("half", "encode", 256): KC(128, 32, 8, 1),  # (256, 64, 8, 1): 143360 B
     ("half", "encode", 512): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 143360 B
     ("half", "fused", 128): KC(32, 128, 8, 1),  # (32, 128, 8, 2): 104576 B
-    ("fp32", "row", 128): KC(32, 16, 4, 1),  # (64, 16, 4, 1): 139264 B
-    ("fp32", "col", 256): KC(16, 32, 4, 1),  # (16, 64, 4, 1): 147456 B
     ("fp32", "colsum", 256): KC(16, 16, 4, 1),  # (16, 64, 4, 1): 139264 B
     ("fp32", "encode", 128): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 135168 B
     ("fp32", "encode", 256): KC(16, 16, 4, 1),  # (64, 16, 4, 1): 139264 B
+}
+# Where the tables' tiles overflow the registers of another kind of GPU: per arch family (arch_family:
+# "mma" for sm_8x and sm_12x, whose tensor cores take mma.sync and whose accumulators live in
+# registers as on sm_90 but without wgmma; "tmem" for sm_10x), the config that family's GPUs take
+# instead. The tables were chosen from sm_90 SASS, and compiled for sm_80 (2026-12-02, on a CPU, not
+# run; triton 3.7.1) the bf16 forward's and dx's 8-warp tiles at D = 256 got 128 registers and 5–15 KB
+# of spills per thread (spills = stores + loads), fp32's at D = 128 128–168 registers and 5–6 KB, and
+# the bf16 dμ at D ≥ 256, the bf16 forward at D = 512 and fp32's dμ at D ≥ 128 fell back to 32
+# registers and 18–113 KB (loads and stores of local memory are then half of the loop's
+# instructions). Each entry is the config with the lowest static-model time (benchmarks/static_cost.py
+# --arch 80: sm_80 counts at the H200's rates, a comparison, not an A100 estimate), soft and hard,
+# among 4–8 tried that fit 99 KiB of shared memory, at (65536, 16384, 256), (32768, 8192, 512) and,
+# for fp32, (32768, 8192, 128): per kind's kernels, soft / hard, table → entry:
+#   half row 256: forward 10.9 / 11.6 → 5.2 / 5.6 ms, dx 6.1 / 6.7 → 3.3 / 3.5 (the whole fwd+bwd
+#     with the col entry too: 37.5 / 37.6 → 14.9 / 15.0, benchmarks/results/static-2026-12-02-sm80/);
+#   half col 256: dμ 19.3 / 18.2 → 5.4 / 4.7 (583 → 162 instructions per element, soft);
+#   half row 512: forward 5.9 / 0.7 → 2.3 / 1.1, dx 4.2 / 4.4 → 2.0 / 2.1;
+#   half col 512: dμ 13.1 / 11.4 → 3.6 / 3.4 ((32, 16, 4, 1): 3.3 / 3.9, but 115 KB of shared memory);
+#   fp32 row 128 (tf32x3; also its Δ pass): forward 3.5 / 1.1 → 2.0 / 2.1, dx 7.8 / 7.9 → 1.9 / 1.9;
+#   fp32 col 64 (tf32x3, at (32768, 8192, 64)): dμ 2.4 / 1.8 → 2.1 / 1.5; triton 3.6 compiled the
+#     table's (32, 128, 8, 2) for sm_80 at 32 registers and 24–26 KB of spills (3.7.1: 255, 2.4 KB);
+#   fp32 col 128 (tf32x3): dμ 7.1 / 5.5 → 3.4 / 2.7;
+#   fp32 col 256: dμ 162 → 101 ms tf32x3, 62 → 13 tf32 (soft; in hard mode with the one-hot after the
+#     loop the entry takes 255 registers and 3.0 KB of spills; soft tf32x3 still 17 KB at 32 registers,
+#     and no tile tried did better: (32, 16, 4), (16, 16, 2), (16, 32, 2), (16, 16, 8): 13–76 KB).
+# The "mma" entries fit the 99 KiB parts (sm_86, sm_89, sm_120; tests/compile_kernels.py 86 checks it),
+# so they come before SMALL_SHARED_CONFIGS, which holds only buckets without one. "tmem": triton 3.8's
+# ptxas for sm_100 refused fp32's (tf32x3) dμ at D = 256 in the table's (16, 64, 4, 1) ("Register
+# allocation failed with register count of '255'"); (16, 16, 4, 1) compiles there with 255 registers and
+# 2.3–3.4 KB of spills (triton 3.7.1 and 3.8). Other sm_100 buckets compile with the tables' bf16 tiles
+# without such spills (their accumulators live in tensor memory). sm_90 keeps the tables, where the
+# static model has these tiles slower (e.g. fp32 at D = 256: 105.6 against 94.6 ms tf32x3, 33.0 against
+# 26.1 tf32, soft fwd+bwd). Not yet improved (spill > 8 KB on sm_80 / sm_100): fp32 at D = 512, and
+# fp32 with dot_precision="ieee" at D = 256.
+ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the bucket): config
+    ("mma", "half", "row", 256): KC(64, 32, 4, 1),
+    ("mma", "half", "col", 256): KC(64, 32, 4, 2),
+    ("mma", "half", "row", 512): KC(32, 16, 4, 1),
+    ("mma", "half", "col", 512): KC(16, 16, 4, 2),
+    ("mma", "fp32", "col", 64): KC(32, 32, 4, 2),
+    ("mma", "fp32", "row", 128): KC(32, 32, 4, 1),
+    ("mma", "fp32", "col", 128): KC(32, 32, 4, 2),
+    ("mma", "fp32", "col", 256): KC(16, 16, 4, 1),
+    ("tmem", "fp32", "col", 256): KC(16, 16, 4, 1),
 }
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
 # sm_90 code the static report found spill-free or nearly so at some D; one that does not fit a
@@ -368,13 +406,23 @@ def arch(device) -> Optional[str]:
     return None if index is None else _cuda_arch(index)
 
 
+def arch_family(device) -> Optional[str]:
+    """The kind of tensor cores of a CUDA ``device``, which decides how much of a tile fits its registers
+    (ARCH_CONFIGS): "wgmma" (sm_90, the tables' arch), "tmem" (sm_10x: accumulators in tensor memory),
+    "mma" (every other: sm_8x, sm_12x); None off CUDA (the tables)."""
+    name = arch(device)
+    if name is None:
+        return None
+    major = int(name[3:-1])  # "sm_86" → 8, "sm_100" → 10
+    return "wgmma" if major == 9 else "tmem" if major == 10 else "mma"
+
+
 def tensor_memory_arch(device) -> bool:
     """Whether ``device`` is a Blackwell datacenter GPU (compute capability 10.x), where triton keeps MMA
     accumulators in tensor memory. Its layout pass (TritonNvidiaGPUOptimizeTMemLayoutsPass, triton
     3.7.1) crashed on the forward's lazy rescale (5 of 206 sm_100 builds, tests/compile_kernels.py
     100), so the forward rescales at every tile there (forward.lazy_rescale_on)."""
-    name = arch(device)
-    return name is not None and name.startswith("sm_10")
+    return arch_family(device) == "tmem"
 
 
 def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
@@ -395,12 +443,15 @@ def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
 
 
 def table_config(kind: str, D: int, dtype: torch.dtype, device=None) -> KernelConfig:
-    """The default heuristic: the table row of ``kind`` that serves D for this input dtype, or on a
-    ``device`` with less shared memory its SMALL_SHARED_CONFIGS entry where the bucket has one."""
+    """The default heuristic: the table row of ``kind`` that serves D for this input dtype, or on a CUDA
+    ``device`` its arch family's ARCH_CONFIGS entry where the bucket has one, else on a device with less
+    shared memory its SMALL_SHARED_CONFIGS entry."""
     limit, config = _table_row(kind, D, dtype)
-    if small_shared(device):
-        return SMALL_SHARED_CONFIGS.get((dtype_kind(dtype), kind, limit), config)
-    return config
+    key = (dtype_kind(dtype), kind, limit)
+    own = ARCH_CONFIGS.get((arch_family(device), *key))
+    if own is not None:
+        return own
+    return SMALL_SHARED_CONFIGS.get(key, config) if small_shared(device) else config
 
 
 def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

@@ -6,10 +6,11 @@ arrive, D bucket, both backward variants) and compiles each distinct variant wit
 ``triton.compile(..., target=GPUTarget("cuda", cc, 32))`` to PTX and cubin (gmvq_kernels.devtools).
 This catches what the interpreter lets through: the 16-wide dot minimum, type errors in untaken
 constexpr branches, register and shared-memory overflows, and on sm_90 wgmma that ptxas serialises for
-want of a non-empty loop (its warning C7515), for the tables' configs and, on sm_90, config.TUNED's.
-On a GPU with 99 KiB of shared memory per block (sm_86, sm_89, sm_120) the launches take
-config.SMALL_SHARED_CONFIGS and must fit that budget; from sm_100 on, what that arch gets (no lazy
-rescale on 10.x: config.tensor_memory_arch).
+want of a non-empty loop (its warning C7515). Each arch compiles the configs a GPU of that arch gets:
+sm_90 the tables' and config.TUNED's; the others the tables with their arch family's
+config.ARCH_CONFIGS entries and, on a GPU with 99 KiB of shared memory per block (sm_86, sm_89, sm_120),
+config.SMALL_SHARED_CONFIGS' (every build must fit that budget there); sm_10x without the lazy rescale
+(config.tensor_memory_arch).
 Usage: python tests/compile_kernels.py [80 86 90 ...]
 """
 import os
@@ -51,9 +52,10 @@ SEED_VARIANTS = [VARIANTS[0], next(v for v in VARIANTS if v[0] == torch.bfloat16
 
 
 def record(arch=None, shared=None):
-    """The launches of VARIANTS with the configs a GPU of ``arch`` gets: the tables (None), or on "sm_90"
-    config.TUNED's measured entries first (a kernel change can push one past the shared memory); with
-    ``shared`` (bytes per block) below config.FULL_TABLE_SHARED, config.SMALL_SHARED_CONFIGS."""
+    """The launches of VARIANTS with the configs a GPU of ``arch`` gets: the tables (None), on "sm_90"
+    config.TUNED's measured entries first (a kernel change can push one past the shared memory), on
+    another arch its family's config.ARCH_CONFIGS entries; with ``shared`` (bytes per block) below
+    config.FULL_TABLE_SHARED, config.SMALL_SHARED_CONFIGS."""
     config.SPLIT_MIN_CODES = 0  # tiny shapes: split wherever the row blocks leave SMs idle
     config.arch = lambda device: arch
     config.shared_limit = lambda device: shared
@@ -88,19 +90,29 @@ def record(arch=None, shared=None):
     return log
 
 
+def spill_limit(launch):
+    """Spill bytes (stores + loads per thread) a build may have: where a tile overflows the registers,
+    ptxas falls back to 32–128 registers and tens of KB of spills, a slowdown that compiles (the tables'
+    bf16 dμ at D = 256 on sm_80 until config.ARCH_CONFIGS). The bound holds for half inputs on every
+    arch (the 64 × 512 fp32 accumulator of bf16's dμ at D = 512 spills 11 KB on sm_90) and for fp32 up
+    to D = 128; fp32 beyond spills up to 120 KB on some arch in every tile tried (config.py). None:
+    unbounded."""
+    block_d = launch.kwargs.get("BLOCK_D", 0)  # none in the noise kernel
+    if "x_ptr" in launch.fn.arg_names and launch.arg("x_ptr").dtype == torch.float32:
+        return 8192 if block_d <= 128 else None
+    return 12288 if block_d > 256 else 8192
+
+
 def main(capabilities):
     seen, failures = set(), []
     small = [cc for cc in capabilities if devtools.SHARED_LIMIT.get(cc, 232448) < config.FULL_TABLE_SHARED]
-    # sm_100 and on, and the 99 KiB parts (sm_86 / sm_89 / sm_120: config.SMALL_SHARED_CONFIGS), with
-    # what a GPU of their own arch gets; the rest with the tables, sm_90 also with config.TUNED
-    own = [cc for cc in capabilities if cc in small or cc >= 100]
-    plain = [cc for cc in capabilities if cc not in own]
-    launches = [(launch, plain) for launch in record()] if plain else []
-    if 90 in capabilities:
-        launches += [(launch, [90]) for launch in record("sm_90")]
-    for cc in own:
-        shared = devtools.SHARED_LIMIT[cc] if cc in small else None
-        launches += [(launch, [cc]) for launch in record(f"sm_{cc}", shared)]
+    # each arch with what a GPU of that arch gets (config.ARCH_CONFIGS off sm_90; the 99 KiB parts,
+    # sm_86 / sm_89 / sm_120, with config.SMALL_SHARED_CONFIGS); sm_90 with the tables and with config.TUNED
+    launches = [(launch, [90]) for launch in record() + record("sm_90")] if 90 in capabilities else []
+    for cc in capabilities:
+        if cc != 90:
+            shared = devtools.SHARED_LIMIT[cc] if cc in small else None
+            launches += [(launch, [cc]) for launch in record(f"sm_{cc}", shared)]
     for launch, ccs in launches:
         key = devtools.variant_key(launch)
         for cc in ccs:
@@ -112,16 +124,19 @@ def main(capabilities):
                 assert kernel.asm.get("cubin"), "no cubin produced"
                 shared = kernel.metadata.shared
                 assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
-                if cc >= 90:  # every wgmma would wait for the one before (devtools.resource_usage)
-                    serialized = devtools.resource_usage(kernel)[3]
-                    # C7515 has a fix (tiles.nonempty_range); the register-bound kinds (C7511, C7512) are
-                    # known at D = 512 (bf16: a 64 × 512 fp32 accumulator on 4 warps) and in fp32's dμ at
-                    # D = 256, configs that spill anyway (config.py)
-                    assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
+                regs, spills, _, serialized = devtools.resource_usage(kernel)
+                # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
+                # the register-bound kinds (C7511, C7512) are known at D = 512 (bf16: a 64 × 512 fp32
+                # accumulator on 4 warps) and in fp32's dμ at D = 256, configs that spill anyway (config.py)
+                assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
+                limit = spill_limit(launch)
+                assert limit is None or spills <= limit, (
+                    f"spills {spills} B at {regs} registers, over {limit} B: a tile too large for this arch's "
+                    f"registers (config.ARCH_CONFIGS)")
             except Exception as e:  # report every failing variant, not just the first
                 failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
     print(f"compiled {len(seen)} (kernel variant, arch) builds for sm_{', sm_'.join(map(str, capabilities))} (with "
-          f"config.TUNED's sm_90 entries and, below {config.FULL_TABLE_SHARED} B of shared memory, "
+          f"config.TUNED's sm_90 entries, config.ARCH_CONFIGS off sm_90 and, below {config.FULL_TABLE_SHARED} B of shared memory, "
           f"config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
     for f in failures:
         print("FAILED", f)

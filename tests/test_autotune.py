@@ -1,5 +1,6 @@
-"""Launch-config sources (override > this process's autotune > config.TUNED > the tables), the opt-in
-autotuner's selection, and the writer of config.py's TUNED block."""
+"""Launch-config sources (override > this process's autotune > config.TUNED > the tables, with their
+arch family's and small-shared entries), the opt-in autotuner's selection, and the writer of config.py's
+TUNED block."""
 import importlib.util
 import math
 from dataclasses import astuple
@@ -75,8 +76,44 @@ def test_small_shared_memory_gpus_take_their_own_configs(gpu_like, monkeypatch):
     config.check_shared_memory(x.dtype, config.SMALL_SHARED_MAX_FP32_D, "cuda")
     # the limit decides, not the arch: a GPU with an A100's budget or more takes the tables
     monkeypatch.setattr(config, "shared_limit", lambda device: config.FULL_TABLE_SHARED)
-    assert config.row_config(256, bf16, "cuda") == config.table_config("row", 256, bf16)
+    assert ("half", "delta", 256) in config.SMALL_SHARED_CONFIGS
+    assert config.delta_config(256, bf16, "cuda") == config.table_config("delta", 256, bf16)
     config.check_shared_memory(x.dtype, x.shape[1], "cuda")
+
+
+@pytest.mark.parametrize("arch,shared", [("sm_80", 166912), ("sm_86", config.SMALL_SHARED), ("sm_100", 232448),
+                                         ("sm_120", config.SMALL_SHARED), ("sm_90", 232448)])
+def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, shared):
+    """ARCH_CONFIGS replace the tables' entries whose tiles overflow the registers of another family of
+    GPUs (e.g. ptxas for sm_80 fell back to 32 registers in bf16's dμ at D = 256; triton 3.8's for sm_100
+    refused fp32's), on the 99 KiB parts before SMALL_SHARED_CONFIGS; sm_90 and off-CUDA picks keep the
+    tables."""
+    monkeypatch.setattr(config, "arch", lambda device: arch if str(device).startswith("cuda") else None)
+    monkeypatch.setattr(config, "shared_limit", lambda device: shared if str(device).startswith("cuda") else None)
+    family = {"sm_80": "mma", "sm_86": "mma", "sm_120": "mma", "sm_100": "tmem", "sm_90": "wgmma"}[arch]
+    assert config.arch_family("cuda") == family and config.arch_family("cpu") is None
+    assert config.tensor_memory_arch("cuda") == (family == "tmem")
+    assert {f for f, *_ in config.ARCH_CONFIGS} == {"mma", "tmem"}
+    for (fam, kind_dt, kind, limit), own in config.ARCH_CONFIGS.items():
+        dtype = torch.float32 if kind_dt == "fp32" else torch.bfloat16
+        table = config._table_row(kind, limit, dtype)[1]
+        assert own != table, (fam, kind_dt, kind, limit)
+        # a 99 KiB part never holds a small-shared entry its family's entry would hide
+        assert fam != "mma" or (kind_dt, kind, limit) not in config.SMALL_SHARED_CONFIGS
+        assert config._pick(kind, limit, dtype, "cpu") == table
+        expected = own if fam == family else config.table_config(kind, limit, dtype, "cuda")
+        assert config._pick(kind, limit, dtype, "cuda") == expected
+        if fam == family:
+            assert autotune.candidates(kind, limit, dtype, "cuda")[0] == own
+        elif family == "wgmma":
+            assert expected == table
+    # fp32's dμ at 128 < D ≤ 256: the table's 16 × 64 on sm_90 only
+    assert config.col_config(200, torch.float32, "cuda") == (KC(16, 64, 4, 1) if arch == "sm_90" else KC(16, 16, 4, 1))
+    # half inputs at D ≤ 128 keep the tables' (or the small-shared) tiles everywhere
+    expected = config.SMALL_SHARED_CONFIGS.get(("half", "colsum", 128), config._table_row("colsum", 128, torch.bfloat16)[1])
+    assert config.colsum_config(128, torch.bfloat16, "cuda") == (
+        expected if shared < config.FULL_TABLE_SHARED else config._table_row("colsum", 128, torch.bfloat16)[1])
+    assert config.row_config(64, torch.bfloat16, "cuda") == config._table_row("row", 64, torch.bfloat16)[1]
 
 
 def test_forward_refuses_fp32_that_fits_no_tile_of_a_99_kib_gpu(monkeypatch):
@@ -158,7 +195,7 @@ def test_autotune_is_opt_in_and_runs_once_per_bucket(gpu_like, monkeypatch):
 
     def tune():
         calls.append(1)
-        return {key: (KC(64, 64, 4, 2), {}), ("sm_90", "half", "col", 256): (KC(32, 64, 4, 2), {})}
+        return {key: (KC(64, 64, 4, 2), {}), ("sm_90", "half", "col", 128): (KC(32, 64, 4, 2), {})}
     cuda_x = SimpleNamespace(device=torch.device("cuda"), shape=(10, 64), dtype=torch.bfloat16)
     monkeypatch.delenv(autotune.ENV, raising=False)
     autotune.ensure_tuned(("row", "col"), cuda_x, tune)

@@ -120,6 +120,7 @@ def test_gpu_check_dry(tmp_path):
     assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
     env = rows[0]  # which configs the device takes (on a CPU: none of the GPU-specific ones)
     assert env["check"] == "env" and env["shared_per_block"] is None and env["small_shared_configs"] is False, env
+    assert env["arch_family"] is None, env  # the CPU: the tables
 
 
 def test_quality_smoke(tmp_path):
