@@ -257,8 +257,10 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #   half row 512: forward 5.9 / 0.7 → 2.3 / 1.1, dx 4.2 / 4.4 → 2.0 / 2.1;
 #   half col 512: dμ 13.1 / 11.4 → 3.6 / 3.4 ((32, 16, 4, 1): 3.3 / 3.9, but 115 KB of shared memory);
 #   fp32 row 128 (tf32x3; also its Δ pass): forward 3.5 / 1.1 → 2.0 / 2.1, dx 7.8 / 7.9 → 1.9 / 1.9;
-#   fp32 col 64 (tf32x3, at (32768, 8192, 64)): dμ 2.4 / 1.8 → 2.1 / 1.5; triton 3.6 compiled the
-#     table's (32, 128, 8, 2) for sm_80 at 32 registers and 24–26 KB of spills (3.7.1: 255, 2.4 KB);
+#   fp32 col 64 (tf32x3): triton 3.6 compiled the table's (32, 128, 8, 2) for sm_80 at 32 registers
+#     and 24–26 KB of spills (3.7.1: 255, 2.4 KB); the entry takes 255 and ≤ 2.6 KB in both. dμ at
+#     (32768, 8192, 64) 2.4 / 1.8 → 2.0 / 1.5; fwd+bwd at (8192, 1024, 64) 0.27 / 0.23 either way,
+#     at (8192, 262144, 32) 27.7 / 24.2 → 28.0 / 24.4 (3.7.1);
 #   fp32 col 128 (tf32x3): dμ 7.1 / 5.5 → 3.4 / 2.7;
 #   fp32 col 256: dμ 162 → 101 ms tf32x3, 62 → 13 tf32 (soft; in hard mode with the one-hot after the
 #     loop the entry takes 255 registers and 3.0 KB of spills; soft tf32x3 still 17 KB at 32 registers,
@@ -277,7 +279,7 @@ ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the buck
     ("mma", "half", "col", 256): KC(64, 32, 4, 2),
     ("mma", "half", "row", 512): KC(32, 16, 4, 1),
     ("mma", "half", "col", 512): KC(16, 16, 4, 2),
-    ("mma", "fp32", "col", 64): KC(32, 32, 4, 2),
+    ("mma", "fp32", "col", 64): KC(32, 64, 4, 1),
     ("mma", "fp32", "row", 128): KC(32, 32, 4, 1),
     ("mma", "fp32", "col", 128): KC(32, 32, 4, 2),
     ("mma", "fp32", "col", 256): KC(16, 16, 4, 1),
