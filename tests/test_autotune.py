@@ -94,6 +94,7 @@ def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, share
     assert config.arch_family("cuda") == family and config.arch_family("cpu") is None
     assert config.tensor_memory_arch("cuda") == (family == "tmem")
     assert {f for f, *_ in config.ARCH_CONFIGS} == {"mma", "tmem"}
+    small = shared < config.FULL_TABLE_SHARED
     for (fam, kind_dt, kind, limit), own in config.ARCH_CONFIGS.items():
         dtype = torch.float32 if kind_dt == "fp32" else torch.bfloat16
         table = config._table_row(kind, limit, dtype)[1]
@@ -101,19 +102,19 @@ def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, share
         # a 99 KiB part never holds a small-shared entry its family's entry would hide
         assert fam != "mma" or (kind_dt, kind, limit) not in config.SMALL_SHARED_CONFIGS
         assert config._pick(kind, limit, dtype, "cpu") == table
-        expected = own if fam == family else config.table_config(kind, limit, dtype, "cuda")
+        # this GPU's family's entry, else its small-shared one, else the table's
+        expected = (config.ARCH_CONFIGS.get((family, kind_dt, kind, limit))
+                    or (config.SMALL_SHARED_CONFIGS.get((kind_dt, kind, limit)) if small else None) or table)
+        assert expected == table or family != "wgmma"  # sm_90 takes the tables
         assert config._pick(kind, limit, dtype, "cuda") == expected
-        if fam == family:
-            assert autotune.candidates(kind, limit, dtype, "cuda")[0] == own
-        elif family == "wgmma":
-            assert expected == table
+        assert autotune.candidates(kind, limit, dtype, "cuda")[0] == expected
     # fp32's dμ at 128 < D ≤ 256: the table's 16 × 64 on sm_90 only
     assert config.col_config(200, torch.float32, "cuda") == (KC(16, 64, 4, 1) if arch == "sm_90" else KC(16, 16, 4, 1))
-    # half inputs at D ≤ 128 keep the tables' (or the small-shared) tiles everywhere
-    expected = config.SMALL_SHARED_CONFIGS.get(("half", "colsum", 128), config._table_row("colsum", 128, torch.bfloat16)[1])
-    assert config.colsum_config(128, torch.bfloat16, "cuda") == (
-        expected if shared < config.FULL_TABLE_SHARED else config._table_row("colsum", 128, torch.bfloat16)[1])
+    # half inputs at D ≤ 128 keep the tables' tiles everywhere (or the small-shared ones where they have one)
     assert config.row_config(64, torch.bfloat16, "cuda") == config._table_row("row", 64, torch.bfloat16)[1]
+    assert config.col_config(128, torch.bfloat16, "cuda") == config._table_row("col", 128, torch.bfloat16)[1]
+    assert config.colsum_config(128, torch.bfloat16, "cuda") == (
+        config.SMALL_SHARED_CONFIGS[("half", "colsum", 128)] if small else config._table_row("colsum", 128, torch.bfloat16)[1])
 
 
 def test_forward_refuses_fp32_that_fits_no_tile_of_a_99_kib_gpu(monkeypatch):
