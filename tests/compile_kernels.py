@@ -108,36 +108,35 @@ def main(capabilities):
     small = [cc for cc in capabilities if devtools.SHARED_LIMIT.get(cc, 232448) < config.FULL_TABLE_SHARED]
     # each arch with what a GPU of that arch gets (config.ARCH_CONFIGS off sm_90; the 99 KiB parts,
     # sm_86 / sm_89 / sm_120, with config.SMALL_SHARED_CONFIGS); sm_90 with the tables and with config.TUNED
-    launches = [(launch, [90]) for launch in record() + record("sm_90")] if 90 in capabilities else []
+    launches = [(launch, 90) for launch in record() + record("sm_90")] if 90 in capabilities else []
     for cc in capabilities:
         if cc != 90:
             shared = devtools.SHARED_LIMIT[cc] if cc in small else None
-            launches += [(launch, [cc]) for launch in record(f"sm_{cc}", shared)]
-    for launch, ccs in launches:
+            launches += [(launch, cc) for launch in record(f"sm_{cc}", shared)]
+    for launch, cc in launches:
         key = devtools.variant_key(launch)
-        for cc in ccs:
-            if (key, cc) in seen:  # the same variant recorded for this arch twice (tables and TUNED agree)
-                continue
-            seen.add((key, cc))
-            try:
-                kernel = devtools.compile_launch(launch, cc)
-                assert kernel.asm.get("cubin"), "no cubin produced"
-                shared = kernel.metadata.shared
-                assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
-                regs, spills, _, serialized = devtools.resource_usage(kernel)
-                # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
-                # the register-bound kinds (C7511, C7512) are known at D = 512 (bf16: a 64 × 512 fp32
-                # accumulator on 4 warps) and in fp32's dμ at D = 256, configs that spill anyway (config.py)
-                assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
-                limit = spill_limit(launch)
-                assert limit is None or spills <= limit, (
-                    f"spills {spills} B at {regs} registers, over {limit} B: a tile too large for this arch's "
-                    f"registers (config.ARCH_CONFIGS)")
-            except Exception as e:  # report every failing variant, not just the first
-                failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
+        if (key, cc) in seen:  # the same variant recorded for this arch twice (tables and TUNED agree)
+            continue
+        seen.add((key, cc))
+        try:
+            kernel = devtools.compile_launch(launch, cc)
+            assert kernel.asm.get("cubin"), "no cubin produced"
+            shared = kernel.metadata.shared
+            assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
+            regs, spills, _, serialized = devtools.resource_usage(kernel)
+            # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
+            # the register-bound kinds (C7511, C7512) are known at D = 512 (bf16: a 64 × 512 fp32
+            # accumulator on 4 warps) and in fp32's dμ at D = 256, configs that spill anyway (config.py)
+            assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
+            limit = spill_limit(launch)
+            assert limit is None or spills <= limit, (
+                f"spills {spills} B at {regs} registers, over {limit} B: a tile too large for this arch's "
+                f"registers (config.ARCH_CONFIGS)")
+        except Exception as e:  # report every failing variant, not just the first
+            failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
     print(f"compiled {len(seen)} (kernel variant, arch) builds for sm_{', sm_'.join(map(str, capabilities))} (with "
-          f"config.TUNED's sm_90 entries, config.ARCH_CONFIGS off sm_90 and, below {config.FULL_TABLE_SHARED} B of shared memory, "
-          f"config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
+          f"config.TUNED's sm_90 entries, config.ARCH_CONFIGS off sm_90 and, below {config.FULL_TABLE_SHARED} B "
+          f"of shared memory, config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -109,12 +109,15 @@ def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, share
         assert config._pick(kind, limit, dtype, "cuda") == expected
         assert autotune.candidates(kind, limit, dtype, "cuda")[0] == expected
     # fp32's dμ at 128 < D ≤ 256: the table's 16 × 64 on sm_90 only
-    assert config.col_config(200, torch.float32, "cuda") == (KC(16, 64, 4, 1) if arch == "sm_90" else KC(16, 16, 4, 1))
+    assert config.col_config(200, torch.float32, "cuda") == (
+        KC(16, 64, 4, 1) if arch == "sm_90" else KC(16, 16, 4, 1))
     # half inputs at D ≤ 128 keep the tables' tiles everywhere (or the small-shared ones where they have one)
     assert config.row_config(64, torch.bfloat16, "cuda") == config._table_row("row", 64, torch.bfloat16)[1]
     assert config.col_config(128, torch.bfloat16, "cuda") == config._table_row("col", 128, torch.bfloat16)[1]
-    assert config.colsum_config(128, torch.bfloat16, "cuda") == (
-        config.SMALL_SHARED_CONFIGS[("half", "colsum", 128)] if small else config._table_row("colsum", 128, torch.bfloat16)[1])
+    colsum = config._table_row("colsum", 128, torch.bfloat16)[1]
+    if small:
+        colsum = config.SMALL_SHARED_CONFIGS[("half", "colsum", 128)]
+    assert config.colsum_config(128, torch.bfloat16, "cuda") == colsum
 
 
 def test_forward_refuses_fp32_that_fits_no_tile_of_a_99_kib_gpu(monkeypatch):
