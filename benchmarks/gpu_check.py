@@ -13,7 +13,8 @@
    host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
    the backward alone, SDPA and an empty launch; device syncs; torch.profiler's CPU table and a
    cProfile into host_profile.txt); the kernels' own time at
-   (8192, 1024, 64) from a CUDA-graph replay (graph_check); split-K timed on, off and as the
+   (8192, 1024, 64) from a CUDA-graph replay (graph_check), and a module training step captured with
+   its step counter on the device (module_graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
@@ -331,6 +332,52 @@ def graph_check(device, log, shape=(8192, 1024, 64)):
              ms_sdpa_eager=triton.testing.do_bench(lambda: speed.sdpa_loss(x, m, lv).backward())))
 
 
+def module_graph_check(device, log, shape=(8192, 1024, 64)):
+    """A GaussianMixtureVQ training step (bf16 autocast) captured in a CUDA graph, with
+    ``device_seed=True``: the module's step counter lives on the device and advances inside the graph,
+    so each replay draws the next seed's noise. Two replays against an eager copy of the module (same
+    parameters, counter copied after the warm-up): gradients bitwise equal, new noise per replay, both
+    counters advanced alike. Timed beside the eager step."""
+    import copy
+
+    N, K, D = shape
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(D, K, seed=5, device_seed=True).to(device)
+    twin = copy.deepcopy(vq)
+    x = torch.randn(N, D, device=device)
+
+    def step(m):
+        for p in m.parameters():
+            p.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            out = m(x)
+        (out.loss + out.quantized.float().square().mean()).backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
+        for _ in range(3):
+            step(vq)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(vq)
+    twin._next_seed.copy_(vq._next_seed)  # capture runs nothing: the counter stands at the next step
+    static_grads = [p.grad for p in vq.parameters()]
+    replayed, eager = [], []
+    for _ in range(2):
+        graph.replay()
+        replayed.append([g.clone() for g in static_grads])
+        step(twin)
+        eager.append([p.grad for p in twin.parameters()])
+    same = all(torch.equal(a, b) for r, e in zip(replayed, eager) for a, b in zip(r, e))
+    log(dict(check="module_cuda_graph", N=N, K=K, D=D, grads_equal_eager=same,
+             new_noise_per_replay=not torch.equal(replayed[0][0], replayed[1][0]),
+             counters_equal=int(vq._next_seed) == int(twin._next_seed) == 5 + 3 + 2,
+             ms_graph_replay=triton.testing.do_bench(graph.replay),
+             ms_eager=triton.testing.do_bench(lambda: step(twin))))
+
+
 def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
     """Device time per kernel of one bf16 fwd+bwd of speed.py's objective at each shape (torch.profiler,
     mean over ``reps`` calls after a warm-up), to set beside static_cost.py's modelled time per kernel:
@@ -518,6 +565,7 @@ def main():
         lambda: compile_check(device, log),
         lambda: host_check(device, log, args.out),
         lambda: graph_check(device, log),
+        lambda: module_graph_check(device, log),
         lambda: split_check(device, log),
         lambda: kernel_times_check(device, log),
     ]

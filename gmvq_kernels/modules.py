@@ -99,6 +99,11 @@ class GaussianMixtureVQ(nn.Module):
         seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike; rank r of
             a synced process group adds r·2⁴⁰); also seeds the k-means++ sampling. None: drawn from
             torch's global RNG at construction. The next step's seed is saved in ``state_dict``.
+        device_seed: keep that step counter in a buffer that moves with the module (``.to(device)``): on a
+            CUDA device each training step then hands the kernels its seed in device memory and advances
+            the counter there, so a training step captured in a CUDA graph draws new noise at every replay
+            (README, "CUDA graphs"). Default False: the counter stays a CPU tensor, and a captured step
+            replays the noise of its capture.
         impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
             process group; None = when torch.distributed is initialised with more than one rank.
     In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
@@ -112,7 +117,7 @@ class GaussianMixtureVQ(nn.Module):
                  return_loss_breakdown: bool = False,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
-                 seed: Optional[int] = None, **vq_kwargs):
+                 seed: Optional[int] = None, device_seed: bool = False, **vq_kwargs):
         super().__init__()
         for name in vq_kwargs:
             if name in VQ_ARGUMENTS:
@@ -123,7 +128,8 @@ class GaussianMixtureVQ(nn.Module):
         check_tau(tau)
         for name, flag in (("hard", hard), ("per_component_variance", per_component_variance),
                            ("learn_variance", learn_variance), ("learnable_prior", learnable_prior),
-                           ("noise_injection", noise_injection), ("kmeans_init", kmeans_init)):
+                           ("noise_injection", noise_injection), ("kmeans_init", kmeans_init),
+                           ("device_seed", device_seed)):
             check_flag(name, flag)
         check_number("init_log_var", init_log_var, -LOG_VAR_LIMIT, LOG_VAR_LIMIT)
         check_number("beta", beta, lo=0.0)
@@ -162,11 +168,17 @@ class GaussianMixtureVQ(nn.Module):
         self._kmeans_pending = kmeans_init
         self.register_load_state_dict_post_hook(_sync_kmeans_pending)
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None  # k-means++ only
-        # Training step t draws its Gumbel noise with seed base + t. A CPU tensor, not a buffer: it stays
-        # on the CPU when the module moves (the launch reads it without a device sync), and torch.compile
-        # takes it as a graph input (a Python int attribute would recompile every step).
+        # Training step t draws its Gumbel noise with seed base + t. A tensor, which torch.compile takes as
+        # a graph input (a Python int attribute would recompile every step). By default a CPU tensor, not a
+        # buffer: it stays on the CPU when the module moves, and the launches take its value as scalars.
+        # device_seed: a buffer (not in state_dict: get_extra_state saves it), on the module's device,
+        # which the kernels read as they run (noise.seed_on_device): no host sync either way.
         base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
-        self._next_seed = torch.tensor(base, dtype=torch.int64)
+        counter = torch.tensor(base, dtype=torch.int64)
+        if device_seed:
+            self.register_buffer("_next_seed", counter, persistent=False)
+        else:
+            self._next_seed = counter
 
     @property
     def log_var(self) -> torch.Tensor:
@@ -178,7 +190,8 @@ class GaussianMixtureVQ(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, tau={self.tau}, hard={self.hard}, "
                 f"beta={self.beta}, gamma={self.gamma}, objective={self.objective!r}, shared_variance={self._log_var.numel() == 1}, "
-                f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}")
+                f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}"
+                + (", device_seed=True" if "_next_seed" in self._buffers else ""))
 
     # --- layout
     @property

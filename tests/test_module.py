@@ -147,6 +147,52 @@ def test_state_dict_round_trip_and_repr():
     assert "codebook_size=10" in repr(vq) and "learnable_prior=True" in repr(vq)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_device_seed_counter_moves_with_the_module_and_draws_seed_plus_t(monkeypatch, hard, device):
+    """device_seed=True: the step counter is a buffer that moves with the module and stays out of the
+    state_dict's tensors (extra_state carries it), and each training step hands the kernels a seed in
+    device memory that draws the noise of seed + t, as the CPU counter does: outputs and gradients bit
+    for bit over three steps, with the counter advanced as the backward runs. A CPU tensor stands in for
+    the CUDA one the kernels read as they run (noise.seed_on_device), under the interpreter."""
+    from gmvq_kernels import noise
+
+    x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def steps(vq):
+        got = []
+        for _ in range(3):
+            out = vq(x)
+            got += [out.quantized, out.codes, out.loss]
+            (out.loss + out.quantized.square().mean()).backward()
+            got += [p.grad.clone() for p in vq.parameters()]
+            vq.zero_grad()
+        return got, int(vq._next_seed)
+
+    torch.manual_seed(0)
+    plain = gk.GaussianMixtureVQ(5, 12, seed=2**61 + 5, hard=hard, tau=0.5, impl="triton").to(device)
+    torch.manual_seed(0)
+    on_device = gk.GaussianMixtureVQ(5, 12, seed=2**61 + 5, hard=hard, tau=0.5, impl="triton",
+                                     device_seed=True).to(device)
+    assert plain._next_seed.device.type == "cpu" and on_device._next_seed.device == torch.device(device)
+    assert "_next_seed" not in on_device.state_dict() and "device_seed=True" in repr(on_device)
+    want, want_next = steps(plain)
+    if torch.device(device).type == "cpu":
+        monkeypatch.setattr(noise, "seed_on_device", lambda s: isinstance(s, torch.Tensor))
+        passed = []  # the seeds the module hands gmvq: tensors, read by the kernels
+        real = gk.modules.gmvq_with_sample
+        monkeypatch.setattr(gk.modules, "gmvq_with_sample",
+                            lambda *a, **kw: passed.append(kw["seed"]) or real(*a, **kw))
+    got, got_next = steps(on_device)
+    assert got_next == want_next == 2**61 + 5 + 3
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert torch.equal(a, b), i
+    if torch.device(device).type == "cpu":
+        assert [int(s) for s in passed] == [2**61 + 5 + t for t in range(3)]
+        assert all(isinstance(s, torch.Tensor) and noise.seed_on_device(s) for s in passed)
+    assert on_device.state_dict()["_extra_state"] == {"next_seed": 2**61 + 5 + 3}
+    assert on_device.to("meta")._next_seed.device.type == "meta"
+
+
 def test_losses_match_definitions():
     torch.manual_seed(5)
     x, m, lv, lp = (torch.randn(25, 3).double(), torch.randn(7, 3).double(), torch.randn(7).double() * 0.2,

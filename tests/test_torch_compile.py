@@ -104,9 +104,11 @@ def train(vq, xs, taus):
     return outs
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_compiled_module_trains_like_eager(hard):
-    eager = make_module(hard=hard, accept_image_fmap=True)
+@pytest.mark.parametrize("hard, device_seed", [(False, False), (True, False), (False, True)],
+                         ids=["soft", "hard", "soft-device_seed"])
+def test_compiled_module_trains_like_eager(hard, device_seed):
+    """device_seed: the step counter a buffer, advanced in place inside the compiled forward."""
+    eager = make_module(hard=hard, accept_image_fmap=True, device_seed=device_seed)
     compiled_vq = copy.deepcopy(eager)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled_vq.forward = torch.compile(compiled_vq.forward, fullgraph=True, backend=counter)

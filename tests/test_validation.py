@@ -149,6 +149,7 @@ def test_gumbel_noise_args(args, kw, match):
     (dict(init_log_var=float("nan")), r"init_log_var must be a finite number in \[-30, 30\]; got nan"),
     (dict(impl="cuda"), r"impl must be one of \('auto', 'triton', 'torch', 'reference'\); got 'cuda'"),
     (dict(hard=1), r"hard must be a bool; got 1"),
+    (dict(device_seed="cuda"), r"device_seed must be a bool; got 'cuda'"),
 ])
 def test_module_constructor_args(kw, match):
     args = dict(dim=4, codebook_size=8)
