@@ -1,4 +1,4 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v5`` and ``gmvq_kernels::fused_bwd_v5`` (and
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v7`` and ``gmvq_kernels::fused_bwd_v7`` (and
 ``gmvq_kernels::fused_encode``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. Eager calls take
@@ -17,7 +17,7 @@ from torch import Tensor
 from . import autotune, noise
 from .backward import gmvq_bwd
 from .checks import check_tau
-from .config import launch_guard
+from .config import CUDAGRAPH_UNSAFE, launch_guard
 from .encode import gmvq_encode_fwd
 from .forward import delta_from_forward, gmvq_fwd
 from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, code_sq_norms, component_terms
@@ -30,8 +30,9 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 # saved tensors (v2: stats (N, 4) instead of (4, N); v3: hard mode saves the argmax codes beside the
 # sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it;
 # v4: the forward returns ||x||² (x_sq), which the backward takes; v5: the backward takes the per-code
-# constants a, b, v, ||μ||² instead of log_var and log π; v6: and the norm operands mp, x_parts or None).
-OP_VERSION = 6
+# constants a, b, v, ||μ||² instead of log_var and log π; v6: and the norm operands mp, x_parts or None;
+# v7: tagged CUDAGRAPH_UNSAFE, so that no cached graph of a v6 op keeps it inside a CUDA graph).
+OP_VERSION = 7
 
 
 def code_terms(means: Tensor, log_var: Tensor, log_pi: Tensor):
@@ -74,7 +75,8 @@ def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise:
                     for_backward)
 
 
-fused_fwd = torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=())(_fused_fwd)
+fused_fwd = torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=(),
+                                    tags=CUDAGRAPH_UNSAFE)(_fused_fwd)
 
 
 @fused_fwd.register_fake
@@ -115,7 +117,8 @@ def _fused_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, mm: Te
 
 assert [p for p in inspect.signature(_fused_bwd).parameters if p.startswith("g_")] == \
     ["g_" + name for name in DIFF_OUTPUTS], "fused_bwd takes one g_<name> per spec.DIFF_OUTPUTS, in that order"
-fused_bwd = torch.library.custom_op(f"gmvq_kernels::fused_bwd_v{OP_VERSION}", mutates_args=())(_fused_bwd)
+fused_bwd = torch.library.custom_op(f"gmvq_kernels::fused_bwd_v{OP_VERSION}", mutates_args=(),
+                                    tags=CUDAGRAPH_UNSAFE)(_fused_bwd)
 
 
 @fused_bwd.register_fake

@@ -21,6 +21,14 @@ import torch
 # function is interpreted, from this variable; reading it at the same moment keeps us in agreement.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+# The custom ops that draw noise (autograd's training ops, noise.gumbel_noise) turn tau and an int seed
+# into launch arguments in Python, so a CUDA graph that captured them would replay the noise and the
+# temperature of its capture at every step. This tag keeps them out of inductor's CUDA graphs
+# (torch.compile(mode="reduce-overhead")): with graph partitioning, torch's default, they run between
+# the graphs; without, the graph is not captured. (A capture by hand with a seed on the device reads
+# the seed as it replays: README, "CUDA graphs".)
+CUDAGRAPH_UNSAFE = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
 # Triton's interpreter keeps global state per launch: two threads launching at once raise or return wrong
 # values (seen: 1.43 max difference). Interpreted launches take this lock; compiled ones run freely.
 _INTERPRETER_LOCK = threading.Lock()

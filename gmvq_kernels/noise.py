@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .checks import can_use_triton, check_int, check_seed
-from .config import INTERPRET, launch_guard
+from .config import CUDAGRAPH_UNSAFE, INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
 _ROUNDS = tl.constexpr(PHILOX_ROUNDS)
@@ -349,8 +349,8 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
 
 
 # A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
-# NumPy, neither of which it can trace.
-@torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=())
+# NumPy, neither of which it can trace. Kept out of inductor's CUDA graphs (config.CUDAGRAPH_UNSAFE).
+@torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=(), tags=CUDAGRAPH_UNSAFE)
 def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
     if can_use_triton(device):  # an NVIDIA GPU, or the CPU under the interpreter
         out = torch.empty((N, K), dtype=torch.float32, device=device)

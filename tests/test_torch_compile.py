@@ -67,6 +67,19 @@ def test_compiled_gmvq_matches_eager_without_recompiles(impl, hard):
         assert "gmvq_kernels.fused_fwd" in fwd_code and "gmvq_kernels.fused_bwd" in backend.bw_graphs[-1].code
     else:
         assert "gmvq_kernels.gumbel_noise" in fwd_code and "fused_fwd" not in fwd_code
+    # what inductor's CUDA graphs (mode="reduce-overhead") leave out, as it decides it: every op that draws
+    # noise, whose tau and int seed become launch arguments that a captured graph would replay
+    from torch._inductor.utils import is_cudagraph_unsafe_fx_node
+
+    def unsafe(gm):
+        return {str(n.target).split(".")[1] for n in gm.graph.nodes
+                if n.op == "call_function" and "gmvq_kernels" in str(n.target) and is_cudagraph_unsafe_fx_node(n)}
+
+    if impl == "triton":
+        assert unsafe(backend.fw_graphs[-1]) == {f"fused_fwd_v{gk.autograd.OP_VERSION}"}
+        assert unsafe(backend.bw_graphs[-1]) == {f"fused_bwd_v{gk.autograd.OP_VERSION}"}
+    else:
+        assert unsafe(backend.fw_graphs[-1]) == {"gumbel_noise"}
 
 
 def test_compiled_gmvq_inductor_and_runtime_tau_check():
@@ -159,7 +172,7 @@ def test_op_version_pins_the_signature_and_output_layouts():
 
     from gmvq_kernels import autograd
 
-    pinned = {6: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
+    pinned = {7: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
                   "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 11) + ")",
                   "(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor mm, Tensor? mp, Tensor? x_parts, "
                   "Tensor? noise, "
