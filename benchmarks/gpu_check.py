@@ -9,7 +9,8 @@
    error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
-2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager; the
+2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager (default
+   mode, and mode="reduce-overhead", whose CUDA graphs must leave the noise-drawing ops out); the
    host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
    the backward alone, SDPA and an empty launch; device syncs; torch.profiler's CPU table and a
    cProfile into host_profile.txt); the kernels' own time at
@@ -176,10 +177,15 @@ def determinism_check(device, log, shape=(4096, 8192, 64)):
     return same
 
 
-def compile_check(device, log, shape=(4096, 8192, 64)):
+def compile_check(device, log, shape=(4096, 8192, 64), mode=None):
     """torch.compile(fullgraph=True, inductor) of gmvq with backward against eager, over three
-    temperatures and seeds; counts compilations (the op takes tau and seed as graph inputs)."""
+    temperatures and seeds (four with ``mode``); counts compilations (the op takes tau and seed as graph
+    inputs). mode="reduce-overhead": inductor's CUDA graphs, which must leave the noise-drawing ops out
+    (config.CUDAGRAPH_UNSAFE): a captured op would replay its first seed and tau, which the comparison
+    with eager at the third and fourth steps (replays) would show; also logs inductor's counts of CUDA
+    graph partitions and skips."""
     import torch._dynamo.testing
+    from torch._dynamo.utils import counters
 
     x, m, lv, _ = testing.make_inputs(*shape, dtype=torch.bfloat16, device=device, log_var_scale=0.0,
                                       requires_grad=True)
@@ -193,13 +199,21 @@ def compile_check(device, log, shape=(4096, 8192, 64)):
         return [z, agg, *torch.autograd.grad(loss, (x, m, lv))]
 
     torch._dynamo.reset()
+    counters.clear()
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
-    compiled = torch.compile(fwd, fullgraph=True, backend=counter)
+    if mode is None:
+        compiled = torch.compile(fwd, fullgraph=True, backend=counter)
+    else:  # a backend object takes no mode: count the frames dynamo compiles instead
+        compiled = torch.compile(fwd, fullgraph=True, mode=mode)
     errs = []
-    for tau, seed in ((1.0, 1), (0.7, 2), (0.5, 3)):
+    steps = ((1.0, 1), (0.7, 2), (0.5, 3)) + (((0.5, 4),) if mode else ())
+    for tau, seed in steps:
         errs.append(max(rel_err(a, b) for a, b in zip(step(compiled, tau, seed), step(fwd, tau, seed))))
-    log(dict(check="torch_compile", N=shape[0], K=shape[1], D=shape[2], dtype="bf16", max_rel_err=max(errs),
-             compilations=counter.frame_count))
+    log(dict(check="torch_compile", mode=mode or "default", N=shape[0], K=shape[1], D=shape[2], dtype="bf16",
+             max_rel_err=max(errs), rel_err_per_step=errs,
+             compilations=counter.frame_count if mode is None else counters["stats"]["unique_graphs"],
+             cudagraph_partitions=counters["inductor"]["cudagraph_partitions"],
+             cudagraph_skips=counters["inductor"]["cudagraph_skips"]))
 
 
 SPLIT_SHAPES = ((8192, 1024, 64), (8192, 16384, 64), (4096, 16384, 128), (8192, 65536, 64), (8192, 262144, 32))
@@ -563,6 +577,7 @@ def main():
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
         lambda: determinism_check(device, log),
         lambda: compile_check(device, log),
+        lambda: compile_check(device, log, mode="reduce-overhead"),
         lambda: host_check(device, log, args.out),
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
@@ -581,6 +596,7 @@ def main():
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
+            lambda: compile_check(device, log, (20, 40, 8), mode="reduce-overhead"),
             lambda: host_check(device, log, args.out, iters=2),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),

@@ -116,8 +116,10 @@ def test_gpu_check_dry(tmp_path):
     assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops
     split = next(r for r in rows if r["check"] == "split_k")
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
-    comp = next(r for r in rows if r["check"] == "torch_compile")
-    assert comp["max_rel_err"] < 1e-6 and comp["compilations"] <= 2, comp
+    comp = {r["mode"]: r for r in rows if r["check"] == "torch_compile"}
+    assert comp["default"]["max_rel_err"] < 1e-6 and comp["default"]["compilations"] <= 2, comp
+    # mode="reduce-overhead": on a CPU no CUDA graphs, so this runs the check's path, four steps
+    assert len(comp["reduce-overhead"]["rel_err_per_step"]) == 4 and comp["reduce-overhead"]["max_rel_err"] < 1e-6, comp
     env = rows[0]  # which configs the device takes (on a CPU: none of the GPU-specific ones)
     assert env["check"] == "env" and env["shared_per_block"] is None and env["small_shared_configs"] is False, env
     assert env["arch_family"] is None, env  # the CPU: the tables
