@@ -16,7 +16,8 @@
    cProfile into host_profile.txt); the kernels' own time at
    (8192, 1024, 64) from a CUDA-graph replay (graph_check), and a module training step captured with
    its step counter on the device (module_graph_check); split-K timed on, off and as the
-   launchers choose at N ≤ 8192 (split_check); the device time per kernel at the anchor rows
+   launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
+   (d512_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel.
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
    backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before docs/speed_history.md, item 20, and with
@@ -238,6 +239,29 @@ def split_check(device, log, shapes=SPLIT_SHAPES):
         log(row)
 
 
+# the D = 512 bucket's tiles before 2026-12-02 (config.py, above ROW_CONFIGS): 64-row tiles that spilled
+# 5.7–17 KB per thread on sm_90
+D512_BEFORE = dict(row=config.KC(64, 16, 4, 1), col=config.KC(32, 64, 4, 1), delta=config.KC(64, 16, 4, 1))
+
+
+def d512_check(device, log, shapes=((8192, 4096, 512), (32768, 8192, 512)), time_fn=None):
+    """The D = 512 bucket's tiles against those before 2026-12-02: the training kernels' fwd + bwd
+    (autotune.training_step, bf16, soft and hard), side by side per shape (the static model put them
+    about even; it does not price the old tiles' spills, which went to L2). ``time_fn``: the timer
+    (autotune.cuda_ms by default)."""
+    from gmvq_kernels import autotune
+
+    for N, K, D in shapes:
+        x, means, a, b, v = kernel_inputs(N, K, D, torch.bfloat16, device)
+        for hard in (False, True):
+            step = autotune.training_step(x, means, a, b, v, tau=0.5, hard=hard,
+                                          dot_precision=config.DEFAULT_DOT_PRECISION)
+            row = dict(check="d512_tiles", N=N, K=K, D=D, hard=hard, ms_now=(time_fn or autotune.cuda_ms)(step))
+            with config.override(**D512_BEFORE):
+                row["ms_before"] = (time_fn or autotune.cuda_ms)(step)
+            log(row)
+
+
 @triton.jit
 def _touch(p, B: tl.constexpr):  # host_check's empty launch
     o = tl.arange(0, B)
@@ -423,14 +447,24 @@ def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
 TUNE_SHAPES = ((32768, 8192, 64), (32768, 8192, 128), (65536, 16384, 256))
 
 
+def kernel_inputs(N, K, D, dtype, device):
+    """x (N, D), means (K, D) ~ N(0, 1) in ``dtype`` and the per-code constants a, b, v of σ² = 1 and a
+    uniform prior: what the kernels' launchers take (tuning and d512_check time the kernels alone)."""
+    import math
+
+    from gmvq_kernels.spec import component_terms
+
+    x, means = (torch.randn(n, D, device=device).to(dtype) for n in (N, K))
+    a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K, device=device),
+                                                      torch.full((K,), -math.log(K), device=device), D))
+    return x, means, a, b, v
+
+
 def tune(device, log, deadline, out_dir, shapes=TUNE_SHAPES, config_path=config.__file__, time_fn=None):
     """Winners per (arch, dtype, kind, D bucket) at ``shapes`` in bf16 and fp32 (autotune.py), written
     into ``config_path`` and copied to ``out_dir`` (see the module docstring). ``time_fn``: the timer
     (autotune.cuda_ms by default)."""
-    import math
-
     from gmvq_kernels import autotune
-    from gmvq_kernels.spec import component_terms
 
     info = speed.env_info(device)
     stamp = f"{info['date']}, {info['device']}, torch {info['torch']}, triton {info['triton']}"
@@ -439,9 +473,7 @@ def tune(device, log, deadline, out_dir, shapes=TUNE_SHAPES, config_path=config.
         for (N, K, D) in shapes:
             if time.time() > deadline:
                 break
-            x, means = (torch.randn(n, D, device=device).to(dtype) for n in (N, K))
-            a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K, device=device),
-                                                              torch.full((K,), -math.log(K), device=device), D))
+            x, means, a, b, v = kernel_inputs(N, K, D, dtype, device)
             prec = config.DEFAULT_DOT_PRECISION
             timer = dict(time_fn=time_fn or autotune.cuda_ms)
             res = autotune.tune_training(x, means, a, b, v, tau=0.5, hard=False, dot_precision=prec, **timer)
@@ -571,6 +603,9 @@ def main():
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, offset=30.0),
         lambda: full_check(1000, 3000, 100, torch.float16, None, True, device, log, offset=30.0),
         lambda: full_check(777, 1234, 256, torch.float32, "tf32x3", False, device, log),
+        # the D = 512 bucket's tiles of 2026-12-02 (mma.sync row tiles on sm_90), never run on a GPU before
+        lambda: full_check(1000, 3000, 512, torch.bfloat16, None, False, device, log),
+        lambda: full_check(1000, 3000, 512, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, fused=True),
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
@@ -582,6 +617,7 @@ def main():
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
         lambda: split_check(device, log),
+        lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
     ]
     if args.dry:
@@ -600,6 +636,7 @@ def main():
             lambda: host_check(device, log, args.out, iters=2),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
+            lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
         ]
         args.skip_bench = True
     for c in checks:

@@ -98,23 +98,30 @@ def _tune(kinds, D, x, step, time_fn):
     return results
 
 
-def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_ms):
-    """The winners of each training kind for these inputs (see the module docstring): fwd + bwd with
-    upstream gradients for quantized, latent_nll and agg_posterior, as in training; ``hard`` as given
-    (the Δ pass, where it runs at all, runs in both modes)."""
+def training_step(x, means, a, b, v, *, tau, hard, dot_precision):
+    """A callable that runs the training kernels once: fwd + bwd with upstream gradients for quantized,
+    latent_nll and agg_posterior, as in training, launched from the calling thread (so that
+    config.override, which is per thread, reaches the backward's launches too: autograd runs a CUDA
+    backward on a thread of its own)."""
     from .backward import gmvq_bwd
     from .forward import gmvq_fwd
 
-    N, D = x.shape
     g = torch.Generator(device=x.device).manual_seed(0)
     grads = dict(quantized=torch.randn(x.shape, generator=g, device=x.device).to(x.dtype),
-                 latent_nll=torch.randn(N, generator=g, device=x.device),
+                 latent_nll=torch.randn(x.shape[0], generator=g, device=x.device),
                  agg_posterior=torch.randn(means.shape[0], generator=g, device=x.device))
 
     def step():
         _, saved = gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None, dot_precision=dot_precision)
         gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0, dot_precision=dot_precision)
-    return _tune(training_kinds(x.dtype, D), D, x, step, time_fn)
+    return step
+
+
+def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_ms):
+    """The winners of each training kind for these inputs (see the module docstring), timing
+    ``training_step``; ``hard`` as given (the Δ pass, where it runs at all, runs in both modes)."""
+    step = training_step(x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision)
+    return _tune(training_kinds(x.dtype, x.shape[1]), x.shape[1], x, step, time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):

@@ -172,12 +172,22 @@ KC = KernelConfig
 # N = 8192 (the anchor row) 128-row tiles leave half of an H200's SMs without a row block (−3.2 modelled).
 # Then timed on an H200 the same day: (64, 32, 4) was 4 % faster there after all (TUNED holds it for sm_90;
 # the table keeps the model's pick for other GPUs).
+# 2026-12-02 (eleventh session), half inputs at 256 < D ≤ 512 (no anchor shape, never run on a GPU): the
+# 64-row tiles there held a 64 × 512 fp32 accumulator on 4 warps, and on sm_90 the forward spilled 11.2
+# KB per thread (76 local loads/stores per element in its loop), dx 5.7 KB (32 per element, 4 warps/SM),
+# dμ 11.5 / 17.4 KB soft / hard (62 / 53) and Δ 2.4 KB. Now row (16, 32, 4, 1) (mma.sync, no wgmma: no
+# 64-row accumulator), Δ (32, 64, 4, 1) and dμ (16, 16, 4, 2): 0 B but dμ's 0.5 / 0.6 KB (38 / 42 per
+# element), ≥ 8 warps/SM. The static model, which prices a local load as an issue slot and not as
+# memory traffic, puts them about even: at (8192, 4096, 512) 1.31 / 1.13 → 0.98 / 0.93 ms, at
+# (32768, 8192, 512) 7.76 / 7.67 → 7.80 / 7.36 ms (more instructions per element, 597 → 933 soft). But
+# 11 KB per thread on 128 threads is 1.4 MB a block, which no L1 holds: those spills went to L2 on
+# every tile. gpu_check.py checks D = 512 against float64 on the next GPU run.
 ROW_CONFIGS = {
-    "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(16, 32, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 COL_CONFIGS = {  # half: two buckets to D = 256, so that ARCH_CONFIGS can tell them apart
-    "half": ((128, KC(32, 128, 8, 2)), (256, KC(32, 128, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "half": ((128, KC(32, 128, 8, 2)), (256, KC(32, 128, 8, 2)), (512, KC(16, 16, 4, 2))),
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
@@ -199,7 +209,7 @@ COLSUM_CONFIGS = {
 # (65536, 16384, 256) hard (its full recompute of y); (128, 128, 8, 2) is 0.7–0.9 lower at D ≤ 128 with
 # 182–255 registers and spills 788 B at D = 256. fp32 inputs keep the row kernels' tiles (delta_config).
 DELTA_CONFIGS = {  # one bucket per D range, as the row table's, so that tuning can tell them apart
-    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 2)), (512, KC(64, 16, 4, 1))),
+    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 2)), (512, KC(32, 64, 4, 1))),
     "fp32": ROW_CONFIGS["fp32"],  # unused: see delta_config
 }
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
@@ -264,6 +274,8 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #   half col 256: dμ 19.3 / 18.2 → 5.4 / 4.7 (583 → 162 instructions per element, soft);
 #   half row 512: forward 5.9 / 0.7 → 2.3 / 1.1, dx 4.2 / 4.4 → 2.0 / 2.1;
 #   half col 512: dμ 13.1 / 11.4 → 3.6 / 3.4 ((32, 16, 4, 1): 3.3 / 3.9, but 115 KB of shared memory);
+#     since 2026-12-02 (eleventh session) the table's own tile for every GPU (above ROW_CONFIGS), so the
+#     entry went;
 #   fp32 row 128 (tf32x3; also its Δ pass): forward 3.5 / 1.1 → 2.0 / 2.1, dx 7.8 / 7.9 → 1.9 / 1.9;
 #   fp32 col 64 (tf32x3): triton 3.6 compiled the table's (32, 128, 8, 2) for sm_80 at 32 registers
 #     and 24–26 KB of spills (3.7.1: 255, 2.4 KB); the entry takes 255 and ≤ 2.6 KB in both. dμ at
@@ -286,7 +298,6 @@ ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the buck
     ("mma", "half", "row", 256): KC(64, 32, 4, 1),
     ("mma", "half", "col", 256): KC(64, 32, 4, 2),
     ("mma", "half", "row", 512): KC(32, 16, 4, 1),
-    ("mma", "half", "col", 512): KC(16, 16, 4, 2),
     ("mma", "fp32", "col", 64): KC(32, 64, 4, 1),
     ("mma", "fp32", "row", 128): KC(32, 32, 4, 1),
     ("mma", "fp32", "col", 128): KC(32, 32, 4, 2),

@@ -93,14 +93,14 @@ def record(arch=None, shared=None):
 def spill_limit(launch):
     """Spill bytes (stores + loads per thread) a build may have: where a tile overflows the registers,
     ptxas falls back to 32–128 registers and tens of KB of spills, a slowdown that compiles (the tables'
-    bf16 dμ at D = 256 on sm_80 until config.ARCH_CONFIGS). The bound holds for half inputs on every
-    arch (the 64 × 512 fp32 accumulator of bf16's dμ at D = 512 spills 11 KB on sm_90) and for fp32 up
-    to D = 128; fp32 beyond spills up to 120 KB on some arch in every tile tried (config.py). None:
+    bf16 dμ at D = 256 on sm_80 until config.ARCH_CONFIGS, the half D = 512 bucket's 64-row tiles on
+    sm_90, 11 KB, until 2026-12-02). The bound holds for half inputs on every arch and D, and for fp32
+    up to D = 128; fp32 beyond spills up to 120 KB on some arch in every tile tried (config.py). None:
     unbounded."""
     block_d = launch.kwargs.get("BLOCK_D", 0)  # none in the noise kernel
     if "x_ptr" in launch.fn.arg_names and launch.arg("x_ptr").dtype == torch.float32:
         return 8192 if block_d <= 128 else None
-    return 12288 if block_d > 256 else 8192
+    return 8192
 
 
 def main(capabilities):
