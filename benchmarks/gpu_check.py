@@ -247,7 +247,7 @@ D512_BEFORE = dict(row=config.KC(64, 16, 4, 1), col=config.KC(32, 64, 4, 1), del
 def d512_check(device, log, shapes=((8192, 4096, 512), (32768, 8192, 512)), time_fn=None):
     """The D = 512 bucket's tiles against those before 2026-12-02: the training kernels' fwd + bwd
     (autotune.training_step, bf16, soft and hard), side by side per shape (the static model put them
-    about even; it does not price the old tiles' spills, which went to L2). ``time_fn``: the timer
+    about even; it does not price the old tiles' spills, which must go to L2). ``time_fn``: the timer
     (autotune.cuda_ms by default)."""
     from gmvq_kernels import autotune
 

@@ -180,8 +180,9 @@ KC = KernelConfig
 # element), ≥ 8 warps/SM. The static model, which prices a local load as an issue slot and not as
 # memory traffic, puts them about even: at (8192, 4096, 512) 1.31 / 1.13 → 0.98 / 0.93 ms, at
 # (32768, 8192, 512) 7.76 / 7.67 → 7.80 / 7.36 ms (more instructions per element, 597 → 933 soft). But
-# 11 KB per thread on 128 threads is 1.4 MB a block, which no L1 holds: those spills went to L2 on
-# every tile. gpu_check.py checks D = 512 against float64 on the next GPU run.
+# 11 KB per thread on 128 threads is 1.4 MB a block, which no L1 holds: those spills must have gone to
+# L2 on every tile (an inference; not measured). gpu_check.py checks D = 512 against float64 and times
+# new against old (d512_check) on the next GPU run.
 ROW_CONFIGS = {
     "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(16, 32, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
