@@ -330,6 +330,21 @@ def host_check(device, log, out_dir, iters=300):
     log(row)
 
 
+def capture(fn):
+    """``fn`` captured in a CUDA graph, after three warm-up calls (compiles) on a side stream, as
+    capture requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def graph_check(device, log, shape=(8192, 1024, 64)):
     """The kernels' own time at a host-bound shape, and CUDA graphs as a training mode: one fwd+bwd with
     its seed in device memory (noise.seed_on_device) captured in a CUDA graph and replayed for two
@@ -344,15 +359,7 @@ def graph_check(device, log, shape=(8192, 1024, 64)):
             t.grad = None
         speed.gmvq_loss("triton", seed=s)(x, m, lv).backward()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
-        for _ in range(3):
-            step(seed)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(seed)
+    graph = capture(lambda: step(seed))
     static_grads = [t.grad for t in leaves]  # what each replay overwrites
     replayed, eager = {}, {}
     for s in (11, 12):
@@ -391,15 +398,7 @@ def module_graph_check(device, log, shape=(8192, 1024, 64)):
             out = m(x)
         (out.loss + out.quantized.float().square().mean()).backward()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture requires
-        for _ in range(3):
-            step(vq)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(vq)
+    graph = capture(lambda: step(vq))
     twin._next_seed.copy_(vq._next_seed)  # capture runs nothing: the counter stands at the next step
     static_grads = [p.grad for p in vq.parameters()]
     replayed, eager = [], []
