@@ -251,14 +251,15 @@ def d512_check(device, log, shapes=((8192, 4096, 512), (32768, 8192, 512)), time
     (autotune.cuda_ms by default)."""
     from gmvq_kernels import autotune
 
+    time_fn = time_fn or autotune.cuda_ms
     for N, K, D in shapes:
         x, means, a, b, v = kernel_inputs(N, K, D, torch.bfloat16, device)
         for hard in (False, True):
             step = autotune.training_step(x, means, a, b, v, tau=0.5, hard=hard,
                                           dot_precision=config.DEFAULT_DOT_PRECISION)
-            row = dict(check="d512_tiles", N=N, K=K, D=D, hard=hard, ms_now=(time_fn or autotune.cuda_ms)(step))
+            row = dict(check="d512_tiles", N=N, K=K, D=D, hard=hard, ms_now=time_fn(step))
             with config.override(**D512_BEFORE):
-                row["ms_before"] = (time_fn or autotune.cuda_ms)(step)
+                row["ms_before"] = time_fn(step)
             log(row)
 
 

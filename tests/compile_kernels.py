@@ -98,9 +98,8 @@ def spill_limit(launch):
     up to D = 128; fp32 beyond spills up to 120 KB on some arch in every tile tried (config.py). None:
     unbounded."""
     block_d = launch.kwargs.get("BLOCK_D", 0)  # none in the noise kernel
-    if "x_ptr" in launch.fn.arg_names and launch.arg("x_ptr").dtype == torch.float32:
-        return 8192 if block_d <= 128 else None
-    return 8192
+    fp32 = "x_ptr" in launch.fn.arg_names and launch.arg("x_ptr").dtype == torch.float32
+    return None if fp32 and block_d > 128 else 8192
 
 
 def main(capabilities):
@@ -125,8 +124,8 @@ def main(capabilities):
             assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
             regs, spills, _, serialized = devtools.resource_usage(kernel)
             # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
-            # the register-bound kinds (C7511, C7512) are known at D = 512 (bf16: a 64 × 512 fp32
-            # accumulator on 4 warps) and in fp32's dμ at D = 256, configs that spill anyway (config.py)
+            # the register-bound kinds (C7511, C7512) are known in fp32's dμ at D = 256, a config that
+            # spills anyway (config.py; half inputs at D = 512 had them too until 2026-12-02)
             assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
             limit = spill_limit(launch)
             assert limit is None or spills <= limit, (
