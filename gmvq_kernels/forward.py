@@ -382,9 +382,10 @@ def delta_from_forward(dtype, hard, D):
     the CPU tests saw 5e-6 error in dx against a bound of 5e-7 (1e-5 of max|dx|) at K = 1. Hard mode at
     D > 256 keeps it too: there the hard forward (which otherwise forms no soft sums) has no registers
     for a (64, 512) fp32 accumulator (static report at (8192, 4096, 512): spills 3.0 → 10.7 KB, its
-    wgmma serialised, 531 → 676 per element). At D ≤ 256 the sums pay (at (65536, 16384, 256): forward
-    55.1 → 75.6 per element and 40 → 316 B of spills, the soft forward's; Δ 46.0 → 14.4; 269.7 → 257.7
-    per element in all)."""
+    wgmma serialised, 531 → 676 per element; rescanned with the 16-row D = 512 tiles: no spills, but
+    forward 157 → 252, Δ 85 → 44, 880 → 932 per element in all, so still not). At D ≤ 256 the sums
+    pay (at (65536, 16384, 256): forward 55.1 → 75.6 per element and 40 → 316 B of spills, the soft
+    forward's; Δ 46.0 → 14.4; 269.7 → 257.7 per element in all)."""
     return dtype in (torch.float16, torch.bfloat16) and (not hard or D <= 256)
 
 
