@@ -70,6 +70,10 @@ def _sync_kmeans_pending(module, _incompatible_keys):
     module._kmeans_pending = not bool(module.initted)
 
 
+def _describe(value):
+    return f"{value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 class GaussianMixtureVQ(nn.Module):
     """GM-VQ quantizer owning the codebook means (K, D), log-variances and optionally prior logits.
 
@@ -92,7 +96,9 @@ class GaussianMixtureVQ(nn.Module):
             maps (vector-quantize-pytorch's name; implies channel_first and 4-D input). The layout is
             never guessed from the shape.
         return_loss_breakdown: return (quantized, codes, loss, terms) instead of the three
-            (also a forward argument). vector-quantize-pytorch arguments without a counterpart (decay,
+            (also a forward argument). return_zeros_for_masked_padding: what ``quantized`` holds at the
+            positions a forward ``mask`` leaves out: zeros (default, as vector-quantize-pytorch), else the
+            input itself. vector-quantize-pytorch arguments without a counterpart (decay,
             commitment_weight, ...) raise a TypeError saying what to use instead.
         kmeans_init: initialise the means by k-means on the first training batch (for latents that
             already mean something: from an untrained encoder it collapsed GM-VQ in the quality study).
@@ -114,7 +120,7 @@ class GaussianMixtureVQ(nn.Module):
                  learn_variance: bool = True, learnable_prior: bool = False, beta: float = DEFAULT_BETA,
                  gamma: float = DEFAULT_GAMMA, objective: str = "albo", noise_injection: bool = False,
                  channel_first: bool = False, accept_image_fmap: bool = False,
-                 return_loss_breakdown: bool = False,
+                 return_loss_breakdown: bool = False, return_zeros_for_masked_padding: bool = True,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
                  seed: Optional[int] = None, device_seed: bool = False, **vq_kwargs):
@@ -136,7 +142,8 @@ class GaussianMixtureVQ(nn.Module):
         check_number("gamma", gamma, lo=0.0)
         check_int("kmeans_iters", kmeans_iters, lo=0)
         for name, flag in (("channel_first", channel_first), ("accept_image_fmap", accept_image_fmap),
-                           ("return_loss_breakdown", return_loss_breakdown)):
+                           ("return_loss_breakdown", return_loss_breakdown),
+                           ("return_zeros_for_masked_padding", return_zeros_for_masked_padding)):
             check_flag(name, flag)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
@@ -153,6 +160,7 @@ class GaussianMixtureVQ(nn.Module):
         self.noise_injection = noise_injection
         self.channel_first, self.accept_image_fmap = channel_first or accept_image_fmap, accept_image_fmap
         self.return_loss_breakdown = return_loss_breakdown
+        self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
         self.kmeans_iters = kmeans_iters
         self.means = nn.Parameter(torch.randn(codebook_size, dim) / math.sqrt(dim))
@@ -226,6 +234,33 @@ class GaussianMixtureVQ(nn.Module):
             raise ValueError(f"x must hold at least one latent vector; got shape {tuple(x.shape)}")
         return x.reshape(-1, self.dim), x.shape[:-1]
 
+    @staticmethod
+    def _row_mask(x, lead, mask, lens):
+        """The (N,) bool mask of the rows to quantize, from ``mask`` (lead-shaped bool) or ``lens`` ((B,)
+        integer lengths of (B, T) sequences: position t of sequence b is kept when t < lens[b]), or None."""
+        if mask is not None and lens is not None:
+            raise ValueError("pass mask or lens, not both")
+        if lens is not None:
+            if not isinstance(lens, torch.Tensor) or lens.is_floating_point() or lens.is_complex() \
+                    or lens.dtype == torch.bool:
+                raise TypeError(f"lens must be an integer tensor; got {_describe(lens)}")
+            if len(lead) != 2 or tuple(lens.shape) != (lead[0],):
+                raise ValueError(f"lens must have shape (B,) for latents of B sequences of T vectors ((B, T) "
+                                 f"without the channel axis: {tuple(lead)}); got shape {tuple(lens.shape)}")
+            if lens.device != x.device:
+                raise ValueError(f"lens must be on x's device {x.device}; got {lens.device}")
+            mask = torch.arange(lead[1], device=x.device) < lens[:, None]
+        elif mask is None:
+            return None
+        elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor; got {_describe(mask)}")
+        elif tuple(mask.shape) != tuple(lead):
+            raise ValueError(f"mask must have the shape of x without its channel axis, {tuple(lead)}; got "
+                             f"{tuple(mask.shape)}")
+        elif mask.device != x.device:
+            raise ValueError(f"mask must be on x's device {x.device}; got {mask.device}")
+        return mask.reshape(-1)
+
     def _unflatten(self, flat, lead_shape):
         out = flat.reshape(*lead_shape, self.dim)
         return out.movedim(-1, 1) if self.channel_first else out
@@ -296,7 +331,8 @@ class GaussianMixtureVQ(nn.Module):
             sync = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         return dist.group.WORLD if sync else None
 
-    def forward(self, x: torch.Tensor, return_loss_breakdown: Optional[bool] = None):
+    def forward(self, x: torch.Tensor, return_loss_breakdown: Optional[bool] = None, *,
+                mask: Optional[torch.Tensor] = None, lens: Optional[torch.Tensor] = None):
         """Quantize ``x`` (layout as configured: (..., D) by default). Returns
         ``QuantizerOutput(quantized, codes, loss)``, or with ``return_loss_breakdown`` (here or in the
         constructor) ``QuantizerOutputWithTerms(quantized, codes, loss, terms)``.
@@ -316,10 +352,22 @@ class GaussianMixtureVQ(nn.Module):
           paper's scale: γ = 1, β = 1 to 8 (the defaults are γ = 1, β = 8 divided by V/(2σ_x²) = 800).
           Raise β for more codes in use; the latent term can go negative with learned
           variances (−log density). ``terms``: latent_nll, kl, perplexity (of q̄), log_likelihood, mixture_var,
-          entropy — batch means, detached."""
+          entropy — batch means, detached.
+        - ``mask`` (bool, x's shape without the channel axis) or ``lens`` ((B,) lengths of (B, T)
+          sequences; padding at the end), as vector-quantize-pytorch: only the kept vectors are quantized,
+          and the loss, q̄ and ``terms`` are theirs alone. Elsewhere ``codes`` is −1 and ``quantized`` 0
+          (the input itself with ``return_zeros_for_masked_padding=False``). The kept rows are gathered
+          first, so their number is data-dependent: one device sync on a GPU, and a graph break under
+          torch.compile. At least one vector must be kept."""
         flat, lead = self._flatten(x)
+        keep = self._row_mask(x, lead, mask, lens)
+        rows = flat
+        if keep is not None:
+            rows = flat[keep]
+            if rows.shape[0] == 0:
+                raise ValueError("mask (or lens) must keep at least one latent vector; it keeps none")
         if self.training and self._kmeans_pending:
-            self._kmeans_init(flat)
+            self._kmeans_init(rows)
         seed, group = 0, None
         if self.training:
             group = self._process_group()
@@ -327,7 +375,7 @@ class GaussianMixtureVQ(nn.Module):
             self._next_seed += 1
             if group is not None:  # data parallel: each rank's rows get their own noise stream
                 seed = seed + (group.rank() << RANK_SEED_SHIFT)
-        out, sample = gmvq_with_sample(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+        out, sample = gmvq_with_sample(rows.to(self.means.dtype), self.means, self.log_var, self.log_prior,
                                        tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
                                        process_group=group, dot_precision=self.dot_precision)
         objective = albo_loss if self.objective == "albo" else elbo_loss
@@ -340,9 +388,14 @@ class GaussianMixtureVQ(nn.Module):
                 z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
         else:
             z = self.get_codes_from_indices(out.codes)
-        quantized = self._unflatten(z.to(x.dtype), lead)
         # the codes it used, as VectorQuantize: a hard sample's code in training, else argmax_k ℓ
-        codes = (sample if self.training and sample is not None else out.codes).reshape(lead)
+        codes = sample if self.training and sample is not None else out.codes
+        if keep is not None:  # the kept rows back in place (masked_scatter fills them in row order)
+            fill = torch.zeros_like(flat, dtype=z.dtype) if self.return_zeros_for_masked_padding else flat.to(z.dtype)
+            z = fill.masked_scatter(keep[:, None], z)
+            codes = torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
+        quantized = self._unflatten(z.to(x.dtype), lead)
+        codes = codes.reshape(lead)
         reported = loss if self.training else torch.zeros_like(loss)
         breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
         if not breakdown:

@@ -69,3 +69,44 @@ def test_same_loop_runs_with_vector_quantize_and_gmvq():
     # healthy codebook usage with the module's defaults and the loss added unscaled, as the loop adds
     # VectorQuantize's (the former defaults, γ = β = 1 and σ² = 1, collapsed to 1–3 codes here)
     assert ours["used"] >= 16, res
+
+
+MASKED = r'''
+import json, torch
+import gmvq_kernels as gk
+from vector_quantize_pytorch import VectorQuantize
+
+torch.manual_seed(0)
+x = torch.randn(3, 6, 8, requires_grad=True)  # (B, T, D) sequences, padded at the end
+lens = torch.tensor([6, 2, 4])
+mask = torch.arange(6) < lens[:, None]
+res = {}
+for name, make in [("vq", lambda **kw: VectorQuantize(dim=8, codebook_size=16, **kw)),
+                   ("gmvq", lambda **kw: gk.GaussianMixtureVQ(dim=8, codebook_size=16, seed=0, **kw))]:
+    row = {}
+    for zeros in (True, False):
+        vq = make(return_zeros_for_masked_padding=zeros)
+        for how, kw in (("mask", dict(mask=mask)), ("lens", dict(lens=lens))):
+            quantized, codes, loss = vq(x, **kw)
+            pad = quantized[~mask]
+            row[f"{how}_{zeros}"] = dict(
+                shapes=[list(quantized.shape), list(codes.shape)], codes_pad=sorted(set(codes[~mask].tolist())),
+                codes_kept_in_range=bool(((codes[mask] >= 0) & (codes[mask] < 16)).all()),
+                pad=("zeros" if not pad.any() else "input" if torch.equal(pad, x.detach()[~mask]) else "other"),
+                loss_finite=bool(torch.isfinite(loss).all()))
+    res[name] = row
+print(json.dumps(res))
+'''
+
+
+def test_padding_mask_and_lens_as_vector_quantize():
+    """``mask=`` and ``lens=`` on padded sequences give what VectorQuantize gives at the padding: code −1
+    and zeros, or the input with ``return_zeros_for_masked_padding=False``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", MASKED], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["gmvq"] == res["vq"], res
+    assert res["vq"]["mask_True"]["pad"] == "zeros" and res["vq"]["lens_False"]["pad"] == "input"
+    assert res["vq"]["mask_True"]["codes_pad"] == [-1] and res["vq"]["mask_True"]["codes_kept_in_range"]

@@ -132,6 +132,77 @@ def test_kmeans_init_first_batch(device):
     assert torch.equal(before, vq.means.detach())
 
 
+@pytest.mark.parametrize("impl,hard", [("auto", False), ("auto", True), ("triton", True)])
+def test_mask_and_lens_quantize_only_the_kept_vectors(impl, hard, device):
+    """A padding mask (or lengths), as vector-quantize-pytorch's: the kept vectors get what the module
+    gives those rows alone (the same step: outputs, loss, terms and gradients bit for bit), so q̄ and the
+    loss ignore the padding; there codes are −1 and quantized 0 (or the input), with no gradient to the
+    codebook."""
+    def module(**kw):
+        vq = gk.GaussianMixtureVQ(4, 8, seed=5, hard=hard, impl=impl, learnable_prior=True,
+                                  return_loss_breakdown=True, **kw).to(device)
+        vq.load_state_dict(base.state_dict())
+        return vq
+
+    torch.manual_seed(0)
+    base = gk.GaussianMixtureVQ(4, 8, seed=5, learnable_prior=True)
+    lens = torch.tensor([5, 2, 4], device=device)
+    mask = torch.arange(5, device=device) < lens[:, None]
+    x = torch.randn(3, 5, 4, device=device, requires_grad=True)
+    rows = x.detach()[mask].clone().requires_grad_(True)
+    masked, alone = module(), module()
+    got, want = masked(x, mask=mask), alone(rows)
+    assert torch.equal(got.quantized[mask], want.quantized) and torch.equal(got.codes[mask], want.codes)
+    assert torch.equal(got.loss, want.loss)
+    assert all(torch.equal(got.terms[k], want.terms[k]) for k in want.terms)
+    assert not got.quantized[~mask].any() and (got.codes[~mask] == -1).all()
+    (got.quantized.square().sum() + got.loss).backward()
+    (want.quantized.square().sum() + want.loss).backward()
+    assert torch.equal(x.grad[mask], rows.grad) and not x.grad[~mask].any()
+    for (name, p), q in zip(masked.named_parameters(), alone.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    # lens: the same mask
+    by_lens = module()(x, lens=lens)
+    assert torch.equal(by_lens.quantized, got.quantized) and torch.equal(by_lens.loss, got.loss)
+    # the input itself at the padding, and its gradient passes there
+    x.grad = None
+    ident = module(return_zeros_for_masked_padding=False)(x, mask=mask)
+    assert torch.equal(ident.quantized[~mask], x.detach()[~mask]) and torch.equal(ident.codes, got.codes)
+    ident.quantized.sum().backward()
+    assert (x.grad[~mask] == 1).all()
+    # eval: the kept vectors' noise-free codes
+    masked.eval()
+    ev = masked(x, mask=mask)
+    assert torch.equal(ev.codes[mask], masked.encode(x)[mask]) and (ev.codes[~mask] == -1).all()
+    assert torch.equal(ev.quantized[mask], masked.decode(ev.codes[mask])) and not ev.quantized[~mask].any()
+
+
+def test_mask_layouts_and_errors():
+    img = gk.GaussianMixtureVQ(4, 8, seed=0, accept_image_fmap=True)
+    keep = torch.rand(2, 3, 5, generator=torch.Generator().manual_seed(1)) < 0.5
+    out = img(torch.randn(2, 4, 3, 5), mask=keep)  # (B, D, H, W): the mask is (B, H, W)
+    assert out.quantized.shape == (2, 4, 3, 5) and torch.equal(out.codes < 0, ~keep)
+    assert not out.quantized.movedim(1, -1)[~keep].any()
+    vq = gk.GaussianMixtureVQ(4, 8, seed=0)
+    x, lens = torch.randn(3, 5, 4), torch.tensor([5, 2, 4])
+    with pytest.raises(ValueError, match=r"pass mask or lens, not both"):
+        vq(x, mask=torch.ones(3, 5, dtype=torch.bool), lens=lens)
+    with pytest.raises(TypeError, match=r"mask must be a bool tensor; got torch.float32 tensor"):
+        vq(x, mask=torch.ones(3, 5))
+    with pytest.raises(ValueError, match=r"mask must have the shape of x without its channel axis, \(3, 5\); "
+                                         r"got \(3, 4\)"):
+        vq(x, mask=torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"lens must be an integer tensor; got torch.float32 tensor"):
+        vq(x, lens=lens.float())
+    with pytest.raises(ValueError, match=r"lens must have shape \(B,\) for latents of B sequences of T vectors "
+                                         r"\(\(B, T\) without the channel axis: \(2, 3, 5\)\); got shape \(2,\)"):
+        vq(torch.randn(2, 3, 5, 4), lens=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"mask \(or lens\) must keep at least one latent vector; it keeps none"):
+        vq(x, lens=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"return_zeros_for_masked_padding must be a bool; got 1"):
+        gk.GaussianMixtureVQ(4, 8, return_zeros_for_masked_padding=1)
+
+
 def test_state_dict_round_trip_and_repr():
     x = torch.randn(30, 6, generator=torch.Generator().manual_seed(6))
     vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True, impl="reference", seed=3)

@@ -104,12 +104,12 @@ def make_module(**kw):
     return gk.GaussianMixtureVQ(6, 12, seed=7, learnable_prior=True, impl="triton", **kw)
 
 
-def train(vq, xs, taus):
+def train(vq, xs, taus, masks=None):
     opt = torch.optim.SGD(vq.parameters(), lr=0.1)
     outs = []
-    for x, tau in zip(xs, taus):
+    for x, tau, mask in zip(xs, taus, masks or [None] * len(xs)):
         vq.tau = tau
-        out = vq(x)
+        out = vq(x, mask=mask)
         (out.loss + out.quantized.square().mean()).backward()
         opt.step()
         opt.zero_grad()
@@ -160,6 +160,25 @@ def test_compiled_module_kmeans_init():
     fresh = make_module(kmeans_init=True)
     fresh.load_state_dict(vq.state_dict())
     assert not fresh._kmeans_pending
+
+
+def test_compiled_module_with_padding_mask():
+    """A padding mask gathers the kept rows (a data-dependent count): fullgraph cannot trace it, and
+    without fullgraph the graph breaks there and the compiled steps equal eager."""
+    masks = [torch.arange(5) < torch.tensor(lens)[:, None] for lens in ([5, 2, 4], [5, 2, 4], [1, 5, 3])]
+    x = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(2))
+    vq = make_module()
+    vq.forward = torch.compile(vq.forward, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="data-dependent|Dynamic shape operator|nonzero"):
+        vq(x, mask=masks[0])
+    eager, compiled_vq = make_module(), make_module()
+    compiled_vq.forward = torch.compile(compiled_vq.forward, backend="aot_eager")
+    xs, taus = [x] * len(masks), [1.0] * len(masks)
+    for a, b in zip(train(compiled_vq, xs, taus, masks), train(eager, xs, taus, masks)):
+        for u, v in zip(a, b):
+            assert_same(u, v, exact=True)
+    for p, q in zip(compiled_vq.parameters(), eager.parameters()):
+        assert_same(p, q, exact=True)
 
 
 def test_op_version_pins_the_signature_and_output_layouts():
