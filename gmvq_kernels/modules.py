@@ -267,12 +267,21 @@ class GaussianMixtureVQ(nn.Module):
 
     # --- tokenizer use
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
+               lens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Deterministic codes argmax_k ℓ, shaped like x without its channel axis: one fused pass that
-        computes only the codes (``gmvq_encode``), in train or eval mode alike."""
+        computes only the codes (``gmvq_encode``), in train or eval mode alike. ``mask`` / ``lens`` as
+        for ``forward``: only the kept vectors are encoded, −1 elsewhere."""
         flat, lead = self._flatten(x)
-        return gmvq_encode(flat.to(self.means.dtype), self.means, self.log_var, self.log_prior,
-                           impl=self.impl, dot_precision=self.dot_precision).reshape(lead)
+        keep = self._row_mask(x, lead, mask, lens)
+        rows = flat if keep is None else flat[keep]
+        if rows.shape[0] == 0:  # all padding
+            return torch.full(tuple(lead), -1, dtype=torch.int64, device=x.device)
+        codes = gmvq_encode(rows.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+                            impl=self.impl, dot_precision=self.dot_precision)
+        if keep is not None:
+            codes = torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
+        return codes.reshape(lead)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Means of the codes, in the module's layout: (..., D), or D on axis 1 when channel-first."""

@@ -175,6 +175,8 @@ def test_mask_and_lens_quantize_only_the_kept_vectors(impl, hard, device):
     ev = masked(x, mask=mask)
     assert torch.equal(ev.codes[mask], masked.encode(x)[mask]) and (ev.codes[~mask] == -1).all()
     assert torch.equal(ev.quantized[mask], masked.decode(ev.codes[mask])) and not ev.quantized[~mask].any()
+    assert torch.equal(masked.encode(x, lens=lens), ev.codes)
+    assert (masked.encode(x, mask=torch.zeros_like(mask)) == -1).all()  # all padding: nothing to encode
 
 
 def test_mask_layouts_and_errors():
