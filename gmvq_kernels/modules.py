@@ -284,14 +284,18 @@ class GaussianMixtureVQ(nn.Module):
         return codes.reshape(lead)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Means of the codes, in the module's layout: (..., D), or D on axis 1 when channel-first."""
-        z = self.get_codes_from_indices(codes)
-        return z.movedim(-1, 1) if self.channel_first else z
+        """Means of the codes in the module's layout, as ``forward`` returns them: codes.shape + (D,), or
+        with D on axis 1 when channel-first ((B, ...) → (B, D, ...)). Code −1 (a non-finite latent, see
+        the NaN policy, or padding) gives NaN, never a real code."""
+        z = gmvq_decode(codes, self.means)
+        return z.movedim(-1, 1) if self.channel_first and z.dim() > 2 else z
 
     def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codebook vectors of ``indices``, shape indices.shape + (D,) (vector-quantize-pytorch's name).
-        Code −1 (a non-finite latent, see the NaN policy) gives NaN, never a real code."""
-        return gmvq_decode(indices, self.means)
+        """``decode`` by vector-quantize-pytorch's name, in the same layout as its (D on axis 1 for image
+        feature maps and channel-first input)."""
+        return self.decode(indices)
+
+    get_output_from_indices = get_codes_from_indices  # VectorQuantize's name with its output projection
 
     # --- k-means initialisation
     @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
@@ -396,7 +400,7 @@ class GaussianMixtureVQ(nn.Module):
             if self.noise_injection:
                 z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
         else:
-            z = self.get_codes_from_indices(out.codes)
+            z = gmvq_decode(out.codes, self.means)
         # the codes it used, as VectorQuantize: a hard sample's code in training, else argmax_k ℓ
         codes = sample if self.training and sample is not None else out.codes
         if keep is not None:  # the kept rows back in place (masked_scatter fills them in row order)

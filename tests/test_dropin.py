@@ -47,9 +47,12 @@ for name, vq in [("vq", VectorQuantize(dim=16, codebook_size=64, accept_image_fm
     z, a, b = train(vq)
     res[name] = dict(shapes=[list(t.shape) for t in a[:2]], dtypes=[str(t.dtype) for t in a[:2]],
                      loss=float(a[2].sum()), deterministic=bool(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])),
-                     used=int((torch.bincount(a[1].reshape(-1), minlength=64) > 0).sum()))
+                     used=int((torch.bincount(a[1].reshape(-1), minlength=64) > 0).sum()),
+                     # the tokens' vectors in the layout of the quantized output (VectorQuantize's adds x − x)
+                     from_indices=[bool(torch.allclose(f(a[1]), a[0], atol=1e-6))
+                                   for f in (vq.get_codes_from_indices, vq.get_output_from_indices)])
     if name == "gmvq":
-        res[name]["codebook_rows"] = bool(torch.equal(vq.get_codes_from_indices(a[1]), a[0].movedim(1, -1)))
+        res[name]["codebook_rows"] = bool(torch.equal(vq.get_codes_from_indices(a[1]), a[0]))
         res[name]["codebook_is_means"] = vq.codebook is vq.means
 print(json.dumps(res))
 '''
@@ -65,6 +68,7 @@ def test_same_loop_runs_with_vector_quantize_and_gmvq():
     assert ours["shapes"] == ref["shapes"] == [[256, 16, 4, 4], [256, 4, 4]]
     assert ours["dtypes"] == ref["dtypes"] == ["torch.float32", "torch.int64"]
     assert ours["loss"] == 0.0  # eval: no loss, as VectorQuantize
+    assert ours["from_indices"] == ref["from_indices"] == [True, True]
     assert ours["deterministic"] and ours["codebook_rows"] and ours["codebook_is_means"]
     # healthy codebook usage with the module's defaults and the loss added unscaled, as the loop adds
     # VectorQuantize's (the former defaults, γ = β = 1 and σ² = 1, collapsed to 1–3 codes here)
