@@ -302,7 +302,9 @@ class GaussianMixtureVQ(nn.Module):
     @torch.no_grad()
     def _kmeans_init(self, flat):
         """k-means++ seeding then Lloyd iterations on the first training batch (rows chunked, so the
-        distance matrix is at most 4096 × K at a time)."""
+        distance matrix is at most 4096 × K at a time). Under data parallel (the process group q̄ is
+        synced over) every rank then takes rank 0's fit: each rank's own would leave the replicas'
+        codebooks different for good (DDP broadcasts parameters once, at its construction)."""
         flat = flat.detach().to(self.means.dtype)
         K = self.codebook_size
         first = torch.randint(0, flat.shape[0], (1,), generator=self._generator).item()
@@ -319,6 +321,10 @@ class GaussianMixtureVQ(nn.Module):
             counts = torch.bincount(assign, minlength=K).to(flat.dtype)
             c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
         self.means.copy_(c)
+        group = self._process_group()
+        if group is not None:
+            import torch.distributed as dist
+            dist.broadcast(self.means, src=dist.get_global_rank(group, 0), group=group)
         self.initted.fill_(True)
         self._kmeans_pending = False
 

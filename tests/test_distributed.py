@@ -124,3 +124,37 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
             torch.testing.assert_close(ranks[r][key], want, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
     assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄
+
+
+def kmeans_worker(rank, world, init_file, sync, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x = kmeans_batch(rank)
+    vq = gk.GaussianMixtureVQ(2, 3, kmeans_init=True, seed=100 + rank, impl="reference", sync_agg_posterior=sync)
+    vq(x)
+    torch.save(vq.means.detach().clone(), f"{result_file}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+    exit_worker()
+
+
+def kmeans_batch(rank):
+    """Three clusters, placed differently on each rank: each rank's own fit differs."""
+    g = torch.Generator().manual_seed(rank)
+    centers = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [0.0, -5.0]]) * (1 + rank)
+    return centers[torch.randint(0, 3, (60,), generator=g)] + 0.1 * torch.randn(60, 2, generator=g)
+
+
+@pytest.mark.parametrize("sync", [None, False])
+def test_module_kmeans_init_agrees_across_ranks(sync):
+    """k-means on the first batch under data parallel: every rank ends with rank 0's fit (each rank's
+    own would leave DDP's replicas with different codebooks for good); without q̄ sync, each its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
+        mp.spawn(kmeans_worker, args=(2, init_file, sync, result), nprocs=2, join=True)
+        ranks = [torch.load(f"{result}.{r}") for r in range(2)]
+    for r in range(2):
+        own = gk.GaussianMixtureVQ(2, 3, kmeans_init=True, seed=100 + r, impl="reference")
+        own.init_codebook(kmeans_batch(r))
+        want = own.means.detach() if sync is False or r == 0 else ranks[0]
+        assert torch.equal(ranks[r], want), r
+    assert torch.equal(ranks[0], ranks[1]) == (sync is None)
