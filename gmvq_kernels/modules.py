@@ -339,7 +339,8 @@ class GaussianMixtureVQ(nn.Module):
 
     def init_codebook(self, x: torch.Tensor) -> None:
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
-        ``torch.compile(fullgraph=True)``, which cannot trace it."""
+        ``torch.compile(fullgraph=True)``, which cannot trace it. Under data parallel it is a collective
+        (every rank takes rank 0's fit): call it on every rank."""
         self._kmeans_init(self._flatten(x)[0])
 
     def _process_group(self):
