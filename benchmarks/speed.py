@@ -283,7 +283,8 @@ def plot_scaling(rows, out_png, title):
 def host_path_cpu(iters=300):
     """Host work of one fwd+bwd of the kernel path at (8, 16, 16) bf16 on this CPU, with the kernel
     launches recorded instead of run (devtools.host_path_on_cpu): Python, dispatcher and torch ops, not
-    Triton's launch cost. Median µs over ``iters`` calls."""
+    Triton's launch cost. Median µs over ``iters`` calls. Then, by kernel, the part of Triton's launch
+    cost a CPU can time (``devtools.bind_cost_us``: argument binding, specialisation, cache key)."""
     from gmvq_kernels import devtools
 
     x, means, log_var = make_inputs(8, 16, 16, torch.bfloat16, torch.device("cpu"), True)
@@ -297,10 +298,13 @@ def host_path_cpu(iters=300):
             if i == 0:
                 launches = len(log)
         ops = torch_ops(lambda: fn(x, means, log_var).backward())
+        del log[:]
+        fn(x, means, log_var).backward()
+        bind = {launch.name: round(devtools.bind_cost_us(launch), 1) for launch in log}
     times = sorted(times[20:])
     return dict(check="host_path_cpu", N=8, K=16, D=16, launches_per_fwd_bwd=launches,
                 us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads(),
-                torch_ops_per_fwd_bwd=ops)
+                torch_ops_per_fwd_bwd=ops, triton_bind_us=bind, triton_bind_us_per_fwd_bwd=sum(bind.values()))
 
 
 def torch_ops(fn):

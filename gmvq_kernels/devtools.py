@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Heuristics
-from triton.runtime.jit import JITFunction, create_function_from_signature
+from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # largest shared memory one block may use (bytes, opted in): A100 163 KiB, the sm_86 / sm_89 / sm_120 parts
@@ -116,6 +117,28 @@ def compile_launch(launch: Launch, cc: int):
     bound, spec, opts = binder(*launch.args, **launch.kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, spec, opts)
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def bind_cost_us(launch: Launch, cc: int = 90, iters: int = 1000) -> float:
+    """µs of host time the Triton JIT spends on this launch before its C launcher, on this CPU: binding
+    the arguments, their specialisation (16-byte divisibility and the like) and the kernel-cache key,
+    as ``JITFunction.run`` does at every call. The launcher's own argument packing and the driver's
+    launch are not included (they need a GPU)."""
+    fn = launch.fn
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(GPUTarget("cuda", cc, 32)))
+    kwargs = dict(launch.kwargs, debug=False, instrumentation_mode="")  # as run() adds them
+    cache = {}
+
+    def once():
+        _, spec, opts = binder(*launch.args, **kwargs)
+        compute_cache_key(cache, spec, opts)
+
+    for _ in range(iters // 10):
+        once()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        once()
+    return (time.perf_counter() - t0) / iters * 1e6
 
 
 def variant_key(launch: Launch):

@@ -90,6 +90,9 @@ def test_speed_host_cpu(tmp_path):
     assert 0 < row["us_min"] <= row["us_median"]
     # the torch ops a fwd+bwd dispatches around them (103 on 2026-11-30, the loss's included)
     assert 50 < sum(row["torch_ops_per_fwd_bwd"].values()) < 200 and row["torch_ops_per_fwd_bwd"]["empty"] > 0
+    # Triton's per-call binding, by kernel (the launches' own: 5 of them, one per kernel)
+    assert len(row["triton_bind_us"]) == 5 and all(v > 0 for v in row["triton_bind_us"].values())
+    assert row["triton_bind_us_per_fwd_bwd"] == pytest.approx(sum(row["triton_bind_us"].values()))
 
 
 def test_gpu_check_dry(tmp_path):
