@@ -13,7 +13,8 @@
    mode, and mode="reduce-overhead", whose CUDA graphs must leave the noise-drawing ops out); the
    host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
    the backward alone, SDPA and an empty launch; device syncs; torch.profiler's CPU table and a
-   cProfile into host_profile.txt); the kernels' own time at
+   cProfile into host_profile.txt), and each kernel's launch alone through the Triton JIT beside its
+   argument binding timed on the host (launch_check); the kernels' own time at
    (8192, 1024, 64) from a CUDA-graph replay (graph_check), and a module training step captured with
    its step counter on the device (module_graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
@@ -33,6 +34,7 @@
 Everything goes to --out; the run stops optional parts at --budget-s.
 """
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -269,6 +271,39 @@ def _touch(p, B: tl.constexpr):  # host_check's empty launch
     tl.store(p + o, tl.load(p + o) + 1.0)
 
 
+def host_us(device, f, iters):
+    """µs per call of ``f`` over ``iters`` calls with one sync at the end (CUDA launches are
+    asynchronous, so this is host time)."""
+    for _ in range(min(10, iters)):
+        f()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        f()
+    sync(device)
+    return (time.perf_counter() - t) / iters * 1e6
+
+
+def launch_check(device, log, iters=300):
+    """Host µs per launch of each kernel of host_check's fwd+bwd, launched alone through the Triton JIT
+    (the launches recorded once, then each replayed ``iters`` times), beside the empty kernel's and the
+    part of it a CPU can time (``devtools.bind_cost_us``: binding, specialisation, cache key): what the
+    JIT's per-argument work (43–49 arguments in the forward, dx and dμ) costs on this host."""
+    from gmvq_kernels import backward, devtools, forward, tiles
+
+    x, m, lv = speed.make_inputs(8, 16, 16, torch.bfloat16, device, True)
+    with devtools.record_launches(forward, backward, tiles) as launches:  # recorded, not run
+        speed.gmvq_loss("triton")(x, m, lv).backward()
+    buf = torch.zeros(16, device=device)
+    row = dict(check="launch_overhead", N=8, K=16, D=16, iters=iters,
+               us_empty_triton_launch=host_us(device, lambda: _touch[(1,)](buf, B=16), iters))
+    for launch in launches:
+        row[launch.name] = dict(args=len(launch.args) + len(launch.kwargs), bind_us=devtools.bind_cost_us(launch),
+                                us=host_us(device, lambda: launch.fn[launch.grid](*launch.args, **launch.kwargs),
+                                           iters))
+    log(row)
+
+
 def host_check(device, log, out_dir, iters=300):
     """Where the host time of one fwd+bwd at a tiny shape (8, 16, 16) goes, in µs per call over
     ``iters`` calls with one sync at the end (CUDA launches are asynchronous, so this is host time):
@@ -281,17 +316,7 @@ def host_check(device, log, out_dir, iters=300):
     import pstats
 
     cuda = device.type == "cuda"
-
-    def per_call(f):
-        for _ in range(min(10, iters)):
-            f()
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(iters):
-            f()
-        sync(device)
-        return (time.perf_counter() - t) / iters * 1e6
-
+    per_call = functools.partial(host_us, device, iters=iters)
     x, m, lv = speed.make_inputs(8, 16, 16, torch.bfloat16, device, True)
     fn = speed.gmvq_loss("triton")
     loss = fn(x, m, lv)
@@ -614,6 +639,7 @@ def main():
         lambda: compile_check(device, log),
         lambda: compile_check(device, log, mode="reduce-overhead"),
         lambda: host_check(device, log, args.out),
+        lambda: launch_check(device, log),
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
         lambda: split_check(device, log),
