@@ -295,7 +295,8 @@ class GaussianMixtureVQ(nn.Module):
         feature maps and channel-first input)."""
         return self.decode(indices)
 
-    get_output_from_indices = get_codes_from_indices  # VectorQuantize's name with its output projection
+    # VectorQuantize's name for the same after its output projection, which GM-VQ does not have
+    get_output_from_indices = get_codes_from_indices
 
     # --- k-means initialisation
     @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
