@@ -87,6 +87,11 @@ def _shape(t):
     return tuple(t.shape)
 
 
+def describe(value) -> str:
+    """What an argument was, for an error message: a tensor's dtype, or the type of anything else."""
+    return f"{value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _check_tensor(name, t, ndim, dtypes):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import config
-from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau
+from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau, describe
 from .functional import gmvq_decode, gmvq_encode, gmvq_with_sample
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 
@@ -70,8 +70,10 @@ def _sync_kmeans_pending(module, _incompatible_keys):
     module._kmeans_pending = not bool(module.initted)
 
 
-def _describe(value):
-    return f"{value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+def _padded_codes(keep, codes):
+    """The codes of the kept rows back in their places (masked_scatter fills them in row order), −1 at
+    the padding."""
+    return torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
 
 
 class GaussianMixtureVQ(nn.Module):
@@ -243,22 +245,22 @@ class GaussianMixtureVQ(nn.Module):
         if lens is not None:
             if not isinstance(lens, torch.Tensor) or lens.is_floating_point() or lens.is_complex() \
                     or lens.dtype == torch.bool:
-                raise TypeError(f"lens must be an integer tensor; got {_describe(lens)}")
+                raise TypeError(f"lens must be an integer tensor; got {describe(lens)}")
             if len(lead) != 2 or tuple(lens.shape) != (lead[0],):
                 raise ValueError(f"lens must have shape (B,) for latents of B sequences of T vectors ((B, T) "
                                  f"without the channel axis: {tuple(lead)}); got shape {tuple(lens.shape)}")
             if lens.device != x.device:
-                raise ValueError(f"lens must be on x's device {x.device}; got {lens.device}")
+                raise ValueError(f"lens must be on the device of x ({x.device}); got {lens.device}")
             mask = torch.arange(lead[1], device=x.device) < lens[:, None]
         elif mask is None:
             return None
         elif not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor; got {_describe(mask)}")
+            raise TypeError(f"mask must be a bool tensor; got {describe(mask)}")
         elif tuple(mask.shape) != tuple(lead):
             raise ValueError(f"mask must have the shape of x without its channel axis, {tuple(lead)}; got "
                              f"{tuple(mask.shape)}")
         elif mask.device != x.device:
-            raise ValueError(f"mask must be on x's device {x.device}; got {mask.device}")
+            raise ValueError(f"mask must be on the device of x ({x.device}); got {mask.device}")
         return mask.reshape(-1)
 
     def _unflatten(self, flat, lead_shape):
@@ -279,9 +281,7 @@ class GaussianMixtureVQ(nn.Module):
             return torch.full(tuple(lead), -1, dtype=torch.int64, device=x.device)
         codes = gmvq_encode(rows.to(self.means.dtype), self.means, self.log_var, self.log_prior,
                             impl=self.impl, dot_precision=self.dot_precision)
-        if keep is not None:
-            codes = torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
-        return codes.reshape(lead)
+        return (codes if keep is None else _padded_codes(keep, codes)).reshape(lead)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Means of the codes in the module's layout, as ``forward`` returns them: codes.shape + (D,), or
@@ -411,10 +411,10 @@ class GaussianMixtureVQ(nn.Module):
             z = gmvq_decode(out.codes, self.means)
         # the codes it used, as VectorQuantize: a hard sample's code in training, else argmax_k ℓ
         codes = sample if self.training and sample is not None else out.codes
-        if keep is not None:  # the kept rows back in place (masked_scatter fills them in row order)
+        if keep is not None:  # the kept rows back in place, as their codes
             fill = torch.zeros_like(flat, dtype=z.dtype) if self.return_zeros_for_masked_padding else flat.to(z.dtype)
             z = fill.masked_scatter(keep[:, None], z)
-            codes = torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
+            codes = _padded_codes(keep, codes)
         quantized = self._unflatten(z.to(x.dtype), lead)
         codes = codes.reshape(lead)
         reported = loss if self.training else torch.zeros_like(loss)
