@@ -8,12 +8,12 @@ block (d·a, q and the soft sample y); the backward applies the hand-derived gra
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
 products; the terms of an absent upstream gradient are skipped). It returns the gradients of the
 per-code constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the
-prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors and the noise cover
-the whole batch (the N×K-free op is the kernels').
+prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole
+batch (the N×K-free op is the kernels').
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
-fp32 and half by the three-way rule the kernels meet). The noise is ``gumbel_noise(N, K, seed)``, drawn
-for the whole batch in one call. No double backward
+fp32 and half by the three-way rule the kernels meet). The noise is ``gumbel_noise(N, K, seed)``'s, drawn
+block by block (``row_offset``) as the forward reaches each block. No double backward
 (``impl="reference"`` for that).
 """
 import math
@@ -158,9 +158,13 @@ class _EagerGMVQ(torch.autograd.Function):
     def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows):
         N, K = x.shape[0], means.shape[0]
         mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
-        if noise is None:  # the whole batch's in one call
-            noise = gumbel_noise(N, K, seed, device=x.device)
-        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, noise[i:i + rows].to(x.dtype), tau, hard)
+
+        def block_noise(i):  # drawn as its row block is reached: still in cache when the block adds it
+            if noise is not None:
+                return noise[i:i + rows].to(x.dtype)
+            return gumbel_noise(min(rows, N - i), K, seed, device=x.device, row_offset=i).to(x.dtype)
+
+        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard)
                   for i in range(0, N, rows)]
         names = GMVQOutput._fields
         out = {name: (sum(blk[0][j] for blk in blocks) / N if name == "agg_posterior"  # column sums → q̄

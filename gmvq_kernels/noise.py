@@ -27,6 +27,8 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
   ``words_to_gumbel``, the same transform in torch ops.
 """
+import threading
+
 import numpy as np
 import torch
 import triton
@@ -197,14 +199,26 @@ def seed_args(seed):
 # one NumPy call per step of the round for both, half the calls of two separate chains
 _PAIR_MUL = np.array([0xD2511F53, 0xCD9E8D57], dtype=np.uint64)[:, None, None]
 _BLOCK_CALLS = 32768  # Philox calls per row block (the arrays stay in cache; tuned at N = 1024, K = 512)
+# each thread's three (2, rows, J) uint64 work arrays of the rounds (≤ 1.5 MB), kept from call to call:
+# allocated afresh per block they were mapped and faulted in again and again (a training step of
+# GaussianMixtureVQ(32, 512) on a CPU ~10 % faster without, benchmarks/README.md)
+_WORK = threading.local()
 
 
-def _philox_block(n, J, lo, hi):
-    """Philox4x32-7 of the calls (j < J, rows ``n``): the four word arrays (len(n), J), uint64.
-    E = (c0, c2) and O = (c1, c3) on axis 0: a round is P = E·(A, B), E = hi(P) swapped ^ O ^ key,
-    O = lo(P) swapped (the swap, P[::-1], is a view); the multiplies are exact in 64 bits.
-    Until round 2 mixes them each word depends on the row or on the call alone (c0 = j, c1, c2 from n,
-    c3 = 0), so rounds 1 and 2 run on those vectors and round 3 xors vectors in (the block ~20 % faster)."""
+def _work_arrays(rows, J):
+    work = getattr(_WORK, "arrays", None)
+    if work is None or work[0].shape != (2, rows, J):
+        work = _WORK.arrays = tuple(np.empty((2, rows, J), dtype=np.uint64) for _ in range(3))
+    return work
+
+
+def _philox_block(n, J, lo, hi, work):
+    """Philox4x32-7 of the calls (j < J, rows ``n``): (E, O), views of ``work`` (``_work_arrays``) of
+    shape (2, len(n), J), uint64, with E = (c0, c2) and O = (c1, c3) on axis 0. A round is
+    P = E·(A, B), E = hi(P) swapped ^ O ^ key, O = lo(P) swapped (the swap, P[::-1], is a view); the
+    multiplies are exact in 64 bits. Until round 2 mixes them each word depends on the row or on the
+    call alone (c0 = j, c1, c2 from n, c3 = 0), so rounds 1 and 2 run on those vectors and round 3 xors
+    vectors in (the block ~20 % faster)."""
     m, s = np.uint64(_MASK32), np.uint64(32)
     mul_a, mul_b = (np.uint64(c) for c in (_ROUND_A, _ROUND_B))
     keys = [(np.uint64((lo + r * _KEY_A) & _MASK32), np.uint64((hi + r * _KEY_B) & _MASK32))
@@ -216,9 +230,7 @@ def _philox_block(n, J, lo, hi):
     call_c2, call_c3 = (p_a >> s) ^ keys[0][1], p_a & m
     # round 2: c0 and c2 become full arrays, c1 (per call) and c3 (per row) stay vectors
     p_b, p_a = call_c2 * mul_b, row_c0 * mul_a
-    E = np.empty((2, len(n), J), dtype=np.uint64)
-    O = np.empty_like(E)
-    P = np.empty_like(E)
+    E, O, P = (w[:, :len(n)] for w in work)
     np.bitwise_xor((p_b >> s)[None, :], (row_c1 ^ keys[1][0])[:, None], out=E[0])
     np.bitwise_xor((p_a >> s)[:, None], (call_c3 ^ keys[1][1])[None, :], out=E[1])
     call_c1, row_c3 = p_b & m, p_a & m
@@ -232,23 +244,27 @@ def _philox_block(n, J, lo, hi):
             E ^= O
             E ^= np.array(keys[r], dtype=np.uint64)[:, None, None]
         np.bitwise_and(P[::-1], m, out=O)
-    return E[0], O[0], E[1], O[1]
+    return E, O
 
 
-def _philox_numpy(N, K, seed, row_offset, out, transform, finish=None):
-    """Fill ``out`` (N, ceil(K/4), 4): out[n, j, i] = transform(word i of call j of row row_offset + n),
-    then ``finish`` (if given) on each row block's slab of ``out``, in place, while it is in cache. One
-    thread: in a training step, right after torch's ops, two worker threads (NumPy releases the GIL)
-    lost to OpenMP's idle spin on the second core (benchmarks/README.md, "The CPU training step")."""
+def _philox_numpy(N, K, seed, row_offset, out, shift=0, finish=None):
+    """Fill ``out`` (N, ceil(K/4), 4): out[n, j, i] = (word i of call j of row row_offset + n) >> shift,
+    cast to out's dtype, then ``finish`` (if given) on each row block's slab of ``out``, in place, while it
+    is in cache. One thread: in a training step, right after torch's ops, two worker threads (NumPy
+    releases the GIL) lost to OpenMP's idle spin on the second core (benchmarks/README.md, "The CPU
+    training step")."""
     lo, hi = split_seed(seed)
     J = out.shape[1]
     rows = max(1, _BLOCK_CALLS // J)
-
+    work = _work_arrays(min(rows, N), J)
     for start in range(0, N, rows):
         n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)
         dst = out[start:start + len(n)]
-        for i, w in enumerate(_philox_block(n, J, lo, hi)):
-            dst[:, :, i] = transform(w)
+        E, O = _philox_block(n, J, lo, hi, work)
+        if shift:  # in place: no temporaries
+            np.right_shift(E, np.uint64(shift), out=E)
+            np.right_shift(O, np.uint64(shift), out=O)
+        dst[:, :, 0], dst[:, :, 1], dst[:, :, 2], dst[:, :, 3] = E[0], O[0], E[1], O[1]
         if finish is not None:
             finish(dst)
 
@@ -257,7 +273,7 @@ def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.nda
     """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K, as an
     (N, K) uint64 array."""
     out = np.empty((N, (K + 3) // 4, 4), dtype=np.uint64)
-    _philox_numpy(N, K, seed, row_offset, out, lambda w: w)
+    _philox_numpy(N, K, seed, row_offset, out)
     return out.reshape(N, -1)[:, :K]
 
 
@@ -266,7 +282,7 @@ def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tenso
     of ``philox_words_numpy(...)``'s words, without the (N, K) int64 words: r >> 9 goes straight into
     fp32 (exact), and each row block is transformed while it is in cache."""
     h = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
-    _philox_numpy(N, K, seed, row_offset, h, lambda w: w >> np.uint64(9), bits_to_gumbel_numpy)
+    _philox_numpy(N, K, seed, row_offset, h, 9, bits_to_gumbel_numpy)
     return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()
 
 

@@ -104,9 +104,10 @@ def philox_exact(counter, key, rounds=7):
     return c
 
 
-# shapes: one row block; 5 row blocks of one row each (4·32768 + 3 codes); long rows
+# shapes: one row block; 5 row blocks of one row each (4·32768 + 3 codes); long rows; row blocks of
+# 131 rows and a last one of 38 (250 calls a row)
 TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5), (9, 1100, 16, 2**40),
-              (4, 5, 4 * 32768 + 3, 11)]
+              (4, 5, 4 * 32768 + 3, 11), (77, 300, 1000, 2**33)]
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
@@ -131,6 +132,26 @@ def test_torch_twin_words_are_the_numpy_twins(seed, N, K, row_offset):
     assert torch.equal(philox_words_torch(N, K, seed, row_offset), want)
     seed_bits = torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
     assert torch.equal(philox_words_torch(N, K, seed_bits, row_offset), want)
+
+
+def test_numpy_twin_work_arrays_are_per_thread_and_reused_safely():
+    """The twin keeps its rounds' work arrays per thread from call to call (noise._work_arrays): calls
+    of other shapes in between, and other threads drawing at the same time, leave every call's words
+    those of the torch-op twin."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shapes = [(300, 1000, 77, 0), (3, 7, 5, 2**32 + 1), (40, 129, 2**64 - 3, 9)]
+    want = {s: philox_words_torch(s[0], s[1], s[2], s[3]) for s in shapes}
+
+    def draws(i):
+        for j in range(6):
+            N, K, seed, off = shape = shapes[(i + j) % len(shapes)]
+            assert torch.equal(torch.from_numpy(philox_words_numpy(N, K, seed, off).astype(np.int64)), want[shape])
+        return True
+
+    assert draws(0)
+    with ThreadPoolExecutor(3) as pool:
+        assert all(pool.map(draws, range(6)))
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
