@@ -199,22 +199,28 @@ def seed_args(seed):
 # one NumPy call per step of the round for both, half the calls of two separate chains
 _PAIR_MUL = np.array([0xD2511F53, 0xCD9E8D57], dtype=np.uint64)[:, None, None]
 _BLOCK_CALLS = 32768  # Philox calls per row block (the arrays stay in cache; tuned at N = 1024, K = 512)
-# each thread's three (2, rows, J) uint64 work arrays of the rounds (≤ 1.5 MB), kept from call to call:
-# allocated afresh per block they were mapped and faulted in again and again (a training step of
-# GaussianMixtureVQ(32, 512) on a CPU ~10 % faster without, benchmarks/README.md)
+# each thread's work buffer for the rounds' three (2, rows, J) uint64 arrays (1.5 MB), kept from call
+# to call: allocated afresh per block, glibc mapped and faulted them in again and again (a training step
+# of GaussianMixtureVQ(32, 512) on a CPU 0.6–1.4 ms faster where it did, the same where it did not:
+# benchmarks/results/cpu-step-2026-12-02b/)
 _WORK = threading.local()
 
 
 def _work_arrays(rows, J):
-    work = getattr(_WORK, "arrays", None)
-    if work is None or work[0].shape != (2, rows, J):
-        work = _WORK.arrays = tuple(np.empty((2, rows, J), dtype=np.uint64) for _ in range(3))
-    return work
+    """Three contiguous (2, rows, J) uint64 views of this thread's work buffer; fresh arrays, not kept,
+    for the one-row blocks of rows of over 4·_BLOCK_CALLS codes."""
+    size = 2 * rows * J
+    if size > 2 * _BLOCK_CALLS:
+        return tuple(np.empty((2, rows, J), dtype=np.uint64) for _ in range(3))
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or buf.shape[1] < size:
+        buf = _WORK.buf = np.empty((3, 2 * _BLOCK_CALLS), dtype=np.uint64)
+    return tuple(b[:size].reshape(2, rows, J) for b in buf)
 
 
 def _philox_block(n, J, lo, hi, work):
-    """Philox4x32-7 of the calls (j < J, rows ``n``): (E, O), views of ``work`` (``_work_arrays``) of
-    shape (2, len(n), J), uint64, with E = (c0, c2) and O = (c1, c3) on axis 0. A round is
+    """Philox4x32-7 of the calls (j < J, rows ``n``): (E, O), two of the three (2, len(n), J) uint64
+    arrays ``work`` (``_work_arrays``), with E = (c0, c2) and O = (c1, c3) on axis 0. A round is
     P = E·(A, B), E = hi(P) swapped ^ O ^ key, O = lo(P) swapped (the swap, P[::-1], is a view); the
     multiplies are exact in 64 bits. Until round 2 mixes them each word depends on the row or on the
     call alone (c0 = j, c1, c2 from n, c3 = 0), so rounds 1 and 2 run on those vectors and round 3 xors
@@ -230,7 +236,7 @@ def _philox_block(n, J, lo, hi, work):
     call_c2, call_c3 = (p_a >> s) ^ keys[0][1], p_a & m
     # round 2: c0 and c2 become full arrays, c1 (per call) and c3 (per row) stay vectors
     p_b, p_a = call_c2 * mul_b, row_c0 * mul_a
-    E, O, P = (w[:, :len(n)] for w in work)
+    E, O, P = work
     np.bitwise_xor((p_b >> s)[None, :], (row_c1 ^ keys[1][0])[:, None], out=E[0])
     np.bitwise_xor((p_a >> s)[:, None], (call_c3 ^ keys[1][1])[None, :], out=E[1])
     call_c1, row_c3 = p_b & m, p_a & m
@@ -256,11 +262,10 @@ def _philox_numpy(N, K, seed, row_offset, out, shift=0, finish=None):
     lo, hi = split_seed(seed)
     J = out.shape[1]
     rows = max(1, _BLOCK_CALLS // J)
-    work = _work_arrays(min(rows, N), J)
     for start in range(0, N, rows):
         n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)
         dst = out[start:start + len(n)]
-        E, O = _philox_block(n, J, lo, hi, work)
+        E, O = _philox_block(n, J, lo, hi, _work_arrays(len(n), J))
         if shift:  # in place: no temporaries
             np.right_shift(E, np.uint64(shift), out=E)
             np.right_shift(O, np.uint64(shift), out=O)
