@@ -201,8 +201,8 @@ _PAIR_MUL = np.array([0xD2511F53, 0xCD9E8D57], dtype=np.uint64)[:, None, None]
 _BLOCK_CALLS = 32768  # Philox calls per row block (the arrays stay in cache; tuned at N = 1024, K = 512)
 # each thread's work buffer for the rounds' three (2, rows, J) uint64 arrays (1.5 MB), kept from call
 # to call: allocated afresh per block, glibc mapped and faulted them in again and again (a training step
-# of GaussianMixtureVQ(32, 512) on a CPU 0.6–1.4 ms faster where it did, the same where it did not:
-# benchmarks/results/cpu-step-2026-12-02b/)
+# of GaussianMixtureVQ(32, 512) on a CPU 0.6–1.4 ms faster in three of four runs where it did, the same
+# where it did not: benchmarks/results/cpu-step-2026-12-02b/)
 _WORK = threading.local()
 
 
