@@ -84,29 +84,30 @@ def upstream(N, K, D, device, gen):
             for name in DIFF_OUTPUTS}
 
 
-def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False, norm_dot=True):
-    """Every output and gradient against float64 (the CPU tests' rule). offset: latents and means that
-    many spreads from the origin, where half-precision dots must cancel the offset exactly (the CPU
-    interpreter runs them on fp32 operands; the kernels round their tiles by name so it sees most).
-    fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ pass). norm_dot False: bf16
-    with GMVQ_NORM_DOT=0, the norms added per element (docs/speed_history.md, item 23: the tensor cores'
-    own summation of the norm dot is what the interpreter cannot show)."""
+def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False, norm_dot=True, tau=0.5):
+    """Every output and gradient against float64 (the CPU tests' rule) at temperature ``tau``. offset:
+    latents and means that many spreads from the origin, where half-precision dots must cancel the
+    offset exactly (the CPU interpreter runs them on fp32 operands; the kernels round their tiles by
+    name so it sees most). fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ
+    pass). norm_dot False: bf16 with GMVQ_NORM_DOT=0, the norms added per element
+    (docs/speed_history.md, item 23: the tensor cores' own summation of the norm dot is what the
+    interpreter cannot show)."""
     with config.fused_backward_env(fused), config.env_flag(config.NORM_DOT_ENV, norm_dot):
-        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot)
+        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot, tau)
 
 
-def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot):
+def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot, tau):
     gen = torch.Generator(device=device).manual_seed(N + K + D)
     x, m, lv, lp = testing.make_inputs(N, K, D, dtype=dtype, prior=True, device=device, seed=N + K + D,
                                        offset=offset)
     noise = gk.gumbel_noise(N, K, seed=5, device=device)
     up = upstream(N, K, D, device, gen)
-    kw = dict(tau=0.5, hard=hard, noise=noise)
+    kw = dict(tau=tau, hard=hard, noise=noise)
     gt, ggt = forward_backward(x.double(), m.double(), lv.double(), lp.double(), "reference", up, **kw)
     ref, gref = forward_backward(x, m, lv, lp, "reference", up, **kw)
     out, gout = forward_backward(x, m, lv, lp, "triton", up, dot_precision=prec, **dict(kw, noise=None, seed=5))
     row = dict(check="full", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), dot_precision=prec, hard=hard,
-               offset=offset, fused_backward=fused, norm_dot=config.norm_dot(dtype))
+               offset=offset, fused_backward=fused, norm_dot=config.norm_dot(dtype), tau=tau)
     # the CPU tests' pass rule (gmvq_kernels.testing.three_way); tf32 dots round operands to 10 mantissa
     # bits, so they get 1e-2 against the fp64 definition instead. Half inputs must also stay within
     # HALF_ABS_REL of max|gt| outright.
@@ -628,6 +629,10 @@ def main():
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, offset=30.0),
         lambda: full_check(1000, 3000, 100, torch.float16, None, True, device, log, offset=30.0),
         lambda: full_check(777, 1234, 256, torch.float32, "tf32x3", False, device, log),
+        # fp32 at a small τ: dμ's Y − Δy cancels exactly only if its Y (codes × rows tiles) equals the Δ
+        # pass's (rows × codes) bit for bit; the interpreter's matmuls do not (README, "Correctness")
+        lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", False, device, log, tau=0.1),
+        lambda: full_check(2048, 4096, 64, torch.float32, "ieee", False, device, log, tau=0.1),
         # the D = 512 bucket's tiles of 2026-12-02 (mma.sync row tiles on sm_90), never run on a GPU before
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, True, device, log),

@@ -95,6 +95,16 @@ def test_speed_host_cpu(tmp_path):
     assert row["triton_bind_us_per_fwd_bwd"] == pytest.approx(sum(row["triton_bind_us"].values()))
 
 
+@pytest.mark.parametrize("args", [["--impl", "torch", "--cases", "6", "--seed", "3"],
+                                  ["--impl", "triton", "--cases", "3", "--seed", "5", "--exact-dots"]],
+                         ids=["torch", "triton-exact-dots"])
+def test_random_sweep_runs(args):
+    """tests/random_sweep.py (a developer's tool, README "Correctness"): a few of its cases, which pass
+    (the cases of a seed are fixed), so it keeps working as check_case changes."""
+    out = run_script(["tests/random_sweep.py", *args], interpret=args[1] == "triton")
+    assert out.strip().splitlines()[-1].startswith(f"{args[3]} cases, 0 failures ({args[1]}, seed {args[5]})"), out
+
+
 def test_gpu_check_dry(tmp_path):
     """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
     short; a crash there wastes it)."""
