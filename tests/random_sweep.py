@@ -9,10 +9,11 @@ developer's tool for finding the corners the fixed test cases miss, not part of 
 Each failing case is run with impl="reference" as well, and that failure printed: where the reference
 at the input precision fails the same check (half inputs' 2⁻⁷·max|gt| bound where the result is a
 cancellation of rounded terms, e.g. dμ at K = 1 summing an fp16 upstream gradient), the rule, not the
-impl, is what fails. ``--exact-dots`` makes the interpreter's fp32 dots correctly rounded (float64 products and sums), so
-that a result no longer depends on a tile's orientation or shape: a failure that then disappears comes
-from two passes whose dots round differently. What the sweep of 2026-12-02 found is in the README
-("Correctness"). Codes that differ from float64's at near-ties are skipped (see the README's GPU run).
+impl, is what fails. ``--exact-dots`` makes the interpreter's fp32 dots correctly rounded (float64
+products and sums), so that a result no longer depends on a tile's orientation or shape: a failure
+that then disappears comes from two passes whose dots round differently. What the sweeps of
+2026-12-02 found is in the README ("Correctness"). Codes that differ from float64's at near-ties are
+skipped (see the README's GPU run).
 """
 import argparse
 import importlib
