@@ -213,7 +213,7 @@ def _work_arrays(rows, J):
     if size > 2 * _BLOCK_CALLS:
         return tuple(np.empty((2, rows, J), dtype=np.uint64) for _ in range(3))
     buf = getattr(_WORK, "buf", None)
-    if buf is None or buf.shape[1] < size:
+    if buf is None:  # one size for every block that fits: a thread allocates it once
         buf = _WORK.buf = np.empty((3, 2 * _BLOCK_CALLS), dtype=np.uint64)
     return tuple(b[:size].reshape(2, rows, J) for b in buf)
 
