@@ -6,13 +6,16 @@ keeps and revisits every N×K intermediate of its ops. Here the forward takes th
 (a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps three of them per
 block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
-products; the terms of an absent upstream gradient are skipped). It returns the gradients of the
-per-code constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the
-prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole
+products; the terms of an absent upstream gradient are skipped), with Y shifted by its value at each
+row's likeliest code before Δy = Σ_k y Y is formed: the same Y − Δy, accurate where y is peaked. It
+returns the gradients of the per-code constants a, b, v (``spec.component_terms``), and autograd
+carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole
 batch (the N×K-free op is the kernels').
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
-fp32 and half by the three-way rule the kernels meet). The noise is ``gumbel_noise(N, K, seed)``'s, drawn
+fp32 and half by the three-way rule the kernels meet). Where a code's y is below float64's resolution
+of 1 (y ≈ 10⁻¹⁹), the shift keeps that code's term and the reference's float64 softmax backward loses
+it: there this is the more accurate of the two (README, "Correctness"). The noise is ``gumbel_noise(N, K, seed)``'s, drawn
 block by block (``row_offset``) as the forward reaches each block. No double backward
 (``impl="reference"`` for that).
 """
@@ -47,8 +50,9 @@ def _row_argmax(t):
 
 def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
-    (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample, the mask
-    where the distance clamp stops the gradient or None): three N×K tensors."""
+    (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
+    mask where the distance clamp stops the gradient or None, the rows' max ℓ m, Σ_k q (ℓ − m) and the
+    argmax of y): three N×K tensors."""
     x_sq = (x * x).sum(1)
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
@@ -64,13 +68,15 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
     log_sum = -q.gather(1, best).log_()
     lse = (m + log_sum)[:, 0]
     # H = log Σ − Σ_k q (ℓ − m), as the kernels form it: no log_softmax pass (~80 µs a 512 × 512 block)
-    entropy = log_sum[:, 0] - torch.linalg.vecdot(q, ell - m)
+    q_ell = torch.linalg.vecdot(q, ell - m)
+    entropy = log_sum[:, 0] - q_ell
     noisy = ell.add_(noise)  # ℓ is not needed after this
     if tau != 1.0:
         noisy.div_(tau)
     y = torch.softmax(noisy, 1)
+    top = _row_argmax(noisy)  # y's likeliest code: the hard sample, and the backward's shift of Y
     if hard:
-        sample = _row_argmax(noisy)
+        sample = top
         quantized, mixture_var = means[sample], v[sample]
         latent_nll = da.gather(1, sample[:, None])[:, 0]
     else:
@@ -86,15 +92,15 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    return outs, None if sample is None else sample.masked_fill(bad, -1), (da, q, y, sample, stopped)
+    return outs, None if sample is None else sample.masked_fill(bad, -1), (da, q, y, sample, stopped, m[:, 0], q_ell, top)
 
 
-def _backward_block(x, means, a, b, v, saved, entropy, g, tau, N):
+def _backward_block(x, means, a, b, v, saved, g, tau, N):
     """One row block's part of docs/design.md §2, with E = dℓ − Ḡ_lat y_val and e = E·a = −dd (the
     design's dd, negated: no negation pass): (dx, 2 Σ_n e x_n + Σ_n y_val Ḡ_z (dμ but its μ Σ_n dd
     term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
     DIFF_OUTPUTS for these rows (None where absent)."""
-    da, q, y, sample, stopped = saved
+    da, q, y, sample, stopped, m, q_ell, top = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     n = q.shape[0]
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
@@ -104,17 +110,21 @@ def _backward_block(x, means, a, b, v, saved, entropy, g, tau, N):
     if glat is not None:
         dl = torch.mul(da, (glat / tau)[:, None]) if dl is None else dl.addcmul_(da, (glat / tau)[:, None])
     if dl is not None:
+        # Y − Δy cancels where y is peaked (small τ, large |Y|): shifted first by Y at each row's likeliest
+        # code, which leaves it unchanged (Σ_k y = 1), Δy is a sum of small terms, and that code's Y − Δy
+        # comes out to fp32 accuracy instead of ~2⁻²⁴|Y| (the random sweep: dx 10⁻⁴ off at τ = 0.19)
+        dl.sub_(dl.gather(1, top[:, None]))
         dl.sub_(torch.linalg.vecdot(y, dl)[:, None]).mul_(y)
     # + q (Ḡ_lse + (Ḡ_q̄_k − Δq)/N − Ḡ_H (log q + H)), Δq = Σ_k q Ḡ_q̄
     if glse is not None or gq is not None or gH is not None:
         row = q.new_zeros(n) if glse is None else glse.clone()
         if gq is not None:
             row -= (q @ gq) / N
-        if gH is not None:
-            row -= gH * entropy
+        if gH is not None:  # log q + H = (ℓ − m) − Σ_k q (ℓ − m) (Σ_k q = 1): no log_softmax pass
+            row += gH * q_ell
         c = row[:, None] if gq is None else row[:, None] + gq / N
-        if gH is not None:  # log q by log_softmax (ℓ − lse would cancel where |ℓ| ≫ 1)
-            c = torch.addcmul(c, torch.log_softmax(torch.sub(b, da), 1), gH[:, None], value=-1.0)
+        if gH is not None:  # ℓ − m as the forward formed it: exactly 0 at the top code
+            c = torch.addcmul(c, torch.sub(b, da).sub_(m[:, None]), gH[:, None], value=-1.0)
         dl = torch.mul(q, c) if dl is None else dl.addcmul_(q, c)
     if dl is None:
         dl = torch.zeros_like(q)
@@ -174,14 +184,14 @@ class _EagerGMVQ(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.blocks = [blk[2] for blk in blocks]
         ctx.tau, ctx.rows = tau, rows
-        ctx.save_for_backward(x, means, a, b, v, out["entropy"])
+        ctx.save_for_backward(x, means, a, b, v)
         ctx.mark_non_differentiable(sample, out["codes"])
         return (*(out[name] for name in names), sample)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
-        x, means, a, b, v, entropy = ctx.saved_tensors
+        x, means, a, b, v = ctx.saved_tensors
         grads = dict(zip(GMVQOutput._fields, upstream))
         N, rows = x.shape[0], ctx.rows
         dx = torch.empty_like(x)
@@ -192,7 +202,7 @@ class _EagerGMVQ(torch.autograd.Function):
             sl = slice(i, i + rows)
             g = {name: None if grads[name] is None else grads[name] if name == "agg_posterior" else grads[name][sl]
                  for name in DIFF_OUTPUTS}
-            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, b, v, blk, entropy[sl], g, ctx.tau, N)
+            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, b, v, blk, g, ctx.tau, N)
             dx[sl] = bx
             dm += bm
             cs += bcs

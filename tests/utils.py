@@ -28,10 +28,12 @@ def run(inputs, impl, *, cast=None, upstream=None, **kw):
 
 def check_case(N, K, D, device, *, impl="triton", dtype=torch.float32, hard=False, prior=False, tau=1.0,
                explicit_noise=False, seed=7, upstream_only=None, dot_precision="ieee", scale=1.0,
-               log_var_scale=0.3, offset=0.0, agg_shift=0.0):
+               log_var_scale=0.3, offset=0.0, agg_shift=0.0, truth="reference"):
     """``impl`` against the reference by the three-way rule (gmvq_kernels.testing), every output and
     gradient: the float64 reference is the ground truth, the reference at the test precision (as is,
-    and on three permutations, ``permuted_reference``) plain PyTorch's rounding."""
+    and on three permutations, ``permuted_reference``) plain PyTorch's rounding. ``truth="torch"``
+    takes impl="torch" in float64 as the ground truth instead: a second float64 evaluation, for a case
+    where the reference's own float64 rounding is in doubt (tests/random_sweep.py)."""
     inputs = make_inputs(N, K, D, dtype=dtype, prior=prior, device=device, seed=N * 1000 + K + D,
                          scale=scale, log_var_scale=log_var_scale, offset=offset)
     noise = gk.gumbel_noise(N, K, seed=seed, device=device) if explicit_noise else None
@@ -39,13 +41,13 @@ def check_case(N, K, D, device, *, impl="triton", dtype=torch.float32, hard=Fals
     # the reference sees exactly the in-kernel noise through gumbel_noise
     ref_noise = noise if noise is not None else gk.gumbel_noise(N, K, seed=seed, device=device)
     ref_kw = dict(kw, noise=ref_noise)
-    gt, gt_grads, up = run([t.cpu() if t is not None else None for t in inputs], "reference",
+    gt, gt_grads, up = run([t.cpu() if t is not None else None for t in inputs], truth,
                            cast=torch.float64, **dict(ref_kw, noise=ref_noise.cpu().double()))
     if upstream_only is not None or agg_shift:  # only these outputs send a gradient; Ḡ_q̄ shifted
         up = {name: u if upstream_only is None or name in upstream_only else None for name, u in up.items()}
         if up["agg_posterior"] is not None:
             up["agg_posterior"] = up["agg_posterior"] + agg_shift
-        gt, gt_grads, _ = run([t.cpu() if t is not None else None for t in inputs], "reference",
+        gt, gt_grads, _ = run([t.cpu() if t is not None else None for t in inputs], truth,
                               cast=torch.float64, upstream=up, **dict(ref_kw, noise=ref_noise.cpu().double()))
     up_dev = {name: None if u is None else u.to(device) for name, u in up.items()}
     refs = [run(inputs, "reference", upstream=up_dev, **ref_kw)[:2]]
