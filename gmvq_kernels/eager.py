@@ -9,15 +9,15 @@ docs/design.md §2, the kernels' formulas, block by block (~16 passes over a blo
 products; the terms of an absent upstream gradient are skipped), with Y shifted by its value at each
 row's likeliest code before Δy = Σ_k y Y is formed: the same Y − Δy, accurate where y is peaked. It
 returns the gradients of the per-code constants a, b, v (``spec.component_terms``), and autograd
-carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole
-batch (the N×K-free op is the kernels').
+carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept
+tensors cover the whole batch (the N×K-free op is the kernels').
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
 fp32 and half by the three-way rule the kernels meet). Where a code's y is below float64's resolution
 of 1 (y ≈ 10⁻¹⁹), the shift keeps that code's term and the reference's float64 softmax backward loses
-it: there this is the more accurate of the two (README, "Correctness"). The noise is ``gumbel_noise(N, K, seed)``'s, drawn
-block by block (``row_offset``) as the forward reaches each block. No double backward
-(``impl="reference"`` for that).
+it: there this is the more accurate of the two (README, "Correctness"). The noise is
+``gumbel_noise(N, K, seed)``'s, drawn block by block (``row_offset``) as the forward reaches each
+block. No double backward (``impl="reference"`` for that).
 """
 import math
 
@@ -92,7 +92,8 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    return outs, None if sample is None else sample.masked_fill(bad, -1), (da, q, y, sample, stopped, m[:, 0], q_ell, top)
+    saved = (da, q, y, sample, stopped, m[:, 0], q_ell, top)
+    return outs, None if sample is None else sample.masked_fill(bad, -1), saved
 
 
 def _backward_block(x, means, a, b, v, saved, g, tau, N):
