@@ -51,8 +51,8 @@ def _row_argmax(t):
 def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
-    mask where the distance clamp stops the gradient or None, the rows' max ℓ m, Σ_k q (ℓ − m) and the
-    argmax of y): three N×K tensors."""
+    mask where the distance clamp stops the gradient or None, the rows' max ℓ m (rows, 1), Σ_k q (ℓ − m)
+    and the argmax of y): three N×K tensors."""
     x_sq = (x * x).sum(1)
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
@@ -92,7 +92,7 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    saved = (da, q, y, sample, stopped, m[:, 0], q_ell, top)
+    saved = (da, q, y, sample, stopped, m, q_ell, top)
     return outs, None if sample is None else sample.masked_fill(bad, -1), saved
 
 
@@ -125,7 +125,7 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
             row += gH * q_ell
         c = row[:, None] if gq is None else row[:, None] + gq / N
         if gH is not None:  # ℓ − m as the forward formed it: exactly 0 at the top code
-            c = torch.addcmul(c, torch.sub(b, da).sub_(m[:, None]), gH[:, None], value=-1.0)
+            c = torch.addcmul(c, torch.sub(b, da).sub_(m), gH[:, None], value=-1.0)
         dl = torch.mul(q, c) if dl is None else dl.addcmul_(q, c)
     if dl is None:
         dl = torch.zeros_like(q)
