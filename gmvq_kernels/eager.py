@@ -10,7 +10,8 @@ products; the terms of an absent upstream gradient are skipped), with Y shifted 
 row's likeliest code before Δy = Σ_k y Y is formed: the same Y − Δy, accurate where y is peaked. It
 returns the gradients of the per-code constants a, b, v (``spec.component_terms``), and autograd
 carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept
-tensors cover the whole batch (the N×K-free op is the kernels').
+tensors cover the whole batch (the N×K-free op is the kernels'); without a backward to follow, nothing
+is kept and it is one block's temporaries.
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
 fp32 and half by the three-way rule the kernels meet). Where a code's y is below float64's resolution
@@ -28,14 +29,17 @@ from .noise import gumbel_noise
 from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype
 
 
-def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise):
-    """(GMVQOutput, sample_codes) as ``reference.reference_forward``, computed as the module docstring says."""
+def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward=True):
+    """(GMVQOutput, sample_codes) as ``reference.reference_forward``, computed as the module docstring says.
+    for_backward False (no input needs a gradient, or grad mode is off): nothing is kept for a backward,
+    so memory stays at one row block's temporaries."""
     dt = stats_dtype(x.dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
         lv = log_var.to(dt)
         a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
         rows = config.reference_rows(x.shape[0], means.shape[0], config.EAGER_MIN_ROWS)
-        *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed, rows)
+        *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed, rows,
+                                         bool(for_backward))
     out = GMVQOutput(*outs)
     return out._replace(quantized=out.quantized.to(x.dtype)), sample if hard else None
 
@@ -48,11 +52,11 @@ def _row_argmax(t):
     return torch.from_numpy(t.detach().numpy().argmax(1)).to(torch.int64)
 
 
-def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
+def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
     mask where the distance clamp stops the gradient or None, the rows' max ℓ m (rows, 1), Σ_k q (ℓ − m)
-    and the argmax of y): three N×K tensors."""
+    and the argmax of y): three N×K tensors; None unless ``for_backward``."""
     x_sq = (x * x).sum(1)
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
@@ -74,7 +78,8 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
     if tau != 1.0:
         noisy.div_(tau)
     y = torch.softmax(noisy, 1)
-    top = _row_argmax(noisy)  # y's likeliest code: the hard sample, and the backward's shift of Y
+    # y's likeliest code: the hard sample, and the backward's shift of Y (~50 µs a 512 × 512 block)
+    top = _row_argmax(noisy) if hard or for_backward else None
     if hard:
         sample = top
         quantized, mixture_var = means[sample], v[sample]
@@ -92,7 +97,7 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    saved = (da, q, y, sample, stopped, m, q_ell, top)
+    saved = (da, q, y, sample, stopped, m, q_ell, top) if for_backward else None
     return outs, None if sample is None else sample.masked_fill(bad, -1), saved
 
 
@@ -166,7 +171,7 @@ class _EagerGMVQ(torch.autograd.Function):
     a, b, v (K,) (spec.component_terms). Returns the GMVQOutput fields and the sample codes."""
 
     @staticmethod
-    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows):
+    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows, for_backward):
         N, K = x.shape[0], means.shape[0]
         mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
 
@@ -175,7 +180,7 @@ class _EagerGMVQ(torch.autograd.Function):
                 return noise[i:i + rows].to(x.dtype)
             return gumbel_noise(min(rows, N - i), K, seed, device=x.device, row_offset=i).to(x.dtype)
 
-        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard)
+        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard, for_backward)
                   for i in range(0, N, rows)]
         names = GMVQOutput._fields
         out = {name: (sum(blk[0][j] for blk in blocks) / N if name == "agg_posterior"  # column sums → q̄
@@ -213,4 +218,4 @@ class _EagerGMVQ(torch.autograd.Function):
                 dv = bdv if dv is None else dv.add_(bdv)
         dm.addcmul_(means, cs[:, None], value=-2.0)
         # ℓ = b − d·a: ∂/∂a = −Σ_n dℓ d + (latent_nll's Σ_n Ḡ_lat y_val d) = −Σ_n E d
-        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None
+        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None, None

@@ -69,8 +69,12 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
         amp = torch.get_autocast_dtype(x.device.type)
         x, means = x.to(amp), means.to(amp)
     impl = resolve_impl(impl, x)
+    # whether a backward can follow: without one the kernels skip the backward's extra sums and
+    # impl="torch" keeps nothing per row block
+    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                   for t in (x, means, log_var, log_prior))
     if impl == "torch":
-        out, sample = gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise)
+        out, sample = gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward)
     elif impl == "reference":
         if torch.compiler.is_compiling():  # tau is checked when the graph runs (see checks.checked_tau)
             tau = checked_tau(torch.ones((), dtype=torch.float64) * tau)
@@ -86,9 +90,7 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
                   log_prior_probs(log_prior, means.shape[0], log_var32),
                   None if noise is None else noise.float().contiguous(),
                   torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
-                  bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION,
-                  torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                  for t in (x, means, log_var, log_prior)))
+                  bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION, for_backward)
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
         hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
         sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None

@@ -110,6 +110,39 @@ def test_seeded_noise_is_gumbel_noise_and_steps_are_reproducible(small_blocks):
         assert torch.equal(a, b)
 
 
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("how", ["no_grad", "no_leaf"])
+def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how):
+    """Under no_grad, or with no input that needs a gradient, the blocks keep nothing for a backward
+    (memory: one block's temporaries, not N×K) and skip the sample's argmax in soft mode, with the same
+    outputs, bit for bit, as a call that could be differentiated."""
+    from gmvq_kernels import eager
+
+    kept, argmaxes, argmax = [], [], eager._row_argmax
+    monkeypatch.setattr(eager, "_row_argmax", lambda t: argmaxes.append(t.shape) or argmax(t))
+    block = eager._forward_block
+
+    def keeping(*args):
+        result = block(*args)
+        kept.append(result[2])
+        return result
+
+    monkeypatch.setattr(eager, "_forward_block", keeping)
+    inputs = make_inputs(11, 9, 4, prior=True)
+    want = gk.gmvq(*[t.clone().requires_grad_() for t in inputs], tau=0.5, hard=hard, seed=3, impl="torch")
+    assert all(s is not None for s in kept) and len(argmaxes) == 2 * len(kept)
+    kept.clear(), argmaxes.clear()
+    if how == "no_grad":
+        with torch.no_grad():
+            got = gk.gmvq(*[t.clone().requires_grad_() for t in inputs], tau=0.5, hard=hard, seed=3, impl="torch")
+    else:
+        got = gk.gmvq(*inputs, tau=0.5, hard=hard, seed=3, impl="torch")
+    assert len(kept) == 3 and all(s is None for s in kept)
+    assert len(argmaxes) == (2 if hard else 1) * len(kept)
+    for name, w, o in zip(want._fields, want, got):
+        assert torch.equal(o, w.detach()), name
+
 def test_no_double_backward():
     x, m, lv, _ = make_inputs(5, 3, 2, requires_grad=True)
     out = gk.gmvq(x, m, lv, impl="torch")
