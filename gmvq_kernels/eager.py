@@ -7,7 +7,9 @@ keeps and revisits every N×K intermediate of its ops. Here the forward takes th
 block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
 products; the terms of an absent upstream gradient are skipped), with Y shifted by its value at each
-row's likeliest code before Δy = Σ_k y Y is formed: the same Y − Δy, accurate where y is peaked. It
+row's likeliest code before Δy = Σ_k y Y is formed (the same Y − Δy, accurate where y is peaked), and
+x and μ taken relative to the codebook's mean (a common offset of the latents cancels before the
+products that form dx and dμ). It
 returns the gradients of the per-code constants a, b, v (``spec.component_terms``), and autograd
 carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept
 tensors cover the whole batch (the N×K-free op is the kernels'); without a backward to follow, nothing
@@ -198,6 +200,11 @@ class _EagerGMVQ(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
         x, means, a, b, v = ctx.saved_tensors
+        # dx = 2 Σ_k e (μ_k − x) and dμ_k = 2 Σ_n e (x_n − μ_k) are formed as differences of products, which
+        # cancel the latents' common offset from the origin: taken relative to the codebook's mean c, the
+        # products carry the spread alone (the same gradients; Y − Δy ignores a shift of every μ_k)
+        c = means.mean(0)
+        x, means = x - c, means - c
         grads = dict(zip(GMVQOutput._fields, upstream))
         N, rows = x.shape[0], ctx.rows
         dx = torch.empty_like(x)
