@@ -6,14 +6,15 @@ keeps and revisits every N×K intermediate of its ops. Here the forward takes th
 (a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps three of them per
 block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
 docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
-products; the terms of an absent upstream gradient are skipped), with Y shifted by its value at each
-row's likeliest code before Δy = Σ_k y Y is formed (the same Y − Δy, accurate where y is peaked), and
-x and μ taken relative to the codebook's mean (a common offset of the latents cancels before the
-products that form dx and dμ). It
-returns the gradients of the per-code constants a, b, v (``spec.component_terms``), and autograd
-carries them on to log σ² and the prior logits. Memory is O(N·K), as the reference's: the blocks' kept
-tensors cover the whole batch (the N×K-free op is the kernels'); without a backward to follow, nothing
-is kept and it is one block's temporaries.
+products; the terms of an absent upstream gradient are skipped). Three shifts that leave the gradients
+unchanged keep them accurate: Y by its value at each row's likeliest sample code before Δy = Σ_k y Y is
+formed (Y − Δy cancels where y is peaked), Ḡ_q̄ likewise by its value at the row's likeliest code before
+Δq = Σ_k q Ḡ_q̄ (where q is), and x and μ taken relative to the codebook's mean (a common offset of the
+latents cancels before the products that form dx and dμ). It returns the gradients of the per-code
+constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the prior
+logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole batch (the
+N×K-free op is the kernels'); without a backward to follow, nothing is kept and it is one block's
+temporaries.
 
 Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10, gradients included;
 fp32 and half by the three-way rule the kernels meet). Where a code's y is below float64's resolution
@@ -57,8 +58,8 @@ def _row_argmax(t):
 def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
-    mask where the distance clamp stops the gradient or None, the rows' max ℓ m (rows, 1), Σ_k q (ℓ − m)
-    and the argmax of y): three N×K tensors; None unless ``for_backward``."""
+    mask where the distance clamp stops the gradient or None, the rows' max ℓ m (rows, 1), Σ_k q (ℓ − m),
+    its argmax (rows, 1) and the argmax of y): three N×K tensors; None unless ``for_backward``."""
     x_sq = (x * x).sum(1)
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
@@ -99,7 +100,7 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    saved = (da, q, y, sample, stopped, m, q_ell, top) if for_backward else None
+    saved = (da, q, y, sample, stopped, m, q_ell, best, top) if for_backward else None
     return outs, None if sample is None else sample.masked_fill(bad, -1), saved
 
 
@@ -108,7 +109,7 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
     design's dd, negated: no negation pass): (dx, 2 Σ_n e x_n + Σ_n y_val Ḡ_z (dμ but its μ Σ_n dd
     term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
     DIFF_OUTPUTS for these rows (None where absent)."""
-    da, q, y, sample, stopped, m, q_ell, top = saved
+    da, q, y, sample, stopped, m, q_ell, best, top = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     n = q.shape[0]
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
@@ -126,11 +127,14 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
     # + q (Ḡ_lse + (Ḡ_q̄_k − Δq)/N − Ḡ_H (log q + H)), Δq = Σ_k q Ḡ_q̄
     if glse is not None or gq is not None or gH is not None:
         row = q.new_zeros(n) if glse is None else glse.clone()
-        if gq is not None:
-            row -= (q @ gq) / N
         if gH is not None:  # log q + H = (ℓ − m) − Σ_k q (ℓ − m) (Σ_k q = 1): no log_softmax pass
             row += gH * q_ell
-        c = row[:, None] if gq is None else row[:, None] + gq / N
+        if gq is None:
+            c = row[:, None]
+        else:  # Ḡ_q̄ − Δq cancels where q is peaked: shifted as Y above, by Ḡ_q̄ at each row's likeliest code
+            gq = gq / N
+            c = torch.sub(gq, gq[best])
+            c.add_((row - torch.linalg.vecdot(q, c))[:, None])
         if gH is not None:  # ℓ − m as the forward formed it: exactly 0 at the top code
             c = torch.addcmul(c, torch.sub(b, da).sub_(m), gH[:, None], value=-1.0)
         dl = torch.mul(q, c) if dl is None else dl.addcmul_(q, c)
