@@ -205,10 +205,10 @@ class _EagerGMVQ(torch.autograd.Function):
     def backward(ctx, *upstream):
         x, means, a, b, v = ctx.saved_tensors
         # dx = 2 Σ_k e (μ_k − x) and dμ_k = 2 Σ_n e (x_n − μ_k) are formed as differences of products, which
-        # cancel the latents' common offset from the origin: taken relative to the codebook's mean c, the
+        # cancel the latents' common offset from the origin: taken relative to the codebook's mean, the
         # products carry the spread alone (the same gradients; Y − Δy ignores a shift of every μ_k)
-        c = means.mean(0)
-        x, means = x - c, means - c
+        center = means.mean(0)
+        x, means = x - center, means - center
         grads = dict(zip(GMVQOutput._fields, upstream))
         N, rows = x.shape[0], ctx.rows
         dx = torch.empty_like(x)
