@@ -150,7 +150,6 @@ def test_seeded_noise_is_gumbel_noise_and_steps_are_reproducible(small_blocks):
         assert torch.equal(a, b)
 
 
-
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 @pytest.mark.parametrize("how", ["no_grad", "no_leaf"])
 def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how):
@@ -172,7 +171,8 @@ def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how
     inputs = make_inputs(11, 9, 4, prior=True)
     want = gk.gmvq(*[t.clone().requires_grad_() for t in inputs], tau=0.5, hard=hard, seed=3, impl="torch")
     assert all(s is not None for s in kept) and len(argmaxes) == 2 * len(kept)
-    kept.clear(), argmaxes.clear()
+    kept.clear()
+    argmaxes.clear()
     if how == "no_grad":
         with torch.no_grad():
             got = gk.gmvq(*[t.clone().requires_grad_() for t in inputs], tau=0.5, hard=hard, seed=3, impl="torch")
@@ -182,6 +182,7 @@ def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how
     assert len(argmaxes) == (2 if hard else 1) * len(kept)
     for name, w, o in zip(want._fields, want, got):
         assert torch.equal(o, w.detach()), name
+
 
 def test_no_double_backward():
     x, m, lv, _ = make_inputs(5, 3, 2, requires_grad=True)
