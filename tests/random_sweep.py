@@ -89,7 +89,7 @@ def main(argv=None):
     check_case = importlib.import_module("utils").check_case
     if args.exact_dots:
         exact_interpreter_dots()
-    rng, t0, cases, failed, own, unresolved = random.Random(args.seed), time.time(), 0, 0, 0, 0
+    rng, t0, cases, failed, own, resolved = random.Random(args.seed), time.time(), 0, 0, 0, 0
     while time.time() - t0 < args.seconds and cases != args.cases:
         N, K, D, kw = draw(rng, args.impl)
         cases += 1
@@ -102,14 +102,14 @@ def main(argv=None):
         if ref is None:  # only the impl fails: does it pass against a second float64 evaluation?
             own += 1
             alt = failure(check_case, N, K, D, args.impl, dict(kw, truth="torch")) or "passes"
-            unresolved += alt == "passes"
+            resolved += alt == "passes"
         # (a set's order of print varies from process to process: sorted, so that runs compare line by line)
         shown = {k: sorted(v) if isinstance(v, set) else v for k, v in kw.items()}
         print(f"FAIL N={N} K={K} D={D} {shown}\n     {msg}" +
               (f"\n     the reference at the input precision: {ref}" if ref else "") +
               (f"\n     against impl=\"torch\" in float64 as the truth: {alt}" if alt else ""), flush=True)
     print(f"{cases} cases, {failed} failures ({args.impl}, seed {args.seed}); {own} of them the impl's alone, "
-          f"{unresolved} of those passing against impl=\"torch\" in float64")
+          f"{resolved} of those passing against impl=\"torch\" in float64")
     return 1 if failed else 0
 
 
