@@ -7,10 +7,21 @@ from .checks import check_code_range, check_int, check_number
 from .spec import GMVQOutput, log_prior_probs
 
 
+def xlogx(p: torch.Tensor) -> torch.Tensor:
+    """p·log p with 0·log 0 = 0, and a finite gradient at p = 0: log p + 1 down to the dtype's smallest
+    normal number, log of that number below it. torch.xlogy(p, p)'s gradient at 0 is −inf, and q̄_k
+    is exactly 0 for a code that no row reaches in fp32 (a dead or distant code: ℓ more than ~104 below
+    every row's best); the op's backward then multiplies that −inf by q = 0, and every gradient of the
+    step is NaN while the loss stays finite. The true contribution of such a code is 0 (q log q̄ → 0),
+    which any finite value here gives."""
+    return p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
 def kl_to_prior(agg_posterior: torch.Tensor, log_prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """KL(q̄ ‖ π) = Σ_k q̄_k (log q̄_k − log π_k), with 0·log 0 = 0."""
+    """KL(q̄ ‖ π) = Σ_k q̄_k (log q̄_k − log π_k), with 0·log 0 = 0 and finite gradients where q̄_k = 0
+    (``xlogx``)."""
     log_pi = log_prior_probs(log_prior, agg_posterior.shape[0], agg_posterior)
-    return (torch.xlogy(agg_posterior, agg_posterior) - agg_posterior * log_pi).sum()
+    return (xlogx(agg_posterior) - agg_posterior * log_pi).sum()
 
 
 def variance_normaliser(out: GMVQOutput, log_var: Optional[torch.Tensor]) -> torch.Tensor:
@@ -52,8 +63,9 @@ def elbo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: floa
 
 
 def perplexity(probs: torch.Tensor) -> torch.Tensor:
-    """exp(H(p)) of a distribution over codes, e.g. q̄ or a normalised code histogram."""
-    return torch.exp(-torch.xlogy(probs, probs).sum())
+    """exp(H(p)) of a distribution over codes, e.g. q̄ or a normalised code histogram (finite gradients
+    where p_k = 0: ``xlogx``)."""
+    return torch.exp(-xlogx(probs).sum())
 
 
 def codebook_usage(codes: torch.Tensor, codebook_size: int):

@@ -289,6 +289,26 @@ def test_losses_match_definitions():
     assert math.isclose(ppl, math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_kl_and_perplexity_gradients_where_a_code_is_empty(dtype):
+    """KL(q̄ ‖ π) and exp(H) keep their values (0·log 0 = 0) and the gradient log q̄ + 1 − log π where
+    q̄ > 0, and have a finite gradient where q̄ = 0 (torch.xlogy's is −inf there: losses.xlogx)."""
+    lp = torch.randn(4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    q = torch.tensor([0.6, 0.0, 0.4, 0.0], dtype=dtype, requires_grad=True)
+    kl = gk.kl_to_prior(q, lp)
+    kl.backward()
+    log_pi = torch.log_softmax(lp, 0)
+    torch.testing.assert_close(kl, (torch.xlogy(q, q) - q * log_pi).sum())
+    live = q.detach() > 0
+    torch.testing.assert_close(q.grad[live], (q.detach().log() + 1 - log_pi)[live])
+    assert torch.isfinite(q.grad).all()
+    q.grad = None
+    ppl = gk.perplexity(q)
+    ppl.backward()
+    torch.testing.assert_close(ppl, torch.exp(-torch.xlogy(q, q).sum()))
+    assert torch.isfinite(q.grad).all()
+
+
 def test_module_objective_elbo_and_albo():
     torch.manual_seed(8)
     x = torch.randn(30, 4)

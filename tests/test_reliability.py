@@ -1,12 +1,12 @@
 """No silent NaN or wrong answer: the NaN policy in every impl, the half-precision reference computed in
 fp32, tau checked under torch.compile for the reference and the kernels ("torch" traces the reference
-there), and non-finite explicit noise rejected."""
+there), non-finite explicit noise rejected, and finite ALBO gradients where a code is out of reach."""
 import pytest
 import torch
 
 import gmvq_kernels as gk
 
-from utils import OUT_FIELDS, make_inputs
+from utils import OUT_FIELDS, REL_TOL, assert_three_way, make_inputs
 
 ROW_FIELDS = ("log_likelihood", "latent_nll", "mixture_var", "entropy")
 
@@ -154,6 +154,35 @@ def test_finite_at_the_corners_of_the_supported_ranges(impl, device, monkeypatch
             assert torch.isfinite(o.float()).all(), (name, case)
         for name, g in zip(("dx", "dmeans", "dlog_var", "dlog_prior"), grads):
             assert torch.isfinite(g).all(), (name, case)
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_albo_gradients_with_a_code_out_of_reach(impl, hard, device):
+    """A code that no row reaches in fp32 (a dead or distant code: its ℓ ≥ ~104 below every row's best,
+    so q̄_k is exactly 0) leaves the gradients of the ALBO finite and within the three-way rule of the
+    float64 ones, where q̄_k > 0. Before ``losses.xlogx`` the KL took torch.xlogy(q̄, q̄), whose
+    gradient at 0 is −inf, the op's backward multiplied it by q = 0, and every gradient came out NaN (a
+    finite loss: the default module trained into NaN weights once a code drifted away)."""
+    if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    x, m, lv, lp = make_inputs(24, 8, 4, prior=True, device=device, log_var_scale=0.0)
+    m[5] += 4.0  # ~300 nats from the rows at σ² = 0.1: below fp32's range, inside float64's
+    lv = lv + torch.log(torch.tensor(0.1))
+
+    def grads(impl, dtype):
+        leaves = [t.detach().clone().to(dtype).requires_grad_() for t in (x, m, lv, lp)]
+        out = gk.gmvq(*leaves, impl=impl, tau=0.5, hard=hard, seed=3)
+        loss = gk.albo_loss(out, leaves[3], log_var=leaves[2]) + out.quantized.square().mean()
+        loss.backward()
+        return out.agg_posterior[5].item(), [t.grad for t in leaves]
+
+    q64, gt = grads("reference", torch.float64)
+    _, ref = grads("reference", torch.float32)
+    q32, got = grads(impl, torch.float32)
+    assert q32 == 0.0 < q64  # the premise: out of fp32's reach, not float64's
+    for name, o, r, g in zip(("dx", "dmeans", "dlog_var", "dlog_prior"), got, ref, gt):
+        assert_three_way(name, o, [r], g, REL_TOL[torch.float32])
 
 
 def test_meta_tensors_give_shapes_on_the_reference_path():
