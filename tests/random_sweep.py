@@ -32,23 +32,6 @@ import torch  # (not triton: TRITON_INTERPRET is set in main, before triton is f
 UPSTREAM = ["quantized", "log_likelihood", "agg_posterior", "latent_nll", "mixture_var", "entropy"]
 
 
-def exact_interpreter_dots():
-    """fp32 tl.dot in the interpreter as float64 products and sums rounded once (numpy's fp32 matmul
-    sums in an order that depends on the operands' shapes)."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    dot = interpreter.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if a.data.dtype == b.data.dtype == d.data.dtype == np.float32:
-            prod = np.matmul(a.data.astype(np.float64), b.data.astype(np.float64)).astype(np.float32)
-            return interpreter.TensorHandle(prod + d.data, d.dtype.scalar)
-        return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
-
-    interpreter.InterpreterBuilder.create_dot = create_dot
-
-
 def draw(rng, impl):
     """(N, K, D, check_case keywords): small shapes for the interpreter, larger for the torch impls."""
     big = impl != "triton"
@@ -87,8 +70,8 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     importlib.import_module("conftest")  # the interpreter with the GPU's rounding, as the suite runs it
     check_case = importlib.import_module("utils").check_case
-    if args.exact_dots:
-        exact_interpreter_dots()
+    if args.exact_dots:  # for the rest of the process
+        importlib.import_module("gmvq_kernels.testing").interpreter_exact_fp32_dots().__enter__()
     rng, t0, cases, failed, own, resolved = random.Random(args.seed), time.time(), 0, 0, 0, 0
     while time.time() - t0 < args.seconds and cases != args.cases:
         N, K, D, kw = draw(rng, args.impl)

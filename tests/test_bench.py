@@ -105,6 +105,15 @@ def test_random_sweep_runs(args):
     assert out.strip().splitlines()[-1].startswith(f"{args[3]} cases, 0 failures ({args[1]}, seed {args[5]})"), out
 
 
+def test_random_training_runs():
+    """tests/random_training.py (a developer's tool, README "Correctness"): a few short runs, which stay
+    finite (the runs of a seed are fixed; 2 of these 3 had NaN gradients before losses.xlogx), so it
+    keeps working as the module changes."""
+    out = run_script(["tests/random_training.py", "--runs", "3", "--steps", "3", "--rows", "64", "--seed", "2"],
+                     interpret=False)
+    assert out.strip().splitlines()[-1] == "3 runs, 0 failing (torch, seed 2)", out
+
+
 def test_gpu_check_dry(tmp_path):
     """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
     short; a crash there wastes it)."""

@@ -52,6 +52,23 @@ def test_half_delta_from_forward_clustered(dtype, upstream_only, hard, device):
     check_case(13, 37, 8, device, dtype=dtype, offset=30.0, upstream_only=upstream_only, hard=hard)
 
 
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_trained_quantizer_inputs(dtype, hard, device):
+    """A trained quantizer's inputs (testing.make_inputs' near_codes: each row 0.03 spreads from its code,
+    σ² to match, so q and the sample are peaked). fp32 with the interpreter's dots made orientation-free
+    (testing.interpreter_exact_fp32_dots, as a GPU's ieee FMA chain is): with NumPy's own, the passes
+    round each distance differently in its last bits, 1/(2σ²τ) turns that into different probabilities,
+    and q̄ fails by ~10² × the bound, dμ's error ~10² × the reference's (README, "Correctness")."""
+    from contextlib import nullcontext
+
+    from gmvq_kernels.testing import interpreter_exact_fp32_dots
+
+    exact = dtype == torch.float32 and gk.config.INTERPRET
+    with interpreter_exact_fp32_dots() if exact else nullcontext():
+        check_case(24, 37, 8, device, dtype=dtype, hard=hard, prior=True, tau=0.5, near_codes=0.03)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf − inf
 @pytest.mark.parametrize("scale, parts_first", [(1.0, False), (1.0, True), (-0.5, True)],
                          ids=["codes-rowkernels", "rows-rowkernels", "rows-colkernels"])

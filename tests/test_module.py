@@ -309,6 +309,25 @@ def test_kl_and_perplexity_gradients_where_a_code_is_empty(dtype):
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("objective", ["albo", "elbo"])
+def test_module_step_is_finite_with_codes_out_of_reach(objective):
+    """Found by tests/random_training.py: at σ² = e⁻⁶ on data at scale 30 most codes lie out of every
+    row's reach (q̄_k exactly 0 in fp32), and the default objective's gradients were NaN from the first
+    step on, with a finite loss (losses.xlogx; the ELBO takes no log of q̄). Every parameter's gradient
+    is finite."""
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(8, 32, init_log_var=-6.0, learnable_prior=True, objective=objective, impl="torch",
+                              seed=0)
+    x = torch.randn(48, 8) * 30.0
+    with torch.no_grad():  # the premise
+        assert (gk.gmvq(x, vq.means, vq.log_var, vq.log_prior, impl="torch").agg_posterior == 0).any()
+    _, _, loss = vq(x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in vq.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+
+
 def test_module_objective_elbo_and_albo():
     torch.manual_seed(8)
     x = torch.randn(30, 4)

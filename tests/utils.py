@@ -28,14 +28,14 @@ def run(inputs, impl, *, cast=None, upstream=None, **kw):
 
 def check_case(N, K, D, device, *, impl="triton", dtype=torch.float32, hard=False, prior=False, tau=1.0,
                explicit_noise=False, seed=7, upstream_only=None, dot_precision="ieee", scale=1.0,
-               log_var_scale=0.3, offset=0.0, agg_shift=0.0, truth="reference"):
+               log_var_scale=0.3, offset=0.0, near_codes=0.0, agg_shift=0.0, truth="reference"):
     """``impl`` against the reference by the three-way rule (gmvq_kernels.testing), every output and
     gradient: the float64 reference is the ground truth, the reference at the test precision (as is,
     and on three permutations, ``permuted_reference``) plain PyTorch's rounding. ``truth="torch"``
     takes impl="torch" in float64 as the ground truth instead: a second float64 evaluation, for a case
     where the reference's own float64 rounding is in doubt (tests/random_sweep.py)."""
     inputs = make_inputs(N, K, D, dtype=dtype, prior=prior, device=device, seed=N * 1000 + K + D,
-                         scale=scale, log_var_scale=log_var_scale, offset=offset)
+                         scale=scale, log_var_scale=log_var_scale, offset=offset, near_codes=near_codes)
     noise = gk.gumbel_noise(N, K, seed=seed, device=device) if explicit_noise else None
     kw = dict(tau=tau, hard=hard, seed=seed, noise=noise)
     # the reference sees exactly the in-kernel noise through gumbel_noise
