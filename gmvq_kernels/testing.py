@@ -48,9 +48,10 @@ def make_inputs(N, K, D, *, dtype=torch.float32, prior=False, device="cpu", seed
 
 def three_way(out, refs, gt, rel_tol):
     """(ok, kernel error, bound, worst flat index) of the pass rule max|gt − out| ≤ ROUNDING_FACTOR·
-    max|gt − ref| + rel_tol·max|gt| (+ fp32's smallest normal, 1.2·10⁻³⁸), PyTorch's error being the worst over ``refs`` (one fp32 run is a
-    single sample of its rounding noise). Worst cases, not elementwise: two fp32 computations round
-    differently element by element, and an elementwise bound fails wherever a reference rounds luckily."""
+    max|gt − ref| + rel_tol·max|gt| (+ fp32's smallest normal, 1.2·10⁻³⁸), PyTorch's error being the
+    worst over ``refs`` (one fp32 run is a single sample of its rounding noise). Worst cases, not
+    elementwise: two fp32 computations round differently element by element, and an elementwise bound
+    fails wherever a reference rounds luckily."""
     refs = refs if isinstance(refs, (list, tuple)) else [refs]
     out, gt = out.detach().double().cpu(), gt.detach().double().cpu()
     err_out = (gt - out).abs()
@@ -71,8 +72,8 @@ def assert_three_way(name, out, refs, gt, rel_tol):
         gt64, out64 = gt.detach().double().cpu(), out.detach().double().cpu()
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), gt.shape)) if gt.dim() else ()
         raise AssertionError(f"{name}: kernel error {err:.3e} > bound {bound:.3e} (= {ROUNDING_FACTOR}·reference "
-                             f"error + {rel_tol:.1e}·max|gt| + {FP32_TINY:.1e}); worst at {idx}: out={out64.flatten()[worst].item():.8g} "
-                             f"gt={gt64.flatten()[worst].item():.8g}")
+                             f"error + {rel_tol:.1e}·max|gt| + {FP32_TINY:.1e}); worst at {idx}: "
+                             f"out={out64.flatten()[worst].item():.8g} gt={gt64.flatten()[worst].item():.8g}")
 
 
 def interpreter_rounds_bf16_to_nearest():
