@@ -20,6 +20,7 @@ README ("Correctness"). Codes that differ from float64's at near-ties are skippe
 GPU run).
 """
 import argparse
+import contextlib
 import importlib
 import math
 import os
@@ -70,8 +71,13 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     importlib.import_module("conftest")  # the interpreter with the GPU's rounding, as the suite runs it
     check_case = importlib.import_module("utils").check_case
-    if args.exact_dots:  # for the rest of the process
-        importlib.import_module("gmvq_kernels.testing").interpreter_exact_fp32_dots().__enter__()
+    testing = importlib.import_module("gmvq_kernels.testing")
+    with testing.interpreter_exact_fp32_dots() if args.exact_dots else contextlib.nullcontext():
+        return sweep(args, check_case)
+
+
+def sweep(args, check_case):
+    """The cases of one run, printed as they fail; the process's exit code."""
     rng, t0, cases, failed, own, resolved = random.Random(args.seed), time.time(), 0, 0, 0, 0
     while time.time() - t0 < args.seconds and cases != args.cases:
         N, K, D, kw = draw(rng, args.impl)

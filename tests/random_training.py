@@ -1,7 +1,9 @@
 """Random short training runs of ``GaussianMixtureVQ``: random module options (codebook size, dimension,
-τ, hard or soft, initial σ², learned prior, objective, β, shared or per-code variance) on clustered
-data at random scales, a few Adam steps each; prints every run whose loss, output or parameter
-gradients stop being finite, with what reproduces it. A developer's tool beside
+τ, hard or soft, initial σ², learned or fixed variance, learned prior, objective, β, γ, shared or
+per-code variance, noise injection, k-means initialisation, padding masks, bf16 autocast) on clustered
+data at random scales, a few Adam steps each with a reconstruction stand-in; prints every run whose
+loss, output, parameter gradients or the gradient reaching the encoder (the latents') stop being
+finite, with what reproduces it. A developer's tool beside
 ``tests/random_sweep.py`` (which checks single calls against float64; this one checks what a training
 loop meets: the module's own loss, parameters that move, codes that drift out of reach), not part of
 the suite:
@@ -11,7 +13,7 @@ the suite:
 
 Its first run (2026-12-02) found 15 of 40 runs with NaN gradients and a finite loss, most at the first
 step: the KL's torch.xlogy(q̄, q̄) has a −inf gradient where a code's q̄ is exactly 0 (README, "A code
-out of reach"); 0 of the same 40 since.
+out of reach"); none since (README, "Random training runs").
 """
 import argparse
 import math
@@ -25,7 +27,9 @@ def options(rng):
     kw = dict(tau=rng.choice([0.1, 0.5, 1.0]), hard=rng.random() < 0.5,
               init_log_var=rng.choice([-6.0, math.log(0.1), 0.0, 2.0]), learnable_prior=rng.random() < 0.5,
               objective=rng.choice(["albo", "elbo"]), beta=rng.choice([1.0, 5.0]),
-              per_component_variance=rng.random() < 0.7)
+              per_component_variance=rng.random() < 0.7, learn_variance=rng.random() < 0.8,
+              gamma=rng.choice([0.0, 1.0, 10.0]), noise_injection=rng.random() < 0.2,
+              kmeans_init=rng.random() < 0.2)
     return (rng.choice([2, 8, 32]), rng.choice([2, 16, 256, 1024]), kw, rng.choice([0.01, 1.0, 30.0]),
             rng.choice([1, 4, 64]), rng.choice([1e-3, 1e-2, 1e-1]))
 
@@ -37,19 +41,29 @@ def train(torch, gk, rng, run, impl, rows, steps):
     vq = gk.GaussianMixtureVQ(D, K, impl=impl, seed=run, **kw)
     centers = torch.randn(clusters, D) * scale
     opt = torch.optim.Adam(vq.parameters(), lr=lr)
-    case = dict(run=run, dim=D, codebook_size=K, scale=scale, clusters=clusters, lr=lr, **kw)
+    amp = rng.random() < 0.2  # bf16 autocast around the forward, as a mixed-precision training step
+    case = dict(run=run, dim=D, codebook_size=K, scale=scale, clusters=clusters, lr=lr, amp=amp, **kw)
     for step in range(steps):
         x = centers[torch.randint(0, clusters, (rows,))] + 0.05 * scale * torch.randn(rows, D)
         if rng.random() < 0.1:  # now and then a batch far off the data's scale
             x = x * rng.choice([1e-3, 1e3])
+        # the encoder's output: its gradient is what the encoder trains on; now and then rows masked out
+        x = x.requires_grad_()
+        mask = torch.rand(rows) < 0.8 if rng.random() < 0.2 else None
+        if mask is not None:
+            mask[0] = True  # at least one kept row
         opt.zero_grad()
-        quantized, _, loss = vq(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            quantized, _, loss = vq(x, mask=mask)
         if not torch.isfinite(loss):
             return case, f"loss {loss.item()} at step {step}"
         if not torch.isfinite(quantized).all():
             return case, f"non-finite quantized at step {step}"
-        loss.backward()
+        # a reconstruction stand-in, so the gradient of quantized flows as a decoder's would
+        (loss + (quantized - x.detach()).square().mean()).backward()
         bad = [n for n, p in vq.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if not torch.isfinite(x.grad).all():
+            bad.append("x")
         if bad:
             return case, f"non-finite gradients of {bad} at step {step} (loss {loss.item():.6g})"
         opt.step()

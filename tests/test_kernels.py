@@ -467,6 +467,39 @@ def test_interpreter_min_max_treat_nan_like_the_gpu(device):
 
 
 @triton.jit
+def _dot_kernel(a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+    a = tl.load(a_ptr + tl.arange(0, M)[:, None] * K + tl.arange(0, K)[None, :])
+    b = tl.load(b_ptr + tl.arange(0, K)[:, None] * N + tl.arange(0, N)[None, :])
+    tl.store(out_ptr + tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :], tl.dot(a, b, input_precision="ieee"))
+
+
+@pytest.mark.skipif(not gk.config.INTERPRET, reason="the interpreter's dots")
+def test_interpreter_exact_fp32_dots():
+    """Inside ``testing.interpreter_exact_fp32_dots`` an fp32 tl.dot is the float64 product rounded once
+    (whatever the tile's orientation: (a b)ᵀ = bᵀ aᵀ bit for bit), and the interpreter's own dot is
+    back after it (tests/random_sweep.py --exact-dots once dropped it at once: the context's generator
+    was collected)."""
+    from triton.runtime import interpreter
+
+    from gmvq_kernels.testing import interpreter_exact_fp32_dots
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 64, generator=g) * 10, torch.randn(64, 32, generator=g)
+    plain = interpreter.InterpreterBuilder.create_dot
+
+    def dot(a, b):
+        out = torch.empty(a.shape[0], b.shape[1])
+        _dot_kernel[(1,)](a.contiguous(), b.contiguous(), out, M=a.shape[0], K=a.shape[1], N=b.shape[1])
+        return out
+
+    with interpreter_exact_fp32_dots():
+        ab, ba = dot(a, b), dot(b.T, a.T)
+        assert torch.equal(ab, (a.double() @ b.double()).float())
+        assert torch.equal(ab, ba.T)
+    assert interpreter.InterpreterBuilder.create_dot is plain
+
+
+@triton.jit
 def _noise_rows_kernel(out_ptr, row0, lo, hi):
     offs_n = row0 + tl.arange(0, 16).to(tl.int64)
     g = gumbel_tile(lo, hi, offs_n, 0, 16)

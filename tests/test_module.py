@@ -393,6 +393,24 @@ def test_autocast(impl, amp, device):
     torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
 
 
+def test_module_under_autocast_returns_the_input_dtype():
+    """Under autocast the module's distance dots run in bf16 (as gk.gmvq's), but ``quantized`` comes back
+    in x's dtype, as outside autocast; the loss stays fp32 and x's gradient is finite."""
+    vq = gk.GaussianMixtureVQ(8, 16, seed=3, impl="torch")
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            quantized, codes, loss = vq(x)
+        assert quantized.dtype == dtype and quantized.shape == x.shape and loss.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            terms = vq(x.detach(), return_loss_breakdown=True).terms
+        with torch.no_grad():  # the dots in bf16: x and the means rounded, as autocast rounds them
+            plain = gk.gmvq(x.reshape(-1, 8).bfloat16(), vq.means.bfloat16(), vq.log_var, impl="torch").log_likelihood.mean()
+        torch.testing.assert_close(terms["log_likelihood"], plain)
+        (loss + quantized.float().square().mean()).backward()
+        assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("objective", ["albo", "elbo"])
 def test_module_loss_is_the_functional_loss_with_log_var(objective):
     """A functional-API user who learns log_var gets the module's objective: albo_loss/elbo_loss with
