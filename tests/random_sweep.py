@@ -16,8 +16,8 @@ the case is run once more against impl="torch" in float64 as the ground truth: t
 rounding is not always fine enough (where a code's y is ~10⁻¹⁹, the likeliest code's y rounds to 1
 and the reference's softmax backward loses that small code's share of the gradient, which impl="torch"
 keeps), and a pass there points at the reference. What the sweeps of 2026-12-02 found is in the
-README ("Correctness") and, run by run, in docs/correctness_history.md. Codes that differ from float64's at near-ties are skipped (see the README's
-GPU run).
+README ("Correctness") and, run by run, in docs/correctness_history.md. Codes that differ from
+float64's at near-ties are skipped (see the README's GPU run).
 """
 import argparse
 import contextlib
