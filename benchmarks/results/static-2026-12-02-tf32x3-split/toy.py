@@ -7,25 +7,31 @@ loaded as two tensors) with three tf32 dots each; and the split written in the k
 then loop-invariant, and the compiler hoists it). Run: python benchmarks/results/static-2026-12-02-tf32x3-split/toy.py
 (output: toy.txt). The result, and what the same split did in the real kernels: benchmarks/README.md
 ("fp32's tf32x3 split by hand")."""
-import os, re, sys
+import os
+import sys
+
 os.environ["TRITON_INTERPRET"] = "0"
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-from gmvq_kernels import devtools
+from gmvq_kernels import devtools  # noqa: E402
+
 
 @triton.jit
 def _split(t):
+    # hi truncated to tf32 (one LOP3; the real kernels' try rounded it, as cvt.rna does: one IADD more)
     hi = (t.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
     return hi, t - hi
+
 
 @triton.jit
 def toy(x_ptr, xl_ptr, mu_ptr, mul_ptr, out_ptr, K, MODE: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     x = tl.load(x_ptr + offs_n[:, None] * D + offs_d[None, :])
-    if MODE == 2:
+    if MODE == 2:  # x and μ as stored stand for the hi parts, xl_ptr and mul_ptr hold the lo parts
         xl = tl.load(xl_ptr + offs_n[:, None] * D + offs_d[None, :])
     acc = tl.zeros((BN, D), tl.float32)
     ssum = tl.zeros((BN,), tl.float32)
