@@ -107,11 +107,12 @@ def test_random_sweep_runs(args):
 
 def test_random_training_runs():
     """tests/random_training.py (a developer's tool, README "Correctness"): a few short runs, which stay
-    finite (the runs of a seed are fixed; 2 of these 3 had NaN gradients before losses.xlogx), so it
-    keeps working as the module changes."""
-    out = run_script(["tests/random_training.py", "--runs", "3", "--steps", "3", "--rows", "64", "--seed", "2"],
+    finite (the runs of a seed are fixed; with the script's options of 2026-12-02, eighteenth session,
+    1 of these 3 has NaN gradients with torch.xlogy in place of losses.xlogx), so it keeps working as
+    the module changes. A change to the options draws other runs: pick a seed that fails without xlogx."""
+    out = run_script(["tests/random_training.py", "--runs", "3", "--steps", "3", "--rows", "64", "--seed", "3"],
                      interpret=False)
-    assert out.strip().splitlines()[-1] == "3 runs, 0 failing (torch, seed 2)", out
+    assert out.strip().splitlines()[-1] == "3 runs, 0 failing (torch, seed 3)", out
 
 
 def test_gpu_check_dry(tmp_path):
