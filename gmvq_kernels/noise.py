@@ -19,15 +19,19 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
 - On NVIDIA CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper
   as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a NumPy twin of the
-  Philox rounds (same words bit for bit, in cache-sized row blocks) and −log(−log u) with accurate fp32
+  CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a CPU twin: the
+  Philox rounds in C, built on first use with the system's C compiler (``c_philox``; NumPy's where none
+  builds), the same words bit for bit, in cache-sized row blocks, and −log(−log u) with accurate fp32
   logs, NumPy's or torch's, whichever is faster on the CPU (``bits_to_gumbel_numpy``), which keep their
   relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
   kernels'). Traced by torch.compile on a CPU, it is
   ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
   ``words_to_gumbel``, the same transform in torch ops.
 """
+import os
+import subprocess
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -253,51 +257,175 @@ def _philox_block(n, J, lo, hi, work):
     return E, O
 
 
-def _philox_numpy(N, K, seed, row_offset, out, shift=0, finish=None):
-    """Fill ``out`` (N, ceil(K/4), 4): out[n, j, i] = (word i of call j of row row_offset + n) >> shift,
-    cast to out's dtype, then ``finish`` (if given) on each row block's slab of ``out``, in place, while it
-    is in cache. One thread: in a training step, right after torch's ops, two worker threads (NumPy
-    releases the GIL) lost to OpenMP's idle spin on the second core (benchmarks/README.md, "The CPU
-    training step")."""
+# The twin's rounds in C (the same words as _philox_block's, ~6× as fast: 0.36 against 2.1 ms at
+# N = 1024, K = 512 on this project's CPU), built on first use with the system C compiler (CC, else cc,
+# gcc or clang) for this CPU (-march=native) and kept in Triton's cache; where it cannot be built the
+# NumPy rounds run, with a warning. GMVQ_C_PHILOX=0 (read at each call) takes the NumPy rounds.
+C_PHILOX_ENV = "GMVQ_C_PHILOX"
+_C_SOURCE = r"""
+#include <stdint.h>
+/* Philox4x32-7 of calls j < J, rows n0 .. n0 + rows - 1 (noise.py's _philox4x32: counter (j, n mod 2^32,
+   n div 2^32, 0), key (k0, k1)), word i of call j of row r to out[(r * J + j) * 4 + i]: as uint32, or
+   with as_float as the float of its top 23 bits (exact). Unsigned 32 x 32 -> 64-bit products (no
+   overflow); the loops over j vectorise. */
+static inline void philox(uint32_t j, uint32_t n_lo, uint32_t n_hi, uint32_t a, uint32_t b, uint32_t w[4]) {
+    uint32_t c0 = j, c1 = n_lo, c2 = n_hi, c3 = 0;
+    for (int t = 0; t < ROUNDS; t++) {
+        uint64_t p2 = (uint64_t)c2 * 0xCD9E8D57u, p0 = (uint64_t)c0 * 0xD2511F53u;
+        c0 = (uint32_t)(p2 >> 32) ^ c1 ^ a;
+        c2 = (uint32_t)(p0 >> 32) ^ c3 ^ b;
+        c1 = (uint32_t)p2;
+        c3 = (uint32_t)p0;
+        a += 0x9E3779B9u;
+        b += 0xBB67AE85u;
+    }
+    w[0] = c0; w[1] = c1; w[2] = c2; w[3] = c3;
+}
+
+void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, uint32_t k1, int as_float) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint64_t n = (uint64_t)n0 + (uint64_t)r;
+        uint32_t lo = (uint32_t)n, hi = (uint32_t)(n >> 32), w[4];
+        if (as_float) {
+            float *o = (float *)out + r * J * 4;
+            for (int64_t j = 0; j < J; j++) {
+                philox((uint32_t)j, lo, hi, k0, k1, w);
+                for (int i = 0; i < 4; i++) o[4 * j + i] = (float)(w[i] >> 9);
+            }
+        } else {
+            uint32_t *o = (uint32_t *)out + r * J * 4;
+            for (int64_t j = 0; j < J; j++) {
+                philox((uint32_t)j, lo, hi, k0, k1, w);
+                for (int i = 0; i < 4; i++) o[4 * j + i] = w[i];
+            }
+        }
+    }
+}
+"""
+_C_BUILD = {}  # "fn": the ctypes function, or None where the build failed (once per process)
+_C_BUILD_LOCK = threading.Lock()
+
+
+def _compile_c_philox():
+    """Build ``_C_SOURCE`` into a shared library (or take it from Triton's cache) and load it: its
+    ``gmvq_philox`` as a ctypes function. Raises RuntimeError saying why it could not."""
+    import ctypes
+    import hashlib
+    import platform
+    import shutil
+    import tempfile
+
+    from triton.runtime.cache import get_cache_manager
+
+    cc = os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+    if cc is None:
+        raise RuntimeError("no C compiler on PATH (cc, gcc or clang) and CC unset")
+    source = f"#define ROUNDS {PHILOX_ROUNDS}\n" + _C_SOURCE
+    # -march=native: the library is for this CPU, so its features are part of the cache key
+    features = ",".join(sorted(k for k, v in _cpu_features().items() if v))
+    key = hashlib.sha256("\0".join([source, cc, platform.machine(), features]).encode()).hexdigest()
+    cache = get_cache_manager(key)
+    path = cache.get_file("gmvq_philox.so")
+    if path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, lib = os.path.join(tmp, "gmvq_philox.c"), os.path.join(tmp, "gmvq_philox.so")
+            with open(src, "w") as f:
+                f.write(source)
+            errors = []
+            for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers take no -march=native
+                run = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", lib, src], capture_output=True,
+                                     text=True, timeout=120)
+                if run.returncode == 0:
+                    break
+                errors.append(f"{cc} {' '.join(flags)}: {run.stderr.strip()[-300:]}")
+            else:
+                raise RuntimeError("; ".join(errors))
+            with open(lib, "rb") as f:
+                path = cache.put(f.read(), "gmvq_philox.so", binary=True)
+    fn = ctypes.CDLL(path).gmvq_philox
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
+                   ctypes.c_uint32, ctypes.c_int]
+    fn.restype = None
+    return fn
+
+
+def c_philox():
+    """The twin's C rounds (``_C_SOURCE``'s ``gmvq_philox`` via ctypes, which lets go of the GIL while it
+    runs), built on the first call of the process; None with ``GMVQ_C_PHILOX=0`` or where they could not
+    be built (then a warning, once, says why, and the NumPy rounds draw the same words)."""
+    if os.environ.get(C_PHILOX_ENV, "1") == "0":
+        return None
+    if "fn" not in _C_BUILD:
+        with _C_BUILD_LOCK:
+            if "fn" not in _C_BUILD:
+                try:
+                    _C_BUILD["fn"] = _compile_c_philox()
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    _C_BUILD["fn"] = None
+                    warnings.warn(f"gmvq_kernels: the C rounds of the CPU noise could not be built ({e}); "
+                                  f"the NumPy rounds draw the same noise, ~3x slower. Set CC to a C compiler, "
+                                  f"or {C_PHILOX_ENV}=0 to take the NumPy rounds without this warning.",
+                                  RuntimeWarning, stacklevel=3)
+    return _C_BUILD["fn"]
+
+
+def _philox_cpu(N, K, seed, row_offset, out, finish=None):
+    """Fill ``out`` (N, ceil(K/4), 4), uint32 or float32: out[n, j, i] = word i of call j of row
+    row_offset + n, as is (uint32) or its top 23 bits (float32: r >> 9, exact), by the C rounds
+    (``c_philox``) or the NumPy ones; then ``finish`` (if given) on each row block's slab of ``out``, in
+    place, while it is in cache. One thread: in a training step, right after torch's ops, two worker
+    threads (NumPy releases the GIL) lost to OpenMP's idle spin on the second core (benchmarks/README.md,
+    "The CPU training step")."""
     lo, hi = split_seed(seed)
     J = out.shape[1]
+    as_float = out.dtype == np.float32
     rows = max(1, _BLOCK_CALLS // J)
+    fn = c_philox()
     for start in range(0, N, rows):
-        n = np.arange(row_offset + start, row_offset + min(N, start + rows), dtype=np.uint64)
-        dst = out[start:start + len(n)]
-        E, O = _philox_block(n, J, lo, hi, _work_arrays(len(n), J))
-        if shift:  # in place: no temporaries
-            np.right_shift(E, np.uint64(shift), out=E)
-            np.right_shift(O, np.uint64(shift), out=O)
-        dst[:, :, 0], dst[:, :, 1], dst[:, :, 2], dst[:, :, 3] = E[0], O[0], E[1], O[1]
+        stop = min(N, start + rows)
+        dst = out[start:stop]
+        if fn is not None:
+            fn(dst.ctypes.data, row_offset + start, stop - start, J, lo, hi, as_float)
+        else:
+            n = np.arange(row_offset + start, row_offset + stop, dtype=np.uint64)
+            E, O = _philox_block(n, J, lo, hi, _work_arrays(len(n), J))
+            if as_float:  # in place: no temporaries
+                np.right_shift(E, np.uint64(9), out=E)
+                np.right_shift(O, np.uint64(9), out=O)
+            dst[:, :, 0], dst[:, :, 1], dst[:, :, 2], dst[:, :, 3] = E[0], O[0], E[1], O[1]
         if finish is not None:
             finish(dst)
 
 
 def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
     """The raw 32-bit Philox word behind g(seed, n, k) for n in [row_offset, row_offset+N), k < K, as an
-    (N, K) uint64 array."""
-    out = np.empty((N, (K + 3) // 4, 4), dtype=np.uint64)
-    _philox_numpy(N, K, seed, row_offset, out)
-    return out.reshape(N, -1)[:, :K]
+    (N, K) uint64 array (the CPU twin's: C rounds or NumPy ones, ``_philox_cpu``)."""
+    out = np.empty((N, (K + 3) // 4, 4), dtype=np.uint32)
+    _philox_cpu(N, K, seed, row_offset, out)
+    return out.reshape(N, -1)[:, :K].astype(np.uint64)
 
 
 def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
     """The CPU twin of the kernels' noise, (N, K) fp32: ``bits_to_gumbel_numpy`` of the top 23 bits
-    of ``philox_words_numpy(...)``'s words, without the (N, K) int64 words: r >> 9 goes straight into
-    fp32 (exact), and each row block is transformed while it is in cache."""
+    of ``philox_words_numpy(...)``'s words, without the (N, K) words: r >> 9 goes straight into fp32
+    (exact), and each row block is transformed while it is in cache."""
     h = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
-    _philox_numpy(N, K, seed, row_offset, h, 9, bits_to_gumbel_numpy)
+    _philox_cpu(N, K, seed, row_offset, h, bits_to_gumbel_numpy)
     return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()
 
 
-def _numpy_log_is_avx512() -> bool:
-    """Whether NumPy runs its AVX-512 fp32 log on this CPU (its X86_V4 loops)."""
+def _cpu_features() -> dict:
+    """NumPy's table of this CPU's features (name -> bool)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # NumPy 1.x
         from numpy.core._multiarray_umath import __cpu_features__
-    return bool(__cpu_features__.get("AVX512_SKX"))
+    return __cpu_features__
+
+
+def _numpy_log_is_avx512() -> bool:
+    """Whether NumPy runs its AVX-512 fp32 log on this CPU (its X86_V4 loops)."""
+    return bool(_cpu_features().get("AVX512_SKX"))
 
 
 # The twin's logs: NumPy's where it has its AVX-512 loop (~3× as fast as torch's on one thread there,
@@ -337,7 +465,7 @@ def _mulhilo_torch(c, a: int):
 def philox_words_torch(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
     """``philox_words_numpy`` in torch integer ops on broadcast operands (the first round works on the
     row and call vectors alone), as an (N, K) int64 tensor: what torch.compile traces and fuses on a CPU
-    (eagerly the NumPy twin is faster)."""
+    (eagerly the CPU twin is faster)."""
     seed = seed_tensor(seed)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     n = torch.arange(N, dtype=torch.int64)[:, None] + row_offset
@@ -358,7 +486,7 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch.
     Traced by torch.compile on a CPU (outside the interpreter), it is ``words_to_gumbel`` of
     ``philox_words_torch`` in the graph (the same words; the compiled logs may differ by an ulp), which
-    the compiler fuses: ~5× faster than the NumPy twin (speed.py --cpu-step)."""
+    the compiler fuses (benchmarks/README.md, "The CPU training step")."""
     device = torch.device(device if device is not None else "cpu")
     check_int("N", N)
     check_int("K", K)
@@ -380,7 +508,7 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, *seed_args(seed), row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out
-    # a CPU, or an AMD GPU (ROCm; the kernel's logs are PTX): the NumPy twin, copied over
+    # a CPU, or an AMD GPU (ROCm; the kernel's logs are PTX): the CPU twin, copied over
     return gumbel_noise_numpy(N, K, seed, row_offset).to(device)
 
 

@@ -2,11 +2,14 @@
 against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py; the kernels'
 transform, with its upper-tail series, is checked over the same words in test_kernels.py)."""
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from gmvq_kernels import noise
 from gmvq_kernels.noise import (SERIES_W, bits_to_gumbel_numpy, gumbel_noise_numpy, philox_words_numpy, philox_words_torch,
                                 words_to_gumbel)
 
@@ -110,10 +113,55 @@ TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5)
               (4, 5, 4 * 32768 + 3, 11), (77, 300, 1000, 2**33)]
 
 
+HAS_CC = bool(os.environ.get("CC") or any(map(shutil.which, ("cc", "gcc", "clang"))))
+
+
+@pytest.fixture(params=["c", "numpy"])
+def rounds(request, monkeypatch):
+    """The CPU twin's Philox rounds: C (``noise.c_philox``, built where a compiler is) or NumPy."""
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1" if request.param == "c" else "0")
+    if request.param == "c" and noise.c_philox() is None:
+        pytest.skip("no C compiler: the C rounds cannot be built here (test_c_rounds_build_where_a_compiler_is)")
+    return request.param
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler on PATH")
+def test_c_rounds_build_where_a_compiler_is(monkeypatch):
+    """With a C compiler on PATH the twin takes the C rounds (no silent NumPy fallback), and
+    ``GMVQ_C_PHILOX=0`` turns them off."""
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
+    assert noise.c_philox() is not None
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "0")
+    assert noise.c_philox() is None
+
+
+def test_c_rounds_that_cannot_build_warn_and_draw_the_same_noise(monkeypatch):
+    """A compiler that fails: one warning naming the cause and the way out, then the NumPy rounds (the
+    same noise)."""
+    want = gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3)
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(noise, "_C_BUILD", {})
+    with pytest.warns(RuntimeWarning, match=r"could not be built.*/nonexistent/cc.*GMVQ_C_PHILOX=0"):
+        assert noise.c_philox() is None
+    assert torch.equal(gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3), want)
+
+
+@pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES + [(0xFFFFFFFB, 6, 9, 0), (2**64 - 1, 3, 5, 2**40 - 1)])
+def test_c_and_numpy_rounds_draw_the_same_words(seed, N, K, row_offset, monkeypatch):
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
+    if noise.c_philox() is None:
+        pytest.skip("no C compiler")
+    c_words, c_noise = philox_words_numpy(N, K, seed, row_offset), gumbel_noise_numpy(N, K, seed, row_offset)
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "0")
+    np.testing.assert_array_equal(c_words, philox_words_numpy(N, K, seed, row_offset))
+    assert torch.equal(c_noise, gumbel_noise_numpy(N, K, seed, row_offset))
+
+
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
-def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset):
+def test_numpy_twin_words_match_exact_philox(seed, N, K, row_offset, rounds):
     """Word i of call j = k div 4 for row n, counter (j, n mod 2³², n div 2³², 0) and key (seed mod 2³²,
-    seed div 2³²), against Python integers."""
+    seed div 2³²), against Python integers, with either rounds."""
     w = philox_words_numpy(N, K, seed, row_offset)
     assert w.shape == (N, K) and w.dtype == np.uint64
     for n in (0, N // 2, N - 1):
@@ -134,10 +182,11 @@ def test_torch_twin_words_are_the_numpy_twins(seed, N, K, row_offset):
     assert torch.equal(philox_words_torch(N, K, seed_bits, row_offset), want)
 
 
-def test_numpy_twin_work_arrays_are_per_thread_and_reused_safely():
-    """The twin keeps its rounds' work arrays per thread from call to call (noise._work_arrays): calls
-    of other shapes in between, and other threads drawing at the same time, leave every call's words
-    those of the torch-op twin."""
+def test_numpy_twin_work_arrays_are_per_thread_and_reused_safely(rounds):
+    """The twin keeps its NumPy rounds' work arrays per thread from call to call (noise._work_arrays):
+    calls of other shapes in between, and other threads drawing at the same time, leave every call's
+    words those of the torch-op twin; the C rounds, which other threads may run at once (ctypes lets go
+    of the GIL), likewise."""
     from concurrent.futures import ThreadPoolExecutor
 
     shapes = [(300, 1000, 77, 0), (3, 7, 5, 2**32 + 1), (40, 129, 2**64 - 3, 9)]
@@ -155,7 +204,7 @@ def test_numpy_twin_work_arrays_are_per_thread_and_reused_safely():
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
-def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset):
+def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset, rounds):
     """``gumbel_noise`` on a CPU without the interpreter (the path the tests' interpreter hides) is
     ``bits_to_gumbel_numpy`` of the twin's words, bit for bit, and within a few ulps of torch's
     transform of them (``words_to_gumbel``, what torch.compile traces)."""
