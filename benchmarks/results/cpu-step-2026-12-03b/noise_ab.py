@@ -4,7 +4,6 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "0")
 import time
 import numpy as np
-import torch
 from gmvq_kernels import noise
 
 N, K = 1024, 512
