@@ -306,18 +306,24 @@ _C_BUILD = {}  # "fn": the ctypes function, or None where the build failed (once
 _C_BUILD_LOCK = threading.Lock()
 
 
+def c_compiler():
+    """The C compiler the C rounds are built with: ``CC``, else the first of cc, gcc, clang on PATH, or None."""
+    import shutil
+
+    return os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+
+
 def _compile_c_philox():
     """Build ``_C_SOURCE`` into a shared library (or take it from Triton's cache) and load it: its
     ``gmvq_philox`` as a ctypes function. Raises RuntimeError saying why it could not."""
     import ctypes
     import hashlib
     import platform
-    import shutil
     import tempfile
 
     from triton.runtime.cache import get_cache_manager
 
-    cc = os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+    cc = c_compiler()
     if cc is None:
         raise RuntimeError("no C compiler on PATH (cc, gcc or clang) and CC unset")
     source = f"#define ROUNDS {PHILOX_ROUNDS}\n" + _C_SOURCE

@@ -2,8 +2,6 @@
 against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py; the kernels'
 transform, with its upper-tail series, is checked over the same words in test_kernels.py)."""
 import math
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -113,9 +111,6 @@ TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5)
               (4, 5, 4 * 32768 + 3, 11), (77, 300, 1000, 2**33)]
 
 
-HAS_CC = bool(os.environ.get("CC") or any(map(shutil.which, ("cc", "gcc", "clang"))))
-
-
 @pytest.fixture(params=["c", "numpy"])
 def rounds(request, monkeypatch):
     """The CPU twin's Philox rounds: C (``noise.c_philox``, built where a compiler is) or NumPy."""
@@ -125,7 +120,7 @@ def rounds(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler on PATH")
+@pytest.mark.skipif(noise.c_compiler() is None, reason="no C compiler on PATH")
 def test_c_rounds_build_where_a_compiler_is(monkeypatch):
     """With a C compiler on PATH the twin takes the C rounds (no silent NumPy fallback), and
     ``GMVQ_C_PHILOX=0`` turns them off."""
