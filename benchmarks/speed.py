@@ -41,7 +41,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ and no
 import triton  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
-from gmvq_kernels import config, forward, noise, testing  # noqa: E402
+from gmvq_kernels import config, cpu_rows, forward, noise, testing  # noqa: E402
 
 ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (8192, 262144, 32)]
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
@@ -220,8 +220,9 @@ def env_info(device):
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else "cpu (Triton interpreter)" if config.INTERPRET else "cpu")
     info = dict(device=name, torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"))
-    if device.type == "cpu" and not config.INTERPRET:  # the CPU noise's rounds: C where built (noise.c_philox)
-        info["c_philox"] = noise.c_philox() is not None
+    if device.type == "cpu" and not config.INTERPRET:  # the CPU noise's rounds and impl="torch"'s row passes:
+        info["c_philox"] = noise.c_philox() is not None  # C where built (noise.c_philox, cpu_rows.rows_library)
+        info["c_rows"] = cpu_rows.rows_library() is not None
     return info
 
 
@@ -330,8 +331,9 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     VectorQuantize when installed, each eager and (``compiled``) under torch.compile, and GM-VQ eager
     with ``impl="reference"`` (autograd through the ground truth: what "torch" replaces); median ms over
     interleaved steps, ratios like for like (eager to eager, compiled to compiled) and compiled GM-VQ to
-    eager VectorQuantize, and GM-VQ eager with the noise's NumPy Philox rounds (``GMVQ_C_PHILOX=0``: what
-    its C rounds save). The first step's seconds include the compile. ``unblocked``: also GM-VQ eager
+    eager VectorQuantize, GM-VQ eager with the noise's NumPy Philox rounds (``GMVQ_C_PHILOX=0``: what
+    its C rounds save) and with impl="torch"'s row passes in torch ops (``GMVQ_C_ROWS=0``: what the C
+    row passes save). The first step's seconds include the compile. ``unblocked``: also GM-VQ eager
     with the whole batch as one row block (config.reference_rows), interleaved with the rest. ``only``:
     the (quantizer, mode) keys to run (``cpu_step_processes`` runs each in a process of its own).
     Each row also counts the page faults of a step (median): glibc returns freed memory to the system
@@ -343,7 +345,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     gmvq = lambda impl: lambda: gk.GaussianMixtureVQ(dim, codebook_size, seed=0, impl=impl,  # noqa: E731
                                                      accept_image_fmap=True)
     makers = {"gmvq_kernels": gmvq("auto"), "gmvq_kernels_numpy_rounds": gmvq("auto"),
-              "gmvq_kernels_reference": gmvq("reference")}
+              "gmvq_kernels_torch_rows": gmvq("auto"), "gmvq_kernels_reference": gmvq("reference")}
     try:
         from vector_quantize_pytorch import VectorQuantize
         makers["vector_quantize_pytorch"] = lambda: VectorQuantize(dim=dim, codebook_size=codebook_size,
@@ -353,7 +355,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     quantizers, opts = {}, {}
     modes = ("eager", "compiled") if compiled else ("eager",)
     variants = [(name, mode) for name in makers for mode in modes
-                if mode == "eager" or not name.endswith(("reference", "numpy_rounds"))]
+                if mode == "eager" or not name.endswith(("reference", "numpy_rounds", "torch_rows"))]
     if unblocked:
         makers["gmvq_kernels_unblocked"] = makers["gmvq_kernels"]
         variants.append(("gmvq_kernels_unblocked", "eager"))
@@ -372,7 +374,8 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     def step(key):
         config.REFERENCE_BLOCK_ELEMS = 2 ** 62 if key[0].endswith("unblocked") else block_elems
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        with config.env_flag(noise.C_PHILOX_ENV, not key[0].endswith("numpy_rounds")):
+        with config.env_flag(noise.C_PHILOX_ENV, not key[0].endswith("numpy_rounds")), \
+                config.env_flag(cpu_rows.C_ROWS_ENV, not key[0].endswith("torch_rows")):
             t0 = time.perf_counter()
             z = latents.clone().requires_grad_(True)
             quantized, _, loss = quantizers[key](z)[:3]
@@ -407,7 +410,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
 def step_ratios(rows):
     """``rows`` ({(quantizer, mode): row}) with the ratios of ``cpu_training_step`` added."""
     vqp = "vector_quantize_pytorch"
-    for other in ("unblocked", "reference", "numpy_rounds"):
+    for other in ("unblocked", "reference", "numpy_rounds", "torch_rows"):
         if (f"gmvq_kernels_{other}", "eager") in rows and ("gmvq_kernels", "eager") in rows:
             rows["gmvq_kernels", "eager"][f"ratio_to_{other}"] = (
                 rows["gmvq_kernels", "eager"]["ms_median"] / rows[f"gmvq_kernels_{other}", "eager"]["ms_median"])
@@ -427,7 +430,8 @@ def cpu_step_processes(rounds=3, codebook_size=512):
     Per variant the median over rounds of each process's median (``round_ms``: every round's)."""
     import subprocess
 
-    keys = [("gmvq_kernels", "eager"), ("gmvq_kernels_numpy_rounds", "eager"), ("gmvq_kernels_reference", "eager"),
+    keys = [("gmvq_kernels", "eager"), ("gmvq_kernels_numpy_rounds", "eager"), ("gmvq_kernels_torch_rows", "eager"),
+            ("gmvq_kernels_reference", "eager"),
             ("vector_quantize_pytorch", "eager"),
             ("gmvq_kernels", "compiled"), ("vector_quantize_pytorch", "compiled")]
     runs = {}

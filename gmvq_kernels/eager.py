@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from . import config
+from . import config, cpu_rows
 from .noise import gumbel_noise
 from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype
 
@@ -58,9 +58,44 @@ def _row_argmax(t):
 def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
-    mask where the distance clamp stops the gradient or None, the rows' max ℓ m (rows, 1), Σ_k q (ℓ − m),
-    its argmax (rows, 1) and the argmax of y): three N×K tensors; None unless ``for_backward``."""
+    mask where the distance clamp stops the gradient or None, the rows' max ℓ m, Σ_k q (ℓ − m), its
+    argmax, the argmax of y, the C row library or None): three N×K tensors; None unless
+    ``for_backward``. The per-element work runs in C (cpu_rows.py) where that library is built, else
+    in torch ops (``_rows_torch``)."""
     x_sq = (x * x).sum(1)
+    lib = cpu_rows.rows_library() if x.device.type == "cpu" else None
+    if lib is None:
+        da, q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, stopped = _rows_torch(
+            x, x_sq, means, a, b, mm, noise, tau, hard, for_backward)
+    else:  # d·a in place of x·μᵀ; its sign marks where the clamp stops the gradient
+        da = x @ means.T
+        q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, _ = cpu_rows.forward(
+            lib, da, x_sq, mm, a, b, noise, tau, hard)
+        stopped = None
+    if hard:
+        sample = top
+        quantized, mixture_var = means[sample], v[sample]
+    else:
+        sample = None
+        # two products: one of width D + 1 (σ² as a column of μ) took longer than both (MKL, D = 32)
+        quantized, mixture_var = y @ means, y @ v
+    best = codes[:, None]  # ℓ's argmax (the backward's shift of Ḡ_q̄), before the NaN policy's −1
+    bad = ~(x_sq < math.inf)  # NaN policy (README): a non-finite row is NaN with code −1
+    if bad.any():
+        nan = float("nan")
+        quantized = quantized.masked_fill(bad[:, None], nan)
+        lse, latent_nll, mixture_var, entropy = (t.masked_fill(bad, nan) for t in (lse, latent_nll, mixture_var,
+                                                                                    entropy))
+        codes = codes.masked_fill(bad, -1)
+    outs = (quantized, codes, lse, q_sum, latent_nll, mixture_var, entropy)
+    saved = (da, q, y, sample, stopped, m[:, None], q_ell, best, top, lib) if for_backward else None
+    return outs, None if sample is None else sample.masked_fill(bad, -1), saved
+
+
+def _rows_torch(x, x_sq, means, a, b, mm, noise, tau, hard, for_backward):
+    """The per-element work of ``_forward_block`` in torch ops: (d·a, q, y, codes, the argmax of y (None
+    when neither hard nor for_backward), m, lse, entropy, Σ_k q (ℓ − m), latent_nll (soft: Σ_k y d·a;
+    hard: d·a at the sample), q's column sums, the clamp's mask or None)."""
     d = torch.addmm(x_sq[:, None], x, means.T, alpha=-2.0).add_(mm)  # the reference's order of sums
     # where the clamp at 0 is active (raw d < 0 by rounding, x ≈ μ_k) or d is NaN (a non-finite row) no
     # gradient flows through d, as torch.clamp_min's. Rare, so its mask is formed only when the block's
@@ -71,49 +106,58 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
     q = torch.softmax(ell, 1)
     codes = _row_argmax(ell)
     best = codes[:, None]
-    m = ell.gather(1, best)  # the row maximum: q there is 1/Σ_k exp(ℓ_k − m), so log Σ = −log q_best
-    log_sum = -q.gather(1, best).log_()
-    lse = (m + log_sum)[:, 0]
+    m = ell.gather(1, best)[:, 0]  # the row maximum: q there is 1/Σ_k exp(ℓ_k − m), so log Σ = −log q_best
+    log_sum = -q.gather(1, best).log_()[:, 0]
     # H = log Σ − Σ_k q (ℓ − m), as the kernels form it: no log_softmax pass (~80 µs a 512 × 512 block)
-    q_ell = torch.linalg.vecdot(q, ell - m)
-    entropy = log_sum[:, 0] - q_ell
+    q_ell = torch.linalg.vecdot(q, ell - m[:, None])
     noisy = ell.add_(noise)  # ℓ is not needed after this
     if tau != 1.0:
         noisy.div_(tau)
     y = torch.softmax(noisy, 1)
     # y's likeliest code: the hard sample, and the backward's shift of Y (~50 µs a 512 × 512 block)
     top = _row_argmax(noisy) if hard or for_backward else None
-    if hard:
-        sample = top
-        quantized, mixture_var = means[sample], v[sample]
-        latent_nll = da.gather(1, sample[:, None])[:, 0]
-    else:
-        sample = None
-        # two products: one of width D + 1 (σ² as a column of μ) took longer than both (MKL, D = 32)
-        quantized, mixture_var = y @ means, y @ v
-        latent_nll = torch.linalg.vecdot(y, da)
-    bad = ~(x_sq < math.inf)  # NaN policy (README): a non-finite row is NaN with code −1
-    if bad.any():
-        nan = float("nan")
-        quantized = quantized.masked_fill(bad[:, None], nan)
-        lse, latent_nll, mixture_var, entropy = (t.masked_fill(bad, nan) for t in (lse, latent_nll, mixture_var,
-                                                                                    entropy))
-        codes = codes.masked_fill(bad, -1)
-    outs = (quantized, codes, lse, q.sum(0), latent_nll, mixture_var, entropy)
-    saved = (da, q, y, sample, stopped, m, q_ell, best, top) if for_backward else None
-    return outs, None if sample is None else sample.masked_fill(bad, -1), saved
+    latent_nll = da.gather(1, top[:, None])[:, 0] if hard else torch.linalg.vecdot(y, da)
+    return da, q, y, codes, top, m, m + log_sum, log_sum - q_ell, q_ell, latent_nll, q.sum(0), stopped
 
 
 def _backward_block(x, means, a, b, v, saved, g, tau, N):
     """One row block's part of docs/design.md §2, with E = dℓ − Ḡ_lat y_val and e = E·a = −dd (the
     design's dd, negated: no negation pass): (dx, 2 Σ_n e x_n + Σ_n y_val Ḡ_z (dμ but its μ Σ_n dd
     term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
-    DIFF_OUTPUTS for these rows (None where absent)."""
-    da, q, y, sample, stopped, m, q_ell, best, top = saved
+    DIFF_OUTPUTS for these rows (None where absent). e comes from C where the forward ran there
+    (cpu_rows.py), else from torch ops (``_e_torch``); the products are torch's either way."""
+    da, q, y, sample, stopped, m, q_ell, best, top, lib = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
-    n = q.shape[0]
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
-    dl = None if gz is None else (gz / tau) @ means.T
+    gz_mu = None if gz is None else (gz / tau) @ means.T
+    if lib is None:
+        e, e_sum, db, ga, cs = _e_torch(da, q, y, sample, stopped, m, q_ell, best, top, gz_mu, g, tau, N, a, b, v)
+    else:
+        e = torch.empty_like(q) if gz_mu is None else gz_mu
+        e_sum, db, ga, cs = cpu_rows.backward(
+            lib, e, gz_mu is not None, da, q, y, v, a, b, None if gs is None else gs / tau,
+            None if glat is None else glat / tau, glat, glse, gH, None if gq is None else gq / N, top, best,
+            sample, m, q_ell)
+    dx = torch.addmm(x * e_sum[:, None], e, means, beta=-2.0, alpha=2.0)
+    dm = (e.T @ x).mul_(2.0)
+    if gz is not None:
+        if sample is None:
+            dm.addmm_(y.T, gz)
+        else:
+            dm.index_add_(0, sample, gz)
+    if gs is None:
+        dv = None
+    elif sample is None:
+        dv = gs @ y
+    else:
+        dv = torch.zeros_like(v).index_add_(0, sample, gs)
+    return dx, dm, cs, db, ga, dv
+
+
+def _e_torch(da, q, y, sample, stopped, m, q_ell, best, top, dl, g, tau, N, a, b, v):
+    """The per-element work of ``_backward_block`` in torch ops, from dl = (Ḡ_z/τ)·μᵀ or None: (e, its
+    row sums, Σ_n dℓ, Σ_n (d·a/a)·E, Σ_n e)."""
+    gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     if gs is not None:  # a rank-1 term: one pass (a column of σ² beside μ was a (K, D + 1) copy per block)
         dl = torch.outer(gs / tau, v) if dl is None else dl.addr_(gs / tau, v)
     if glat is not None:
@@ -126,7 +170,7 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
         dl.sub_(torch.linalg.vecdot(y, dl)[:, None]).mul_(y)
     # + q (Ḡ_lse + (Ḡ_q̄_k − Δq)/N − Ḡ_H (log q + H)), Δq = Σ_k q Ḡ_q̄
     if glse is not None or gq is not None or gH is not None:
-        row = q.new_zeros(n) if glse is None else glse.clone()
+        row = q.new_zeros(q.shape[0]) if glse is None else glse.clone()
         if gH is not None:  # log q + H = (ℓ − m) − Σ_k q (ℓ − m) (Σ_k q = 1): no log_softmax pass
             row += gH * q_ell
         if gq is None:
@@ -156,20 +200,7 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
     e.mul_(a)  # −dd
     if stopped is not None:
         e.masked_fill_(stopped, 0.0)
-    dx = torch.addmm(x * e.sum(1, keepdim=True), e, means, beta=-2.0, alpha=2.0)
-    dm = (e.T @ x).mul_(2.0)
-    if gz is not None:
-        if sample is None:
-            dm.addmm_(y.T, gz)
-        else:
-            dm.index_add_(0, sample, gz)
-    if gs is None:
-        dv = None
-    elif sample is None:
-        dv = gs @ y
-    else:
-        dv = torch.zeros_like(v).index_add_(0, sample, gs)
-    return dx, dm, e.sum(0), db, ga, dv
+    return e, e.sum(1), db, ga, e.sum(0)
 
 
 class _EagerGMVQ(torch.autograd.Function):

@@ -28,16 +28,15 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
   ``words_to_gumbel``, the same transform in torch ops.
 """
-import os
-import subprocess
+import ctypes
 import threading
-import warnings
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from . import cbuild
 from .checks import can_use_triton, check_int, check_seed
 from .config import CUDAGRAPH_UNSAFE, INTERPRET, launch_guard
 
@@ -302,77 +301,22 @@ void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, ui
     }
 }
 """
-_C_BUILD = {}  # "fn": the ctypes function, or None where the build failed (once per process)
-_C_BUILD_LOCK = threading.Lock()
 
 
-def c_compiler():
-    """The C compiler the C rounds are built with: ``CC``, else the first of cc, gcc, clang on PATH, or None."""
-    import shutil
-
-    return os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
-
-
-def _compile_c_philox():
-    """Build ``_C_SOURCE`` into a shared library (or take it from Triton's cache) and load it: its
-    ``gmvq_philox`` as a ctypes function. Raises RuntimeError saying why it could not."""
-    import ctypes
-    import hashlib
-    import platform
-    import tempfile
-
-    from triton.runtime.cache import get_cache_manager
-
-    cc = c_compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler on PATH (cc, gcc or clang) and CC unset")
-    source = f"#define ROUNDS {PHILOX_ROUNDS}\n" + _C_SOURCE
-    # -march=native: the library is for this CPU, so its features are part of the cache key
-    features = ",".join(sorted(k for k, v in _cpu_features().items() if v))
-    key = hashlib.sha256("\0".join([source, cc, platform.machine(), features]).encode()).hexdigest()
-    cache = get_cache_manager(key)
-    path = cache.get_file("gmvq_philox.so")
-    if path is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, lib = os.path.join(tmp, "gmvq_philox.c"), os.path.join(tmp, "gmvq_philox.so")
-            with open(src, "w") as f:
-                f.write(source)
-            errors = []
-            for flags in (["-O3", "-march=native"], ["-O3"]):  # some compilers take no -march=native
-                run = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", lib, src], capture_output=True,
-                                     text=True, timeout=120)
-                if run.returncode == 0:
-                    break
-                errors.append(f"{cc} {' '.join(flags)}: {run.stderr.strip()[-300:]}")
-            else:
-                raise RuntimeError("; ".join(errors))
-            with open(lib, "rb") as f:
-                path = cache.put(f.read(), "gmvq_philox.so", binary=True)
-    fn = ctypes.CDLL(path).gmvq_philox
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
-                   ctypes.c_uint32, ctypes.c_int]
-    fn.restype = None
-    return fn
+def _declare_philox(lib):
+    lib.gmvq_philox.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
+                                ctypes.c_uint32, ctypes.c_int]
+    lib.gmvq_philox.restype = None
 
 
 def c_philox():
     """The twin's C rounds (``_C_SOURCE``'s ``gmvq_philox`` via ctypes, which lets go of the GIL while it
-    runs), built on the first call of the process; None with ``GMVQ_C_PHILOX=0`` or where they could not
-    be built (then a warning, once, says why, and the NumPy rounds draw the same words)."""
-    if os.environ.get(C_PHILOX_ENV, "1") == "0":
-        return None
-    if "fn" not in _C_BUILD:
-        with _C_BUILD_LOCK:
-            if "fn" not in _C_BUILD:
-                try:
-                    _C_BUILD["fn"] = _compile_c_philox()
-                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                    _C_BUILD["fn"] = None
-                    warnings.warn(f"gmvq_kernels: the C rounds of the CPU noise could not be built ({e}); "
-                                  f"the NumPy rounds draw the same noise, ~3x slower. Set CC to a C compiler, "
-                                  f"or {C_PHILOX_ENV}=0 to take the NumPy rounds without this warning.",
-                                  RuntimeWarning, stacklevel=3)
-    return _C_BUILD["fn"]
+    runs), built on the first call of the process (cbuild.py); None with ``GMVQ_C_PHILOX=0`` or where they
+    could not be built (then a warning, once, says why, and the NumPy rounds draw the same words)."""
+    lib = cbuild.library("gmvq_philox", f"#define ROUNDS {PHILOX_ROUNDS}\n" + _C_SOURCE, env=C_PHILOX_ENV,
+                         what="the C rounds of the CPU noise", setup=_declare_philox,
+                         fallback="the NumPy rounds draw the same noise, ~3x slower")
+    return None if lib is None else lib.gmvq_philox
 
 
 def _philox_cpu(N, K, seed, row_offset, out, finish=None):
@@ -420,18 +364,9 @@ def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tenso
     return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()
 
 
-def _cpu_features() -> dict:
-    """NumPy's table of this CPU's features (name -> bool)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__
-    except ImportError:  # NumPy 1.x
-        from numpy.core._multiarray_umath import __cpu_features__
-    return __cpu_features__
-
-
 def _numpy_log_is_avx512() -> bool:
     """Whether NumPy runs its AVX-512 fp32 log on this CPU (its X86_V4 loops)."""
-    return bool(_cpu_features().get("AVX512_SKX"))
+    return bool(cbuild.cpu_features().get("AVX512_SKX"))
 
 
 # The twin's logs: NumPy's where it has its AVX-512 loop (~3× as fast as torch's on one thread there,

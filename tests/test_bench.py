@@ -63,6 +63,7 @@ def test_speed_cpu_step(tmp_path):
     assert rows["gmvq_kernels", "compiled"]["ms_median"] > 0  # torch.compile on this CPU (C++)
     assert rows["gmvq_kernels", "eager"]["ratio_to_reference"] > 0  # impl="torch" against the reference
     assert rows["gmvq_kernels", "eager"]["ratio_to_numpy_rounds"] > 0  # the noise's C rounds against NumPy's
+    assert rows["gmvq_kernels", "eager"]["ratio_to_torch_rows"] > 0  # impl="torch"'s C row passes against torch ops
     assert all(r["page_faults_per_step"] >= 0 for r in rows.values())
     if ("vector_quantize_pytorch", "eager") in rows:
         assert rows["gmvq_kernels", "eager"]["ratio_to_vector_quantize_pytorch"] > 0

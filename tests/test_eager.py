@@ -5,13 +5,23 @@ import pytest
 import torch
 
 import gmvq_kernels as gk
-from gmvq_kernels import config
+from gmvq_kernels import cbuild, config, cpu_rows
 from gmvq_kernels.functional import gmvq_with_sample, resolve_impl
 from gmvq_kernels.spec import DIFF_OUTPUTS
 
 from utils import check_case, make_inputs, run
 
 SUBSETS = {"all": None, **{name: {name} for name in DIFF_OUTPUTS}}
+
+
+@pytest.fixture(autouse=True, params=["c", "torch"])
+def rows(request, monkeypatch):
+    """Every test twice: impl="torch"'s per-element work in C (cpu_rows.py, built where a compiler is)
+    and in torch ops."""
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "1" if request.param == "c" else "0")
+    if request.param == "c" and cpu_rows.rows_library() is None:
+        pytest.skip("no C compiler: the C row passes cannot be built here (test_c_rows_build_where_a_compiler_is)")
+    return request.param
 
 
 @pytest.fixture
@@ -152,10 +162,10 @@ def test_seeded_noise_is_gumbel_noise_and_steps_are_reproducible(small_blocks):
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 @pytest.mark.parametrize("how", ["no_grad", "no_leaf"])
-def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how):
+def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how, rows):
     """Under no_grad, or with no input that needs a gradient, the blocks keep nothing for a backward
-    (memory: one block's temporaries, not N×K) and skip the sample's argmax in soft mode, with the same
-    outputs, bit for bit, as a call that could be differentiated."""
+    (memory: one block's temporaries, not N×K) and, in torch ops, skip the sample's argmax in soft mode,
+    with the same outputs, bit for bit, as a call that could be differentiated."""
     from gmvq_kernels import eager
 
     kept, argmaxes, argmax = [], [], eager._row_argmax
@@ -170,7 +180,7 @@ def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how
     monkeypatch.setattr(eager, "_forward_block", keeping)
     inputs = make_inputs(11, 9, 4, prior=True)
     want = gk.gmvq(*[t.clone().requires_grad_() for t in inputs], tau=0.5, hard=hard, seed=3, impl="torch")
-    assert all(s is not None for s in kept) and len(argmaxes) == 2 * len(kept)
+    assert all(s is not None for s in kept) and len(argmaxes) == (2 * len(kept) if rows == "torch" else 0)
     kept.clear()
     argmaxes.clear()
     if how == "no_grad":
@@ -179,9 +189,91 @@ def test_without_a_backward_nothing_is_kept(monkeypatch, small_blocks, hard, how
     else:
         got = gk.gmvq(*inputs, tau=0.5, hard=hard, seed=3, impl="torch")
     assert len(kept) == 3 and all(s is None for s in kept)
-    assert len(argmaxes) == (2 if hard else 1) * len(kept)
+    assert len(argmaxes) == ((2 if hard else 1) * len(kept) if rows == "torch" else 0)
     for name, w, o in zip(want._fields, want, got):
         assert torch.equal(o, w.detach()), name
+
+
+@pytest.mark.skipif(cbuild.c_compiler() is None, reason="no C compiler on PATH")
+def test_c_rows_build_where_a_compiler_is(monkeypatch):
+    """With a C compiler on PATH impl="torch" takes the C row passes (no silent fallback to torch ops),
+    and ``GMVQ_C_ROWS=0`` turns them off."""
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "1")
+    assert cpu_rows.rows_library() is not None
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "0")
+    assert cpu_rows.rows_library() is None
+
+
+def test_c_rows_that_cannot_build_warn_and_run_in_torch_ops(monkeypatch):
+    """A compiler that fails: one warning naming the cause and the way out, then the torch ops (the
+    values of ``GMVQ_C_ROWS=0``, bit for bit)."""
+    inputs = make_inputs(11, 9, 4, prior=True)
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "0")
+    want = gk.gmvq(*inputs, tau=0.5, seed=3, impl="torch")
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "1")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(cbuild, "_LOADED", {k: v for k, v in cbuild._LOADED.items() if k != "gmvq_rows"})
+    with pytest.warns(RuntimeWarning, match=r"row passes could not be built.*/nonexistent/cc.*GMVQ_C_ROWS=0"):
+        got = gk.gmvq(*inputs, tau=0.5, seed=3, impl="torch")
+    for name, w, o in zip(want._fields, want, got):
+        assert torch.equal(o, w), name
+
+
+def _rows_args(N, K, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, means = torch.randn(N, 6, generator=g, dtype=dtype), torch.randn(K, 6, generator=g, dtype=dtype)
+    a, b = torch.rand(K, generator=g, dtype=dtype) + 0.1, torch.randn(K, generator=g, dtype=dtype)
+    return x, means, a, b, torch.randn(N, K, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_c_rows_are_the_same_on_any_number_of_threads(dtype, rows):
+    """The C row passes split the rows over OpenMP's threads in fixed chunks and add the column sums
+    chunk by chunk in order: one thread and two give the same bits (forward and backward)."""
+    if rows != "c":
+        pytest.skip("the C row passes alone")
+    lib = cpu_rows.rows_library()
+    x, means, a, b, noise = _rows_args(150, 40, dtype)  # 150 rows: five chunks, the last one short
+    gq, glat = torch.randn(40, dtype=dtype), torch.randn(150, dtype=dtype)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            da = x @ means.T
+            fwd = cpu_rows.forward(lib, da, (x * x).sum(1), (means * means).sum(1), a, b, noise, 0.7, False)
+            q, y, codes, top, m = fwd[:5]
+            bwd = cpu_rows.backward(lib, torch.randn(150, 40, generator=torch.Generator().manual_seed(1), dtype=dtype),
+                                    True, da, q, y, a, a, b, None, glat, glat, None, None, gq, top, codes[:, None],
+                                    None, m, fwd[7])
+            results.append([da, *fwd[:-1], *bwd])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_c_rows_softmax_is_accurate_into_the_subnormals(order, rows):
+    """The fp32 C forward's own exp (a polynomial, cpu_rows._EXP_F32): q and y of logits spread over
+    [−110, 0] (past fp32's normal range at −87.3) against float64's softmax: within 8 ulps where normal
+    (measured 3–5, the row sum's rounding included; torch's fp32 softmax 2.7 here) and within two
+    subnormal steps below it (exp, then the product with 1/Σ, round there: measured 1.9), 0 past −104."""
+    if rows != "c":
+        pytest.skip("the C row passes alone")
+    K = 4096
+    d = torch.linspace(0.0, 110.0, K, dtype=torch.float64)
+    if order == "shuffled":
+        d = d[torch.randperm(K, generator=torch.Generator().manual_seed(0))]
+    ones, zeros = torch.ones(K), torch.zeros(K)
+    G = (-d / 2).float()[None, :].repeat(2, 1)  # d = (0 − 2G) + 0 exactly, a = 1, b = 0: ℓ = −d
+    want = torch.softmax(2 * G.double(), 1)
+    fwd = cpu_rows.forward(cpu_rows.rows_library(), G, torch.zeros(2), zeros, ones, zeros, torch.zeros(2, K), 1.0,
+                           False)
+    for got in fwd[:2]:
+        normal = want >= 2.0 ** -126
+        assert ((got.double() - want).abs() / want)[normal].max() <= 8 * 2.0 ** -24
+        assert (got.double() - want).abs()[~normal].max() <= 2 * 2.0 ** -149
+        assert (got[~normal] > 0).any() and (got == 0).any()  # both subnormals and zeros were tested
 
 
 def test_no_double_backward():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmvq_kernels import noise
+from gmvq_kernels import cbuild, noise
 from gmvq_kernels.noise import (SERIES_W, bits_to_gumbel_numpy, gumbel_noise_numpy, philox_words_numpy, philox_words_torch,
                                 words_to_gumbel)
 
@@ -120,7 +120,7 @@ def rounds(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.skipif(noise.c_compiler() is None, reason="no C compiler on PATH")
+@pytest.mark.skipif(cbuild.c_compiler() is None, reason="no C compiler on PATH")
 def test_c_rounds_build_where_a_compiler_is(monkeypatch):
     """With a C compiler on PATH the twin takes the C rounds (no silent NumPy fallback), and
     ``GMVQ_C_PHILOX=0`` turns them off."""
@@ -136,7 +136,7 @@ def test_c_rounds_that_cannot_build_warn_and_draw_the_same_noise(monkeypatch):
     want = gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3)
     monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    monkeypatch.setattr(noise, "_C_BUILD", {})
+    monkeypatch.setattr(cbuild, "_LOADED", {})
     with pytest.warns(RuntimeWarning, match=r"could not be built.*/nonexistent/cc.*GMVQ_C_PHILOX=0"):
         assert noise.c_philox() is None
     assert torch.equal(gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3), want)
