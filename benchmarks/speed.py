@@ -361,7 +361,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
         variants.append(("gmvq_kernels_unblocked", "eager"))
     if only is not None:
         variants = [key for key in variants if key in only]
-    block_elems = config.REFERENCE_BLOCK_ELEMS
+    block_elems = config.REFERENCE_BLOCK_ELEMS, config.EAGER_C_BLOCK_ELEMS
     for name, mode in variants:
         q = makers[name]()
         # VectorQuantize's EMA codebook has no trainable parameters: its optimiser step is a no-op
@@ -372,7 +372,8 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     faults = {key: [] for key in variants}
 
     def step(key):
-        config.REFERENCE_BLOCK_ELEMS = 2 ** 62 if key[0].endswith("unblocked") else block_elems
+        config.REFERENCE_BLOCK_ELEMS, config.EAGER_C_BLOCK_ELEMS = (2 ** 62,) * 2 if key[0].endswith("unblocked") \
+            else block_elems
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         with config.env_flag(noise.C_PHILOX_ENV, not key[0].endswith("numpy_rounds")), \
                 config.env_flag(cpu_rows.C_ROWS_ENV, not key[0].endswith("torch_rows")):
@@ -396,7 +397,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     for _ in range(steps + 1):
         for key in times:
             times[key].append(step(key))
-    config.REFERENCE_BLOCK_ELEMS = block_elems
+    config.REFERENCE_BLOCK_ELEMS, config.EAGER_C_BLOCK_ELEMS = block_elems
     rows = {}
     for (name, mode), ts in times.items():
         first, ts = ts[0], sorted(ts[2:])

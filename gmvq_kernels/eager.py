@@ -5,8 +5,10 @@ The reference differentiated by autograd is the ground truth, and slow as a trai
 keeps and revisits every N×K intermediate of its ops. Here the forward takes the batch in row blocks
 (a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps three of them per
 block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
-docs/design.md §2, the kernels' formulas, block by block (~16 passes over a block and four matrix
-products; the terms of an absent upstream gradient are skipped). Three shifts that leave the gradients
+docs/design.md §2, the kernels' formulas, block by block (four matrix products; the terms of an absent
+upstream gradient are skipped). The products are torch's; the per-element work of a block runs in C
+(cpu_rows.py: five passes over a row forward, three backward) where that library is built, else in
+torch ops (``_rows_torch``, ``_e_torch``: ~15 passes over the block each way). Three shifts that leave the gradients
 unchanged keep them accurate: Y by its value at each row's likeliest sample code before Δy = Σ_k y Y is
 formed (Y − Δy cancels where y is peaked), Ḡ_q̄ likewise by its value at the row's likeliest code before
 Δq = Σ_k q Ḡ_q̄ (where q is), and x and μ taken relative to the codebook's mean (a common offset of the
@@ -40,9 +42,13 @@ def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backwar
     with torch.autocast(device_type=x.device.type, enabled=False):
         lv = log_var.to(dt)
         a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
-        rows = config.reference_rows(x.shape[0], means.shape[0], config.EAGER_MIN_ROWS)
+        # the per-element work in C where that library is built (read once per call: the backward
+        # follows the forward's choice), else in torch ops
+        lib = cpu_rows.rows_library() if x.device.type == "cpu" else None
+        elems = config.EAGER_C_BLOCK_ELEMS if lib is not None else None
+        rows = config.reference_rows(x.shape[0], means.shape[0], config.EAGER_MIN_ROWS, elems)
         *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed, rows,
-                                         bool(for_backward))
+                                         bool(for_backward), lib)
     out = GMVQOutput(*outs)
     return out._replace(quantized=out.quantized.to(x.dtype)), sample if hard else None
 
@@ -55,15 +61,14 @@ def _row_argmax(t):
     return torch.from_numpy(t.detach().numpy().argmax(1)).to(torch.int64)
 
 
-def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward):
+def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward, lib):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
     mask where the distance clamp stops the gradient or None, the rows' max ℓ m, Σ_k q (ℓ − m), its
     argmax, the argmax of y, the C row library or None): three N×K tensors; None unless
-    ``for_backward``. The per-element work runs in C (cpu_rows.py) where that library is built, else
-    in torch ops (``_rows_torch``)."""
+    ``for_backward``. The per-element work runs in C (cpu_rows.py) with ``lib``, the library, else in
+    torch ops (``_rows_torch``)."""
     x_sq = (x * x).sum(1)
-    lib = cpu_rows.rows_library() if x.device.type == "cpu" else None
     if lib is None:
         da, q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, stopped = _rows_torch(
             x, x_sq, means, a, b, mm, noise, tau, hard, for_backward)
@@ -208,7 +213,7 @@ class _EagerGMVQ(torch.autograd.Function):
     a, b, v (K,) (spec.component_terms). Returns the GMVQOutput fields and the sample codes."""
 
     @staticmethod
-    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows, for_backward):
+    def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib):
         N, K = x.shape[0], means.shape[0]
         mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
 
@@ -217,7 +222,7 @@ class _EagerGMVQ(torch.autograd.Function):
                 return noise[i:i + rows].to(x.dtype)
             return gumbel_noise(min(rows, N - i), K, seed, device=x.device, row_offset=i).to(x.dtype)
 
-        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard, for_backward)
+        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard, for_backward, lib)
                   for i in range(0, N, rows)]
         names = GMVQOutput._fields
         out = {name: (sum(blk[0][j] for blk in blocks) / N if name == "agg_posterior"  # column sums → q̄
@@ -260,4 +265,4 @@ class _EagerGMVQ(torch.autograd.Function):
                 dv = bdv if dv is None else dv.add_(bdv)
         dm.addcmul_(means, cs[:, None], value=-2.0)
         # ℓ = b − d·a: ∂/∂a = −Σ_n dℓ d + (latent_nll's Σ_n Ḡ_lat y_val d) = −Σ_n E d
-        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None, None
+        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None, None, None

@@ -32,6 +32,7 @@ def small_blocks(monkeypatch):
 
     monkeypatch.setattr(config, "EAGER_MIN_ROWS", 4)
     monkeypatch.setattr(config, "REFERENCE_BLOCK_ELEMS", 1)
+    monkeypatch.setattr(config, "EAGER_C_BLOCK_ELEMS", 1)
     rows, block = [], eager._forward_block
     monkeypatch.setattr(eager, "_forward_block", lambda x, *a: rows.append(x.shape[0]) or block(x, *a))
     return rows
