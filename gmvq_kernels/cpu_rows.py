@@ -1,9 +1,10 @@
-"""impl="torch"'s per-row work in C: everything of a row block's forward and backward (eager.py) but
-its matrix products, one row at a time while the row's K values stay in the CPU's L1 cache.
+"""impl="torch"'s per-element work in C: everything of a row block's forward and backward (eager.py)
+but its matrix products, one row at a time while the row's K values stay in the CPU's L1 cache, the
+rows over torch's OpenMP threads.
 
-In torch ops a 512 × 512 block makes ~30 passes over memory, each a dispatch of its own (~16 µs a
-pass and ~5 µs of Python and dispatch); here the forward is five passes over a row and the backward
-two, the products staying with torch (MKL). The formulas, shifts and NaN policy are eager.py's,
+In torch ops a 512 × 512 block makes ~15 passes over memory each way, each a dispatch of its own
+(~16 µs a pass and ~5 µs of Python and dispatch); here the forward is five passes over a row and the
+backward three, the products staying with torch (MKL). The formulas, shifts and NaN policy are eager.py's,
 element for element (see there); the differences are rounding: the sums run in SIMD lanes, ``exp``
 is a polynomial of ~1 ulp in fp32 (libm's in fp64) and log Σ comes from the sum itself. Where the
 distance clamp at 0 is active the forward stores d·a as −0.0 (the same value everywhere it is read),
@@ -21,8 +22,9 @@ from . import cbuild
 C_ROWS_ENV = "GMVQ_C_ROWS"
 _CHUNK = 32  # rows a thread takes at a time; the column sums add per chunk, in chunk order
 
-# One body, compiled for float and for double (REAL, EXP, SFX). Vectorised by the compiler: the row
-# sums are OpenMP SIMD reductions (-fopenmp-simd: no threads, no runtime), the maxima SIMD lanes.
+# One body, compiled for float and for double (REAL, EXP, SFX). Vectorised by the compiler: the row sums
+# and maxima are OpenMP SIMD reductions; the rows go to OpenMP threads in chunks of CHUNK (-fopenmp,
+# which links the libgomp torch has loaded; where the compiler has no OpenMP, -fopenmp-simd: one thread).
 _BODY = r"""
 static int64_t SFX(first_nan)(const REAL *v, int64_t K) {
     int64_t k = 0;
@@ -37,19 +39,17 @@ static void SFX(merge)(const REAL *part, int64_t chunks, int64_t K, REAL *out) {
             out[k] += part[c * K + k];
 }
 
-int64_t SFX(gmvq_rows_forward)(
+int SFX(gmvq_rows_forward)(
         int64_t n, int64_t K, REAL *G, const REAL *xsq, const REAL *mm, const REAL *a, const REAL *b,
         const REAL *noise, REAL tau, int hard, REAL *q, REAL *y, int64_t *codes, int64_t *top, REAL *m_out,
         REAL *lse, REAL *entropy, REAL *q_ell, REAL *latent_nll, REAL *q_sum) {
     /* G (n, K): x·μ_k on entry, d·a on return; q, y (n, K): the posterior and the soft sample; the row
-       outputs; q_sum (K) += Σ_rows q. Returns how many distances the clamp at 0 stopped, or −1 where
-       out of memory (nothing written then). Rows in chunks of CHUNK over the threads. */
+       outputs; q_sum (K) += Σ_rows q. Returns −1 where out of memory (nothing written then), else 0. */
     const int64_t chunks = (n + CHUNK - 1) / CHUNK;
     REAL *part = calloc((size_t)(chunks * K), sizeof(REAL));
     if (!part)
         return -1;
-    int64_t stopped = 0;
-    #pragma omp parallel for schedule(static) reduction(+:stopped)
+    #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
       REAL *qs = part + c * K;
       for (int64_t r = c * CHUNK; r < n && r < (c + 1) * CHUNK; r++) {
@@ -57,11 +57,10 @@ int64_t SFX(gmvq_rows_forward)(
         const REAL *g = noise + r * K;
         const REAL xs = xsq[r];
         REAL m = -INFINITY;
-        int nan = 0, stop = 0;
-        #pragma omp simd reduction(max:m) reduction(|:nan) reduction(+:stop)
+        int nan = 0;
+        #pragma omp simd reduction(max:m) reduction(|:nan)
         for (int64_t k = 0; k < K; k++) {
             REAL d = (xs - 2 * da[k]) + mm[k];  /* the reference's order of sums */
-            stop += !(d >= 0);
             d = d >= 0 ? d : (d != d ? d : -(REAL)0);  /* clamp: −0 marks it, NaN stays */
             da[k] = d * a[k];
             REAL l = b[k] - da[k];
@@ -69,7 +68,6 @@ int64_t SFX(gmvq_rows_forward)(
             m = l > m ? l : m;
             nan |= l != l;
         }
-        stopped += stop;
         /* ℓ's argmax: its first maximum, found as the first ℓ − m = 0 (NaN counts as the largest) */
         int64_t best = K;
         m = nan ? NAN : m;
@@ -111,7 +109,8 @@ int64_t SFX(gmvq_rows_forward)(
             yr[k] = EXP(t);
             sy += yr[k];
         }
-        t_best = nan_y ? SFX(first_nan)(yr, K) : t_best < K ? t_best : 0;
+        /* (ℓ + g)/τ is NaN exactly where d·a is (g, τ finite); y is all NaN by now */
+        t_best = nan_y ? SFX(first_nan)(da, K) : t_best < K ? t_best : 0;
         const REAL inv_y = 1 / sy;
         REAL lat = 0;
         #pragma omp simd reduction(+:lat)
@@ -131,7 +130,7 @@ int64_t SFX(gmvq_rows_forward)(
     }
     SFX(merge)(part, chunks, K, q_sum);
     free(part);
-    return stopped;
+    return 0;
 }
 
 static inline __attribute__((always_inline)) REAL SFX(backward_row)(
@@ -255,7 +254,7 @@ def _declare(lib):
     for sfx, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"gmvq_rows_forward_{sfx}")
         fwd.argtypes = [_I, _I] + [_P] * 6 + [real, ctypes.c_int] + [_P] * 10
-        fwd.restype = ctypes.c_int64
+        fwd.restype = ctypes.c_int
         bwd = getattr(lib, f"gmvq_rows_backward_{sfx}")
         bwd.argtypes = [_I, _I, _P, ctypes.c_int, ctypes.c_int] + [_P] * 21
         bwd.restype = ctypes.c_int
@@ -271,26 +270,26 @@ def rows_library():
 
 def _call(fn, *args, dtype):
     """``fn`` with each tensor of ``args`` as a pointer to a contiguous copy in ``dtype`` where it is not
-    one already (an upstream gradient may be an expanded view), None as NULL."""
+    one already (an upstream gradient may be an expanded view), None as NULL; raises MemoryError where
+    it could not allocate its (n / _CHUNK, K) partial column sums."""
     tensors = [a.to(dtype).contiguous() if isinstance(a, torch.Tensor) and a.is_floating_point()
                else a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
-    return fn(*(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in tensors))
+    if fn(*(t.data_ptr() if isinstance(t, torch.Tensor) else t for t in tensors)) < 0:
+        raise MemoryError("impl=\"torch\": no memory for the C row passes' partial column sums")
 
 
 def forward(lib, G, x_sq, mm, a, b, noise, tau, hard):
     """The row outputs of eager._forward_block from G = x·μᵀ (n, K), which becomes d·a in place:
-    (q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, any_stopped)."""
+    (q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum)."""
     n, K = G.shape
     sfx = "f32" if G.dtype == torch.float32 else "f64"
     q, y = torch.empty_like(G), torch.empty_like(G)
     codes, top = (torch.empty(n, dtype=torch.int64) for _ in range(2))
     m, lse, entropy, q_ell, latent_nll = (G.new_empty(n) for _ in range(5))
     q_sum = G.new_zeros(K)
-    stopped = _call(getattr(lib, f"gmvq_rows_forward_{sfx}"), n, K, G, x_sq, mm, a, b, noise, tau, int(hard), q, y,
-                    codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, dtype=G.dtype)
-    if stopped < 0:
-        raise MemoryError(f"impl=\"torch\": no memory for the C row passes' (n/{_CHUNK}, K) partial sums")
-    return q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, stopped > 0
+    _call(getattr(lib, f"gmvq_rows_forward_{sfx}"), n, K, G, x_sq, mm, a, b, noise, tau, int(hard), q, y, codes, top,
+          m, lse, entropy, q_ell, latent_nll, q_sum, dtype=G.dtype)
+    return q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum
 
 
 def backward(lib, e, has_gz, da, q, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq, top, best, sample, m, q_ell):
@@ -302,12 +301,11 @@ def backward(lib, e, has_gz, da, q, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq
     if not has_gz:
         e.zero_()
     has_y, has_c = has_gz or gs_t is not None or glat_t is not None, any(t is not None for t in (glse, gq, gH))
-    if not (has_y or has_c):  # no upstream gradient reaches ℓ: e = 0
+    if not (has_y or has_c):  # no upstream gradient reaches ℓ (every output's is None): e = 0
         return e.zero_().sum(1), e.new_zeros(K), e.new_zeros(K), e.new_zeros(K)
     e_sum = e.new_empty(n)
     db, ga, cs = (e.new_zeros(K) for _ in range(3))
-    if _call(getattr(lib, f"gmvq_rows_backward_{sfx}"), n, K, e, int(has_y), int(has_c), da, q, y, v, a, b, gs_t,
-             glat_t, glat, glse, gH, e.new_zeros(K) if gq is None else gq, top, best, sample, m, q_ell, e_sum, db,
-             ga, cs, dtype=e.dtype) < 0:
-        raise MemoryError(f"impl=\"torch\": no memory for the C row passes' (3·n/{_CHUNK}, K) partial sums")
+    _call(getattr(lib, f"gmvq_rows_backward_{sfx}"), n, K, e, int(has_y), int(has_c), da, q, y, v, a, b, gs_t, glat_t,
+          glat, glse, gH, e.new_zeros(K) if gq is None else gq, top, best, sample, m, q_ell, e_sum, db, ga, cs,
+          dtype=e.dtype)
     return e_sum, db, ga, cs

@@ -74,7 +74,7 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward, lib):
             x, x_sq, means, a, b, mm, noise, tau, hard, for_backward)
     else:  # d·a in place of x·μᵀ; its sign marks where the clamp stops the gradient
         da = x @ means.T
-        q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, _ = cpu_rows.forward(
+        q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum = cpu_rows.forward(
             lib, da, x_sq, mm, a, b, noise, tau, hard)
         stopped = None
     if hard:

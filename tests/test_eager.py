@@ -246,11 +246,44 @@ def test_c_rows_are_the_same_on_any_number_of_threads(dtype, rows):
             bwd = cpu_rows.backward(lib, torch.randn(150, 40, generator=torch.Generator().manual_seed(1), dtype=dtype),
                                     True, da, q, y, a, a, b, None, glat, glat, None, None, gq, top, codes[:, None],
                                     None, m, fwd[7])
-            results.append([da, *fwd[:-1], *bwd])
+            results.append([da, *fwd, *bwd])
     finally:
         torch.set_num_threads(threads)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_c_rows_treat_non_finite_rows_as_the_torch_ops(hard, rows):
+    """Rows whose logits are NaN, −inf, or a mix of both (an infinite latent against means with a zero
+    component): the C forward's outputs, argmaxes included (NaN counts as the largest, the first one
+    wins, as torch's), have the torch ops' NaN pattern and values, and so does the backward's e."""
+    if rows != "c":
+        pytest.skip("the C row passes alone")
+    from gmvq_kernels import eager
+
+    x, means, a, b, noise = _rows_args(5, 9)
+    means[[2, 6], 1], means[0, 1] = 0.0, -1.0  # the mixed row: −inf at code 0, its first NaN at 2 or after
+    x[1, 1], x[2, 0], x[3] = float("inf"), float("nan"), 3e19  # mixed NaN/−inf, all NaN, all −inf
+    x_sq, mm = (x * x).sum(1), (means * means).sum(1)
+    lib = cpu_rows.rows_library()
+    want = eager._rows_torch(x, x_sq, means, a, b, mm, noise, 0.7, hard, True)
+    da = x @ means.T
+    got = (da, *cpu_rows.forward(lib, da, x_sq, mm, a, b, noise, 0.7, hard))
+    assert not torch.isnan(want[0][1, 0]) and torch.isnan(want[0][1]).any() and want[4][1] > 0  # mixed
+    for name, w, o in zip(["da", "q", "y", "codes", "top", "m", "lse", "entropy", "q_ell", "latent_nll", "q_sum"],
+                          want, got):
+        torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-6, equal_nan=True, msg=name)
+    g = torch.randn(5, 9, generator=torch.Generator().manual_seed(2))
+    grads = {name: None for name in eager.DIFF_OUTPUTS}
+    grads.update(latent_nll=torch.ones(5), agg_posterior=torch.ones(9))
+    top, codes, sample = want[4], want[3], want[4] if hard else None
+    e_want = eager._e_torch(want[0], want[1], want[2], sample, want[11], want[5][:, None], want[8], codes[:, None],
+                            top, g.clone(), grads, 0.7, 5, a, b, a)[0]
+    e_got = g.clone()
+    cpu_rows.backward(lib, e_got, True, got[0], got[1], got[2], a, a, b, None, torch.ones(5) / 0.7, torch.ones(5),
+                      None, None, torch.ones(9) / 5, top, codes[:, None], sample, got[5][:, None], got[8])
+    torch.testing.assert_close(e_got, e_want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
