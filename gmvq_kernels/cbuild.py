@@ -68,9 +68,10 @@ def _build(name, source, flags):
 
 def library(name, source, *, env, what, fallback, setup=None, flags=((),)):
     """``name``'s library (ctypes.CDLL), built from ``source`` with the first of the alternative lists
-    of extra compiler ``flags`` that builds, on the first call of the process and then passed to ``setup`` (to declare its functions' types); None with
-    ``env``=0 (read at each call) or where it could not be built: then one warning says why, naming
-    ``what`` it is and the ``fallback`` that runs instead."""
+    of extra compiler ``flags`` that builds, on the first call of the process, and then passed to
+    ``setup`` (to declare its functions' types); None with ``env``=0 (read at each call) or where it
+    could not be built: then one warning says why, naming ``what`` it is and the ``fallback`` that runs
+    instead."""
     import ctypes
     import warnings
 

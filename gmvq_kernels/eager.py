@@ -8,11 +8,11 @@ block (d·a, q and the soft sample y); the backward applies the hand-derived gra
 docs/design.md §2, the kernels' formulas, block by block (four matrix products; the terms of an absent
 upstream gradient are skipped). The products are torch's; the per-element work of a block runs in C
 (cpu_rows.py: five passes over a row forward, three backward) where that library is built, else in
-torch ops (``_rows_torch``, ``_e_torch``: ~15 passes over the block each way). Three shifts that leave the gradients
-unchanged keep them accurate: Y by its value at each row's likeliest sample code before Δy = Σ_k y Y is
-formed (Y − Δy cancels where y is peaked), Ḡ_q̄ likewise by its value at the row's likeliest code before
-Δq = Σ_k q Ḡ_q̄ (where q is), and x and μ taken relative to the codebook's mean (a common offset of the
-latents cancels before the products that form dx and dμ). It returns the gradients of the per-code
+torch ops (``_rows_torch``, ``_e_torch``: ~15 passes over the block each way). Three shifts that
+leave the gradients unchanged keep them accurate: Y by its value at each row's likeliest sample code
+before Δy = Σ_k y Y is formed (Y − Δy cancels where y is peaked), Ḡ_q̄ likewise by its value at the
+row's likeliest code before Δq = Σ_k q Ḡ_q̄ (where q is), and x and μ taken relative to the codebook's
+mean (a common offset of the latents cancels before the products that form dx and dμ). It returns the gradients of the per-code
 constants a, b, v (``spec.component_terms``), and autograd carries them on to log σ² and the prior
 logits. Memory is O(N·K), as the reference's: the blocks' kept tensors cover the whole batch (the
 N×K-free op is the kernels'); without a backward to follow, nothing is kept and it is one block's
