@@ -3,12 +3,13 @@ but its matrix products, one row at a time while the row's K values stay in the 
 rows over torch's OpenMP threads.
 
 In torch ops a 512 × 512 block makes ~15 passes over memory each way, each a dispatch of its own
-(~16 µs a pass and ~5 µs of Python and dispatch); here the forward is five passes over a row and the
-backward three, the products staying with torch (MKL). The formulas, shifts and NaN policy are eager.py's,
-element for element (see there); the differences are rounding: the sums run in SIMD lanes, ``exp``
-is a polynomial of ~1 ulp in fp32 (libm's in fp64) and log Σ comes from the sum itself. Where the
-distance clamp at 0 is active the forward stores d·a as −0.0 (the same value everywhere it is read),
-and the backward reads the sign as the mask that stops the gradient there (NaN stops it as well).
+(~16 µs a pass and ~5 µs of Python and dispatch); here the forward is five passes over a row (six
+at τ ≠ 1) and the backward three, the products staying with torch (MKL). The formulas, shifts and
+NaN policy are eager.py's, element for element (see there); the differences are rounding: the sums
+run in SIMD lanes, ``exp`` is a polynomial of ~1 ulp in fp32 (libm's in fp64) and log Σ comes from
+the sum itself. Where the distance clamp at 0 is active the forward stores d·a as −0.0 (the same
+value everywhere it is read), and the backward reads the sign as the mask that stops the gradient
+there (NaN stops it as well).
 
 Built on first use with the system C compiler (cbuild.py); where none builds it, or with
 ``GMVQ_C_ROWS=0`` (read at each call), eager.py runs the same steps in torch ops.
