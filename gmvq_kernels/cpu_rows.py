@@ -302,8 +302,8 @@ def backward(lib, e, has_gz, da, q, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq
     if not has_gz:
         e.zero_()
     has_y, has_c = has_gz or gs_t is not None or glat_t is not None, any(t is not None for t in (glse, gq, gH))
-    if not (has_y or has_c):  # no upstream gradient reaches ℓ (every output's is None): e = 0
-        return e.zero_().sum(1), e.new_zeros(K), e.new_zeros(K), e.new_zeros(K)
+    if not (has_y or has_c):  # no upstream gradient reaches ℓ (every output's is None): e = 0, zeroed above
+        return e.new_zeros(n), e.new_zeros(K), e.new_zeros(K), e.new_zeros(K)
     e_sum = e.new_empty(n)
     db, ga, cs = (e.new_zeros(K) for _ in range(3))
     _call(getattr(lib, f"gmvq_rows_backward_{sfx}"), n, K, e, int(has_y), int(has_c), da, q, y, v, a, b, gs_t, glat_t,
