@@ -331,8 +331,8 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     VectorQuantize when installed, each eager and (``compiled``) under torch.compile, and GM-VQ eager
     with ``impl="reference"`` (autograd through the ground truth: what "torch" replaces); median ms over
     interleaved steps, ratios like for like (eager to eager, compiled to compiled) and compiled GM-VQ to
-    eager VectorQuantize, GM-VQ eager with the noise's NumPy Philox rounds (``GMVQ_C_PHILOX=0``: what
-    its C rounds save) and with impl="torch"'s row passes in torch ops (``GMVQ_C_ROWS=0``: what the C
+    eager VectorQuantize, GM-VQ eager with the noise's NumPy fallback (``GMVQ_C_PHILOX=0``: NumPy's
+    Philox rounds and logs, what the C twin saves) and with impl="torch"'s row passes in torch ops (``GMVQ_C_ROWS=0``: what the C
     row passes save). The first step's seconds include the compile. ``unblocked``: also GM-VQ eager
     with the whole batch as one row block (config.reference_rows), interleaved with the rest. ``only``:
     the (quantizer, mode) keys to run (``cpu_step_processes`` runs each in a process of its own).

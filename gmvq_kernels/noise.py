@@ -16,17 +16,19 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   transform of the same u. E is carried in log₂ units (−E·log₂e = log₂ u), so g = −ln E costs one
   MUFU.LG2 and one FFMA, and the word becomes u without an int-to-float conversion: the whole
   transform is ~12 instructions per draw on sm_90 (16 with the Taylor series and natural-unit logs).
-  Under Triton's interpreter and in the CPU twin the logs are the accurate ones.
+  Under Triton's interpreter and in the CPU twin the logs are accurate ones.
 - On NVIDIA CUDA tensors and under the interpreter ``gumbel_noise`` runs the very same @triton.jit helper
   as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
-  CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a CPU twin: the
-  Philox rounds in C, built on first use with the system's C compiler (``c_philox``; NumPy's where none
-  builds), the same words bit for bit, in cache-sized row blocks, and −log(−log u) with accurate fp32
-  logs, NumPy's or torch's, whichever is faster on the CPU (``bits_to_gumbel_numpy``), which keep their
-  relative accuracy for u near 1, so the cubic is not needed there (results within a few ulps of the
-  kernels'). Traced by torch.compile on a CPU, it is
-  ``philox_words_torch`` (the same words in torch integer ops, which the compiler fuses) and
-  ``words_to_gumbel``, the same transform in torch ops.
+  CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a CPU twin in
+  C (``c_philox``, built on first use with the system's C compiler): the same Philox words bit for bit,
+  and in the same pass −log(−log u) with an fp32 log of the twin's own (``_LOG_P``: within 0.85 ulp,
+  and accurate in relative terms for u near 1, so the cubic is not needed), the rows over torch's
+  OpenMP threads. Its values are the same bits on every CPU (written out operation by operation, no
+  contraction left to the compiler), equal to ``words_to_gumbel`` of the words, within 1.4·10⁻⁷ of the
+  exact transform (relative to max(|g|, 1); the kernels' within a few ulps). Where no compiler builds
+  it, NumPy draws the words and takes NumPy's logs (``bits_to_gumbel_numpy``: within 10⁻⁶ of the C
+  twin's values). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in
+  torch integer ops, which the compiler fuses) and ``words_to_gumbel``.
 """
 import ctypes
 import threading
@@ -256,18 +258,37 @@ def _philox_block(n, J, lo, hi, work):
     return E, O
 
 
-# The twin's rounds in C (the same words as _philox_block's, ~6× as fast: 0.36 against 2.1 ms at
-# N = 1024, K = 512 on this project's CPU), built on first use with the system C compiler (CC, else cc,
-# gcc or clang) for this CPU (-march=native) and kept in Triton's cache; where it cannot be built the
-# NumPy rounds run, with a warning. GMVQ_C_PHILOX=0 (read at each call) takes the NumPy rounds.
+# The twin's fp32 log, for positive normal x: x = 2^e·m with m ∈ [√½, √2) read from its bits (ix's
+# shift is arithmetic), f = m − 1 (exact), log x = e·ln 2 + f − f²/2 + f³·P(f), P of degree 7 fitted in
+# float64 to (log1p f − f + f²/2)/f³ on [√½ − 1, √2 − 1], weighted to the relative error of log1p f
+# (Lawson's reweighting on Chebyshev nodes: 6·10⁻⁹), ln 2 split hi + lo (e·ln2_hi is exact). Written as
+# fp32 operations in one order, in C (fmaf for Horner's steps, built with -ffp-contract=off: no other
+# fused multiply-adds) and in torch ops (``_log_f32_torch``), so both give the same bits on any CPU.
+_LOG_P = (0.3333333134651184, -0.2500081956386566, 0.20001226663589478, -0.16623356938362122,
+          0.14201758801937103, -0.13160182535648346, 0.12761574983596802, -0.07634492963552475)
+_LN2_HI, _LN2_LO = 0.693359375, -0.00021219444170128554  # fp32 values: ln 2 = hi + lo to 2⁻³⁶
+_SQRT_HALF_BITS = 0x3F3504F3  # √½ in fp32
+
+
+def _c_float(c):
+    """``c`` as a C float literal, exactly (hexadecimal)."""
+    return float(np.float32(c)).hex() + "f"
+
+
+# The twin in C (the same words as _philox_block's, ~6× as fast, and the transform in the same pass),
+# built on first use with the system C compiler (CC, else cc, gcc or clang) for this CPU
+# (-march=native; -fopenmp as cpu_rows.py's, which links the libgomp torch has loaded) and kept in
+# Triton's cache; where it cannot be built the NumPy rounds and NumPy's logs run, with a warning.
+# GMVQ_C_PHILOX=0 (read at each call) takes those.
 C_PHILOX_ENV = "GMVQ_C_PHILOX"
 _C_SOURCE = r"""
+#include <math.h>
 #include <stdint.h>
-/* Philox4x32-7 of calls j < J, rows n0 .. n0 + rows - 1 (noise.py's _philox4x32: counter (j, n mod 2^32,
+/* Philox4x32-ROUNDS of calls j < J, rows n0 .. n0 + rows - 1 (noise.py's _philox4x32: counter (j, n mod 2^32,
    n div 2^32, 0), key (k0, k1)), word i of call j of row r to out[(r * J + j) * 4 + i]: as uint32, or
-   with as_float as the float of its top 23 bits (exact). Unsigned 32 x 32 -> 64-bit products (no
-   overflow); the loops over j vectorise. */
-static inline void philox(uint32_t j, uint32_t n_lo, uint32_t n_hi, uint32_t a, uint32_t b, uint32_t w[4]) {
+   with gumbel as its noise g (gumbel_f32). Unsigned 32 x 32 -> 64-bit products (no overflow); the loops
+   over j and over a tile's words vectorise. */
+static inline void philox(uint32_t j, uint32_t n_lo, uint32_t n_hi, uint32_t a, uint32_t b, uint32_t *w) {
     uint32_t c0 = j, c1 = n_lo, c2 = n_hi, c3 = 0;
     for (int t = 0; t < ROUNDS; t++) {
         uint64_t p2 = (uint64_t)c2 * 0xCD9E8D57u, p0 = (uint64_t)c0 * 0xD2511F53u;
@@ -281,24 +302,46 @@ static inline void philox(uint32_t j, uint32_t n_lo, uint32_t n_hi, uint32_t a, 
     w[0] = c0; w[1] = c1; w[2] = c2; w[3] = c3;
 }
 
-void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, uint32_t k1, int as_float) {
+static inline float log_f32(float x) {  /* noise.py's _log_f32_torch, the same operations */
+    union { float f; int32_t i; } v = {x};
+    int32_t ix = v.i - SQRT_HALF_BITS;
+    float e = (float)(ix >> 23);
+    v.i = (ix & 0x7FFFFF) + SQRT_HALF_BITS;
+    float f = v.f - 1.0f, z = f * f;
+    float p = fmaf(f, P7, P6);
+    p = fmaf(p, f, P5); p = fmaf(p, f, P4); p = fmaf(p, f, P3); p = fmaf(p, f, P2); p = fmaf(p, f, P1);
+    p = fmaf(p, f, P0);
+    float y = fmaf(f * z, p, e * LN2_LO) - 0.5f * z;
+    return (f + y) + e * LN2_HI;
+}
+
+/* g = -log(-log u), u = (r >> 9 + 1/2) 2^-23 (exact) */
+static inline float gumbel_f32(uint32_t r) { return -log_f32(-log_f32(((float)(r >> 9) + 0.5f) * 0x1p-23f)); }
+
+#define TILE 256  /* calls per tile: its 1024 words stay in L1 between the rounds and the transform */
+
+void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, uint32_t k1, int gumbel) {
+    #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         uint64_t n = (uint64_t)n0 + (uint64_t)r;
-        uint32_t lo = (uint32_t)n, hi = (uint32_t)(n >> 32), w[4];
-        if (as_float) {
+        uint32_t lo = (uint32_t)n, hi = (uint32_t)(n >> 32);
+        if (gumbel) {
             float *o = (float *)out + r * J * 4;
-            for (int64_t j = 0; j < J; j++) {
-                philox((uint32_t)j, lo, hi, k0, k1, w);
-                for (int i = 0; i < 4; i++) o[4 * j + i] = (float)(w[i] >> 9);
+            uint32_t w[4 * TILE];
+            for (int64_t j0 = 0; j0 < J; j0 += TILE) {
+                int64_t jn = J - j0 < TILE ? J - j0 : TILE;
+                for (int64_t j = 0; j < jn; j++) philox((uint32_t)(j0 + j), lo, hi, k0, k1, w + 4 * j);
+                for (int64_t t = 0; t < 4 * jn; t++) o[4 * j0 + t] = gumbel_f32(w[t]);
             }
         } else {
             uint32_t *o = (uint32_t *)out + r * J * 4;
-            for (int64_t j = 0; j < J; j++) {
-                philox((uint32_t)j, lo, hi, k0, k1, w);
-                for (int i = 0; i < 4; i++) o[4 * j + i] = w[i];
-            }
+            for (int64_t j = 0; j < J; j++) philox((uint32_t)j, lo, hi, k0, k1, o + 4 * j);
         }
     }
+}
+
+void gmvq_words_to_gumbel(const uint32_t *r, float *g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = gumbel_f32(r[i]);
 }
 """
 
@@ -307,44 +350,47 @@ def _declare_philox(lib):
     lib.gmvq_philox.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
                                 ctypes.c_uint32, ctypes.c_int]
     lib.gmvq_philox.restype = None
+    lib.gmvq_words_to_gumbel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.gmvq_words_to_gumbel.restype = None
 
 
 def c_philox():
-    """The twin's C rounds (``_C_SOURCE``'s ``gmvq_philox`` via ctypes, which lets go of the GIL while it
-    runs), built on the first call of the process (cbuild.py); None with ``GMVQ_C_PHILOX=0`` or where they
-    could not be built (then a warning, once, says why, and the NumPy rounds draw the same words)."""
-    lib = cbuild.library("gmvq_philox", f"#define ROUNDS {PHILOX_ROUNDS}\n" + _C_SOURCE, env=C_PHILOX_ENV,
-                         what="the C rounds of the CPU noise", setup=_declare_philox,
-                         fallback="the NumPy rounds draw the same noise, ~3x slower")
-    return None if lib is None else lib.gmvq_philox
+    """The twin in C (``_C_SOURCE`` via ctypes, which lets go of the GIL while it runs: ``gmvq_philox``,
+    the rounds with or without the transform, and ``gmvq_words_to_gumbel``, the transform alone), built
+    on the first call of the process (cbuild.py); None with ``GMVQ_C_PHILOX=0`` or where it could not be
+    built (then a warning, once, says why, and the NumPy rounds and NumPy's logs draw the noise)."""
+    defines = {"ROUNDS": PHILOX_ROUNDS, "SQRT_HALF_BITS": _SQRT_HALF_BITS, "LN2_HI": _c_float(_LN2_HI),
+               "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}
+    return cbuild.library("gmvq_philox", "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _C_SOURCE,
+                          env=C_PHILOX_ENV, what="the CPU noise in C", setup=_declare_philox,
+                          fallback="the NumPy rounds and NumPy's logs draw it, ~3x slower and within 1e-6 of its values",
+                          flags=(["-fopenmp", "-ffp-contract=off"], ["-fopenmp-simd", "-ffp-contract=off"]))
 
 
-def _philox_cpu(N, K, seed, row_offset, out, finish=None):
+def _philox_cpu(N, K, seed, row_offset, out):
     """Fill ``out`` (N, ceil(K/4), 4), uint32 or float32: out[n, j, i] = word i of call j of row
-    row_offset + n, as is (uint32) or its top 23 bits (float32: r >> 9, exact), by the C rounds
-    (``c_philox``) or the NumPy ones; then ``finish`` (if given) on each row block's slab of ``out``, in
-    place, while it is in cache. One thread: in a training step, right after torch's ops, two worker
-    threads (NumPy releases the GIL) lost to OpenMP's idle spin on the second core (benchmarks/README.md,
-    "The CPU training step")."""
+    row_offset + n (uint32), or its noise g (float32): by the C twin (``c_philox``: one call, the rows
+    over torch's OpenMP threads), else by the NumPy rounds and ``bits_to_gumbel_numpy`` on the calling
+    thread, in row blocks, each transformed while it is in cache."""
     lo, hi = split_seed(seed)
     J = out.shape[1]
-    as_float = out.dtype == np.float32
+    gumbel = out.dtype == np.float32
+    lib = c_philox()
+    if lib is not None:
+        lib.gmvq_philox(out.ctypes.data, row_offset, N, J, lo, hi, int(gumbel))
+        return
     rows = max(1, _BLOCK_CALLS // J)
-    fn = c_philox()
     for start in range(0, N, rows):
         stop = min(N, start + rows)
         dst = out[start:stop]
-        if fn is not None:
-            fn(dst.ctypes.data, row_offset + start, stop - start, J, lo, hi, as_float)
-        else:
-            n = np.arange(row_offset + start, row_offset + stop, dtype=np.uint64)
-            E, O = _philox_block(n, J, lo, hi, _work_arrays(len(n), J))
-            if as_float:  # in place: no temporaries
-                np.right_shift(E, np.uint64(9), out=E)
-                np.right_shift(O, np.uint64(9), out=O)
-            dst[:, :, 0], dst[:, :, 1], dst[:, :, 2], dst[:, :, 3] = E[0], O[0], E[1], O[1]
-        if finish is not None:
-            finish(dst)
+        n = np.arange(row_offset + start, row_offset + stop, dtype=np.uint64)
+        E, O = _philox_block(n, J, lo, hi, _work_arrays(len(n), J))
+        if gumbel:  # in place: no temporaries
+            np.right_shift(E, np.uint64(9), out=E)
+            np.right_shift(O, np.uint64(9), out=O)
+        dst[:, :, 0], dst[:, :, 1], dst[:, :, 2], dst[:, :, 3] = E[0], O[0], E[1], O[1]
+        if gumbel:
+            bits_to_gumbel_numpy(dst)
 
 
 def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.ndarray:
@@ -356,35 +402,18 @@ def philox_words_numpy(N: int, K: int, seed: int, row_offset: int = 0) -> np.nda
 
 
 def gumbel_noise_numpy(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
-    """The CPU twin of the kernels' noise, (N, K) fp32: ``bits_to_gumbel_numpy`` of the top 23 bits
-    of ``philox_words_numpy(...)``'s words, without the (N, K) words: r >> 9 goes straight into fp32
-    (exact), and each row block is transformed while it is in cache."""
-    h = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
-    _philox_cpu(N, K, seed, row_offset, h, bits_to_gumbel_numpy)
-    return torch.from_numpy(h).view(N, -1)[:, :K].contiguous()
+    """The CPU twin of the kernels' noise, (N, K) fp32, without the (N, K) words (``_philox_cpu``): by
+    the C twin, ``words_to_gumbel`` of ``philox_words_numpy(...)`` bit for bit; by the NumPy fallback,
+    ``bits_to_gumbel_numpy`` of them (within 10⁻⁶ of the C twin's values)."""
+    g = np.empty((N, (K + 3) // 4, 4), dtype=np.float32)
+    _philox_cpu(N, K, seed, row_offset, g)
+    return torch.from_numpy(g).view(N, -1)[:, :K].contiguous()
 
 
-def _numpy_log_is_avx512() -> bool:
-    """Whether NumPy runs its AVX-512 fp32 log on this CPU (its X86_V4 loops)."""
-    return bool(cbuild.cpu_features().get("AVX512_SKX"))
-
-
-# The twin's logs: NumPy's where it has its AVX-512 loop (~3× as fast as torch's on one thread there,
-# 32 against 97 µs per 131072 values), torch's elsewhere (on an AVX2-only CPU NumPy's took 1.7 ns a
-# value against torch's 1.2 on one thread, and torch's run on both cores: benchmarks/README.md, "The
-# CPU training step"). A property of the machine, so each machine's noise is deterministic.
-NUMPY_LOGS = _numpy_log_is_avx512()
-
-
-def bits_to_gumbel_numpy(h: np.ndarray, numpy_logs: bool | None = None) -> np.ndarray:
-    """The twin's transform, in place on an fp32 array of the words' top 23 bits h = r >> 9:
-    u = (h + ½)·2⁻²³ (exact), g = −log(−log u) with accurate fp32 logs: NumPy's or torch's
-    (``numpy_logs``, default ``NUMPY_LOGS``; torch's give ``words_to_gumbel``'s values bit for bit).
-    Both are accurate in relative terms (within 4 ulps of each other on 2²⁰ values in (0, 1)), also for
-    u near 1 where −log u is tiny."""
-    if not (NUMPY_LOGS if numpy_logs is None else numpy_logs):
-        _bits_to_gumbel_torch(torch.from_numpy(h))
-        return h
+def bits_to_gumbel_numpy(h: np.ndarray) -> np.ndarray:
+    """The NumPy fallback's transform, in place on an fp32 array of the words' top 23 bits h = r >> 9:
+    u = (h + ½)·2⁻²³ (exact), g = −log(−log u) with NumPy's fp32 logs (accurate in relative terms, also
+    for u near 1 where −log u is tiny; g within 10⁻⁶ of the C twin's, not bit for bit)."""
     h += 0.5
     h *= 2.0**-23
     np.log(h, out=h)
@@ -458,17 +487,32 @@ def _(N, K, seed, row_offset, device):
     return torch.empty((N, K), dtype=torch.float32, device=device)
 
 
-def _bits_to_gumbel_torch(h: torch.Tensor) -> torch.Tensor:
-    """``bits_to_gumbel_numpy``'s transform with torch's fp32 logs, in place on an fp32 tensor of the
-    words' top 23 bits: the one place both ``words_to_gumbel`` and the twin (where it takes torch's
-    logs) form it, so that the two agree bit for bit."""
-    return h.add_(0.5).mul_(2.0**-23).log_().neg_().log_().neg_()
+def _fma32(a, b, c):
+    """fp32 a·b + c with one rounding (C's fmaf), through float64: a·b is exact there, then the sum is
+    rounded to float64 and to fp32. Two roundings can differ from one, but not on the twin's inputs:
+    tests/test_noise.py compares every one of them with the C twin's fmaf."""
+    return (a.double() * b + c).float()
+
+
+def _log_f32_torch(x: torch.Tensor) -> torch.Tensor:
+    """The twin's fp32 log of a tensor of positive normal values (see ``_LOG_P``), the C twin's
+    ``log_f32`` operation for operation: the same bits."""
+    ix = x.view(torch.int32) - _SQRT_HALF_BITS
+    e = (ix >> 23).to(torch.float32)
+    f = ((ix & 0x7FFFFF) + _SQRT_HALF_BITS).view(torch.float32) - 1.0
+    z = f * f
+    p = _fma32(f, _LOG_P[7], _LOG_P[6])
+    for c in _LOG_P[5::-1]:
+        p = _fma32(p, f, c)
+    y = _fma32(f * z, p, e * _LN2_LO).sub_(z * 0.5)
+    return f.add_(y).add_(e.mul_(_LN2_HI))
 
 
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
-    """g = −log(−log u) of 32-bit words held in an int64 tensor, u as in the kernels' _uniform_to_gumbel,
-    with torch's fp32 logs (what torch.compile traces; the eager twin takes NumPy's or torch's,
-    ``bits_to_gumbel_numpy``). They are accurate in relative terms (about an ulp), also for u near 1
-    where −log u is tiny, so the kernels' cubic (which makes up for the GPU's absolute-error log) is not
-    needed; E = −log u ≥ 2⁻²⁴ > 0, so g is finite for every word."""
-    return _bits_to_gumbel_torch((r >> 9).to(torch.float32))
+    """g = −log(−log u) of 32-bit words held in an int64 tensor, u = (r >> 9 + ½)·2⁻²³ as in the kernels'
+    _uniform_to_gumbel (exact), with ``_log_f32_torch``: the C twin's transform in torch ops, its values
+    bit for bit, and what torch.compile traces on a CPU (compiled, an ulp may differ). The log keeps its
+    relative accuracy for u near 1, where −log u is tiny, so the kernels' cubic is not needed; E = −log u
+    ≥ 2⁻²⁴ > 0, so g is finite for every word."""
+    u = ((r >> 9).to(torch.float32) + 0.5).mul_(2.0**-23)
+    return _log_f32_torch(_log_f32_torch(u).neg_()).neg_()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmvq_kernels import cbuild, noise
+from gmvq_kernels import cbuild, config, noise
 from gmvq_kernels.noise import (SERIES_W, bits_to_gumbel_numpy, gumbel_noise_numpy, philox_words_numpy, philox_words_torch,
                                 words_to_gumbel)
 
@@ -25,16 +25,16 @@ def ks_pvalue(samples: np.ndarray) -> float:
     return float(min(1.0, 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * t * t) for k in range(1, 101))))
 
 
-@pytest.fixture(scope="module", params=["numpy-twin", "torch-transform"])
+@pytest.fixture(scope="module", params=["c-twin", "numpy-fallback"])
 def draws(request):
     """2²¹ draws (2048 rows × 1024 codes) of the kernels' words (tests in test_kernels.py pin the
     in-kernel noise to them), fast without the interpreter: as the eager CPU paths draw them
-    (``gumbel_noise_numpy``, NumPy's logs), and through ``words_to_gumbel`` (torch's logs, what
-    torch.compile traces)."""
-    if request.param == "numpy-twin":
+    (``gumbel_noise_numpy``), by the C twin (equal to ``words_to_gumbel``, what torch.compile traces,
+    bit for bit: ``test_twin_transform_over_every_word``) and by the NumPy fallback (NumPy's logs)."""
+    with config.env_flag(noise.C_PHILOX_ENV, request.param == "c-twin"):
+        if request.param == "c-twin" and noise.c_philox() is None:
+            pytest.skip("no C compiler: the C twin cannot be built here (test_c_twin_builds_where_a_compiler_is)")
         return gumbel_noise_numpy(2048, 1024, seed=12345).numpy().ravel()
-    words = torch.from_numpy(philox_words_numpy(2048, 1024, seed=12345).astype(np.int64))
-    return words_to_gumbel(words).numpy().ravel()
 
 
 def test_noise_fits_gumbel_on_two_million_draws(draws):
@@ -65,25 +65,57 @@ def tail_words():
     return torch.from_numpy(np.concatenate([top, edge, rest]))
 
 
+def exact_gumbel(words):
+    """The exact −log(−log u) of ``words`` (int64 tensor) in float64."""
+    u = ((words >> 9).double() + 0.5) * 2.0**-23
+    return -torch.log(-torch.log(u))
+
+
 def assert_matches_float64(words, got, tol=4e-7):
     """``got`` (the transform of ``words``) against the exact −log(−log u) of the same words in float64."""
-    u = ((words >> 9).double() + 0.5) * 2.0**-23
-    exact = -torch.log(-torch.log(u))
+    exact = exact_gumbel(words)
     err = (got.double().cpu() - exact).abs() / exact.abs().clamp_min(1.0)
     assert err.max() < tol, (err.max(), exact[err.argmax()])
 
 
-@pytest.mark.parametrize("numpy_logs", [True, False], ids=["numpy-logs", "torch-logs"])
-def test_transform_matches_float64_over_all_tails(numpy_logs):
-    """The CPU twin (accurate fp32 logs, no series; NumPy's or torch's, whichever this CPU runs faster:
-    both checked on any CPU) is exact to fp32 accuracy in the upper tail (u near 1, −log u tiny) and
-    everywhere else. With torch's logs it is ``words_to_gumbel`` bit for bit."""
-    words = tail_words()
-    twin = torch.from_numpy(bits_to_gumbel_numpy((words >> 9).float().numpy(), numpy_logs=numpy_logs))
-    assert_matches_float64(words, words_to_gumbel(words))
-    assert_matches_float64(words, twin)
-    if not numpy_logs:
-        assert torch.equal(twin, words_to_gumbel(words))
+def ulps(got, exact):
+    """|got − exact| in units of fp32's spacing at ``exact`` (float64 tensors)."""
+    spacing = torch.from_numpy(np.spacing(exact.abs().float().numpy())).double()
+    return (got.double() - exact).abs() / spacing
+
+
+# every value of the 23 bits that make u: the whole domain of the CPU transform, in slices
+EVERY_WORD = [torch.arange(i, i + 2**21, dtype=torch.int64) << 9 for i in range(0, 2**23, 2**21)]
+
+
+def test_twin_transform_over_every_word():
+    """The CPU twin's transform at each of the 2²³ values u can take: its fp32 log within 0.86 ulp of
+    log u and of log E (E = −log u), g within 1.4·10⁻⁷ of the exact transform (relative to max(|g|, 1);
+    the upper tail, u near 1, included), and the C twin's values (``gmvq_words_to_gumbel``, where a
+    compiler builds it) equal to ``words_to_gumbel``'s, torch's ops, bit for bit: a fused multiply-add
+    left to the compiler, or one of torch's float64 roundings off, would show here."""
+    lib = noise.c_philox()
+    for words in EVERY_WORD:
+        u = ((words >> 9).float() + 0.5) * 2.0**-23
+        log_u = noise._log_f32_torch(u.clone())
+        assert ulps(log_u, torch.log(u.double())).max() < 0.86
+        E = -log_u
+        assert ulps(noise._log_f32_torch(E.clone()), torch.log(E.double())).max() < 0.86
+        g = words_to_gumbel(words)
+        assert_matches_float64(words, g, tol=1.4e-7)
+        if lib is not None:
+            c = np.empty(words.numel(), dtype=np.float32)
+            w = words.numpy().astype(np.uint32)
+            lib.gmvq_words_to_gumbel(w.ctypes.data, c.ctypes.data, w.size)
+            assert torch.equal(torch.from_numpy(c), g)
+
+
+def test_numpy_fallback_transform_matches_float64():
+    """The NumPy fallback's transform (NumPy's fp32 logs, no series) at each of the 2²³ values u can take
+    is exact to fp32 accuracy in the upper tail (u near 1, −log u tiny) and everywhere else; so is the
+    kernels' transform on the tails (test_kernels.py, interpreter)."""
+    for words in EVERY_WORD + [tail_words()]:
+        assert_matches_float64(words, torch.from_numpy(bits_to_gumbel_numpy((words >> 9).float().numpy())))
 
 
 def test_numpy_twin_words_are_philox_per_four_codes():
@@ -113,44 +145,65 @@ TWIN_CASES = [(0, 5, 10, 0), (2**64 - 3, 7, 37, 2**32 + 3), (12345, 3, 40000, 5)
 
 @pytest.fixture(params=["c", "numpy"])
 def rounds(request, monkeypatch):
-    """The CPU twin's Philox rounds: C (``noise.c_philox``, built where a compiler is) or NumPy."""
+    """The CPU twin: C (``noise.c_philox``, built where a compiler is) or the NumPy fallback."""
     monkeypatch.setenv(noise.C_PHILOX_ENV, "1" if request.param == "c" else "0")
     if request.param == "c" and noise.c_philox() is None:
-        pytest.skip("no C compiler: the C rounds cannot be built here (test_c_rounds_build_where_a_compiler_is)")
+        pytest.skip("no C compiler: the C twin cannot be built here (test_c_twin_builds_where_a_compiler_is)")
     return request.param
 
 
 @pytest.mark.skipif(cbuild.c_compiler() is None, reason="no C compiler on PATH")
-def test_c_rounds_build_where_a_compiler_is(monkeypatch):
-    """With a C compiler on PATH the twin takes the C rounds (no silent NumPy fallback), and
-    ``GMVQ_C_PHILOX=0`` turns them off."""
+def test_c_twin_builds_where_a_compiler_is(monkeypatch):
+    """With a C compiler on PATH the twin is the C one (no silent NumPy fallback), and
+    ``GMVQ_C_PHILOX=0`` turns it off."""
     monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
     assert noise.c_philox() is not None
     monkeypatch.setenv(noise.C_PHILOX_ENV, "0")
     assert noise.c_philox() is None
 
 
-def test_c_rounds_that_cannot_build_warn_and_draw_the_same_noise(monkeypatch):
-    """A compiler that fails: one warning naming the cause and the way out, then the NumPy rounds (the
-    same noise)."""
-    want = gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3)
+def test_c_twin_that_cannot_build_warns_and_draws_the_same_words(monkeypatch):
+    """A compiler that fails: one warning naming the cause and the way out, then the NumPy fallback (the
+    same words; the noise from NumPy's logs, checked against float64)."""
+    args = (5, 37, 2**64 - 3, 2**32 + 3)
+    want = philox_words_numpy(*args)
     monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(cbuild, "_LOADED", {})
     with pytest.warns(RuntimeWarning, match=r"could not be built.*/nonexistent/cc.*GMVQ_C_PHILOX=0"):
         assert noise.c_philox() is None
-    assert torch.equal(gumbel_noise_numpy(5, 37, 2**64 - 3, 2**32 + 3), want)
+    np.testing.assert_array_equal(philox_words_numpy(*args), want)
+    assert_matches_float64(torch.from_numpy(want.astype(np.int64)), gumbel_noise_numpy(*args))
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES + [(0xFFFFFFFB, 6, 9, 0), (2**64 - 1, 3, 5, 2**40 - 1)])
-def test_c_and_numpy_rounds_draw_the_same_words(seed, N, K, row_offset, monkeypatch):
+def test_c_and_numpy_twins_draw_the_same_words(seed, N, K, row_offset, monkeypatch):
+    """The same words; the noise of each within 4·10⁻⁷ of the exact transform (relative to max(|g|, 1)),
+    so within 10⁻⁶·(1 + |g|) of each other (their logs differ by ulps)."""
     monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
     if noise.c_philox() is None:
         pytest.skip("no C compiler")
     c_words, c_noise = philox_words_numpy(N, K, seed, row_offset), gumbel_noise_numpy(N, K, seed, row_offset)
     monkeypatch.setenv(noise.C_PHILOX_ENV, "0")
     np.testing.assert_array_equal(c_words, philox_words_numpy(N, K, seed, row_offset))
-    assert torch.equal(c_noise, gumbel_noise_numpy(N, K, seed, row_offset))
+    torch.testing.assert_close(c_noise, gumbel_noise_numpy(N, K, seed, row_offset), rtol=1e-6, atol=1e-6)
+
+
+def test_c_twin_is_the_same_on_any_thread_count(monkeypatch):
+    """The C twin's rows go to torch's OpenMP threads: one thread and two draw the same bits."""
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
+    if noise.c_philox() is None:
+        pytest.skip("no C compiler")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gumbel_noise_numpy(300, 1000, 77, 2**33), philox_words_numpy(300, 1000, 77, 2**33)
+        torch.set_num_threads(2)
+        two = gumbel_noise_numpy(300, 1000, 77, 2**33), philox_words_numpy(300, 1000, 77, 2**33)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
@@ -200,12 +253,15 @@ def test_numpy_twin_work_arrays_are_per_thread_and_reused_safely(rounds):
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES)
 def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset, rounds):
-    """``gumbel_noise`` on a CPU without the interpreter (the path the tests' interpreter hides) is
-    ``bits_to_gumbel_numpy`` of the twin's words, bit for bit, and within a few ulps of torch's
-    transform of them (``words_to_gumbel``, what torch.compile traces)."""
+    """``gumbel_noise`` on a CPU without the interpreter (the path the tests' interpreter hides) is the
+    transform of the twin's words, bit for bit: by the C twin ``words_to_gumbel``'s (what torch.compile
+    traces), by the NumPy fallback ``bits_to_gumbel_numpy``'s, within 10⁻⁶·(1 + |g|) of the former."""
     g = gumbel_noise_numpy(N, K, seed, row_offset)
     words = philox_words_numpy(N, K, seed, row_offset)
-    want = torch.from_numpy(bits_to_gumbel_numpy((words >> np.uint64(9)).astype(np.float32)))
+    traced = words_to_gumbel(torch.from_numpy(words.astype(np.int64)))
     assert g.shape == (N, K) and g.dtype == torch.float32 and g.is_contiguous()
-    assert torch.equal(g, want)
-    torch.testing.assert_close(g, words_to_gumbel(torch.from_numpy(words.astype(np.int64))), rtol=1e-6, atol=1e-6)
+    if rounds == "c":
+        assert torch.equal(g, traced)
+    else:
+        assert torch.equal(g, torch.from_numpy(bits_to_gumbel_numpy((words >> np.uint64(9)).astype(np.float32))))
+        torch.testing.assert_close(g, traced, rtol=1e-6, atol=1e-6)

@@ -231,7 +231,7 @@ def record(gm, inputs):
     return gm.forward
 noise = lambda seed: gk.gumbel_noise(37, 45, seed, row_offset=2**32 + 1)
 seed = torch.tensor(-5)  # the 64 bits of 2**64 - 5
-# traced: the twin's words, transformed by torch's logs (the eager twin takes NumPy's: ulps apart)
+# traced: the twin's words and its transform in torch ops (the eager C twin's values bit for bit)
 words = torch.from_numpy(philox_words_numpy(37, 45, 2**64 - 5, 2**32 + 1).astype(np.int64))
 assert torch.equal(torch.compile(noise, fullgraph=True, backend=record)(seed), words_to_gumbel(words))
 ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
