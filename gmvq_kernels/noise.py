@@ -27,8 +27,7 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   contraction left to the compiler), equal to ``words_to_gumbel`` of the words, within 1.4·10⁻⁷ of the
   exact transform (relative to max(|g|, 1); the kernels' within a few ulps). Where no compiler builds
   it, NumPy draws the words and takes NumPy's logs (``bits_to_gumbel_numpy``: within 10⁻⁶ of the C
-  twin's values). Traced by torch.compile on a CPU, it is ``philox_words_torch`` (the same words in
-  torch integer ops, which the compiler fuses) and ``words_to_gumbel``.
+  twin's values). ``words_to_gumbel`` is the C twin's transform in torch ops (its bits).
 """
 import ctypes
 import threading
@@ -422,53 +421,25 @@ def bits_to_gumbel_numpy(h: np.ndarray) -> np.ndarray:
     return np.negative(h, out=h)
 
 
-def _mulhilo_torch(c, a: int):
-    """(hi, lo) 32-bit words of the product of 32-bit words c (int64 tensor) and a, from 16-bit halves
-    of c: no intermediate reaches 2⁴⁹. The plain int64 product wraps past 2⁶³, which C++ (inductor's
-    CPU code) leaves undefined and inductor's value ranges assume never happens (it dropped the mask
-    after the shift: wrong words for some seeds)."""
-    t = (c & 0xFFFF) * a
-    u = (c >> 16) * a + (t >> 16)
-    return u >> 16, ((u & 0xFFFF) << 16) | (t & 0xFFFF)
-
-
-def philox_words_torch(N: int, K: int, seed, row_offset: int = 0) -> torch.Tensor:
-    """``philox_words_numpy`` in torch integer ops on broadcast operands (the first round works on the
-    row and call vectors alone), as an (N, K) int64 tensor: what torch.compile traces and fuses on a CPU
-    (eagerly the CPU twin is faster)."""
-    seed = seed_tensor(seed)
-    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
-    n = torch.arange(N, dtype=torch.int64)[:, None] + row_offset
-    c0 = torch.arange((K + 3) // 4, dtype=torch.int64)[None, :]
-    c1, c2, c3 = n & _MASK32, n >> 32, torch.zeros((1, 1), dtype=torch.int64)
-    for _ in range(PHILOX_ROUNDS):
-        hi2, lo2 = _mulhilo_torch(c2, _ROUND_B)
-        hi0, lo0 = _mulhilo_torch(c0, _ROUND_A)
-        c0, c1, c2, c3 = hi2 ^ c1 ^ k0, lo2, hi0 ^ c3 ^ k1, lo0
-        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
-    return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), -1).reshape(N, -1)[:, :K]
-
-
 def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> torch.Tensor:
     """Exactly the (N, K) fp32 Gumbel noise the fused kernels draw for ``seed`` (see module docstring):
     an int in [0, 2**64) or a 0-dim int64 tensor holding its bits, on the CPU (see ``seed_tensor``) or
     on ``device`` when that is a CUDA device (read by the kernel as it runs: ``seed_on_device``).
-    ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch.
-    Traced by torch.compile on a CPU (outside the interpreter), it is ``words_to_gumbel`` of
-    ``philox_words_torch`` in the graph (the same words; the compiled logs may differ by an ulp), which
-    the compiler fuses (benchmarks/README.md, "The CPU training step")."""
+    ``row_offset``: the noise of rows row_offset .. row_offset + N − 1 of a larger batch. Under
+    torch.compile it is the same custom op, so compiled code draws the same bits as eager code (on a
+    CPU the C twin: faster than inductor's code for the same transform, benchmarks/README.md, "The CPU
+    training step")."""
     device = torch.device(device if device is not None else "cpu")
     check_int("N", N)
     check_int("K", K)
     check_int("row_offset", row_offset, lo=0)
     check_seed(seed, device)
-    if device.type == "cpu" and not INTERPRET and torch.compiler.is_compiling():
-        return words_to_gumbel(philox_words_torch(N, K, seed, row_offset))
     return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
 
 
 # A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
-# NumPy, neither of which it can trace. Kept out of inductor's CUDA graphs (config.CUDAGRAPH_UNSAFE).
+# the CPU twin (C or NumPy), neither of which it can trace. Kept out of inductor's CUDA graphs
+# (config.CUDAGRAPH_UNSAFE).
 @torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=(), tags=CUDAGRAPH_UNSAFE)
 def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
     if can_use_triton(device):  # an NVIDIA GPU, or the CPU under the interpreter
@@ -511,7 +482,7 @@ def _log_f32_torch(x: torch.Tensor) -> torch.Tensor:
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
     """g = −log(−log u) of 32-bit words held in an int64 tensor, u = (r >> 9 + ½)·2⁻²³ as in the kernels'
     _uniform_to_gumbel (exact), with ``_log_f32_torch``: the C twin's transform in torch ops, its values
-    bit for bit, and what torch.compile traces on a CPU (compiled, an ulp may differ). The log keeps its
+    bit for bit (the tests' statement of what the C code computes). The log keeps its
     relative accuracy for u near 1, where −log u is tiny, so the kernels' cubic is not needed; E = −log u
     ≥ 2⁻²⁴ > 0, so g is finite for every word."""
     u = ((r >> 9).to(torch.float32) + 0.5).mul_(2.0**-23)
