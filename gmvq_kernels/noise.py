@@ -21,7 +21,7 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   as the fused kernels, so the tensor it returns is bit-identical to the noise drawn in-kernel. On a plain
   CPU (and, copied over, on an AMD GPU of a ROCm build: ``checks.can_use_triton``) it runs a CPU twin in
   C (``c_philox``, built on first use with the system's C compiler): the same Philox words bit for bit,
-  and in the same pass −log(−log u) with an fp32 log of the twin's own (``_LOG_P``: within 0.85 ulp,
+  and in the same pass −log(−log u) with an fp32 log of the twin's own (``_LOG_P``: within 0.86 ulp,
   and accurate in relative terms for u near 1, so the cubic is not needed), the rows over torch's
   OpenMP threads. Its values are the same bits on every CPU (written out operation by operation, no
   contraction left to the compiler), equal to ``words_to_gumbel`` of the words, within 1.4·10⁻⁷ of the
@@ -482,8 +482,8 @@ def _log_f32_torch(x: torch.Tensor) -> torch.Tensor:
 def words_to_gumbel(r: torch.Tensor) -> torch.Tensor:
     """g = −log(−log u) of 32-bit words held in an int64 tensor, u = (r >> 9 + ½)·2⁻²³ as in the kernels'
     _uniform_to_gumbel (exact), with ``_log_f32_torch``: the C twin's transform in torch ops, its values
-    bit for bit (the tests' statement of what the C code computes). The log keeps its
-    relative accuracy for u near 1, where −log u is tiny, so the kernels' cubic is not needed; E = −log u
-    ≥ 2⁻²⁴ > 0, so g is finite for every word."""
+    bit for bit (the tests' statement of what the C code computes). The log keeps its relative accuracy
+    for u near 1, where −log u is tiny, so the kernels' cubic is not needed; E = −log u ≥ 2⁻²⁴ > 0, so g
+    is finite for every word."""
     u = ((r >> 9).to(torch.float32) + 0.5).mul_(2.0**-23)
     return _log_f32_torch(_log_f32_torch(u).neg_()).neg_()
