@@ -23,7 +23,7 @@ from . import cbuild
 C_ROWS_ENV = "GMVQ_C_ROWS"
 _CHUNK = 32  # rows a thread takes at a time; the column sums add per chunk, in chunk order
 
-# One body, compiled for float and for double (REAL, EXP, SFX). Vectorised by the compiler: the row sums
+# One body, compiled for float and for double (REAL, UINT, EXP, SFX). Vectorised by the compiler: the row sums
 # and maxima are OpenMP SIMD reductions; the rows go to OpenMP threads in chunks of CHUNK (-fopenmp,
 # which links the libgomp torch has loaded; where the compiler has no OpenMP, -fopenmp-simd: one thread).
 _BODY = r"""
@@ -134,6 +134,15 @@ int SFX(gmvq_rows_forward)(
     return 0;
 }
 
+/* a where c, else +0, by its bits: a branch-free select. Written as a conditional, gcc threads it
+   into branches and then vectorises the loop only with AVX-512's masks (AVX2 builds ran it scalar,
+   5x slower) */
+static inline REAL SFX(keep)(int c, REAL a) {
+    union { REAL f; UINT i; } u = {a};
+    u.i &= -(UINT)c;
+    return u.f;
+}
+
 static inline __attribute__((always_inline)) REAL SFX(backward_row)(
         const int has_y, const int has_c, int64_t K, REAL *er, const REAL *dar, const REAL *qr, const REAL *yr,
         const REAL *a, const REAL *b, const REAL *gq, REAL gq_best, REAL dy, REAL row, REAL h, REAL mr,
@@ -149,10 +158,10 @@ static inline __attribute__((always_inline)) REAL SFX(backward_row)(
         if (has_c)
             dl += qr[k] * (((gq[k] - gq_best) + row) - h * ((b[k] - dar[k]) - mr));
         pdb[k] += dl;
-        REAL E = (dl - gl_soft * yr[k]) - (k == s ? gl_hard : 0);
+        REAL E = (dl - gl_soft * yr[k]) - SFX(keep)(k == s, gl_hard);
         pga[k] += (dar[k] / a[k]) * E;
         REAL ek = E * a[k];
-        ek = (dar[k] != dar[k] || signbit(dar[k])) ? 0 : ek;  /* where the clamp stopped d */
+        ek = SFX(keep)(!((dar[k] != dar[k]) | (signbit(dar[k]) != 0)), ek);  /* 0 where the clamp stopped d */
         er[k] = ek;
         pcs[k] += ek;
         es += ek;
@@ -228,8 +237,13 @@ int SFX(gmvq_rows_backward)(
 # −inf or NaN here; NaN stays NaN. Branch-free, so the loops that call it vectorise.
 _EXP_F32 = r"""
 static inline float exp_f32(float x) {
-    union { float f; int32_t i; } f, s1, s2;
-    x = x < -104.0f ? -104.0f : x;                   /* e^-104 rounds to 0 in fp32 */
+    union { float f; int32_t i; } f, s1, s2, c = {x}, lo = {-104.0f};
+    /* x = max(x, −104) (e^−104 rounds to 0 in fp32; NaN stays NaN) by a bit select: written as a
+       conditional, gcc threads the branch through the constant x = −104 and then vectorises the
+       loops that call this only with AVX-512's masks (not for AVX2: those loops ran scalar) */
+    int32_t below = -(int32_t)(x < -104.0f);
+    c.i = (c.i & ~below) | (lo.i & below);
+    x = c.f;
     f.f = x * 1.44269504088896341f + 12582912.0f;    /* n = round(x / ln 2) in the low bits */
     float n = f.f - 12582912.0f;
     int32_t ni = f.i - 0x4B400000;
@@ -244,9 +258,11 @@ static inline float exp_f32(float x) {
 """
 
 _SOURCE = ("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#define CHUNK " + str(_CHUNK) + "\n" + _EXP_F32
-           + "#define REAL float\n#define EXP exp_f32\n#define LOG logf\n#define SFX(name) name##_f32\n" + _BODY
-           + "#undef REAL\n#undef EXP\n#undef LOG\n#undef SFX\n"
-           + "#define REAL double\n#define EXP exp\n#define LOG log\n#define SFX(name) name##_f64\n" + _BODY)
+           + "#define REAL float\n#define UINT uint32_t\n#define EXP exp_f32\n#define LOG logf\n"
+           + "#define SFX(name) name##_f32\n" + _BODY
+           + "#undef REAL\n#undef UINT\n#undef EXP\n#undef LOG\n#undef SFX\n"
+           + "#define REAL double\n#define UINT uint64_t\n#define EXP exp\n#define LOG log\n"
+           + "#define SFX(name) name##_f64\n" + _BODY)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64  # pointers as ints (tensor.data_ptr()), int64_t
 

@@ -18,6 +18,8 @@ old = src[src.index("# the two multiply chains of a round"):src.index("def _mulh
 old = old.replace('"gmvq_philox", f"#define', '"gmvq_philox_old", f"#define')
 ns = dict(noise.__dict__)
 exec(old, ns)
+if "def _bits_to_gumbel_torch" in src:  # REV's torch-log transform (its twin's choice on CPUs without AVX-512)
+    exec(src[src.index("def _bits_to_gumbel_torch"):src.index("def words_to_gumbel")], ns)
 
 new_c = noise.c_philox
 
