@@ -223,6 +223,7 @@ def env_info(device):
     if device.type == "cpu" and not config.INTERPRET:  # the CPU noise's rounds and impl="torch"'s row passes:
         info["c_philox"] = noise.c_philox() is not None  # C where built (noise.c_philox, cpu_rows.rows_library)
         info["c_rows"] = cpu_rows.rows_library() is not None
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # torch's kernels (ATEN_CPU_CAPABILITY)
     return info
 
 
