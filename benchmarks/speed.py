@@ -333,13 +333,13 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
     with ``impl="reference"`` (autograd through the ground truth: what "torch" replaces); median ms over
     interleaved steps, ratios like for like (eager to eager, compiled to compiled) and compiled GM-VQ to
     eager VectorQuantize, GM-VQ eager with the noise's NumPy fallback (``GMVQ_C_PHILOX=0``: NumPy's
-    Philox rounds and logs, what the C twin saves) and with impl="torch"'s row passes in torch ops (``GMVQ_C_ROWS=0``: what the C
-    row passes save). The first step's seconds include the compile. ``unblocked``: also GM-VQ eager
-    with the whole batch as one row block (config.reference_rows), interleaved with the rest. ``only``:
-    the (quantizer, mode) keys to run (``cpu_step_processes`` runs each in a process of its own).
-    Each row also counts the page faults of a step (median): glibc returns freed memory to the system
-    and faults it back in, and how often depends on what else the process allocates (see
-    benchmarks/README.md, "The CPU training step")."""
+    Philox rounds and logs, what the C twin saves) and with impl="torch"'s row passes in torch ops
+    (``GMVQ_C_ROWS=0``: what the C row passes save). The first step's seconds include the compile.
+    ``unblocked``: also GM-VQ eager with the whole batch as one row block (config.reference_rows),
+    interleaved with the rest. ``only``: the (quantizer, mode) keys to run (``cpu_step_processes`` runs
+    each in a process of its own). Each row also counts the page faults of a step (median): glibc
+    returns freed memory to the system and faults it back in, and how often depends on what else the
+    process allocates (see benchmarks/README.md, "The CPU training step")."""
     import resource
     torch.manual_seed(0)
     latents = torch.randn(*batch)

@@ -23,9 +23,10 @@ from . import cbuild
 C_ROWS_ENV = "GMVQ_C_ROWS"
 _CHUNK = 32  # rows a thread takes at a time; the column sums add per chunk, in chunk order
 
-# One body, compiled for float and for double (REAL, UINT, EXP, SFX). Vectorised by the compiler: the row sums
-# and maxima are OpenMP SIMD reductions; the rows go to OpenMP threads in chunks of CHUNK (-fopenmp,
-# which links the libgomp torch has loaded; where the compiler has no OpenMP, -fopenmp-simd: one thread).
+# One body, compiled for float and for double (REAL, UINT, EXP, SFX). Vectorised by the compiler: the
+# row sums and maxima are OpenMP SIMD reductions, selects are bit selects (keep); the rows go to OpenMP
+# threads in chunks of CHUNK (-fopenmp, which links the libgomp torch has loaded; where the compiler has
+# no OpenMP, -fopenmp-simd: one thread).
 _BODY = r"""
 static int64_t SFX(first_nan)(const REAL *v, int64_t K) {
     int64_t k = 0;

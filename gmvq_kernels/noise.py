@@ -362,7 +362,8 @@ def c_philox():
                "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}
     return cbuild.library("gmvq_philox", "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _C_SOURCE,
                           env=C_PHILOX_ENV, what="the CPU noise in C", setup=_declare_philox,
-                          fallback="the NumPy rounds and NumPy's logs draw it, ~3x slower and within 1e-6 of its values",
+                          fallback="the NumPy rounds and NumPy's logs draw it, ~3x slower and within 1e-6 of its "
+                                   "values",
                           flags=(["-fopenmp", "-ffp-contract=off"], ["-fopenmp-simd", "-ffp-contract=off"]))
 
 
