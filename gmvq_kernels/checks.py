@@ -44,7 +44,11 @@ def check_flag(name, value):
 
 
 def check_number(name, value, lo=-math.inf, hi=math.inf):
-    """A finite real number (not a bool) in [lo, hi]."""
+    """A finite real number (not a bool) in [lo, hi]; not checked while torch.compile traces: with
+    ``dynamic=True`` a module's float attributes (beta, gamma) are symbolic there, and a comparison
+    breaks the graph (eager calls and the module's constructor check them)."""
+    if torch.compiler.is_compiling():
+        return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
             math.isfinite(value) and lo <= value <= hi):
         raise ValueError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}")
