@@ -83,8 +83,10 @@ def ulps(got, exact):
     return (got.double() - exact).abs() / spacing
 
 
-# every value of the 23 bits that make u: the whole domain of the CPU transform, in slices
-EVERY_WORD = [torch.arange(i, i + 2**21, dtype=torch.int64) << 9 for i in range(0, 2**23, 2**21)]
+def every_word():
+    """Every value of the 23 bits that make u (the whole domain of the CPU transform), as words, in slices."""
+    for i in range(0, 2**23, 2**21):
+        yield torch.arange(i, i + 2**21, dtype=torch.int64) << 9
 
 
 def test_twin_transform_over_every_word():
@@ -94,7 +96,7 @@ def test_twin_transform_over_every_word():
     compiler builds it) equal to ``words_to_gumbel``'s, torch's ops, bit for bit: a fused multiply-add
     left to the compiler, or one of torch's float64 roundings off, would show here."""
     lib = noise.c_philox()
-    for words in EVERY_WORD:
+    for words in every_word():
         u = ((words >> 9).float() + 0.5) * 2.0**-23
         log_u = noise._log_f32_torch(u.clone())
         assert ulps(log_u, torch.log(u.double())).max() < 0.86
@@ -113,7 +115,7 @@ def test_numpy_fallback_transform_matches_float64():
     """The NumPy fallback's transform (NumPy's fp32 logs, no series) at each of the 2²³ values u can take
     is exact to fp32 accuracy in the upper tail (u near 1, −log u tiny) and everywhere else; so is the
     kernels' transform on the tails (test_kernels.py, interpreter)."""
-    for words in EVERY_WORD + [tail_words()]:
+    for words in [*every_word(), tail_words()]:
         assert_matches_float64(words, torch.from_numpy(bits_to_gumbel_numpy((words >> 9).float().numpy())))
 
 
