@@ -345,6 +345,12 @@ void gmvq_words_to_gumbel(const uint32_t *r, float *g, int64_t n) {
 """
 
 
+# _C_SOURCE with the constants it names, formed once (c_philox runs at every noise call)
+_C_TWIN_SOURCE = "".join(f"#define {k} {v}\n" for k, v in {
+    "ROUNDS": PHILOX_ROUNDS, "SQRT_HALF_BITS": _SQRT_HALF_BITS, "LN2_HI": _c_float(_LN2_HI),
+    "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}.items()) + _C_SOURCE
+
+
 def _declare_philox(lib):
     lib.gmvq_philox.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32,
                                 ctypes.c_uint32, ctypes.c_int]
@@ -358,10 +364,8 @@ def c_philox():
     the rounds with or without the transform, and ``gmvq_words_to_gumbel``, the transform alone), built
     on the first call of the process (cbuild.py); None with ``GMVQ_C_PHILOX=0`` or where it could not be
     built (then a warning, once, says why, and the NumPy rounds and NumPy's logs draw the noise)."""
-    defines = {"ROUNDS": PHILOX_ROUNDS, "SQRT_HALF_BITS": _SQRT_HALF_BITS, "LN2_HI": _c_float(_LN2_HI),
-               "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}
-    return cbuild.library("gmvq_philox", "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _C_SOURCE,
-                          env=C_PHILOX_ENV, what="the CPU noise in C", setup=_declare_philox,
+    return cbuild.library("gmvq_philox", _C_TWIN_SOURCE, env=C_PHILOX_ENV, what="the CPU noise in C",
+                          setup=_declare_philox,
                           fallback="the NumPy rounds and NumPy's logs draw it, ~3x slower and within 1e-6 of its "
                                    "values",
                           flags=(["-fopenmp", "-ffp-contract=off"], ["-fopenmp-simd", "-ffp-contract=off"]))
