@@ -19,6 +19,7 @@ import ctypes
 import torch
 
 from . import cbuild
+from .noise import C_ROW_SOURCE, split_seed
 
 C_ROWS_ENV = "GMVQ_C_ROWS"
 _CHUNK = 32  # rows a thread takes at a time; the column sums add per chunk, in chunk order
@@ -43,20 +44,34 @@ static void SFX(merge)(const REAL *part, int64_t chunks, int64_t K, REAL *out) {
 
 int SFX(gmvq_rows_forward)(
         int64_t n, int64_t K, REAL *G, const REAL *xsq, const REAL *mm, const REAL *a, const REAL *b,
-        const REAL *noise, REAL tau, int hard, REAL *q, REAL *y, int64_t *codes, int64_t *top, REAL *m_out,
-        REAL *lse, REAL *entropy, REAL *q_ell, REAL *latent_nll, REAL *q_sum) {
-    /* G (n, K): x·μ_k on entry, d·a on return; q, y (n, K): the posterior and the soft sample; the row
-       outputs; q_sum (K) += Σ_rows q. Returns −1 where out of memory (nothing written then), else 0. */
-    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    REAL *part = calloc((size_t)(chunks * K), sizeof(REAL));
-    if (!part)
+        const REAL *noise, int64_t n0, uint32_t k0, uint32_t k1, REAL tau, int hard, REAL *y, int64_t *codes,
+        int64_t *top, REAL *m_out, REAL *q_inv, REAL *lse, REAL *entropy, REAL *q_ell, REAL *latent_nll,
+        REAL *q_sum) {
+    /* G (n, K): x·μ_k on entry, d·a on return; noise (n, K), or NULL: then row r's is drawn here, that of
+       row n0 + r for the key (k0, k1) (noise.py's gumbel_row: gumbel_noise's bits); y (n, K): the soft
+       sample; the row outputs, q_inv = 1 / Σ_k exp(ℓ − m) (q = exp(ℓ − m)·q_inv, as the backward forms
+       it again); q_sum (K) += Σ_rows q. Returns −1 where out of memory (nothing written then), else 0. */
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK, J = (K + 3) / 4, threads = THREADS;
+    /* the chunks' partial column sums, then per thread a row's q and, drawn here, its noise (in cache) */
+    REAL *part = calloc((size_t)((chunks + threads) * K), sizeof(REAL));
+    float *drawn = noise ? NULL : malloc((size_t)(threads * 4 * J) * sizeof(float));
+    if (!part || (!noise && !drawn)) {
+        free(part);
         return -1;
+    }
     #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
-      REAL *qs = part + c * K;
+      REAL *qs = part + c * K, *qr = part + (chunks + THREAD) * K;
       for (int64_t r = c * CHUNK; r < n && r < (c + 1) * CHUNK; r++) {
-        REAL *da = G + r * K, *qr = q + r * K, *yr = y + r * K;
+        REAL *da = G + r * K, *yr = y + r * K;
         const REAL *g = noise + r * K;
+        if (!noise) {  /* the row's noise, then in y's row, where the pass below reads it in place */
+            float *gr = drawn + THREAD * 4 * J;
+            gumbel_row(gr, (uint64_t)n0 + (uint64_t)r, J, k0, k1);
+            for (int64_t k = 0; k < K; k++)
+                yr[k] = gr[k];
+            g = yr;
+        }
         const REAL xs = xsq[r];
         REAL m = -INFINITY;
         int nan = 0;
@@ -128,10 +143,12 @@ int SFX(gmvq_rows_forward)(
         q_ell[r] = h * inv;
         entropy[r] = log_sum - h * inv;
         latent_nll[r] = hard ? da[t_best] : lat;
+        q_inv[r] = inv;
       }
     }
     SFX(merge)(part, chunks, K, q_sum);
     free(part);
+    free(drawn);
     return 0;
 }
 
@@ -170,25 +187,28 @@ static inline __attribute__((always_inline)) REAL SFX(backward_row)(
 }
 
 int SFX(gmvq_rows_backward)(
-        int64_t n, int64_t K, REAL *e, int has_y, int has_c, const REAL *da, const REAL *q, const REAL *y,
+        int64_t n, int64_t K, REAL *e, int has_y, int has_c, const REAL *da, const REAL *q_inv, const REAL *y,
         const REAL *v, const REAL *a, const REAL *b, const REAL *gs_t, const REAL *glat_t, const REAL *glat,
         const REAL *glse, const REAL *gH, const REAL *gq, const int64_t *top, const int64_t *best,
         const int64_t *sample, const REAL *m, const REAL *q_ell, REAL *e_sum, REAL *db, REAL *ga, REAL *cs) {
     /* e (n, K): (Ḡ_z/τ)·μ_k on entry (zeros without Ḡ_z), on return e = E·a (eager._backward_block's,
        the clamp's mask applied); has_y: any of Ḡ_z, Ḡ_s, Ḡ_lat; has_c: any of Ḡ_lse, Ḡ_q̄, Ḡ_H;
        gs_t, glat_t: Ḡ_s/τ, Ḡ_lat/τ; gq: Ḡ_q̄/N (K, zeros without it); any other upstream term NULL
-       where absent; sample: the hard sample codes, NULL when soft. e_sum (n) = Σ_k e; db, ga, cs (K)
-       += Σ_rows dℓ, (d·a/a)·E, e. Returns −1 where out of memory (nothing written then), else 0. */
-    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    REAL *part = calloc((size_t)(3 * chunks * K), sizeof(REAL));
+       where absent; sample: the hard sample codes, NULL when soft; m, q_inv: the forward's, from which
+       q is formed again per row (the forward's operations: the same bits). e_sum (n) = Σ_k e; db, ga,
+       cs (K) += Σ_rows dℓ, (d·a/a)·E, e. Returns −1 where out of memory (nothing written then), else 0. */
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK, threads = THREADS;
+    /* the chunks' partial column sums, then per thread a row's q (in cache) */
+    REAL *part = calloc((size_t)((3 * chunks + threads) * K), sizeof(REAL));
     if (!part)
         return -1;
     #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
       REAL *pdb = part + c * K, *pga = part + (chunks + c) * K, *pcs = part + (2 * chunks + c) * K;
+      REAL *qr = part + (3 * chunks + THREAD) * K;
       for (int64_t r = c * CHUNK; r < n && r < (c + 1) * CHUNK; r++) {
         REAL *er = e + r * K;
-        const REAL *dar = da + r * K, *qr = q + r * K, *yr = y + r * K;
+        const REAL *dar = da + r * K, *yr = y + r * K;
         const REAL zs = gs_t ? gs_t[r] : 0, zl = glat_t ? glat_t[r] : 0, gl = glat ? glat[r] : 0;
         const REAL h = gH ? gH[r] : 0;
         /* Y shifted by its value at the likeliest sample code (Y − Δy cancels where y is peaked) */
@@ -204,9 +224,14 @@ int SFX(gmvq_rows_backward)(
                 dy += yr[k] * Y;
             }
         }
-        #pragma omp simd reduction(+:dq)
-        for (int64_t k = 0; k < K; k++)
-            dq += qr[k] * (gq[k] - gq_best);
+        if (has_c) {
+            const REAL mr = m[r], inv = q_inv[r];
+            #pragma omp simd reduction(+:dq)
+            for (int64_t k = 0; k < K; k++) {
+                qr[k] = EXP((b[k] - dar[k]) - mr) * inv;
+                dq += qr[k] * (gq[k] - gq_best);
+            }
+        }
         const REAL row = ((glse ? glse[r] : 0) + h * q_ell[r]) - dq;
         const REAL gl_soft = sample ? 0 : gl, gl_hard = sample ? gl : 0;
         const int64_t s = sample ? sample[r] : -1;
@@ -229,6 +254,19 @@ int SFX(gmvq_rows_backward)(
     free(part);
     return 0;
 }
+"""
+
+# A buffer per thread (a row's q, and its noise where the forward draws it): OpenMP's thread numbers,
+# or one thread where the compiler has no OpenMP (-fopenmp-simd)
+_THREADS = r"""
+#ifdef _OPENMP
+#include <omp.h>
+#define THREADS omp_get_max_threads()
+#define THREAD omp_get_thread_num()
+#else
+#define THREADS 1
+#define THREAD 0
+#endif
 """
 
 # fp32 exp for the forward's softmaxes: exp(x) = 2^n · p(r), x = n·ln 2 + r with |r| ≤ ln 2 / 2, p the
@@ -257,7 +295,8 @@ static inline float exp_f32(float x) {
 }
 """
 
-_SOURCE = ("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#define CHUNK " + str(_CHUNK) + "\n" + _EXP_F32
+_SOURCE = ("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#define CHUNK " + str(_CHUNK) + "\n" + _THREADS
+           + C_ROW_SOURCE + _EXP_F32
            + "#define REAL float\n#define UINT uint32_t\n#define EXP exp_f32\n#define LOG logf\n"
            + "#define SFX(name) name##_f32\n" + _BODY
            + "#undef REAL\n#undef UINT\n#undef EXP\n#undef LOG\n#undef SFX\n"
@@ -270,7 +309,7 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64  # pointers as ints (tensor.data_ptr())
 def _declare(lib):
     for sfx, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fwd = getattr(lib, f"gmvq_rows_forward_{sfx}")
-        fwd.argtypes = [_I, _I] + [_P] * 6 + [real, ctypes.c_int] + [_P] * 10
+        fwd.argtypes = [_I, _I] + [_P] * 6 + [_I, ctypes.c_uint32, ctypes.c_uint32, real, ctypes.c_int] + [_P] * 10
         fwd.restype = ctypes.c_int
         bwd = getattr(lib, f"gmvq_rows_backward_{sfx}")
         bwd.argtypes = [_I, _I, _P, ctypes.c_int, ctypes.c_int] + [_P] * 21
@@ -285,6 +324,13 @@ def rows_library():
                           flags=(["-fopenmp"], ["-fopenmp-simd"]))
 
 
+@torch.compiler.assume_constant_result
+def rows_library_built() -> bool:
+    """Whether ``rows_library`` returns the library, as a constant of a traced graph (torch.compile runs
+    it as it traces, not in the graph: functional.resolve_impl's choice for a compiled call)."""
+    return rows_library() is not None
+
+
 def _call(fn, *args, dtype):
     """``fn`` with each tensor of ``args`` as a pointer to a contiguous copy in ``dtype`` where it is not
     one already (an upstream gradient may be an expanded view), None as NULL; raises MemoryError where
@@ -295,22 +341,27 @@ def _call(fn, *args, dtype):
         raise MemoryError("impl=\"torch\": no memory for the C row passes' partial column sums")
 
 
-def forward(lib, G, x_sq, mm, a, b, noise, tau, hard):
+def forward(lib, G, x_sq, mm, a, b, noise, tau, hard, seed=None, row_offset=0, y=None):
     """The row outputs of eager._forward_block from G = x·μᵀ (n, K), which becomes d·a in place:
-    (q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum)."""
+    (y, codes, top, m, q_inv, lse, entropy, q_ell, latent_nll, q_sum), q_inv = 1 / Σ_k exp(ℓ − m)
+    (``backward`` forms q from it); y written into ``y`` where given (contiguous, G's dtype). ``noise``
+    (n, K), or None: then each row's is drawn as the pass reaches it, that of row row_offset + r of
+    ``seed`` (the C twin's, noise.gumbel_noise_numpy's bits)."""
     n, K = G.shape
     sfx = "f32" if G.dtype == torch.float32 else "f64"
-    q, y = torch.empty_like(G), torch.empty_like(G)
+    y = torch.empty_like(G) if y is None else y
     codes, top = (torch.empty(n, dtype=torch.int64) for _ in range(2))
-    m, lse, entropy, q_ell, latent_nll = (G.new_empty(n) for _ in range(5))
+    m, q_inv, lse, entropy, q_ell, latent_nll = (G.new_empty(n) for _ in range(6))
     q_sum = G.new_zeros(K)
-    _call(getattr(lib, f"gmvq_rows_forward_{sfx}"), n, K, G, x_sq, mm, a, b, noise, tau, int(hard), q, y, codes, top,
-          m, lse, entropy, q_ell, latent_nll, q_sum, dtype=G.dtype)
-    return q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum
+    lo, hi = (0, 0) if noise is not None else split_seed(seed)
+    _call(getattr(lib, f"gmvq_rows_forward_{sfx}"), n, K, G, x_sq, mm, a, b, noise, row_offset, lo, hi, tau, int(hard),
+          y, codes, top, m, q_inv, lse, entropy, q_ell, latent_nll, q_sum, dtype=G.dtype)
+    return y, codes, top, m, q_inv, lse, entropy, q_ell, latent_nll, q_sum
 
 
-def backward(lib, e, has_gz, da, q, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq, top, best, sample, m, q_ell):
-    """eager._backward_block's per-element work: e (n, K) in place (see ``_BODY``; it is read as
+def backward(lib, e, has_gz, da, q_inv, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq, top, best, sample, m, q_ell):
+    """eager._backward_block's per-element work, q formed again from m and q_inv (``forward``'s): e (n,
+    K) in place (see ``_BODY``; it is read as
     (Ḡ_z/τ)·μᵀ where ``has_gz``, else filled); returns (Σ_k e per row, Σ_rows dℓ, Σ_rows (d·a/a)·E,
     Σ_rows e)."""
     n, K = e.shape
@@ -322,7 +373,7 @@ def backward(lib, e, has_gz, da, q, y, v, a, b, gs_t, glat_t, glat, glse, gH, gq
         return e.new_zeros(n), e.new_zeros(K), e.new_zeros(K), e.new_zeros(K)
     e_sum = e.new_empty(n)
     db, ga, cs = (e.new_zeros(K) for _ in range(3))
-    _call(getattr(lib, f"gmvq_rows_backward_{sfx}"), n, K, e, int(has_y), int(has_c), da, q, y, v, a, b, gs_t, glat_t,
+    _call(getattr(lib, f"gmvq_rows_backward_{sfx}"), n, K, e, int(has_y), int(has_c), da, q_inv, y, v, a, b, gs_t, glat_t,
           glat, glse, gH, e.new_zeros(K) if gq is None else gq, top, best, sample, m, q_ell, e_sum, db, ga, cs,
           dtype=e.dtype)
     return e_sum, db, ga, cs

@@ -26,31 +26,45 @@ it: there this is the more accurate of the two (README, "Correctness"). The nois
 block. No double backward (``impl="reference"`` for that).
 """
 import math
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from . import config, cpu_rows
-from .noise import gumbel_noise
+from .checks import check_tau
+from .noise import c_twin_draws, gumbel_noise, seed_tensor
 from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype
 
 
 def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward=True):
     """(GMVQOutput, sample_codes) as ``reference.reference_forward``, computed as the module docstring says.
     for_backward False (no input needs a gradient, or grad mode is off): nothing is kept for a backward,
-    so memory stays at one row block's temporaries."""
+    so memory stays at one row block's temporaries. Under torch.compile the C passes' path as the
+    custom ops ``rows_fwd`` / ``rows_bwd`` (``functional.resolve_impl`` comes here then only where the
+    C library is built)."""
     dt = stats_dtype(x.dtype)
     with torch.autocast(device_type=x.device.type, enabled=False):
         lv = log_var.to(dt)
         a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
-        # the per-element work in C where that library is built (read once per call: the backward
-        # follows the forward's choice), else in torch ops
-        lib = cpu_rows.rows_library() if x.device.type == "cpu" else None
-        elems = config.EAGER_C_BLOCK_ELEMS if lib is not None else None
-        rows = config.reference_rows(x.shape[0], means.shape[0], config.EAGER_MIN_ROWS, elems)
-        *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed, rows,
-                                         bool(for_backward), lib)
+        if torch.compiler.is_compiling():
+            outs = rows_fwd(x.to(dt), means.to(dt), a, b, v, noise, torch.ones((), dtype=torch.float64) * tau,
+                            bool(hard), seed_tensor(seed), bool(for_backward))
+            *outs, sample = outs[:len(GMVQOutput._fields) + 1]
+        else:
+            # the per-element work in C where that library is built (read once per call: the backward
+            # follows the forward's choice), else in torch ops
+            lib = cpu_rows.rows_library() if x.device.type == "cpu" else None
+            *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed,
+                                             block_rows(x, means, lib), bool(for_backward), lib)
     out = GMVQOutput(*outs)
     return out._replace(quantized=out.quantized.to(x.dtype)), sample if hard else None
+
+
+def block_rows(x, means, lib):
+    """Rows per row block: ~2²⁰ (n, k) elements with the C library ``lib``, ~2¹⁸ with the torch ops."""
+    elems = config.EAGER_C_BLOCK_ELEMS if lib is not None else None
+    return config.reference_rows(x.shape[0], means.shape[0], config.EAGER_MIN_ROWS, elems)
 
 
 def _row_argmax(t):
@@ -61,22 +75,26 @@ def _row_argmax(t):
     return torch.from_numpy(t.detach().numpy().argmax(1)).to(torch.int64)
 
 
-def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward, lib):
+def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward, lib, seed=None, row_offset=0, kept=None):
     """Outputs of one row block (GMVQOutput order, q̄'s column sums in its place), its sample codes
     (or None; −1 on a non-finite row) and what its backward reads: (d·a, q, y, the sample or None, the
     mask where the distance clamp stops the gradient or None, the rows' max ℓ m, Σ_k q (ℓ − m), its
-    argmax, the argmax of y, the C row library or None): three N×K tensors; None unless
+    argmax, the argmax of y, the C row library or None, 1 / Σ_k exp(ℓ − m) or None); None unless
     ``for_backward``. The per-element work runs in C (cpu_rows.py) with ``lib``, the library, else in
-    torch ops (``_rows_torch``)."""
+    torch ops (``_rows_torch``). In C it keeps two N×K tensors (d·a, y; q is formed again from
+    1 / Σ_k exp(ℓ − m)), in torch ops three. ``noise`` None (C only): the pass draws the noise of rows
+    row_offset.. of ``seed`` itself. ``kept`` (C only): where to write d·a and y, the block's rows of the
+    batch's two tensors, or None."""
     x_sq = (x * x).sum(1)
     if lib is None:
         da, q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum, stopped = _rows_torch(
             x, x_sq, means, a, b, mm, noise, tau, hard, for_backward)
+        q_inv = None
     else:  # d·a in place of x·μᵀ; its sign marks where the clamp stops the gradient
-        da = x @ means.T
-        q, y, codes, top, m, lse, entropy, q_ell, latent_nll, q_sum = cpu_rows.forward(
-            lib, da, x_sq, mm, a, b, noise, tau, hard)
-        stopped = None
+        da = torch.mm(x, means.T, out=None if kept is None else kept[0])
+        y, codes, top, m, q_inv, lse, entropy, q_ell, latent_nll, q_sum = cpu_rows.forward(
+            lib, da, x_sq, mm, a, b, noise, tau, hard, seed, row_offset, None if kept is None else kept[1])
+        q = stopped = None
     if hard:
         sample = top
         quantized, mixture_var = means[sample], v[sample]
@@ -93,7 +111,7 @@ def _forward_block(x, means, a, b, v, mm, noise, tau, hard, for_backward, lib):
                                                                                     entropy))
         codes = codes.masked_fill(bad, -1)
     outs = (quantized, codes, lse, q_sum, latent_nll, mixture_var, entropy)
-    saved = (da, q, y, sample, stopped, m[:, None], q_ell, best, top, lib) if for_backward else None
+    saved = (da, q, y, sample, stopped, m[:, None], q_ell, best, top, lib, q_inv) if for_backward else None
     return outs, None if sample is None else sample.masked_fill(bad, -1), saved
 
 
@@ -131,16 +149,16 @@ def _backward_block(x, means, a, b, v, saved, g, tau, N):
     term), Σ_n e, Σ_n dℓ, Σ_n E d, Σ_n Ḡ_s y_val or None). ``g``: the upstream gradients of
     DIFF_OUTPUTS for these rows (None where absent). e comes from C where the forward ran there
     (cpu_rows.py), else from torch ops (``_e_torch``); the products are torch's either way."""
-    da, q, y, sample, stopped, m, q_ell, best, top, lib = saved
+    da, q, y, sample, stopped, m, q_ell, best, top, lib, q_inv = saved
     gz, glse, gq, glat, gs, gH = (g[name] for name in DIFF_OUTPUTS)
     # Y/τ = (Ḡ_z μ_k + Ḡ_s σ_k² + Ḡ_lat d_nk a_k)/τ; then dℓ = y (Y − Δy)/τ with Δy = Σ_k y Y
     gz_mu = None if gz is None else (gz / tau) @ means.T
     if lib is None:
         e, e_sum, db, ga, cs = _e_torch(da, q, y, sample, stopped, m, q_ell, best, top, gz_mu, g, tau, N, a, b, v)
     else:
-        e = torch.empty_like(q) if gz_mu is None else gz_mu
+        e = torch.empty_like(da) if gz_mu is None else gz_mu
         e_sum, db, ga, cs = cpu_rows.backward(
-            lib, e, gz_mu is not None, da, q, y, v, a, b, None if gs is None else gs / tau,
+            lib, e, gz_mu is not None, da, q_inv, y, v, a, b, None if gs is None else gs / tau,
             None if glat is None else glat / tau, glat, glse, gH, None if gq is None else gq / N, top, best,
             sample, m, q_ell)
     dx = torch.addmm(x * e_sum[:, None], e, means, beta=-2.0, alpha=2.0)
@@ -208,61 +226,180 @@ def _e_torch(da, q, y, sample, stopped, m, q_ell, best, top, dl, g, tau, N, a, b
     return e, e.sum(1), db, ga, e.sum(0)
 
 
+def _forward_blocks(x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib):
+    """The batch in row blocks: (GMVQOutput fields, sample codes (empty when soft), the blocks' saved
+    tuples (``_forward_block``) or None, (d·a, y) or None). With the C library and a backward to follow,
+    the blocks write d·a and y into those two (N, K) tensors of the whole batch (``rows_fwd`` returns
+    them; the blocks' saved tuples hold their rows)."""
+    N, K = x.shape[0], means.shape[0]
+    mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
+    # the noise: drawn by the C row passes as they reach each row where gumbel_noise would draw it in
+    # C, else drawn (or sliced) as its row block is reached: still in cache when the block adds it
+    in_pass = noise is None and lib is not None and c_twin_draws(x.device)
+    kept = (x.new_empty(N, K), x.new_empty(N, K)) if lib is not None and for_backward else None
+
+    def block_noise(i):
+        if in_pass:
+            return None
+        if noise is not None:
+            return noise[i:i + rows].to(x.dtype)
+        return gumbel_noise(min(rows, N - i), K, seed, device=x.device, row_offset=i).to(x.dtype)
+
+    blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard, for_backward, lib,
+                             seed, i, None if kept is None else (kept[0][i:i + rows], kept[1][i:i + rows]))
+              for i in range(0, N, rows)]
+    names = GMVQOutput._fields
+    out = [(sum(blk[0][j] for blk in blocks) / N if name == "agg_posterior"  # column sums → q̄
+            else torch.cat([blk[0][j] for blk in blocks])) for j, name in enumerate(names)]
+    sample = torch.cat([blk[1] for blk in blocks]) if hard else out[names.index("codes")].new_empty(0)
+    return out, sample, [blk[2] for blk in blocks] if for_backward else None, kept
+
+
+def _backward_blocks(x, means, a, b, v, blocks, upstream, tau, rows):
+    """Gradients (x, means, a, b, v or None) from the upstream gradients of the GMVQOutput fields
+    (None where absent), block by block (``_backward_block``)."""
+    # dx = 2 Σ_k e (μ_k − x) and dμ_k = 2 Σ_n e (x_n − μ_k) are formed as differences of products, which
+    # cancel the latents' common offset from the origin: taken relative to the codebook's mean, the
+    # products carry the spread alone (the same gradients; Y − Δy ignores a shift of every μ_k)
+    center = means.mean(0)
+    x, means = x - center, means - center
+    grads = dict(zip(GMVQOutput._fields, upstream))
+    N = x.shape[0]
+    dx = torch.empty_like(x)
+    dm = torch.zeros_like(means)
+    cs, db, ga = (torch.zeros_like(a) for _ in range(3))
+    dv = None
+    for blk, i in zip(blocks, range(0, N, rows)):
+        sl = slice(i, i + rows)
+        g = {name: None if grads[name] is None else grads[name] if name == "agg_posterior" else grads[name][sl]
+             for name in DIFF_OUTPUTS}
+        bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, b, v, blk, g, tau, N)
+        dx[sl] = bx
+        dm += bm
+        cs += bcs
+        db += bdb
+        ga += bga
+        if bdv is not None:
+            dv = bdv if dv is None else dv.add_(bdv)
+    dm.addcmul_(means, cs[:, None], value=-2.0)
+    # ℓ = b − d·a: ∂/∂a = −Σ_n dℓ d + (latent_nll's Σ_n Ḡ_lat y_val d) = −Σ_n E d
+    return dx, dm, ga.neg_(), db, dv
+
+
 class _EagerGMVQ(torch.autograd.Function):
     """Row blocks forward, docs/design.md §2 backward; inputs x, means in the computation dtype and
     a, b, v (K,) (spec.component_terms). Returns the GMVQOutput fields and the sample codes."""
 
     @staticmethod
     def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib):
-        N, K = x.shape[0], means.shape[0]
-        mm = (means * means).sum(1)  # in the computation dtype (spec.code_sq_norms is the kernels' fp32)
-
-        def block_noise(i):  # drawn as its row block is reached: still in cache when the block adds it
-            if noise is not None:
-                return noise[i:i + rows].to(x.dtype)
-            return gumbel_noise(min(rows, N - i), K, seed, device=x.device, row_offset=i).to(x.dtype)
-
-        blocks = [_forward_block(x[i:i + rows], means, a, b, v, mm, block_noise(i), tau, hard, for_backward, lib)
-                  for i in range(0, N, rows)]
-        names = GMVQOutput._fields
-        out = {name: (sum(blk[0][j] for blk in blocks) / N if name == "agg_posterior"  # column sums → q̄
-                      else torch.cat([blk[0][j] for blk in blocks])) for j, name in enumerate(names)}
-        # an empty tensor for no sample: an autograd.Function returns tensors
-        sample = torch.cat([blk[1] for blk in blocks]) if hard else out["codes"].new_empty(0)
+        out, sample, blocks, _ = _forward_blocks(x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib)
         ctx.set_materialize_grads(False)
-        ctx.blocks = [blk[2] for blk in blocks]
-        ctx.tau, ctx.rows = tau, rows
+        ctx.blocks, ctx.tau, ctx.rows = blocks, tau, rows
         ctx.save_for_backward(x, means, a, b, v)
-        ctx.mark_non_differentiable(sample, out["codes"])
-        return (*(out[name] for name in names), sample)
+        ctx.mark_non_differentiable(sample, out[GMVQOutput._fields.index("codes")])
+        return (*out, sample)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
-        x, means, a, b, v = ctx.saved_tensors
-        # dx = 2 Σ_k e (μ_k − x) and dμ_k = 2 Σ_n e (x_n − μ_k) are formed as differences of products, which
-        # cancel the latents' common offset from the origin: taken relative to the codebook's mean, the
-        # products carry the spread alone (the same gradients; Y − Δy ignores a shift of every μ_k)
-        center = means.mean(0)
-        x, means = x - center, means - center
-        grads = dict(zip(GMVQOutput._fields, upstream))
-        N, rows = x.shape[0], ctx.rows
-        dx = torch.empty_like(x)
-        dm = torch.zeros_like(means)
-        cs, db, ga = (torch.zeros_like(a) for _ in range(3))
-        dv = None
-        for blk, i in zip(ctx.blocks, range(0, N, rows)):
-            sl = slice(i, i + rows)
-            g = {name: None if grads[name] is None else grads[name] if name == "agg_posterior" else grads[name][sl]
-                 for name in DIFF_OUTPUTS}
-            bx, bm, bcs, bdb, bga, bdv = _backward_block(x[sl], means, a, b, v, blk, g, ctx.tau, N)
-            dx[sl] = bx
-            dm += bm
-            cs += bcs
-            db += bdb
-            ga += bga
-            if bdv is not None:
-                dv = bdv if dv is None else dv.add_(bdv)
-        dm.addcmul_(means, cs[:, None], value=-2.0)
-        # ℓ = b − d·a: ∂/∂a = −Σ_n dℓ d + (latent_nll's Σ_n Ḡ_lat y_val d) = −Σ_n E d
-        return dx, dm, ga.neg_(), db, dv, None, None, None, None, None, None, None
+        return (*_backward_blocks(*ctx.saved_tensors, ctx.blocks, upstream, ctx.tau, ctx.rows),) + (None,) * 7
+
+
+# Under torch.compile, the C passes' path as two custom ops (opaque to it; ``gmvq_eager``): the forward
+# returns the GMVQOutput fields, the sample codes (empty when soft) and ROWS_SAVED, what its backward
+# reads (empty without a backward): d·a and y (N, K), and per row 1 / Σ_k exp(ℓ − m), m, Σ_k q (ℓ − m),
+# ℓ's argmax before the NaN policy and the argmax of ℓ + g. tau and seed come as 0-dim tensors (as the
+# kernels' ops take them: a float would be a guard on its value). Names versioned as autograd.py's.
+ROWS_SAVED = ("d_a", "y", "q_inv", "m", "q_ell", "best", "top")
+ROWS_OP_VERSION = 1
+
+
+def _c_library():
+    lib = cpu_rows.rows_library()
+    if lib is None:  # the choice is made as the graph is traced (functional.resolve_impl)
+        raise RuntimeError("gmvq_kernels: a graph compiled with impl=\"torch\"'s C row passes runs without them "
+                           f"({cpu_rows.C_ROWS_ENV}=0 since, or the library unavailable); compile it again")
+    return lib
+
+
+def _rows_fwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, noise: Optional[Tensor], tau: Tensor,
+              hard: bool, seed: Tensor, for_backward: bool) -> tuple[(Tensor,) * (len(GMVQOutput._fields) + 1
+                                                                                  + len(ROWS_SAVED))]:
+    check_tau(float(tau))  # under torch.compile ``gmvq`` leaves the value check to the op (as the kernels')
+    lib = _c_library()
+    out, sample, blocks, kept = _forward_blocks(x, means, a, b, v, noise, float(tau), hard, seed,
+                                                block_rows(x, means, lib), for_backward, lib)
+    if not for_backward:
+        return (*out, sample, *_rows_fwd_fake(x, means, hard, False)[len(out) + 1:])
+    # the blocks' per-row tensors, whole: q_inv, m, q_ell, best and top (their places in the saved tuple)
+    rows = [torch.cat([blk[j] for blk in blocks]).view(-1) for j in (10, 5, 6, 7, 8)]
+    return (*out, sample, *kept, *rows)
+
+
+def _rows_fwd_fake(x, means, hard, for_backward):
+    """``rows_fwd``'s outputs, empty (its fake; without a backward, also its saved ones)."""
+    N, K = x.shape[0], means.shape[0]
+    n, k = (N, K) if for_backward else (0, 0)
+    vec = lambda size, dtype=None: x.new_empty(size, dtype=dtype)  # noqa: E731
+    outputs = [torch.empty_like(x), vec(N, torch.int64)] + [vec(K if name == "agg_posterior" else N)
+                                                            for name in GMVQOutput._fields[2:]]
+    saved = [vec((n, k)), vec((n, k)), vec(n), vec(n), vec(n), vec(n, torch.int64), vec(n, torch.int64)]
+    return (*outputs, vec(N if hard else 0, torch.int64), *saved)
+
+
+rows_fwd = torch.library.custom_op(f"gmvq_kernels::rows_fwd_v{ROWS_OP_VERSION}", mutates_args=())(_rows_fwd)
+rows_fwd.register_fake(lambda x, means, a, b, v, noise, tau, hard, seed, for_backward:
+                       _rows_fwd_fake(x, means, hard, for_backward))
+
+
+def _rows_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, d_a: Tensor, y: Tensor, q_inv: Tensor,
+              m: Tensor, q_ell: Tensor, best: Tensor, top: Tensor, g_quantized: Optional[Tensor],
+              g_log_likelihood: Optional[Tensor], g_agg_posterior: Optional[Tensor], g_latent_nll: Optional[Tensor],
+              g_mixture_var: Optional[Tensor], g_entropy: Optional[Tensor], tau: Tensor,
+              hard: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, means, a, b, v; v's zeros without Ḡ_s) from ``rows_fwd``'s saved tensors."""
+    lib = _c_library()
+    rows = block_rows(x, means, lib)
+    blocks = [(d_a[i:i + rows], None, y[i:i + rows], top[i:i + rows] if hard else None, None, m[i:i + rows, None],
+               q_ell[i:i + rows], best[i:i + rows, None], top[i:i + rows], lib, q_inv[i:i + rows])
+              for i in range(0, x.shape[0], rows)]
+    given = locals()
+    upstream = [given.get("g_" + name) for name in GMVQOutput._fields]
+    dx, dm, da, db, dv = _backward_blocks(x, means, a, b, v, blocks, upstream, float(tau), rows)
+    return dx, dm, da, db, torch.zeros_like(v) if dv is None else dv
+
+
+rows_bwd = torch.library.custom_op(f"gmvq_kernels::rows_bwd_v{ROWS_OP_VERSION}", mutates_args=())(_rows_bwd)
+rows_bwd.register_fake(lambda x, means, a, b, v, *args: (torch.empty_like(x), torch.empty_like(means),
+                                                          torch.empty_like(a), torch.empty_like(b),
+                                                          torch.empty_like(v)))
+
+ROWS_INPUTS = ("x", "means", "a", "b", "v", "noise", "tau", "hard", "seed", "for_backward")
+
+
+def _rows_setup_context(ctx, inputs, output):
+    inp = dict(zip(ROWS_INPUTS, inputs))
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*(inp[n] for n in ("x", "means", "a", "b", "v")),
+                          *output[len(GMVQOutput._fields) + 1:], inp["tau"])
+    ctx.hard = inp["hard"]
+
+
+def _rows_backward(ctx, *upstream):
+    grads = [upstream[GMVQOutput._fields.index(name)] for name in DIFF_OUTPUTS]
+    if all(g is None for g in grads):
+        return (None,) * len(ROWS_INPUTS)
+    *saved, tau = ctx.saved_tensors
+    result = rows_bwd(*saved, *grads, tau, ctx.hard)
+    return tuple(g if need else None for g, need in zip(result, ctx.needs_input_grad)) + (None,) * 5
+
+
+rows_fwd.register_autograd(_rows_backward, setup_context=_rows_setup_context)
+
+
+def _rows_no_double_backward(ctx, *grads):
+    raise NotImplementedError("gmvq_kernels: double backward (gradients of gradients) through impl=\"torch\" is not "
+                              "supported; use impl='reference' for higher-order derivatives")
+
+
+rows_bwd.register_autograd(_rows_no_double_backward)

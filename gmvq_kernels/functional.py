@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from . import config
+from . import config, cpu_rows
 from .autograd import EagerFused, all_reduce_sum, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, describe, validate
 from .eager import gmvq_eager
@@ -14,13 +14,17 @@ from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
     on CUDA, meta tensors). "torch" is an eager evaluation of the reference's math: under torch.compile
-    it traces the reference, whose graph inductor fuses (its Python loop over row blocks and saved
-    blocks would not trace)."""
+    it runs as two custom ops where its C row passes are built (eager.rows_fwd, with CPU tensors), else
+    it traces the reference, whose graph inductor fuses (the torch ops' Python loop over row blocks and
+    saved blocks would not trace)."""
     if impl == "auto":
         if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES:
             return "triton"
         impl = "torch" if x.device.type == "cpu" else "reference"
-    return "reference" if impl == "torch" and torch.compiler.is_compiling() else impl
+    if impl == "torch" and torch.compiler.is_compiling() and (x.device.type != "cpu"
+                                                              or not cpu_rows.rows_library_built()):
+        return "reference"
+    return impl
 
 
 def _global_agg_posterior(agg, n_local, process_group):

@@ -280,7 +280,7 @@ def _c_float(c):
 # Triton's cache; where it cannot be built the NumPy rounds and NumPy's logs run, with a warning.
 # GMVQ_C_PHILOX=0 (read at each call) takes those.
 C_PHILOX_ENV = "GMVQ_C_PHILOX"
-_C_SOURCE = r"""
+_C_ROW_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 /* Philox4x32-ROUNDS of calls j < J, rows n0 .. n0 + rows - 1 (noise.py's _philox4x32: counter (j, n mod 2^32,
@@ -319,22 +319,28 @@ static inline float gumbel_f32(uint32_t r) { return -log_f32(-log_f32(((float)(r
 
 #define TILE 256  /* calls per tile: its 1024 words stay in L1 between the rounds and the transform */
 
+/* the noise of row n, calls j < J, to o[4 j + i] (cpu_rows.py draws a row's noise with it too) */
+static inline void gumbel_row(float *o, uint64_t n, int64_t J, uint32_t k0, uint32_t k1) {
+    uint32_t lo = (uint32_t)n, hi = (uint32_t)(n >> 32);
+    uint32_t w[4 * TILE];
+    for (int64_t j0 = 0; j0 < J; j0 += TILE) {
+        int64_t jn = J - j0 < TILE ? J - j0 : TILE;
+        for (int64_t j = 0; j < jn; j++) philox((uint32_t)(j0 + j), lo, hi, k0, k1, w + 4 * j);
+        for (int64_t t = 0; t < 4 * jn; t++) o[4 * j0 + t] = gumbel_f32(w[t]);
+    }
+}
+
+"""
+_C_EXPORTS = r"""
 void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, uint32_t k1, int gumbel) {
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         uint64_t n = (uint64_t)n0 + (uint64_t)r;
-        uint32_t lo = (uint32_t)n, hi = (uint32_t)(n >> 32);
         if (gumbel) {
-            float *o = (float *)out + r * J * 4;
-            uint32_t w[4 * TILE];
-            for (int64_t j0 = 0; j0 < J; j0 += TILE) {
-                int64_t jn = J - j0 < TILE ? J - j0 : TILE;
-                for (int64_t j = 0; j < jn; j++) philox((uint32_t)(j0 + j), lo, hi, k0, k1, w + 4 * j);
-                for (int64_t t = 0; t < 4 * jn; t++) o[4 * j0 + t] = gumbel_f32(w[t]);
-            }
+            gumbel_row((float *)out + r * J * 4, n, J, k0, k1);
         } else {
             uint32_t *o = (uint32_t *)out + r * J * 4;
-            for (int64_t j = 0; j < J; j++) philox((uint32_t)j, lo, hi, k0, k1, o + 4 * j);
+            for (int64_t j = 0; j < J; j++) philox((uint32_t)j, (uint32_t)n, (uint32_t)(n >> 32), k0, k1, o + 4 * j);
         }
     }
 }
@@ -345,10 +351,13 @@ void gmvq_words_to_gumbel(const uint32_t *r, float *g, int64_t n) {
 """
 
 
-# _C_SOURCE with the constants it names, formed once (c_philox runs at every noise call)
-_C_TWIN_SOURCE = "".join(f"#define {k} {v}\n" for k, v in {
+# The row drawing with the constants it names (also in cpu_rows.py's library, which draws a row's noise
+# as its forward reaches the row), and the twin's whole source: formed once (c_philox runs at every
+# noise call)
+C_ROW_SOURCE = "".join(f"#define {k} {v}\n" for k, v in {
     "ROUNDS": PHILOX_ROUNDS, "SQRT_HALF_BITS": _SQRT_HALF_BITS, "LN2_HI": _c_float(_LN2_HI),
-    "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}.items()) + _C_SOURCE
+    "LN2_LO": _c_float(_LN2_LO), **{f"P{i}": _c_float(c) for i, c in enumerate(_LOG_P)}}.items()) + _C_ROW_SOURCE
+_C_TWIN_SOURCE = C_ROW_SOURCE + _C_EXPORTS
 
 
 def _declare_philox(lib):
@@ -360,7 +369,7 @@ def _declare_philox(lib):
 
 
 def c_philox():
-    """The twin in C (``_C_SOURCE`` via ctypes, which lets go of the GIL while it runs: ``gmvq_philox``,
+    """The twin in C (``_C_TWIN_SOURCE`` via ctypes, which lets go of the GIL while it runs: ``gmvq_philox``,
     the rounds with or without the transform, and ``gmvq_words_to_gumbel``, the transform alone), built
     on the first call of the process (cbuild.py); None with ``GMVQ_C_PHILOX=0`` or where it could not be
     built (then a warning, once, says why, and the NumPy rounds and NumPy's logs draw the noise)."""
@@ -369,6 +378,12 @@ def c_philox():
                           fallback="the NumPy rounds and NumPy's logs draw it, ~3x slower and within 1e-6 of its "
                                    "values",
                           flags=(["-fopenmp", "-ffp-contract=off"], ["-fopenmp-simd", "-ffp-contract=off"]))
+
+
+def c_twin_draws(device) -> bool:
+    """Whether ``gumbel_noise`` on ``device`` draws with the C twin (a CPU device without the
+    interpreter, the library built): then cpu_rows.py's forward may draw the same bits itself."""
+    return device.type == "cpu" and not can_use_triton(device) and c_philox() is not None
 
 
 def _philox_cpu(N, K, seed, row_offset, out):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gmvq_kernels as gk
-from gmvq_kernels import cbuild, config, cpu_rows
+from gmvq_kernels import cbuild, config, cpu_rows, noise
 from gmvq_kernels.functional import gmvq_with_sample, resolve_impl
 from gmvq_kernels.spec import DIFF_OUTPUTS
 
@@ -227,10 +227,12 @@ def _rows_args(N, K, dtype=torch.float32, seed=0):
     return x, means, a, b, torch.randn(N, K, generator=g, dtype=dtype)
 
 
+@pytest.mark.parametrize("drawn", [False, True], ids=["noise-given", "noise-drawn"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_c_rows_are_the_same_on_any_number_of_threads(dtype, rows):
+def test_c_rows_are_the_same_on_any_number_of_threads(dtype, drawn, rows):
     """The C row passes split the rows over OpenMP's threads in fixed chunks and add the column sums
-    chunk by chunk in order: one thread and two give the same bits (forward and backward)."""
+    chunk by chunk in order, each thread with its own row buffers: one thread and two give the same
+    bits (forward, with the noise given or drawn in the pass, and backward)."""
     if rows != "c":
         pytest.skip("the C row passes alone")
     lib = cpu_rows.rows_library()
@@ -241,16 +243,81 @@ def test_c_rows_are_the_same_on_any_number_of_threads(dtype, rows):
         for n_threads in (1, 2):
             torch.set_num_threads(n_threads)
             da = x @ means.T
-            fwd = cpu_rows.forward(lib, da, (x * x).sum(1), (means * means).sum(1), a, b, noise, 0.7, False)
-            q, y, codes, top, m = fwd[:5]
+            fwd = cpu_rows.forward(lib, da, (x * x).sum(1), (means * means).sum(1), a, b, None if drawn else noise,
+                                   0.7, False, seed=9, row_offset=3)
+            y, codes, top, m, q_inv = fwd[:5]
             bwd = cpu_rows.backward(lib, torch.randn(150, 40, generator=torch.Generator().manual_seed(1), dtype=dtype),
-                                    True, da, q, y, a, a, b, None, glat, glat, None, None, gq, top, codes[:, None],
+                                    True, da, q_inv, y, a, a, b, None, glat, glat, None, None, gq, top, codes[:, None],
                                     None, m, fwd[7])
             results.append([da, *fwd, *bwd])
     finally:
         torch.set_num_threads(threads)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("K,row_offset", [(39, 0), (1030, 2 ** 32 - 2)], ids=["K39", "K1030-offset2^32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_c_rows_draw_gumbel_noise_bit_for_bit(dtype, K, row_offset, rows):
+    """Given no noise, the C forward draws each row's as it reaches the row: gumbel_noise's C twin's
+    bits (K not a multiple of 4; several tiles of Philox calls; rows whose index crosses 2³²), so every
+    output is the one given that noise, bit for bit, and another seed gives another sample."""
+    if rows != "c" or noise.c_philox() is None:
+        pytest.skip("the C row passes and the C twin")
+    lib = cpu_rows.rows_library()
+    x, means, a, b, _ = _rows_args(70, K, dtype)
+    x_sq, mm = (x * x).sum(1), (means * means).sum(1)
+    given = noise.gumbel_noise_numpy(70, K, 2 ** 63 + 5, row_offset).to(dtype)
+    want = [x @ means.T]
+    want += cpu_rows.forward(lib, want[0], x_sq, mm, a, b, given, 0.7, False)
+    for seed, same in ((2 ** 63 + 5, True), (2 ** 63 + 6, False)):
+        got = [x @ means.T]
+        got += cpu_rows.forward(lib, got[0], x_sq, mm, a, b, None, 0.7, False, seed=seed, row_offset=row_offset)
+        assert all(torch.equal(w, o) for w, o in zip(want, got)) == same
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_noise_drawn_in_the_c_pass_is_gumbel_noise(monkeypatch, small_blocks, hard, rows):
+    """Where gumbel_noise draws with the C twin (a CPU without the interpreter: here forced), impl="torch"
+    leaves the noise to the C forward pass, row block by row block (no gumbel_noise call): outputs and
+    every gradient are those with gumbel_noise's tensor given, bit for bit."""
+    from gmvq_kernels import eager
+
+    if rows != "c" or noise.c_philox() is None:
+        pytest.skip("the C row passes and the C twin")
+    inputs = make_inputs(11, 9, 4, prior=True)
+    results = []
+    for drawn in (False, True):
+        monkeypatch.setattr(eager, "c_twin_draws", lambda device: drawn)
+        if drawn:
+            monkeypatch.setattr(eager, "gumbel_noise", None)  # not called
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        given = None if drawn else noise.gumbel_noise_numpy(11, 9, 3)
+        out = gk.gmvq(*leaves, tau=0.5, hard=hard, seed=3, noise=given, impl="torch")
+        (out.quantized.square().sum() + out.latent_nll.sum() + out.agg_posterior.square().sum()
+         + out.entropy.sum()).backward()
+        results.append([*out, *(t.grad for t in leaves)])
+    assert small_blocks == [4, 4, 3] * 2
+    for want, got in zip(*results):
+        assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_c_backward_forms_the_forwards_q_bit_for_bit(dtype, rows):
+    """The C forward keeps 1 / Σ_k exp(ℓ − m), not q; the backward forms q from it with the forward's
+    operations. With Ḡ_lse = 1 alone, dℓ = q, so the backward's Σ_rows dℓ is its q summed as the
+    forward sums q into q̄ (chunk by chunk, in order): the same bits, at 150 rows (five chunks)."""
+    if rows != "c":
+        pytest.skip("the C row passes alone")
+    lib = cpu_rows.rows_library()
+    x, means, a, b, noise = _rows_args(150, 40, dtype)
+    da = x @ means.T
+    y, codes, top, m, q_inv, _, _, q_ell, _, q_sum = cpu_rows.forward(lib, da, (x * x).sum(1), (means * means).sum(1),
+                                                                     a, b, noise, 0.7, False)
+    e = torch.empty_like(da)
+    _, db, _, _ = cpu_rows.backward(lib, e, False, da, q_inv, y, a, a, b, None, None, None, torch.ones(150, dtype=dtype),
+                                    None, None, top, codes[:, None], None, m[:, None], q_ell)
+    assert torch.equal(db, q_sum)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
@@ -269,7 +336,9 @@ def test_c_rows_treat_non_finite_rows_as_the_torch_ops(hard, rows):
     lib = cpu_rows.rows_library()
     want = eager._rows_torch(x, x_sq, means, a, b, mm, noise, 0.7, hard, True)
     da = x @ means.T
-    got = (da, *cpu_rows.forward(lib, da, x_sq, mm, a, b, noise, 0.7, hard))
+    y, codes, top, m, q_inv, *rest = cpu_rows.forward(lib, da, x_sq, mm, a, b, noise, 0.7, hard)
+    q = torch.exp((b - da) - m[:, None]) * q_inv[:, None]  # as the C backward forms it
+    got = (da, q, y, codes, top, m, *rest)
     assert not torch.isnan(want[0][1, 0]) and torch.isnan(want[0][1]).any() and want[4][1] > 0  # mixed
     for name, w, o in zip(["da", "q", "y", "codes", "top", "m", "lse", "entropy", "q_ell", "latent_nll", "q_sum"],
                           want, got):
@@ -281,17 +350,18 @@ def test_c_rows_treat_non_finite_rows_as_the_torch_ops(hard, rows):
     e_want = eager._e_torch(want[0], want[1], want[2], sample, want[11], want[5][:, None], want[8], codes[:, None],
                             top, g.clone(), grads, 0.7, 5, a, b, a)[0]
     e_got = g.clone()
-    cpu_rows.backward(lib, e_got, True, got[0], got[1], got[2], a, a, b, None, torch.ones(5) / 0.7, torch.ones(5),
-                      None, None, torch.ones(9) / 5, top, codes[:, None], sample, got[5][:, None], got[8])
+    cpu_rows.backward(lib, e_got, True, da, q_inv, y, a, a, b, None, torch.ones(5) / 0.7, torch.ones(5),
+                      None, None, torch.ones(9) / 5, top, codes[:, None], sample, m[:, None], got[8])
     torch.testing.assert_close(e_got, e_want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 def test_c_rows_softmax_is_accurate_into_the_subnormals(order, rows):
-    """The fp32 C forward's own exp (a polynomial, cpu_rows._EXP_F32): q and y of logits spread over
-    [−110, 0] (past fp32's normal range at −87.3) against float64's softmax: within 8 ulps where normal
-    (measured 3–5, the row sum's rounding included; torch's fp32 softmax 2.7 here) and within two
-    subnormal steps below it (exp, then the product with 1/Σ, round there: measured 1.9), 0 past −104."""
+    """The fp32 C forward's own exp (a polynomial, cpu_rows._EXP_F32): q (from q̄'s column sums of two
+    equal rows) and y of logits spread over [−110, 0] (past fp32's normal range at −87.3) against
+    float64's softmax: within 8 ulps where normal (measured 3–5, the row sum's rounding included;
+    torch's fp32 softmax 2.7 here) and within two subnormal steps below it (exp, then the product with
+    1/Σ, round there: measured 1.9), 0 past −104."""
     if rows != "c":
         pytest.skip("the C row passes alone")
     K = 4096
@@ -303,7 +373,7 @@ def test_c_rows_softmax_is_accurate_into_the_subnormals(order, rows):
     want = torch.softmax(2 * G.double(), 1)
     fwd = cpu_rows.forward(cpu_rows.rows_library(), G, torch.zeros(2), zeros, ones, zeros, torch.zeros(2, K), 1.0,
                            False)
-    for got in fwd[:2]:
+    for got in ((fwd[-1] / 2).expand(2, K), fwd[0]):  # q (the sum of two equal rows, halved exactly), y
         normal = want >= 2.0 ** -126
         assert ((got.double() - want).abs() / want)[normal].max() <= 8 * 2.0 ** -24
         assert (got.double() - want).abs()[~normal].max() <= 2 * 2.0 ** -149
@@ -318,7 +388,7 @@ def test_no_double_backward():
         gx.sum().backward()
 
 
-def test_auto_takes_torch_on_a_cpu_and_the_reference_under_compile(monkeypatch):
+def test_auto_takes_torch_on_a_cpu_and_under_compile_its_c_passes_or_the_reference(monkeypatch, rows):
     import gmvq_kernels.functional as functional
 
     x = torch.zeros(2, 3)
@@ -327,14 +397,25 @@ def test_auto_takes_torch_on_a_cpu_and_the_reference_under_compile(monkeypatch):
     assert resolve_impl("auto", x.double()) == "torch"
     assert resolve_impl("auto", torch.zeros(2, 3, device="meta")) == "reference"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert resolve_impl("auto", x) == "reference" and resolve_impl("torch", x) == "reference"
+    under_compile = "torch" if rows == "c" else "reference"  # the custom ops of the C passes, where built
+    assert resolve_impl("auto", x) == under_compile and resolve_impl("torch", x) == under_compile
 
 
-def test_torch_compile_traces_the_reference_for_it():
-    """impl="torch" under torch.compile(fullgraph=True) traces without a graph break (as the reference)
-    and gives the eager values."""
-    x, m, lv, _ = make_inputs(9, 6, 3)
+def test_torch_compile_traces_it(rows):
+    """impl="torch" under torch.compile(fullgraph=True) traces without a graph break (the C passes as
+    custom ops, else the reference) and gives the eager values (bit for bit with the C passes: the same
+    code, gradients included)."""
+    torch._dynamo.reset()  # the choice is made as a graph is traced: not the other parameter's graph
+    inputs = make_inputs(9, 6, 3)[:3]
     f = lambda x, m, lv: gk.gmvq(x, m, lv, impl="torch", seed=4, tau=0.7)  # noqa: E731
-    traced = torch.compile(f, fullgraph=True, backend="eager")(x, m, lv)
-    for name, a, b in zip(traced._fields, traced, f(x, m, lv)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    results = []
+    for fn in (torch.compile(f, fullgraph=True, backend="eager"), f):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        (out.quantized.square().sum() + out.agg_posterior.square().sum() + out.entropy.sum()).backward()
+        results.append([*out, *(t.grad for t in leaves)])
+    for a, b in zip(*results):
+        if rows == "c":
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

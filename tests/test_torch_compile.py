@@ -253,6 +253,42 @@ for vq in (eager, compiled):
 for a, b in zip(compiled.outs, eager.outs):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 torch.testing.assert_close(dict(compiled.named_parameters()), dict(eager.named_parameters()), rtol=1e-4, atol=1e-5)
+# impl="torch" (what "auto" runs on a CPU) compiles to its C passes as the custom ops rows_fwd / rows_bwd:
+# the eager path's code, so outputs and gradients are eager's bit for bit (the loss here is torch ops)
+def f(x, means, log_var, tau, seed):
+    out = gk.gmvq(x, means, log_var, tau=tau, seed=seed)
+    return out, (out.quantized.square().sum() + out.latent_nll.sum() + out.agg_posterior.square().sum()
+                 + out.entropy.sum())
+g = torch.Generator().manual_seed(1)
+inputs = [torch.randn(150, 6, generator=g), torch.randn(20, 6, generator=g), torch.randn(20, generator=g)]
+graphs.clear()
+traced = torch.compile(f, fullgraph=True, backend=record)
+for tau, seed in ((0.5, 3), (0.8, 4), (0.6, 7)):
+    results = []
+    for fn in (traced, f):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out, loss = fn(*leaves, tau, seed)
+        loss.backward()
+        results.append([*out, *(t.grad for t in leaves)])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+assert len(graphs) == 2  # the first call, then tau and seed as graph inputs: no recompile after
+ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+assert any("rows_fwd" in op for op in ops), ops
+# a graph traced with the C passes refuses to run without them (no silent switch of path)
+import os
+os.environ["GMVQ_C_ROWS"] = "0"
+try:
+    traced(*[t.clone().requires_grad_() for t in inputs], 0.5, 3)  # as traced (no guard fails)
+    raise AssertionError("ran without the C row passes")
+except RuntimeError as e:
+    assert "GMVQ_C_ROWS=0" in str(e), e
+# traced without them: the reference, as before
+torch._dynamo.reset()
+graphs.clear()
+torch.compile(f, fullgraph=True, backend=record)(*inputs, 0.5, 3)
+ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+assert not any("rows_fwd" in op for op in ops), ops
+os.environ["GMVQ_C_ROWS"] = "1"
 # dynamic=True: batch sizes and the module's floats (beta, gamma) are symbolic, one graph for all
 base = gk.GaussianMixtureVQ(8, 24, seed=5, beta=2.0, accept_image_fmap=True)
 dynamic = copy.deepcopy(base)  # the same state, its seed advancing with base's call by call
@@ -264,11 +300,14 @@ print("ok")
 """
 
 
-def test_compiled_reference_on_cpu_draws_the_eager_noise():
+def test_compiled_code_on_cpu_draws_the_eager_noise_and_runs_the_c_passes():
     """Without the interpreter (the path a CPU user compiles): ``gumbel_noise`` stays a custom op in the
     graph, so compiled code draws the CPU twin's noise bit for bit (another seed tensor, no recompile
-    needed for correctness), a compiled module trains like eager over three steps, and one compiled
-    with ``dynamic=True`` (symbolic batch sizes, beta and gamma; one full graph) matches eager."""
+    needed for correctness); ``gmvq`` with impl="auto" compiles to impl="torch"'s C passes as custom ops
+    (outputs and gradients eager's bit for bit, a new tau and seed without a recompile; traced with
+    ``GMVQ_C_ROWS=0`` the reference instead, and a graph traced with them refuses to run without them);
+    a compiled module trains like eager over three steps, and one compiled with ``dynamic=True``
+    (symbolic batch sizes, beta and gamma; one full graph) matches eager."""
     from test_bench import run_script
 
     assert "ok" in run_script(["-c", CPU_COMPILE_SCRIPT], interpret=False)
