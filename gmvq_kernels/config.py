@@ -566,9 +566,10 @@ REFERENCE_BLOCK_ELEMS = 2 ** 18
 REFERENCE_MIN_ROWS = 128
 EAGER_MIN_ROWS = 64
 # impl="torch" with its per-element work in C (cpu_rows.py): the C passes make no (rows, K) temporaries
-# beyond the three tensors a block keeps for its backward, so larger blocks cost little memory (with a
-# backward, only the block's noise and its backward's e beyond what the batch keeps anyway; without,
-# one block's ~4 tensors of 4 MiB in fp32), and take fewer, larger products and fewer Python calls.
+# beyond the tensors a block keeps for its backward, so larger blocks cost little memory (with a
+# backward, only its backward's e beyond what the batch keeps anyway; without, one block's ~2 tensors
+# of 4 MiB in fp32), and take fewer, larger products and fewer Python calls. (Measured when a block
+# also kept q and made its noise, before the twenty-third session:)
 # Fwd+bwd of the op against 2¹⁸ (2026-12-03, the AVX-512 VM, interleaved, median of 15):
 # (N, K) = (1024, 512) 5.98 → 5.67 ms, (4096, 512) 20.4 → 18.4, (2048, 2048) 53.8 → 44.8 (2²¹: 42.0).
 EAGER_C_BLOCK_ELEMS = 2 ** 20

@@ -9,7 +9,12 @@ NaN policy are eager.py's, element for element (see there); the differences are 
 run in SIMD lanes, ``exp`` is a polynomial of ~1 ulp in fp32 (libm's in fp64) and log Σ comes from
 the sum itself. Where the distance clamp at 0 is active the forward stores d·a as −0.0 (the same
 value everywhere it is read), and the backward reads the sign as the mask that stops the gradient
-there (NaN stops it as well).
+there (NaN stops it as well). Given no noise tensor, the forward draws each row's noise as it
+reaches the row (the noise's C twin, noise.C_ROW_SOURCE, compiled into this library: the same bits;
+its log's only products inside sums are exact, so the compiler's contraction of multiply-adds, on
+here, cannot change them). It keeps d·a and y, not q: per row 1 / Σ_k exp(ℓ − m), from which the
+backward forms q again with the forward's operations (the same bits), one row at a time in a buffer
+of its thread.
 
 Built on first use with the system C compiler (cbuild.py); where none builds it, or with
 ``GMVQ_C_ROWS=0`` (read at each call), eager.py runs the same steps in torch ops.

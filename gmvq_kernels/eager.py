@@ -1,10 +1,12 @@
 """``impl="torch"``: the fused op in plain torch ops for a CPU (what ``impl="auto"`` runs there; under
-torch.compile ``functional.resolve_impl`` takes the reference instead).
+torch.compile the same code as the custom ops ``rows_fwd`` / ``rows_bwd`` where the C passes are built,
+else ``functional.resolve_impl`` takes the reference).
 
 The reference differentiated by autograd is the ground truth, and slow as a training step: autograd
 keeps and revisits every N×K intermediate of its ops. Here the forward takes the batch in row blocks
-(a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps three of them per
-block (d·a, q and the soft sample y); the backward applies the hand-derived gradients of
+(a block's (rows, K) temporaries stay in cache, ``config.reference_rows``) and keeps d·a and the soft
+sample y per block (and q in torch ops; the C backward forms q again from each row's
+1 / Σ_k exp(ℓ − m)); the backward applies the hand-derived gradients of
 docs/design.md §2, the kernels' formulas, block by block (four matrix products; the terms of an absent
 upstream gradient are skipped). The products are torch's; the per-element work of a block runs in C
 (cpu_rows.py: five passes over a row forward, three backward) where that library is built, else in
@@ -22,9 +24,11 @@ Values are the reference's up to rounding (tests/test_eager.py: float64 to 1e-10
 fp32 and half by the three-way rule the kernels meet). Where a code's y is below float64's resolution
 of 1 (y ≈ 10⁻¹⁹), the shift keeps that code's term and the reference's float64 softmax backward loses
 it: there this is the more accurate of the two (README, "Correctness"). The noise is
-``gumbel_noise(N, K, seed)``'s, drawn block by block (``row_offset``) as the forward reaches each
-block. No double backward (``impl="reference"`` for that).
+``gumbel_noise(N, K, seed)``'s: drawn by the C forward pass row by row as it reaches each row where
+``gumbel_noise`` would take the C twin (``noise.c_twin_draws``), else drawn block by block
+(``row_offset``) as the forward reaches each block. No double backward (``impl="reference"`` for that).
 """
+import inspect
 import math
 from typing import Optional
 
@@ -369,6 +373,8 @@ def _rows_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, d_a: Te
     return dx, dm, da, db, torch.zeros_like(v) if dv is None else dv
 
 
+assert [p for p in inspect.signature(_rows_bwd).parameters if p.startswith("g_")] == \
+    ["g_" + name for name in DIFF_OUTPUTS], "rows_bwd takes one g_<name> per spec.DIFF_OUTPUTS, in that order"
 rows_bwd = torch.library.custom_op(f"gmvq_kernels::rows_bwd_v{ROWS_OP_VERSION}", mutates_args=())(_rows_bwd)
 rows_bwd.register_fake(lambda x, means, a, b, v, *args: (torch.empty_like(x), torch.empty_like(means),
                                                           torch.empty_like(a), torch.empty_like(b),

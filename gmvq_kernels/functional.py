@@ -48,7 +48,8 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     int64 CPU tensor with its bits; noise: explicit (N, K) noise instead.
     impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, "torch" on a CPU, else the reference),
     "triton", "torch" (plain torch ops in row blocks with the hand-derived backward, eager.py; under
-    torch.compile the reference), "reference" (autograd through the ground truth).
+    torch.compile its C passes as custom ops, or the reference where they are not built), "reference"
+    (autograd through the ground truth).
     process_group: all-reduce q̄ over its ranks. dot_precision: fp32 distance-dot precision, one of
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
     Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. A row of x that is not

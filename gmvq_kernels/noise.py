@@ -27,7 +27,8 @@ Philox4x32-7(counter = (k div 4, n mod 2³², n div 2³², 0), key = (seed mod 2
   contraction left to the compiler), equal to ``words_to_gumbel`` of the words, within 1.4·10⁻⁷ of the
   exact transform (relative to max(|g|, 1); the kernels' within a few ulps). Where no compiler builds
   it, NumPy draws the words and takes NumPy's logs (``bits_to_gumbel_numpy``: within 10⁻⁶ of the C
-  twin's values). ``words_to_gumbel`` is the C twin's transform in torch ops (its bits).
+  twin's values). ``words_to_gumbel`` is the C twin's transform in torch ops (its bits). impl="torch"'s
+  C forward pass draws each row's noise with the same C code (``C_ROW_SOURCE``) as it reaches the row.
 """
 import ctypes
 import threading

@@ -221,6 +221,25 @@ def test_op_version_pins_the_signature_and_output_layouts():
             assert tuple(ctx.saved[names.index("hard_idx")].shape) == saved_idx[hard]
 
 
+def test_rows_op_version_pins_the_signature():
+    """impl="torch"'s custom ops (eager.rows_fwd / rows_bwd) carry a version in their names for the same
+    reason as the kernels' (torch's compile caches key a custom op by its name): a change of their
+    schema without a new version fails here."""
+    from gmvq_kernels import eager
+
+    pinned = {1: ("(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor? noise, Tensor tau, bool hard, "
+                  "Tensor seed, bool for_backward) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+                  "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+                  "(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor d_a, Tensor y, Tensor q_inv, "
+                  "Tensor m, Tensor q_ell, Tensor best, Tensor top, Tensor? g_quantized, Tensor? g_log_likelihood, "
+                  "Tensor? g_agg_posterior, Tensor? g_latent_nll, Tensor? g_mixture_var, Tensor? g_entropy, "
+                  "Tensor tau, bool hard) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")}
+    suffix = f"_v{eager.ROWS_OP_VERSION}"
+    schemas = [str(getattr(torch.ops.gmvq_kernels, f"{name}{suffix}").default._schema).split(suffix, 1)[1]
+               for name in ("rows_fwd", "rows_bwd")]
+    assert tuple(schemas) == pinned[eager.ROWS_OP_VERSION]
+
+
 CPU_COMPILE_SCRIPT = r"""
 import copy, torch, gmvq_kernels as gk
 from gmvq_kernels.noise import gumbel_noise_numpy
