@@ -328,7 +328,7 @@ def cpu_training_step(steps=40, dim=32, codebook_size=512, batch=(64, 32, 4, 4),
                       only=None):
     """One training step of the quantizer alone on CPU (forward, the quantizer's loss plus a stand-in
     reconstruction, backward, Adam), GaussianMixtureVQ with ``impl="auto"`` (what a CPU user gets:
-    "torch" eagerly, the reference traced under torch.compile) beside vector-quantize-pytorch's
+    "torch", its C passes as custom ops under torch.compile) beside vector-quantize-pytorch's
     VectorQuantize when installed, each eager and (``compiled``) under torch.compile, and GM-VQ eager
     with ``impl="reference"`` (autograd through the ground truth: what "torch" replaces); median ms over
     interleaved steps, ratios like for like (eager to eager, compiled to compiled) and compiled GM-VQ to

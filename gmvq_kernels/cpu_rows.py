@@ -62,6 +62,7 @@ int SFX(gmvq_rows_forward)(
     float *drawn = noise ? NULL : malloc((size_t)(threads * 4 * J) * sizeof(float));
     if (!part || (!noise && !drawn)) {
         free(part);
+        free(drawn);
         return -1;
     }
     #pragma omp parallel for schedule(static)
