@@ -284,10 +284,9 @@ C_PHILOX_ENV = "GMVQ_C_PHILOX"
 _C_ROW_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
-/* Philox4x32-ROUNDS of calls j < J, rows n0 .. n0 + rows - 1 (noise.py's _philox4x32: counter (j, n mod 2^32,
-   n div 2^32, 0), key (k0, k1)), word i of call j of row r to out[(r * J + j) * 4 + i]: as uint32, or
-   with gumbel as its noise g (gumbel_f32). Unsigned 32 x 32 -> 64-bit products (no overflow); the loops
-   over j and over a tile's words vectorise. */
+/* Philox4x32-ROUNDS of call j of row n (noise.py's _philox4x32: counter (j, n mod 2^32, n div 2^32, 0),
+   key (a, b)), its four words to w. Unsigned 32 x 32 -> 64-bit products (no overflow); the loops over
+   j and over a tile's words vectorise. */
 static inline void philox(uint32_t j, uint32_t n_lo, uint32_t n_hi, uint32_t a, uint32_t b, uint32_t *w) {
     uint32_t c0 = j, c1 = n_lo, c2 = n_hi, c3 = 0;
     for (int t = 0; t < ROUNDS; t++) {
@@ -333,6 +332,8 @@ static inline void gumbel_row(float *o, uint64_t n, int64_t J, uint32_t k0, uint
 
 """
 _C_EXPORTS = r"""
+/* calls j < J of rows n0 .. n0 + rows - 1, word i of call j of row r to out[(r * J + j) * 4 + i]: as
+   uint32, or with gumbel as its noise g (gumbel_f32) */
 void gmvq_philox(void *out, int64_t n0, int64_t rows, int64_t J, uint32_t k0, uint32_t k1, int gumbel) {
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
