@@ -11,6 +11,7 @@ CPU tests fast while still crossing many codebook tiles.
 import contextlib
 import functools
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -35,8 +36,39 @@ _INTERPRETER_LOCK = threading.Lock()
 
 
 def launch_guard():
-    """Context for a launch: the interpreter's lock under TRITON_INTERPRET=1, nothing on a GPU."""
-    return _INTERPRETER_LOCK if INTERPRET else contextlib.nullcontext()
+    """Context for a launch: the interpreter's lock under TRITON_INTERPRET=1, nothing on a GPU. Raises
+    where the installed interpreter cannot run the kernels (``interpreter_incompatibility``)."""
+    if not INTERPRET:
+        return contextlib.nullcontext()
+    problem = _installed_interpreter_incompatibility()
+    if problem:
+        raise RuntimeError(problem)
+    return _INTERPRETER_LOCK
+
+
+def _version(v: str) -> tuple:
+    """(major, minor) of a version string such as '3.6.0' or '2.4.0rc1'."""
+    major, minor = re.match(r"(\d+)\.(\d+)", v).groups()
+    return int(major), int(minor)
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> Optional[str]:
+    """Why Triton's interpreter of this version cannot run the kernels beside this NumPy, or None.
+    triton 3.6's interpreter turns a loop bound that comes from ``tl.program_id`` (a 1-element array
+    there) into an int with int(), which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted
+    to Python scalars", deep inside a launch); triton 3.7 squeezes the array first."""
+    if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 4):
+        return (f"TRITON_INTERPRET=1: triton {triton_version}'s interpreter cannot run the kernels with "
+                f"NumPy {numpy_version} (it converts 1-element arrays to int, which NumPy >= 2.4 refuses). "
+                "Install numpy<2.4 or triton>=3.7, or on a CPU use impl=\"torch\" without TRITON_INTERPRET.")
+    return None
+
+
+@functools.cache
+def _installed_interpreter_incompatibility() -> Optional[str]:
+    import numpy
+    import triton
+    return interpreter_incompatibility(triton.__version__, numpy.__version__)
 
 
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")

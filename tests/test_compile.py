@@ -27,15 +27,26 @@ def test_kernels_fit_99_kib_gpus():
     assert "0 failed" in proc.stdout and "compiled" in proc.stdout, proc.stdout
 
 
+# Spills that a triton other than CI's (3.7) is known to compile into --fast's kernels, by (major, minor):
+# (kernel, shape, mode) -> bytes. triton 3.6.0, what the H200 image runs: hard dμ at D = 128 (1.3 local
+# loads/stores per element in its loop; the spill-free (16, 128, 8, 2) tile models 3–6 % slower per
+# fwd+bwd there, so the table keeps its tile; README, "Speed").
+KNOWN_SPILLS = {(3, 6): {("_gmvq_bwd_dmu_kernel", (2048, 1024, 128), "hard"): 168}}
+
+
 def test_static_cost_fast_mode_has_no_spills(tmp_path):
     """benchmarks/static_cost.py --fast: three small shapes (one splits the codebook, one at D = 128), bf16, soft
     and hard (every kernel of one fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it
-    exits 1 on any spill or serialised wgmma."""
+    exits 1 on any spill or serialised wgmma. With CI's triton none; with another, exactly KNOWN_SPILLS'."""
+    import triton
+    known = KNOWN_SPILLS.get(tuple(int(p) for p in triton.__version__.split(".")[:2]), {})
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == (1 if known else 0), proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
+    spills = {(r["kernel"], tuple(r["shape"]), r["mode"]): r["spill_bytes"] for r in report["rows"] if r["spill_bytes"]}
+    assert spills == known, spills
     kernels = {r["kernel"] for r in report["rows"]}
     assert kernels == {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_delta_kernel",
                        "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel", "_gmvq_encode_kernel"}, kernels
@@ -43,7 +54,7 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     # runs at D = 128 only
     assert {r["shape"][2] for r in report["rows"] if r["kernel"] == "_gmvq_bwd_delta_kernel"} == {128}
     for r in report["rows"]:
-        assert r["spill_bytes"] == 0 and r["warps_per_sm"] >= 8, r
+        assert r["warps_per_sm"] >= 8, r
         # ptxas serialised every wgmma of dx and dμ (and of the split forward at D = 32) until their loops
         # were declared non-empty (tiles.nonempty_range)
         assert not r["wgmma_serialized"], r

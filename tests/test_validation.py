@@ -79,6 +79,22 @@ def test_triton_on_cpu_without_interpreter_is_an_error(good, monkeypatch):
     assert gk.gmvq(*good, impl="auto").codes.shape == (6,)
 
 
+def test_interpreter_that_cannot_run_the_kernels_is_named(good, monkeypatch):
+    """triton 3.6's interpreter beside NumPy >= 2.4 fails deep inside a launch (a TypeError about
+    0-dimensional arrays): a launch there raises a RuntimeError naming both versions and the remedy."""
+    from gmvq_kernels import config
+    problem = config.interpreter_incompatibility
+    assert problem("3.7.1", "2.4.6") is None and problem("3.6.0", "2.3.5") is None
+    assert problem("3.8.0", "3.0.0") is None and problem("3.5.1", "1.26.4") is None
+    msg = problem("3.6.0", "2.4.0rc1")
+    assert "triton 3.6.0" in msg and "NumPy 2.4.0rc1" in msg and "numpy<2.4 or triton>=3.7" in msg
+    if not config.INTERPRET:
+        pytest.skip("launches raise only under Triton's interpreter")
+    monkeypatch.setattr(config, "_installed_interpreter_incompatibility", lambda: msg)
+    with pytest.raises(RuntimeError, match=r"triton 3\.6\.0's interpreter cannot run the kernels with NumPy 2\.4\.0rc1"):
+        gk.gmvq(*good, impl="triton")
+
+
 def test_rocm_gpus_take_the_reference_and_the_numpy_noise(monkeypatch):
     """A ROCm build of torch calls AMD GPUs "cuda" too; the kernels' noise takes its logs in PTX, so
     there impl='auto' runs the reference and gumbel_noise the NumPy twin (copied to the device)."""
