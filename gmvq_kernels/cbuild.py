@@ -4,13 +4,15 @@ Triton's cache: the noise's Philox rounds (noise.c_philox) and impl="torch"'s ro
 Each is built for this CPU (``-O3 -march=native``, retried without ``-march=native`` for compilers that
 lack it), so the CPU's features are part of the cache key with the source and the compiler's path.
 Each is built at most once per process; where it cannot be, one warning says why and its caller
-takes its fallback (the same results, slower)."""
+takes its fallback (the same results, slower). Where the cache cannot be written the library is still
+built, into a temporary directory of the process's own."""
 import os
 import subprocess
 import threading
 
 _LOCK = threading.Lock()
 _LOADED = {}  # name -> ctypes.CDLL, or None where it could not be built (tried once per process)
+_PRIVATE = None  # _private_dir's directory, made on first need
 
 
 def c_compiler():
@@ -44,8 +46,11 @@ def _build(name, source, flags):
         raise RuntimeError("no C compiler on PATH (cc, gcc or clang) and CC unset")
     features = ",".join(sorted(k for k, v in cpu_features().items() if v))
     key = hashlib.sha256("\0".join([source, cc, repr(flags), platform.machine(), features]).encode()).hexdigest()
-    cache = get_cache_manager(key)
-    path = cache.get_file(f"{name}.so")
+    try:
+        cache = get_cache_manager(key)
+        path = cache.get_file(f"{name}.so")
+    except OSError:  # a cache directory that cannot be made or read: build for this process alone
+        cache = path = None
     if path is None:
         with tempfile.TemporaryDirectory() as tmp:
             src, lib = os.path.join(tmp, f"{name}.c"), os.path.join(tmp, f"{name}.so")
@@ -62,8 +67,30 @@ def _build(name, source, flags):
             else:
                 raise RuntimeError("; ".join(errors))
             with open(lib, "rb") as f:
-                path = cache.put(f.read(), f"{name}.so", binary=True)
+                data = f.read()
+            try:
+                path = None if cache is None else cache.put(data, f"{name}.so", binary=True)
+            except OSError:
+                path = None
+            if path is None:  # kept in a directory of this process's own, removed at exit
+                path = os.path.join(_private_dir(), f"{name}.so")
+                with open(path, "wb") as f:
+                    f.write(data)
     return path
+
+
+def _private_dir():
+    """A temporary directory for libraries that Triton's cache could not keep (``TRITON_CACHE_DIR`` or
+    ``~/.triton/cache`` not writable): they are then built again in each process (~0.2–0.5 s)."""
+    global _PRIVATE
+    if _PRIVATE is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _PRIVATE = tempfile.mkdtemp(prefix="gmvq_kernels_")
+        atexit.register(shutil.rmtree, _PRIVATE, ignore_errors=True)
+    return _PRIVATE
 
 
 def library(name, source, *, env, what, fallback, setup=None, flags=((),)):

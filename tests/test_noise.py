@@ -2,6 +2,7 @@
 against float64 (the Gumbel-max χ² tests are in test_reference.py and test_kernels.py; the kernels'
 transform, with its upper-tail series, is checked over the same words in test_kernels.py)."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -175,6 +176,27 @@ def test_c_twin_that_cannot_build_warns_and_draws_the_same_words(monkeypatch):
         assert noise.c_philox() is None
     np.testing.assert_array_equal(philox_words_numpy(*args), want)
     assert_matches_float64(torch.from_numpy(want.astype(np.int64)), gumbel_noise_numpy(*args))
+
+
+@pytest.mark.skipif(cbuild.c_compiler() is None, reason="no C compiler on PATH")
+def test_c_twin_builds_where_the_cache_cannot_be_written(monkeypatch, tmp_path):
+    """A TRITON_CACHE_DIR that cannot be made (here it lies under a regular file): the twin is still the C
+    one, built into a directory of the process's own, without a warning, and draws the same words."""
+    import warnings
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(cbuild, "_LOADED", {})
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = noise.c_philox()
+    assert lib is not None and os.path.dirname(lib._name) == cbuild._PRIVATE, lib
+    args = (5, 37, 2**64 - 3, 2**32 + 3)
+    c_words = philox_words_numpy(*args)
+    monkeypatch.setenv(noise.C_PHILOX_ENV, "0")
+    np.testing.assert_array_equal(c_words, philox_words_numpy(*args))
 
 
 @pytest.mark.parametrize("seed,N,K,row_offset", TWIN_CASES + [(0xFFFFFFFB, 6, 9, 0), (2**64 - 1, 3, 5, 2**40 - 1)])
