@@ -39,9 +39,7 @@ VQ_ARGUMENTS = {
     "stochastic_sample_codes": "training always draws a Gumbel sample; drop stochastic_sample_codes",
     "learnable_codebook": "the codebook is always learned by gradient; drop learnable_codebook",
     "use_cosine_sim": "GM-VQ uses Gaussian (Euclidean) distances; cosine similarity is not supported",
-    "codebook_dim": "project your latents to dim before the quantizer; codebook_dim is not supported",
-    "heads": "multi-head quantization is not supported; use one GaussianMixtureVQ per head",
-    "separate_codebook_per_head": "multi-head quantization is not supported",
+    "layernorm_after_project_in": "not supported; normalise your latents before the quantizer",
     "orthogonal_reg_weight": "orthogonal regularisation is not supported",
     "channel_last": "the layout is channel-last by default; use accept_image_fmap=True for (B, D, H, W) or "
                     "channel_first=True for D on axis 1",
@@ -71,9 +69,10 @@ def _sync_kmeans_pending(module, _incompatible_keys):
 
 
 def _padded_codes(keep, codes):
-    """The codes of the kept rows back in their places (masked_scatter fills them in row order), −1 at
-    the padding."""
-    return torch.full_like(keep, -1, dtype=codes.dtype).masked_scatter(keep, codes)
+    """The (kept, heads) codes of the kept rows back in their places (masked_scatter fills them in row
+    order), −1 at the padding: (N, heads)."""
+    return torch.full((keep.shape[0], codes.shape[1]), -1, dtype=codes.dtype,
+                      device=codes.device).masked_scatter(keep[:, None], codes)
 
 
 class GaussianMixtureVQ(nn.Module):
@@ -114,6 +113,13 @@ class GaussianMixtureVQ(nn.Module):
             replays the noise of its capture.
         impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
             process group; None = when torch.distributed is initialised with more than one rank.
+        codebook_dim, heads: as vector-quantize-pytorch's (one codebook shared by the heads). Each
+            latent vector is projected to heads·codebook_dim values (``project_in``, a Linear, when that
+            differs from dim; codebook_dim defaults to dim) and split into ``heads`` vectors of
+            codebook_dim, each quantized as a latent vector of its own (the loss and q̄ are over all of
+            them); their quantized values are concatenated and projected back to dim (``project_out``).
+            The codebook is (K, codebook_dim) and ``codes`` gain a last axis of ``heads`` when heads > 1.
+            separate_codebook_per_head=True is not supported.
     In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
     """
 
@@ -125,7 +131,8 @@ class GaussianMixtureVQ(nn.Module):
                  return_loss_breakdown: bool = False, return_zeros_for_masked_padding: bool = True,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
-                 seed: Optional[int] = None, device_seed: bool = False, **vq_kwargs):
+                 seed: Optional[int] = None, device_seed: bool = False, codebook_dim: Optional[int] = None,
+                 heads: int = 1, separate_codebook_per_head: bool = False, **vq_kwargs):
         super().__init__()
         for name in vq_kwargs:
             if name in VQ_ARGUMENTS:
@@ -133,6 +140,13 @@ class GaussianMixtureVQ(nn.Module):
             raise TypeError(f"GaussianMixtureVQ got an unexpected keyword argument {name!r}")
         check_int("dim", dim)
         check_int("codebook_size", codebook_size)
+        check_int("heads", heads)
+        if codebook_dim is not None:
+            check_int("codebook_dim", codebook_dim)
+        check_flag("separate_codebook_per_head", separate_codebook_per_head)
+        if separate_codebook_per_head:
+            raise TypeError("GaussianMixtureVQ does not take separate_codebook_per_head=True: its heads share one "
+                            "codebook; use one GaussianMixtureVQ per head for separate codebooks")
         check_tau(tau)
         for name, flag in (("hard", hard), ("per_component_variance", per_component_variance),
                            ("learn_variance", learn_variance), ("learnable_prior", learnable_prior),
@@ -165,7 +179,13 @@ class GaussianMixtureVQ(nn.Module):
         self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
         self.kmeans_iters = kmeans_iters
-        self.means = nn.Parameter(torch.randn(codebook_size, dim) / math.sqrt(dim))
+        # heads and projections as vector-quantize-pytorch's VectorQuantize (its names and shapes)
+        self.heads, self.codebook_dim = heads, codebook_dim or dim
+        width = self.codebook_dim * heads
+        self.has_projections = width != dim
+        self.project_in = nn.Linear(dim, width) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(width, dim) if self.has_projections else nn.Identity()
+        self.means = nn.Parameter(torch.randn(codebook_size, self.codebook_dim) / math.sqrt(self.codebook_dim))
         lv = torch.full((codebook_size if per_component_variance else 1,), float(init_log_var))
         if learn_variance:
             self._log_var = nn.Parameter(lv)
@@ -198,7 +218,10 @@ class GaussianMixtureVQ(nn.Module):
         return self._log_var.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT).expand(self.codebook_size)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, codebook_size={self.codebook_size}, tau={self.tau}, hard={self.hard}, "
+        return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
+                + (f"codebook_dim={self.codebook_dim}, heads={self.heads}, " if self.has_projections or self.heads > 1
+                   else "")
+                + f"tau={self.tau}, hard={self.hard}, "
                 f"beta={self.beta}, gamma={self.gamma}, objective={self.objective!r}, shared_variance={self._log_var.numel() == 1}, "
                 f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}"
                 + (", device_seed=True" if "_next_seed" in self._buffers else ""))
@@ -267,6 +290,17 @@ class GaussianMixtureVQ(nn.Module):
         out = flat.reshape(*lead_shape, self.dim)
         return out.movedim(-1, 1) if self.channel_first else out
 
+    def _to_rows(self, flat):
+        """(N, dim) latent vectors -> (N·heads, codebook_dim) rows the quantizer sees (project_in, split)."""
+        return self.project_in(flat.to(self.means.dtype)).reshape(-1, self.codebook_dim)
+
+    def _from_rows(self, z):
+        """(N·heads, codebook_dim) quantized rows -> (N, dim) (concatenated over the heads, project_out)."""
+        return self.project_out(z.reshape(-1, self.heads * self.codebook_dim))
+
+    def _code_shape(self, lead):
+        return (*lead, self.heads) if self.heads > 1 else tuple(lead)
+
     # --- tokenizer use
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
@@ -276,27 +310,43 @@ class GaussianMixtureVQ(nn.Module):
         for ``forward``: only the kept vectors are encoded, −1 elsewhere."""
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
-        rows = flat if keep is None else flat[keep]
-        if rows.shape[0] == 0:  # all padding
-            return torch.full(tuple(lead), -1, dtype=torch.int64, device=x.device)
-        codes = gmvq_encode(rows.to(self.means.dtype), self.means, self.log_var, self.log_prior,
-                            impl=self.impl, dot_precision=self.dot_precision)
-        return (codes if keep is None else _padded_codes(keep, codes)).reshape(lead)
+        kept = flat if keep is None else flat[keep]
+        if kept.shape[0] == 0:  # all padding
+            return torch.full(self._code_shape(lead), -1, dtype=torch.int64, device=x.device)
+        codes = gmvq_encode(self._to_rows(kept), self.means, self.log_var, self.log_prior,
+                            impl=self.impl, dot_precision=self.dot_precision).reshape(kept.shape[0], self.heads)
+        return (codes if keep is None else _padded_codes(keep, codes)).reshape(self._code_shape(lead))
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Means of the codes in the module's layout, as ``forward`` returns them: codes.shape + (D,), or
-        with D on axis 1 when channel-first ((B, ...) → (B, D, ...)). Code −1 (a non-finite latent, see
-        the NaN policy, or padding) gives NaN, never a real code."""
+    def _means_of(self, codes):
+        """The means of ``codes`` (lead shape, + (heads,) when heads > 1) concatenated over the heads:
+        lead + (heads·codebook_dim,)."""
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be a torch.Tensor; got {type(codes).__name__}")
+        if self.heads > 1 and (codes.dim() < 1 or codes.shape[-1] != self.heads):
+            raise ValueError(f"codes must have a last axis of heads == {self.heads}; got shape {tuple(codes.shape)}")
         z = gmvq_decode(codes, self.means)
+        return z.reshape(*z.shape[:-2], self.heads * self.codebook_dim) if self.heads > 1 else z
+
+    def _channel_layout(self, z):
         return z.movedim(-1, 1) if self.channel_first and z.dim() > 2 else z
 
-    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """``decode`` by vector-quantize-pytorch's name, in the same layout as its (D on axis 1 for image
-        feature maps and channel-first input)."""
-        return self.decode(indices)
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """What ``forward`` returns in eval mode for these codes, in the module's layout: their means
+        (concatenated over the heads and through ``project_out`` where the module has them), shape
+        codes.shape + (D,) (without the heads axis when heads > 1), or with D on axis 1 when
+        channel-first ((B, ...) → (B, D, ...)). Code −1 (a non-finite latent, see the NaN policy, or
+        padding) gives NaN, never a real code."""
+        return self._channel_layout(self.project_out(self._means_of(codes)))
 
-    # VectorQuantize's name for the same after its output projection, which GM-VQ does not have
-    get_output_from_indices = get_codes_from_indices
+    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """The codebook vectors of ``indices`` by vector-quantize-pytorch's name: their means, concatenated
+        over the heads, before ``project_out``, in the module's layout (D on axis 1 for image feature maps
+        and channel-first input, as vector-quantize-pytorch's)."""
+        return self._channel_layout(self._means_of(indices))
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """``decode`` by vector-quantize-pytorch's name: the codebook vectors through ``project_out``."""
+        return self.decode(indices)
 
     # --- k-means initialisation
     @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
@@ -342,7 +392,8 @@ class GaussianMixtureVQ(nn.Module):
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
         ``torch.compile(fullgraph=True)``, which cannot trace it. Under data parallel it is a collective
         (every rank takes rank 0's fit): call it on every rank."""
-        self._kmeans_init(self._flatten(x)[0])
+        with torch.no_grad():
+            self._kmeans_init(self._to_rows(self._flatten(x)[0]))
 
     def _process_group(self):
         import torch.distributed as dist
@@ -362,7 +413,8 @@ class GaussianMixtureVQ(nn.Module):
           argmax_k(ℓ_k + g_k), straight-through), plus s·ε with ``noise_injection``. ``codes`` are the
           codes used: with ``hard=True`` the sampled argmax_k(ℓ_k + g_k), whose mean ``quantized`` holds
           (as VectorQuantize's indices); soft samples mix all means, and ``codes`` are then argmax_k ℓ_k.
-          The noise-free codes a tokenizer emits come from ``encode`` (or eval mode).
+          The noise-free codes a tokenizer emits come from ``encode`` (or eval mode). With heads > 1
+          ``codes`` have a last axis of ``heads``.
         - Eval: deterministic; ``codes`` = argmax_k ℓ_k, ``quantized`` = their means, ``loss`` = 0 (as
           VectorQuantize); ``terms`` still hold the values.
         - ``loss`` = γ·(mean latent_nll + (D/2)·Σ_k q̄_k λ_k if the variances are learned) + β·KL(q̄ ‖ π)
@@ -382,11 +434,12 @@ class GaussianMixtureVQ(nn.Module):
           torch.compile. At least one vector must be kept."""
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
-        rows = flat
+        kept = flat
         if keep is not None:
-            rows = flat[keep]
-            if rows.shape[0] == 0:
+            kept = flat[keep]
+            if kept.shape[0] == 0:
                 raise ValueError("mask (or lens) must keep at least one latent vector; it keeps none")
+        rows = self._to_rows(kept)  # each kept vector's heads, through project_in
         if self.training and self._kmeans_pending:
             self._kmeans_init(rows)
         seed, group = 0, None
@@ -396,7 +449,7 @@ class GaussianMixtureVQ(nn.Module):
             self._next_seed += 1
             if group is not None:  # data parallel: each rank's rows get their own noise stream
                 seed = seed + (group.rank() << RANK_SEED_SHIFT)
-        out, sample = gmvq_with_sample(rows.to(self.means.dtype), self.means, self.log_var, self.log_prior,
+        out, sample = gmvq_with_sample(rows, self.means, self.log_var, self.log_prior,
                                        tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
                                        process_group=group, dot_precision=self.dot_precision)
         objective = albo_loss if self.objective == "albo" else elbo_loss
@@ -409,14 +462,15 @@ class GaussianMixtureVQ(nn.Module):
                 z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
         else:
             z = gmvq_decode(out.codes, self.means)
+        z = self._from_rows(z)
         # the codes it used, as VectorQuantize: a hard sample's code in training, else argmax_k ℓ
-        codes = sample if self.training and sample is not None else out.codes
+        codes = (sample if self.training and sample is not None else out.codes).reshape(kept.shape[0], self.heads)
         if keep is not None:  # the kept rows back in place, as their codes
             fill = torch.zeros_like(flat, dtype=z.dtype) if self.return_zeros_for_masked_padding else flat.to(z.dtype)
             z = fill.masked_scatter(keep[:, None], z)
             codes = _padded_codes(keep, codes)
         quantized = self._unflatten(z.to(x.dtype), lead)
-        codes = codes.reshape(lead)
+        codes = codes.reshape(self._code_shape(lead))
         reported = loss if self.training else torch.zeros_like(loss)
         breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
         if not breakdown:

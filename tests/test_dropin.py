@@ -114,3 +114,28 @@ def test_padding_mask_and_lens_as_vector_quantize():
     assert res["gmvq"] == res["vq"], res
     assert res["vq"]["mask_True"]["pad"] == "zeros" and res["vq"]["lens_False"]["pad"] == "input"
     assert res["vq"]["mask_True"]["codes_pad"] == [-1] and res["vq"]["mask_True"]["codes_kept_in_range"]
+
+
+@pytest.mark.parametrize("kw", [dict(heads=4, codebook_dim=8), dict(heads=2), dict(codebook_dim=8),
+                                dict(heads=4, codebook_dim=8, accept_image_fmap=True),
+                                dict(codebook_dim=8, accept_image_fmap=True)])
+def test_heads_and_codebook_dim_as_vector_quantize(kw):
+    """The same ``heads`` / ``codebook_dim`` give the shapes VectorQuantize gives: quantized, codes (a
+    last axis of heads), the codebook and the projections' weights."""
+    import torch
+    from vector_quantize_pytorch import VectorQuantize
+
+    import gmvq_kernels as gk
+
+    torch.manual_seed(0)
+    ours = gk.GaussianMixtureVQ(32, 16, impl="torch", seed=0, **kw)
+    theirs = VectorQuantize(dim=32, codebook_size=16, **kw)
+    x = torch.randn(2, 32, 3, 5) if kw.get("accept_image_fmap") else torch.randn(2, 10, 32)
+    (q1, c1, _), (q2, c2, _) = ours(x), theirs(x)
+    assert q1.shape == q2.shape == x.shape and c1.shape == c2.shape, (q1.shape, q2.shape, c1.shape, c2.shape)
+    assert ours.codebook.shape == theirs.codebook.shape
+    for name in ("project_in", "project_out"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        assert isinstance(a, torch.nn.Identity) == isinstance(b, torch.nn.Identity), name
+        if not isinstance(a, torch.nn.Identity):
+            assert a.weight.shape == b.weight.shape, name

@@ -78,6 +78,95 @@ def test_eval_is_deterministic_and_matches_tokenizer_api(device):
     assert torch.equal(codes.reshape(-1), torch.cdist(flat, vq.means.detach()).argmin(1))
 
 
+HEADS_CASES = [  # (dim, heads, codebook_dim): split only; projection only; both (codebook_dim = dim)
+    (32, 4, 8), (32, 1, 8), (16, 2, None)]
+
+
+@pytest.mark.parametrize("dim,heads,codebook_dim", HEADS_CASES)
+def test_heads_and_codebook_dim_quantize_each_head_as_a_latent_vector(dim, heads, codebook_dim):
+    """heads / codebook_dim (vector-quantize-pytorch's names): project_in where heads·codebook_dim ≠ dim,
+    each head a row of its own for the op (one loss and q̄ over all of them), the rows' quantized values
+    concatenated and projected back: the module's step equals that computed through ``gmvq`` by hand."""
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(dim, 16, heads=heads, codebook_dim=codebook_dim, seed=5, impl="torch",
+                              return_loss_breakdown=True)
+    cd = codebook_dim or dim
+    assert vq.codebook.shape == (16, cd) and vq.has_projections == (heads * cd != dim)
+    assert isinstance(vq.project_in, torch.nn.Linear) == vq.has_projections
+    x = torch.randn(2, 5, dim)
+    out = vq(x)
+    rows = vq.project_in(x.reshape(-1, dim)).reshape(-1, cd)
+    ref = gk.gmvq(rows, vq.means, vq.log_var, tau=vq.tau, hard=vq.hard, seed=5, impl="torch")
+    want_loss = gk.albo_loss(ref, beta=vq.beta, gamma=vq.gamma, log_var=vq.log_var)
+    want_q = vq.project_out(ref.quantized.reshape(10, heads * cd)).reshape(2, 5, dim)
+    code_shape = (2, 5, heads) if heads > 1 else (2, 5)
+    assert out.codes.shape == code_shape and torch.equal(out.codes, ref.codes.reshape(code_shape))
+    torch.testing.assert_close(out.quantized, want_q, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, want_loss, rtol=0, atol=0)
+    out.loss.backward()
+    for name, prm in vq.named_parameters():
+        if name.startswith("project_out"):  # the loss is the quantizer's own: project_out is the decoder's
+            continue
+        assert prm.grad is not None and torch.isfinite(prm.grad).all() and prm.grad.abs().sum() > 0, name
+    # eval: deterministic codes; encode, decode and vector-quantize-pytorch's names agree with forward
+    vq.eval()
+    ev = vq(x)
+    assert torch.equal(vq.encode(x), ev.codes) and ev.codes.shape == code_shape
+    assert torch.equal(vq.decode(ev.codes), ev.quantized)
+    assert torch.equal(vq.get_output_from_indices(ev.codes), ev.quantized)
+    means = vq.get_codes_from_indices(ev.codes)
+    assert means.shape == (2, 5, heads * cd) and torch.equal(vq.project_out(means), ev.quantized)
+    assert torch.equal(means.reshape(-1, cd), vq.means[ev.codes.reshape(-1)])
+
+
+def test_heads_with_padding_image_maps_and_state_dict():
+    torch.manual_seed(1)
+    vq = gk.GaussianMixtureVQ(12, 8, heads=3, codebook_dim=6, seed=0, impl="torch").eval()
+    x = torch.randn(2, 7, 12)
+    lens = torch.tensor([7, 3])
+    out = vq(x, lens=lens)
+    assert out.codes.shape == (2, 7, 3) and (out.codes[1, 3:] == -1).all() and (out.codes[1, :3] >= 0).all()
+    assert (out.quantized[1, 3:] == 0).all()
+    alone = vq(x[1, :3])
+    assert torch.equal(out.codes[1, :3], alone.codes)
+    torch.testing.assert_close(out.quantized[1, :3], alone.quantized)  # project_out's rounding varies with the rows
+    assert torch.equal(vq.encode(x, lens=lens), out.codes)
+    assert vq.encode(x, mask=torch.zeros(2, 7, dtype=torch.bool)).shape == (2, 7, 3)
+    img = gk.GaussianMixtureVQ(12, 8, heads=3, codebook_dim=6, accept_image_fmap=True, seed=0, impl="torch").eval()
+    img.load_state_dict(vq.state_dict())
+    fmap = torch.randn(2, 12, 3, 4)
+    o = img(fmap)
+    assert o.quantized.shape == fmap.shape and o.codes.shape == (2, 3, 4, 3)
+    assert torch.equal(img.decode(o.codes), o.quantized)
+    assert img.get_codes_from_indices(o.codes).shape == (2, 18, 3, 4)
+    proj = gk.GaussianMixtureVQ(12, 8, codebook_dim=4, seed=0)
+    again = gk.GaussianMixtureVQ(12, 8, codebook_dim=4, seed=1)
+    again.load_state_dict(proj.state_dict())
+    assert {"project_in.weight", "project_out.bias"} <= set(proj.state_dict())
+    assert torch.equal(again.project_in.weight, proj.project_in.weight)
+    assert "codebook_dim=4, heads=1" in repr(proj)
+    with pytest.raises(ValueError, match=r"codes must have a last axis of heads == 3; got shape \(2, 7\)"):
+        vq.decode(torch.zeros(2, 7, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"does not take separate_codebook_per_head=True: its heads share one codebook"):
+        gk.GaussianMixtureVQ(12, 8, heads=3, separate_codebook_per_head=True)
+    gk.GaussianMixtureVQ(12, 8, heads=3, separate_codebook_per_head=False)  # the default, accepted
+    with pytest.raises(ValueError, match=r"heads must be an integer >= 1; got 0"):
+        gk.GaussianMixtureVQ(12, 8, heads=0)
+    with pytest.raises(ValueError, match=r"codebook_dim must be an integer >= 1; got 0"):
+        gk.GaussianMixtureVQ(12, 8, codebook_dim=0)
+
+
+def test_kmeans_init_fits_the_heads():
+    """k-means runs on what the codebook quantizes: each vector's heads, after project_in."""
+    torch.manual_seed(2)
+    vq = gk.GaussianMixtureVQ(8, 4, heads=2, codebook_dim=4, kmeans_init=True, seed=0, impl="torch")
+    centres = torch.randn(4, 4) * 5
+    x = (centres[torch.randint(0, 4, (64, 2))] + 0.01 * torch.randn(64, 2, 4)).reshape(64, 8)
+    vq(x)
+    got = torch.cdist(centres, vq.means.detach()).min(1).values
+    assert (got < 0.1).all(), got
+
+
 def test_training_gradients_reach_every_parameter(device):
     torch.manual_seed(2)
     vq = gk.GaussianMixtureVQ(5, 12, learnable_prior=True, hard=True, tau=0.5).to(device)
