@@ -43,6 +43,34 @@ VQ_ARGUMENTS = {
     "orthogonal_reg_weight": "orthogonal regularisation is not supported",
     "channel_last": "the layout is channel-last by default; use accept_image_fmap=True for (B, D, H, W) or "
                     "channel_first=True for D on axis 1",
+    "accept_3d_fmap": "use channel_first=True (D on axis 1 of any shape, (B, D, T, H, W) included)",
+    "eps": "GM-VQ has no EMA codebook (eps smooths its counts); drop eps",
+    "manual_ema_update": "GM-VQ has no EMA codebook: its means learn by gradient; drop manual_ema_update",
+    "sync_update_v": "GM-VQ has no EMA codebook: its means learn by gradient; drop sync_update_v",
+    "freeze_codebook": "freeze the codebook with vq.means.requires_grad_(False) (and the variances likewise)",
+    "sync_kmeans": "under data parallel every rank takes rank 0's k-means fit; drop sync_kmeans",
+    "sync_codebook": "the codebook learns by gradient, which data parallel averages, and q̄ is all-reduced "
+                     "(sync_agg_posterior=); drop sync_codebook",
+    "commitment_use_cross_entropy_loss": "there is no commitment loss: the latent term gamma= plays its role",
+    "codebook_diversity_loss_weight": "the aggregated-posterior KL, weighted by beta=, keeps codes in use; drop "
+                                      "codebook_diversity_loss_weight",
+    "codebook_diversity_temperature": "the aggregated-posterior KL, weighted by beta=, keeps codes in use; drop "
+                                      "codebook_diversity_temperature",
+    "straight_through": "hard=True gives straight-through one-hot samples",
+    "rotation_trick": "gradients reach the encoder through the Gumbel-softmax sample; the rotation trick is not "
+                      "supported",
+    "route_gradients_to_input": "gradients always reach the input through the Gumbel-softmax sample",
+    "orthogonal_reg_active_codes_only": "orthogonal regularisation is not supported",
+    "orthogonal_reg_max_codes": "orthogonal regularisation is not supported",
+    "directional_reparam": "the directional reparameterisation is not supported",
+    "directional_reparam_variance": "the directional reparameterisation is not supported",
+    "affine_param": "the affine codebook parameterisation is not supported",
+    "affine_param_batch_decay": "the affine codebook parameterisation is not supported",
+    "affine_param_codebook_decay": "the affine codebook parameterisation is not supported",
+    "sync_affine_param": "the affine codebook parameterisation is not supported",
+    "vq_bridge": "not supported",
+    "in_place_codebook_optimizer": "the codebook is a Parameter: train it with your own optimizer",
+    "manual_in_place_optimizer_update": "the codebook is a Parameter: train it with your own optimizer",
 }
 
 

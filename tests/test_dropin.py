@@ -139,3 +139,24 @@ def test_heads_and_codebook_dim_as_vector_quantize(kw):
         assert isinstance(a, torch.nn.Identity) == isinstance(b, torch.nn.Identity), name
         if not isinstance(a, torch.nn.Identity):
             assert a.weight.shape == b.weight.shape, name
+
+
+def test_every_vector_quantize_argument_is_taken_or_answered():
+    """Each of VectorQuantize's constructor arguments is one of ours or raises a TypeError saying what to
+    do instead (a new one in a later vector-quantize-pytorch fails here until it gets its answer)."""
+    import inspect
+
+    from vector_quantize_pytorch import VectorQuantize
+
+    import gmvq_kernels as gk
+    from gmvq_kernels.modules import VQ_ARGUMENTS
+
+    ours = set(inspect.signature(gk.GaussianMixtureVQ.__init__).parameters)
+    theirs = [n for n in inspect.signature(VectorQuantize.__init__).parameters if n != "self"]
+    assert "dim" in theirs and "codebook_size" in theirs
+    for name in theirs:
+        if name in ours:
+            continue
+        assert name in VQ_ARGUMENTS, name
+        with pytest.raises(TypeError, match=rf"GaussianMixtureVQ does not take {name}: "):
+            gk.GaussianMixtureVQ(8, 4, **{name: 1})
