@@ -43,7 +43,6 @@ VQ_ARGUMENTS = {
     "orthogonal_reg_weight": "orthogonal regularisation is not supported",
     "channel_last": "the layout is channel-last by default; use accept_image_fmap=True for (B, D, H, W) or "
                     "channel_first=True for D on axis 1",
-    "accept_3d_fmap": "use channel_first=True (D on axis 1 of any shape, (B, D, T, H, W) included)",
     "eps": "GM-VQ has no EMA codebook (eps smooths its counts); drop eps",
     "manual_ema_update": "GM-VQ has no EMA codebook: its means learn by gradient; drop manual_ema_update",
     "sync_update_v": "GM-VQ has no EMA codebook: its means learn by gradient; drop sync_update_v",
@@ -122,7 +121,8 @@ class GaussianMixtureVQ(nn.Module):
         noise_injection: training output z + s·ε with s² the mixture variance.
         channel_first: D on axis 1 (e.g. (B, D, T) or (B, D, H, W)); default False: D on the last axis
             ((..., D), as vector-quantize-pytorch's default). accept_image_fmap: (B, D, H, W) image feature
-            maps (vector-quantize-pytorch's name; implies channel_first and 4-D input). The layout is
+            maps (vector-quantize-pytorch's name; implies channel_first and 4-D input); accept_3d_fmap:
+            likewise (B, D, T, H, W) volumes or videos (5-D input). The layout is
             never guessed from the shape.
         return_loss_breakdown: return (quantized, codes, loss, terms) instead of the three
             (also a forward argument). return_zeros_for_masked_padding: what ``quantized`` holds at the
@@ -155,7 +155,7 @@ class GaussianMixtureVQ(nn.Module):
                  init_log_var: float = DEFAULT_INIT_LOG_VAR, per_component_variance: bool = True,
                  learn_variance: bool = True, learnable_prior: bool = False, beta: float = DEFAULT_BETA,
                  gamma: float = DEFAULT_GAMMA, objective: str = "albo", noise_injection: bool = False,
-                 channel_first: bool = False, accept_image_fmap: bool = False,
+                 channel_first: bool = False, accept_image_fmap: bool = False, accept_3d_fmap: bool = False,
                  return_loss_breakdown: bool = False, return_zeros_for_masked_padding: bool = True,
                  kmeans_init: bool = False, kmeans_iters: int = 10, impl: str = "auto",
                  dot_precision: Optional[str] = None, sync_agg_posterior: Optional[bool] = None,
@@ -186,6 +186,7 @@ class GaussianMixtureVQ(nn.Module):
         check_number("gamma", gamma, lo=0.0)
         check_int("kmeans_iters", kmeans_iters, lo=0)
         for name, flag in (("channel_first", channel_first), ("accept_image_fmap", accept_image_fmap),
+                           ("accept_3d_fmap", accept_3d_fmap),
                            ("return_loss_breakdown", return_loss_breakdown),
                            ("return_zeros_for_masked_padding", return_zeros_for_masked_padding)):
             check_flag(name, flag)
@@ -202,7 +203,10 @@ class GaussianMixtureVQ(nn.Module):
         self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
         self.tau, self.hard, self.beta, self.gamma = float(tau), hard, float(beta), float(gamma)
         self.noise_injection = noise_injection
-        self.channel_first, self.accept_image_fmap = channel_first or accept_image_fmap, accept_image_fmap
+        if accept_image_fmap and accept_3d_fmap:
+            raise ValueError("pass accept_image_fmap=True or accept_3d_fmap=True, not both")
+        self.channel_first = channel_first or accept_image_fmap or accept_3d_fmap
+        self.accept_image_fmap, self.accept_3d_fmap = accept_image_fmap, accept_3d_fmap
         self.return_loss_breakdown = return_loss_breakdown
         self.return_zeros_for_masked_padding = return_zeros_for_masked_padding
         self.impl, self.dot_precision, self.sync_agg_posterior = impl, dot_precision, sync_agg_posterior
@@ -277,6 +281,8 @@ class GaussianMixtureVQ(nn.Module):
             raise TypeError(f"x must have a floating dtype (latents, not codes); got {x.dtype}")
         if self.accept_image_fmap and x.dim() != 4:
             raise ValueError(f"x must be (B, D, H, W) with accept_image_fmap=True; got shape {tuple(x.shape)}")
+        if self.accept_3d_fmap and x.dim() != 5:
+            raise ValueError(f"x must be (B, D, T, H, W) with accept_3d_fmap=True; got shape {tuple(x.shape)}")
         if self.channel_first:
             if x.dim() < 2 or x.shape[1] != self.dim:
                 raise self._layout_error(x, f"D == {self.dim} channels on axis 1 (channel-first)")

@@ -118,10 +118,11 @@ def test_padding_mask_and_lens_as_vector_quantize():
 
 @pytest.mark.parametrize("kw", [dict(heads=4, codebook_dim=8), dict(heads=2), dict(codebook_dim=8),
                                 dict(heads=4, codebook_dim=8, accept_image_fmap=True),
-                                dict(codebook_dim=8, accept_image_fmap=True)])
+                                dict(codebook_dim=8, accept_image_fmap=True), dict(accept_3d_fmap=True),
+                                dict(heads=2, codebook_dim=16, accept_3d_fmap=True)])
 def test_heads_and_codebook_dim_as_vector_quantize(kw):
-    """The same ``heads`` / ``codebook_dim`` give the shapes VectorQuantize gives: quantized, codes (a
-    last axis of heads), the codebook and the projections' weights."""
+    """The same ``heads`` / ``codebook_dim`` / ``accept_3d_fmap`` give the shapes VectorQuantize gives:
+    quantized, codes (a last axis of heads), the codebook and the projections' weights."""
     import torch
     from vector_quantize_pytorch import VectorQuantize
 
@@ -130,7 +131,8 @@ def test_heads_and_codebook_dim_as_vector_quantize(kw):
     torch.manual_seed(0)
     ours = gk.GaussianMixtureVQ(32, 16, impl="torch", seed=0, **kw)
     theirs = VectorQuantize(dim=32, codebook_size=16, **kw)
-    x = torch.randn(2, 32, 3, 5) if kw.get("accept_image_fmap") else torch.randn(2, 10, 32)
+    x = (torch.randn(2, 32, 3, 5) if kw.get("accept_image_fmap") else torch.randn(2, 32, 2, 3, 4)
+         if kw.get("accept_3d_fmap") else torch.randn(2, 10, 32))
     (q1, c1, _), (q2, c2, _) = ours(x), theirs(x)
     assert q1.shape == q2.shape == x.shape and c1.shape == c2.shape, (q1.shape, q2.shape, c1.shape, c2.shape)
     assert ours.codebook.shape == theirs.codebook.shape

@@ -26,6 +26,11 @@ def test_layouts_and_outputs(device):
     assert len(cl(seq, return_loss_breakdown=False)) == 3
     one = cl(torch.randn(8, device=device))                 # a single vector (D,)
     assert one.quantized.shape == (8,) and one.codes.shape == ()
+    vol = gk.GaussianMixtureVQ(8, 32, seed=0, accept_3d_fmap=True).to(device)
+    video = torch.randn(2, 8, 2, 3, 4, device=device)       # (B, D, T, H, W)
+    out = vol(video)
+    assert out.quantized.shape == video.shape and out.codes.shape == (2, 2, 3, 4)
+    assert vol.get_codes_from_indices(out.codes).shape == video.shape
 
 
 def test_layout_errors():
@@ -36,6 +41,10 @@ def test_layout_errors():
         img(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"x must be \(B, D, H, W\) with accept_image_fmap=True; got shape \(2, 8, 4\)"):
         img(torch.randn(2, 8, 4))
+    with pytest.raises(ValueError, match=r"x must be \(B, D, T, H, W\) with accept_3d_fmap=True; got shape \(2, 8, 4, 4\)"):
+        gk.GaussianMixtureVQ(8, 32, accept_3d_fmap=True)(torch.randn(2, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"pass accept_image_fmap=True or accept_3d_fmap=True, not both"):
+        gk.GaussianMixtureVQ(8, 32, accept_image_fmap=True, accept_3d_fmap=True)
     vq = gk.GaussianMixtureVQ(8, 32)
     with pytest.raises(ValueError, match=r"x must have D == 8 on its last axis \(channel-last\); got shape \(4, 3\)"):
         vq(torch.randn(4, 3))
