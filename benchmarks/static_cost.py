@@ -315,7 +315,9 @@ def noise_cost(cc, cache, num_warps=4):
 # ---------------------------------------------------------------------------------------------------
 
 def markdown(result):
-    lines = ["| N, K, D | mode | dtype | kernel | regs | spill B | wgmma | warps/SM | grid | block (N×K), warps | "
+    lines = [f"Static cost report, {result['date']}: torch {result['torch']}, triton {result['triton']} (the compiler "
+             f"of the SASS read), configs: {result['configs']}.", "",
+             "| N, K, D | mode | dtype | kernel | regs | spill B | wgmma | warps/SM | grid | block (N×K), warps | "
              "instr/elem | MUFU/elem | MMA in loop | bound | model ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
