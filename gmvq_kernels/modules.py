@@ -73,6 +73,19 @@ VQ_ARGUMENTS = {
 }
 
 
+# vector-quantize-pytorch forward arguments with no GM-VQ counterpart: what to do instead
+VQ_FORWARD_ARGUMENTS = {
+    "indices": "the cross-entropy against given codes is not supported",
+    "topk": "one code per vector (argmax); top-k codes are not supported",
+    "sample_codebook_temp": "set vq.tau, the Gumbel-softmax temperature (anneal it with tau_schedule)",
+    "freeze_codebook": "freeze the codebook with vq.means.requires_grad_(False) (and the variances likewise)",
+    "codebook_transform_fn": "codebook transforms are not supported",
+    "ema_update": "GM-VQ has no EMA codebook: its means learn by gradient",
+    "ema_update_weight": "GM-VQ has no EMA codebook: its means learn by gradient",
+    "accum_ema_update": "GM-VQ has no EMA codebook: its means learn by gradient",
+}
+
+
 # Defaults for the plain recipe ``loss = pixel-mean reconstruction + vq_loss`` (README, "Replacing a VQ
 # layer"; tests/test_module.py trains it). The ALBO terms are nats per latent vector, orders of magnitude
 # above a per-pixel mean: with γ = β = 1 the latent term wins, the encoder collapses onto one mean and the
@@ -438,7 +451,7 @@ class GaussianMixtureVQ(nn.Module):
         return dist.group.WORLD if sync else None
 
     def forward(self, x: torch.Tensor, return_loss_breakdown: Optional[bool] = None, *,
-                mask: Optional[torch.Tensor] = None, lens: Optional[torch.Tensor] = None):
+                mask: Optional[torch.Tensor] = None, lens: Optional[torch.Tensor] = None, **vq_kwargs):
         """Quantize ``x`` (layout as configured: (..., D) by default). Returns
         ``QuantizerOutput(quantized, codes, loss)``, or with ``return_loss_breakdown`` (here or in the
         constructor) ``QuantizerOutputWithTerms(quantized, codes, loss, terms)``.
@@ -465,7 +478,13 @@ class GaussianMixtureVQ(nn.Module):
           and the loss, q̄ and ``terms`` are theirs alone. Elsewhere ``codes`` is −1 and ``quantized`` 0
           (the input itself with ``return_zeros_for_masked_padding=False``). The kept rows are gathered
           first, so their number is data-dependent: one device sync on a GPU, and a graph break under
-          torch.compile. At least one vector must be kept."""
+          torch.compile. At least one vector must be kept.
+        - vector-quantize-pytorch's other forward arguments (``freeze_codebook``, ``indices``, ...) raise a
+          TypeError saying what to do instead."""
+        for name in vq_kwargs:
+            if name in VQ_FORWARD_ARGUMENTS:
+                raise TypeError(f"GaussianMixtureVQ.forward does not take {name}: {VQ_FORWARD_ARGUMENTS[name]}")
+            raise TypeError(f"GaussianMixtureVQ.forward got an unexpected keyword argument {name!r}")
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
         kept = flat

@@ -144,14 +144,16 @@ def test_heads_and_codebook_dim_as_vector_quantize(kw):
 
 
 def test_every_vector_quantize_argument_is_taken_or_answered():
-    """Each of VectorQuantize's constructor arguments is one of ours or raises a TypeError saying what to
-    do instead (a new one in a later vector-quantize-pytorch fails here until it gets its answer)."""
+    """Each of VectorQuantize's constructor and forward arguments is one of ours or raises a TypeError
+    saying what to do instead (a new one in a later vector-quantize-pytorch fails here until it gets its
+    answer)."""
     import inspect
 
+    import torch
     from vector_quantize_pytorch import VectorQuantize
 
     import gmvq_kernels as gk
-    from gmvq_kernels.modules import VQ_ARGUMENTS
+    from gmvq_kernels.modules import VQ_ARGUMENTS, VQ_FORWARD_ARGUMENTS
 
     ours = set(inspect.signature(gk.GaussianMixtureVQ.__init__).parameters)
     theirs = [n for n in inspect.signature(VectorQuantize.__init__).parameters if n != "self"]
@@ -162,3 +164,15 @@ def test_every_vector_quantize_argument_is_taken_or_answered():
         assert name in VQ_ARGUMENTS, name
         with pytest.raises(TypeError, match=rf"GaussianMixtureVQ does not take {name}: "):
             gk.GaussianMixtureVQ(8, 4, **{name: 1})
+    # and forward's
+    ours = set(inspect.signature(gk.GaussianMixtureVQ.forward).parameters)
+    vq = gk.GaussianMixtureVQ(8, 4, impl="reference")
+    x = torch.randn(3, 8)
+    for name in inspect.signature(VectorQuantize.forward).parameters:
+        if name in ours:
+            continue
+        assert name in VQ_FORWARD_ARGUMENTS, name
+        with pytest.raises(TypeError, match=rf"GaussianMixtureVQ.forward does not take {name}: "):
+            vq(x, **{name: 1})
+    with pytest.raises(TypeError, match=r"GaussianMixtureVQ.forward got an unexpected keyword argument 'colour'"):
+        vq(x, colour=1)
