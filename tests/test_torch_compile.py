@@ -117,11 +117,13 @@ def train(vq, xs, taus, masks=None):
     return outs
 
 
-@pytest.mark.parametrize("hard, device_seed", [(False, False), (True, False), (False, True)],
-                         ids=["soft", "hard", "soft-device_seed"])
-def test_compiled_module_trains_like_eager(hard, device_seed):
-    """device_seed: the step counter a buffer, advanced in place inside the compiled forward."""
-    eager = make_module(hard=hard, accept_image_fmap=True, device_seed=device_seed)
+@pytest.mark.parametrize("hard, device_seed, heads", [(False, False, {}), (True, False, {}), (False, True, {}),
+                                                     (True, False, dict(heads=2, codebook_dim=4))],
+                         ids=["soft", "hard", "soft-device_seed", "hard-heads-projections"])
+def test_compiled_module_trains_like_eager(hard, device_seed, heads):
+    """device_seed: the step counter a buffer, advanced in place inside the compiled forward. heads /
+    codebook_dim: project_in, the split into heads and project_out traced with the op."""
+    eager = make_module(hard=hard, accept_image_fmap=True, device_seed=device_seed, **heads)
     compiled_vq = copy.deepcopy(eager)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled_vq.forward = torch.compile(compiled_vq.forward, fullgraph=True, backend=counter)
