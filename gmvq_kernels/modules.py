@@ -78,12 +78,20 @@ VQ_FORWARD_ARGUMENTS = {
     "indices": "the cross-entropy against given codes is not supported",
     "topk": "one code per vector (argmax); top-k codes are not supported",
     "sample_codebook_temp": "set vq.tau, the Gumbel-softmax temperature (anneal it with tau_schedule)",
-    "freeze_codebook": "freeze the codebook with vq.means.requires_grad_(False) (and the variances likewise)",
+    "freeze_codebook": VQ_ARGUMENTS["freeze_codebook"],
     "codebook_transform_fn": "codebook transforms are not supported",
-    "ema_update": "GM-VQ has no EMA codebook: its means learn by gradient",
-    "ema_update_weight": "GM-VQ has no EMA codebook: its means learn by gradient",
-    "accum_ema_update": "GM-VQ has no EMA codebook: its means learn by gradient",
+    **dict.fromkeys(("ema_update", "ema_update_weight", "accum_ema_update"),
+                    "GM-VQ has no EMA codebook: its means learn by gradient"),
 }
+
+
+def _refuse(kwargs, answers, owner):
+    """A TypeError for the first of ``kwargs`` (vector-quantize-pytorch arguments ``owner`` does not take):
+    what to do instead where ``answers`` has it."""
+    for name in kwargs:
+        if name in answers:
+            raise TypeError(f"{owner} does not take {name}: {answers[name]}")
+        raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
 
 
 # Defaults for the plain recipe ``loss = pixel-mean reconstruction + vq_loss`` (README, "Replacing a VQ
@@ -175,10 +183,7 @@ class GaussianMixtureVQ(nn.Module):
                  seed: Optional[int] = None, device_seed: bool = False, codebook_dim: Optional[int] = None,
                  heads: int = 1, separate_codebook_per_head: bool = False, **vq_kwargs):
         super().__init__()
-        for name in vq_kwargs:
-            if name in VQ_ARGUMENTS:
-                raise TypeError(f"GaussianMixtureVQ does not take {name}: {VQ_ARGUMENTS[name]}")
-            raise TypeError(f"GaussianMixtureVQ got an unexpected keyword argument {name!r}")
+        _refuse(vq_kwargs, VQ_ARGUMENTS, "GaussianMixtureVQ")
         check_int("dim", dim)
         check_int("codebook_size", codebook_size)
         check_int("heads", heads)
@@ -367,11 +372,9 @@ class GaussianMixtureVQ(nn.Module):
     def _means_of(self, codes):
         """The means of ``codes`` (lead shape, + (heads,) when heads > 1) concatenated over the heads:
         lead + (heads·codebook_dim,)."""
-        if not isinstance(codes, torch.Tensor):
-            raise TypeError(f"codes must be a torch.Tensor; got {type(codes).__name__}")
+        z = gmvq_decode(codes, self.means)  # checks codes' type and range
         if self.heads > 1 and (codes.dim() < 1 or codes.shape[-1] != self.heads):
             raise ValueError(f"codes must have a last axis of heads == {self.heads}; got shape {tuple(codes.shape)}")
-        z = gmvq_decode(codes, self.means)
         return z.reshape(*z.shape[:-2], self.heads * self.codebook_dim) if self.heads > 1 else z
 
     def _channel_layout(self, z):
@@ -481,10 +484,7 @@ class GaussianMixtureVQ(nn.Module):
           torch.compile. At least one vector must be kept.
         - vector-quantize-pytorch's other forward arguments (``freeze_codebook``, ``indices``, ...) raise a
           TypeError saying what to do instead."""
-        for name in vq_kwargs:
-            if name in VQ_FORWARD_ARGUMENTS:
-                raise TypeError(f"GaussianMixtureVQ.forward does not take {name}: {VQ_FORWARD_ARGUMENTS[name]}")
-            raise TypeError(f"GaussianMixtureVQ.forward got an unexpected keyword argument {name!r}")
+        _refuse(vq_kwargs, VQ_FORWARD_ARGUMENTS, "GaussianMixtureVQ.forward")
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
         kept = flat

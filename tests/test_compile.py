@@ -39,7 +39,9 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     and hard (every kernel of one fwd+bwd) and the encode kernel, compiled for sm_90 and read from SASS; it
     exits 1 on any spill or serialised wgmma. With CI's triton none; with another, exactly KNOWN_SPILLS'."""
     import triton
-    known = KNOWN_SPILLS.get(tuple(int(p) for p in triton.__version__.split(".")[:2]), {})
+
+    from gmvq_kernels.config import _version
+    known = KNOWN_SPILLS.get(_version(triton.__version__), {})
     out = tmp_path / "static.json"
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--fast", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
