@@ -170,7 +170,10 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
         check_tau(tau)
     check_seed(seed, x.device)
     check_flag("hard", hard)
-    if process_group is not None and not hasattr(process_group, "group_name"):
+    # isinstance, not a hasattr check for group_name: torch 2.11's dynamo cannot trace hasattr on a
+    # process group (a graph break, an error under fullgraph=True)
+    if process_group is not None and not (torch.distributed.is_available()
+                                          and isinstance(process_group, torch.distributed.ProcessGroup)):
         raise TypeError(f"process_group must be a torch.distributed ProcessGroup or None; got {process_group!r}")
     if noise is not None:
         if not isinstance(noise, torch.Tensor):

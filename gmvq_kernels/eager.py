@@ -38,7 +38,7 @@ from torch import Tensor
 from . import config, cpu_rows
 from .checks import check_tau
 from .noise import c_twin_draws, gumbel_noise, seed_tensor
-from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype
+from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype, with_fields
 
 
 def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward=True):
@@ -62,7 +62,7 @@ def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backwar
             *outs, sample = _EagerGMVQ.apply(x.to(dt), means.to(dt), a, b, v, noise, float(tau), bool(hard), seed,
                                              block_rows(x, means, lib), bool(for_backward), lib)
     out = GMVQOutput(*outs)
-    return out._replace(quantized=out.quantized.to(x.dtype)), sample if hard else None
+    return with_fields(out, quantized=out.quantized.to(x.dtype)), sample if hard else None
 
 
 def block_rows(x, means, lib):

@@ -9,7 +9,7 @@ from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
-from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs
+from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs, with_fields
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
@@ -100,7 +100,7 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
         hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
         sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None
     if process_group is not None:
-        out = out._replace(agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
+        out = with_fields(out, agg_posterior=_global_agg_posterior(out.agg_posterior, x.shape[0], process_group))
     return out, sample
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from .noise import gumbel_noise
-from .spec import GMVQOutput, stats_dtype
+from .spec import GMVQOutput, stats_dtype, with_fields
 
 
 def sq_distances(x, means):
@@ -128,7 +128,8 @@ def _reference(x, means, log_var, log_prior, tau, hard, seed, noise, compute_dty
     # code −1; its NaN reaches q̄ through the mean
     bad = ~((x * x).sum(1) < math.inf)
     nan = float("nan")
-    out = out._replace(
+    out = with_fields(
+        out,
         quantized=out.quantized.masked_fill(bad[:, None], nan), codes=out.codes.masked_fill(bad, -1),
         **{f: getattr(out, f).masked_fill(bad, nan)
            for f in ("log_likelihood", "latent_nll", "mixture_var", "entropy")})

@@ -25,6 +25,15 @@ class GMVQOutput(NamedTuple):
 
 
 OUTPUT_FIELDS = GMVQOutput._fields
+
+
+def with_fields(out: GMVQOutput, **changes) -> GMVQOutput:
+    """``out`` with some fields replaced, as a new tuple: NamedTuple's own _replace is what torch 2.11's
+    dynamo cannot trace (an AssertionError in its side-effect codegen under torch.compile)."""
+    assert set(changes) <= set(OUTPUT_FIELDS), f"not GMVQOutput fields: {set(changes) - set(OUTPUT_FIELDS)}"
+    return GMVQOutput(*(changes.get(name, value) for name, value in zip(OUTPUT_FIELDS, out)))
+
+
 # outputs that carry a gradient (codes is an integer output), in the order the backward op takes them
 DIFF_OUTPUTS = tuple(f for f in OUTPUT_FIELDS if f != "codes")
 # what the forward returns for the backward, after the outputs: stats, hard_idx (empty unless hard),
