@@ -56,16 +56,17 @@ def candidates(kind: str, D: int, dtype: torch.dtype, device=None):
 
 def pick_fastest(cands, time_ms):
     """(fastest config, {config: ms}) by ``time_ms(config)``; a config that does not compile or launch
-    (out of shared memory or registers) gets inf. Raises when none ran."""
-    times = {}
+    (out of shared memory or registers) gets inf. Raises when none ran, from the last config's error (a
+    cause that is not the tiles', e.g. the interpreter's: config.launch_guard)."""
+    times, error = {}, None
     for cfg in cands:
         try:
             times[cfg] = float(time_ms(cfg))
-        except Exception:  # triton's OutOfResources and compile errors: this tile does not fit here
-            times[cfg] = math.inf
+        except Exception as e:  # triton's OutOfResources and compile errors: this tile does not fit here
+            times[cfg], error = math.inf, e
     best = min(times, key=times.get)
     if not math.isfinite(times[best]):
-        raise RuntimeError(f"no candidate config ran: {list(times)}")
+        raise RuntimeError(f"no candidate config ran: {list(times)}; the last one's error: {error!r}") from error
     return best, times
 
 
