@@ -40,13 +40,24 @@ def _check_weights(beta, gamma):
     check_number("gamma", gamma, lo=0.0)
 
 
+# The two helpers below leave out a ×1 and a +0, which are exact: the same loss and gradients, bit for bit,
+# with fewer torch ops (on a GPU each is a kernel launch and ~13 µs of host time in an eager step)
+def _weighted(weight, term):
+    return term if weight == 1 else weight * term
+
+
+def _latent_term(out, log_var):
+    """mean_n latent_nll + (D/2)·Σ_k q̄_k λ_k (``variance_normaliser``; nothing added without ``log_var``)."""
+    latent = out.latent_nll.mean()
+    return latent if log_var is None else latent + variance_normaliser(out, log_var)
+
+
 def albo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: float = 1.0,
               recon: Optional[torch.Tensor] = None, log_var: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ALBO (minimised): recon + γ·(mean_n latent_nll + (D/2)·Σ_k q̄_k λ_k) + β·KL(q̄ ‖ π). β = 1 is GM-VQ,
     β > 1 "+ Entropy". Pass ``log_var`` when the variances are learned (see ``variance_normaliser``)."""
     _check_weights(beta, gamma)
-    latent = out.latent_nll.mean() + variance_normaliser(out, log_var)
-    loss = gamma * latent + beta * kl_to_prior(out.agg_posterior, log_prior)
+    loss = _weighted(gamma, _latent_term(out, log_var)) + _weighted(beta, kl_to_prior(out.agg_posterior, log_prior))
     return loss if recon is None else recon + loss
 
 
@@ -58,7 +69,7 @@ def elbo_loss(out: GMVQOutput, log_prior=None, *, beta: float = 1.0, gamma: floa
     _check_weights(beta, gamma)
     log_pi = log_prior_probs(log_prior, out.agg_posterior.shape[0], out.agg_posterior)
     kl = -out.entropy.mean() - (out.agg_posterior * log_pi).sum()
-    loss = gamma * (out.latent_nll.mean() + variance_normaliser(out, log_var)) + beta * kl
+    loss = _weighted(gamma, _latent_term(out, log_var)) + _weighted(beta, kl)
     return loss if recon is None else recon + loss
 
 
