@@ -12,13 +12,14 @@ folder skips the runs already there, so an interrupted sweep resumes):
             reported with their validation MSE beside the test metrics)
   k1024     every method's patches-selected configuration at K = 1024, and the GM-VQ methods' soft
             variants
+  k1024_budget  the same at 4× the steps
   budget    every method's digits-selected configuration at 4× the steps
 
 Writes ``runs.jsonl``, ``sweep.json`` (selection, per-stage tables with mean ± std), ``sweep_table.md``,
 ``sweep_scatter.png`` (validation MSE against perplexity, every configuration a point) and
 ``sweep_curves.png`` (codebook usage, q̄ perplexity and codebook gradient norm over training).
 
-    python benchmarks/quality_sweep.py                  # everything (2 CPU cores: about an hour)
+    python benchmarks/quality_sweep.py                  # everything (2 CPU cores: ~1.5 h, k1024_budget ~30 min of it)
     python benchmarks/quality_sweep.py --smoke          # seconds, CI
 """
 import argparse
@@ -46,7 +47,7 @@ GRIDS = {
 }
 ABLATIONS = {"soft": dict(hard=False), "noise_injection": dict(noise_injection=True),
              "soft+noise_injection": dict(hard=False, noise_injection=True)}
-STAGES = ("select", "final", "ablation", "k1024", "budget")
+STAGES = ("select", "final", "ablation", "k1024", "k1024_budget", "budget")
 
 
 def label(overrides):
@@ -163,13 +164,16 @@ def main(argv=None):
                                                            for s in range(args.seeds)], splits=("test", "val"))
                                    for m in mixture for name, extra in {"selected": {}, **ABLATIONS}.items()}
                               for ds in args.datasets}
-    if "k1024" in args.stages and "patches" in args.datasets:
+    if "patches" in args.datasets:
         K = 64 if args.smoke else 1024
         cases = [(m, m, {}) for m in args.methods] + [(f"{m} soft", m, ABLATIONS["soft"]) for m in mixture]
-        tables["k1024"] = {"patches": {name: summary([sw.run("k1024", "patches", m,
-                                                             dict(selected["patches"][m]["overrides"], **extra), s, K=K)
-                                                      for s in range(args.extra_seeds)])
-                                       for name, m, extra in cases}}
+        for stage, steps in (("k1024", args.steps), ("k1024_budget", 4 * args.steps)):
+            if stage in args.stages:
+                tables[stage] = {"patches": {name: summary([sw.run(stage, "patches", m,
+                                                                   dict(selected["patches"][m]["overrides"], **extra),
+                                                                   s, K=K, steps=steps)
+                                                            for s in range(args.extra_seeds)])
+                                             for name, m, extra in cases}}
     if "budget" in args.stages and "digits" in args.datasets:
         tables["budget"] = {"digits": {m: summary([sw.run("budget", "digits", m, selected["digits"][m]["overrides"],
                                                           s, steps=4 * args.steps) for s in range(args.extra_seeds)])
@@ -203,6 +207,8 @@ def write_tables(result, fh):
     titles = dict(final=f"Test split, selected configurations, {c['seeds']} seeds (mean ± std)",
                   ablation=f"GM-VQ relaxation and noise injection at the selected configurations, {c['seeds']} seeds",
                   k1024=f"Photo patches, K = 1024, selected configurations, {c['extra_seeds']} seeds",
+                  k1024_budget=f"Photo patches, K = 1024, {4 * c['steps']} steps (4×), selected configurations, "
+                               f"{c['extra_seeds']} seeds",
                   budget=f"Digits, {4 * c['steps']} steps (4×), selected configurations, {c['extra_seeds']} seeds")
     for stage, per_ds in result["tables"].items():
         print(f"\n## {titles[stage]}\n", file=fh)
@@ -237,6 +243,8 @@ def plot(runs, selected, curve_runs, out_dir):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "sweep_scatter.png"), dpi=100)
 
+    if not curve_runs:  # no final stage in this run
+        return
     keys = ("codes_used", "agg_posterior_perplexity", "codebook_grad_norm")
     fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 3.6 * len(datasets)), squeeze=False)
     for i, ds in enumerate(datasets):

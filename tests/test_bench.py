@@ -184,7 +184,7 @@ def test_quality_sweep_smoke(tmp_path):
     cmd = ["benchmarks/quality_sweep.py", "--smoke", "--out-dir", str(tmp_path)]
     run_script(cmd, interpret=False)
     res = json.load(open(tmp_path / "sweep.json"))
-    assert set(res["tables"]) == {"final", "ablation", "k1024", "budget"}
+    assert set(res["tables"]) == {"final", "ablation", "k1024", "k1024_budget", "budget"}
     for ds, per in res["selected"].items():
         assert set(per) == {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
         for m, s in per.items():
@@ -193,6 +193,7 @@ def test_quality_sweep_smoke(tmp_path):
         assert res["tables"]["final"][ds]["gmvq"]["seeds"] == 2
     assert "gmvq_entropy soft" in res["tables"]["ablation"]["digits"]
     assert "gmvq_entropy soft" in res["tables"]["k1024"]["patches"]
+    assert res["tables"]["k1024_budget"]["patches"]["gmvq_entropy soft"]["seeds"] == 1
     assert (tmp_path / "sweep_scatter.png").exists() and (tmp_path / "sweep_curves.png").exists()
     runs = len(open(tmp_path / "runs.jsonl").readlines())
     out = run_script(cmd, interpret=False)
