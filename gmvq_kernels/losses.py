@@ -41,9 +41,10 @@ def _check_weights(beta, gamma):
 
 
 # The two helpers below leave out a ×1 and a +0, which are exact: the same loss and gradients, bit for bit,
-# with fewer torch ops (on a GPU each is a kernel launch and ~13 µs of host time in an eager step)
+# with fewer torch ops (on a GPU each is a kernel launch and ~13 µs of host time in an eager step). Not
+# while torch.compile traces: a weight may be symbolic there (see check_number), and the ops get fused.
 def _weighted(weight, term):
-    return term if weight == 1 else weight * term
+    return term if not torch.compiler.is_compiling() and weight == 1 else weight * term
 
 
 def _latent_term(out, log_var):
