@@ -13,13 +13,17 @@ folder skips the runs already there, so an interrupted sweep resumes):
   k1024     every method's patches-selected configuration at K = 1024, and the GM-VQ methods' soft
             variants
   k1024_budget  the same at 4× the steps
+  k1024_tuned   every method tuned again at K = 1024 and 4× the steps, and the GM-VQ methods' grids
+            with soft samples as two more: the whole grid at seed 0, selected on validation MSE, then
+            the selected configuration's seeds 0 .. E−1 (--extra-seeds)
   budget    every method's digits-selected configuration at 4× the steps
 
 Writes ``runs.jsonl``, ``sweep.json`` (selection, per-stage tables with mean ± std), ``sweep_table.md``,
 ``sweep_scatter.png`` (validation MSE against perplexity, every configuration a point) and
 ``sweep_curves.png`` (codebook usage, q̄ perplexity and codebook gradient norm over training).
 
-    python benchmarks/quality_sweep.py                  # everything (2 CPU cores: ~1.5 h, k1024_budget ~30 min of it)
+    python benchmarks/quality_sweep.py                  # everything (2 CPU cores: ~3.5 h; k1024_budget ~30 min
+                                                        # of it, k1024_tuned ~2 h: 41 runs more)
     python benchmarks/quality_sweep.py --smoke          # seconds, CI
 """
 import argparse
@@ -47,7 +51,7 @@ GRIDS = {
 }
 ABLATIONS = {"soft": dict(hard=False), "noise_injection": dict(noise_injection=True),
              "soft+noise_injection": dict(hard=False, noise_injection=True)}
-STAGES = ("select", "final", "ablation", "k1024", "k1024_budget", "budget")
+STAGES = ("select", "final", "ablation", "k1024", "k1024_budget", "k1024_tuned", "budget")
 
 
 def label(overrides):
@@ -110,6 +114,14 @@ class Sweep:
         return r
 
 
+def select(sw, stage, dataset, method, grid, **kw):
+    """Every configuration of ``grid`` at seed 0; the one with the lowest validation MSE, and the grid."""
+    cands = [sw.run(stage, dataset, method, o, 0, **kw) for o in grid]
+    best = min(cands, key=lambda r: r["val"]["mse"])
+    return dict(overrides=best["overrides"], val_mse=best["val"]["mse"],
+                grid=[dict(overrides=r["overrides"], val=r["val"], error=r["error"]) for r in cands])
+
+
 def summary(runs, splits=("test",)):
     """Mean and std over seeds of the first split's metrics; "val_mse" too when "val" is listed."""
     out = Q.summarize([r[splits[0]] for r in runs])
@@ -132,12 +144,15 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--out-dir", default=os.path.join("results", time.strftime("quality-sweep-%Y-%m-%d")))
     p.add_argument("--smoke", action="store_true", help="two configurations per method, a few steps (CI)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch CPU threads (default: every core). One-thread sweeps of different --methods run "
+                        "side by side, each into its own folder (their runs.jsonl merged after), use 2 cores better")
     args = p.parse_args(argv)
     grids = {m: GRIDS[m] for m in args.methods}
     if args.smoke:
         args.steps, args.seeds, args.extra_seeds, args.codebook_size, args.batch = 10, 2, 1, 16, 32
         grids = {m: g[:2] for m, g in grids.items()}
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads))
     os.makedirs(args.out_dir, exist_ok=True)
     sw = Sweep(args)
     print(f"GM-VQ tuned quality sweep: stages {', '.join(args.stages)}; {sum(map(len, grids.values()))} "
@@ -147,10 +162,8 @@ def main(argv=None):
     for ds in args.datasets:
         selected[ds] = {}
         for m in args.methods:
-            cands = [sw.run("select", ds, m, o, 0) for o in grids[m]]
-            best = min(cands, key=lambda r: r["val"]["mse"])
-            selected[ds][m] = dict(overrides=best["overrides"], val_mse=best["val"]["mse"],
-                                   grid=[dict(overrides=r["overrides"], val=r["val"], error=r["error"]) for r in cands])
+            selected[ds][m] = select(sw, "select", ds, m, grids[m])
+    selected_k1024 = {}  # {"patches": {case: selection}} of stage k1024_tuned
     finals = {}  # (dataset, method): the selected configuration's runs
     if "final" in args.stages:
         finals = {(ds, m): [sw.run("final", ds, m, selected[ds][m]["overrides"], s) for s in range(args.seeds)]
@@ -174,12 +187,20 @@ def main(argv=None):
                                                                    s, K=K, steps=steps)
                                                             for s in range(args.extra_seeds)])
                                              for name, m, extra in cases}}
+        if "k1024_tuned" in args.stages:
+            kw = dict(K=K, steps=4 * args.steps)
+            sel = {name: select(sw, "k1024_tuned", "patches", m, [dict(o, **extra) for o in grids[m]], **kw)
+                   for name, m, extra in cases}
+            selected_k1024["patches"] = sel
+            runs = {name: [sw.run("k1024_tuned", "patches", m, sel[name]["overrides"], s, **kw)
+                           for s in range(args.extra_seeds)] for name, m, extra in cases}
+            tables["k1024_tuned"] = {"patches": {n: summary(rs, splits=("test", "val")) for n, rs in runs.items()}}
     if "budget" in args.stages and "digits" in args.datasets:
         tables["budget"] = {"digits": {m: summary([sw.run("budget", "digits", m, selected["digits"][m]["overrides"],
                                                           s, steps=4 * args.steps) for s in range(args.extra_seeds)])
                                        for m in args.methods}}
     seconds = sum(r["seconds"] for r in sw.runs.values())
-    result = dict(selected=selected, tables=tables, grids={m: g for m, g in grids.items()},
+    result = dict(selected=selected, selected_k1024=selected_k1024, tables=tables, grids=grids,
                   config=dict(steps=args.steps, seeds=args.seeds, extra_seeds=args.extra_seeds,
                               codebook_size=args.codebook_size, dim=args.dim, batch=args.batch,
                               defaults=Q.DEFAULTS, selection="lowest validation MSE, seed 0",
@@ -189,7 +210,7 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "sweep_table.md"), "w") as fh:
         write_tables(result, fh)
     write_tables(result, sys.stdout)
-    plot(sw.runs.values(), selected, [rs[0] for rs in finals.values()], args.out_dir)
+    plot(dict(select=selected, selected_k1024=selected_k1024), [rs[0] for rs in finals.values()], args.out_dir)
     print(f"{len(sw.runs)} runs, {seconds:.0f} s of training ({sw.trained} trained now); results in {args.out_dir}/")
     return 0
 
@@ -197,18 +218,24 @@ def main(argv=None):
 def write_tables(result, fh):
     c = result["config"]
     print(f"# tuned quality sweep: K={c['codebook_size']}, D={c['dim']}, steps={c['steps']}, batch={c['batch']}; "
-          f"{c['runs']} runs, {c['train_seconds']:.0f} s of training\n", file=fh)
-    print("## Selected configurations (lowest validation MSE of each method's grid, seed 0)\n", file=fh)
-    print("| dataset | method | selected | val MSE | grid (val MSE) |\n|---|---|---|---|---|", file=fh)
-    for ds, per in result["selected"].items():
-        for m, s in per.items():
-            grid = "; ".join(f"{label(g['overrides'])}: {g['val']['mse']:.5f}" for g in s["grid"])
-            print(f"| {ds} | {m} | {label(s['overrides'])} | {s['val_mse']:.5f} | {grid} |", file=fh)
+          f"{c['runs']} runs, {c['train_seconds']:.0f} s of training", file=fh)
+    for key, title in (("selected", "lowest validation MSE of each method's grid, seed 0"),
+                       ("selected_k1024", f"photo patches at K = 1024 and {4 * c['steps']} steps, stage k1024_tuned")):
+        if not result.get(key):
+            continue
+        print(f"\n## Selected configurations ({title})\n", file=fh)
+        print("| dataset | method | selected | val MSE | grid (val MSE) |\n|---|---|---|---|---|", file=fh)
+        for ds, per in result[key].items():
+            for m, s in per.items():
+                grid = "; ".join(f"{label(g['overrides'])}: {g['val']['mse']:.5f}" for g in s["grid"])
+                print(f"| {ds} | {m} | {label(s['overrides'])} | {s['val_mse']:.5f} | {grid} |", file=fh)
     titles = dict(final=f"Test split, selected configurations, {c['seeds']} seeds (mean ± std)",
                   ablation=f"GM-VQ relaxation and noise injection at the selected configurations, {c['seeds']} seeds",
                   k1024=f"Photo patches, K = 1024, selected configurations, {c['extra_seeds']} seeds",
                   k1024_budget=f"Photo patches, K = 1024, {4 * c['steps']} steps (4×), selected configurations, "
                                f"{c['extra_seeds']} seeds",
+                  k1024_tuned=f"Photo patches, K = 1024, {4 * c['steps']} steps, configurations selected there "
+                              f"(stage k1024_tuned), {c['extra_seeds']} seeds",
                   budget=f"Digits, {4 * c['steps']} steps (4×), selected configurations, {c['extra_seeds']} seeds")
     for stage, per_ds in result["tables"].items():
         print(f"\n## {titles[stage]}\n", file=fh)
@@ -220,24 +247,32 @@ def write_tables(result, fh):
                 print(f"| {ds} | {m} | {Q.metric_cells(r)} | {val} |", file=fh)
 
 
-def plot(runs, selected, curve_runs, out_dir):
-    """The scatter of every selection run, and the training curves of ``curve_runs``."""
+def plot(selections, curve_runs, out_dir):
+    """The scatter of every selection run (``selections``: {"select" or "selected_k1024": {dataset:
+    {method or case: selection}}}, a panel per dataset of each), and the training curves of ``curve_runs``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(selected)
+    datasets = list(selections["select"])
+    panels = [(f"{ds}: every configuration (★ selected), validation split", "select", ds) for ds in datasets]
+    panels += [(f"{ds}, K = 1024, 4× steps: every configuration (★ selected)", "selected_k1024", ds)
+               for ds in selections.get("selected_k1024", {})]
     colors = {m: f"C{i}" for i, m in enumerate(Q.METHODS)}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for r in runs:
-            if r["stage"] == "select" and r["dataset"] == ds and np.isfinite(r["val"]["mse"]):
-                chosen = r["overrides"] == selected[ds][r["method"]]["overrides"]
-                ax.scatter(r["val"]["mse"], r["val"]["perplexity"], color=colors[r["method"]],
-                           marker="*" if chosen else "o", s=160 if chosen else 30)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (title, key, ds) in zip(axes[0], panels):
+        for case, s in selections[key][ds].items():
+            method, soft = case.split(" ")[0], case.endswith(" soft")
+            for g in s["grid"]:
+                if np.isfinite(g["val"]["mse"]):
+                    chosen = g["overrides"] == s["overrides"]
+                    ax.scatter(g["val"]["mse"], g["val"]["perplexity"], color=colors[method],
+                               marker="*" if chosen else ("s" if soft else "o"), s=160 if chosen else 30)
         for m, col in colors.items():
             ax.scatter([], [], color=col, label=m)
-        ax.set(title=f"{ds}: every configuration (★ selected), validation split", xlabel="MSE (lower is better)",
+        if key == "selected_k1024":
+            ax.scatter([], [], color="grey", marker="s", label="GM-VQ soft variants")
+        ax.set(title=title, xlabel="validation MSE (lower is better)",
                ylabel="code perplexity (higher is better)", xscale="log")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -177,20 +177,25 @@ def test_quality_rejects_bad_data(tmp_path):
 
 def test_quality_sweep_smoke(tmp_path):
     """The tuned sweep end to end on a few steps: every method's grid is run and the configuration with
-    the lowest validation MSE is the one selected; every stage's table, the plots, and a rerun that
-    resumes from runs.jsonl without training again."""
+    the lowest validation MSE is the one selected (at K = 128, and again at K = 1024 in stage k1024_tuned,
+    where the soft variants select from soft configurations only); every stage's table, the plots, and a
+    rerun that resumes from runs.jsonl without training again."""
     import json
 
     cmd = ["benchmarks/quality_sweep.py", "--smoke", "--out-dir", str(tmp_path)]
     run_script(cmd, interpret=False)
     res = json.load(open(tmp_path / "sweep.json"))
-    assert set(res["tables"]) == {"final", "ablation", "k1024", "k1024_budget", "budget"}
-    for ds, per in res["selected"].items():
-        assert set(per) == {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
+    assert set(res["tables"]) == {"final", "ablation", "k1024", "k1024_budget", "k1024_tuned", "budget"}
+    methods = {"vqvae", "vqvae_ema_replace", "gumbel_elbo", "gmvq", "gmvq_entropy"}
+    for ds, per in (*res["selected"].items(), ("patches K=1024", res["selected_k1024"]["patches"])):
+        assert set(per) == methods | ({"gmvq soft", "gmvq_entropy soft"} if "K=1024" in ds else set())
         for m, s in per.items():
             assert len(s["grid"]) == 2 and s["val_mse"] == min(g["val"]["mse"] for g in s["grid"])
             assert s["overrides"] == min(s["grid"], key=lambda g: g["val"]["mse"])["overrides"]
-        assert res["tables"]["final"][ds]["gmvq"]["seeds"] == 2
+            assert all(g["overrides"].get("hard", True) is not m.endswith(" soft") for g in s["grid"])
+    assert all(res["tables"]["final"][ds]["gmvq"]["seeds"] == 2 for ds in res["selected"])
+    tuned = res["tables"]["k1024_tuned"]["patches"]
+    assert tuned["gmvq_entropy soft"]["seeds"] == 1 and "val_mse" in tuned["vqvae"]
     assert "gmvq_entropy soft" in res["tables"]["ablation"]["digits"]
     assert "gmvq_entropy soft" in res["tables"]["k1024"]["patches"]
     assert res["tables"]["k1024_budget"]["patches"]["gmvq_entropy soft"]["seeds"] == 1
