@@ -24,13 +24,10 @@ def kl_to_prior(agg_posterior: torch.Tensor, log_prior: Optional[torch.Tensor] =
     return (xlogx(agg_posterior) - agg_posterior * log_pi).sum()
 
 
-def variance_normaliser(out: GMVQOutput, log_var: Optional[torch.Tensor]) -> torch.Tensor:
+def variance_normaliser(out: GMVQOutput, log_var: torch.Tensor) -> torch.Tensor:
     """(D/2)·Σ_k q̄_k λ_k: the part of −log p(z|c) that ``latent_nll`` leaves out, (D/2)·log σ², charged
     under the aggregated posterior. A constant for a fixed σ²; with learned variances it must be paid,
-    or every σ² grows without bound and one broad component takes all rows (seen in the quality study).
-    0 when ``log_var`` is None."""
-    if log_var is None:
-        return out.latent_nll.new_zeros(())
+    or every σ² grows without bound and one broad component takes all rows (seen in the quality study)."""
     D = out.quantized.shape[-1]
     return 0.5 * D * (out.agg_posterior * log_var.float().expand_as(out.agg_posterior)).sum()
 
