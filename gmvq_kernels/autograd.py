@@ -7,7 +7,9 @@ No kernel code here.
 
 The ops take ``tau`` as a 0-dim float64 CPU tensor, not a float: torch.compile turns a float
 argument of a custom op into a guard on its value (one recompile per temperature of an annealing
-schedule), a tensor into a graph input. ``seed`` likewise (see ``noise.seed_tensor``)."""
+schedule), a tensor into a graph input. ``seed`` likewise (see ``noise.seed_tensor``). ``EagerFused``,
+which nothing traces, takes both as Python numbers (a seed on the device stays a tensor): no tensor to
+make and read back per call."""
 import inspect
 from typing import Optional
 
@@ -154,8 +156,13 @@ def _setup_context(ctx, inputs, output):
     # a seed on the device is read again by the backward's kernels: a copy, in case it is changed in place
     # before the backward runs (a CUDA-graph step that advances it, say)
     seed = inp["seed"].clone() if noise.seed_on_device(inp["seed"]) else inp["seed"]
-    ctx.save_for_backward(*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
-                          *(out[n] for n in ("entropy",) + SAVED_FIELDS), inp["tau"], seed)
+    tensors = (*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
+               *(out[n] for n in ("entropy",) + SAVED_FIELDS))
+    if isinstance(inp["tau"], Tensor):  # the custom op's tensors
+        ctx.save_for_backward(*tensors, inp["tau"], seed)
+    else:  # EagerFused's numbers (or a seed on the device: the copy above)
+        ctx.save_for_backward(*tensors)
+        ctx.tau_seed = (inp["tau"], seed)
     ctx.opts = (inp["hard"], inp["dot_precision"])
 
 
@@ -165,7 +172,11 @@ def _backward(ctx, *upstream, bwd=None):
     grads = [named[name] for name in DIFF_OUTPUTS]
     if all(g is None for g in grads):
         return (None,) * len(FWD_INPUTS)
-    x, means, log_var, log_pi, *saved, tau, seed = ctx.saved_tensors
+    x, means, log_var, log_pi, *saved = ctx.saved_tensors
+    if hasattr(ctx, "tau_seed"):  # EagerFused
+        tau, seed = ctx.tau_seed
+    else:
+        *saved, tau, seed = saved
     hard, dot_precision = ctx.opts
     # the per-code constants and norm operands: the eager forward's (EagerFused), or recomputed (a traced
     # graph fuses the constants; the operands are formed inside the backward op)
@@ -197,6 +208,9 @@ class EagerFused(torch.autograd.Function):
     def forward(ctx, *inputs):  # with ctx, not a separate setup_context: apply() then skips binding the
         # arguments to forward's signature (inspect.signature), ~20 µs a call
         inp = dict(zip(FWD_INPUTS, inputs))
+        if not noise.seed_on_device(inp["seed"]):  # read once here, not again by each launcher
+            inp["seed"] = int(inp["seed"])
+            inputs = tuple(inp[name] for name in FWD_INPUTS)
         terms, kept = code_terms(inp["means"], inp["log_var"], inp["log_pi"]), {}
         output = _forward(inp["x"], inp["means"], terms, *inputs[FWD_INPUTS.index("noise"):], kept=kept)
         ctx.terms = (*terms, kept["mp"], kept["x_parts"])  # the backward's too

@@ -90,12 +90,14 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
             out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
     else:
         log_var32 = log_var.float()
-        op = fused_fwd if torch.compiler.is_compiling() else EagerFused.apply  # see EagerFused
+        if torch.compiler.is_compiling():  # the custom op: tau and seed as tensors (see autograd.py)
+            op, tau, seed = fused_fwd, torch.ones((), dtype=torch.float64) * tau, seed_tensor(seed)
+        else:  # see EagerFused: the numbers themselves
+            op = EagerFused.apply
         outs = op(x.contiguous(), means.contiguous(), log_var32,
                   log_prior_probs(log_prior, means.shape[0], log_var32),
                   None if noise is None else noise.float().contiguous(),
-                  torch.ones((), dtype=torch.float64) * tau,  # see autograd.py on tensor tau/seed
-                  bool(hard), seed_tensor(seed), dot_precision or config.DEFAULT_DOT_PRECISION, for_backward)
+                  tau, bool(hard), seed, dot_precision or config.DEFAULT_DOT_PRECISION, for_backward)
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
         hard_idx = outs[len(GMVQOutput._fields) + SAVED_FIELDS.index("hard_idx")]
         sample = torch.where(out.codes < 0, out.codes, hard_idx) if hard else None

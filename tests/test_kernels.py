@@ -644,14 +644,16 @@ def test_full_cross_product(shape, dtype, explicit_noise, prior, hard, device):
     check_case(*shape, device, dtype=dtype, explicit_noise=explicit_noise, prior=prior, hard=hard, tau=0.7)
 
 
+@pytest.mark.parametrize("where", ["device", "host"])
 @pytest.mark.parametrize("dtype, hard", [(torch.float32, True), (torch.bfloat16, False)],
                          ids=["fp32-hard", "bf16-soft"])
-def test_seed_read_on_device_matches_the_int_seed(monkeypatch, dtype, hard, device):
+def test_seed_read_on_device_matches_the_int_seed(monkeypatch, dtype, hard, where, device):
     """A seed tensor the kernels read from device memory as they run (noise.seed_on_device: on CUDA;
     here a CPU tensor stands in, under the interpreter) gives the int seed's outputs, gradients and
     noise bit for bit, high key word included; and the backward uses the value the forward saw, though
     the tensor is advanced in between (what a CUDA-graph step does). fp32 hard: the Δ pass draws the
-    noise too; bf16 soft: the forward's sums and the dx and dμ draws."""
+    noise too; bf16 soft: the forward's sums and the dx and dμ draws. "host": a CPU seed tensor, which
+    the eager forward reads once as a number (autograd.EagerFused), the same."""
     from gmvq_kernels import noise
     from gmvq_kernels.noise import seed_tensor
 
@@ -667,9 +669,12 @@ def test_seed_read_on_device_matches_the_int_seed(monkeypatch, dtype, hard, devi
         return [*out, *(t.grad for t in leaves)]
 
     want = step(seed)
-    if torch.device(device).type == "cpu":
-        monkeypatch.setattr(noise, "seed_on_device", lambda s: isinstance(s, torch.Tensor))
-    got = step(seed_tensor(seed).to(device), advance=True)
+    if where == "host":
+        got = step(seed_tensor(seed), advance=True)
+    else:
+        if torch.device(device).type == "cpu":
+            monkeypatch.setattr(noise, "seed_on_device", lambda s: isinstance(s, torch.Tensor))
+        got = step(seed_tensor(seed).to(device), advance=True)
     for name, a, b in zip(OUT_FIELDS + ("dx", "dmeans", "dlog_var", "dlog_prior"), want, got):
         assert torch.equal(a, b), name
     assert torch.equal(gk.gumbel_noise(13, 37, seed_tensor(seed).to(device), device=device),
