@@ -90,8 +90,10 @@ def test_speed_host_cpu(tmp_path):
     (row,) = json.load(open(tmp_path / "h.json"))["rows"]
     assert row["launches_per_fwd_bwd"] == 5
     assert 0 < row["us_min"] <= row["us_median"]
-    # the torch ops a fwd+bwd dispatches around them (103 on 2026-11-30, the loss's included)
-    assert 50 < sum(row["torch_ops_per_fwd_bwd"].values()) < 200 and row["torch_ops_per_fwd_bwd"]["empty"] > 0
+    # the torch ops a fwd+bwd dispatches around them, the loss's included: 103 on 2026-11-30, 83 since
+    # 2026-12-03 (a bound to raise only knowingly: each is host time on a GPU), none reading a value back
+    ops = row["torch_ops_per_fwd_bwd"]
+    assert 50 < sum(ops.values()) <= 83 and ops["empty"] > 0 and "item" not in ops
     # Triton's per-call binding, by kernel (the launches' own: 5 of them, one per kernel)
     assert len(row["triton_bind_us"]) == 5 and all(v > 0 for v in row["triton_bind_us"].values())
     assert row["triton_bind_us_per_fwd_bwd"] == pytest.approx(sum(row["triton_bind_us"].values()))
