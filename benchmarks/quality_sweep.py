@@ -15,7 +15,8 @@ folder skips the runs already there, so an interrupted sweep resumes):
   k1024_budget  the same at 4× the steps
   k1024_tuned   every method tuned again at K = 1024 and 4× the steps, and the GM-VQ methods' grids
             with soft samples as two more: the whole grid at seed 0, selected on validation MSE, then
-            the selected configuration's seeds 0 .. E−1 (--extra-seeds)
+            the selected configuration's seeds 0 .. E−1 (--extra-seeds; the README's table of this
+            stage: --extra-seeds 3, i.e. 7 runs more than the default's 2)
   budget    every method's digits-selected configuration at 4× the steps
 
 Writes ``runs.jsonl``, ``sweep.json`` (selection, per-stage tables with mean ± std), ``sweep_table.md``,
