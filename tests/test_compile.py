@@ -61,6 +61,8 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
         # were declared non-empty (tiles.nonempty_range)
         assert not r["wgmma_serialized"], r
         assert r["instr_per_elem"] > 0 and r["model_ms"] > 0, r
+        # the tensor cores' time added, not overlapped: never below the overlapped estimate
+        assert r["serial_ms"] >= r["model_ms"], r
         if r["kernel"] == "_gmvq_bwd_delta_kernel":
             # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
             # exp2 per element and no noise (with the noise: 4 MUFU per element)
@@ -83,6 +85,8 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
         if t["shape"][2] == 64 and t["mode"] != "encode":
             assert t["instr_per_elem"] <= 200, t
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
+    for t in report["totals"] + report["yardstick"]:
+        assert t["serial_ms"] >= t["model_ms"] > 0, t
     # the noise alone (25.25 per element with triton 3.7.1): the accurate libm-style logs it replaced
     # cost ~25 instructions each, Philox-10 three more per element than Philox-7, the Taylor series and
     # natural-unit logs 4 more than the cubic and log₂ units
