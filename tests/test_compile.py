@@ -105,3 +105,27 @@ def test_static_cost_fast_mode_fails_on_serialised_wgmma(tmp_path):
     serialized = {r["kernel"] for r in report["rows"] if "C7515" in r["wgmma_serialized"]}
     assert {"_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"} <= serialized, serialized
     assert "WGMMA SERIALISED (ptxas C7515): _gmvq_bwd_dx_kernel" in proc.stdout
+
+
+def test_overlap_probe_keeps_the_distance_dot_in_flight():
+    """benchmarks/overlap_probe.py (lever 14 of benchmarks/README.md), compiled for sm_90: written with each
+    dot waited on at once, no MUFU lies between a distance dot's HGMMAs and their wait; with the next tile's
+    dot asynchronous, elementwise MUFU work runs between its first HGMMA and its wait, and ptxas does not
+    serialise the wgmma (which it does to the same schedule in Triton's tl.dot: the toy of
+    results/static-2026-12-04-serial/). The GPU run times the two."""
+    proc = subprocess.run([sys.executable, "benchmarks/overlap_probe.py"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {(r["D"], r["overlap"]) for r in rows} == {(64, 0), (64, 1), (128, 0), (128, 1)}, rows
+
+    def between_distance_dot_and_wait(trace):
+        """The MUFU runs between the loop's first distance-dot HGMMA (64 × BK = 32) and the next wait."""
+        what = [t.split(":", 1)[1] for t in trace]
+        first = what.index("64x32x16")
+        wait = what.index("WAIT", first)
+        return [w for w in what[first:wait] if w.startswith("MUFU")]
+
+    for r in rows:
+        assert r["spill_bytes"] == 0 and not r["wgmma_serialised"], r
+        assert bool(between_distance_dot_and_wait(r["trace"])) == bool(r["overlap"]), r

@@ -1,0 +1,194 @@
+"""Does a distance dot kept in flight over the elementwise work pay on Hopper? A probe for lever 14 of
+benchmarks/README.md, which Triton's ``tl.dot`` cannot express (results/static-2026-12-04-serial/toy.py).
+
+``probe_kernel`` is a row kernel's loop in Gluon (``triton.experimental.gluon``): per tile of BK codes a
+distance dot s = x·μᵀ, noise-like logs and an online softmax of s, and acc += p·μ. With OVERLAP the
+next tile's distance dot is an asynchronous warpgroup MMA, waited on at the end of the iteration, so
+the tensor cores work while the warpgroup does the current tile's elementwise work; without, each dot
+is waited on at once, as Triton's kernels are. μ tiles come by cp.async into a ring of three shared
+buffers, one iteration ahead.
+
+    python benchmarks/overlap_probe.py        # CPU: compile both for sm_90, print the loop's HGMMAs,
+                                              # waits and MUFU runs by position (results/.../toy_gluon.txt)
+    python benchmarks/overlap_probe.py --gpu  # CUDA: both variants at a few shapes, same output, timed
+
+``benchmarks/gpu_check.py`` runs the GPU half (``overlap_check``). Compiles with triton 3.7.1 and 3.6.0 (the
+GPU image's; the same loop structure, checked on a CPU 2026-12-04); 3.8 not tried.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+BN, BK = 64, 32
+SHAPES = ((65536, 16384, 64), (65536, 16384, 128))  # rows, codes, D for the GPU timing
+SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "OVERLAP": "constexpr",
+       "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
+
+
+@gluon.jit
+def elementwise(s, m, ssum):
+    """Stand-in for a row kernel's work on one distance tile: two logs (the noise), an online softmax."""
+    t = s * 1.4427 - gl.log2(-gl.log2(1.0 / (2.0 + s * s)))
+    m_new = gl.maximum(m, gl.max(t, axis=1))
+    p = gl.exp2(t - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m - m_new)
+    return p, alpha, m_new, ssum * alpha + gl.sum(p, axis=1)
+
+
+@gluon.jit
+def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+                 D: gl.constexpr):
+    """out = softmax-weighted means of BN rows of x over K codes (bf16 in, fp32 out; K a multiple of BK)."""
+    ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BK, 16])
+    mma_a: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    sh: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if D * 2 >= 128 else D * 2, element_bitwidth=16, rank=2)
+    rows = gl.program_id(0) * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, ld))
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
+    x = gl.load(x_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0))
+    x_s = gl.allocate_shared_memory(gl.bfloat16, [BN, D], sh, x)
+    bufs = gl.allocate_shared_memory(gl.bfloat16, [3, BK, D], sh)
+    codes = gl.arange(0, BK, layout=gl.SliceLayout(1, ld))
+    bufs.index(0).store(gl.load(mu_ptr + gl.expand_dims(codes, 1) * D + gl.expand_dims(cols, 0)))
+    fence_async_shared()
+    zero_s = gl.zeros([BN, BK], gl.float32, layout=mma_s)
+    s_cur = warpgroup_mma(x_s, bufs.index(0).permute((1, 0)), zero_s, use_acc=False)
+    acc = gl.zeros([BN, D], gl.float32, layout=mma_a)
+    m = gl.full([BN], -1e30, gl.float32, layout=gl.SliceLayout(1, mma_s))
+    ssum = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, mma_s))
+    i = 0
+    # the μ tile after next goes to the third buffer by cp.async one iteration ahead: at the top of the loop
+    # only a wait on that copy group stands before the next distance dot
+    cp.async_copy_global_to_shared(bufs.index(1), mu_ptr + gl.expand_dims(BK + codes, 1) * D + gl.expand_dims(cols, 0),
+                                   mask=gl.expand_dims(BK + codes < K, 1))
+    cp.commit_group()
+    for k in range(0, K, BK):
+        cur = bufs.index(i % 3)
+        nxt = bufs.index((i + 1) % 3)
+        cp.wait_group(0)
+        fence_async_shared()
+        offs = k + 2 * BK + codes
+        cp.async_copy_global_to_shared(bufs.index((i + 2) % 3), mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
+                                       mask=gl.expand_dims(offs < K, 1))
+        cp.commit_group()
+        if OVERLAP:
+            tok = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            p, alpha, m, ssum = elementwise(s_cur, m, ssum)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
+            p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
+            acc = warpgroup_mma(p_op, cur, acc)
+            s_cur = warpgroup_mma_wait(0, deps=[tok])
+        else:
+            p, alpha, m, ssum = elementwise(s_cur, m, ssum)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
+            p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
+            acc = warpgroup_mma(p_op, cur, acc)
+            s_cur = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False)
+        i += 1
+    out = acc / gl.expand_dims(gl.convert_layout(ssum, gl.SliceLayout(1, mma_a)), 1)
+    out = gl.convert_layout(out, ld)
+    gl.store(out_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0), out)
+
+
+def loop_trace(kernel):
+    """The main loop of a compiled kernel, read from its SASS: its length and, by position, its HGMMAs
+    (shape), waits on them (WAIT) and runs of MUFU instructions."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from gmvq_kernels import devtools
+
+    text = devtools._run_tool("nvdisasm", "-c", data=kernel.asm["cubin"], suffix=".cubin")
+    labels, pending, instrs = {}, [], []
+    for ln in text.splitlines():
+        m = devtools._LABEL.match(ln)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = devtools._INSTR.search(ln)
+        if m:
+            addr = int(m.group(1), 16)
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+            instrs.append((addr, m.group(2), m.group(3)))
+    loops = [(labels[t.group(1)], addr) for addr, op, operands in instrs if op.startswith("BRA")
+             for t in [re.search(r"\((\.L_x_\d+)\)", operands)] if t and labels.get(t.group(1), addr) < addr]
+    lo, hi = max(loops, key=lambda r: r[1] - r[0])
+    trace = []
+    for addr, op, _ in instrs:
+        if lo <= addr <= hi:
+            i = (addr - lo) // 16
+            if op.startswith("HGMMA"):
+                trace.append((i, op.split(".")[1]))
+            elif op.startswith("WARPGROUP.DEPBAR"):
+                trace.append((i, "WAIT"))
+            elif op.startswith("MUFU"):
+                if trace and trace[-1][1].startswith("MUFU"):
+                    trace[-1] = (trace[-1][0], f"MUFUx{int(trace[-1][1][5:]) + 1}")
+                else:
+                    trace.append((i, "MUFUx1"))
+    return (hi - lo) // 16 + 1, trace
+
+
+def sass_report(D, overlap):
+    """Compile the probe for sm_90 (no GPU needed) and describe its loop."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from gmvq_kernels import devtools
+
+    src = GluonASTSource(probe_kernel, SIG, {"OVERLAP": overlap, "BN": BN, "BK": BK, "D": D},
+                         {(i,): [["tt.divisibility", 16]] for i in range(4)})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    regs, spills, _, serialised = devtools.resource_usage(kernel)
+    length, trace = loop_trace(kernel)
+    return dict(D=D, overlap=overlap, regs=regs, spill_bytes=spills, wgmma_serialised=serialised,
+                loop_len=length, trace=[f"{i}:{what}" for i, what in trace])
+
+
+def gpu_times(shapes=SHAPES, reps=50):
+    """Both variants on the current CUDA device: ms (triton.testing.do_bench median) and the largest
+    difference between their outputs (the same math, in the same order)."""
+    import torch
+
+    rows = []
+    for N, K, D in shapes:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(N, D, device="cuda", generator=g).to(torch.bfloat16)
+        mu = torch.randn(K, D, device="cuda", generator=g).to(torch.bfloat16)
+        outs, ms = [], []
+        for overlap in (0, 1):
+            out = torch.empty(N, D, device="cuda", dtype=torch.float32)
+            run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, OVERLAP=overlap, BN=BN, BK=BK, D=D,  # noqa: E731
+                                                  num_warps=4)
+            run()
+            torch.cuda.synchronize()
+            outs.append(out.clone())
+            ms.append(triton.testing.do_bench(run, warmup=10, rep=reps))
+        rows.append(dict(N=N, K=K, D=D, ms_waited_at_once=ms[0], ms_in_flight=ms[1],
+                         speedup=ms[0] / ms[1], max_abs_diff=float((outs[0] - outs[1]).abs().max())))
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--gpu", action="store_true", help="time both variants on the CUDA device")
+    args = p.parse_args(argv)
+    if args.gpu:
+        for row in gpu_times():
+            print(json.dumps(row))
+        return
+    for D in (64, 128):
+        for overlap in (0, 1):
+            print(json.dumps(sass_report(D, overlap)))
+
+
+if __name__ == "__main__":
+    main()
