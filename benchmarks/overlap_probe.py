@@ -18,7 +18,6 @@ GPU image's; the same loop structure, checked on a CPU 2026-12-04); 3.8 not trie
 import argparse
 import json
 import os
-import re
 import sys
 
 import triton
@@ -100,45 +99,6 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, BN: gl.conste
     gl.store(out_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0), out)
 
 
-def loop_trace(kernel):
-    """The main loop of a compiled kernel, read from its SASS: its length and, by position, its HGMMAs
-    (shape), waits on them (WAIT) and runs of MUFU instructions."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from gmvq_kernels import devtools
-
-    text = devtools._run_tool("nvdisasm", "-c", data=kernel.asm["cubin"], suffix=".cubin")
-    labels, pending, instrs = {}, [], []
-    for ln in text.splitlines():
-        m = devtools._LABEL.match(ln)
-        if m:
-            pending.append(m.group(1))
-            continue
-        m = devtools._INSTR.search(ln)
-        if m:
-            addr = int(m.group(1), 16)
-            for lab in pending:
-                labels[lab] = addr
-            pending = []
-            instrs.append((addr, m.group(2), m.group(3)))
-    loops = [(labels[t.group(1)], addr) for addr, op, operands in instrs if op.startswith("BRA")
-             for t in [re.search(r"\((\.L_x_\d+)\)", operands)] if t and labels.get(t.group(1), addr) < addr]
-    lo, hi = max(loops, key=lambda r: r[1] - r[0])
-    trace = []
-    for addr, op, _ in instrs:
-        if lo <= addr <= hi:
-            i = (addr - lo) // 16
-            if op.startswith("HGMMA"):
-                trace.append((i, op.split(".")[1]))
-            elif op.startswith("WARPGROUP.DEPBAR"):
-                trace.append((i, "WAIT"))
-            elif op.startswith("MUFU"):
-                if trace and trace[-1][1].startswith("MUFU"):
-                    trace[-1] = (trace[-1][0], f"MUFUx{int(trace[-1][1][5:]) + 1}")
-                else:
-                    trace.append((i, "MUFUx1"))
-    return (hi - lo) // 16 + 1, trace
-
-
 def sass_report(D, overlap):
     """Compile the probe for sm_90 (no GPU needed) and describe its loop."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -148,7 +108,7 @@ def sass_report(D, overlap):
                          {(i,): [["tt.divisibility", 16]] for i in range(4)})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     regs, spills, _, serialised = devtools.resource_usage(kernel)
-    length, trace = loop_trace(kernel)
+    length, trace = devtools.loop_trace(kernel)
     return dict(D=D, overlap=overlap, regs=regs, spill_bytes=spills, wgmma_serialised=serialised,
                 loop_len=length, trace=[f"{i}:{what}" for i, what in trace])
 

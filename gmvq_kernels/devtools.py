@@ -241,7 +241,10 @@ class Sass:
         return self.hgmma_flops * max(1, num_warps // 4) + self.hmma_flops * num_warps
 
 
-def read_sass(kernel) -> Sass:
+def disassemble(kernel):
+    """(instructions, labels, loops) of a compiled kernel's SASS: instructions as (address, opcode,
+    operands), labels by name to address, loops as (start, end) addresses of every backward branch, the
+    branch-to-itself after EXIT (padding) left out."""
     text = _run_tool("nvdisasm", "-c", data=kernel.asm["cubin"], suffix=".cubin")
     instrs, labels, pending = [], {}, []
     for line in text.splitlines():
@@ -260,9 +263,13 @@ def read_sass(kernel) -> Sass:
     for addr, op, operands in instrs:
         if op.startswith("BRA"):
             t = re.search(r"\((\.L_x_\d+)\)", operands)
-            # strictly backward: the branch-to-itself after EXIT is padding, not a loop
-            if t and labels.get(t.group(1), addr) < addr:
+            if t and labels.get(t.group(1), addr) < addr:  # strictly backward
                 loops.append((labels[t.group(1)], addr))
+    return instrs, labels, loops
+
+
+def read_sass(kernel) -> Sass:
+    instrs, labels, loops = disassemble(kernel)
     if loops:  # the longest backward jump: the main loop over tiles
         lo, hi = max(loops, key=lambda r: r[1] - r[0])
         later = [r for r in loops if r[0] > hi]
@@ -281,6 +288,29 @@ def read_sass(kernel) -> Sass:
         sass.after = _loop_sass([op for a, op, _ in instrs if after[0] <= a <= after[1]], total=0)
     return sass
 
+
+def loop_trace(kernel):
+    """(length, trace) of a kernel's main loop (the longest backward branch's): the loop's length in
+    instructions and, by position in it, its HGMMAs (by shape, "64x32x16"), its waits on them ("WAIT")
+    and its runs of MUFU instructions ("MUFUx<n>"): where a dot's wait lies against the elementwise work
+    (benchmarks/overlap_probe.py)."""
+    instrs, _, loops = disassemble(kernel)
+    lo, hi = max(loops, key=lambda r: r[1] - r[0])
+    trace = []
+    for addr, op, _ in instrs:
+        if not lo <= addr <= hi:
+            continue
+        i = (addr - lo) // 16  # instructions are 16 bytes
+        if op.startswith("HGMMA"):
+            trace.append((i, op.split(".")[1]))
+        elif op.startswith("WARPGROUP.DEPBAR"):
+            trace.append((i, "WAIT"))
+        elif op.startswith("MUFU"):
+            if trace and trace[-1][1].startswith("MUFU"):
+                trace[-1] = (trace[-1][0], f"MUFUx{int(trace[-1][1][5:]) + 1}")
+            else:
+                trace.append((i, "MUFUx1"))
+    return (hi - lo) // 16 + 1, trace
 
 def _loop_sass(body, total) -> Sass:
     """The counts of one loop body (its opcodes, in order)."""

@@ -19,7 +19,6 @@ edge while the wgmma is in flight (``mov.b32`` of its accumulator registers in t
 serialises every wgmma of the kernel. No schedule gives overlap within a warpgroup.
 Run: python benchmarks/results/static-2026-12-04-serial/toy.py  (output: toy.txt)"""
 import os
-import re
 import sys
 
 os.environ["TRITON_INTERPRET"] = "0"
@@ -81,29 +80,6 @@ def toy(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: tl.constexpr, BN: tl.constexpr, BK:
     tl.store(out_ptr + offs_n[:, None] * D + offs_d[None, :], acc / ssum[:, None])
 
 
-def main_loop(text):
-    """(start, end) addresses of the longest backward branch's loop in nvdisasm's text (as devtools.read_sass)."""
-    labels, pending, instrs = {}, [], []
-    for ln in text.splitlines():
-        m = devtools._LABEL.match(ln)
-        if m:
-            pending.append(m.group(1))
-            continue
-        m = devtools._INSTR.search(ln)
-        if m:
-            addr = int(m.group(1), 16)
-            for lab in pending:
-                labels[lab] = addr
-            pending = []
-            instrs.append((addr, m.group(2), m.group(3)))
-    loops = []
-    for addr, op, operands in instrs:
-        t = re.search(r"\((\.L_x_\d+)\)", operands) if op.startswith("BRA") else None
-        if t and labels.get(t.group(1), addr) < addr:
-            loops.append((labels[t.group(1)], addr))
-    return max(loops, key=lambda r: r[1] - r[0]), instrs
-
-
 SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "SCHEDULE": "constexpr",
        "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
 for D in (64, 128):
@@ -113,26 +89,12 @@ for D in (64, 128):
                         {(i,): [["tt.divisibility", 16]] for i in range(4)})
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 2})
         regs, spills, _, serialised = devtools.resource_usage(k)
-        (lo, hi), instrs = main_loop(devtools._run_tool("nvdisasm", "-c", data=k.asm["cubin"], suffix=".cubin"))
-        trace = []
-        for addr, op, operands in instrs:
-            if not lo <= addr <= hi:
-                continue
-            i = (addr - lo) // 16
-            if op.startswith("HGMMA"):
-                trace.append(f"{i}:{op.split('.')[1]}")
-            elif op.startswith("WARPGROUP.DEPBAR"):
-                trace.append(f"{i}:WAIT")
-            elif op.startswith("MUFU"):
-                if trace and ":MUFU" in trace[-1]:
-                    n = int(trace[-1].rsplit("x", 1)[1]) + 1
-                    trace[-1] = trace[-1].rsplit("x", 1)[0] + f"x{n}"
-                else:
-                    trace.append(f"{i}:MUFUx1")
+        length, trace = devtools.loop_trace(k)
+        trace = [f"{i}:{what}" for i, what in trace]
         # in TTGIR's loop: is the distance dot (a 64 × BK result) followed at once by a wait?
         ir = [ln for ln in k.asm["ttgir"].splitlines() if "=" in ln]  # the ops, in order
         waited = [i + 1 < len(ir) and "warp_group_dot_wait" in ir[i + 1] for i, ln in enumerate(ir)
                   if "warp_group_dot " in ln and f"-> tensor<{BN}x{BK}xf32" in ln and "isAsync = true" in ln]
         print(f"D={D} SCHEDULE={schedule}: {regs} regs, {spills} B spilled, wgmma serialised by ptxas: "
               f"{serialised or 'no'}, loop's distance dot waited at once in TTGIR: {'yes' if all(waited) else 'no'}, "
-              f"loop of {(hi - lo) // 16 + 1}: " + " ".join(trace))
+              f"loop of {length}: " + " ".join(trace))
