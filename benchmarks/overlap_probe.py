@@ -2,7 +2,8 @@
 benchmarks/README.md, which Triton's ``tl.dot`` cannot express (results/static-2026-12-04-serial/toy.py).
 
 ``probe_kernel`` is a row kernel's loop in Gluon (``triton.experimental.gluon``): per tile of BK codes a
-distance dot s = x·μᵀ, noise-like logs and an online softmax of s, and acc += p·μ. With OVERLAP the
+distance dot s = x·μᵀ, two logs and an online softmax of s, and acc += p·μ; the logs either as one MUFU
+op each, as the kernels' noise takes them (MUFU_LOGS), or as gl.log2's longer FP32 sequence. With OVERLAP the
 next tile's distance dot is an asynchronous warpgroup MMA, waited on at the end of the iteration, so
 the tensor cores work while the warpgroup does the current tile's elementwise work; without, each dot
 is waited on at once, as Triton's kernels are. μ tiles come by cp.async into a ring of three shared
@@ -10,7 +11,13 @@ buffers, one iteration ahead.
 
     python benchmarks/overlap_probe.py        # CPU: compile both for sm_90, print the loop's HGMMAs,
                                               # waits and MUFU runs by position (results/.../toy_gluon.txt)
-    python benchmarks/overlap_probe.py --gpu  # CUDA: both variants at a few shapes, same output, timed
+    python benchmarks/overlap_probe.py --gpu  # CUDA: both variants, both fillers, at two shapes: same
+                                              # output, timed
+
+On sm_90 (triton 3.7.1 and 3.6.0 alike) ptxas keeps the in-flight dot unserialised but places its HGMMAs
+itself: late in the loop with the long logs (a window of ~10 % of the loop at D = 128), over about half
+of the loop with the MUFU logs at D = 128, and just before the wait with the MUFU logs at D = 64 (no
+window: that case times the asynchronous form without overlap).
 
 ``benchmarks/gpu_check.py`` runs the GPU half (``overlap_check``). Compiles with triton 3.7.1 and 3.6.0 (the
 GPU image's; the same loop structure, checked on a CPU 2026-12-04); 3.8 not tried.
@@ -31,13 +38,26 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 BN, BK = 64, 32
 SHAPES = ((65536, 16384, 64), (65536, 16384, 128))  # rows, codes, D for the GPU timing
 SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "OVERLAP": "constexpr",
-       "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
+       "MUFU_LOGS": "constexpr", "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
 
 
 @gluon.jit
-def elementwise(s, m, ssum):
-    """Stand-in for a row kernel's work on one distance tile: two logs (the noise), an online softmax."""
-    t = s * 1.4427 - gl.log2(-gl.log2(1.0 / (2.0 + s * s)))
+def lg2_mufu(x):
+    """log2 on the special-function unit (one MUFU op), as the kernels' noise takes it."""
+    return gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def elementwise(s, m, ssum, MUFU_LOGS: gl.constexpr):
+    """Stand-in for a row kernel's work on one distance tile: two logs (the noise) and an online softmax.
+    MUFU_LOGS: the logs as one MUFU op each, as the kernels' noise takes them; else gl.log2 (a longer
+    FP32 sequence: more work to hide the dot under)."""
+    u = 1.0 / (2.0 + s * s)
+    if MUFU_LOGS:
+        t = s * 1.4427 - lg2_mufu(-lg2_mufu(u))
+    else:
+        t = s * 1.4427 - gl.log2(-gl.log2(u))
     m_new = gl.maximum(m, gl.max(t, axis=1))
     p = gl.exp2(t - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m - m_new)
@@ -45,8 +65,8 @@ def elementwise(s, m, ssum):
 
 
 @gluon.jit
-def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
-                 D: gl.constexpr):
+def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl.constexpr, BN: gl.constexpr,
+                 BK: gl.constexpr, D: gl.constexpr):
     """out = softmax-weighted means of BN rows of x over K codes (bf16 in, fp32 out; K a multiple of BK)."""
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BK, 16])
@@ -82,13 +102,13 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, BN: gl.conste
         cp.commit_group()
         if OVERLAP:
             tok = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            p, alpha, m, ssum = elementwise(s_cur, m, ssum)
+            p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
             p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
             acc = warpgroup_mma(p_op, cur, acc)
             s_cur = warpgroup_mma_wait(0, deps=[tok])
         else:
-            p, alpha, m, ssum = elementwise(s_cur, m, ssum)
+            p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
             p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
             acc = warpgroup_mma(p_op, cur, acc)
@@ -99,23 +119,23 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, BN: gl.conste
     gl.store(out_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0), out)
 
 
-def sass_report(D, overlap):
+def sass_report(D, overlap, mufu_logs):
     """Compile the probe for sm_90 (no GPU needed) and describe its loop."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from gmvq_kernels import devtools
 
-    src = GluonASTSource(probe_kernel, SIG, {"OVERLAP": overlap, "BN": BN, "BK": BK, "D": D},
+    src = GluonASTSource(probe_kernel, SIG, {"OVERLAP": overlap, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D},
                          {(i,): [["tt.divisibility", 16]] for i in range(4)})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     regs, spills, _, serialised = devtools.resource_usage(kernel)
     length, trace = devtools.loop_trace(kernel)
-    return dict(D=D, overlap=overlap, regs=regs, spill_bytes=spills, wgmma_serialised=serialised,
+    return dict(D=D, overlap=overlap, mufu_logs=mufu_logs, regs=regs, spill_bytes=spills, wgmma_serialised=serialised,
                 loop_len=length, trace=[f"{i}:{what}" for i, what in trace])
 
 
 def gpu_times(shapes=SHAPES, reps=50):
-    """Both variants on the current CUDA device: ms (triton.testing.do_bench median) and the largest
-    difference between their outputs (the same math, in the same order)."""
+    """Both variants on the current CUDA device, with each filler: ms (triton.testing.do_bench median) and
+    the largest difference between their outputs (the same math, in the same order)."""
     import torch
 
     rows = []
@@ -123,17 +143,18 @@ def gpu_times(shapes=SHAPES, reps=50):
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(N, D, device="cuda", generator=g).to(torch.bfloat16)
         mu = torch.randn(K, D, device="cuda", generator=g).to(torch.bfloat16)
-        outs, ms = [], []
-        for overlap in (0, 1):
-            out = torch.empty(N, D, device="cuda", dtype=torch.float32)
-            run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, OVERLAP=overlap, BN=BN, BK=BK, D=D,  # noqa: E731
-                                                  num_warps=4)
-            run()
-            torch.cuda.synchronize()
-            outs.append(out.clone())
-            ms.append(triton.testing.do_bench(run, warmup=10, rep=reps))
-        rows.append(dict(N=N, K=K, D=D, ms_waited_at_once=ms[0], ms_in_flight=ms[1],
-                         speedup=ms[0] / ms[1], max_abs_diff=float((outs[0] - outs[1]).abs().max())))
+        for mufu_logs in (0, 1):
+            outs, ms = [], []
+            for overlap in (0, 1):
+                out = torch.empty(N, D, device="cuda", dtype=torch.float32)
+                run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, OVERLAP=overlap,  # noqa: E731
+                                                      MUFU_LOGS=mufu_logs, BN=BN, BK=BK, D=D, num_warps=4)
+                run()
+                torch.cuda.synchronize()
+                outs.append(out.clone())
+                ms.append(triton.testing.do_bench(run, warmup=10, rep=reps))
+            rows.append(dict(N=N, K=K, D=D, mufu_logs=mufu_logs, ms_waited_at_once=ms[0], ms_in_flight=ms[1],
+                             speedup=ms[0] / ms[1], max_abs_diff=float((outs[0] - outs[1]).abs().max())))
     return rows
 
 
@@ -145,9 +166,10 @@ def main(argv=None):
         for row in gpu_times():
             print(json.dumps(row))
         return
-    for D in (64, 128):
-        for overlap in (0, 1):
-            print(json.dumps(sass_report(D, overlap)))
+    for mufu_logs in (0, 1):
+        for D in (64, 128):
+            for overlap in (0, 1):
+                print(json.dumps(sass_report(D, overlap, mufu_logs)))
 
 
 if __name__ == "__main__":
