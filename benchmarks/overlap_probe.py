@@ -3,8 +3,8 @@ benchmarks/README.md, which Triton's ``tl.dot`` cannot express (results/static-2
 
 ``probe_kernel`` is a row kernel's loop in Gluon (``triton.experimental.gluon``): per tile of BK codes a
 distance dot s = x·μᵀ, two logs and an online softmax of s, and acc += p·μ; the logs either as one MUFU
-op each, as the kernels' noise takes them (MUFU_LOGS), or as gl.log2's longer FP32 sequence. With OVERLAP the
-next tile's distance dot is an asynchronous warpgroup MMA, waited on at the end of the iteration, so
+op each, as the kernels' noise takes them (MUFU_LOGS), or as gl.log2's longer FP32 sequence. With
+OVERLAP the next tile's distance dot is an asynchronous warpgroup MMA, waited on at the end of the iteration, so
 the tensor cores work while the warpgroup does the current tile's elementwise work; without, each dot
 is waited on at once, as Triton's kernels are. μ tiles come by cp.async into a ring of three shared
 buffers, one iteration ahead.
@@ -71,7 +71,8 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BK, 16])
     mma_a: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
-    sh: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if D * 2 >= 128 else D * 2, element_bitwidth=16, rank=2)
+    sh: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if D * 2 >= 128 else D * 2, element_bitwidth=16,
+                                            rank=2)
     rows = gl.program_id(0) * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, ld))
     cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
     x = gl.load(x_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0))
@@ -97,7 +98,8 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl
         cp.wait_group(0)
         fence_async_shared()
         offs = k + 2 * BK + codes
-        cp.async_copy_global_to_shared(bufs.index((i + 2) % 3), mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
+        cp.async_copy_global_to_shared(bufs.index((i + 2) % 3),
+                                       mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
                                        mask=gl.expand_dims(offs < K, 1))
         cp.commit_group()
         if OVERLAP:
