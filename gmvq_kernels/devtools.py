@@ -312,6 +312,7 @@ def loop_trace(kernel):
                 trace.append((i, "MUFUx1"))
     return (hi - lo) // 16 + 1, trace
 
+
 def _loop_sass(body, total) -> Sass:
     """The counts of one loop body (its opcodes, in order)."""
     classes, shapes, flops = {}, {}, {"HGMMA": 0.0, "HMMA": 0.0}
