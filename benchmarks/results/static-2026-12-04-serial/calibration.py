@@ -1,31 +1,78 @@
-"""The static model against the H200's timings of the same kernels (2026-11-30): measured fwd / bwd /
-fwd+bwd (bf16, soft, ``speed.py``) over ``model_ms`` (pipes overlapped) and ``serial_ms`` (tensor cores
-added to the rest). ``kernels_2026-11-30.json``: ``static_cost.py`` with ``serial_ms`` run on the code
-of commit d5a4468 (speed history items 1-16, the kernels and table configs that run timed) for the
-three shapes the GPU was not host-bound at; its instruction counts and model_ms equal
-``static-2026-11-30f``'s.
+"""The static model against the H200's timings of the same kernels: measured fwd / bwd / fwd+bwd (bf16,
+soft, ``speed.py``) over ``model_ms`` (pipes overlapped) and ``serial_ms`` (tensor cores added to the
+rest).
+
+- 2026-11-30: ``kernels_2026-11-30.json`` is ``static_cost.py`` with ``serial_ms`` run on the code of
+  commit d5a4468 (speed history items 1-16, the kernels and table configs that run timed) for the three
+  shapes the GPU was not host-bound at; its instruction counts and model_ms equal
+  ``static-2026-11-30f``'s.
+- 2026-11-27: the kernels of commit ff5c39c, whose report (``static-2026-11-29/baseline_ff5c39c.json``)
+  predates ``serial_ms``: it is rebuilt from each kernel's counts there (issue cycles from its
+  instructions per element, tensor cycles from its MMA shapes, as static_cost.model does; checked to
+  give back model_ms for every issue-bound kernel, and static_cost.py's own serial_ms for the 2026-11-30
+  kernels).
 
     python benchmarks/results/static-2026-12-04-serial/calibration.py
 """
 import json
+import math
 import os
+import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.dirname(HERE)
 FWD = ("_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel")
+SMS, CLOCK_HZ, BF16_FLOPS_PER_CLK = 132, 1.98e9, 4096  # static_cost.py's model
 
-report = json.load(open(os.path.join(HERE, "kernels_2026-11-30.json")))
-measured = {}
-for r in json.load(open(os.path.join(RESULTS, "NVIDIA_H200-2026-11-30", "speed.json")))["rows"]:
-    if r["dtype"] == "bf16" and r["provider"] == "triton" and not r.get("sweep"):
-        measured[(r["N"], r["K"], r["D"]), r["mode"]] = r["ms"]
-print("| N, K, D | part | measured ms | model ms | measured / model | serial ms | measured / serial |")
-print("|---|---|---|---|---|---|---|")
-for shape in sorted({tuple(r["shape"]) for r in report["rows"]}, key=lambda s: s[2]):
-    rows = [r for r in report["rows"] if tuple(r["shape"]) == shape and r["mode"] == "soft"]
-    for part in ("fwd", "bwd", "fwd_bwd"):
-        sel = [r for r in rows if part == "fwd_bwd" or (r["kernel"] in FWD) == (part == "fwd")]
-        model, serial = sum(r["model_ms"] for r in sel), sum(r["serial_ms"] for r in sel)
-        ms = measured[shape, part]
-        print(f"| {', '.join(map(str, shape))} | {part} | {ms:.2f} | {model:.2f} | {ms / model:.2f} | {serial:.2f} | "
-              f"{ms / serial:.2f} |")
+
+def measured(folder):
+    out = {}
+    for r in json.load(open(os.path.join(RESULTS, folder, "speed.json")))["rows"]:
+        if r["dtype"] == "bf16" and r["provider"] == "triton" and not r.get("sweep"):
+            out[(r["N"], r["K"], r["D"]), r["mode"]] = r["ms"]
+    return out
+
+
+def rebuilt_serial_ms(r):
+    """serial_ms of one row of a report without it: (issue + tensor) cycles × iterations × CTAs per SM."""
+    (N, K, _), (bn, bk), warps = r["shape"], r["block"], r["num_warps"]
+    tile = bn * bk
+    to_ms = math.ceil(r["grid"] / SMS) * math.ceil(N * K / (r["grid"] * tile)) / CLOCK_HZ * 1e3
+    issue = r["instr_per_elem"] * tile / (warps * 32) * warps / 4 / max(min(1.0, r["resident_warps"] / 8), 1e-3)
+    flops = 0.0
+    for op, n in r["mma"].items():
+        if op.startswith("HGMMA"):
+            m, nn, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
+            flops += 2.0 * m * nn * k * n * max(1, warps // 4)
+        else:  # HMMA.16816: m16 n8 k16, per warp
+            digits = re.match(r"HMMA\.(\d+)", op).group(1)
+            flops += 2.0 * int(digits[:2]) * int(digits[2]) * int(digits[3:]) * n * warps
+    if r["bound"] == "issue":
+        assert abs(issue * to_ms - r["model_ms"]) <= 1e-6 * r["model_ms"], r["kernel"]
+    return (issue + flops / BF16_FLOPS_PER_CLK) * to_ms
+
+
+def table(title, rows, times):
+    print(f"\n{title}\n")
+    print("| N, K, D | part | measured ms | model ms | measured / model | serial ms | measured / serial |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in sorted({tuple(r["shape"]) for r in rows}, key=lambda s: s[2]):
+        if (shape, "fwd_bwd") not in times or shape == (8192, 1024, 64):  # row 1: host-bound on the GPU
+            continue
+        here = [r for r in rows if tuple(r["shape"]) == shape]
+        for part in ("fwd", "bwd", "fwd_bwd"):
+            sel = [r for r in here if part == "fwd_bwd" or (r["kernel"] in FWD) == (part == "fwd")]
+            model, serial = sum(r["model_ms"] for r in sel), sum(r["serial_ms"] for r in sel)
+            ms = times[shape, part]
+            print(f"| {', '.join(map(str, shape))} | {part} | {ms:.2f} | {model:.2f} | {ms / model:.2f} | "
+                  f"{serial:.2f} | {ms / serial:.2f} |")
+
+
+soft = lambda rows: [r for r in rows if r["dtype"] == "bf16" and r["mode"] == "soft"]  # noqa: E731
+new = soft(json.load(open(os.path.join(HERE, "kernels_2026-11-30.json")))["rows"])
+for r in new:  # the rebuild gives back static_cost.py's own serial_ms where it has one
+    assert abs(rebuilt_serial_ms(r) - r["serial_ms"]) <= 1e-6 * r["serial_ms"], r["kernel"]
+table("2026-11-30 kernels (d5a4468), NVIDIA_H200-2026-11-30:", new, measured("NVIDIA_H200-2026-11-30"))
+old = soft(json.load(open(os.path.join(RESULTS, "static-2026-11-29", "baseline_ff5c39c.json")))["rows"])
+table("2026-11-27 kernels (ff5c39c; serial ms rebuilt from the report's counts), NVIDIA_H200-2026-11-27:",
+      [dict(r, serial_ms=rebuilt_serial_ms(r)) for r in old], measured("NVIDIA_H200-2026-11-27"))
