@@ -35,6 +35,9 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from gmvq_kernels import devtools  # noqa: E402
+
 BN, BK = 64, 32
 SHAPES = ((65536, 16384, 64), (65536, 16384, 128))  # rows, codes, D for the GPU timing
 SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "OVERLAP": "constexpr",
@@ -102,18 +105,15 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl
                                        mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
                                        mask=gl.expand_dims(offs < K, 1))
         cp.commit_group()
-        if OVERLAP:
+        if OVERLAP:  # the next tile's distances start now and are waited on after this tile's work
             tok = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
-            p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
-            acc = warpgroup_mma(p_op, cur, acc)
+        p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
+        p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
+        acc = warpgroup_mma(p_op, cur, acc)
+        if OVERLAP:
             s_cur = warpgroup_mma_wait(0, deps=[tok])
-        else:
-            p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
-            p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
-            acc = warpgroup_mma(p_op, cur, acc)
+        else:  # waited on at once
             s_cur = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False)
         i += 1
     out = acc / gl.expand_dims(gl.convert_layout(ssum, gl.SliceLayout(1, mma_a)), 1)
@@ -123,9 +123,6 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl
 
 def sass_report(D, overlap, mufu_logs):
     """Compile the probe for sm_90 (no GPU needed) and describe its loop."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from gmvq_kernels import devtools
-
     src = GluonASTSource(probe_kernel, SIG, {"OVERLAP": overlap, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D},
                          {(i,): [["tt.divisibility", 16]] for i in range(4)})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -313,6 +313,17 @@ def loop_trace(kernel):
     return (hi - lo) // 16 + 1, trace
 
 
+def mma_flops(op):
+    """FLOPs of one tensor-core instruction by its SASS opcode: an HGMMA's per warpgroup
+    ("HGMMA.64x32x16..."), an HMMA's per warp ("HMMA.16816": m16 n8 k16; "HMMA.1688": k8)."""
+    if op.startswith("HGMMA"):
+        m, n, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
+    else:
+        digits = re.match(r"HMMA\.(\d+)", op).group(1)
+        m, n, k = int(digits[:2]), int(digits[2]), int(digits[3:])
+    return 2.0 * m * n * k
+
+
 def _loop_sass(body, total) -> Sass:
     """The counts of one loop body (its opcodes, in order)."""
     classes, shapes, flops = {}, {}, {"HGMMA": 0.0, "HMMA": 0.0}
@@ -321,12 +332,6 @@ def _loop_sass(body, total) -> Sass:
         classes[cls] = classes.get(cls, 0) + 1
         if op.startswith(("HGMMA", "HMMA")):
             shapes[op] = shapes.get(op, 0) + 1
-            if op.startswith("HGMMA"):
-                m, n, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
-                flops["HGMMA"] += 2.0 * m * n * k
-            else:
-                digits = re.match(r"HMMA\.(\d+)", op).group(1)  # HMMA.16816: m16 n8 k16; HMMA.1688: k8
-                m, n, k = int(digits[:2]), int(digits[2]), int(digits[3:])
-                flops["HMMA"] += 2.0 * m * n * k
+            flops["HGMMA" if op.startswith("HGMMA") else "HMMA"] += mma_flops(op)
     return Sass(total=total, loop_len=len(body), classes=classes, mma_shapes=shapes,
                 hgmma_flops=flops["HGMMA"], hmma_flops=flops["HMMA"])

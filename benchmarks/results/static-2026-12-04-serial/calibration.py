@@ -17,12 +17,15 @@ rest).
 import json
 import math
 import os
-import re
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.dirname(HERE)
+sys.path[:0] = [os.path.dirname(RESULTS), os.path.dirname(os.path.dirname(RESULTS))]
+from gmvq_kernels.devtools import mma_flops  # noqa: E402
+from static_cost import CLOCK_HZ, SMS, TENSOR_FLOPS_PER_CLK  # noqa: E402  (the model's constants)
+
 FWD = ("_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel")
-SMS, CLOCK_HZ, BF16_FLOPS_PER_CLK = 132, 1.98e9, 4096  # static_cost.py's model
 
 
 def measured(folder):
@@ -39,17 +42,12 @@ def rebuilt_serial_ms(r):
     tile = bn * bk
     to_ms = math.ceil(r["grid"] / SMS) * math.ceil(N * K / (r["grid"] * tile)) / CLOCK_HZ * 1e3
     issue = r["instr_per_elem"] * tile / (warps * 32) * warps / 4 / max(min(1.0, r["resident_warps"] / 8), 1e-3)
-    flops = 0.0
-    for op, n in r["mma"].items():
-        if op.startswith("HGMMA"):
-            m, nn, k = (int(v) for v in re.search(r"(\d+)x(\d+)x(\d+)", op).groups())
-            flops += 2.0 * m * nn * k * n * max(1, warps // 4)
-        else:  # HMMA.16816: m16 n8 k16, per warp
-            digits = re.match(r"HMMA\.(\d+)", op).group(1)
-            flops += 2.0 * int(digits[:2]) * int(digits[2]) * int(digits[3:]) * n * warps
+    # per CTA: an HGMMA runs once per warpgroup, an HMMA once per warp (as Sass.mma_flops_per_cta)
+    flops = sum(mma_flops(op) * n * (max(1, warps // 4) if op.startswith("HGMMA") else warps)
+                for op, n in r["mma"].items())
     if r["bound"] == "issue":
         assert abs(issue * to_ms - r["model_ms"]) <= 1e-6 * r["model_ms"], r["kernel"]
-    return (issue + flops / BF16_FLOPS_PER_CLK) * to_ms
+    return (issue + flops / TENSOR_FLOPS_PER_CLK["bf16"]) * to_ms
 
 
 def table(title, rows, times):
