@@ -20,8 +20,8 @@
    launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
    (d512_check); the device time per kernel at the anchor rows
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel; the Gluon
-   probe of a distance dot kept in flight over the elementwise work, both ways (overlap_check,
-   benchmarks/overlap_probe.py: benchmarks/README.md, lever 14).
+   probe of a distance dot kept in flight over the elementwise work, in its three schedules
+   (overlap_check, benchmarks/overlap_probe.py: benchmarks/README.md, lever 14).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
    backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before docs/speed_history.md, item 20, and with
    GMVQ_NORM_DOT=0: the distances before item 23), the K
@@ -478,7 +478,8 @@ def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
 def overlap_check(device, log):
     """benchmarks/overlap_probe.py on the GPU: a row kernel's loop in Gluon with each distance dot waited
     on at once (as Triton's kernels are) and with the next tile's kept in flight over the elementwise
-    work; both timed, and their outputs compared (the same math). Says whether lever 14 pays."""
+    work, into fresh registers (which ptxas issues late) or into the loop-carried tile's (issued early);
+    each timed, and their outputs compared (the same math). Says whether lever 14 pays."""
     import overlap_probe
 
     for row in overlap_probe.gpu_times():

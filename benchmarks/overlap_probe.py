@@ -3,24 +3,27 @@ benchmarks/README.md, which Triton's ``tl.dot`` cannot express (results/static-2
 
 ``probe_kernel`` is a row kernel's loop in Gluon (``triton.experimental.gluon``): per tile of BK codes a
 distance dot s = x·μᵀ, two logs and an online softmax of s, and acc += p·μ; the logs either as one MUFU
-op each, as the kernels' noise takes them (MUFU_LOGS), or as gl.log2's longer FP32 sequence. With
-OVERLAP the next tile's distance dot is an asynchronous warpgroup MMA, waited on at the end of the iteration, so
-the tensor cores work while the warpgroup does the current tile's elementwise work; without, each dot
-is waited on at once, as Triton's kernels are. μ tiles come by cp.async into a ring of three shared
-buffers, one iteration ahead.
+op each, as the kernels' noise takes them (MUFU_LOGS), or as gl.log2's longer FP32 sequence. μ tiles
+come by cp.async into a ring of three shared buffers, one tile ahead; the loop takes two tiles per trip.
+Three schedules of the next tile's distance dot (SCHEDULES):
 
-    python benchmarks/overlap_probe.py        # CPU: compile both for sm_90, print the loop's HGMMAs,
-                                              # waits and MUFU runs by position (results/.../toy_gluon.txt)
-    python benchmarks/overlap_probe.py --gpu  # CUDA: both variants, both fillers, at two shapes: same
-                                              # output, timed
+- ``waited``: issued after this tile's work and waited on at once, as Triton's kernels do;
+- ``in_flight``: an asynchronous warpgroup MMA issued before this tile's work and waited on after it,
+  into registers it defines afresh (``use_acc=False``). ptxas moves its HGMMAs down to just before the
+  wait (windows of 3–35 instructions on sm_90);
+- ``in_flight_carried``: the same, into the registers of the tile just consumed (two loop-carried
+  tiles trading roles), zeroed by a ``use_acc`` the compiler cannot fold. Its registers are live
+  anyway, and ptxas keeps its HGMMAs in the first part of the tile's work (at D = 128 windows of
+  127–788 instructions; at D = 64 in one of the two tiles of a trip only).
 
-On sm_90 (triton 3.7.1 and 3.6.0 alike) ptxas keeps the in-flight dot unserialised but places its HGMMAs
-itself: late in the loop with the long logs (a window of ~10 % of the loop at D = 128), over about half
-of the loop with the MUFU logs at D = 128, and just before the wait with the MUFU logs at D = 64 (no
-window: that case times the asynchronous form without overlap).
+    python benchmarks/overlap_probe.py        # CPU: each schedule compiled for sm_90; its loop's HGMMAs,
+                                              # waits and MUFU runs by position, and per distance dot
+                                              # where it is issued and waited on (results/.../toy_gluon.txt)
+    python benchmarks/overlap_probe.py --gpu  # CUDA: each schedule with each filler at two shapes, timed,
+                                              # outputs compared
 
-``benchmarks/gpu_check.py`` runs the GPU half (``overlap_check``). Compiles with triton 3.7.1 and 3.6.0 (the
-GPU image's; the same loop structure, checked on a CPU 2026-12-04); 3.8 not tried.
+``benchmarks/gpu_check.py`` runs the GPU half (``overlap_check``). Compiles with triton 3.7.1 and 3.6.0
+(the GPU image's); 3.8 not tried.
 """
 import argparse
 import json
@@ -40,7 +43,7 @@ from gmvq_kernels import devtools  # noqa: E402
 
 BN, BK = 64, 32
 SHAPES = ((65536, 16384, 64), (65536, 16384, 128))  # rows, codes, D for the GPU timing
-SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "OVERLAP": "constexpr",
+SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "SCHEDULE": "constexpr",
        "MUFU_LOGS": "constexpr", "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
 
 
@@ -67,10 +70,44 @@ def elementwise(s, m, ssum, MUFU_LOGS: gl.constexpr):
     return p, alpha, m_new, ssum * alpha + gl.sum(p, axis=1)
 
 
+SCHEDULES = ("waited", "in_flight", "in_flight_carried")
+
+
 @gluon.jit
-def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl.constexpr, BN: gl.constexpr,
+def step(x_s, bufs, mu_ptr, codes, cols, K, k, i, s_cur, spare, m, ssum, acc, fresh, SCHEDULE: gl.constexpr,
+         MUFU_LOGS: gl.constexpr, BK: gl.constexpr, D: gl.constexpr, mma_a: gl.constexpr):
+    """One tile: s_cur (this tile's distances) through the elementwise work into acc, and the next tile's
+    distances, returned with s_cur (the next step's spare registers)."""
+    cur = bufs.index(i % 3)
+    nxt = bufs.index((i + 1) % 3)
+    cp.wait_group(0)
+    fence_async_shared()
+    # the μ tile after next goes to the third buffer by cp.async one tile ahead: at the top of the step
+    # only a wait on that copy group stands before the next distance dot
+    offs = k + 2 * BK + codes
+    cp.async_copy_global_to_shared(bufs.index((i + 2) % 3), mu_ptr + gl.expand_dims(offs, 1) * D +
+                                   gl.expand_dims(cols, 0), mask=gl.expand_dims(offs < K, 1))
+    cp.commit_group()
+    if SCHEDULE == 1:  # in flight, into registers it defines afresh: ptxas issues it late
+        tok = warpgroup_mma(x_s, nxt.permute((1, 0)), gl.zeros_like(spare), use_acc=False, is_async=True)
+    if SCHEDULE == 2:  # in flight, into the spare tile's registers (live anyway), zeroed by a runtime use_acc
+        tok = warpgroup_mma(x_s, nxt.permute((1, 0)), spare, use_acc=fresh, is_async=True)
+    p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
+    p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
+    acc = warpgroup_mma(p_op, cur, acc)
+    if SCHEDULE == 0:  # waited on at once
+        s_next = warpgroup_mma(x_s, nxt.permute((1, 0)), gl.zeros_like(spare), use_acc=False)
+    else:
+        s_next = warpgroup_mma_wait(0, deps=[tok])
+    return s_next, s_cur, m, ssum, acc
+
+
+@gluon.jit
+def probe_kernel(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: gl.constexpr, MUFU_LOGS: gl.constexpr, BN: gl.constexpr,
                  BK: gl.constexpr, D: gl.constexpr):
-    """out = softmax-weighted means of BN rows of x over K codes (bf16 in, fp32 out; K a multiple of BK)."""
+    """out = softmax-weighted means of BN rows of x over K codes (bf16 in, fp32 out; K a multiple of 2·BK).
+    The loop takes two tiles per trip, so that SCHEDULE 2's two distance tiles trade roles without a copy."""
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BK, 16])
     mma_a: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
@@ -84,57 +121,59 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, OVERLAP: gl.constexpr, MUFU_LOGS: gl
     codes = gl.arange(0, BK, layout=gl.SliceLayout(1, ld))
     bufs.index(0).store(gl.load(mu_ptr + gl.expand_dims(codes, 1) * D + gl.expand_dims(cols, 0)))
     fence_async_shared()
-    zero_s = gl.zeros([BN, BK], gl.float32, layout=mma_s)
-    s_cur = warpgroup_mma(x_s, bufs.index(0).permute((1, 0)), zero_s, use_acc=False)
+    spare = gl.zeros([BN, BK], gl.float32, layout=mma_s)
+    s_cur = warpgroup_mma(x_s, bufs.index(0).permute((1, 0)), spare, use_acc=False)
     acc = gl.zeros([BN, D], gl.float32, layout=mma_a)
     m = gl.full([BN], -1e30, gl.float32, layout=gl.SliceLayout(1, mma_s))
     ssum = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, mma_s))
-    i = 0
-    # the μ tile after next goes to the third buffer by cp.async one iteration ahead: at the top of the loop
-    # only a wait on that copy group stands before the next distance dot
+    fresh = K < 0  # False, but not to the compiler: an immediate would let ptxas sink the dot (SCHEDULE 2)
     cp.async_copy_global_to_shared(bufs.index(1), mu_ptr + gl.expand_dims(BK + codes, 1) * D + gl.expand_dims(cols, 0),
                                    mask=gl.expand_dims(BK + codes < K, 1))
     cp.commit_group()
-    for k in range(0, K, BK):
-        cur = bufs.index(i % 3)
-        nxt = bufs.index((i + 1) % 3)
-        cp.wait_group(0)
-        fence_async_shared()
-        offs = k + 2 * BK + codes
-        cp.async_copy_global_to_shared(bufs.index((i + 2) % 3),
-                                       mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
-                                       mask=gl.expand_dims(offs < K, 1))
-        cp.commit_group()
-        if OVERLAP:  # the next tile's distances start now and are waited on after this tile's work
-            tok = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        p, alpha, m, ssum = elementwise(s_cur, m, ssum, MUFU_LOGS)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, mma_a)), 1)
-        p_op = gl.convert_layout(p.to(gl.bfloat16), gl.DotOperandLayout(0, mma_a, 2))
-        acc = warpgroup_mma(p_op, cur, acc)
-        if OVERLAP:
-            s_cur = warpgroup_mma_wait(0, deps=[tok])
-        else:  # waited on at once
-            s_cur = warpgroup_mma(x_s, nxt.permute((1, 0)), zero_s, use_acc=False)
-        i += 1
+    for k in range(0, K, 2 * BK):
+        i = k // BK
+        s_cur, spare, m, ssum, acc = step(x_s, bufs, mu_ptr, codes, cols, K, k, i, s_cur, spare, m, ssum, acc, fresh,
+                                          SCHEDULE, MUFU_LOGS, BK, D, mma_a)
+        s_cur, spare, m, ssum, acc = step(x_s, bufs, mu_ptr, codes, cols, K, k + BK, i + 1, s_cur, spare, m, ssum, acc,
+                                          fresh, SCHEDULE, MUFU_LOGS, BK, D, mma_a)
     out = acc / gl.expand_dims(gl.convert_layout(ssum, gl.SliceLayout(1, mma_a)), 1)
     out = gl.convert_layout(out, ld)
     gl.store(out_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0), out)
 
 
-def sass_report(D, overlap, mufu_logs):
-    """Compile the probe for sm_90 (no GPU needed) and describe its loop."""
-    src = GluonASTSource(probe_kernel, SIG, {"OVERLAP": overlap, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D},
+def distance_dots(trace, D):
+    """Each distance dot of a loop trace (``devtools.loop_trace``): where its D/16 HGMMAs (64 × BK × 16) are
+    issued, where it is waited on, the instructions between its last HGMMA and that wait (its window: the
+    dot complete or finishing while the warpgroup works on), and the MUFU ops between its first HGMMA and
+    the wait."""
+    shape, per_dot, dots, issued = f"64x{BK}x16", D // 16, [], []
+    for n, (pos, what) in enumerate(trace):
+        if what == shape:
+            issued.append(pos)
+        if len(issued) == per_dot:
+            wait = next(p for p, w in trace[n + 1:] if w == "WAIT")
+            mufu = sum(int(w[5:]) for p, w in trace if w.startswith("MUFU") and issued[0] < p < wait)
+            dots.append(dict(first=issued[0], last=issued[-1], wait=wait, window=wait - issued[-1] - 1, mufu=mufu))
+            issued = []
+    return dots
+
+
+def sass_report(D, schedule, mufu_logs):
+    """Compile the probe for sm_90 (no GPU needed) and describe its loop (two tiles)."""
+    src = GluonASTSource(probe_kernel, SIG, {"SCHEDULE": schedule, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D},
                          {(i,): [["tt.divisibility", 16]] for i in range(4)})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     regs, spills, _, serialised = devtools.resource_usage(kernel)
     length, trace = devtools.loop_trace(kernel)
-    return dict(D=D, overlap=overlap, mufu_logs=mufu_logs, regs=regs, spill_bytes=spills, wgmma_serialised=serialised,
-                loop_len=length, trace=[f"{i}:{what}" for i, what in trace])
+    return dict(D=D, schedule=SCHEDULES[schedule], mufu_logs=mufu_logs, regs=regs, spill_bytes=spills,
+                wgmma_serialised=serialised, loop_len=length, dots=distance_dots(trace, D),
+                mufu_in_loop=sum(int(w[5:]) for _, w in trace if w.startswith("MUFU")),
+                trace=[f"{i}:{what}" for i, what in trace])
 
 
 def gpu_times(shapes=SHAPES, reps=50):
-    """Both variants on the current CUDA device, with each filler: ms (triton.testing.do_bench median) and
-    the largest difference between their outputs (the same math, in the same order)."""
+    """Each schedule on the current CUDA device, with each filler: ms (triton.testing.do_bench median) and
+    the largest difference of its output from the waited schedule's (the same math, in the same order)."""
     import torch
 
     rows = []
@@ -143,23 +182,24 @@ def gpu_times(shapes=SHAPES, reps=50):
         x = torch.randn(N, D, device="cuda", generator=g).to(torch.bfloat16)
         mu = torch.randn(K, D, device="cuda", generator=g).to(torch.bfloat16)
         for mufu_logs in (0, 1):
-            outs, ms = [], []
-            for overlap in (0, 1):
+            outs, ms = [], {}
+            for schedule, name in enumerate(SCHEDULES):
                 out = torch.empty(N, D, device="cuda", dtype=torch.float32)
-                run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, OVERLAP=overlap,  # noqa: E731
+                run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, SCHEDULE=schedule,  # noqa: E731
                                                       MUFU_LOGS=mufu_logs, BN=BN, BK=BK, D=D, num_warps=4)
                 run()
                 torch.cuda.synchronize()
                 outs.append(out.clone())
-                ms.append(triton.testing.do_bench(run, warmup=10, rep=reps))
-            rows.append(dict(N=N, K=K, D=D, mufu_logs=mufu_logs, ms_waited_at_once=ms[0], ms_in_flight=ms[1],
-                             speedup=ms[0] / ms[1], max_abs_diff=float((outs[0] - outs[1]).abs().max())))
+                ms[name] = triton.testing.do_bench(run, warmup=10, rep=reps)
+            rows.append(dict(N=N, K=K, D=D, mufu_logs=mufu_logs, ms=ms,
+                             speedup={n: ms["waited"] / t for n, t in ms.items() if n != "waited"},
+                             max_abs_diff=max(float((o - outs[0]).abs().max()) for o in outs[1:])))
     return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gpu", action="store_true", help="time both variants on the CUDA device")
+    p.add_argument("--gpu", action="store_true", help="time the schedules on the CUDA device")
     args = p.parse_args(argv)
     if args.gpu:
         for row in gpu_times():
@@ -167,8 +207,8 @@ def main(argv=None):
         return
     for mufu_logs in (0, 1):
         for D in (64, 128):
-            for overlap in (0, 1):
-                print(json.dumps(sass_report(D, overlap, mufu_logs)))
+            for schedule in range(len(SCHEDULES)):
+                print(json.dumps(sass_report(D, schedule, mufu_logs)))
 
 
 if __name__ == "__main__":

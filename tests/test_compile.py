@@ -108,31 +108,30 @@ def test_static_cost_fast_mode_fails_on_serialised_wgmma(tmp_path):
 
 
 def test_overlap_probe_keeps_the_distance_dot_in_flight():
-    """benchmarks/overlap_probe.py (lever 14 of benchmarks/README.md), compiled for sm_90: written with each
-    dot waited on at once, no MUFU lies between a distance dot's HGMMAs and their wait; with the next tile's
-    dot asynchronous, ptxas does not serialise the wgmma (it does to the same schedule in Triton's tl.dot:
-    the toy of results/static-2026-12-04-serial/), and elementwise MUFU work runs between its first HGMMA
-    and its wait with either filler at D = 128 and with the longer one at D = 64 (with MUFU logs at D = 64
-    ptxas issues the dot just before its wait: what the GPU timing of that case measures is no overlap).
-    The GPU run times them."""
+    """benchmarks/overlap_probe.py (lever 14 of benchmarks/README.md), compiled for sm_90, each schedule with
+    each filler at D = 64 and 128 (two distance dots per loop trip): no spills and no serialised wgmma
+    (Triton's tl.dot serialises the same schedule: the toy of results/static-2026-12-04-serial/). Waited on
+    at once, nothing lies between a dot's HGMMAs and its wait. In flight into fresh registers, ptxas moves
+    the HGMMAs down to the wait (a window under 40 instructions); into the loop-carried tile's registers it
+    leaves at D = 128 a window of over 100 instructions at every dot, with MUFU work in it, and at D = 64 at
+    one of the two dots at least. The GPU run times them."""
     proc = subprocess.run([sys.executable, "benchmarks/overlap_probe.py"], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = {(r["mufu_logs"], r["D"], r["overlap"]): r
+    rows = {(r["mufu_logs"], r["D"], r["schedule"]): r
             for r in (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))}
-    assert set(rows) == {(f, D, o) for f in (0, 1) for D in (64, 128) for o in (0, 1)}, sorted(rows)
-
-    def between_distance_dot_and_wait(trace):
-        """The MUFU runs between the loop's first distance-dot HGMMA (64 × BK = 32) and the next wait."""
-        what = [t.split(":", 1)[1] for t in trace]
-        first = what.index("64x32x16")
-        wait = what.index("WAIT", first)
-        return [w for w in what[first:wait] if w.startswith("MUFU")]
-
-    for (mufu_logs, D, overlap), r in rows.items():
+    schedules = ("waited", "in_flight", "in_flight_carried")
+    assert set(rows) == {(f, D, s) for f in (0, 1) for D in (64, 128) for s in schedules}, sorted(rows)
+    for (mufu_logs, D, schedule), r in rows.items():
         assert r["spill_bytes"] == 0 and not r["wgmma_serialised"], r
-        window = between_distance_dot_and_wait(r["trace"])
-        if not overlap:
-            assert not window, r
-        elif not mufu_logs or D == 128:
-            assert window, r
+        dots = r["dots"]
+        assert len(dots) == 2, r
+        windows = [d["window"] for d in dots]
+        if schedule == "waited":
+            assert all(d["window"] == 0 and d["mufu"] == 0 for d in dots), r
+        elif schedule == "in_flight":
+            assert max(windows) < 40, r
+        elif D == 128:
+            assert min(windows) > 100 and all(d["mufu"] > 0 for d in dots), r
+        else:
+            assert max(windows) > 100, r
