@@ -479,7 +479,8 @@ def overlap_check(device, log):
     """benchmarks/overlap_probe.py on the GPU: a row kernel's loop in Gluon with each distance dot waited
     on at once (as Triton's kernels are) and with the next tile's kept in flight over the elementwise
     work, into fresh registers (which ptxas issues late) or into the loop-carried tile's (issued early);
-    each timed, and their outputs compared (the same math). Says whether lever 14 pays."""
+    each timed at its own occupancy and, with the kernels' MUFU logs, pinned at their 8 warps per SM, and
+    their outputs compared (the same math). Says whether lever 14 pays."""
     import overlap_probe
 
     for row in overlap_probe.gpu_times():

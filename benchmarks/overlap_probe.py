@@ -16,11 +16,16 @@ Three schedules of the next tile's distance dot (SCHEDULES):
   anyway, and ptxas keeps its HGMMAs in the first part of the tile's work (at D = 128 windows of
   127–788 instructions; at D = 64 in one of the two tiles of a trip only).
 
-    python benchmarks/overlap_probe.py        # CPU: each schedule compiled for sm_90; its loop's HGMMAs,
-                                              # waits and MUFU runs by position, and per distance dot
-                                              # where it is issued and waited on (results/.../toy_gluon.txt)
-    python benchmarks/overlap_probe.py --gpu  # CUDA: each schedule with each filler at two shapes, timed,
-                                              # outputs compared
+The carried form takes more registers, so fewer CTAs fit an SM (8 warps instead of 16 at D = 128):
+with the MUFU logs each schedule also runs pinned at 8 warps per SM (a μ ring of more, unused slots:
+96 KB of shared memory per CTA), as the real kernels run, so that the timing tells overlap from
+occupancy.
+
+    python benchmarks/overlap_probe.py        # CPU: each variant compiled for sm_90; registers, shared
+                                              # memory, warps per SM, its loop's HGMMAs, waits and MUFU runs
+                                              # by position, and per distance dot where it is issued and
+                                              # waited on (results/static-2026-12-04-overlap/toy_gluon.txt)
+    python benchmarks/overlap_probe.py --gpu  # CUDA: each variant at two shapes, timed, outputs compared
 
 ``benchmarks/gpu_check.py`` runs the GPU half (``overlap_check``). Compiles with triton 3.7.1 and 3.6.0
 (the GPU image's); 3.8 not tried.
@@ -44,7 +49,8 @@ from gmvq_kernels import devtools  # noqa: E402
 BN, BK = 64, 32
 SHAPES = ((65536, 16384, 64), (65536, 16384, 128))  # rows, codes, D for the GPU timing
 SIG = {"x_ptr": "*bf16", "mu_ptr": "*bf16", "out_ptr": "*fp32", "K": "i32", "SCHEDULE": "constexpr",
-       "MUFU_LOGS": "constexpr", "BN": "constexpr", "BK": "constexpr", "D": "constexpr"}
+       "MUFU_LOGS": "constexpr", "BN": "constexpr", "BK": "constexpr", "D": "constexpr", "SLOTS": "constexpr"}
+PINNED_SHARED = 96 * 1024  # bytes of x tile and μ ring: 2 CTAs of 4 warps per SM, as the real kernels' 8 warps
 
 
 @gluon.jit
@@ -105,9 +111,10 @@ def step(x_s, bufs, mu_ptr, codes, cols, K, k, i, s_cur, spare, m, ssum, acc, fr
 
 @gluon.jit
 def probe_kernel(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: gl.constexpr, MUFU_LOGS: gl.constexpr, BN: gl.constexpr,
-                 BK: gl.constexpr, D: gl.constexpr):
+                 BK: gl.constexpr, D: gl.constexpr, SLOTS: gl.constexpr):
     """out = softmax-weighted means of BN rows of x over K codes (bf16 in, fp32 out; K a multiple of 2·BK).
-    The loop takes two tiles per trip, so that SCHEDULE 2's two distance tiles trade roles without a copy."""
+    The loop takes two tiles per trip, so that SCHEDULE 2's two distance tiles trade roles without a copy.
+    The μ ring uses 3 of its SLOTS; more slots only take shared memory, to pin the CTAs per SM."""
     ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BK, 16])
     mma_a: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
@@ -117,7 +124,7 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: gl.constexpr, MUFU_LOGS: g
     cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
     x = gl.load(x_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0))
     x_s = gl.allocate_shared_memory(gl.bfloat16, [BN, D], sh, x)
-    bufs = gl.allocate_shared_memory(gl.bfloat16, [3, BK, D], sh)
+    bufs = gl.allocate_shared_memory(gl.bfloat16, [SLOTS, BK, D], sh)
     codes = gl.arange(0, BK, layout=gl.SliceLayout(1, ld))
     bufs.index(0).store(gl.load(mu_ptr + gl.expand_dims(codes, 1) * D + gl.expand_dims(cols, 0)))
     fence_async_shared()
@@ -158,22 +165,39 @@ def distance_dots(trace, D):
     return dots
 
 
-def sass_report(D, schedule, mufu_logs):
+def slots(D, pinned):
+    """The μ ring's slots: 3, or (pinned) enough that the CTA's shared memory is PINNED_SHARED."""
+    return (PINNED_SHARED // 2 - BN * D) // (BK * D) if pinned else 3
+
+
+def sass_report(D, schedule, mufu_logs, pinned=False):
     """Compile the probe for sm_90 (no GPU needed) and describe its loop (two tiles)."""
-    src = GluonASTSource(probe_kernel, SIG, {"SCHEDULE": schedule, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D},
+    import static_cost  # the occupancy rule of the static report
+
+    src = GluonASTSource(probe_kernel, SIG, {"SCHEDULE": schedule, "MUFU_LOGS": mufu_logs, "BN": BN, "BK": BK, "D": D,
+                                             "SLOTS": slots(D, pinned)},
                          {(i,): [["tt.divisibility", 16]] for i in range(4)})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     regs, spills, _, serialised = devtools.resource_usage(kernel)
     length, trace = devtools.loop_trace(kernel)
-    return dict(D=D, schedule=SCHEDULES[schedule], mufu_logs=mufu_logs, regs=regs, spill_bytes=spills,
+    return dict(D=D, schedule=SCHEDULES[schedule], mufu_logs=mufu_logs, pinned=pinned, regs=regs, spill_bytes=spills,
+                shared=kernel.metadata.shared, warps_per_sm=4 * static_cost.occupancy(regs, kernel.metadata.shared, 4),
                 wgmma_serialised=serialised, loop_len=length, dots=distance_dots(trace, D),
                 mufu_in_loop=sum(int(w[5:]) for _, w in trace if w.startswith("MUFU")),
                 trace=[f"{i}:{what}" for i, what in trace])
 
 
+def variants():
+    """(D, schedule, mufu_logs, pinned) of the CPU report and the GPU timing: every schedule with each
+    filler at each D, and with the MUFU logs (the kernels' kind) at 8 warps per SM too."""
+    return [(D, schedule, mufu_logs, pinned) for mufu_logs in (0, 1) for D in (64, 128)
+            for pinned in ((False, True) if mufu_logs else (False,)) for schedule in range(len(SCHEDULES))]
+
+
 def gpu_times(shapes=SHAPES, reps=50):
-    """Each schedule on the current CUDA device, with each filler: ms (triton.testing.do_bench median) and
-    the largest difference of its output from the waited schedule's (the same math, in the same order)."""
+    """Each variant on the current CUDA device: ms (triton.testing.do_bench median), and per shape, filler
+    and occupancy the largest difference of an in-flight schedule's output from the waited one's (the same
+    math, in the same order)."""
     import torch
 
     rows = []
@@ -181,17 +205,22 @@ def gpu_times(shapes=SHAPES, reps=50):
         g = torch.Generator(device="cuda").manual_seed(0)
         x = torch.randn(N, D, device="cuda", generator=g).to(torch.bfloat16)
         mu = torch.randn(K, D, device="cuda", generator=g).to(torch.bfloat16)
-        for mufu_logs in (0, 1):
+        groups = {}
+        for d, schedule, mufu_logs, pinned in variants():
+            if d == D:
+                groups.setdefault((mufu_logs, pinned), []).append(schedule)
+        for (mufu_logs, pinned), schedules in groups.items():
             outs, ms = [], {}
-            for schedule, name in enumerate(SCHEDULES):
+            for schedule in schedules:
                 out = torch.empty(N, D, device="cuda", dtype=torch.float32)
                 run = lambda: probe_kernel[(N // BN,)](x, mu, out, K, SCHEDULE=schedule,  # noqa: E731
-                                                      MUFU_LOGS=mufu_logs, BN=BN, BK=BK, D=D, num_warps=4)
+                                                      MUFU_LOGS=mufu_logs, BN=BN, BK=BK, D=D,
+                                                      SLOTS=slots(D, pinned), num_warps=4)
                 run()
                 torch.cuda.synchronize()
                 outs.append(out.clone())
-                ms[name] = triton.testing.do_bench(run, warmup=10, rep=reps)
-            rows.append(dict(N=N, K=K, D=D, mufu_logs=mufu_logs, ms=ms,
+                ms[SCHEDULES[schedule]] = triton.testing.do_bench(run, warmup=10, rep=reps)
+            rows.append(dict(N=N, K=K, D=D, mufu_logs=mufu_logs, pinned=pinned, ms=ms,
                              speedup={n: ms["waited"] / t for n, t in ms.items() if n != "waited"},
                              max_abs_diff=max(float((o - outs[0]).abs().max()) for o in outs[1:])))
     return rows
@@ -205,10 +234,8 @@ def main(argv=None):
         for row in gpu_times():
             print(json.dumps(row))
         return
-    for mufu_logs in (0, 1):
-        for D in (64, 128):
-            for schedule in range(len(SCHEDULES)):
-                print(json.dumps(sass_report(D, schedule, mufu_logs)))
+    for D, schedule, mufu_logs, pinned in variants():
+        print(json.dumps(sass_report(D, schedule, mufu_logs, pinned)))
 
 
 if __name__ == "__main__":

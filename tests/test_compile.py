@@ -114,16 +114,21 @@ def test_overlap_probe_keeps_the_distance_dot_in_flight():
     at once, nothing lies between a dot's HGMMAs and its wait. In flight into fresh registers, ptxas moves
     the HGMMAs down to the wait (a window under 40 instructions); into the loop-carried tile's registers it
     leaves at D = 128 a window of over 100 instructions at every dot, with MUFU work in it, and at D = 64 at
-    one of the two dots at least. The GPU run times them."""
+    one of the two dots at least. Pinned (the μ ring's unused slots), the MUFU-log variants hold 8 warps per
+    SM, as the real kernels, with the same code. The GPU run times them."""
     proc = subprocess.run([sys.executable, "benchmarks/overlap_probe.py"], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = {(r["mufu_logs"], r["D"], r["schedule"]): r
+    rows = {(r["mufu_logs"], r["D"], r["schedule"], r["pinned"]): r
             for r in (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))}
     schedules = ("waited", "in_flight", "in_flight_carried")
-    assert set(rows) == {(f, D, s) for f in (0, 1) for D in (64, 128) for s in schedules}, sorted(rows)
-    for (mufu_logs, D, schedule), r in rows.items():
+    assert set(rows) == {(f, D, s, p) for f in (0, 1) for D in (64, 128) for s in schedules
+                         for p in ((False, True) if f else (False,))}, sorted(rows)
+    for (mufu_logs, D, schedule, pinned), r in rows.items():
         assert r["spill_bytes"] == 0 and not r["wgmma_serialised"], r
+        if pinned:
+            free = rows[(mufu_logs, D, schedule, False)]
+            assert r["warps_per_sm"] == 8 and (r["loop_len"], r["dots"]) == (free["loop_len"], free["dots"]), r
         dots = r["dots"]
         assert len(dots) == 2, r
         windows = [d["window"] for d in dots]
