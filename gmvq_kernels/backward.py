@@ -55,8 +55,8 @@ from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
                     even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets,
-                    row_norm_operand, row_operands, row_tile, softmax_log2prob, softmax_prob, split_code_range,
-                    split_hi_lo, split_parts, split_row_range, sum_splits, tile_code, y_scale)
+                    row_norm_operand, row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob,
+                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -64,9 +64,15 @@ def has_y_grads(args):
     return any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr"))
 
 
-HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads})
+def tau_one(args):
+    """triton.heuristics rule: τ = 1 (y_scale = log₂ e exactly) and the noise drawn in the kernel, so that y
+    comes from q and the draws' 1/log₂ u (tiles.sample_prob: benchmarks/README.md, lever 15)."""
+    return args["noise_ptr"] is None and args["y_scale"] == LOG2E.value
+
+
+HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one})
 # the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
-DELTA_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n,
+DELTA_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "TAU_ONE": tau_one,
                                       "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
 
 
@@ -188,17 +194,22 @@ def upstream_value(da, v, g_lat, g_s, shift, HAS_GLAT: tl.constexpr, HAS_GS: tl.
 
 
 @triton.jit
-def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a, v, mu, gz,
-               m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, shift, HAS_GZ: tl.constexpr, HAS_GLAT: tl.constexpr,
-               HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, q, c_y, d, a, v, mu, gz,
+               m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, shift, TAU_ONE: tl.constexpr, HAS_GZ: tl.constexpr,
+               HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """(y·2^log2_gain, Y − shift) of a row tile: the soft sample, recomputed from the forward's statistics
     (``log2s_y`` lowered by log2_gain: see tiles.softmax_prob), and the upstream value
     Y = Ḡ_z·μ + Ḡ_s σ² + Ḡ_lat d a of each of its entries (``gz`` unused unless HAS_GZ) less a per-row
     shift (upstream_value). The Δ and dx kernels call this one helper with shift 0.0 where Δy is
-    recomputed, so their Y agree bit for bit."""
-    g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
-    noisy = tl.where(valid, logits + g, float("-inf"))
-    y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale, log2_gain)
+    recomputed, so their Y agree bit for bit. TAU_ONE: y from the tile's q and the rows' c_y
+    (tiles.sample_scale, with the same lowered log2s_y) instead of ℓ + g (tiles.sample_prob)."""
+    if TAU_ONE:
+        y = sample_prob(q, noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K,
+                                      INV_LOG2U=True), c_y[:, None])
+    else:
+        g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+        noisy = tl.where(valid, logits + g, float("-inf"))
+        y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale, log2_gain)
     big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], shift, HAS_GLAT, HAS_GS)
     if HAS_GZ:
         big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
@@ -212,7 +223,7 @@ def _gmvq_bwd_delta_kernel(
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
@@ -230,6 +241,7 @@ def _gmvq_bwd_delta_kernel(
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
+    c_y = sample_scale(m_q, log2s_q, m_y, log2s_y) if TAU_ONE else m_y  # m_y: unread
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
@@ -237,14 +249,17 @@ def _gmvq_bwd_delta_kernel(
                                                                mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
                                                                DOT_PRECISION)
         valid = mask_k[None, :]
+        q = logits  # placeholder when neither Δq nor y at τ = 1 takes it (never used then)
+        if gc_ptr is not None or (HAS_Y and TAU_ONE):
+            q = softmax_prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         if gc_ptr is not None:
             g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0)
-            q = softmax_prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
             delta_q += tl.sum(q * g_c[None, :], axis=1)
         if HAS_Y:
-            y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d, a,
-                                  v, mu, gz, m_y, log2s_y, y_scale, 0.0, g_lat, g_s, 0.0, gz_ptr is not None,
-                                  glat_ptr is not None, gs_ptr is not None, BLOCK_K, DOT_PRECISION)
+            y, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, q, c_y,
+                                  d, a, v, mu, gz, m_y, log2s_y, y_scale, 0.0, g_lat, g_s, 0.0, TAU_ONE,
+                                  gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
+                                  DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if ysum_ptr is not None:
         delta_y += delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
@@ -261,11 +276,11 @@ def _gmvq_bwd_delta_kernel(
 def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr,
+    dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr, cy_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
@@ -288,7 +303,10 @@ def _gmvq_bwd_dx_kernel(
     with several it stores Σ_k a q and Σ_k a q μ_k into qa_part (splits, N) and qamu_part
     (splits, N, D) and the launcher adds them. delta_q (splits, N) is then an output: each split's r,
     plus c_n in split 0, so that the splits sum to Δq. Δy comes from the forward's y_sums (ysum_ptr,
-    when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel."""
+    when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel.
+
+    TAU_ONE (τ = 1, the noise drawn here: ``tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), and with
+    cy (N,) fp32 split 0 stores each row's c there for the dμ kernel."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)
@@ -327,6 +345,9 @@ def _gmvq_bwd_dx_kernel(
     # element less; w's Ḡ_lat·y then weighs it by Ḡ_lat·τ (soft mode; the hard one-hot by Ḡ_lat)
     log2_inv_tau = tl.log2(inv_tau)
     log2s_y_tau = log2s_y - log2_inv_tau
+    c_y = sample_scale(m_q, log2s_q, m_y, log2s_y_tau) if TAU_ONE else m_y  # m_y: unread
+    if cy_ptr is not None:  # for the dμ kernel, whose per-tile rows would each take an exp2 (τ = 1: τ·c = c)
+        tl.store(cy_ptr + offs_n, c_y, mask=mask_n & (split == 0))
     # hard mode at BLOCK_D ≤ 128 adds the one-hot sample's Ḡ_lat·a term once per row after the loop (at 256
     # the epilogue's (BLOCK_N, D) μ tile would spill the accumulator into the loop: static report)
     ROW_TERM: tl.constexpr = hard_idx_ptr is not None and glat_ptr is not None and BLOCK_D <= 128
@@ -352,9 +373,9 @@ def _gmvq_bwd_dx_kernel(
         y_tau = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            y_tau, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, d,
-                                      a, v, mu, gz, m_y, log2s_y_tau, y_scale, log2_inv_tau, g_lat, g_s,
-                                      delta_y[:, None] if SHIFT_Y else 0.0, gz_ptr is not None,
+            y_tau, big_y = row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, q,
+                                      c_y, d, a, v, mu, gz, m_y, log2s_y_tau, y_scale, log2_inv_tau, g_lat, g_s,
+                                      delta_y[:, None] if SHIFT_Y else 0.0, TAU_ONE, gz_ptr is not None,
                                       glat_ptr is not None, gs_ptr is not None, BLOCK_K, DOT_PRECISION)
         y_val = y_tau  # with g_lat·τ as its weight (soft)
         if hard_idx_ptr is not None and W_LAT:
@@ -411,10 +432,10 @@ def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr, ent_ptr,
     hard_idx_ptr, delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
     acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr, hard_perm_ptr, hard_off_ptr,
-    N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
+    cy_ptr, N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The partial sums behind dμ = acc − μ Σ_n e of BLOCK_K codes over one split of rows
     (program_id(1)): acc = Σ_n e x + Σ_n y_val Ḡ_z into acc_part (splits, K, D) and Σ_n e into esum_part
@@ -434,7 +455,11 @@ def _gmvq_bwd_dmu_kernel(
     the position in that order of each code's first row (``hard_rows``), the hard one-hot sample stays
     out of the loop: its terms (Ḡ_lat·y_val in w, y_valᵀ·Ḡ_z, Σ Ḡ_s y_val) are all at (h_n, n), so the
     splits add them after the loop over the rows whose code lies in their block only, each an equal
-    share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic)."""
+    share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic).
+
+    TAU_ONE (``tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), c from cy (N,) fp32 as the dx kernel
+    wrote it, or formed per tile from the statistics when cy is None (the fused backward: an exp2 per row
+    replicated across the tile's threads, ~2.7 instructions per element at D = 128 in the static report)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -466,8 +491,8 @@ def _gmvq_bwd_dmu_kernel(
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
-        if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers)
-            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True)
+        if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers); at τ = 1 its 1/log₂ u
+            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, TAU_ONE)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
         xp = load_rows(xp_ptr, offs_n, row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
@@ -482,8 +507,13 @@ def _gmvq_bwd_dmu_kernel(
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            noisy = tl.where(valid, logits + g, float("-inf"))
-            y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
+            if TAU_ONE:  # the rows' c from the dx kernel (cy), else formed here (the fused backward)
+                c_y = load_row_vec(cy_ptr, offs_n, row_hi) if cy_ptr is not None else sample_scale(m_q, log2s_q, m_y,
+                                                                                                   log2s_y)
+                y = sample_prob(q, g, c_y[None, :])
+            else:
+                noisy = tl.where(valid, logits + g, float("-inf"))
+                y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
             # Y itself: Y − Δy formed here (as dx does) costs dμ more than it saves (static report: +0.5
             # per element at D = 64, more spills at 128)
             big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], 0.0, glat_ptr is not None,
@@ -622,11 +652,15 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     N, D = x.shape
     K = means.shape[0]
     dev = x.device
-    f32 = lambda name: None if grads.get(name) is None else grads[name].float().contiguous()  # noqa: E731
-    g_lse, g_lat, g_s, g_h = (f32(n) for n in ("log_likelihood", "latent_nll", "mixture_var", "entropy"))
-    g_c = None if grads.get("agg_posterior") is None else (grads["agg_posterior"].float() / N).contiguous()
+    # no dtype conversion where the gradient has the dtype already: even a no-op .float() is a dispatched
+    # op, host time on a GPU (speed.py --host-cpu counts them)
+    as_dtype = lambda t, dtype: t if t.dtype == dtype else t.to(dtype)  # noqa: E731
+    f32 = lambda name: None if grads.get(name) is None else as_dtype(grads[name], torch.float32)  # noqa: E731
+    g_lse, g_lat, g_s, g_h = (None if g is None else g.contiguous()
+                              for g in map(f32, ("log_likelihood", "latent_nll", "mixture_var", "entropy")))
+    g_c = None if grads.get("agg_posterior") is None else (f32("agg_posterior") / N).contiguous()
     g_z = grads.get("quantized")
-    g_z = None if g_z is None else interpreter_operand(g_z.to(x.dtype).contiguous())
+    g_z = None if g_z is None else interpreter_operand(as_dtype(g_z, x.dtype).contiguous())
     has_y = g_z is not None or g_lat is not None or g_s is not None
     prec = dot_precision_for(x, dot_precision)
     xk, mk = interpreter_operand(x), interpreter_operand(means)
@@ -675,10 +709,12 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dx_acc = dx_sum = None
         dd_part, acc_part = parts(N), parts(N, D)
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
+        # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
+        cy = parts(N, n=1) if has_y and tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau))) else None
         row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
-            saved["codes"] if defer else None, qa_part, qamu_part,
+            saved["codes"] if defer else None, qa_part, qamu_part, cy,
             N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
             **row_launch)
         dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
@@ -707,7 +743,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     hard_perm_first = hard_rows(saved["hard_idx"], K) if after_loop else (None, None)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
         *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum, *hard_perm_first,
-        N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
+        None if fused else cy, N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
     if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)

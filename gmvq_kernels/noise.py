@@ -86,7 +86,17 @@ def _log2(x, NEG: tl.constexpr):
 
 
 @triton.jit
-def _uniform_to_gumbel(r):
+def _rcp(x):
+    """1/x: one MUFU.RCP on a GPU (rcp.approx, relative error ≤ 2⁻²³), a division under the interpreter."""
+    if FAST_LOG:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _uniform_to_log2u(r):
     # 23 bits: (r >> 9) + ½ needs at most 24 bits, so u and w = 1 − u are exact in fp32 and strictly
     # inside (0, 1). (With 24 bits the top word rounds to u = 1.0 and g = +inf: seen on an H200.)
     # f = 1 + h·2⁻²³ ∈ [1, 2), h = r >> 9, by its bits (exponent 0x3F8), then u = (h + ½)·2⁻²³ = f − (1 − 2⁻²⁴)
@@ -100,19 +110,27 @@ def _uniform_to_gumbel(r):
     # the log itself (ptxas predicates that MUFU off in the cubic's lanes: no select)
     cubic = w * (-1.4426950216293335 + w * (-0.7213671803474426 + w * (-0.47934234142303467
                                                                       + w * -0.39955323934555054)))
-    lu = tl.where(w < 0.0625, cubic, _log2(u, False))  # 0.0625: SERIES_W
     # E > 0 without a floor: the cubic is a sum of like-signed terms (|l| ≥ 1.4·w ≥ 2⁻²⁴), and the log
     # branch has u ≤ 15/16, where log₂ u ≤ −0.093 lies far beyond the approximate log's error (~2⁻²²).
-    # g = −ln E = −ln 2·log₂(−l) + ln 2·log₂(log₂ e)
-    return tl.fma(_log2(lu, True), -0.6931471805599453, 0.3665129244327545)
+    return tl.where(w < 0.0625, cubic, _log2(u, False))  # 0.0625: SERIES_W
 
 
 @triton.jit
-def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_FIRST: tl.constexpr = False):
+def _uniform_to_gumbel(r):
+    # g = −ln E = −ln 2·log₂(−l) + ln 2·log₂(log₂ e), l = log₂ u = −E·log₂ e
+    return tl.fma(_log2(_uniform_to_log2u(r), True), -0.6931471805599453, 0.3665129244327545)
+
+
+@triton.jit
+def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_FIRST: tl.constexpr = False,
+                INV_LOG2U: tl.constexpr = False):
     """Gumbel noise of rows ``offs_n`` (int64) and codes k_start .. k_start+BLOCK_K (k_start % 4 == 0):
     code 4j + i takes word i of Philox call j. A (len(offs_n), BLOCK_K) fp32 tile, or (BLOCK_K,
     len(offs_n)) when CODES_FIRST: drawn in the orientation its kernel works in (a transpose after the
-    draw is a round trip through shared memory: static report, dμ −1.8 instructions per element at D = 64)."""
+    draw is a round trip through shared memory: static report, dμ −1.8 instructions per element at D = 64).
+    INV_LOG2U: 1/log₂ u of the same draws instead, i.e. −exp(g)·ln 2 (g = −ln E, E = −ln u = −log₂ u·ln 2):
+    what a softmax of ℓ + g at τ = 1 takes, one MUFU.RCP in place of g's second log and the sample's
+    exponential (tiles.sample_prob)."""
     tl.static_assert(BLOCK_K % 4 == 0)
     offs_n = offs_n.to(tl.int64)
     j = (k_start // 4 + tl.arange(0, BLOCK_K // 4)).to(tl.uint32)
@@ -133,6 +151,8 @@ def gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr, CODES_
         r = tl.reshape(tl.permute(w, (0, 2, 3, 1)), (BLOCK_K, offs_n.shape[0]))
     else:
         r = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
+    if INV_LOG2U:
+        return _rcp(_uniform_to_log2u(r))
     return _uniform_to_gumbel(r)
 
 

@@ -186,12 +186,14 @@ def half_distances_logits(s, a2, b, valid):
 
 @triton.jit
 def noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr,
-               CODES_FIRST: tl.constexpr = False):
+               CODES_FIRST: tl.constexpr = False, INV_LOG2U: tl.constexpr = False):
     """Gumbel noise of a (BLOCK_N, BLOCK_K) tile, or of its transpose when CODES_FIRST (the column
     kernels' orientation): drawn from (seed, n, k), or read from the explicit (N, K) fp32 ``noise``
-    tensor when one was given."""
+    tensor when one was given. INV_LOG2U (drawn noise only): 1/log₂ u of the draws instead, for
+    sample_prob."""
+    tl.static_assert(noise_ptr is None or not INV_LOG2U, "explicit noise has no u")
     if noise_ptr is None:
-        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K, CODES_FIRST)
+        g = gumbel_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K, CODES_FIRST, INV_LOG2U)
     elif CODES_FIRST:
         mask = (offs_k[:, None] < K) & (offs_n[None, :] < N)
         g = tl.load(noise_ptr + offs_n[None, :] * K + offs_k[:, None], mask=mask, other=0.0)
@@ -218,6 +220,24 @@ def softmax_prob(e, m, log2s, scale, log2_gain=0.0):
     2^log2_gain when ``log2s`` comes lowered by log2_gain (a per-row constant: the factor costs nothing
     per element)."""
     return tl.exp2(softmax_log2prob(e, m, log2s, scale, log2_gain))
+
+
+@triton.jit
+def sample_scale(m_q, log2s_q, m_y, log2s_y):
+    """Per row, the factor c of sample_prob: y = q·(1/log₂ u)·c at τ = 1. With g = −ln E and
+    E = −log₂ u·ln 2, exp(ℓ + g − m_y)/S_y = exp(ℓ − m_q)/S_q · (S_q/S_y)·exp(m_q − m_y)/E, so
+    c = −log₂ e·2^((m_q − m_y)·log₂ e + log₂ S_q − log₂ S_y) (the forward's statistics; log₂ S_y may come
+    lowered by a gain, as for softmax_prob)."""
+    return tl.exp2((m_q - m_y) * LOG2E + log2s_q - log2s_y) * -LOG2E  # tensor first: constexpr·tensor stays a constexpr
+
+
+@triton.jit
+def sample_prob(q, inv_log2u, c):
+    """The soft sample y = softmax(ℓ + g) at τ = 1 from q = softmax(ℓ), the draws' 1/log₂ u (noise_tile's
+    INV_LOG2U) and the rows' c (sample_scale), all broadcast to the tile: two multiplies in place of g's
+    second log, ℓ + g and the exponential of softmax_prob (benchmarks/README.md, lever 15). q ≤ 1 and
+    |1/log₂ u| < 2²⁴ keep it finite; masked codes have q = 0, so y = 0 there too."""
+    return q * inv_log2u * c
 
 
 @triton.jit

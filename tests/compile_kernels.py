@@ -74,14 +74,18 @@ def record(arch=None, shared=None):
                             **{n: torch.randn(N) for n in DIFF_OUTPUTS if n not in ("quantized", "agg_posterior")})
             # hard mode's dμ both ways: the one-hot in the loop, and after it (a codebook of at least
             # config.HARD_ROWS_MIN_BLOCKS code blocks; these have one or two)
+            # τ = 1 with the noise drawn in the kernels takes y from q (backward.tau_one): those variants too,
+            # with the first gradient set
+            taus = (0.5, 1.0) if g is None else (0.5,)
             for min_blocks in ((10**9, 1) if hard else (10**9,)):
                 backward.HARD_ROWS_MIN_BLOCKS = min_blocks
-                for keep in grad_sets:
-                    backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=0.5,
+                for tau, keep in [(0.5, keep) for keep in grad_sets] + [(t, grad_sets[0]) for t in taus[1:]]:
+                    backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=tau,
                                       hard=hard, seed=seed, dot_precision=prec)
             with config.fused_backward_env():  # GMVQ_FUSED_BACKWARD=1: dx's atomics in the dμ kernel
-                backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=0.5,
-                                  hard=hard, seed=seed, dot_precision=prec)
+                for tau in taus:
+                    backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=tau,
+                                      hard=hard, seed=seed, dot_precision=prec)
             encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
     # the noise kernel is launched only on CUDA / interpreter: record its launches by hand
     for seed_ptr in (None, torch.tensor(1)):

@@ -16,7 +16,8 @@ from utils import OUT_FIELDS, check_case, make_inputs, run
 
 SHAPES = [(64, 64, 16), (13, 37, 11), (40, 200, 20), (1, 29, 8), (23, 1, 5), (17, 40, 1)]
 OPTIONS = {
-    "defaults": dict(),
+    "defaults": dict(),  # τ = 1: y from q in the backward (backward.tau_one)
+    "hard-prior-tau1": dict(hard=True, prior=True),
     "hard-prior": dict(hard=True, prior=True, tau=0.5),
     "noise-tau": dict(explicit_noise=True, tau=0.2, prior=True),
 }
@@ -415,6 +416,41 @@ def test_transposed_noise_tile_is_the_noise_transposed(device):
     out = torch.empty(32, 8, device=device)
     _noise_codes_by_rows_kernel[(1,)](out, 36, lo, hi)
     assert torch.equal(out, gk.gumbel_noise(11, 68, 11, device=device)[3:, 36:].T)
+
+
+@triton.jit
+def _inv_log2u_kernel(out_ptr, lo, hi):
+    r = gumbel_tile(lo, hi, tl.arange(0, 8).to(tl.int64), 0, 32, False, True)
+    tl.store(out_ptr + tl.arange(0, 8)[:, None] * 32 + tl.arange(0, 32)[None, :], r)
+
+
+def test_inv_log2u_tile_is_the_noise_exponentiated(device):
+    """What the backward's dx and dμ take at τ = 1 in place of g (noise.gumbel_tile with INV_LOG2U): 1/log₂ u
+    of the same draws, i.e. −ln 2·exp(g) of gumbel_noise's g, to fp32 rounding (g itself is rounded there)."""
+    lo, hi = split_seed(23)
+    out = torch.empty(8, 32, device=device)
+    _inv_log2u_kernel[(1,)](out, lo, hi)
+    want = -math.log(2.0) * gk.gumbel_noise(8, 32, 23, device=device).double().exp()
+    torch.testing.assert_close(out.double().cpu(), want.cpu(), rtol=2e-6, atol=0)
+
+
+@triton.jit
+def _nan_sample(q, inv_log2u, c):
+    return q * inv_log2u * c * float("nan")
+
+
+def test_tau_one_takes_y_from_q(monkeypatch, device):
+    """The backward takes y from q (tiles.sample_prob: backward.tau_one) exactly at τ = 1 with the noise
+    drawn in the kernels, not at another τ nor with explicit noise (which has no u): with sample_prob
+    made to return NaN, only the first case's gradients are NaN."""
+    from gmvq_kernels import backward
+
+    monkeypatch.setattr(backward, "sample_prob", _nan_sample)
+    inputs = make_inputs(13, 37, 11, device=device)
+    for tau, explicit, poisoned in ((1.0, False, True), (0.5, False, False), (1.0, True, False)):
+        noise = gk.gumbel_noise(13, 37, 5, device=device) if explicit else None
+        _, grads, _ = run(inputs, "triton", tau=tau, seed=5, noise=noise)
+        assert bool(torch.isnan(grads[0]).any()) == poisoned, (tau, explicit)
 
 
 @triton.jit
