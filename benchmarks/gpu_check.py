@@ -660,6 +660,10 @@ def main():
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, fused=True),
+        # τ = 1: the backward's y from q and the draws' 1/log₂ u by rcp.approx (speed history, item 27)
+        lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, tau=1.0),
+        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
+        lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
         lambda: determinism_check(device, log),
@@ -684,6 +688,7 @@ def main():
             lambda: full_check(20, 40, 8, torch.float32, "ieee", False, device, log, near_codes=0.03),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, True, device, log, fused=True),
+            lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log, tau=1.0),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),

@@ -70,11 +70,12 @@ TENSOR_FLOPS_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
 REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
 
 
-def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
+def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True, tau=1.0):
     """Launches of one fwd+bwd of the training objective (see module docstring), or with mode "encode"
     of the tokenizer path (codes only); nothing run. The launchers pick their configs as on a GPU of
     compute capability ``cc``: config.TUNED's measured entries for that arch first, then the tables
-    with config.ARCH_CONFIGS' entries for its family; with ``tuned`` False, the tables alone."""
+    with config.ARCH_CONFIGS' entries for its family; with ``tuned`` False, the tables alone.
+    ``tau``: at τ = 1 (the default, the module's) the backward takes y from q (backward.tau_one)."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
     # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)
@@ -90,11 +91,11 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True):
             if mode == "encode":
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
                 return log
-            outs, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=0, noise=None,
+            outs, saved = forward.gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=0, noise=None,
                                            dot_precision=dot_precision)
             grads = dict(quantized=torch.randn(N, D).to(dtype), latent_nll=torch.randn(N),
                          agg_posterior=torch.randn(K))
-            backward.gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=1.0, hard=hard, seed=0,
+            backward.gmvq_bwd(x, means, a, b, v, None, saved, grads, tau=tau, hard=hard, seed=0,
                               dot_precision=dot_precision)
     finally:
         config.sm_count, config.arch = sms, arch
@@ -188,11 +189,11 @@ def dot_kind(dtype, prec):
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32")
 
 
-def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True):
+def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True, tau=1.0):
     N, K, D = shape
     dtype = DTYPES[dtype_name]
     rows = []
-    for launch in capture(N, K, D, dtype, mode, prec, cc, tuned):
+    for launch in capture(N, K, D, dtype, mode, prec, cc, tuned, tau):
         if "BLOCK_K" not in launch.kwargs:  # tiles.norm_operand's O(N + K) launches: not a pass over N×K
             continue
         info = analyse(launch, cc, cache)
@@ -366,6 +367,9 @@ def main(argv=None):
                         "not fit an SM, or one whose wgmma ptxas serialises")
     p.add_argument("--tables", action="store_true",
                    help="the tables' configs on sm_90 too (what a GPU without config.TUNED entries runs)")
+    p.add_argument("--tau", type=float, default=1.0,
+                   help="the Gumbel-softmax temperature (default 1, the module's: the backward takes y from q "
+                        "there; any other τ takes the sample's own softmax)")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     args = p.parse_args(argv)
@@ -384,7 +388,7 @@ def main(argv=None):
                         if mode.endswith("-fused") and dtype_name == "fp32":
                             continue  # fp32 inputs keep the two-pass backward (backward.use_fused)
                         r, t = report_case(shape, mode, dtype_name, cc, cache, prec,
-                                           tuned=not (args.fast or args.tables))
+                                           tuned=not (args.fast or args.tables), tau=args.tau)
                         rows += r
                         totals.append(t)
                         print(f"sm_{cc} {shape} {mode} {t['dtype']}: {t['passes']} passes, "
@@ -395,7 +399,7 @@ def main(argv=None):
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
                   configs="tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90",
-                  rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
+                  tau=args.tau, rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)
     if args.out:

@@ -67,6 +67,10 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
             # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
             # exp2 per element and no noise (with the noise: 4 MUFU per element)
             assert r["classes"]["MUFU"] == 1.0, r
+        if r["kernel"] in ("_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"):
+            # the report's τ = 1: y from q (tiles.sample_prob), so q's exp2, u's log and one rcp per element
+            # (with the sample's own softmax, as at another τ: 4)
+            assert r["classes"]["MUFU"] == 3.0, r
     assert {t["mode"] for t in report["totals"]} == {"soft", "hard", "encode"}
     # hard mode's dμ walks each row once more after its loop (backward.hard_rows) where K has at least
     # config.HARD_ROWS_MIN_BLOCKS code blocks: counted at BLOCK_K/K of the main loop's tiles
