@@ -346,7 +346,7 @@ def _gmvq_bwd_dx_kernel(
     log2_inv_tau = tl.log2(inv_tau)
     log2s_y_tau = log2s_y - log2_inv_tau
     c_y = sample_scale(m_q, log2s_q, m_y, log2s_y_tau) if TAU_ONE else m_y  # m_y: unread
-    if cy_ptr is not None:  # for the dμ kernel, whose per-tile rows would each take an exp2 (τ = 1: τ·c = c)
+    if cy_ptr is not None:  # for the dμ kernel, whose per-tile rows would each take an exp2 (τ = 1: y/τ = y)
         tl.store(cy_ptr + offs_n, c_y, mask=mask_n & (split == 0))
     # hard mode at BLOCK_D ≤ 128 adds the one-hot sample's Ḡ_lat·a term once per row after the loop (at 256
     # the epilogue's (BLOCK_N, D) μ tile would spill the accumulator into the loop: static report)

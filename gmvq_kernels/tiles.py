@@ -228,7 +228,8 @@ def sample_scale(m_q, log2s_q, m_y, log2s_y):
     E = −log₂ u·ln 2, exp(ℓ + g − m_y)/S_y = exp(ℓ − m_q)/S_q · (S_q/S_y)·exp(m_q − m_y)/E, so
     c = −log₂ e·2^((m_q − m_y)·log₂ e + log₂ S_q − log₂ S_y) (the forward's statistics; log₂ S_y may come
     lowered by a gain, as for softmax_prob)."""
-    return tl.exp2((m_q - m_y) * LOG2E + log2s_q - log2s_y) * -LOG2E  # tensor first: constexpr·tensor stays a constexpr
+    # the tensor first: under the interpreter constexpr·tensor would stay a constexpr
+    return tl.exp2((m_q - m_y) * LOG2E + log2s_q - log2s_y) * -LOG2E
 
 
 @triton.jit
