@@ -13,6 +13,8 @@ config.SMALL_SHARED_CONFIGS' (every build must fit that budget there); sm_10x wi
 (config.tensor_memory_arch).
 Usage: python tests/compile_kernels.py [80 86 90 ...]
 """
+import concurrent.futures
+import multiprocessing
 import os
 import sys
 
@@ -106,8 +108,37 @@ def spill_limit(launch):
     return None if fp32 and block_d > 128 else 8192
 
 
+def check_build(job):
+    """Compile one (launch, arch) build and check it; an error message, or None."""
+    launch, cc = job
+    try:
+        kernel = devtools.compile_launch(launch, cc)
+        assert kernel.asm.get("cubin"), "no cubin produced"
+        shared = kernel.metadata.shared
+        assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
+        regs, spills, _, serialized = devtools.resource_usage(kernel)
+        # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
+        # the register-bound kinds (C7511, C7512) are known in fp32's dμ at D = 256, a config that
+        # spills anyway (config.py; half inputs at D = 512 had them too until 2026-12-02)
+        assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
+        limit = spill_limit(launch)
+        assert limit is None or spills <= limit, (
+            f"spills {spills} B at {regs} registers, over {limit} B: a tile too large for this arch's "
+            f"registers (config.ARCH_CONFIGS)")
+    except Exception as e:  # report every failing variant, not just the first
+        return f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000]
+    return None
+
+
+_JOBS = []  # the builds, for the worker processes (forked: they inherit it, no pickling of JIT functions)
+
+
+def _check_job(i):
+    return check_build(_JOBS[i])
+
+
 def main(capabilities):
-    seen, failures = set(), []
+    seen = set()
     small = [cc for cc in capabilities if devtools.SHARED_LIMIT.get(cc, 232448) < config.FULL_TABLE_SHARED]
     # each arch with what a GPU of that arch gets (config.ARCH_CONFIGS off sm_90; the 99 KiB parts,
     # sm_86 / sm_89 / sm_120, with config.SMALL_SHARED_CONFIGS); sm_90 with the tables and with config.TUNED
@@ -118,28 +149,16 @@ def main(capabilities):
             launches += [(launch, cc) for launch in record(f"sm_{cc}", shared)]
     for launch, cc in launches:
         key = devtools.variant_key(launch)
-        if (key, cc) in seen:  # the same variant recorded for this arch twice (tables and TUNED agree)
-            continue
-        seen.add((key, cc))
-        try:
-            kernel = devtools.compile_launch(launch, cc)
-            assert kernel.asm.get("cubin"), "no cubin produced"
-            shared = kernel.metadata.shared
-            assert shared <= devtools.SHARED_LIMIT.get(cc, 232448), f"needs {shared} B of shared memory"
-            regs, spills, _, serialized = devtools.resource_usage(kernel)
-            # every wgmma would wait for the one before (sm_90): C7515 has a fix (tiles.nonempty_range);
-            # the register-bound kinds (C7511, C7512) are known in fp32's dμ at D = 256, a config that
-            # spills anyway (config.py; half inputs at D = 512 had them too until 2026-12-02)
-            assert "C7515" not in serialized, f"ptxas serialises its wgmma ({serialized})"
-            limit = spill_limit(launch)
-            assert limit is None or spills <= limit, (
-                f"spills {spills} B at {regs} registers, over {limit} B: a tile too large for this arch's "
-                f"registers (config.ARCH_CONFIGS)")
-        except Exception as e:  # report every failing variant, not just the first
-            failures.append(f"sm_{cc} {launch.name} {launch.kwargs}: {type(e).__name__}: {e}"[:2000])
+        if (key, cc) not in seen:  # the same variant recorded for this arch twice (tables and TUNED agree)
+            seen.add((key, cc))
+            _JOBS.append((launch, cc))
+    # one process per core: each build is a compile and two ptxas runs, independent of the others
+    workers = max(1, min(len(os.sched_getaffinity(0)), 8))
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        failures = [f for f in pool.map(_check_job, range(len(_JOBS)), chunksize=4) if f]
     print(f"compiled {len(seen)} (kernel variant, arch) builds for sm_{', sm_'.join(map(str, capabilities))} (with "
           f"config.TUNED's sm_90 entries, config.ARCH_CONFIGS off sm_90 and, below {config.FULL_TABLE_SHARED} B "
-          f"of shared memory, config.SMALL_SHARED_CONFIGS); {len(failures)} failed")
+          f"of shared memory, config.SMALL_SHARED_CONFIGS) in {workers} processes; {len(failures)} failed")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0
