@@ -6,7 +6,8 @@ acc += p_y·μ), compiled for sm_90 on a CPU in two forms:
 - TAU_ONE=0, as the forward: g = noise.gumbel_tile's (two logs), ℓ + g masked, its running max, and
   p_y = exp2((ℓ + g − m_y)·log₂e), the y sums rescaled by their own max;
 - TAU_ONE=1: the same Philox words and first log (E in log₂ units), then p_y = p·(1/E) by one
-  rcp.approx (the −ln 2 folded into a per-row factor), the y sums rescaled with q's max.
+  rcp.approx (``noise.gumbel_tile(..., INV_LOG2U=True)``, as the kernels since item 27; the −ln 2 folded
+  into a per-row factor), the y sums rescaled with q's max.
 
 ``toy_bwd`` is a backward pass's recompute of q and y from the forward's row statistics (as dx and
 dμ do), with y = q·(1/E)·(a per-row factor) at τ = 1.
@@ -28,31 +29,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 from gmvq_kernels import devtools, noise, tiles  # noqa: E402
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def rcp(x):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
-
-
-@triton.jit
-def log2_e_tile(seed_lo, seed_hi, offs_n, k_start, BLOCK_K: tl.constexpr):
-    """noise.gumbel_tile up to its first log: l = log₂ u (−E·log₂ e), the same words and transform."""
-    offs_n = offs_n.to(tl.int64)
-    j = (k_start // 4 + tl.arange(0, BLOCK_K // 4)).to(tl.uint32)
-    c0 = tl.broadcast_to(j[None, :], (offs_n.shape[0], BLOCK_K // 4))
-    c1 = tl.broadcast_to((offs_n & 0xFFFFFFFF).to(tl.uint32)[:, None], c0.shape)
-    c2 = tl.broadcast_to((offs_n >> 32).to(tl.uint32)[:, None], c0.shape)
-    r0, r1, r2, r3 = noise._philox4x32(c0, c1, c2, tl.zeros(c0.shape, dtype=tl.uint32), seed_lo.to(tl.uint32),
-                                       seed_hi.to(tl.uint32), noise._ROUNDS)
-    r = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
-    f = ((r >> 9) + 0x3F800000).to(tl.float32, bitcast=True)
-    u = f - 0.9999999403953552
-    w = 1.0 - u
-    cubic = w * (-1.4426950216293335 + w * (-0.7213671803474426 + w * (-0.47934234142303467
-                                                                      + w * -0.39955323934555054)))
-    return tl.where(w < 0.0625, cubic, noise._log2(u, False))
 
 
 @triton.jit
@@ -78,7 +54,7 @@ def toy(x_ptr, mu_ptr, a_ptr, b_ptr, out_ptr, stats_ptr, K, seed_lo, seed_hi, TA
         m_q = m_new
         if TAU_ONE:
             # p/E = p·(−log₂ e)/l: the constant goes into the statistics, so p_y = p·rcp(l) (≤ 0: sums negated)
-            p_y = p * rcp(log2_e_tile(seed_lo, seed_hi, offs_n, k, BK))
+            p_y = p * noise.gumbel_tile(seed_lo, seed_hi, offs_n, k, BK, INV_LOG2U=True)
             beta = alpha  # the y sums follow q's maximum
             m_y = tl.minimum(m_y, tl.min(p_y, axis=1))  # the sample's argmax (most negative p·rcp(l))
         else:
@@ -117,7 +93,7 @@ def toy_bwd(x_ptr, mu_ptr, a_ptr, b_ptr, stats_ptr, out_ptr, K, seed_lo, seed_hi
         logits = tl.dot(x, tl.trans(mu)) * tl.load(a_ptr + offs_k)[None, :] + tl.load(b_ptr + offs_k)[None, :]
         q = tl.exp2((logits - m_q[:, None]) * LOG2E - l2s_q[:, None])
         if TAU_ONE:  # y = q·(1/E)·(a per-row factor: S_q/S_y and −log₂ e), here m_y
-            y = q * rcp(log2_e_tile(seed_lo, seed_hi, offs_n, k, BK)) * m_y[:, None]
+            y = q * noise.gumbel_tile(seed_lo, seed_hi, offs_n, k, BK, INV_LOG2U=True) * m_y[:, None]
         else:
             g = noise.gumbel_tile(seed_lo, seed_hi, offs_n, k, BK)
             noisy = tl.where(offs_k[None, :] < K, logits + g, float("-inf"))
