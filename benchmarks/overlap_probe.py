@@ -148,6 +148,11 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: gl.constexpr, MUFU_LOGS: g
     gl.store(out_ptr + gl.expand_dims(rows, 1) * D + gl.expand_dims(cols, 0), out)
 
 
+def mufu_ops(trace, after=-1, before=float("inf")):
+    """MUFU instructions of a loop trace (its "MUFUx<n>" runs) strictly between two positions."""
+    return sum(int(w[5:]) for p, w in trace if w.startswith("MUFU") and after < p < before)
+
+
 def distance_dots(trace, D):
     """Each distance dot of a loop trace (``devtools.loop_trace``): where its D/16 HGMMAs (64 × BK × 16) are
     issued, where it is waited on, the instructions between its last HGMMA and that wait (its window: the
@@ -159,7 +164,7 @@ def distance_dots(trace, D):
             issued.append(pos)
         if len(issued) == per_dot:
             wait = next(p for p, w in trace[n + 1:] if w == "WAIT")
-            mufu = sum(int(w[5:]) for p, w in trace if w.startswith("MUFU") and issued[0] < p < wait)
+            mufu = mufu_ops(trace, issued[0], wait)
             dots.append(dict(first=issued[0], last=issued[-1], wait=wait, window=wait - issued[-1] - 1, mufu=mufu))
             issued = []
     return dots
@@ -183,7 +188,7 @@ def sass_report(D, schedule, mufu_logs, pinned=False):
     return dict(D=D, schedule=SCHEDULES[schedule], mufu_logs=mufu_logs, pinned=pinned, regs=regs, spill_bytes=spills,
                 shared=kernel.metadata.shared, warps_per_sm=4 * static_cost.occupancy(regs, kernel.metadata.shared, 4),
                 wgmma_serialised=serialised, loop_len=length, dots=distance_dots(trace, D),
-                mufu_in_loop=sum(int(w[5:]) for _, w in trace if w.startswith("MUFU")),
+                mufu_in_loop=mufu_ops(trace),
                 trace=[f"{i}:{what}" for i, what in trace])
 
 
