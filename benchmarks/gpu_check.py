@@ -663,6 +663,8 @@ def main():
         # τ = 1: the backward's y from q and the draws' 1/log₂ u by rcp.approx (speed history, item 27)
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, tau=1.0),
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
+        # and the forward's y from q's exponentials, its sums moved lazily (BLOCK_D = 128; speed history, item 28)
+        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log, tau=1.0),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),

@@ -75,7 +75,7 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True, tau
     of the tokenizer path (codes only); nothing run. The launchers pick their configs as on a GPU of
     compute capability ``cc``: config.TUNED's measured entries for that arch first, then the tables
     with config.ARCH_CONFIGS' entries for its family; with ``tuned`` False, the tables alone.
-    ``tau``: at τ = 1 (the default, the module's) the backward takes y from q (backward.tau_one)."""
+    ``tau``: at τ = 1 (the default, the module's) the backward takes y from q (tiles.tau_one)."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
     # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)

@@ -56,18 +56,13 @@ from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_nor
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
                     even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets,
                     row_norm_operand, row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob,
-                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tile_code, y_scale)
+                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code,
+                    y_scale)
 
 
 def has_y_grads(args):
     """triton.heuristics rule: an upstream gradient reaches y (Ḡ_z, Ḡ_lat or Ḡ_s)."""
     return any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr"))
-
-
-def tau_one(args):
-    """triton.heuristics rule: τ = 1 (y_scale = log₂ e exactly) and the noise drawn in the kernel, so that y
-    comes from q and the draws' 1/log₂ u (tiles.sample_prob: benchmarks/README.md, lever 15)."""
-    return args["noise_ptr"] is None and args["y_scale"] == LOG2E.value
 
 
 HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one})
@@ -305,7 +300,7 @@ def _gmvq_bwd_dx_kernel(
     plus c_n in split 0, so that the splits sum to Δq. Δy comes from the forward's y_sums (ysum_ptr,
     when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel.
 
-    TAU_ONE (τ = 1, the noise drawn here: ``tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), and with
+    TAU_ONE (τ = 1, the noise drawn here: ``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), and with
     cy (N,) fp32 split 0 stores each row's c there for the dμ kernel."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
@@ -457,7 +452,7 @@ def _gmvq_bwd_dmu_kernel(
     splits add them after the loop over the rows whose code lies in their block only, each an equal
     share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic).
 
-    TAU_ONE (``tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), c from cy (N,) fp32 as the dx kernel
+    TAU_ONE (``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), c from cy (N,) fp32 as the dx kernel
     wrote it, or formed per tile from the statistics when cy is None (the fused backward: an exp2 per row
     replicated across the tile's threads, ~2.7 instructions per element at D = 128 in the static report)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)

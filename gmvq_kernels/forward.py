@@ -4,7 +4,8 @@
 all K codes in BLOCK_K tiles. Per tile: d = ||x||² + ||μ||² − 2·x·μᵀ (one tensor-core dot), the logits
 ℓ = b − d·a, two online softmaxes (q over ℓ; y over (ℓ + g)/τ with in-kernel Gumbel noise g), the
 running argmax of ℓ (codes) and of ℓ + g (hard sample), and ``acc_z += p_y·μ`` (a second dot), with
-FlashAttention rescaling. It writes the row outputs plus the few row statistics backward needs.
+FlashAttention rescaling (at τ = 1 with drawn noise the sample's exponentials come from q's:
+``forward_tau_one``). It writes the row outputs plus the few row statistics backward needs.
 FLOPs 4·N·K·D; bytes: x and the outputs once, the codebook once per row block. When there are few row
 blocks (small N: N = 8192 makes 128 CTAs of 4 warps for 132 SMs, one warp per scheduler), the codebook
 is split across programs (config.split_codes, as flash-decoding does): each split writes its running
@@ -31,15 +32,27 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, 
                     first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats,
                     noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets, row_norm_operand,
                     row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
-                    sq_norms, sum_splits, y_scale)
+                    sq_norms, sum_splits, tau_one, y_scale)
 
 
 EVEN_K = triton.heuristics({"EVEN_K": even_k})
+
+
+def forward_tau_one(args):
+    """triton.heuristics rule of the forward's TAU_ONE (tiles.tau_one), except for fp16 inputs, where the
+    sample's numerator p·(1/log₂ u) (up to 2²⁴ times q's) would leave fp16's range as the z dot's operand,
+    and for a hard forward that moves its y sums lazily (LAZY), which spilled with it (static report,
+    (32768, 8192, 128) bf16: 24 B, from 0; 70.3 → 68.3 per element at D = 256, with more spills)."""
+    return tau_one(args) and args["OP_DTYPE"] != tl.float16 and not (args["HARD"] and args["LAZY"])
+
+
+FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one})
 EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
-PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat")
+# (h_y: the hard sample's ℓ + g, by which combine_splits picks the split holding it; m_y at τ ≠ 1)
+PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat", "h_y")
 PART_STRIDE = tl.constexpr(len(PART_FIELDS))
-P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
+P_M_Q, P_S_Q, P_U_Q, P_M_Y, P_S_Y, P_ACC_V, P_ACC_LAT, P_H_Y = (tl.constexpr(i) for i in range(len(PART_FIELDS)))
 # A row's y sums move to a new reference only once its p_y passes 2^LAZY_LOG2, and the new reference puts
 # its largest p_y at 2^-LAZY_HEADROOM (_gmvq_fwd_kernel, LAZY): terms under 2^-126 flush, 2^-62 of the
 # largest, far below fp32's resolution. 1–4 moves per program at the anchor rows (benchmarks/README.md).
@@ -73,7 +86,7 @@ def rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z):
     return alpha_y * s_y, alpha_y * acc_v, alpha_y * acc_lat, acc_z * alpha_y[:, None]
 
 
-@EVEN_K
+@FWD_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr,
@@ -82,7 +95,7 @@ def _gmvq_fwd_kernel(
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, NONEMPTY: tl.constexpr, LAZY: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
     lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
@@ -106,7 +119,9 @@ def _gmvq_fwd_kernel(
 
     NONEMPTY: the split loop's range is declared non-empty (tiles.nonempty_range; False only for
     config.serial_wgmma's side-by-side timing). LAZY: the y sums follow their maximum lazily
-    (lazy_rescale_on; see the loop).
+    (lazy_rescale_on; see the loop). TAU_ONE (forward_tau_one): the sample's numerator from q's (see the
+    loop), its statistics then relative to q's maximum (m_y = m_q: the backward's tiles.sample_scale
+    takes any reference).
 
     SPLIT (few row blocks, config.split_codes): program_id(1) walks only its codes_per_split codes and
     writes its running state instead (part (splits, len(PART_FIELDS), N) fp32, part_k (splits, 2, N)
@@ -158,8 +173,10 @@ def _gmvq_fwd_kernel(
     acc_z = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     acc_v = tl.zeros((BLOCK_N,), tl.float32)
     acc_lat = tl.zeros((BLOCK_N,), tl.float32)
-    # hard sample: argmax of ℓ + g (its d·a and σ² come after the loop, from its mean)
+    # hard sample: argmax of ℓ + g (its d·a and σ² come after the loop, from its mean); with TAU_ONE the
+    # most negative p_y so far, best_y (relative to m_q, as p_y)
     hard_k = tl.zeros((BLOCK_N,), tl.int64)
+    best_y = tl.zeros((BLOCK_N,), tl.float32)
 
     for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
@@ -183,26 +200,56 @@ def _gmvq_fwd_kernel(
         m_q = m_new
 
         # --- y statistics
-        g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
-        noisy = tl.where(valid, logits + g, float("-inf"))
-        tile_ymax = tl.max(noisy, axis=1)
-        if HARD:
-            tile_yarg = first_argmax(noisy, tile_ymax, BLOCK_K)
-        if HARD:
-            hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
-        m_y = tl.maximum(m_y, tile_ymax)
-        past = (m_y - r_y) * y_scale > lazy_limit  # the rows whose reference must move (LAZY)
-        if not LAZY:
-            s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat, acc_z)
-            r_y = m_y
-        # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway), but only
-        # the rows past the window move: the others are multiplied by exactly 1, so a row's sums never
-        # depend on the other rows of its program
-        elif tl.max(past.to(tl.int32), axis=0) > 0:
-            r_new = tl.where(past, m_y + headroom, r_y)
-            s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat, acc_z)
-            r_y = r_new
-        p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
+        if TAU_ONE:
+            # exp(ℓ + g − r_y) = p·exp(m_q − r_y)/E with E = −ln u = −log₂ u·ln 2 (benchmarks/README.md,
+            # lever 15): p_y = p·(1/log₂ u)·exp(m_q − r_y), q's exponential times one rcp instead of g's
+            # second log, ℓ + g, its maximum and an exponential of its own. p_y ≤ 0: the sums' sign and
+            # log₂ e come after the loop. The reference follows q's maximum: r_y = m_q (FA2, q's α), or
+            # lazily (LAZY) from m_q as below from m_y. The largest term, ≥ p(argmax q)·|1/log₂ u| ≥ 1/24
+            # times exp(m_q − r_y), and ≤ 2²⁴ times it, stays in fp32 and bf16
+            w = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, False, True)
+            if LAZY:
+                past = (m_q - r_y) * LOG2E > lazy_limit
+                if tl.max(past.to(tl.int32), axis=0) > 0:
+                    r_new = tl.where(past, m_q + headroom, r_y)
+                    alpha_y = lazy_rescale(r_y, r_new, LOG2E)
+                    s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z)
+                    r_y = r_new
+                p_y = p * w * tl.exp2((m_q - r_y) * LOG2E)[:, None]
+            else:
+                s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha, s_y, acc_v, acc_lat, acc_z)
+                r_y = m_q
+                p_y = p * w
+            if HARD:  # (never LAZY: forward_tau_one) argmax of ℓ + g = argmin of p_y (strict: the first wins)
+                tl.static_assert(not LAZY)
+                tile_ybest = tl.min(p_y, axis=1)
+                tile_yarg = first_argmax(p_y, tile_ybest, BLOCK_K)
+                best_y *= alpha
+                hard_k = tl.where(tile_ybest < best_y, tile_yarg.to(tl.int64) + k_start, hard_k)
+                best_y = tl.minimum(best_y, tile_ybest)
+        else:
+            g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
+            noisy = tl.where(valid, logits + g, float("-inf"))
+            tile_ymax = tl.max(noisy, axis=1)
+            if HARD:
+                tile_yarg = first_argmax(noisy, tile_ymax, BLOCK_K)
+            if HARD:
+                hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
+            m_y = tl.maximum(m_y, tile_ymax)
+            past = (m_y - r_y) * y_scale > lazy_limit  # the rows whose reference must move (LAZY)
+            if not LAZY:
+                s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat,
+                                                          acc_z)
+                r_y = m_y
+            # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway), but
+            # only the rows past the window move: the others are multiplied by exactly 1, so a row's sums
+            # never depend on the other rows of its program
+            elif tl.max(past.to(tl.int32), axis=0) > 0:
+                r_new = tl.where(past, m_y + headroom, r_y)
+                s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat,
+                                                          acc_z)
+                r_y = r_new
+            p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
         s_y += tl.sum(p_y, axis=1)
         acc_v += tl.sum(p_y * v[None, :], axis=1)
         acc_lat += tl.sum(p_y * da, axis=1)
@@ -213,7 +260,12 @@ def _gmvq_fwd_kernel(
         else:
             acc_z = tl.dot(p_y, mu, acc_z, input_precision=DOT_PRECISION)
 
-    if LAZY:  # the sums to the true maximum, once per row
+    if TAU_ONE:  # the sums to q's maximum, positive: E's −ln 2 (m_y = m_q: an exact reference for the statistics)
+        alpha_y = lazy_rescale(r_y, m_q, LOG2E) * -LOG2E
+        s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z)
+        best_y *= -LOG2E  # exp(ℓ + g − m_q) at the hard sample
+        m_y = m_q
+    elif LAZY:  # the sums to the true maximum, once per row
         s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, m_y, y_scale), s_y, acc_v, acc_lat, acc_z)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
@@ -228,6 +280,8 @@ def _gmvq_fwd_kernel(
         tl.store(part_k_ptr + split * 2 * N + offs_n, best_k, mask=mask_n)
         if HARD:
             tl.store(part_k_ptr + (split * 2 + 1) * N + offs_n, hard_k, mask=mask_n)
+            # the hard sample's ℓ + g (τ = 1: one log per row), which picks the split that holds it
+            tl.store(part + P_H_Y * N, m_q + tl.log2(best_y) * LN2 if TAU_ONE else m_y, mask=mask_n)
         if Y_SUMS or not HARD:
             tl.store(part + P_ACC_V * N, acc_v, mask=mask_n)
             tl.store(part + P_ACC_LAT * N, acc_lat, mask=mask_n)
@@ -406,7 +460,7 @@ def combine_splits(part, part_k, part_z, x, xx, means, a, v, mm, tau, hard):
     s_y = (w_y * p["s_y"]).sum(0)
     first = lambda m, rows: rows.gather(0, m.argmax(0, keepdim=True))[0]  # noqa: E731
     codes = first(p["m_q"], part_k[:, 0])
-    hard_idx = first(p["m_y"], part_k[:, 1]) if hard else None
+    hard_idx = first(p["h_y"], part_k[:, 1]) if hard else None
     log_s_q = torch.log(s_q)
     bad = ~(xx < math.inf)
     nan = lambda t: t.masked_fill(bad if t.dim() == 1 else bad[:, None], math.nan)  # noqa: E731

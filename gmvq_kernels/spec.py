@@ -40,8 +40,10 @@ DIFF_OUTPUTS = tuple(f for f in OUTPUT_FIELDS if f != "codes")
 # y_sums (empty unless forward.delta_from_forward) and x_sq = ||x||² (N,) fp32, which every later pass reads
 SAVED_FIELDS = ("stats", "hard_idx", "y_sums", "x_sq")
 # columns of the (N, 4) fp32 softmax statistics: the row maxima (natural units) and log2 of the sums of
-# q = softmax(ℓ) and y = softmax((ℓ + g)/τ). One 16-byte record per row: the column kernels (q̄, dμ)
-# load a row tile's four in one go (as (4, N) rows they cost dμ 2.7 instructions per element more)
+# q = softmax(ℓ) and y = softmax((ℓ + g)/τ), each sum relative to its maximum (y's: at τ = 1 with drawn
+# noise, relative to q's maximum, m_y = m_q; forward.forward_tau_one). One 16-byte record per row: the
+# column kernels (q̄, dμ) load a row tile's four in one go (as (4, N) rows they cost dμ 2.7 instructions
+# per element more)
 STATS_FIELDS = ("m_q", "log2_s_q", "m_y", "log2_s_y")
 
 

@@ -36,6 +36,12 @@ def even_n(args):
     return args["N"] % args["BLOCK_N"] == 0
 
 
+def tau_one(args):
+    """triton.heuristics rule: τ = 1 (y_scale = log₂ e exactly) and the noise drawn in the kernel, so that y
+    comes from q and the draws' 1/log₂ u (sample_prob: benchmarks/README.md, lever 15)."""
+    return args["noise_ptr"] is None and args["y_scale"] == LOG2E.value
+
+
 @triton.jit
 def load_rows(ptr, offs_n, N, D, offs_d):
     """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored."""

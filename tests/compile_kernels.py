@@ -70,15 +70,17 @@ def record(arch=None, shared=None):
             x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
             a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
             g = torch.randn(N, K) if explicit else None
+            taus = (0.5, 1.0) if g is None else (0.5,)
+            # τ = 1 with the noise drawn in the kernels takes y from q (tiles.tau_one, forward.forward_tau_one):
+            # those variants too (the forward's and, with the first gradient set, the backward's)
             _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=0.5, hard=hard, seed=seed, noise=g,
                                         dot_precision=prec)
+            for tau in taus[1:]:
+                forward.gmvq_fwd(x, means, a, b, v, tau=tau, hard=hard, seed=seed, noise=g, dot_precision=prec)
             upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K),
                             **{n: torch.randn(N) for n in DIFF_OUTPUTS if n not in ("quantized", "agg_posterior")})
             # hard mode's dμ both ways: the one-hot in the loop, and after it (a codebook of at least
             # config.HARD_ROWS_MIN_BLOCKS code blocks; these have one or two)
-            # τ = 1 with the noise drawn in the kernels takes y from q (backward.tau_one): those variants too,
-            # with the first gradient set
-            taus = (0.5, 1.0) if g is None else (0.5,)
             for min_blocks in ((10**9, 1) if hard else (10**9,)):
                 backward.HARD_ROWS_MIN_BLOCKS = min_blocks
                 for tau, keep in [(0.5, keep) for keep in grad_sets] + [(t, grad_sets[0]) for t in taus[1:]]:

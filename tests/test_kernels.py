@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gmvq_kernels as gk
+from gmvq_kernels import tiles
 from gmvq_kernels.noise import _uniform_to_gumbel, gumbel_tile, philox_words_numpy, split_seed, words_to_gumbel
 
 from utils import OUT_FIELDS, check_case, make_inputs, run
 
 SHAPES = [(64, 64, 16), (13, 37, 11), (40, 200, 20), (1, 29, 8), (23, 1, 5), (17, 40, 1)]
 OPTIONS = {
-    "defaults": dict(),  # τ = 1: y from q in the backward (backward.tau_one)
+    "defaults": dict(),  # τ = 1: y from q in the backward (tiles.tau_one)
     "hard-prior-tau1": dict(hard=True, prior=True),
     "hard-prior": dict(hard=True, prior=True, tau=0.5),
     "noise-tau": dict(explicit_noise=True, tau=0.2, prior=True),
@@ -34,7 +35,8 @@ def test_fp32_matches_reference(shape, opts, device):
     check_case(*shape, device, **opts)
 
 
-@pytest.mark.parametrize("opts", [OPTIONS["defaults"], OPTIONS["hard-prior"]], ids=["defaults", "hard-prior"])
+@pytest.mark.parametrize("opts", [OPTIONS["defaults"], OPTIONS["hard-prior-tau1"], OPTIONS["hard-prior"]],
+                         ids=["defaults", "hard-prior-tau1", "hard-prior"])
 @pytest.mark.parametrize("shape", [(13, 37, 11), (40, 200, 20), (1, 29, 8)], ids=shape_id)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_matches_reference(shape, opts, dtype, device):
@@ -161,8 +163,11 @@ def skip_compiled_global_patch(device):
 @pytest.mark.parametrize("case", [dict(dtype=torch.bfloat16, tau=0.2, prior=True),
                                   dict(dtype=torch.bfloat16, hard=True, tau=0.5, prior=True),
                                   dict(dtype=torch.float16, tau=0.3),
-                                  dict(dtype=torch.bfloat16, split=True, tau=0.2)],
-                         ids=["bf16-soft", "bf16-hard", "fp16-soft", "bf16-split"])
+                                  dict(dtype=torch.bfloat16, split=True, tau=0.2),
+                                  # τ = 1: the sums follow q's maximum (forward.forward_tau_one; soft only)
+                                  dict(dtype=torch.bfloat16, prior=True),
+                                  dict(dtype=torch.bfloat16, split=True)],
+                         ids=["bf16-soft", "bf16-hard", "fp16-soft", "bf16-split", "bf16-soft-tau1", "bf16-split-tau1"])
 def test_forward_lazy_rescale(case, device, monkeypatch):
     """The forward keeps each row's y sums relative to a reference that moves only when the row's
     maximum passes it (forward.LAZY_LOG2: FlashAttention-4's lazy rescaling; half inputs from BLOCK_D
@@ -181,8 +186,9 @@ def test_forward_lazy_rescale(case, device, monkeypatch):
     check_case(21, 90, 7, device, **case)
 
 
+@pytest.mark.parametrize("tau", [0.2, 1.0], ids=["tau0.2", "tau1"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_forward_lazy_rescale_keeps_rows_independent(hard, device, monkeypatch):
+def test_forward_lazy_rescale_keeps_rows_independent(hard, tau, device, monkeypatch):
     """The program-wide flag decides when the forward's reference moves, but only the rows past the
     window move: each row's outputs and gradients are bitwise the same whatever the other rows of its
     program hold (as without the lazy rescale). The kernel's windows, from BLOCK_D = 1; row 3 swapped
@@ -200,7 +206,7 @@ def test_forward_lazy_rescale_keeps_rows_independent(hard, device, monkeypatch):
     runs = []
     for rows in (x, other):
         leaves = [t.clone().requires_grad_() for t in (rows, m, lv, lp)]
-        out = gk.gmvq(*leaves, tau=0.2, hard=hard, seed=5, impl="triton")
+        out = gk.gmvq(*leaves, tau=tau, hard=hard, seed=5, impl="triton")
         (out.quantized.float().sum() + out.latent_nll.sum()).backward()
         runs.append((out, leaves[0].grad))
     (a, dxa), (b, dxb) = runs
@@ -263,8 +269,10 @@ def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
                                   dict(shape=(21, 45, 6), hard=True, upstream_only={"quantized", "entropy"}),
                                   # half: the forward's soft sums merged from the splits, Δy from them
                                   dict(shape=(13, 37, 11), dtype=torch.bfloat16, offset=30.0),
-                                  dict(shape=(40, 200, 20), dtype=torch.float16, hard=True, prior=True)],
-                         ids=["hard-prior", "soft-noise", "partial", "soft-bf16-clustered", "hard-fp16"])
+                                  dict(shape=(40, 200, 20), dtype=torch.float16, hard=True, prior=True),
+                                  # τ = 1: the splits' hard samples compared by their ℓ + g (forward.P_H_Y)
+                                  dict(shape=(40, 200, 20), dtype=torch.bfloat16, hard=True, prior=True)],
+                         ids=["hard-prior", "soft-noise", "partial", "soft-bf16-clustered", "hard-fp16", "hard-bf16-tau1"])
 def test_split_over_codes_matches_reference(monkeypatch, case, device):
     """Few row blocks split the codebook of the forward, Δ and dx kernels across programs (the GPU path
     at small N, config.split_codes): torch merges the forward's per-split softmax states
@@ -440,7 +448,7 @@ def _nan_sample(q, inv_log2u, c):
 
 
 def test_tau_one_takes_y_from_q(monkeypatch, device):
-    """The backward takes y from q (tiles.sample_prob: backward.tau_one) exactly at τ = 1 with the noise
+    """The backward takes y from q (tiles.sample_prob: tiles.tau_one) exactly at τ = 1 with the noise
     drawn in the kernels, not at another τ nor with explicit noise (which has no u): with sample_prob
     made to return NaN, only the first case's gradients are NaN."""
     from gmvq_kernels import backward
@@ -451,6 +459,34 @@ def test_tau_one_takes_y_from_q(monkeypatch, device):
         noise = gk.gumbel_noise(13, 37, 5, device=device) if explicit else None
         _, grads, _ = run(inputs, "triton", tau=tau, seed=5, noise=noise)
         assert bool(torch.isnan(grads[0]).any()) == poisoned, (tau, explicit)
+
+
+@triton.jit
+def _nan_gumbel(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr,
+                CODES_FIRST: tl.constexpr = False, INV_LOG2U: tl.constexpr = False):
+    g = tiles.noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, CODES_FIRST, INV_LOG2U)
+    if not INV_LOG2U:
+        g = g * float("nan")
+    return g
+
+
+def test_forward_tau_one_takes_y_from_q(monkeypatch, device):
+    """The forward takes the sample's numerator from q's (forward.forward_tau_one) exactly at τ = 1 with
+    the noise drawn in the kernel, for bf16 and fp32 inputs: with the noise itself (g, not 1/log₂ u) made
+    NaN there, only those cases' outputs stay finite; at another τ, with explicit noise, or for fp16
+    inputs the forward adds g and its outputs turn NaN."""
+    from gmvq_kernels import forward
+
+    skip_compiled_global_patch(device)
+    monkeypatch.setattr(forward, "noise_tile", _nan_gumbel)
+    for dtype, tau, explicit, finite in ((torch.bfloat16, 1.0, False, True), (torch.float32, 1.0, False, True),
+                                         (torch.bfloat16, 0.5, False, False), (torch.bfloat16, 1.0, True, False),
+                                         (torch.float16, 1.0, False, False)):
+        x, m, lv, _ = make_inputs(13, 37, 11, dtype=dtype, device=device)
+        noise = gk.gumbel_noise(13, 37, 5, device=device) if explicit else None
+        with torch.no_grad():
+            out = gk.gmvq(x, m, lv, tau=tau, seed=5, noise=noise, impl="triton")
+        assert bool(torch.isfinite(out.quantized).all()) == finite, (dtype, tau, explicit)
 
 
 @triton.jit
