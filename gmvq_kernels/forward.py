@@ -41,9 +41,12 @@ EVEN_K = triton.heuristics({"EVEN_K": even_k})
 def forward_tau_one(args):
     """triton.heuristics rule of the forward's TAU_ONE (tiles.tau_one), except for fp16 inputs, where the
     sample's numerator p·(1/log₂ u) (up to 2²⁴ times q's) would leave fp16's range as the z dot's operand,
-    and for a hard forward that moves its y sums lazily (LAZY), which spilled with it (static report,
-    (32768, 8192, 128) bf16: 24 B, from 0; 70.3 → 68.3 per element at D = 256, with more spills)."""
-    return tau_one(args) and args["OP_DTYPE"] != tl.float16 and not (args["HARD"] and args["LAZY"])
+    and for a hard forward of half inputs from LAZY_MIN_BLOCK_D on, where it moves its y sums lazily when
+    a backward follows (LAZY) and spilled with TAU_ONE (static report, (32768, 8192, 128) bf16: 24 B, from
+    0; 70.3 → 68.3 per element at D = 256, with more spills). Keyed on the dtype and BLOCK_D rather than
+    LAZY itself, so that the hard sample is the same with and without a backward to follow."""
+    hard_lazy_bucket = args["HARD"] and args["OP_DTYPE"] != tl.float32 and args["BLOCK_D"] >= LAZY_MIN_BLOCK_D
+    return tau_one(args) and args["OP_DTYPE"] != tl.float16 and not hard_lazy_bucket
 
 
 FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one})
@@ -220,7 +223,7 @@ def _gmvq_fwd_kernel(
                 s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha, s_y, acc_v, acc_lat, acc_z)
                 r_y = m_q
                 p_y = p * w
-            if HARD:  # (never LAZY: forward_tau_one) argmax of ℓ + g = argmin of p_y (strict: the first wins)
+            if HARD:  # (never with LAZY: forward_tau_one) argmax of ℓ + g = argmin of p_y (strict: first wins)
                 tl.static_assert(not LAZY)
                 tile_ybest = tl.min(p_y, axis=1)
                 tile_yarg = first_argmax(p_y, tile_ybest, BLOCK_K)

@@ -239,29 +239,35 @@ def test_forward_lazy_rescale_off_on_compute_capability_10(monkeypatch):
         assert forward.lazy_rescale_on(torch.bfloat16, False, True, 128, "cpu")
 
 
+@pytest.mark.parametrize("tau, D", [(0.5, 8), (1.0, 70)], ids=["tau0.5-D8", "tau1-D70"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_half_outputs_do_not_depend_on_grad_mode(hard, device):
+def test_half_outputs_do_not_depend_on_grad_mode(hard, tau, D, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
-    gradient): without, the forward writes none, and every output is bitwise the same either way."""
+    gradient): without, the forward writes none, and every output is bitwise the same either way. At
+    τ = 1 and D = 70 (BLOCK_D = 128: the sums move lazily when kept) too: there the hard forward forms
+    ℓ + g with or without the sums (forward.forward_tau_one)."""
     from gmvq_kernels import forward
     from gmvq_kernels.spec import component_terms
 
-    x, m, lv, _ = make_inputs(13, 37, 8, dtype=torch.bfloat16, device=device, requires_grad=True)
-    kw = dict(tau=0.5, hard=hard, seed=3, impl="triton")
+    x, m, lv, _ = make_inputs(13, 37, D, dtype=torch.bfloat16, device=device, requires_grad=True)
+    kw = dict(tau=tau, hard=hard, seed=3, impl="triton")
     trained = gk.gmvq(x, m, lv, **kw)
     with torch.no_grad():
         evaluated = gk.gmvq(x, m, lv, **kw)
     for name, a, b in zip(OUT_FIELDS, trained, evaluated):
         assert torch.equal(a.detach(), b), name
     log_pi = torch.full((37,), -math.log(37), device=device)  # uniform prior
-    a, b, v = (t.detach().contiguous() for t in component_terms(lv, log_pi, 8))
-    for for_backward, shape in ((True, (13, 8 + 2)), (False, None)):
-        _, saved = forward.gmvq_fwd(x.detach(), m.detach(), a, b, v, tau=0.5, hard=hard, seed=3, noise=None,
+    a, b, v = (t.detach().contiguous() for t in component_terms(lv, log_pi, D))
+    maxima = []
+    for for_backward, shape in ((True, (13, D + 2)), (False, None)):
+        _, saved = forward.gmvq_fwd(x.detach(), m.detach(), a, b, v, tau=tau, hard=hard, seed=3, noise=None,
                                     dot_precision="ieee", for_backward=for_backward)
         assert (None if saved["y_sums"] is None else tuple(saved["y_sums"].shape)) == shape
         # ||x||², which every later pass reads instead of forming it from its tiles
         xf = x.detach().float()
         torch.testing.assert_close(saved["x_sq"], (xf * xf).sum(1), rtol=1e-6, atol=0)
+        maxima.append(saved["stats"][:, :3])  # m_q, log₂ S_q, m_y: one path either way (log₂ S_y may round apart)
+    assert torch.equal(*maxima)
 
 
 @pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
