@@ -705,7 +705,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dd_part, acc_part = parts(N), parts(N, D)
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
         # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
-        cy = parts(N, n=1) if has_y and tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau))) else None
+        cy = parts(N, n=1) if has_y and tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau), K=K)) else None
         row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,

@@ -35,9 +35,6 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, 
                     sq_norms, sum_splits, tau_one, y_scale)
 
 
-EVEN_K = triton.heuristics({"EVEN_K": even_k})
-
-
 def forward_tau_one(args):
     """triton.heuristics rule of the forward's TAU_ONE (tiles.tau_one), except for fp16 inputs, where the
     sample's numerator p·(1/log₂ u) (up to 2²⁴ times q's) would leave fp16's range as the z dot's operand,

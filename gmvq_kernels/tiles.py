@@ -38,8 +38,10 @@ def even_n(args):
 
 def tau_one(args):
     """triton.heuristics rule: τ = 1 (y_scale = log₂ e exactly) and the noise drawn in the kernel, so that y
-    comes from q and the draws' 1/log₂ u (sample_prob: benchmarks/README.md, lever 15)."""
-    return args["noise_ptr"] is None and args["y_scale"] == LOG2E.value
+    comes from q and the draws' 1/log₂ u (sample_prob: benchmarks/README.md, lever 15). Not at K = 1, where
+    the sample is exactly 1 through its own softmax but only to rounding through q's (so a gradient that
+    vanishes there, e.g. the quantized output's, would come out ~10⁻⁷: tests/random_sweep.py, seed 31)."""
+    return args["noise_ptr"] is None and args["y_scale"] == LOG2E.value and args["K"] > 1
 
 
 @triton.jit

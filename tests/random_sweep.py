@@ -5,6 +5,7 @@ developer's tool for finding the corners the fixed test cases miss, not part of 
 
     python tests/random_sweep.py --impl triton --seconds 300 --seed 5     # kernels, in the interpreter
     python tests/random_sweep.py --impl torch --seconds 300 --seed 3      # impl="torch"
+    python tests/random_sweep.py --seconds 300 --seed 31 --tau-one 0.5    # half the cases at τ = 1
 
 Each failing case is run with impl="reference" as well, and that failure printed: where the reference
 at the input precision fails the same check (half inputs' 2⁻⁷·max|gt| bound where the result is a
@@ -65,6 +66,9 @@ def main(argv=None):
     p.add_argument("--cases", type=int, help="stop after this many cases (before --seconds runs out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exact-dots", action="store_true", help="correctly rounded fp32 dots in the interpreter")
+    p.add_argument("--tau-one", type=float, default=0.0, metavar="P",
+                   help="the share of cases at τ = 1 (the sample from q's exponentials with drawn noise), from an "
+                        "RNG of its own: the other draws stay those of the seed")
     args = p.parse_args(argv)
     # the interpreter only for the kernels: under it gumbel_noise would run its kernel too
     os.environ.setdefault("TRITON_INTERPRET", "1" if args.impl == "triton" else "0")
@@ -79,8 +83,11 @@ def main(argv=None):
 def sweep(args, check_case):
     """The cases of one run, printed as they fail; the process's exit code."""
     rng, t0, cases, failed, own, resolved = random.Random(args.seed), time.time(), 0, 0, 0, 0
+    tau_rng = random.Random(f"tau-one {args.seed}")
     while time.time() - t0 < args.seconds and cases != args.cases:
         N, K, D, kw = draw(rng, args.impl)
+        if tau_rng.random() < args.tau_one:
+            kw["tau"] = 1.0
         cases += 1
         msg = failure(check_case, N, K, D, args.impl, kw)
         if msg is None or msg.startswith("codes differ"):

@@ -467,6 +467,17 @@ def test_tau_one_takes_y_from_q(monkeypatch, device):
         assert bool(torch.isnan(grads[0]).any()) == poisoned, (tau, explicit)
 
 
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_tau_one_keeps_one_code_exact(hard, device):
+    """At K = 1 the sample is exactly 1, and a gradient that does not depend on x there (the quantized
+    output's, the mixture variance's) exactly 0; y through q's exponentials (y = q·(1/log₂ u)·c) is 1 only to
+    rounding and gave ~10⁻⁷ against a bound of 0 (tests/random_sweep.py, seed 31), so τ = 1 at K = 1
+    takes the sample's own softmax (tiles.tau_one)."""
+    upstream = {"mixture_var"} if hard else {"quantized"}
+    check_case(14 if hard else 2, 1, 1, device, hard=hard, prior=not hard, seed=7235433766430145559,
+               scale=0.455 if hard else 4.754, log_var_scale=1.0, upstream_only=upstream)
+
+
 @triton.jit
 def _nan_gumbel(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K: tl.constexpr,
                 CODES_FIRST: tl.constexpr = False, INV_LOG2U: tl.constexpr = False):
