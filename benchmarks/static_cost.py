@@ -75,7 +75,8 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True, tau
     of the tokenizer path (codes only); nothing run. The launchers pick their configs as on a GPU of
     compute capability ``cc``: config.TUNED's measured entries for that arch first, then the tables
     with config.ARCH_CONFIGS' entries for its family; with ``tuned`` False, the tables alone.
-    ``tau``: at τ = 1 (the default, the module's) the backward takes y from q (tiles.tau_one)."""
+    ``tau``: at τ = 1 (the default, the module's) the kernels take y from q (tiles.tau_one,
+    forward.forward_tau_one)."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
     # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)
@@ -368,7 +369,7 @@ def main(argv=None):
     p.add_argument("--tables", action="store_true",
                    help="the tables' configs on sm_90 too (what a GPU without config.TUNED entries runs)")
     p.add_argument("--tau", type=float, default=1.0,
-                   help="the Gumbel-softmax temperature (default 1, the module's: the backward takes y from q "
+                   help="the Gumbel-softmax temperature (default 1, the module's: the kernels take y from q "
                         "there; any other τ takes the sample's own softmax)")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
