@@ -86,6 +86,21 @@ def rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z):
     return alpha_y * s_y, alpha_y * acc_v, alpha_y * acc_lat, acc_z * alpha_y[:, None]
 
 
+@triton.jit
+def lazy_move(m, r_y, y_scale, lazy_limit, headroom, s_y, acc_v, acc_lat, acc_z):
+    """LAZY's step: the rows whose maximum m passed their reference r_y by lazy_limit (log2 units) take
+    m + headroom as their new one, their sums rescaled to it. One flag for the whole program (a NaN row
+    never raises it: its outputs are NaN anyway), but only the rows past the window move: the others are
+    multiplied by exactly 1, so a row's sums never depend on the other rows of its program. Returns
+    (r_y, s_y, acc_v, acc_lat, acc_z)."""
+    past = (m - r_y) * y_scale > lazy_limit
+    if tl.max(past.to(tl.int32), axis=0) > 0:
+        r_new = tl.where(past, m + headroom, r_y)
+        s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat, acc_z)
+        r_y = r_new
+    return r_y, s_y, acc_v, acc_lat, acc_z
+
+
 @FWD_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_fwd_kernel(
@@ -205,16 +220,12 @@ def _gmvq_fwd_kernel(
             # lever 15): p_y = p·(1/log₂ u)·exp(m_q − r_y), q's exponential times one rcp instead of g's
             # second log, ℓ + g, its maximum and an exponential of its own. p_y ≤ 0: the sums' sign and
             # log₂ e come after the loop. The reference follows q's maximum: r_y = m_q (FA2, q's α), or
-            # lazily (LAZY) from m_q as below from m_y. The largest term, ≥ p(argmax q)·|1/log₂ u| ≥ 1/24
+            # lazily (LAZY, lazy_move) from m_q as below from m_y. The largest term, ≥ p(argmax q)·|1/log₂ u| ≥ 1/24
             # times exp(m_q − r_y), and ≤ 2²⁴ times it, stays in fp32 and bf16
             w = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, False, True)
             if LAZY:
-                past = (m_q - r_y) * LOG2E > lazy_limit
-                if tl.max(past.to(tl.int32), axis=0) > 0:
-                    r_new = tl.where(past, m_q + headroom, r_y)
-                    alpha_y = lazy_rescale(r_y, r_new, LOG2E)
-                    s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha_y, s_y, acc_v, acc_lat, acc_z)
-                    r_y = r_new
+                r_y, s_y, acc_v, acc_lat, acc_z = lazy_move(m_q, r_y, LOG2E, lazy_limit, headroom, s_y, acc_v,
+                                                            acc_lat, acc_z)
                 p_y = p * w * tl.exp2((m_q - r_y) * LOG2E)[:, None]
             else:
                 s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha, s_y, acc_v, acc_lat, acc_z)
@@ -236,19 +247,13 @@ def _gmvq_fwd_kernel(
             if HARD:
                 hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
             m_y = tl.maximum(m_y, tile_ymax)
-            past = (m_y - r_y) * y_scale > lazy_limit  # the rows whose reference must move (LAZY)
-            if not LAZY:
+            if LAZY:
+                r_y, s_y, acc_v, acc_lat, acc_z = lazy_move(m_y, r_y, y_scale, lazy_limit, headroom, s_y, acc_v,
+                                                            acc_lat, acc_z)
+            else:
                 s_y, acc_v, acc_lat, acc_z = rescale_sums(tl.exp2((r_y - m_y) * y_scale), s_y, acc_v, acc_lat,
                                                           acc_z)
                 r_y = m_y
-            # one flag for the whole program (a NaN row never raises it: its outputs are NaN anyway), but
-            # only the rows past the window move: the others are multiplied by exactly 1, so a row's sums
-            # never depend on the other rows of its program
-            elif tl.max(past.to(tl.int32), axis=0) > 0:
-                r_new = tl.where(past, m_y + headroom, r_y)
-                s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, r_new, y_scale), s_y, acc_v, acc_lat,
-                                                          acc_z)
-                r_y = r_new
             p_y = tl.exp2((noisy - r_y[:, None]) * y_scale)
         s_y += tl.sum(p_y, axis=1)
         acc_v += tl.sum(p_y * v[None, :], axis=1)
