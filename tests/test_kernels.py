@@ -186,17 +186,24 @@ def test_forward_lazy_rescale(case, device, monkeypatch):
     check_case(21, 90, 7, device, **case)
 
 
+@pytest.mark.parametrize("windows", [None, (1.0, 3.0)], ids=["kernel-windows", "small-windows"])
 @pytest.mark.parametrize("tau", [0.2, 1.0], ids=["tau0.2", "tau1"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
-def test_forward_lazy_rescale_keeps_rows_independent(hard, tau, device, monkeypatch):
+def test_forward_lazy_rescale_keeps_rows_independent(hard, tau, windows, device, monkeypatch):
     """The program-wide flag decides when the forward's reference moves, but only the rows past the
     window move: each row's outputs and gradients are bitwise the same whatever the other rows of its
-    program hold (as without the lazy rescale). The kernel's windows, from BLOCK_D = 1; row 3 swapped
-    for code 85 (its maximum jumps at the last tile, where no other row's does), rows 9 and 14 for a
-    far-away and a NaN row. Moving every row at each move fails it (soft)."""
+    program hold (as without the lazy rescale). From BLOCK_D = 1, with the kernel's windows and with
+    windows of 1 and 3 log2 units (LAZY_LOG2, LAZY_HEADROOM; interpreter only); row 3 swapped for code 85
+    (its maximum jumps at the last tile, where no other row's does), rows 9 and 14 for a far-away and a
+    NaN row. Moving every row at each move fails it with the small windows (soft, τ = 1; with the
+    kernel's, a row whose maximum has not moved since its own last move is moved by exactly 1)."""
     from gmvq_kernels import forward
 
     monkeypatch.setattr(forward, "LAZY_MIN_BLOCK_D", 1)
+    if windows is not None:
+        skip_compiled_global_patch(device)
+        for name, value in zip(("LAZY_LOG2", "LAZY_HEADROOM"), windows):
+            monkeypatch.setattr(forward, name, tl.constexpr(value))
     x, m, lv, lp = make_inputs(16, 90, 7, dtype=torch.bfloat16, prior=True, device=device)
     other = x.clone()
     other[3] = m[85]
