@@ -476,6 +476,10 @@ def _gmvq_bwd_dmu_kernel(
     tl.static_assert(not (HARD_ROWS and FUSED_DX), "the fused backward's dx takes the one-hot in the loop")
     W_LAT: tl.constexpr = glat_ptr is not None and not HARD_ROWS  # w = Ḡ_lat·y_val − dℓ in the loop
     Y_VAL: tl.constexpr = not HARD_ROWS  # y_val's terms in the loop
+    # half inputs form Y − Δy in Y, as dx does (the Ḡ_z dot accumulates onto it), and dℓ saves its
+    # subtraction (static report, bf16, τ = 1: −0.7 to +0.6 per element, D = 256's spills 616 / 632 → 568 /
+    # 544 B); fp32's tf32x3 dμ took more that way (+0.2 to +1.0 per fwd+bwd, +16 at D = 256 and τ = 0.5)
+    SHIFT_Y: tl.constexpr = OP_DTYPE != tl.float32
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
@@ -509,10 +513,9 @@ def _gmvq_bwd_dmu_kernel(
             else:
                 noisy = tl.where(valid, logits + g, float("-inf"))
                 y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-            # Y itself: Y − Δy formed here (as dx does) costs dμ more than it saves (static report: +0.5
-            # per element at D = 64, more spills at 128)
-            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], 0.0, glat_ptr is not None,
-                                   gs_ptr is not None)
+            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :],
+                                   load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :] if SHIFT_Y else 0.0,
+                                   glat_ptr is not None, gs_ptr is not None)
             if gz_ptr is not None:
                 gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
                 big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
@@ -527,8 +530,9 @@ def _gmvq_bwd_dmu_kernel(
                              tl.minimum(q, 0.0, propagate_nan=tl.PropagateNan.ALL))
         else:
             y_val = y
-        dl, w = grad_logits(q, log2_q, y * inv_tau, big_y, y_val,
-                            load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :],
+        y_tau = y if TAU_ONE else y * inv_tau  # τ = 1: a multiply per element less (static report: −0.8 to −1.4)
+        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val,
+                            0.0 if SHIFT_Y else load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(delta_q_ptr, offs_n, row_hi)[None, :],
                             load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, row_hi)[None, :],
                             load_row_vec(glse_ptr, offs_n, row_hi)[None, :],
