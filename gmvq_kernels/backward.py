@@ -478,7 +478,8 @@ def _gmvq_bwd_dmu_kernel(
     Y_VAL: tl.constexpr = not HARD_ROWS  # y_val's terms in the loop
     # half inputs form Y − Δy in Y, as dx does (the Ḡ_z dot accumulates onto it), and dℓ saves its
     # subtraction (static report, bf16, τ = 1: −0.7 to +0.6 per element, D = 256's spills 616 / 632 → 568 /
-    # 544 B); fp32's tf32x3 dμ took more that way (+0.2 to +1.0 per fwd+bwd, +16 at D = 256 and τ = 0.5)
+    # 544 B); fp32's tf32x3 dμ took more that way (+0.2 to +1.0 per fwd+bwd, +16 at D = 256 and τ = 0.5).
+    # Δy is loaded where each branch uses it: one load before the sample moved fp32's schedule (+13 there)
     SHIFT_Y: tl.constexpr = OP_DTYPE != tl.float32
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
