@@ -37,13 +37,10 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, 
 
 def forward_tau_one(args):
     """triton.heuristics rule of the forward's TAU_ONE (tiles.tau_one), except for fp16 inputs, where the
-    sample's numerator p·(1/log₂ u) (up to 2²⁴ times q's) would leave fp16's range as the z dot's operand,
-    and for a hard forward of half inputs from LAZY_MIN_BLOCK_D on, where it moves its y sums lazily when
-    a backward follows (LAZY) and spilled with TAU_ONE (static report, (32768, 8192, 128) bf16: 24 B, from
-    0; 70.3 → 68.3 per element at D = 256, with more spills). Keyed on the dtype and BLOCK_D rather than
-    LAZY itself, so that the hard sample is the same with and without a backward to follow."""
-    hard_lazy_bucket = args["HARD"] and args["OP_DTYPE"] != tl.float32 and args["BLOCK_D"] >= LAZY_MIN_BLOCK_D
-    return tau_one(args) and args["OP_DTYPE"] != tl.float16 and not hard_lazy_bucket
+    sample's numerator p·(1/log₂ u) (up to 2²⁴ times q's) would leave fp16's range as the z dot's operand.
+    A hard forward takes its sample from p·(1/log₂ u) relative to q's maximum whether or not its y sums
+    move lazily (LAZY, only when a backward follows), so that the hard sample is the same either way."""
+    return tau_one(args) and args["OP_DTYPE"] != tl.float16
 
 
 FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one})
@@ -189,8 +186,9 @@ def _gmvq_fwd_kernel(
     acc_v = tl.zeros((BLOCK_N,), tl.float32)
     acc_lat = tl.zeros((BLOCK_N,), tl.float32)
     # hard sample: argmax of ℓ + g (its d·a and σ² come after the loop, from its mean); with TAU_ONE the
-    # most negative p_y so far, best_y (relative to m_q, as p_y)
-    hard_k = tl.zeros((BLOCK_N,), tl.int64)
+    # most negative p·(1/log₂ u) so far, best_y (relative to m_q). Its code int32 in the loop (K < 2³¹:
+    # checks.MAX_K; int64 cost the τ = 1 hard forward 16 B of spills at D = 128: static report)
+    hard_k = tl.zeros((BLOCK_N,), tl.int32)
     best_y = tl.zeros((BLOCK_N,), tl.float32)
 
     for k_start in range(k_lo, k_hi, BLOCK_K):
@@ -226,18 +224,17 @@ def _gmvq_fwd_kernel(
             if LAZY:
                 r_y, s_y, acc_v, acc_lat, acc_z = lazy_move(m_q, r_y, LOG2E, lazy_limit, headroom, s_y, acc_v,
                                                             acc_lat, acc_z)
-                p_y = p * w * tl.exp2((m_q - r_y) * LOG2E)[:, None]
             else:
                 s_y, acc_v, acc_lat, acc_z = rescale_sums(alpha, s_y, acc_v, acc_lat, acc_z)
                 r_y = m_q
-                p_y = p * w
-            if HARD:  # (never with LAZY: forward_tau_one) argmax of ℓ + g = argmin of p_y (strict: first wins)
-                tl.static_assert(not LAZY)
-                tile_ybest = tl.min(p_y, axis=1)
-                tile_yarg = first_argmax(p_y, tile_ybest, BLOCK_K)
+            t = p * w
+            if HARD:  # argmax of ℓ + g = argmin of p·w (strict: first wins), relative to m_q with or without LAZY
+                tile_ybest = tl.min(t, axis=1)
+                tile_yarg = first_argmax(t, tile_ybest, BLOCK_K)
                 best_y *= alpha
-                hard_k = tl.where(tile_ybest < best_y, tile_yarg.to(tl.int64) + k_start, hard_k)
+                hard_k = tl.where(tile_ybest < best_y, tile_yarg + k_start, hard_k)
                 best_y = tl.minimum(best_y, tile_ybest)
+            p_y = t * tl.exp2((m_q - r_y) * LOG2E)[:, None] if LAZY else t
         else:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K)
             noisy = tl.where(valid, logits + g, float("-inf"))
@@ -245,7 +242,7 @@ def _gmvq_fwd_kernel(
             if HARD:
                 tile_yarg = first_argmax(noisy, tile_ymax, BLOCK_K)
             if HARD:
-                hard_k = tl.where(tile_ymax > m_y, tile_yarg.to(tl.int64) + k_start, hard_k)
+                hard_k = tl.where(tile_ymax > m_y, tile_yarg + k_start, hard_k)
             m_y = tl.maximum(m_y, tile_ymax)
             if LAZY:
                 r_y, s_y, acc_v, acc_lat, acc_z = lazy_move(m_y, r_y, y_scale, lazy_limit, headroom, s_y, acc_v,
@@ -273,6 +270,7 @@ def _gmvq_fwd_kernel(
     elif LAZY:  # the sums to the true maximum, once per row
         s_y, acc_v, acc_lat, acc_z = rescale_sums(lazy_rescale(r_y, m_y, y_scale), s_y, acc_v, acc_lat, acc_z)
 
+    hard_k = hard_k.to(tl.int64)
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     nd = row_block_offsets(BLOCK_N, D, offs_d)  # not offs_n·D + offs_d (spills: see there)
     if SPLIT:
@@ -295,6 +293,12 @@ def _gmvq_fwd_kernel(
         # NaN policy: a row whose x is not finite (or whose ||x||² overflows fp32) gets NaN outputs and
         # statistics (so q̄ and every gradient it reaches are NaN too) and code −1: the GPU's max/argmax
         # would otherwise skip its NaN logits and return finite garbage
+        if mp_ptr is not None:
+            # ||x||² read back as this program stored it (the barrier makes its stores visible to all its
+            # threads): kept in registers across a loop that does not read it (the norm dot's), it spilled
+            # (static report, triton 3.6.0, the hard forward at D = 128: 40 B)
+            tl.debug_barrier()
+            xx = tl.load(xx_ptr + offs_n, mask=mask_n, other=0.0)
         bad = ~(xx < float("inf"))
         lse = tl.where(bad, float("nan"), m_q + tl.log2(s_q) * LN2)
         entropy = tl.where(bad, float("nan"), tl.log2(s_q) * LN2 - u_q / s_q)

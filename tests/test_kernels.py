@@ -224,15 +224,17 @@ def test_forward_lazy_rescale_keeps_rows_independent(hard, tau, windows, device,
 
 
 @pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "GMVQ_LAZY_RESCALE=0"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_forward_lazy_rescale_at_block_d_128(dtype, lazy, device):
+@pytest.mark.parametrize("dtype, hard, tau", [(torch.bfloat16, False, 0.2), (torch.float16, False, 0.2),
+                                              (torch.bfloat16, True, 1.0)], ids=["bf16", "fp16", "bf16-hard-tau1"])
+def test_forward_lazy_rescale_at_block_d_128(dtype, hard, tau, lazy, device):
     """The same with the kernel's own windows at D = 70 (BLOCK_D = 128: the lazy path on a GPU); fp16's
-    keeps p_y within what an fp16 operand holds. GMVQ_LAZY_RESCALE=0 rescales at every tile."""
+    keeps p_y within what an fp16 operand holds; hard mode at τ = 1 takes its sample from q's exponentials
+    (forward.forward_tau_one) beside the lazy sums. GMVQ_LAZY_RESCALE=0 rescales at every tile."""
     from gmvq_kernels import config, forward
 
     with config.env_flag(config.LAZY_RESCALE_ENV, lazy):
-        assert forward.lazy_rescale_on(dtype, False, True, config.block_d(70)) == lazy
-        check_case(13, 40, 70, device, dtype=dtype, prior=True, tau=0.2)
+        assert forward.lazy_rescale_on(dtype, hard, True, config.block_d(70)) == lazy
+        check_case(13, 40, 70, device, dtype=dtype, hard=hard, prior=True, tau=tau)
 
 
 def test_forward_lazy_rescale_off_on_compute_capability_10(monkeypatch):
@@ -251,8 +253,9 @@ def test_forward_lazy_rescale_off_on_compute_capability_10(monkeypatch):
 def test_half_outputs_do_not_depend_on_grad_mode(hard, tau, D, device):
     """Half inputs keep the soft sums for the backward only when one can follow (an input needs a
     gradient): without, the forward writes none, and every output is bitwise the same either way. At
-    τ = 1 and D = 70 (BLOCK_D = 128: the sums move lazily when kept) too: there the hard forward forms
-    ℓ + g with or without the sums (forward.forward_tau_one)."""
+    τ = 1 and D = 70 (BLOCK_D = 128: the sums move lazily when kept) too: there the hard forward picks
+    its sample from p·(1/log₂ u) relative to q's maximum with or without the sums
+    (forward.forward_tau_one)."""
     from gmvq_kernels import forward
     from gmvq_kernels.spec import component_terms
 
