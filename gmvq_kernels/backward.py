@@ -189,6 +189,20 @@ def upstream_value(da, v, g_lat, g_s, shift, HAS_GLAT: tl.constexpr, HAS_GS: tl.
 
 
 @triton.jit
+def col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y: tl.constexpr,
+                 HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(Y − Δy or Y, Ḡ_z rows) of a column kernel's (codes × rows) tile: upstream_value with its Ḡ_z·μ_k
+    dot, minus Δy when SHIFT_Y (half inputs); and the Ḡ_z tile for the y_valᵀ·Ḡ_z dot (μ, unread, without Ḡ_z)."""
+    shift = load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :] if SHIFT_Y else 0.0
+    big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], shift, HAS_GLAT, HAS_GS)
+    gz = mu
+    if gz_ptr is not None:
+        gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
+        big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
+    return big_y, gz
+
+
+@triton.jit
 def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logits, valid, q, c_y, d, a, v, mu, gz,
                m_y, log2s_y, y_scale, log2_gain, g_lat, g_s, shift, TAU_ONE: tl.constexpr, HAS_GZ: tl.constexpr,
                HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -491,7 +505,12 @@ def _gmvq_bwd_dmu_kernel(
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
-        if HAS_Y:  # first: while the noise is drawn, no other tile is live (registers); at τ = 1 its 1/log₂ u
+        # the noise first: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u). At τ = 1
+        # the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128), and at BLOCK_D = 256
+        # the noise does too, drawn just before the sample (−1.3 / −2.7 soft / hard, spills 568 / 544 → 504 /
+        # 624 B)
+        NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D > 128
+        if HAS_Y and not NOISE_LATE:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, TAU_ONE)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
@@ -507,19 +526,19 @@ def _gmvq_bwd_dmu_kernel(
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            if TAU_ONE:  # the rows' c from the dx kernel (cy), else formed here (the fused backward)
+            if TAU_ONE:  # Y, then the sample from the rows' c: from the dx kernel (cy), else formed here (fused)
+                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
+                                         glat_ptr is not None, gs_ptr is not None, DOT_PRECISION)
+                if NOISE_LATE:
+                    g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, True)
                 c_y = load_row_vec(cy_ptr, offs_n, row_hi) if cy_ptr is not None else sample_scale(m_q, log2s_q, m_y,
                                                                                                    log2s_y)
                 y = sample_prob(q, g, c_y[None, :])
-            else:
+            else:  # the sample, then Y (static report: Y first cost +0.5 to +1.3 per element at BLOCK_D = 256)
                 noisy = tl.where(valid, logits + g, float("-inf"))
                 y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-            big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :],
-                                   load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :] if SHIFT_Y else 0.0,
-                                   glat_ptr is not None, gs_ptr is not None)
-            if gz_ptr is not None:
-                gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
-                big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
+                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
+                                         glat_ptr is not None, gs_ptr is not None, DOT_PRECISION)
         if hard_idx_ptr is not None and Y_VAL:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
             # the one-hot's zeros taken from q (min(q, 0) = 0; a NaN row's NaN kept: propagate_nan) put

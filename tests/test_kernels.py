@@ -126,14 +126,16 @@ def test_half_agg_posterior_gradient_with_a_common_part(seed, dtype, upstream_on
     check_case(13, 37, 8, device, dtype=dtype, upstream_only=upstream_only, agg_shift=300.0, hard=hard, seed=seed)
 
 
+@pytest.mark.parametrize("tau", [0.5, 1.0], ids=["tau05", "tau1"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 @pytest.mark.parametrize("D", [72, 130], ids=["D72", "D130"])
-def test_wide_latents_match_reference(D, hard, device):
+def test_wide_latents_match_reference(D, hard, tau, device):
     """BLOCK_D 128 and 256, half inputs: the Δ pass runs (the dx pass takes Δq only up to 64), dx forms
     Y − Δy in place from the forward's sums, and hard mode adds the sample's Ḡ_lat·a term after dx's loop
     at 128 but keeps the one-hot in the loop at 256 (in hard mode too the forward keeps the soft sums
-    up to D = 256: forward.delta_from_forward)."""
-    check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=0.5)
+    up to D = 256: forward.delta_from_forward). τ = 1 takes the sample from q (tiles.tau_one), and at 256
+    dμ draws its noise after Y (backward.py, NOISE_LATE)."""
+    check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=tau)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
