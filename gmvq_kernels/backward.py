@@ -506,10 +506,10 @@ def _gmvq_bwd_dmu_kernel(
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
         # the noise first: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u). At τ = 1
-        # the sample follows Y, and from BLOCK_D = 128 on the noise does too, drawn just before the sample
-        # (static report, soft / hard: −0.3 / −0.9 per element at D = 64, −0.1 / −0.6 at 128, −1.3 / −2.7 at
-        # 256, spills 568 / 544 → 504 / 624 B there; the noise late at D = 64 gave +0.1 / −0.1)
-        NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D >= 128
+        # the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128; the opt-in fused dμ
+        # +0.4 / +0.7 at 128), and at BLOCK_D = 256 the noise does too, drawn just before the sample (−1.3 / −2.7
+        # soft / hard, spills 568 / 544 → 504 / 624 B)
+        NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D > 128
         if HAS_Y and not NOISE_LATE:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, TAU_ONE)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
