@@ -495,6 +495,11 @@ def _gmvq_bwd_dmu_kernel(
     # 544 B); fp32's tf32x3 dμ took more that way (+0.2 to +1.0 per fwd+bwd, +16 at D = 256 and τ = 0.5).
     # Δy is loaded where each branch uses it: one load before the sample moved fp32's schedule (+13 there)
     SHIFT_Y: tl.constexpr = OP_DTYPE != tl.float32
+    # the noise first in the loop: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u).
+    # At τ = 1 the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128; the opt-in fused
+    # dμ +0.4 / +0.7 at 128), and at BLOCK_D = 256 the noise does too, drawn just before the sample (−1.3 / −2.7
+    # soft / hard, spills 568 / 544 → 504 / 624 B)
+    NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D > 128
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
@@ -505,11 +510,6 @@ def _gmvq_bwd_dmu_kernel(
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
-        # the noise first: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u). At τ = 1
-        # the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128; the opt-in fused dμ
-        # +0.4 / +0.7 at 128), and at BLOCK_D = 256 the noise does too, drawn just before the sample (−1.3 / −2.7
-        # soft / hard, spills 568 / 544 → 504 / 624 B)
-        NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D > 128
         if HAS_Y and not NOISE_LATE:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, TAU_ONE)
         x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
