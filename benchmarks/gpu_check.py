@@ -6,7 +6,8 @@
    origin with and without the norm dot (GMVQ_NORM_DOT=0), and
    the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
    gradient (max error relative to max|gt|, beside the
-   error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
+   error of the reference at the input precision); the fused backward's fault of 2026-12-04 (D = 100)
+   forced and run under compute-sanitizer's memcheck (memcheck_check). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager (default
@@ -33,7 +34,9 @@
    that config.py into the repository.
 
     python benchmarks/gpu_check.py --out benchmarks/results/<device>-<date>
-Everything goes to --out; the run stops optional parts at --budget-s.
+Everything goes to --out; the run stops optional parts at --budget-s. A step that leaves the CUDA
+context unusable (an illegal memory access: every later call would fail too) is logged, and the script
+runs again in a fresh process from the next step (--resume-at, appending to the same log).
 """
 import argparse
 import functools
@@ -447,32 +450,47 @@ def module_graph_check(device, log, shape=(8192, 1024, 64)):
              ms_eager=triton.testing.do_bench(lambda: step(twin))))
 
 
-def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
-    """Device time per kernel of one bf16 fwd+bwd of speed.py's objective at each shape (torch.profiler,
-    mean over ``reps`` calls after a warm-up), to set beside static_cost.py's modelled time per kernel:
-    where they part is what the model misses (memory traffic, tails, latency). Off CUDA (``--dry``) the
-    profiler's CPU table stands in, so the script's path is tested."""
+def device_ms(fn, device, reps):
+    """{kernel name (``other`` for torch's own): ms per call of ``fn``} (torch.profiler, mean over ``reps``
+    calls after a warm-up); off CUDA the profiler's CPU table stands in (``--dry``)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        sync(device)
+    per_kernel = {}
+    for e in prof.key_averages():
+        # self time: a CPU op's device time is its kernels', which are counted as themselves
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us > 0:
+            name = e.key if e.key.startswith("_gmvq") else "other"
+            per_kernel[name] = per_kernel.get(name, 0.0) + us / reps / 1e3
+    return {k: round(v, 4) for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])}
+
+
+def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
+    """Device time per kernel of one bf16 fwd+bwd of speed.py's objective at each shape, to set beside
+    static_cost.py's modelled time per kernel: where they part is what the model misses (memory
+    traffic, tails, latency). Then the tokenizer path's (``gmvq_encode``), with and without the norm dot
+    (GMVQ_NORM_DOT): on 2026-12-04 it timed slower than on 2026-11-30, which its device time, apart from
+    the host's, can explain or not."""
     for N, K, D in shapes:
         x, m, lv = speed.make_inputs(N, K, D, torch.bfloat16, device, True)
         fn = speed.gmvq_loss("triton")
-        fn(x, m, lv).backward()
-        sync(device)
-        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-            for _ in range(reps):
-                fn(x, m, lv).backward()
-            sync(device)
-        per_kernel = {}
-        for e in prof.key_averages():
-            # self time: a CPU op's device time is its kernels', which are counted as themselves
-            us = e.self_device_time_total if cuda else e.self_cpu_time_total
-            if us > 0:
-                name = e.key if e.key.startswith("_gmvq") else "other"
-                per_kernel[name] = per_kernel.get(name, 0.0) + us / reps / 1e3
-        log(dict(check="kernel_times", N=N, K=K, D=D, ms_per_fwd_bwd={k: round(v, 4) for k, v in sorted(
-            per_kernel.items(), key=lambda kv: -kv[1])}, ms_total=round(sum(per_kernel.values()), 4)))
+        per_kernel = device_ms(lambda: fn(x, m, lv).backward(), device, reps)
+        log(dict(check="kernel_times", N=N, K=K, D=D, ms_per_fwd_bwd=per_kernel,
+                 ms_total=round(sum(per_kernel.values()), 4)))
+        with torch.no_grad():
+            encode = {}
+            for norm_dot in (True, False):
+                with config.env_flag(config.NORM_DOT_ENV, norm_dot):
+                    encode["norm_dot" if norm_dot else "no_norm_dot"] = device_ms(
+                        lambda: gk.gmvq_encode(x, m, lv, impl="triton"), device, reps)
+        log(dict(check="kernel_times_encode", N=N, K=K, D=D, ms_per_call=encode))
 
 
 def overlap_check(device, log):
@@ -566,7 +584,9 @@ def noise_check(device, log, rows=4096, cols=1024):
 def nan_check(device, log, shape=(9, 37, 6)):
     """The NaN policy on the GPU (README, "NaN policy"): rows of x holding NaN, inf, or a squared norm
     past fp32 give NaN outputs, code −1 and a NaN q̄, the other rows exactly what they are without them;
-    in soft mode the gradients are NaN exactly where the reference's are. Until 2026-12-01 (ninth
+    in soft mode the gradients are NaN exactly where the reference's are. Both batches take the seeded
+    path (until 2026-12-04 the clean one took gumbel_noise's tensor, which fp32 does not match bitwise on a
+    GPU: that check failed on the H200 while the policy held). Until 2026-12-01 (ninth
     session) a default tl.minimum (PTX min.f32 skips NaN) gave such rows probability 1 at every code on
     a GPU and q̄ finite garbage, which the CPU interpreter could not show."""
     N, K, D = shape
@@ -579,12 +599,18 @@ def nan_check(device, log, shape=(9, 37, 6)):
             xb[1, 2], xb[4, 0], xb[7] = float("nan"), float("inf"), 3e19
             kw = dict(tau=0.7, hard=hard, seed=5, impl="triton")
             out = gk.gmvq(xb, m, lv, lp, **kw)
-            clean = gk.gmvq(x, m, lv, lp, **dict(kw, noise=gk.gumbel_noise(N, K, 5, device=device)))
+            clean = gk.gmvq(x, m, lv, lp, **kw)
+            fields = ("quantized", "log_likelihood", "latent_nll", "mixture_var", "entropy")
             rows_ok = all(bool(torch.isnan(getattr(out, f)[bad]).all()) and
-                          torch.equal(getattr(out, f)[good], getattr(clean, f)[good])
-                          for f in ("quantized", "log_likelihood", "latent_nll", "mixture_var", "entropy"))
+                          torch.equal(getattr(out, f)[good], getattr(clean, f)[good]) for f in fields)
+            # not part of the policy: the same draws handed in as gumbel_noise's tensor. On the H200
+            # (2026-12-04) fp32 came out within 4.8e-7 of the seeded call, not bitwise (the kernels' own
+            # draws meet the logits in registers; the compiler may contract differently)
+            given = gk.gmvq(x, m, lv, lp, **dict(kw, noise=gk.gumbel_noise(N, K, 5, device=device)))
             row = dict(check="nan_policy", dtype=str(dtype), hard=hard, codes_bad=out.codes[bad].tolist(),
-                       agg_posterior_nan=bool(torch.isnan(out.agg_posterior).all()), good_rows_equal=rows_ok)
+                       agg_posterior_nan=bool(torch.isnan(out.agg_posterior).all()), good_rows_equal=rows_ok,
+                       noise_tensor_max_diff=max((getattr(given, f) - getattr(clean, f)).abs().max().item()
+                                                 for f in fields))
             if not hard:  # the gradients' NaN pattern against the reference's (one NaN row)
                 xg = x.clone()
                 xg[1, 2] = float("nan")
@@ -601,6 +627,62 @@ def nan_check(device, log, shape=(9, 37, 6)):
             log(row)
 
 
+def memcheck_case(N=256, K=300, D=100):
+    """The fused backward at a D below its tile, forced (backward.use_fused refuses it since it faulted on
+    the H200 on 2026-12-04): bf16, hard, a prior and every upstream gradient, as the failing check."""
+    from gmvq_kernels import backward
+    backward.use_fused = lambda dtype, D: True
+    with config.fused_backward_env(True):
+        device = torch.device("cuda")
+        gen = torch.Generator(device=device).manual_seed(0)
+        x, m, lv, lp = testing.make_inputs(N, K, D, dtype=torch.bfloat16, prior=True, device=device, seed=1)
+        forward_backward(x, m, lv, lp, "triton", upstream(N, K, D, device, gen), tau=0.5, hard=True, seed=5)
+        torch.cuda.synchronize()
+
+
+def memcheck_check(device, log, timeout_s=150):
+    """memcheck_case under compute-sanitizer, in a child process: which kernel reads or writes out of
+    bounds, where in the source (Triton's line info) and at what address; the error lines are logged.
+    Skipped where the CUDA toolkit's compute-sanitizer is not installed."""
+    tool = shutil.which("compute-sanitizer") or next(
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
+    if device.type != "cuda" or tool is None:
+        log(dict(check="memcheck", skipped="not a GPU" if device.type != "cuda" else "no compute-sanitizer"))
+        return
+    import subprocess
+    cmd = [tool, "--tool", "memcheck", "--print-limit", "8", sys.executable, os.path.abspath(__file__),
+           "--memcheck-case", "--out", "unused"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        text, rc = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        text, rc = (e.stdout or b"").decode() + (e.stderr or b"").decode(), "timeout"
+    lines = [l for l in text.splitlines() if l.startswith("=========")]
+    log(dict(check="memcheck", case="fused backward, bf16 hard, N=256 K=300 D=100", returncode=rc,
+             summary=next((l for l in lines if "ERROR SUMMARY" in l), None), errors=lines[:60]))
+
+
+def device_fault(e):
+    """Whether ``e`` leaves this process's CUDA context unusable (an illegal address, say): every later
+    call in the process then fails with it, so the run goes on in a fresh process (``restart``)."""
+    return isinstance(e, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(e)
+
+
+def restart(step, t0, logfile):
+    """Run this script again from ``step`` (--resume-at) in this process's place, with the same arguments
+    and the first start's clock (--t0: the budget counts from it), appending to the same log."""
+    logfile.close()
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith(("--resume-at", "--t0")):
+            skip = a in ("--resume-at", "--t0")
+            continue
+        argv.append(a)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv, "--resume-at", str(step),
+                              "--t0", repr(t0)])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -608,14 +690,21 @@ def main():
     p.add_argument("--tune", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
+    p.add_argument("--resume-at", type=int, default=0,
+                   help="start at this step (0-based: the checks in order, then the benchmarks, then --tune), "
+                        "appending to OUT's log; a faulting step restarts the script here at the next one")
+    p.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)  # the first process's start
+    p.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)  # memcheck_check's child
     args = p.parse_args()
+    if args.memcheck_case:
+        return memcheck_case()
     os.makedirs(args.out, exist_ok=True)
-    t0 = time.time()
+    t0 = time.time() if args.t0 is None else args.t0
     device = torch.device("cpu" if args.dry else "cuda")
     if args.dry:  # the interpreter with the GPU's bf16 rounding and min/max NaN semantics, as the tests run it
         testing.interpreter_like_gpu()
     info = speed.env_info(device)
-    logfile = open(os.path.join(args.out, "correctness.jsonl"), "w")
+    logfile = open(os.path.join(args.out, "correctness.jsonl"), "a" if args.resume_at else "w")
 
     def log(row):
         row = dict(row, elapsed_s=round(time.time() - t0, 1))
@@ -628,7 +717,7 @@ def main():
     # runs (off on compute capability 10.x)
     log(dict(check="env", **info, arch=config.arch(device), arch_family=config.arch_family(device),
              shared_per_block=config.shared_limit(device), small_shared_configs=config.small_shared(device),
-             lazy_rescale_arch=not config.tensor_memory_arch(device)))
+             lazy_rescale_arch=not config.tensor_memory_arch(device), resume_at=args.resume_at))
     checks = [
         lambda: noise_check(device, log),
         lambda: nan_check(device, log),
@@ -639,6 +728,10 @@ def main():
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
         # soft at BLOCK_D = 128: the forward's lazy rescale (forward.LAZY_MIN_BLOCK_D), soft sums kept
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log),
+        # a D below its tile where no GPU had run one before 2026-12-04's fault in the fused backward at
+        # D = 100: fp32 (its Δ pass recomputes y and Y) and the D = 256 bucket
+        lambda: full_check(1000, 3000, 100, torch.float32, "tf32x3", False, device, log),
+        lambda: full_check(1000, 3000, 200, torch.bfloat16, None, True, device, log),
         # hard mode with fewer code blocks than config.HARD_ROWS_MIN_BLOCKS: dμ keeps the one-hot in its loop
         lambda: full_check(1000, 500, 100, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0),
@@ -659,10 +752,12 @@ def main():
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, True, device, log),
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
-        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, fused=True),
+        # the fused backward takes D = BLOCK_D only (backward.use_fused: D = 100 faulted on 2026-12-04)
+        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, fused=True),
+        lambda: memcheck_check(device, log),
         # τ = 1: the backward's y from q and the draws' 1/log₂ u by rcp.approx (speed history, item 27)
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, tau=1.0),
-        lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
+        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
         # and the forward's y from q's exponentials, its sums moved lazily (BLOCK_D = 128; speed history, item 28)
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log, tau=1.0),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
@@ -689,7 +784,8 @@ def main():
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", False, device, log, near_codes=0.03),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
-            lambda: full_check(20, 40, 8, torch.bfloat16, None, True, device, log, fused=True),
+            lambda: full_check(20, 40, 16, torch.bfloat16, None, True, device, log, fused=True),
+            lambda: memcheck_check(device, log),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log, tau=1.0),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: determinism_check(device, log, (20, 40, 8)),
@@ -701,26 +797,27 @@ def main():
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
         ]
         args.skip_bench = True
-    for c in checks:
-        try:
-            c()
-        except Exception:
-            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
-    if not args.skip_bench:
-        try:
-            speed.main(["--out", os.path.join(args.out, "speed.json"), "--plot",
-                        os.path.join(args.out, "scaling.png"),
-                        "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
-        except Exception:
-            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
-    if args.tune or args.dry:
+
+    def bench():
+        speed.main(["--out", os.path.join(args.out, "speed.json"), "--plot", os.path.join(args.out, "scaling.png"),
+                    "--budget-s", str(max(30.0, args.budget_s - (time.time() - t0) - 60))])
+
+    def tune_step():
         # dry: tiny shapes, wall-clock timing, and a copy of config.py to write into
         dry = dict(shapes=((40, 48, 8),), config_path=shutil.copy(config.__file__, os.path.join(args.out, "config_in.py")),
                    time_fn=wall_ms) if args.dry else {}
+        tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
+
+    steps = checks + [None if args.skip_bench else bench, tune_step if args.tune or args.dry else None]
+    for i, step in enumerate(steps):
+        if step is None or i < args.resume_at:
+            continue
         try:
-            tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
-        except Exception:
-            log(dict(check="error", traceback=traceback.format_exc()[-3000:]))
+            step()
+        except Exception as e:
+            log(dict(check="error", step=i, traceback=traceback.format_exc()[-3000:]))
+            if device_fault(e):
+                restart(i + 1, t0, logfile)
     log(dict(check="done", total_s=round(time.time() - t0, 1)))
 
 

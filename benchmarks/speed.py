@@ -47,7 +47,7 @@ ANCHOR_SHAPES = [(8192, 1024, 64), (32768, 8192, 128), (65536, 16384, 256), (819
 K_SWEEP = [(8192, k, 64) for k in (1024, 4096, 16384, 65536, 262144)]
 N_SWEEP = [(n, 8192, 64) for n in (2048, 8192, 32768, 131072)]
 SMOKE_SHAPES = [(32, 64, 16)]
-ENCODE_PROVIDERS = ("triton", "cdist_argmin", "reference")
+ENCODE_PROVIDERS = ("triton", "triton_no_norm_dot", "cdist_argmin", "reference")  # no_norm_dot: before item 23
 FLOPS_PER = {"fwd": 4, "bwd": 8, "fwd_bwd": 12, "encode": 2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GIB = 2.0**30
@@ -103,7 +103,7 @@ def vqtorch_loss_factory(K, D, device):
 def encode_fn(provider, prec):
     """Tokenizer path (mode "encode"): codes only. ``cdist_argmin`` is the nearest mean by torch.cdist
     (what a VQ tokenizer computes; it ignores variances and prior, so it computes less than ours)."""
-    if provider == "triton":
+    if provider in ("triton", "triton_no_norm_dot"):  # measure() sets the latter's flag
         return lambda x, means, log_var: gk.gmvq_encode(x, means, log_var, impl="triton", dot_precision=prec)
     if provider == "reference":
         return lambda x, means, log_var: gk.gmvq_encode(x, means, log_var, impl="reference")

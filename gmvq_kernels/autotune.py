@@ -38,7 +38,7 @@ def training_kinds(dtype: torch.dtype, D: int):
     BLOCK_D = config.block_d(D)
     no_delta = dtype == torch.float32 or BLOCK_D <= config.DEFER_DQ_MAX_BLOCK_D
     kinds = tuple(k for k in TRAINING_KINDS if not (no_delta and k == "delta"))
-    if use_fused(dtype, BLOCK_D):
+    if use_fused(dtype, D):
         kinds = tuple("fused" if k == "col" else k for k in kinds)
     return kinds
 

@@ -27,7 +27,7 @@ blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
-With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D ≤ 128) the dμ kernel also forms dx, adding
+With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D = 16, 32, 64 or 128) the dμ kernel also forms dx, adding
 each tile's Σ_k dd μ_k and Σ_k dd into fp32 buffers with float atomics (FlashAttention-2's dQ), and the
 dx pass does not run: one pass fewer, dx no longer bitwise reproducible. Δq then comes from the Δ pass.
 
@@ -641,13 +641,18 @@ def hard_rows(hard_idx, K):
     return perm, torch.searchsorted(codes, torch.arange(K + 1, device=hard_idx.device))
 
 
-def use_fused(dtype: torch.dtype, BLOCK_D: int) -> bool:
-    """Whether this backward forms dx in the dμ pass (``config.fused_backward``): for half inputs up to
-    BLOCK_D = config.FUSED_MAX_BLOCK_D. fp32 inputs keep the two passes: their dx needs Y − Δy to
-    cancel exactly, per element, between the Δ and dx passes' identical row tiles (module docstring),
-    and the dμ kernel's transposed tiles sum Ḡ_z·μ in another order; at D = 256 the fused dμ kernel
-    exceeds an A100's shared memory or spills heavily (config.FUSED_COL_CONFIGS)."""
-    return fused_backward() and dtype != torch.float32 and BLOCK_D <= FUSED_MAX_BLOCK_D
+def use_fused(dtype: torch.dtype, D: int) -> bool:
+    """Whether this backward forms dx in the dμ pass (``config.fused_backward``): for half inputs whose D
+    fills its tile (D = BLOCK_D: 16, 32, 64 or 128; at most config.FUSED_MAX_BLOCK_D). fp32 inputs keep
+    the two passes: their dx needs Y − Δy to cancel exactly, per element, between the Δ and dx passes'
+    identical row tiles (module docstring), and the dμ kernel's transposed tiles sum Ḡ_z·μ in another
+    order; at D = 256 the fused dμ kernel exceeds an A100's shared memory or spills heavily
+    (config.FUSED_COL_CONFIGS). A D below its tile (D = 100 in a 128 tile) faulted on an H200 (an illegal
+    memory access, triton 3.6.0, 2026-12-04, every mode and shape tried; benchmarks/README.md, "GPU
+    results ... 2026-12-04") while D = 32, 64 and 128 ran: such D keep the two passes until that is
+    understood (gpu_check.py's memcheck_check runs the faulting case under compute-sanitizer)."""
+    BLOCK_D = block_d(D)
+    return fused_backward() and dtype != torch.float32 and D == BLOCK_D <= FUSED_MAX_BLOCK_D
 
 
 def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
@@ -686,7 +691,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     mm = code_sq_norms(means) if mm is None else mm
     mp = code_norm_operand(mm, x.dtype) if mp is None else mp
     BLOCK_D = block_d(D)
-    fused = use_fused(x.dtype, BLOCK_D)
+    fused = use_fused(x.dtype, D)
     rcfg, ccfg = row_config(D, x.dtype, dev), (fused_col_config if fused else col_config)(D, x.dtype, dev)
     seed_lhp = seed_args(seed)
     op_dtype = TL_DTYPES[x.dtype]

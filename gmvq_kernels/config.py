@@ -254,13 +254,14 @@ ENCODE_CONFIGS = {
     "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
-# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D ≤ FUSED_MAX_BLOCK_D) also
+# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D = BLOCK_D ≤ FUSED_MAX_BLOCK_D) also
 # holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
 # (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 80.9 and 88.9 instructions per element
 # at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 216 B of spills). Not at D = 256: there
 # it needs 197632 B of shared memory, beyond an A100's 163 KiB, and the (32, 64, 4, 2) that fits spills
 # 1028 B, 9.4 local loads and stores per element in its loop (124.8 per element against 150.2 for
-# dx + dμ; the model counts their issue slots, not their memory traffic). Untimed on a GPU so far.
+# dx + dμ; the model counts their issue slots, not their memory traffic). On an H200 (2026-12-04) the fused
+# backward was 1 % faster than the two passes at (32768, 8192, 128), 5-10 % slower at D = 64 and 32.
 FUSED_MAX_BLOCK_D = 128
 FUSED_COL_CONFIGS = {"half": ((128, KC(32, 128, 8, 2)),)}  # no fp32 row: fp32 keeps two passes (backward.use_fused)
 INTERPRET_CONFIG = KC(16, 16, 1, 1)

@@ -47,7 +47,8 @@ def test_speed_smoke(tmp_path):
     assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "triton_fused",
                                              "triton_serial", "triton_no_norm_dot", "triton_hard",
                                              "triton_eager_rescale", "cdist_argmin"}
-    assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "cdist_argmin"}
+    assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "triton_no_norm_dot",
+                                                                     "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]
     assert "triton" in out
 
@@ -132,12 +133,13 @@ def test_gpu_check_dry(tmp_path):
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "colsum", "encode"}
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
     assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "d512_tiles",
-            "kernel_times", "done"} <= {r["check"] for r in rows}
+            "kernel_times", "kernel_times_encode", "memcheck", "done"} <= {r["check"] for r in rows}
     nan = [r for r in rows if r["check"] == "nan_policy"]
     assert len(nan) == 4 and all(r["ok"] for r in nan), nan
     assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
     fused = [r for r in rows if r["check"] == "full" and r["fused_backward"]]
     assert fused and all(r["ok"] for r in fused), fused
+    assert next(r for r in rows if r["check"] == "memcheck")["skipped"] == "not a GPU"
     host = next(r for r in rows if r["check"] == "host_overhead")
     assert all(host[k] > 0 for k in ("us_per_fwd_bwd", "us_fwd_no_grad", "us_fwd_with_graph", "us_bwd_alone")), host
     assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops
@@ -207,3 +209,22 @@ def test_quality_sweep_smoke(tmp_path):
     runs = len(open(tmp_path / "runs.jsonl").readlines())
     out = run_script(cmd, interpret=False)
     assert "(0 trained now)" in out and len(open(tmp_path / "runs.jsonl").readlines()) == runs
+
+
+def test_gpu_check_restarts_after_a_device_fault(monkeypatch, tmp_path):
+    """After an illegal memory access every later CUDA call in the process fails: gpu_check logs the
+    step and runs itself again from the next one, with its arguments, the first start's clock and the
+    same log (appended). Both halves: which errors count as such a fault, and the new command line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+
+    assert gpu_check.device_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not gpu_check.device_fault(ValueError("x must be (N, D)"))
+    seen = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: seen.append((exe, argv)))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", "o", "--resume-at", "3", "--t0=1.5", "--budget-s", "9"])
+    log = open(tmp_path / "log", "w")
+    gpu_check.restart(7, 123.25, log)
+    assert log.closed
+    assert seen == [(sys.executable, [sys.executable, gpu_check.__file__, "--out", "o", "--budget-s", "9",
+                                      "--resume-at", "7", "--t0", "123.25"])]

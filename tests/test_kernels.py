@@ -318,26 +318,29 @@ class _LaunchCounter:
         return self.kernel[grid]
 
 
-@pytest.mark.parametrize("case", [dict(shape=(40, 200, 20), dtype=torch.bfloat16),
-                                  dict(shape=(40, 200, 20), dtype=torch.bfloat16, hard=True, prior=True, tau=0.5),
-                                  dict(shape=(13, 37, 11), dtype=torch.bfloat16, offset=30.0),
-                                  dict(shape=(40, 200, 20), dtype=torch.float16, hard=True,
+@pytest.mark.parametrize("case", [dict(shape=(40, 200, 32), dtype=torch.bfloat16),
+                                  dict(shape=(40, 200, 32), dtype=torch.bfloat16, hard=True, prior=True, tau=0.5),
+                                  dict(shape=(13, 37, 16), dtype=torch.bfloat16, offset=30.0),
+                                  dict(shape=(40, 200, 16), dtype=torch.float16, hard=True,
                                        upstream_only={"agg_posterior"}),
-                                  dict(shape=(13, 37, 72), dtype=torch.bfloat16, hard=True, prior=True),
-                                  dict(shape=(21, 45, 6), dtype=torch.float16, upstream_only={"quantized", "entropy"},
+                                  dict(shape=(13, 37, 128), dtype=torch.bfloat16, hard=True, prior=True),
+                                  dict(shape=(21, 45, 16), dtype=torch.float16, upstream_only={"quantized", "entropy"},
                                        explicit_noise=True),
-                                  dict(shape=(1, 29, 8), dtype=torch.bfloat16),
-                                  dict(shape=(23, 1, 5), dtype=torch.bfloat16, hard=True),
-                                  # not fused: fp32 inputs, and D beyond config.FUSED_MAX_BLOCK_D
+                                  dict(shape=(1, 29, 16), dtype=torch.bfloat16),
+                                  dict(shape=(23, 1, 16), dtype=torch.bfloat16, hard=True),
+                                  # not fused: fp32 inputs, D beyond config.FUSED_MAX_BLOCK_D, and a D below its
+                                  # tile (backward.use_fused)
                                   dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
-                                  dict(shape=(5, 37, 130), dtype=torch.bfloat16)],
-                         ids=["soft", "hard-prior", "clustered", "fp16-hard-agg-only", "D72-hard", "fp16-partial", "N1",
-                              "K1-hard", "fp32", "D130"])
+                                  dict(shape=(5, 37, 130), dtype=torch.bfloat16),
+                                  dict(shape=(13, 37, 72), dtype=torch.bfloat16, hard=True, prior=True)],
+                         ids=["soft", "hard-prior", "clustered", "fp16-hard-agg-only", "D128-hard", "fp16-partial", "N1",
+                              "K1-hard", "fp32", "D130", "D72"])
 def test_fused_backward_matches_reference(monkeypatch, case, device):
-    """GMVQ_FUSED_BACKWARD=1 (half inputs, D ≤ 128): dx comes from the dμ pass's atomics and the dx pass
-    does not run (its kernel would count a launch); every output and gradient by the usual rule. A
-    small SM count makes the forward split the codebook and the dμ pass split the rows, so several
-    programs add into each row of dx. fp32 inputs and wider latents take the two-pass backward."""
+    """GMVQ_FUSED_BACKWARD=1 (half inputs, D = BLOCK_D ≤ 128): dx comes from the dμ pass's atomics and the
+    dx pass does not run (its kernel would count a launch); every output and gradient by the usual rule.
+    A small SM count makes the forward split the codebook and the dμ pass split the rows, so several
+    programs add into each row of dx. fp32 inputs, wider latents and a D below its tile take the
+    two-pass backward."""
     from gmvq_kernels import backward, config
 
     monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
@@ -349,7 +352,7 @@ def test_fused_backward_matches_reference(monkeypatch, case, device):
     case = dict(case)
     N, K, D = case.pop("shape")
     check_case(N, K, D, device, **case)
-    fused = case.get("dtype", torch.float32) != torch.float32 and D <= config.FUSED_MAX_BLOCK_D
+    fused = case.get("dtype", torch.float32) != torch.float32 and D in (16, 32, 64, 128)
     assert (dx_pass.launches, dmu_pass.launches) == (0 if fused else 1, 1)
 
 
@@ -699,13 +702,13 @@ class AllocationRecorder(TorchDispatchMode):
 @pytest.mark.parametrize("fused", [False, True], ids=["default", "fused-backward"])
 @pytest.mark.parametrize("hard", [False, True])
 def test_no_n_by_k_allocation(hard, fused, device, monkeypatch):
-    """fused: bf16 with GMVQ_FUSED_BACKWARD=1 (its dx buffers are (N, D) and (N,))."""
+    """fused: bf16 with GMVQ_FUSED_BACKWARD=1 at D = 16 (its dx buffers are (N, D) and (N,) fp32)."""
     from gmvq_kernels import config
 
     monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1" if fused else "0")
     # N·K = 24576 bytes (the bound) lies well above N·D, K·D and the norm operands' (N, 16) and (K, 16) (bf16:
     # tiles.norm_operand; fp32 under the interpreter), sizes compared in bytes
-    N, K, D = 96, 256, 2
+    N, K, D = 96, 256, 16 if fused else 2  # the fused backward takes D = BLOCK_D only (backward.use_fused)
     dtype = torch.bfloat16 if fused else torch.float32
     x, m, lv, lp = [t.requires_grad_() for t in make_inputs(N, K, D, dtype=dtype, prior=True, device=device)]
     rec = AllocationRecorder()
