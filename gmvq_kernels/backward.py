@@ -27,7 +27,7 @@ blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
-With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D = 16, 32, 64 or 128) the dμ kernel also forms dx, adding
+With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D = 32, 64 or 128) the dμ kernel also forms dx, adding
 each tile's Σ_k dd μ_k and Σ_k dd into fp32 buffers with float atomics (FlashAttention-2's dQ), and the
 dx pass does not run: one pass fewer, dx no longer bitwise reproducible. Δq then comes from the Δ pass.
 
@@ -643,16 +643,15 @@ def hard_rows(hard_idx, K):
 
 def use_fused(dtype: torch.dtype, D: int) -> bool:
     """Whether this backward forms dx in the dμ pass (``config.fused_backward``): for half inputs whose D
-    fills its tile (D = BLOCK_D: 16, 32, 64 or 128; at most config.FUSED_MAX_BLOCK_D). fp32 inputs keep
+    fills its tile, as an H200 ran it (D = BLOCK_D: 32, 64 or 128; at most config.FUSED_MAX_BLOCK_D). fp32 inputs keep
     the two passes: their dx needs Y − Δy to cancel exactly, per element, between the Δ and dx passes'
     identical row tiles (module docstring), and the dμ kernel's transposed tiles sum Ḡ_z·μ in another
     order; at D = 256 the fused dμ kernel exceeds an A100's shared memory or spills heavily
     (config.FUSED_COL_CONFIGS). A D below its tile (D = 100 in a 128 tile) faulted on an H200 (an illegal
     memory access, triton 3.6.0, 2026-12-04, every mode and shape tried; benchmarks/README.md, "GPU
-    results ... 2026-12-04") while D = 32, 64 and 128 ran: such D keep the two passes until that is
+    results ... 2026-12-04") while D = 32, 64 and 128 ran: other D keep the two passes until that is
     understood (gpu_check.py's memcheck_check runs the faulting case under compute-sanitizer)."""
-    BLOCK_D = block_d(D)
-    return fused_backward() and dtype != torch.float32 and D == BLOCK_D <= FUSED_MAX_BLOCK_D
+    return fused_backward() and dtype != torch.float32 and 32 <= D == block_d(D) <= FUSED_MAX_BLOCK_D
 
 
 def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
