@@ -784,7 +784,7 @@ def main():
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", False, device, log, near_codes=0.03),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
-            lambda: full_check(20, 40, 16, torch.bfloat16, None, True, device, log, fused=True),
+            lambda: full_check(20, 40, 32, torch.bfloat16, None, True, device, log, fused=True),
             lambda: memcheck_check(device, log),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log, tau=1.0),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
