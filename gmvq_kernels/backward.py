@@ -647,10 +647,10 @@ def use_fused(dtype: torch.dtype, D: int) -> bool:
     fp32 inputs keep the two passes: their dx needs Y − Δy to cancel exactly, per element, between the Δ
     and dx passes' identical row tiles (module docstring), and the dμ kernel's transposed tiles sum
     Ḡ_z·μ in another order; at D = 256 the fused dμ kernel exceeds an A100's shared memory or spills
-    heavily (config.FUSED_COL_CONFIGS). A D below its tile (D = 100 in a 128 tile) faulted on an H200 (an illegal
-    memory access, triton 3.6.0, 2026-12-04, every mode and shape tried; benchmarks/README.md, "GPU
-    results ... 2026-12-04") while D = 32, 64 and 128 ran: other D keep the two passes until that is
-    understood (gpu_check.py's memcheck_check runs the faulting case under compute-sanitizer)."""
+    heavily (config.FUSED_COL_CONFIGS). A D below its tile (D = 100 in a 128 tile) faulted on an H200
+    (an illegal memory access, triton 3.6.0, 2026-12-04, every mode and shape tried; benchmarks/README.md,
+    "GPU results ... 2026-12-04") while D = 32, 64 and 128 ran: other D keep the two passes until that
+    is understood (gpu_check.py's memcheck_check runs the faulting case under compute-sanitizer)."""
     return fused_backward() and dtype != torch.float32 and 32 <= D == block_d(D) <= FUSED_MAX_BLOCK_D
 
 

@@ -254,7 +254,7 @@ ENCODE_CONFIGS = {
     "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
-# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D = BLOCK_D ≤ FUSED_MAX_BLOCK_D) also
+# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D = 32, 64 or 128, backward.use_fused) also
 # holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
 # (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 80.9 and 88.9 instructions per element
 # at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 216 B of spills). Not at D = 256: there
