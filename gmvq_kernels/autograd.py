@@ -131,7 +131,7 @@ def _(x, means, a, *args):  # d log_var and d log π: (K,) fp32, as a
 @torch.library.custom_op("gmvq_kernels::fused_encode", mutates_args=())
 def fused_encode(x: Tensor, means: Tensor, a: Tensor, b: Tensor, dot_precision: str) -> Tensor:
     """codes = argmax_k ℓ_nk (N,) int64 (encode.py); x, means contiguous, a, b (K,) fp32
-    (spec.component_terms). No gradient: the tokenizer path."""
+    (spec.logit_terms). No gradient: the tokenizer path."""
     autotune.ensure_tuned(("encode",), x, lambda: autotune.tune_encode(x, means, a, b, dot_precision=dot_precision))
     with launch_guard():
         return gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)

@@ -54,10 +54,10 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
-                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, row_block_offsets,
-                    row_norm_operand, row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob,
-                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code,
-                    y_scale)
+                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, norm_parts,
+                    row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
+                    sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts,
+                    split_row_range, sum_splits, tau_one, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -160,15 +160,23 @@ def add_e_terms(acc, e_col, e, x, ones, OP_DTYPE: tl.constexpr, DOT_PRECISION: t
 
 
 @triton.jit
-def delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, HAS_GZ: tl.constexpr,
+def delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D: tl.constexpr,
                       HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr):
     """Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² of BLOCK_N rows from the forward's y_sums (N, D + 2)
-    fp32 (forward.delta_from_forward); gz the rows' Ḡ_z tile (unread without HAS_GZ)."""
+    fp32 (forward.delta_from_forward) and Ḡ_z (N, D) (gz_ptr, or None). Ḡ_z·Σ y μ in column chunks of at
+    most 64, read from memory: the whole (BLOCK_N, BLOCK_D) fp32 sums beside the Ḡ_z tile held 192
+    registers per thread at BLOCK_D = 256 after the Δ kernel's loop, which set that kernel's register
+    count (static report)."""
     row = ysum_ptr + offs_n * (D + 2)
     delta_y = tl.zeros(offs_n.shape, tl.float32)
-    if HAS_GZ:
-        z = tl.load(row[:, None] + offs_d[None, :], mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)
-        delta_y += tl.sum(gz.to(tl.float32) * z, axis=1)
+    if gz_ptr is not None:
+        CHUNK: tl.constexpr = 64 if BLOCK_D > 64 else BLOCK_D
+        for d_start in range(0, D, CHUNK):
+            cols = d_start + tl.arange(0, CHUNK)
+            mask = mask_n[:, None] & (cols[None, :] < D)
+            z = tl.load(row[:, None] + cols[None, :], mask=mask, other=0.0)
+            gz = tl.load(gz_ptr + offs_n[:, None] * D + cols[None, :], mask=mask, other=0.0)
+            delta_y += tl.sum(gz.to(tl.float32) * z, axis=1)
     if HAS_GLAT:
         delta_y += g_lat * tl.load(row + D, mask=mask_n, other=0.0)
     if HAS_GS:
@@ -246,7 +254,13 @@ def _gmvq_bwd_delta_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    x, xx, xp, gz = load_row_block(x_ptr, xx_ptr, gz_ptr, offs_n, N, D, offs_d, mp_ptr is not None)
+    # Δq alone with the norm dot: the logits from the halved distances, x in shared memory as loaded
+    # (tiles.row_half_logits; a_ptr holds 2a): 128 registers at BLOCK_D = 128 and 256, 16 warps per SM
+    HALF: tl.constexpr = not HAS_Y and mp_ptr is not None
+    x, xx, xp, gz = load_row_block(x_ptr, xx_ptr, gz_ptr if HAS_Y else None, offs_n, N, D, offs_d,
+                                   mp_ptr is not None and not HALF)
+    if HALF:
+        xp = norm_parts(xx, -0.5, True, -0.5).to(x.dtype)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
@@ -254,9 +268,13 @@ def _gmvq_bwd_delta_kernel(
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
-                                                               mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
-                                                               DOT_PRECISION)
+        if HALF:
+            offs_k, mask_k, logits = row_half_logits(x, xp, means_ptr, a_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d,
+                                                     EVEN_K, BLOCK_K, DOT_PRECISION)
+        else:
+            offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
+                                                                   mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
+                                                                   DOT_PRECISION)
         valid = mask_k[None, :]
         q = logits  # placeholder when neither Δq nor y at τ = 1 takes it (never used then)
         if gc_ptr is not None or (HAS_Y and TAU_ONE):
@@ -271,8 +289,8 @@ def _gmvq_bwd_delta_kernel(
                                   DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
     if ysum_ptr is not None:
-        delta_y += delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
-                                     glat_ptr is not None, gs_ptr is not None)
+        delta_y += delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
+                                     gs_ptr is not None)
         delta_y = tl.where(split == 0, delta_y, 0.0)
     if HAS_Y or ysum_ptr is not None:
         tl.store(delta_y_ptr + split * N + offs_n, delta_y, mask=mask_n)
@@ -342,8 +360,8 @@ def _gmvq_bwd_dx_kernel(
         qa_sum = tl.zeros((BLOCK_N, SUMS), tl.float32)
         qa_mu = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
         if ysum_ptr is not None:
-            delta_y = delta_y_from_sums(ysum_ptr, gz, g_lat, g_s, offs_n, mask_n, D, offs_d, gz_ptr is not None,
-                                        glat_ptr is not None, gs_ptr is not None)
+            delta_y = delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
+                                        gs_ptr is not None)
             tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n & (split == 0))
         else:
             delta_y = tl.zeros((BLOCK_N,), tl.float32)  # no y gradient: unread
@@ -498,8 +516,9 @@ def _gmvq_bwd_dmu_kernel(
     # the noise first in the loop: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u).
     # At τ = 1 the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128; the opt-in fused
     # dμ +0.4 / +0.7 at 128), and at BLOCK_D = 256 the noise does too, drawn just before the sample (−1.3 / −2.7
-    # soft / hard, spills 568 / 544 → 504 / 624 B)
-    NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D > 128
+    # soft / hard, spills 568 / 544 → 504 / 624 B), and at 128 in the two-pass dμ (−0.1 / −0.6; triton 3.6's hard
+    # spill 128 → 80 B); not in the fused dμ at 128, whose sm_86 tile would then need 102400 B of shared memory
+    NOISE_LATE: tl.constexpr = TAU_ONE and (BLOCK_D > 128 or BLOCK_D == 128 and not FUSED_DX)
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
     SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
@@ -713,10 +732,12 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dy_part = parts(N, n=d_splits) if has_y else None
         dq_part = parts(N, n=d_splits) if g_c is not None else None
         if has_y or g_c is not None:
-            # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise
+            # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise,
+            # and with the norm dot the halved distances, which take 2a (the kernel's HALF)
+            half = mp is not None and not (has_y and y_sums is None)
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
-                xk, mk, a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s, g_c, y_sums,
-                dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
+                xk, mk, a * 2.0 if half else a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s,
+                g_c, y_sums, dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
                 BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))

@@ -242,18 +242,24 @@ COLSUM_CONFIGS = {
 # (65536, 16384, 256) hard (its full recompute of y); (128, 128, 8, 2) is 0.7–0.9 lower at D ≤ 128 with
 # 182–255 registers and spills 788 B at D = 256. fp32 inputs keep the row kernels' tiles (delta_config).
 DELTA_CONFIGS = {  # one bucket per D range, as the row table's, so that tuning can tell them apart
-    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 2)), (512, KC(32, 64, 4, 1))),
+    "half": ((64, KC(128, 64, 8, 2)), (128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 1)), (512, KC(32, 64, 4, 1))),
     "fp32": ROW_CONFIGS["fp32"],  # unused: see delta_config
 }
+# D = 256 since 2026-12-04 (thirty-sixth session): (128, 64, 8, 1), two CTAs per SM (128 registers, 104448 B
+# each) since the pass of Δq alone takes the halved distances and reads Δy's sums in chunks after its loop
+# (backward.py); (128, 64, 8, 2) needs 139264 B, one CTA per SM.
 # The encode kernel (codes only) holds no (BLOCK_N, BLOCK_D) accumulator and no softmax state, so it
 # takes wider tiles than the row kernels. Chosen 2026-11-29 with benchmarks/static_cost.py --modes encode
 # (lowest modelled time among the configs with no spill, every dot an HGMMA with N ≥ 32, within an
 # A100's shared memory; ≥ 16 resident warps/SM preferred where the model saw < 15 % between them). fp32
 # (tf32x3) spills at D ≥ 256 in every config tried: use bf16 there.
 ENCODE_CONFIGS = {
-    "half": ((128, KC(128, 64, 8, 2)), (256, KC(256, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
+    "half": ((128, KC(128, 64, 8, 2)), (256, KC(128, 64, 8, 1)), (512, KC(128, 32, 8, 1))),
     "fp32": ((64, KC(128, 64, 8, 2)), (128, KC(128, 32, 8, 1)), (256, KC(64, 16, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
+# D = 256 since 2026-12-04 (thirty-sixth session): (128, 64, 8, 1), two CTAs per SM (128 registers, 104448 B
+# of shared memory each: 16 warps/SM) since the halved distances left x in shared memory (encode.py);
+# (256, 64, 8, 1) 155 registers and 156672 B, (128, 64, 8, 2) 139264 B: 8 warps/SM.
 # The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D = 32, 64 or 128, backward.use_fused) also
 # holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
 # (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 80.9 and 88.9 instructions per element
@@ -281,11 +287,8 @@ SMALL_SHARED = 101376
 # tile tried, so gmvq refuses them on such a GPU (check_shared_memory) rather than fail to launch
 SMALL_SHARED_MAX_FP32_D = 256
 SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): config; the table's, then B
-    ("half", "delta", 256): KC(128, 64, 8, 1),  # (128, 64, 8, 2): 104448 B
     ("half", "colsum", 128): KC(64, 256, 8, 1),  # (64, 512, 8, 2): 166912 B
     ("half", "colsum", 256): KC(128, 128, 8, 1),  # (128, 128, 8, 2): 140288 B
-    ("half", "encode", 256): KC(128, 32, 8, 1),  # (256, 64, 8, 1): 143360 B
-    ("half", "encode", 512): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 143360 B
     ("half", "fused", 128): KC(32, 128, 8, 1),  # (32, 128, 8, 2): 104576 B
     ("fp32", "colsum", 256): KC(16, 16, 4, 1),  # (16, 64, 4, 1): 139264 B
     ("fp32", "encode", 128): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 135168 B
@@ -319,6 +322,11 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #   fp32 col 256: dμ 162 → 101 ms tf32x3, 62 → 13 tf32 (soft; in hard mode with the one-hot after the
 #     loop the entry takes 255 registers and 3.0 KB of spills; soft tf32x3 still 17 KB at 32 registers,
 #     and no tile tried did better: (32, 16, 4), (16, 16, 2), (16, 32, 2), (16, 16, 8): 13–76 KB).
+#   half encode 256 and 512 (2026-12-04, thirty-sixth session, after the encode kernel's halved distances;
+#     sm_80, bf16, per element at (8192, 16384, 256) and (8192, 4096, 512)): the table's (128, 64, 8, 1)
+#     23.2 with 748 B of spills and (128, 32, 8, 1) 36.6 with 488 B (before that change the old tables'
+#     17.6 with 972 B and 29.3 with 140 B); the entries 18.3 and 29.1, no spill, 16 and 8 warps/SM, and
+#     they fit the 99 KiB parts (87040 and 101376 B), whose SMALL_SHARED_CONFIGS entries took 33.8 at D = 512.
 # The "mma" entries fit the 99 KiB parts (sm_86, sm_89, sm_120; tests/compile_kernels.py 86 checks it),
 # so they come before SMALL_SHARED_CONFIGS, which holds only buckets without one. "tmem": triton 3.8's
 # ptxas for sm_100 refused fp32's (tf32x3) dμ at D = 256 in the table's (16, 64, 4, 1) ("Register
@@ -336,6 +344,8 @@ ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the buck
     ("mma", "fp32", "row", 128): KC(32, 32, 4, 1),
     ("mma", "fp32", "col", 128): KC(32, 32, 4, 2),
     ("mma", "fp32", "col", 256): KC(16, 16, 4, 1),
+    ("mma", "half", "encode", 256): KC(128, 32, 8, 2),
+    ("mma", "half", "encode", 512): KC(64, 32, 4, 2),
     ("tmem", "fp32", "col", 256): KC(16, 16, 4, 1),
 }
 # Alternatives a tuning run times beside each bucket's default (autotune.candidates): tile shapes whose
@@ -350,9 +360,11 @@ CANDIDATES = {
     "row": (KC(64, 32, 4, 2), KC(128, 32, 8, 2), KC(64, 64, 4, 2), KC(64, 16, 4, 2), KC(128, 16, 8, 1),
             KC(64, 32, 4, 1), KC(128, 32, 8, 1)),
     "col": (KC(32, 128, 8, 2), KC(32, 64, 4, 2), KC(16, 128, 8, 2), KC(32, 128, 8, 1), KC(64, 64, 4, 1)),
-    "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2)),
+    "colsum": (KC(64, 512, 8, 2), KC(64, 256, 8, 2), KC(32, 128, 8, 2), KC(64, 128, 8, 2), KC(128, 256, 8, 2),
+               KC(64, 128, 8, 1)),  # the last: two CTAs per SM at D = 256 (81 registers), 7 % more instructions
     "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
-    "encode": (KC(128, 64, 8, 2), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2), KC(128, 128, 8, 1)),
+    "encode": (KC(128, 64, 8, 2), KC(128, 64, 8, 1), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2),
+               KC(128, 128, 8, 1)),
     # the fused dμ kernel (GMVQ_FUSED_BACKWARD=1), at (32768, 8192, 128) soft / hard (2026-12-01): the
     # table's (32, 128, 8, 2) spills 136 / 112 B; (16, 128, 8, 2) none, but models 8 % slower per
     # fwd+bwd; (32, 64, 4, 2) models 6–7 % faster than the table, spilling 84 / 252 B
@@ -369,6 +381,10 @@ CANDIDATES = {
 # tuning run (whole fwd+bwd, bf16 soft). With the row winner (64, 32, 4, 2) dx now spills 644 B, 5 local
 # loads/stores per element in its loop (static report; 76 B and 0.4 with the table's (128, 32, 8, 2)),
 # where it was 1.5 % faster than the table before the change. The next --tune run re-times all three.
+# Removed by hand on 2026-12-04 (thirty-sixth session): the half encode winner at D = 256, (128, 64, 8, 2),
+# timed before ||x||² moved out of the kernels; since then it holds one CTA per SM (139264 B of shared
+# memory), and the H200 timed the encode path 24 % slower at (65536, 16384, 256) on 2026-12-04 than on
+# 2026-11-30. The table's (128, 64, 8, 1) holds two (16 warps/SM; see ENCODE_CONFIGS).
 # All entries were timed while ptxas serialised the dx and dμ kernels' wgmma (docs/speed_history.md, item 20,
 # fixed 2026-12-01), so the next --tune may pick differently (the one-stage candidates too).
 # tests/compile_kernels.py compiles the TUNED entries for sm_90 too.
@@ -386,7 +402,6 @@ TUNED = {
     ('sm_90', 'half', 'colsum', 128): KC(64, 512, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'delta', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'encode', 128): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
-    ('sm_90', 'half', 'encode', 256): KC(128, 64, 8, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'row', 128): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
     ('sm_90', 'half', 'row', 64): KC(64, 32, 4, 2),  # 2026-11-30, NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0
 }

@@ -18,7 +18,7 @@ from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
 from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows,
-                    row_operands, row_tile, split_code_range, sq_norms)
+                    norm_parts, row_half_logits, row_tile, split_code_range, sq_norms)
 
 
 @triton.heuristics({"EVEN_K": even_k})
@@ -31,29 +31,35 @@ def _gmvq_encode_kernel(
     """argmax_k ℓ_nk of BLOCK_N rows over one split of the codes (program_id(1)): writes codes
     (splits, N) int64, −1 for a row whose x is not finite (NaN policy), and, when ``best_ptr`` is not
     None (several splits), the maximum ℓ (splits, N) fp32 for the final reduction.
-    a, b (K,) fp32: spec.component_terms; mm (K,) fp32: spec.code_sq_norms, or None to form the norms
+    a, b (K,) fp32: spec.logit_terms; mm (K,) fp32: spec.code_sq_norms, or None to form the norms
     from each code tile (the launcher's choice at D ≤ 32: tiles.load_codes); mp (K, 16): the codes' norm
-    operand (tiles.code_norm_operand) or None, as in the training kernels."""
+    operand (tiles.code_norm_operand) or None, as in the training kernels; with it the logits come from
+    the halved distances (tiles.row_half_logits) and a_ptr holds 2a."""
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     offs_d = tl.arange(0, BLOCK_D)
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = sq_norms(x)
-    x, xp = row_operands(x, xx, mp_ptr is not None)  # x·(−2) with the norm dot (tiles.row_tile)
+    if mp_ptr is not None:  # the rows' operand of the halved distances (tiles.row_half_logits)
+        xh = norm_parts(xx, -0.5, True, -0.5).to(x.dtype)
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    best_k = tl.zeros((BLOCK_N,), tl.int64)
+    best_k = tl.zeros((BLOCK_N,), tl.int32)  # K < 2³¹; int64 at the store (3 registers fewer)
     for k_start in range(k_lo, k_hi, BLOCK_K):
-        # a stands in for v (σ²), which the argmax does not need: the pointer is only read
-        _, _, _, _, _, _, logits, _ = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, a_ptr, mm_ptr, mp_ptr, k_start, K,
-                                               D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+        if mp_ptr is not None:  # a_ptr holds 2a
+            _, _, logits = row_half_logits(x, xh, means_ptr, a_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d, EVEN_K,
+                                           BLOCK_K, DOT_PRECISION)
+        else:
+            # a stands in for v (σ²), which the argmax does not need: the pointer is only read
+            _, _, _, _, _, _, logits, _ = row_tile(x, xx, xx, means_ptr, a_ptr, b_ptr, a_ptr, mm_ptr, None, k_start,
+                                                   K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
         tile_max = tl.max(logits, axis=1)
         tile_arg = first_argmax(logits, tile_max, BLOCK_K)
         better = tile_max > best  # strict: the first maximum wins, as torch.argmax
-        best_k = tl.where(better, tile_arg.to(tl.int64) + k_start, best_k)
+        best_k = tl.where(better, tile_arg + k_start, best_k)
         best = tl.maximum(best, tile_max)
     bad = ~(xx < float("inf"))
     mask_n = offs_n < N
-    tl.store(codes_ptr + split * N + offs_n, tl.where(bad, -1, best_k), mask=mask_n)
+    tl.store(codes_ptr + split * N + offs_n, tl.where(bad, -1, best_k).to(tl.int64), mask=mask_n)
     if best_ptr is not None:
         tl.store(best_ptr + split * N + offs_n, best, mask=mask_n)
 
@@ -76,6 +82,8 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
     mm = code_sq_norms(means) if D > 32 or config.norm_dot(x.dtype) else None
     mp = None if mm is None else code_norm_operand(mm, x.dtype)
+    if mp is not None:
+        a = a * 2.0  # tiles.row_half_logits takes 2a
     _gmvq_encode_kernel[(row_blocks, splits)](
         interpreter_operand(x), interpreter_operand(means), a, b, mm, mp,
         best, codes, N, K, D, codes_per_split,

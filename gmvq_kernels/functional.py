@@ -9,7 +9,7 @@ from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
-from .spec import GMVQOutput, SAVED_FIELDS, component_terms, log_prior_probs, with_fields
+from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, logit_terms, with_fields
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
@@ -117,8 +117,9 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
     if impl in ("torch", "reference"):  # no gradient to hand-derive: the chunked reference is the torch path
         return gmvq_encode_reference(x, means, log_var, log_prior)
     log_var32 = log_var.detach().float()
-    a, b, _ = component_terms(log_var32, log_prior_probs(None if log_prior is None else log_prior.detach(),
-                                                         means.shape[0], log_var32), x.shape[1])
+    # without σ² (an op the argmax does not need: one launch less, for the encode launcher's 2a)
+    a, b = logit_terms(log_var32, log_prior_probs(None if log_prior is None else log_prior.detach(),
+                                                  means.shape[0], log_var32), x.shape[1])
     return fused_encode(x.detach().contiguous(), means.detach().contiguous(), a.contiguous(), b.contiguous(),
                         dot_precision or config.DEFAULT_DOT_PRECISION)
 

@@ -66,9 +66,14 @@ def code_sq_norms(means: torch.Tensor) -> torch.Tensor:
     return (m * m).sum(1)
 
 
-def component_terms(log_var, log_pi, D: int):
-    """Per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)):
-    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π), v_k = σ_k²."""
+def logit_terms(log_var, log_pi, D: int):
+    """(a, b): the per-code constants of the logits ℓ_nk = b_k − d_nk·a_k (differentiable, O(K)):
+    a_k = 1/(2σ_k²), b_k = log π_k − (D/2)(λ_k + log 2π)."""
     a = 0.5 * torch.exp(-log_var)
     b = log_pi - 0.5 * D * (log_var + LOG_2PI)
-    return a, b, torch.exp(log_var)
+    return a, b
+
+
+def component_terms(log_var, log_pi, D: int):
+    """(a, b, v): ``logit_terms`` and v_k = σ_k², which the training kernels also read."""
+    return (*logit_terms(log_var, log_pi, D), torch.exp(log_var))

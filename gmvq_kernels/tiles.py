@@ -91,15 +91,16 @@ def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d
 
 
 @triton.jit
-def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr):
+def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, ONE: tl.constexpr = 1.0):
     """A (L, 16) fp32 operand of the norm dot for L squared norms ``sq`` (fp32): SCALE·sq (SCALE 1 or
     −½: exact) as three parts of 8 significant bits each, so that each is exact in bf16 and they sum
     to SCALE·sq exactly (fp32 has 24; below |SCALE·sq| = 2⁻¹⁰⁹, where the parts are subnormal in bf16,
-    within 2⁻¹³¹), split by truncation (clearing low bits: one LOP3 each), in columns 0–2 and ones in
-    3–5 (PARTS_FIRST: the rows' operand), or the other way round (the codes'), zeros elsewhere. The dot
-    of a rows' and a codes' operand is then SCALE·(||x||² + ||μ||²), which the tensor cores add onto the
-    distance dot (row_tile, col_half_distance). A non-finite norm gives non-finite parts (its row is
-    NaN anyway: the NaN policy)."""
+    within 2⁻¹³¹), split by truncation (clearing low bits: one LOP3 each), in columns 0–2 and ONE (1 or
+    −½) in 3–5 (PARTS_FIRST: the rows' operand), or the other way round (the codes'), zeros elsewhere.
+    The dot of a rows' and a codes' operand (ONE = 1) is then SCALE·(||x||² + ||μ||²), which the tensor
+    cores add onto the distance dot (row_tile, col_half_distance); a rows' operand of SCALE = ONE = −½
+    and the codes' of SCALE 1 give −(||x||² + ||μ||²)/2 (row_half_logits). A non-finite norm gives
+    non-finite parts (its row is NaN anyway: the NaN policy)."""
     p = sq * SCALE
     hi = (p.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
     rest = p - hi
@@ -109,7 +110,7 @@ def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr):
     part = col if PARTS_FIRST else col - 3  # which part a column holds, if any
     ones = (col >= 3) & (col < 6) if PARTS_FIRST else col < 3
     return tl.where(part == 0, hi[:, None], tl.where(part == 1, mid[:, None],
-                    tl.where(part == 2, lo[:, None], tl.where(ones, 1.0, 0.0))))
+                    tl.where(part == 2, lo[:, None], tl.where(ones, ONE, 0.0))))
 
 
 @triton.jit
@@ -270,6 +271,30 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
         d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
     d, logits, clamp_ok = distances_logits(d_raw, a[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, mu, a, v, d, logits, clamp_ok
+
+
+@triton.jit
+def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
+                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(offs_k, mask_k, ℓ) of one codebook tile for a row kernel that needs only the logits (the encode
+    kernel, the Δ pass of Δq alone), from the halved distance s = x·μ − (||x||² + ||μ||²)/2 as the column
+    kernels form it (half_distances_logits): x as loaded, ``xh`` = norm_parts(||x||², −½, True, −½) in
+    x's dtype, the codes' norm operand ``mp_ptr`` (code_norm_operand) and a2 = 2a per code (``a2_ptr``,
+    doubled by the launcher: per code in memory, where doubling a tile's a costs 0.5 instructions per
+    element). Not row_tile's −2x: x then reaches the dot from shared memory as loaded, where the −2x
+    copy held 64 registers per thread at D = 256 (static report: encode 160 → 128 registers, two CTAs
+    per SM). The values of row_tile's logits exactly (the factors are powers of two)."""
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    mask_k = code_mask(offs_k, K, EVEN_K)
+    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
+                 mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
+    a2 = tl.load(a2_ptr + offs_k, mask=mask_k, other=0.0)
+    b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
+    mp = tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
+    s = tl.dot(xh, tl.trans(mp), tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION),
+               input_precision=DOT_PRECISION)
+    _, logits, _ = half_distances_logits(s, a2[None, :], b[None, :], mask_k[None, :])
+    return offs_k, mask_k, logits
 
 
 @triton.jit
