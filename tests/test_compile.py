@@ -72,6 +72,10 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
             # bf16 takes Δy from the forward (forward.delta_from_forward): the Δ pass is Δq alone, one
             # exp2 per element and no noise (with the noise: 4 MUFU per element)
             assert r["classes"]["MUFU"] == 1.0, r
+        if r["kernel"] in ("_gmvq_bwd_delta_kernel", "_gmvq_encode_kernel"):
+            # only the logits: x from shared memory (tiles.row_half_logits), two CTAs per SM (the Δ pass at
+            # D = 128 held 192 registers, 8 warps per SM, with a −2x copy of x and Δy's sums in registers)
+            assert r["warps_per_sm"] >= 16, r
         if r["kernel"] in ("_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel"):
             # the report's τ = 1: y from q (tiles.sample_prob), so q's exp2, u's log and one rcp per element
             # (with the sample's own softmax, as at another τ: 4)
