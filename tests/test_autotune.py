@@ -76,8 +76,8 @@ def test_small_shared_memory_gpus_take_their_own_configs(gpu_like, monkeypatch):
     config.check_shared_memory(x.dtype, config.SMALL_SHARED_MAX_FP32_D, "cuda")
     # the limit decides, not the arch: a GPU with an A100's budget or more takes the tables
     monkeypatch.setattr(config, "shared_limit", lambda device: config.FULL_TABLE_SHARED)
-    assert ("half", "delta", 256) in config.SMALL_SHARED_CONFIGS
-    assert config.delta_config(256, bf16, "cuda") == config.table_config("delta", 256, bf16)
+    assert ("half", "colsum", 256) in config.SMALL_SHARED_CONFIGS
+    assert config.colsum_config(256, bf16, "cuda") == config.table_config("colsum", 256, bf16)
     config.check_shared_memory(x.dtype, x.shape[1], "cuda")
 
 
