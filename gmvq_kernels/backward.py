@@ -54,7 +54,7 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
-                    even_k, even_n, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range, norm_parts,
+                    even_k, even_n, half_row_operand, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range,
                     row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
                     sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts,
                     split_row_range, sum_splits, tau_one, tile_code, y_scale)
@@ -240,7 +240,8 @@ def _gmvq_bwd_delta_kernel(
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    TAU_ONE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
@@ -254,13 +255,14 @@ def _gmvq_bwd_delta_kernel(
     offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_d = tl.arange(0, BLOCK_D)
-    # Δq alone with the norm dot: the logits from the halved distances, x in shared memory as loaded
-    # (tiles.row_half_logits; a_ptr holds 2a): 128 registers at BLOCK_D = 128 and 256, 16 warps per SM
-    HALF: tl.constexpr = not HAS_Y and mp_ptr is not None
+    # HALF (Δq alone with the norm dot, the launcher's choice): the logits from the halved distances, x in
+    # shared memory as loaded (tiles.row_half_logits; a_ptr holds 2a): 128 registers at BLOCK_D = 128 and
+    # 256, 16 warps per SM
+    tl.static_assert(not HALF or (not HAS_Y and mp_ptr is not None), "HALF: Δq alone, with the norm dot")
     x, xx, xp, gz = load_row_block(x_ptr, xx_ptr, gz_ptr if HAS_Y else None, offs_n, N, D, offs_d,
                                    mp_ptr is not None and not HALF)
     if HALF:
-        xp = norm_parts(xx, -0.5, True, -0.5).to(x.dtype)
+        xp = half_row_operand(xx, x)
     g_lat = load_row_vec(glat_ptr, offs_n, N)
     g_s = load_row_vec(gs_ptr, offs_n, N)
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
@@ -734,11 +736,11 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise,
             # and with the norm dot the halved distances, which take 2a (the kernel's HALF)
-            half = mp is not None and not (has_y and y_sums is None)
+            half = mp is not None and not (has_y and y_sums is None)  # the kernel's HAS_Y false
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
                 xk, mk, a * 2.0 if half else a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s,
                 g_c, y_sums, dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
-                BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
+                HALF=half, BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
                 num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))
 

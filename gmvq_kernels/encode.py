@@ -18,7 +18,7 @@ from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
 from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows,
-                    norm_parts, row_half_logits, row_tile, split_code_range, sq_norms)
+                    half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms)
 
 
 @triton.heuristics({"EVEN_K": even_k})
@@ -41,7 +41,7 @@ def _gmvq_encode_kernel(
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = sq_norms(x)
     if mp_ptr is not None:  # the rows' operand of the halved distances (tiles.row_half_logits)
-        xh = norm_parts(xx, -0.5, True, -0.5).to(x.dtype)
+        xh = half_row_operand(xx, x)
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_k = tl.zeros((BLOCK_N,), tl.int32)  # K < 2³¹; int64 at the store (3 registers fewer)
     for k_start in range(k_lo, k_hi, BLOCK_K):

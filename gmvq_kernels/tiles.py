@@ -265,8 +265,7 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
     if mp_ptr is not None:  # mm unread: the compiler drops its load
-        mp = tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
-        d_raw = tl.dot(xp, tl.trans(mp), xm, input_precision=DOT_PRECISION)
+        d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)), xm, input_precision=DOT_PRECISION)
     else:
         d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
     d, logits, clamp_ok = distances_logits(d_raw, a[None, :], b[None, :], mask_k[None, :])
@@ -274,25 +273,35 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
 
 
 @triton.jit
+def load_code_parts(mp_ptr, offs_k, mask_k):
+    """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes offs_k."""
+    return tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
+
+
+@triton.jit
+def half_row_operand(xx, x):
+    """The rows' norm operand of row_half_logits, in x's dtype: norm_parts of ||x||² at SCALE = ONE = −½."""
+    return norm_parts(xx, -0.5, True, -0.5).to(x.dtype)
+
+
+@triton.jit
 def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
                     BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """(offs_k, mask_k, ℓ) of one codebook tile for a row kernel that needs only the logits (the encode
     kernel, the Δ pass of Δq alone), from the halved distance s = x·μ − (||x||² + ||μ||²)/2 as the column
-    kernels form it (half_distances_logits): x as loaded, ``xh`` = norm_parts(||x||², −½, True, −½) in
-    x's dtype, the codes' norm operand ``mp_ptr`` (code_norm_operand) and a2 = 2a per code (``a2_ptr``,
-    doubled by the launcher: per code in memory, where doubling a tile's a costs 0.5 instructions per
-    element). Not row_tile's −2x: x then reaches the dot from shared memory as loaded, where the −2x
-    copy held 64 registers per thread at D = 256 (static report: encode 160 → 128 registers, two CTAs
-    per SM). The values of row_tile's logits exactly (the factors are powers of two)."""
+    kernels form it (half_distances_logits): x as loaded, ``xh`` = half_row_operand(||x||², x), the
+    codes' norm operand ``mp_ptr`` (code_norm_operand) and a2 = 2a per code (``a2_ptr``, doubled by the
+    launcher: per code in memory, where doubling a tile's a costs 0.5 instructions per element). Not
+    row_tile's −2x: x then reaches the dot from shared memory as loaded, where the −2x copy held 64
+    registers per thread at D = 256 (static report: encode 160 → 128 registers, two CTAs per SM). The
+    values of row_tile's logits exactly (the factors are powers of two)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
-                 mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
-    a2 = tl.load(a2_ptr + offs_k, mask=mask_k, other=0.0)
-    b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
-    mp = tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
-    s = tl.dot(xh, tl.trans(mp), tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION),
-               input_precision=DOT_PRECISION)
+    # b stands in for v, and without mm_ptr the norms come from the tile: neither is read, so the compiler
+    # drops the load and the sums
+    mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, offs_k, mask_k, D, offs_d)
+    s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)),
+               tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
     _, logits, _ = half_distances_logits(s, a2[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, logits
 
