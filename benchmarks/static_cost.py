@@ -30,11 +30,22 @@ of the 2026-11-30 kernels were 1.75–2.03× it, against 1.95–3.59× ``model_m
 code is counted the same way, but its model_ms still applies the H200's rates (a comparison of counts,
 not an A100 estimate).
 
+``fit_ms`` is the estimate fitted to a GPU's per-kernel times: FIT_FACTOR × (the issue slots at 4
+warp-instructions per SM and clock + the loop's HGMMA FLOPs at the tensor cores' peak), over N·K / 132
+SMs, without the pipes, occupancy or waves of ``model_ms``. ``--calibrate TIMES.jsonl REPORT.json``
+fits FIT_FACTOR anew: the median over the kernels of a ``gpu_check.py`` run (its ``kernel_times``
+records, soft mode, ≥ 0.1 ms each) of measured / (issue + tensor) in a static report of the same code,
+compiled by the run's triton; it prints each kernel's ratio to the fit, hard mode's too. Fitted on the
+H200 run of 2026-12-04 (bf16, soft; benchmarks/results/static-2026-12-04-fit/): the forward, q̄, dx
+and dμ at rows 2–4 within 0.87–1.14 of it, the Δ pass 1.39 and 1.59.
+
     python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard (both backward
                                                           # variants: "-fused") and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill or
                                                           # serialised wgmma (CI)
+    python benchmarks/static_cost.py --calibrate results/NVIDIA_H200-2026-12-04/correctness_run2.jsonl \
+        results/static-2026-12-04-dmuorder/static36.json  # FIT_FACTOR from a GPU run's kernel times
 
 The launches take the configs the launchers pick on that arch: ``config.TUNED``'s measured entries first
 (what an H100/H200 runs), then the tables, off sm_90 with ``config.ARCH_CONFIGS``' entries for the arch's
@@ -68,6 +79,10 @@ SMS, CLOCK_HZ = 132, 1.98e9
 RATES = {"FP32": 128, "ALU": 64, "IMAD": 64, "MUFU": 16, "CONV": 16, "LDS/STS": 32, "SHFL": 32}
 TENSOR_FLOPS_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}
 REGS_PER_SM, SHARED_PER_SM, MAX_WARPS = 65536, 233472, 64
+# fit_ms's factor: --calibrate on the H200 run of 2026-12-04 (14 kernel times of bf16 soft, triton 3.6.0's
+# code: results/static-2026-12-04-fit/)
+FIT_FACTOR = 1.88
+FIT_MIN_MS = 0.1  # --calibrate leaves out shorter kernel times: launch latency, not the loop
 
 
 def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True, tau=1.0):
@@ -181,9 +196,59 @@ def model(info, launch, elems, dot_kind, after_share=0.0, skip_share=1.0):
     # docstring: the 2026-11-30 H200 timings fit this one better than the overlapped one)
     serial = max(c for name, c in cycles.items() if name != "tensor") + cycles["tensor"]
     per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(classes.items())}
+    instr = loop_len * warps * 32 / tile
+    flops = sum(s.mma_flops_per_cta(warps) * w for s, w in loops) / tile
     return dict(grid=grid, warps_per_sm=ctas * warps, resident_warps=resident,
-                instr_per_elem=loop_len * warps * 32 / tile, classes=per_elem,
-                mma=sass.mma_shapes, bound=bound, model_ms=to_ms * cycles[bound], serial_ms=to_ms * serial)
+                instr_per_elem=instr, classes=per_elem, mma=sass.mma_shapes, tensor_flops_per_elem=flops,
+                bound=bound, model_ms=to_ms * cycles[bound], serial_ms=to_ms * serial,
+                fit_ms=FIT_FACTOR * fit_terms_ms(instr, flops, elems, dot_kind))
+
+
+def fit_terms_ms(instr_per_elem, flops_per_elem, elems, dot_kind):
+    """fit_ms's two terms, summed (see the module docstring): ``elems`` (n, k) elements' issue slots at 4
+    warp-instructions per SM and clock and their tensor-core FLOPs at the peak, over all SMs."""
+    issue = instr_per_elem * elems / (32 * 4)
+    tensor = flops_per_elem * elems / TENSOR_FLOPS_PER_CLK[dot_kind]
+    return (issue + tensor) / (SMS * CLOCK_HZ) * 1e3
+
+
+def row_flops_per_elem(row):
+    """Tensor-core FLOPs per (n, k) element of one report row: ``model``'s, or in a report from before it
+    kept them (before 2026-12-04's fit) rebuilt from the main loop's HGMMA shapes."""
+    if "tensor_flops_per_elem" in row:
+        return row["tensor_flops_per_elem"]
+    per_cta = sum(n * devtools.mma_flops(op) for op, n in row["mma"].items() if op.startswith("HGMMA"))
+    return per_cta * max(1, row["num_warps"] // 4) / (row["block"][0] * row["block"][1])
+
+
+def calibrate(times_path, report_path):
+    """(factor, rows): FIT_FACTOR refitted from a gpu_check.py run's ``kernel_times`` records and a static
+    report (JSON) of the same code: the median of measured / fit_terms_ms over the soft-mode kernels the
+    report has at the run's shapes that took ≥ FIT_MIN_MS; rows (shape, mode, kernel, measured ms, ratio
+    to the fit) for every kernel matched, hard mode's and the short ones too. A record without a mode
+    (runs before the thirty-seventh session's gpu_check.py, 2026-12-04) is soft."""
+    times = {}
+    with open(times_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("check") == "kernel_times":
+                times[(rec["N"], rec["K"], rec["D"], rec.get("mode", "soft"))] = rec["ms_per_fwd_bwd"]
+    with open(report_path) as f:
+        report = json.load(f)
+    matched = []
+    for r in report["rows"]:
+        shape = tuple(r["shape"])
+        ms = times.get((*shape, r["mode"]), {}).get(r["kernel"])
+        if ms is None:
+            continue
+        terms = fit_terms_ms(r["instr_per_elem"], row_flops_per_elem(r), shape[0] * shape[1],
+                             dot_kind(DTYPES.get(r["dtype"], torch.float32), r["dtype"]))
+        matched.append((shape, r["mode"], r["kernel"], ms, ms / terms))
+    kept = sorted(ratio for _, mode, _, ms, ratio in matched if mode == "soft" and ms >= FIT_MIN_MS)
+    if not kept:
+        raise SystemExit(f"no kernel time of at least {FIT_MIN_MS} ms matches a soft row of {report_path}")
+    factor = kept[len(kept) // 2] if len(kept) % 2 else (kept[len(kept) // 2 - 1] + kept[len(kept) // 2]) / 2
+    return factor, [(shape, mode, kernel, ms, ratio / factor) for shape, mode, kernel, ms, ratio in matched]
 
 
 def dot_kind(dtype, prec):
@@ -210,7 +275,8 @@ def report_case(shape, mode, dtype_name, cc, cache, prec="tf32x3", tuned=True, t
     total = dict(shape=list(shape), mode=mode, dtype=rows[0]["dtype"], arch=f"sm_{cc}", passes=len(rows),
                  instr_per_elem=sum(r["instr_per_elem"] for r in rows),
                  mufu_per_elem=sum(r["classes"].get("MUFU", 0) for r in rows),
-                 model_ms=sum(r["model_ms"] for r in rows), serial_ms=sum(r["serial_ms"] for r in rows))
+                 model_ms=sum(r["model_ms"] for r in rows), serial_ms=sum(r["serial_ms"] for r in rows),
+                 fit_ms=sum(r["fit_ms"] for r in rows))
     return rows, total
 
 
@@ -301,7 +367,8 @@ def yardstick(shape, dtype_name, cc, cache):
         rows.append(dict(kernel=launch.name, regs=info["regs"], spill_bytes=info["spill_bytes"], **m))
     return dict(shape=list(shape), dtype=dtype_name, arch=f"sm_{cc}", kernels=rows,
                 instr_per_elem=sum(r["instr_per_elem"] for r in rows),
-                model_ms=sum(r["model_ms"] for r in rows), serial_ms=sum(r["serial_ms"] for r in rows))
+                model_ms=sum(r["model_ms"] for r in rows), serial_ms=sum(r["serial_ms"] for r in rows),
+                fit_ms=sum(r["fit_ms"] for r in rows))
 
 
 def noise_cost(cc, cache, num_warps=4):
@@ -326,8 +393,8 @@ def markdown(result):
     lines = [f"Static cost report, {result['date']}: torch {result['torch']}, triton {result['triton']} (the compiler "
              f"of the SASS read), configs: {result['configs']}.", "",
              "| N, K, D | mode | dtype | kernel | regs | spill B | wgmma | warps/SM | grid | block (N×K), warps | "
-             "instr/elem | MUFU/elem | MMA in loop | bound | model ms | serial ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "instr/elem | MUFU/elem | MMA in loop | bound | model ms | serial ms | fit ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mma = ", ".join(f"{op.split('.')[1]}×{n}" for op, n in r["mma"].items()) or "—"
         wgmma = f"serialised {r['wgmma_serialized']}" if r["wgmma_serialized"] else "ok"
@@ -335,18 +402,18 @@ def markdown(result):
                      f"{r['regs']} | {r['spill_bytes']} | {wgmma} | {r['warps_per_sm']} | {r['grid']} | "
                      f"{r['block'][0]}×{r['block'][1]}, {r['num_warps']} | {r['instr_per_elem']:.1f} | "
                      f"{r['classes'].get('MUFU', 0):.2f} | {mma} | {r['bound']} | {r['model_ms']:.3f} | "
-                     f"{r['serial_ms']:.3f} |")
+                     f"{r['serial_ms']:.3f} | {r['fit_ms']:.3f} |")
     lines += ["", "| N, K, D | mode | dtype | arch | passes | instr/elem (sum) | MUFU/elem | model ms (fwd+bwd) | "
-              "serial ms | FA2 yardstick instr/elem | FA2 model ms | FA2 serial ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "serial ms | fit ms | FA2 yardstick instr/elem | FA2 model ms | FA2 serial ms | FA2 fit ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ys = {(tuple(y["shape"]), y["dtype"], y["arch"]): y for y in result["yardstick"]}
     for t in result["totals"]:
         y = ys.get((tuple(t["shape"]), t["dtype"].split("-")[0], t["arch"]))
         lines.append(f"| {', '.join(map(str, t['shape']))} | {t['mode']} | {t['dtype']} | {t['arch']} | "
                      f"{t['passes']} | {t['instr_per_elem']:.1f} | {t['mufu_per_elem']:.2f} | {t['model_ms']:.2f} | "
-                     f"{t['serial_ms']:.2f} | "
-                     + (f"{y['instr_per_elem']:.1f} | {y['model_ms']:.2f} | {y['serial_ms']:.2f} |" if y
-                        else "— | — | — |"))
+                     f"{t['serial_ms']:.2f} | {t['fit_ms']:.2f} | "
+                     + (f"{y['instr_per_elem']:.1f} | {y['model_ms']:.2f} | {y['serial_ms']:.2f} | {y['fit_ms']:.2f} |"
+                        if y else "— | — | — | — |"))
     for n in result.get("noise", []):
         lines += ["", f"Gumbel noise alone ({n['arch']}, standalone kernel): {n['instr_per_elem']:.2f} instr/elem, "
                   f"{n['regs']} regs, {n['spill_bytes']} B spill; by class: "
@@ -373,7 +440,20 @@ def main(argv=None):
                         "there; any other τ takes the sample's own softmax)")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
+    p.add_argument("--calibrate", nargs=2, metavar=("TIMES.jsonl", "REPORT.json"),
+                   help="fit FIT_FACTOR to a gpu_check.py run's kernel_times and a static report of the same code; "
+                        "print it and each kernel's ratio to the fit (nothing compiled)")
     args = p.parse_args(argv)
+    if args.calibrate:
+        factor, rows = calibrate(*args.calibrate)
+        print(f"fit_ms = {factor:.2f} × (issue + tensor) (FIT_FACTOR now {FIT_FACTOR}); soft kernels of at least "
+              f"{FIT_MIN_MS} ms fitted\n\n| N, K, D | mode | kernel | measured ms | measured / fit |\n"
+              "|---|---|---|---|---|")
+        for shape, mode, kernel, ms, ratio in rows:
+            fitted = mode == "soft" and ms >= FIT_MIN_MS
+            print(f"| {', '.join(map(str, shape))} | {mode} | {kernel} | {ms:.3f}{'' if fitted else ' (not fitted)'} "
+                  f"| {ratio:.2f} |")
+        return 0
     args.modes = args.modes or ("soft,hard,encode" if args.fast else "soft,hard,soft-fused,hard-fused,encode")
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)

@@ -100,11 +100,57 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     assert report["yardstick"] and report["yardstick"][0]["instr_per_elem"] > 0
     for t in report["totals"] + report["yardstick"]:
         assert t["serial_ms"] >= t["model_ms"] > 0, t
+    # fit_ms (static_cost.FIT_FACTOR × (issue + tensor)): a kernel's, summed per fwd+bwd
+    for t in report["totals"]:
+        fits = [r["fit_ms"] for r in report["rows"] if (r["shape"], r["mode"]) == (t["shape"], t["mode"])]
+        assert len(fits) == t["passes"] and all(f > 0 for f in fits) and abs(sum(fits) - t["fit_ms"]) < 1e-12, t
     # the noise alone (25.25 per element with triton 3.7.1): the accurate libm-style logs it replaced
     # cost ~25 instructions each, Philox-10 three more per element than Philox-7, the Taylor series and
     # natural-unit logs 4 more than the cubic and log₂ units
     (noise,) = report["noise"]
     assert noise["spill_bytes"] == 0 and 20 < noise["instr_per_elem"] <= 26, noise
+
+
+def calibrate(times, report):
+    proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--calibrate", str(times), str(report)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_static_cost_calibrate(tmp_path):
+    """--calibrate: the factor is the median of measured / (issue + tensor) over the kernels of at least
+    FIT_MIN_MS, each kernel's ratio printed against it. Three kernels with the same counts timed 1 : 1 : 3
+    fit at the middle one (ratios 1, 1, 3: a mean would give 0.6, 0.6, 1.8); a fourth under 0.1 ms, 10×
+    slower for its count, is left out (with it the median would move to 2), and so is hard mode's time
+    (printed against the soft fit). The committed H200 run and
+    the report of its code give FIT_FACTOR (static_cost's constant was fitted so: its dots' FLOPs count)."""
+    row = dict(shape=[4096, 4096, 64], mode="soft", dtype="bf16", instr_per_elem=50.0, num_warps=4, block=[64, 32],
+               mma={})
+    report = tmp_path / "report.json"
+    # k_b as a report since the fit writes it: its FLOPs per element (0) read, not rebuilt from its shapes
+    report.write_text(json.dumps({"rows": [dict(row, kernel=n) for n in ("k_a", "k_c")]
+                                  + [dict(row, kernel="k_b", tensor_flops_per_elem=0.0,
+                                          mma={"HGMMA.64x32x16.F32.BF16": 100}),
+                                     dict(row, kernel="k_short", instr_per_elem=0.5),
+                                     dict(row, kernel="k_a", mode="hard")]}))  # hard rows: not the run's mode
+    times = tmp_path / "times.jsonl"
+    base = {"check": "kernel_times", "N": 4096, "K": 4096, "D": 64}
+    times.write_text("\n".join(json.dumps(r) for r in (
+        {"check": "other"},
+        dict(base, ms_per_fwd_bwd={"k_a": 0.5, "k_b": 0.5, "k_c": 1.5, "k_short": 0.05, "other": 0.1}),
+        # hard mode's times: reported against the soft fit, not fitted (a mode-less record is soft)
+        dict(base, mode="hard", ms_per_fwd_bwd={"k_a": 5.0}))) + "\n")
+    out = calibrate(times, report)
+    ratios = {tuple(c.strip() for c in line.split("|")[2:4]): float(line.split("|")[5]) for line in out.splitlines()
+              if line.startswith("| 4096")}
+    assert ratios == {("soft", "k_a"): 1.0, ("soft", "k_b"): 1.0, ("soft", "k_c"): 3.0, ("soft", "k_short"): 10.0,
+                      ("hard", "k_a"): 10.0}, out
+    assert "0.050 (not fitted)" in out and "5.000 (not fitted)" in out, out
+    results = ROOT / "benchmarks" / "results"
+    out = calibrate(results / "NVIDIA_H200-2026-12-04" / "correctness_run2.jsonl",
+                    results / "static-2026-12-04-dmuorder" / "static36.json")
+    assert out.startswith("fit_ms = 1.88 × (issue + tensor) (FIT_FACTOR now 1.88)"), out
 
 
 def test_static_cost_fast_mode_fails_on_serialised_wgmma(tmp_path):
