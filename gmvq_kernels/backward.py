@@ -14,7 +14,10 @@ For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
 computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
 (``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
-cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7).
+cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7), as the
+weighted mean Σ_k y Y / Σ_k y of the very y the other kernels form: their sum is 1 only to a few ulps
+(at τ = 1, y = q·(1/log₂ u)·c comes out 1 ± 2⁻²³ where one code holds the whole sample, and Y − Δy then
+left ~10⁻⁷·|Y| per row, which d log σ² multiplies by d·a − D/2).
 y_val is y, or the one-hot hard sample in hard mode (whose terms dx adds once per row after its loop
 at D ≤ 128, and dμ over each code's own rows after its loop from config.HARD_ROWS_MIN_BLOCKS code
 blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
@@ -237,7 +240,7 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_delta_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr,
-    gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, delta_q_ptr,
+    gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, y_mass_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     TAU_ONE: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -245,7 +248,9 @@ def _gmvq_bwd_delta_kernel(
 ):
     """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
-    adds the splits. gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N (K,) fp32, or None.
+    adds the splits. Where the loop recomputes y (HAS_Y) also y_mass (splits, N) = Σ_k y, by which the
+    launcher divides Δy (the module docstring). gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N
+    (K,) fp32, or None.
     y and Y are per element what the dx kernel computes (same helper, same tiles), so Y − Δy cancels
     as exactly as in softmax's backward. With the forward's y_sums (N, D + 2) fp32 (ysum_ptr, see
     forward.delta_from_forward) Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² comes from them instead
@@ -268,6 +273,7 @@ def _gmvq_bwd_delta_kernel(
     m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
     c_y = sample_scale(m_q, log2s_q, m_y, log2s_y) if TAU_ONE else m_y  # m_y: unread
     delta_y = tl.zeros((BLOCK_N,), tl.float32)
+    y_mass = tl.zeros((BLOCK_N,), tl.float32)
     delta_q = tl.zeros((BLOCK_N,), tl.float32)
     for k_start in range(k_lo, k_hi, BLOCK_K):
         if HALF:
@@ -290,6 +296,9 @@ def _gmvq_bwd_delta_kernel(
                                   gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
                                   DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
+            y_mass += tl.sum(y, axis=1)
+    if HAS_Y:
+        tl.store(y_mass_ptr + split * N + offs_n, y_mass, mask=mask_n)
     if ysum_ptr is not None:
         delta_y += delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
                                      gs_ptr is not None)
@@ -732,6 +741,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dcfg = delta_config(D, x.dtype, dev)
         d_splits, d_codes_per_split = split_codes(N, K, dcfg.BLOCK_N, dcfg.BLOCK_K, dev)
         dy_part = parts(N, n=d_splits) if has_y else None
+        # Σ_k y per row where the kernel recomputes y (its HAS_Y): Δy is taken as the mean of Y under that y
+        ym_part = parts(N, n=d_splits) if has_y and y_sums is None else None
         dq_part = parts(N, n=d_splits) if g_c is not None else None
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise,
@@ -739,10 +750,12 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
             half = mp is not None and not (has_y and y_sums is None)  # the kernel's HAS_Y false
             _gmvq_bwd_delta_kernel[(triton.cdiv(N, dcfg.BLOCK_N), d_splits)](
                 xk, mk, a * 2.0 if half else a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s,
-                g_c, y_sums, dy_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split, DOT_PRECISION=prec,
-                HALF=half, BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=dcfg.num_warps,
-                num_stages=dcfg.num_stages)
+                g_c, y_sums, dy_part, ym_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split,
+                DOT_PRECISION=prec, HALF=half, BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D,
+                num_warps=dcfg.num_warps, num_stages=dcfg.num_stages)
         delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))
+        if ym_part is not None:
+            delta_y = delta_y.div_(sum_splits(ym_part, d_splits))
 
     # the distance operands: the row kernels' (mm, mp, ..., x_sq), the column kernel's (mm, ..., x_sq, xp)
     common = lambda delta_q, dist: (xk, mk, a, b, v, *dist, saved["entropy"],  # noqa: E731
