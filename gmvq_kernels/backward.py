@@ -14,10 +14,14 @@ For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
 computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
 (``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
-cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7), as the
-weighted mean Σ_k y Y / Σ_k y of the very y the other kernels form: their sum is 1 only to a few ulps
-(at τ = 1, y = q·(1/log₂ u)·c comes out 1 ± 2⁻²³ where one code holds the whole sample, and Y − Δy then
-left ~10⁻⁷·|Y| per row, which d log σ² multiplies by d·a − D/2).
+cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7); at τ = 1
+(tiles.tau_one) as the mean Σ_k y Y / Σ_k y of the very y the other kernels form. That y =
+q·(1/log₂ u)·c is a product of three roundings, so it sums to 1 only to an ulp even where one code
+holds the whole sample (the sample's own softmax is exactly 1 at its maximum there), and Y − Δy then
+left ~10⁻⁷·|Y| per row, which d log σ² multiplies by d·a − D/2 (tests/random_sweep.py, seed 37: 3.8×
+fp32's bound). Not at another τ: where the distances' expansion cancels (latents far from the origin
+against their spread) the backward's logits differ from the forward's statistics by more than that,
+and the same division took two cases of that sweep past the bound that passed without it.
 y_val is y, or the one-hot hard sample in hard mode (whose terms dx adds once per row after its loop
 at D ≤ 128, and dμ over each code's own rows after its loop from config.HARD_ROWS_MIN_BLOCKS code
 blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
@@ -248,9 +252,9 @@ def _gmvq_bwd_delta_kernel(
 ):
     """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
-    adds the splits. Where the loop recomputes y (HAS_Y) also y_mass (splits, N) = Σ_k y, by which the
-    launcher divides Δy (the module docstring). gz (N, D) in x's dtype, glat, gs (N,) and gc = Ḡ_q̄/N
-    (K,) fp32, or None.
+    adds the splits. With y_mass (splits, N) (not None only where the loop recomputes y, at τ = 1) also
+    Σ_k y, by which the launcher divides Δy (the module docstring). gz (N, D) in x's dtype, glat, gs (N,)
+    and gc = Ḡ_q̄/N (K,) fp32, or None.
     y and Y are per element what the dx kernel computes (same helper, same tiles), so Y − Δy cancels
     as exactly as in softmax's backward. With the forward's y_sums (N, D + 2) fp32 (ysum_ptr, see
     forward.delta_from_forward) Δy = Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a + Ḡ_s·Σ y σ² comes from them instead
@@ -296,8 +300,10 @@ def _gmvq_bwd_delta_kernel(
                                   gz_ptr is not None, glat_ptr is not None, gs_ptr is not None, BLOCK_K,
                                   DOT_PRECISION)
             delta_y += tl.sum(y * big_y, axis=1)
-            y_mass += tl.sum(y, axis=1)
-    if HAS_Y:
+            if y_mass_ptr is not None:
+                y_mass += tl.sum(y, axis=1)
+    if y_mass_ptr is not None:
+        tl.static_assert(HAS_Y, "Σ_k y where the loop forms y")
         tl.store(y_mass_ptr + split * N + offs_n, y_mass, mask=mask_n)
     if ysum_ptr is not None:
         delta_y += delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
@@ -731,6 +737,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
+    tau1 = tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau), K=K))  # the kernels' TAU_ONE
     # the fused backward needs Δq before its one pass: no dx kernel to take over the Δ pass
     defer = not fused and defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
@@ -741,8 +748,8 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dcfg = delta_config(D, x.dtype, dev)
         d_splits, d_codes_per_split = split_codes(N, K, dcfg.BLOCK_N, dcfg.BLOCK_K, dev)
         dy_part = parts(N, n=d_splits) if has_y else None
-        # Σ_k y per row where the kernel recomputes y (its HAS_Y): Δy is taken as the mean of Y under that y
-        ym_part = parts(N, n=d_splits) if has_y and y_sums is None else None
+        # Σ_k y per row where the kernel recomputes y (its HAS_Y) at τ = 1: Δy is the mean of Y under that y
+        ym_part = parts(N, n=d_splits) if has_y and y_sums is None and tau1 else None
         dq_part = parts(N, n=d_splits) if g_c is not None else None
         if has_y or g_c is not None:
             # with the forward's y_sums (half inputs) Δy comes from them and the loop is Δq alone: no noise,
@@ -769,7 +776,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         dd_part, acc_part = parts(N), parts(N, D)
         qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
         # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
-        cy = parts(N, n=1) if has_y and tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau), K=K)) else None
+        cy = parts(N, n=1) if has_y and tau1 else None
         row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
         _gmvq_bwd_dx_kernel[row_grid](
             *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
