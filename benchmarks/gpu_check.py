@@ -19,8 +19,9 @@
    (8192, 1024, 64) from a CUDA-graph replay (graph_check), and a module training step captured with
    its step counter on the device (module_graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
-   (d512_check); the device time per kernel at the anchor rows
-   (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel; the Gluon
+   (d512_check); the device time per kernel at the anchor rows, soft and hard
+   (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel
+   (``static_cost.py --calibrate`` refits its fit_ms to them); the Gluon
    probe of a distance dot kept in flight over the elementwise work, in its three schedules
    (overlap_check, benchmarks/overlap_probe.py: benchmarks/README.md, lever 14).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
