@@ -477,9 +477,10 @@ def kernel_times_check(device, log, shapes=speed.ANCHOR_SHAPES, reps=3):
     """Device time per kernel of one bf16 fwd+bwd of speed.py's objective at each shape, soft and hard, to
     set beside static_cost.py's estimates per kernel (``--calibrate`` fits its fit_ms to the soft ones):
     where they part is what the model misses (memory traffic, tails, latency; hard mode timed 9–16 %
-    over soft on 2026-12-04 where the static counts differ by −2 to +1 %). Then the tokenizer path's
-    (``gmvq_encode``), with and without the norm dot (GMVQ_NORM_DOT): on 2026-12-04 it timed slower than
-    on 2026-11-30, which its device time, apart from the host's, can explain or not."""
+    over soft on 2026-12-04 where fit_ms differs by −2 to +1 %, the instruction counts by +2 to +3 %).
+    Then the tokenizer path's (``gmvq_encode``), with and without the norm dot (GMVQ_NORM_DOT): on
+    2026-12-04 it timed slower than on 2026-11-30, which its device time, apart from the host's, can
+    explain or not."""
     for N, K, D in shapes:
         x, m, lv = speed.make_inputs(N, K, D, torch.bfloat16, device, True)
         for mode in ("soft", "hard"):

@@ -123,8 +123,8 @@ def test_static_cost_calibrate(tmp_path):
     FIT_MIN_MS, each kernel's ratio printed against it. Three kernels with the same counts timed 1 : 1 : 3
     fit at the middle one (ratios 1, 1, 3: a mean would give 0.6, 0.6, 1.8); a fourth under 0.1 ms, 10×
     slower for its count, is left out (with it the median would move to 2), and so is hard mode's time
-    (printed against the soft fit). The committed H200 run and
-    the report of its code give FIT_FACTOR (static_cost's constant was fitted so: its dots' FLOPs count)."""
+    (printed against the soft fit). The committed H200 run and the report of its code give FIT_FACTOR
+    (static_cost's constant was fitted so: its dots' FLOPs count)."""
     row = dict(shape=[4096, 4096, 64], mode="soft", dtype="bf16", instr_per_elem=50.0, num_warps=4, block=[64, 32],
                mma={})
     report = tmp_path / "report.json"

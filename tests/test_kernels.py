@@ -496,7 +496,7 @@ def test_tau_one_keeps_one_code_exact(hard, device):
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_tau_one_delta_y_is_a_mean_of_y(hard, device):
-    """fp32 at τ = 1 with one code holding the whole sample (K = 2, the other ~10⁻²⁵ away) and Y ≈ 80 (the
+    """fp32 at τ = 1 with one code holding the whole sample (K = 2, the other's q ~10⁻²⁵) and Y ≈ 80 (the
     latent NLL's d·a): y = q·(1/log₂ u)·c sums to 1 only to an ulp, Y − Δy with Δy = Σ_k y Y left
     ~10⁻⁷·|Y| per row, and d log σ² multiplies it by d·a − D/2: 5.5·10⁻⁴ against a bound of 1.4·10⁻⁴
     (tests/random_sweep.py, seed 37). The Δ pass divides Δy by Σ_k y of the same y (backward.py)."""
