@@ -56,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -244,10 +245,10 @@ def calibrate(times_path, report_path):
         terms = fit_terms_ms(r["instr_per_elem"], row_flops_per_elem(r), shape[0] * shape[1],
                              dot_kind(DTYPES.get(r["dtype"], torch.float32), r["dtype"]))
         matched.append((shape, r["mode"], r["kernel"], ms, ms / terms))
-    kept = sorted(ratio for _, mode, _, ms, ratio in matched if mode == "soft" and ms >= FIT_MIN_MS)
+    kept = [ratio for _, mode, _, ms, ratio in matched if mode == "soft" and ms >= FIT_MIN_MS]
     if not kept:
         raise SystemExit(f"no kernel time of at least {FIT_MIN_MS} ms matches a soft row of {report_path}")
-    factor = kept[len(kept) // 2] if len(kept) % 2 else (kept[len(kept) // 2 - 1] + kept[len(kept) // 2]) / 2
+    factor = statistics.median(kept)
     return factor, [(shape, mode, kernel, ms, ratio / factor) for shape, mode, kernel, ms, ratio in matched]
 
 
