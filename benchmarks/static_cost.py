@@ -190,7 +190,8 @@ def model(info, launch, elems, dot_kind, after_share=0.0, skip_share=1.0):
     cycles = {"issue": loop_len * warps / 4 / max(eff, 1e-3)}
     for cls, rate in RATES.items():
         cycles[cls] = classes.get(cls, 0) * warps * 32 / rate
-    cycles["tensor"] = sum(s.mma_flops_per_cta(warps) * w for s, w in loops) / TENSOR_FLOPS_PER_CLK[dot_kind]
+    cta_flops = sum(s.mma_flops_per_cta(warps) * w for s, w in loops)  # one loop iteration's tensor-core work
+    cycles["tensor"] = cta_flops / TENSOR_FLOPS_PER_CLK[dot_kind]
     bound = max(cycles, key=cycles.get)
     to_ms = per_sm * iters / CLOCK_HZ * 1e3
     # serial: the tensor cores' time added to the other pipes' instead of hidden under them (see the module
@@ -198,7 +199,7 @@ def model(info, launch, elems, dot_kind, after_share=0.0, skip_share=1.0):
     serial = max(c for name, c in cycles.items() if name != "tensor") + cycles["tensor"]
     per_elem = {cls: n * warps * 32 / tile for cls, n in sorted(classes.items())}
     instr = loop_len * warps * 32 / tile
-    flops = sum(s.mma_flops_per_cta(warps) * w for s, w in loops) / tile
+    flops = cta_flops / tile
     return dict(grid=grid, warps_per_sm=ctas * warps, resident_warps=resident,
                 instr_per_elem=instr, classes=per_elem, mma=sass.mma_shapes, tensor_flops_per_elem=flops,
                 bound=bound, model_ms=to_ms * cycles[bound], serial_ms=to_ms * serial,
@@ -243,7 +244,7 @@ def calibrate(times_path, report_path):
         if ms is None:
             continue
         terms = fit_terms_ms(r["instr_per_elem"], row_flops_per_elem(r), shape[0] * shape[1],
-                             dot_kind(DTYPES.get(r["dtype"], torch.float32), r["dtype"]))
+                             dot_kind(DTYPES.get(r["dtype"], torch.float32), None))  # "fp32-…": tf32's peak
         matched.append((shape, r["mode"], r["kernel"], ms, ms / terms))
     kept = [ratio for _, mode, _, ms, ratio in matched if mode == "soft" and ms >= FIT_MIN_MS]
     if not kept:
