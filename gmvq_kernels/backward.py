@@ -59,7 +59,7 @@ from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, HARD_ROWS_MIN_BLOC
                      fused_backward, fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
-from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
+from .tiles import (mma, LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
                     even_k, even_n, half_row_operand, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range,
                     row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
@@ -161,7 +161,7 @@ def add_e_terms(acc, e_col, e, x, ones, OP_DTYPE: tl.constexpr, DOT_PRECISION: t
             e_col = add_row_sums(e_col, e_hi.to(x.dtype), ones, DOT_PRECISION)
             e_col = add_row_sums(e_col, e_lo.to(x.dtype), ones, DOT_PRECISION)
     else:
-        acc = tl.dot(e, x, acc, input_precision=DOT_PRECISION)
+        acc = mma(e, x, acc, DOT_PRECISION, True)
         e_col = add_row_sums(e_col, e, ones, DOT_PRECISION)
     return acc, e_col
 
@@ -213,7 +213,7 @@ def col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, 
     gz = mu
     if gz_ptr is not None:
         gz = load_rows(gz_ptr, offs_n, row_hi, D, offs_d)
-        big_y += tl.dot(mu, tl.trans(gz), input_precision=DOT_PRECISION)
+        big_y = mma(mu, tl.trans(gz), big_y, DOT_PRECISION, False)
     return big_y, gz
 
 
@@ -236,7 +236,7 @@ def row_sample(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, logit
         y = softmax_prob(noisy, m_y[:, None], log2s_y[:, None], y_scale, log2_gain)
     big_y = upstream_value(d * a[None, :], v[None, :], g_lat[:, None], g_s[:, None], shift, HAS_GLAT, HAS_GS)
     if HAS_GZ:
-        big_y += tl.dot(gz, tl.trans(mu), input_precision=DOT_PRECISION)
+        big_y = mma(gz, tl.trans(mu), big_y, DOT_PRECISION, True)
     return y, big_y
 
 
@@ -434,12 +434,12 @@ def _gmvq_bwd_dx_kernel(
         # common offset of x and μ exactly (latents far from the origin; an fp32 sum left 2⁻⁹·offset/spread)
         dd = tl.where(clamp_ok & valid, dd, 0.0).to(OP_DTYPE).to(mu.dtype)
         dd_sum = add_row_sums(dd_sum, dd, ones, DOT_PRECISION)
-        acc += tl.dot(dd, mu, input_precision=DOT_PRECISION)
+        acc = mma(dd, mu, acc, DOT_PRECISION, True)
         if DEFER_DQ:
             dq_rel += tl.sum(q * (g_c[None, :] - delta_q[:, None]), axis=1)
             qa = tl.where(clamp_ok & valid, q * a[None, :], 0.0).to(OP_DTYPE).to(mu.dtype)
             qa_sum = add_row_sums(qa_sum, qa, ones, DOT_PRECISION)
-            qa_mu += tl.dot(qa, mu, input_precision=DOT_PRECISION)
+            qa_mu = mma(qa, mu, qa_mu, DOT_PRECISION, True)
 
     mask_nd = mask_n[:, None] & (offs_d[None, :] < D)
     nd = row_block_offsets(BLOCK_N, D, offs_d)
@@ -623,7 +623,7 @@ def _gmvq_bwd_dmu_kernel(
         if gz_ptr is not None and Y_VAL:
             # y rounded to x's dtype by name, so that the interpreter rounds it as a GPU does
             y_op = tl.where(rows, y_val, 0.0).to(OP_DTYPE).to(gz.dtype)
-            acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
+            acc = mma(y_op, gz, acc, DOT_PRECISION, True)
 
     if HARD_ROWS:
         # the one-hot's terms, over the rows of this block's codes (each split an equal, whole-tile share
@@ -656,7 +656,7 @@ def _gmvq_bwd_dmu_kernel(
                 gz = gather_rows(gz_ptr, offs_n, in_seg, D, offs_d)
                 # a float tile: the compare cast to bf16 came out wrong under the interpreter
                 y_op = tl.where(one_hot, 1.0, 0.0).to(OP_DTYPE).to(gz.dtype)
-                acc = tl.dot(y_op, gz, acc, input_precision=DOT_PRECISION)
+                acc = mma(y_op, gz, acc, DOT_PRECISION, True)
 
     mask_kd = mask_k[:, None] & (offs_d[None, :] < D)
     tl.store(acc_part_ptr + (split * K + offs_k[:, None]) * D + offs_d[None, :], acc, mask=mask_kd)

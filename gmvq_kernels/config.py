@@ -318,7 +318,13 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #     and 24–26 KB of spills (3.7.1: 255, 2.4 KB); the entry takes 255 and ≤ 2.6 KB in both. dμ at
 #     (32768, 8192, 64) 2.4 / 1.8 → 2.0 / 1.5; fwd+bwd at (8192, 1024, 64) 0.27 / 0.23 either way,
 #     at (8192, 262144, 32) 27.7 / 24.2 → 28.0 / 24.4 (3.7.1);
-#   fp32 col 128 (tf32x3): dμ 7.1 / 5.5 → 3.4 / 2.7;
+#   fp32 col 128 (tf32x3): dμ 7.1 / 5.5 → 3.4 / 2.7 with (32, 32, 4, 2); since tiles.mma spells tf32x3 out
+#     (2026-12-05) that tile fell back to 32 registers and 20 KB of spills in soft mode, and (32, 16, 4, 2)
+#     took its place: fwd+bwd at (32768, 8192, 128), soft / hard, 1251 / 1200 instructions per element
+#     before tiles.mma → 988 / 904 (dμ 359 / 278, 456 / 212 B of spills; (16, 16, 4, 1) 1150 / 1080,
+#     (16, 32, 4, 2) 1794 / 1014); fp32 row 64 (tf32x3, new then): the table's (64, 32, 4, 1) left dx at
+#     32 registers and 18–20 KB; (64, 16, 4, 1) 450 / 398 per fwd+bwd at (32768, 8192, 64) against
+#     649 / 538 before tiles.mma ((32, 32, 4, 1) 559 / 515, (32, 16, 4, 1) 729 / 623);
 #   fp32 col 256: dμ 162 → 101 ms tf32x3, 62 → 13 tf32 (soft; in hard mode with the one-hot after the
 #     loop the entry takes 255 registers and 3.0 KB of spills; soft tf32x3 still 17 KB at 32 registers,
 #     and no tile tried did better: (32, 16, 4), (16, 16, 2), (16, 32, 2), (16, 16, 8): 13–76 KB).
@@ -340,9 +346,10 @@ ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the buck
     ("mma", "half", "row", 256): KC(64, 32, 4, 1),
     ("mma", "half", "col", 256): KC(64, 32, 4, 2),
     ("mma", "half", "row", 512): KC(32, 16, 4, 1),
+    ("mma", "fp32", "row", 64): KC(64, 16, 4, 1),
     ("mma", "fp32", "col", 64): KC(32, 64, 4, 1),
     ("mma", "fp32", "row", 128): KC(32, 32, 4, 1),
-    ("mma", "fp32", "col", 128): KC(32, 32, 4, 2),
+    ("mma", "fp32", "col", 128): KC(32, 16, 4, 2),
     ("mma", "fp32", "col", 256): KC(16, 16, 4, 1),
     ("mma", "half", "encode", 256): KC(128, 32, 8, 2),
     ("mma", "half", "encode", 512): KC(64, 32, 4, 2),

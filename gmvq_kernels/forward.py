@@ -27,7 +27,7 @@ from .config import (block_d, check_shared_memory, colsum_config, lazy_rescale_a
                      split_codes, split_rows, tensor_memory_arch)
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
-from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
+from .tiles import (mma, LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
                     first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats,
                     noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets, row_norm_operand,
@@ -260,7 +260,7 @@ def _gmvq_fwd_kernel(
             acc_z = tl.dot(p_hi.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
             acc_z = tl.dot(p_lo.to(mu.dtype), mu, acc_z, input_precision=DOT_PRECISION)
         else:
-            acc_z = tl.dot(p_y, mu, acc_z, input_precision=DOT_PRECISION)
+            acc_z = mma(p_y, mu, acc_z, DOT_PRECISION, True)
 
     if TAU_ONE:  # the sums to q's maximum, positive: E's −ln 2 (m_y = m_q: an exact reference for the statistics)
         alpha_y = lazy_rescale(r_y, m_q, LOG2E) * -LOG2E

@@ -126,7 +126,7 @@ def interpreter_min_max_ignore_nan():
 
 
 @contextlib.contextmanager
-def interpreter_exact_fp32_dots():
+def interpreter_exact_fp32_dots(chunk=None):
     """Within: Triton's interpreter computes fp32 × fp32 → fp32 dots as float64 products and sums
     rounded once to fp32, so that a distance no longer depends on the orientation or shape of the tile
     that computes it. NumPy's fp32 matmul (the interpreter's) sums in an order that does, so the
@@ -135,7 +135,12 @@ def interpreter_exact_fp32_dots():
     orientations. Where probabilities are peaked and σ² small (a trained quantizer: ``make_inputs``'s
     near_codes), those bits, times 1/(2σ²τ), leave the passes disagreeing on each row's probabilities
     (README, "Correctness"). For tests of the kernels' formulas there, and ``tests/random_sweep.py
-    --exact-dots``."""
+    --exact-dots``.
+
+    ``chunk`` (e.g. 8, a tf32 HGMMA's depth): the products summed exactly ``chunk`` at a time along the
+    contraction and each partial sum added to the accumulator with one rounding, in order, as tensor
+    cores accumulate; still orientation-free, but a result then depends on the order of the dots that
+    accumulate into one accumulator (tiles.mma's cross products), as on a GPU."""
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
@@ -143,8 +148,13 @@ def interpreter_exact_fp32_dots():
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         if a.data.dtype == b.data.dtype == d.data.dtype == np.float32:
-            prod = np.matmul(a.data.astype(np.float64), b.data.astype(np.float64)).astype(np.float32)
-            return interpreter.TensorHandle(prod + d.data, d.dtype.scalar)
+            a64, b64 = a.data.astype(np.float64), b.data.astype(np.float64)
+            if chunk is None:
+                return interpreter.TensorHandle(np.matmul(a64, b64).astype(np.float32) + d.data, d.dtype.scalar)
+            acc = d.data
+            for k in range(0, a64.shape[-1], chunk):
+                acc = (acc + np.matmul(a64[..., k:k + chunk], b64[..., k:k + chunk, :])).astype(np.float32)
+            return interpreter.TensorHandle(acc, d.dtype.scalar)
         return plain(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     builder.create_dot = create_dot

@@ -174,7 +174,7 @@ def col_half_distance(mu, x, mm, xx, xp, NORM_DOT: tl.constexpr, DOT_PRECISION: 
     per-code factors of half_distances_logits then cost nothing per element, where scaling μ would
     take a second μ tile (row_tile, whose per-code factors would cost per element, scales x instead).
     Without NORM_DOT, s from the norms with the roundings of d_raw: −2s is row_tile's d_raw bit for bit."""
-    s = tl.dot(mu, tl.trans(x), input_precision=DOT_PRECISION)
+    s = mma(mu, tl.trans(x), None, DOT_PRECISION, False)
     if NORM_DOT:
         mp = norm_parts(mm, -0.5, False).to(mu.dtype)
         s = tl.dot(mp, tl.trans(xp), s, input_precision=DOT_PRECISION)
@@ -251,6 +251,44 @@ def sample_prob(q, inv_log2u, c):
 
 
 @triton.jit
+def tf32_parts(t):
+    """fp32 t as hi + lo, two exact tf32 values (their low 13 bits clear, so a tf32 dot reads them
+    without rounding): hi is t truncated to tf32, lo the rest truncated, |t − hi − lo| < 2⁻²¹|t| (for
+    |t| above ~2⁻¹¹⁵, where the rest is still a normal number). Two LOP3 and an FADD; a non-finite t
+    gives a NaN lo (its row's results are NaN anyway: the NaN policy)."""
+    hi = (t.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    lo = ((t - hi).to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return hi, lo
+
+
+@triton.jit
+def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
+    """tl.dot(a, b, acc) at DOT_PRECISION, with "tf32x3" spelled out as three tf32 dots of the
+    operands' tf32_parts: lo·hi and hi·lo (A_LO_FIRST: a's lo first), then hi·hi onto them.
+
+    Why not Triton's own tf32x3: its decomposition also guards every part against NaN (an FSETP and an
+    FSEL per operand value and dot; static report, fp32 soft at rows 1–4: −13 to −25 % instructions per
+    fwd+bwd without them), and it orders the cross products by operand position (lhs_lo·rhs_hi first),
+    so a distance formed as x·μᵀ in the row kernels and as μ·xᵀ in the column kernels (q̄, dμ) added
+    them in swapped order and could differ in the last bit, which a small σ² turns into visible error
+    (README, "Correctness": a trained quantizer). Callers pass A_LO_FIRST so that the rows' lo part
+    always meets the codes' hi part first: True where a holds the rows (x, Ḡ_z) or a tile contracted
+    over the codes, False for μ·xᵀ and μ·Ḡ_zᵀ."""
+    if DOT_PRECISION == "tf32x3":
+        a_hi, a_lo = tf32_parts(a)
+        b_hi, b_lo = tf32_parts(b)
+        if A_LO_FIRST:
+            acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+            acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+            acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start, K, D, offs_d,
              EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One codebook tile of a row kernel (rows × codes) for the rows ``x`` with squared norms ``xx``:
@@ -263,7 +301,7 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
-    xm = tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION)
+    xm = mma(x, tl.trans(mu), None, DOT_PRECISION, True)
     if mp_ptr is not None:  # mm unread: the compiler drops its load
         d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)), xm, input_precision=DOT_PRECISION)
     else:
@@ -301,7 +339,7 @@ def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs
     # drops the load and the sums
     mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, offs_k, mask_k, D, offs_d)
     s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)),
-               tl.dot(x, tl.trans(mu), input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
+               mma(x, tl.trans(mu), None, DOT_PRECISION, True), input_precision=DOT_PRECISION)
     _, logits, _ = half_distances_logits(s, a2[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, logits
 

@@ -72,6 +72,48 @@ def test_trained_quantizer_inputs(dtype, hard, device):
         check_case(24, 37, 8, device, dtype=dtype, hard=hard, prior=True, tau=0.5, near_codes=0.03)
 
 
+@pytest.mark.skipif(not gk.config.INTERPRET, reason="the interpreter's dots")
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_trained_quantizer_tf32x3_passes_agree(hard, device):
+    """fp32 with tf32x3 (tiles.mma's three tf32 dots) on a trained quantizer's inputs, the interpreter's
+    dots accumulated 8 products at a time as a tf32 HGMMA accumulates (interpreter_exact_fp32_dots(8)):
+    every pass forms each distance from the same dots in the same order whichever way its tile lies,
+    so the kernels pass as with ieee. With the column kernels' cross products in the other order
+    (μ_lo·x_hi first, Triton's own tf32x3 order there) q̄ failed by 15× the bound (2026-12-05), the
+    class of the H200's fp32 tf32x3 failure on these inputs (README, "Correctness")."""
+    from gmvq_kernels.testing import interpreter_exact_fp32_dots
+
+    with interpreter_exact_fp32_dots(8):
+        check_case(24, 37, 8, device, dtype=torch.float32, hard=hard, prior=True, tau=0.5, near_codes=0.03,
+                   dot_precision="tf32x3")
+
+
+@triton.jit
+def _tf32_parts_kernel(t_ptr, hi_ptr, lo_ptr):
+    offs = tl.arange(0, 1024)
+    hi, lo = tiles.tf32_parts(tl.load(t_ptr + offs))
+    tl.store(hi_ptr + offs, hi)
+    tl.store(lo_ptr + offs, lo)
+
+
+def test_tf32_parts_are_exact_tf32(device):
+    """tiles.tf32_parts: both parts exact tf32 values (low 13 bits clear) and within 2⁻²¹|t| of t together,
+    for |t| from 2⁻¹⁰⁰ to fp32's largest, both signs (below ~2⁻¹¹⁵ the rest falls among the subnormals
+    and keeps fewer bits; values that small add nothing a distance can see)."""
+    g = torch.Generator().manual_seed(0)
+    mags = torch.exp2(torch.empty(1024).uniform_(-100, 127, generator=g))
+    t = (mags * torch.randn(1024, generator=g).sign()).float()
+    t[:4] = torch.tensor([0.0, -0.0, torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny])
+    t = t.to(device)
+    hi, lo = torch.empty_like(t), torch.empty_like(t)
+    _tf32_parts_kernel[(1,)](t, hi, lo)
+    for part in (hi, lo):
+        assert (part.cpu().view(torch.int32) & 0x1FFF == 0).all()
+    err = (t.double() - hi.double() - lo.double()).abs()
+    assert (err <= 2.0**-21 * t.double().abs()).all(), (err / t.double().abs()).nan_to_num().max()
+    assert torch.isfinite(hi).all() and torch.isfinite(lo).all()
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf − inf
 @pytest.mark.parametrize("scale, parts_first", [(1.0, False), (1.0, True), (-0.5, True)],
                          ids=["codes-rowkernels", "rows-rowkernels", "rows-colkernels"])
