@@ -59,12 +59,12 @@ from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, HARD_ROWS_MIN_BLOC
                      fused_backward, fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
-from .tiles import (mma, LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
+from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
-                    even_k, even_n, half_row_operand, load_row_vec, load_rows, load_stats, noise_tile, nonempty_range,
-                    row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
-                    sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts,
-                    split_row_range, sum_splits, tau_one, tile_code, y_scale)
+                    even_k, even_n, half_row_operand, load_row_vec, load_rows, load_stats, mma, noise_tile,
+                    nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile,
+                    sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
+                    split_parts, split_row_range, sum_splits, tau_one, tile_code, y_scale)
 
 
 def has_y_grads(args):

@@ -27,9 +27,9 @@ from .config import (block_d, check_shared_memory, colsum_config, lazy_rescale_a
                      split_codes, split_rows, tensor_memory_arch)
 from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
-from .tiles import (mma, LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
+from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
-                    first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats,
+                    first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats, mma,
                     noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets, row_norm_operand,
                     row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
                     sq_norms, sum_splits, tau_one, y_scale)

@@ -272,8 +272,9 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
     so a distance formed as x·μᵀ in the row kernels and as μ·xᵀ in the column kernels (q̄, dμ) added
     them in swapped order and could differ in the last bit, which a small σ² turns into visible error
     (README, "Correctness": a trained quantizer). Callers pass A_LO_FIRST so that the rows' lo part
-    always meets the codes' hi part first: True where a holds the rows (x, Ḡ_z) or a tile contracted
-    over the codes, False for μ·xᵀ and μ·Ḡ_zᵀ."""
+    always meets the codes' hi part first: False for the column kernels' μ·xᵀ and μ·Ḡ_zᵀ, True for
+    the row kernels' x·μᵀ and Ḡ_z·μᵀ; the dots only one pass forms (p_y·μ, dd·μ, eᵀ·x, yᵀ·Ḡ_z) take
+    True, their order mattering to no other pass."""
     if DOT_PRECISION == "tf32x3":
         a_hi, a_lo = tf32_parts(a)
         b_hi, b_lo = tf32_parts(b)
