@@ -321,10 +321,11 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #   fp32 col 128 (tf32x3): dμ 7.1 / 5.5 → 3.4 / 2.7 with (32, 32, 4, 2); since tiles.mma spells tf32x3 out
 #     (2026-12-05) that tile fell back to 32 registers and 20 KB of spills in soft mode, and (32, 16, 4, 2)
 #     took its place: fwd+bwd at (32768, 8192, 128), soft / hard, 1251 / 1200 instructions per element
-#     before tiles.mma → 988 / 904 (dμ 359 / 278, 456 / 212 B of spills; (16, 16, 4, 1) 1150 / 1080,
-#     (16, 32, 4, 2) 1794 / 1014); fp32 row 64 (tf32x3, new then): the table's (64, 32, 4, 1) left dx at
-#     32 registers and 18–20 KB; (64, 16, 4, 1) 450 / 398 per fwd+bwd at (32768, 8192, 64) against
-#     649 / 538 before tiles.mma ((32, 32, 4, 1) 559 / 515, (32, 16, 4, 1) 729 / 623);
+#     before tiles.mma → 1099 / 1057 (dμ 387 / 329, 424 / 624 B of spills); ranked with tiles.mma's first,
+#     truncating split: (32, 16, 4, 2) 988 / 904, (16, 16, 4, 1) 1150 / 1080, (16, 32, 4, 2) 1794 / 1014;
+#   fp32 row 64 (tf32x3, new then): the table's (64, 32, 4, 1) left dx at 32 registers and 18–20 KB of
+#     spills; (64, 16, 4, 1) 495 / 432 per fwd+bwd at (32768, 8192, 64) against 649 / 538 before
+#     tiles.mma (with the truncating split 450 / 398; (32, 32, 4, 1) 559 / 515, (32, 16, 4, 1) 729 / 623);
 #   fp32 col 256: dμ 162 → 101 ms tf32x3, 62 → 13 tf32 (soft; in hard mode with the one-hot after the
 #     loop the entry takes 255 registers and 3.0 KB of spills; soft tf32x3 still 17 KB at 32 registers,
 #     and no tile tried did better: (32, 16, 4), (16, 16, 2), (16, 32, 2), (16, 16, 8): 13–76 KB).

@@ -253,10 +253,15 @@ def sample_prob(q, inv_log2u, c):
 @triton.jit
 def tf32_parts(t):
     """fp32 t as hi + lo, two exact tf32 values (their low 13 bits clear, so a tf32 dot reads them
-    without rounding): hi is t truncated to tf32, lo the rest truncated, |t − hi − lo| < 2⁻²¹|t| (for
-    |t| above ~2⁻¹¹⁵, where the rest is still a normal number). Two LOP3 and an FADD; a non-finite t
-    gives a NaN lo (its row's results are NaN anyway: the NaN policy)."""
-    hi = (t.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    without rounding): hi is t rounded to tf32 (to nearest, ties away from zero, as cvt.rna.tf32 does:
+    + half a tf32 ulp on the bits, then the mask), lo the rest truncated, |lo| ≤ 2⁻¹¹|t| and
+    |t − hi − lo| < 2⁻²¹|t| (for |t| above ~2⁻¹¹⁵, where the rest is still a normal number). Truncating
+    hi instead saves an IADD per value but doubles |lo|, and so quadruples the lo·lo term the three dots
+    leave out (2⁻²⁰ against 2⁻²² of a product): an fp32 case of tests/random_sweep.py with a distance
+    cancelled down to 1/200 of the norms failed by that (2026-12-05). A non-finite t, or |t| within
+    half a tf32 ulp of fp32's largest, gives a non-finite part (a non-finite row's results are NaN
+    anyway: the NaN policy)."""
+    hi = ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
     lo = ((t - hi).to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
     return hi, lo
 
@@ -267,7 +272,7 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
     operands' tf32_parts: lo·hi and hi·lo (A_LO_FIRST: a's lo first), then hi·hi onto them.
 
     Why not Triton's own tf32x3: its decomposition also guards every part against NaN (an FSETP and an
-    FSEL per operand value and dot; static report, fp32 soft at rows 1–4: −13 to −25 % instructions per
+    FSEL per operand value and dot; static report, fp32 at rows 1–4: −11 to −22 % instructions per
     fwd+bwd without them), and it orders the cross products by operand position (lhs_lo·rhs_hi first),
     so a distance formed as x·μᵀ in the row kernels and as μ·xᵀ in the column kernels (q̄, dμ) added
     them in swapped order and could differ in the last bit, which a small σ² turns into visible error

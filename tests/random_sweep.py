@@ -6,6 +6,8 @@ developer's tool for finding the corners the fixed test cases miss, not part of 
     python tests/random_sweep.py --impl triton --seconds 300 --seed 5     # kernels, in the interpreter
     python tests/random_sweep.py --impl torch --seconds 300 --seed 3      # impl="torch"
     python tests/random_sweep.py --seconds 300 --seed 31 --tau-one 0.5    # half the cases at τ = 1
+    python tests/random_sweep.py --seconds 600 --seed 40 --dot-precision tf32x3 --exact-dots --dot-chunk 8
+                                               # fp32 as a GPU runs it by default, tensor-core accumulation
 
 Each failing case is run with impl="reference" as well, and that failure printed: where the reference
 at the input precision fails the same check (half inputs' 2⁻⁷·max|gt| bound where the result is a
@@ -66,6 +68,11 @@ def main(argv=None):
     p.add_argument("--cases", type=int, help="stop after this many cases (before --seconds runs out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exact-dots", action="store_true", help="correctly rounded fp32 dots in the interpreter")
+    p.add_argument("--dot-chunk", type=int, metavar="K",
+                   help="with --exact-dots: K products at a time onto the accumulator, as tensor cores add them "
+                        "(8: a tf32 HGMMA; testing.interpreter_exact_fp32_dots)")
+    p.add_argument("--dot-precision", choices=["ieee", "tf32x3", "tf32"], default="ieee",
+                   help="fp32 inputs' dot precision for the impl (default ieee; tf32x3 is a GPU's default)")
     p.add_argument("--tau-one", type=float, default=0.0, metavar="P",
                    help="the share of cases at τ = 1 (the sample from q's exponentials with drawn noise), from an "
                         "RNG of its own: the other draws stay those of the seed")
@@ -76,7 +83,7 @@ def main(argv=None):
     importlib.import_module("conftest")  # the interpreter with the GPU's rounding, as the suite runs it
     check_case = importlib.import_module("utils").check_case
     testing = importlib.import_module("gmvq_kernels.testing")
-    with testing.interpreter_exact_fp32_dots() if args.exact_dots else contextlib.nullcontext():
+    with testing.interpreter_exact_fp32_dots(args.dot_chunk) if args.exact_dots else contextlib.nullcontext():
         return sweep(args, check_case)
 
 
@@ -88,6 +95,8 @@ def sweep(args, check_case):
         N, K, D, kw = draw(rng, args.impl)
         if tau_rng.random() < args.tau_one:
             kw["tau"] = 1.0
+        if args.dot_precision != "ieee":  # check_case's default; named only when another (the draws unchanged)
+            kw["dot_precision"] = args.dot_precision
         cases += 1
         msg = failure(check_case, N, K, D, args.impl, kw)
         if msg is None or msg.startswith("codes differ"):

@@ -97,20 +97,27 @@ def _tf32_parts_kernel(t_ptr, hi_ptr, lo_ptr):
 
 
 def test_tf32_parts_are_exact_tf32(device):
-    """tiles.tf32_parts: both parts exact tf32 values (low 13 bits clear) and within 2⁻²¹|t| of t together,
-    for |t| from 2⁻¹⁰⁰ to fp32's largest, both signs (below ~2⁻¹¹⁵ the rest falls among the subnormals
-    and keeps fewer bits; values that small add nothing a distance can see)."""
+    """tiles.tf32_parts: both parts exact tf32 values (low 13 bits clear), hi rounded to nearest (|lo| ≤
+    2⁻¹¹|t|, ties away from zero as cvt.rna.tf32 does; truncated, |lo| reached 2⁻¹⁰|t|) and within 2⁻²¹|t|
+    of t together, for |t| from 2⁻¹⁰⁰ to fp32's largest less half a tf32 ulp, both signs (below ~2⁻¹¹⁵
+    the rest falls among the subnormals and keeps fewer bits; values that small add nothing a distance
+    can see)."""
     g = torch.Generator().manual_seed(0)
     mags = torch.exp2(torch.empty(1024).uniform_(-100, 127, generator=g))
     t = (mags * torch.randn(1024, generator=g).sign()).float()
-    t[:4] = torch.tensor([0.0, -0.0, torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny])
+    specials = torch.tensor([0x3F801000, 0xBF801000 - 2**32, 0x7F7FEFFF, 0x00800000], dtype=torch.int32)
+    t[:4] = specials.view(torch.float32)  # ±(1 + 2⁻¹¹) (ties), the largest that rounds finite, the tiniest normal
+    t[4:6] = torch.tensor([0.0, -0.0])
     t = t.to(device)
     hi, lo = torch.empty_like(t), torch.empty_like(t)
     _tf32_parts_kernel[(1,)](t, hi, lo)
     for part in (hi, lo):
         assert (part.cpu().view(torch.int32) & 0x1FFF == 0).all()
-    err = (t.double() - hi.double() - lo.double()).abs()
-    assert (err <= 2.0**-21 * t.double().abs()).all(), (err / t.double().abs()).nan_to_num().max()
+    assert torch.equal(hi[:2].cpu(), torch.tensor([1 + 2.0**-10, -1 - 2.0**-10]))
+    t64, hi64, lo64 = t.double(), hi.double(), lo.double()
+    assert (lo64.abs() <= 2.0**-11 * t64.abs()).all(), (lo64.abs() / t64.abs()).nan_to_num().max()
+    err = (t64 - hi64 - lo64).abs()
+    assert (err <= 2.0**-21 * t64.abs()).all(), (err / t64.abs()).nan_to_num().max()
     assert torch.isfinite(hi).all() and torch.isfinite(lo).all()
 
 
