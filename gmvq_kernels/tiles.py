@@ -251,25 +251,10 @@ def sample_prob(q, inv_log2u, c):
 
 
 @triton.jit
-def tf32_parts(t):
-    """fp32 t as hi + lo, two exact tf32 values (their low 13 bits clear, so a tf32 dot reads them
-    without rounding): hi is t rounded to tf32 (to nearest, ties away from zero, as cvt.rna.tf32 does:
-    + half a tf32 ulp on the bits, then the mask), lo the rest truncated, |lo| ≤ 2⁻¹¹|t| and
-    |t − hi − lo| < 2⁻²¹|t| (for |t| above ~2⁻¹¹⁵, where the rest is still a normal number). Truncating
-    hi instead saves an IADD per value but doubles |lo|, and so quadruples the lo·lo term the three dots
-    leave out (2⁻²⁰ against 2⁻²² of a product): an fp32 case of tests/random_sweep.py with a distance
-    cancelled down to 1/200 of the norms failed by that (2026-12-05). A non-finite t, or |t| within
-    half a tf32 ulp of fp32's largest, gives a non-finite part (a non-finite row's results are NaN
-    anyway: the NaN policy)."""
-    hi = ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
-    lo = ((t - hi).to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return hi, lo
-
-
-@triton.jit
 def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
     """tl.dot(a, b, acc) at DOT_PRECISION, with "tf32x3" spelled out as three tf32 dots of the
-    operands' tf32_parts: lo·hi and hi·lo (A_LO_FIRST: a's lo first), then hi·hi onto them.
+    operands' tf32 parts (split_hi_lo at fp32): lo·hi and hi·lo (A_LO_FIRST: a's lo first), then hi·hi
+    onto them.
 
     Why not Triton's own tf32x3: its decomposition also guards every part against NaN (an FSETP and an
     FSEL per operand value and dot; static report, fp32 at rows 1–4: −11 to −22 % instructions per
@@ -281,8 +266,8 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
     the row kernels' x·μᵀ and Ḡ_z·μᵀ; the dots only one pass forms (p_y·μ, dd·μ, eᵀ·x, yᵀ·Ḡ_z) take
     True, their order mattering to no other pass."""
     if DOT_PRECISION == "tf32x3":
-        a_hi, a_lo = tf32_parts(a)
-        b_hi, b_lo = tf32_parts(b)
+        a_hi, a_lo = split_hi_lo(a, tl.float32)
+        b_hi, b_lo = split_hi_lo(b, tl.float32)
         if A_LO_FIRST:
             acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
             acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
@@ -366,7 +351,20 @@ def split_hi_lo(t, OP_DTYPE: tl.constexpr):
     bf16: hi = t with its low 16 bits cleared, i.e. truncated to bf16 (one LOP3, exact in both types),
     and lo = t − hi (exact) rounded to bf16: |t − hi| < 2⁻⁷|t|, so |t − hi − lo| ≤ 2⁻¹⁶|t|, one bit
     less than with hi rounded (2⁻¹⁷), for one instruction per element less (static report: rounding
-    hi and converting it back costs an F2F and an unpack). fp16: hi = t rounded."""
+    hi and converting it back costs an F2F and an unpack). fp16: hi = t rounded.
+
+    OP_DTYPE fp32 (mma's tf32x3): two fp32 tiles of exact tf32 values (their low 13 bits clear, so a
+    tf32 dot reads them without rounding): hi rounded to nearest, ties away from zero, as cvt.rna.tf32
+    does (+ half a tf32 ulp on the bits, then the mask), lo the rest truncated: |lo| ≤ 2⁻¹¹|t| and
+    |t − hi − lo| < 2⁻²¹|t| (for |t| above ~2⁻¹¹⁵, where the rest is still a normal number). Here hi is
+    rounded, not truncated as for bf16: the three dots leave lo·lo out, and a truncated hi doubles |lo|,
+    so quadruples that term (2⁻²⁰ against 2⁻²² of a product); an fp32 case of tests/random_sweep.py
+    with a distance cancelled down to 1/200 of the norms failed by that (2026-12-05). A non-finite t,
+    or |t| within half a tf32 ulp of fp32's largest, gives a non-finite part (a non-finite row's results
+    are NaN anyway: the NaN policy)."""
+    if OP_DTYPE == tl.float32:
+        hi = ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+        return hi, ((t - hi).to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
     if OP_DTYPE == tl.bfloat16:
         hi = (t.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
     else:

@@ -89,19 +89,19 @@ def test_trained_quantizer_tf32x3_passes_agree(hard, device):
 
 
 @triton.jit
-def _tf32_parts_kernel(t_ptr, hi_ptr, lo_ptr):
+def _split_tf32_kernel(t_ptr, hi_ptr, lo_ptr):
     offs = tl.arange(0, 1024)
-    hi, lo = tiles.tf32_parts(tl.load(t_ptr + offs))
+    hi, lo = tiles.split_hi_lo(tl.load(t_ptr + offs), tl.float32)
     tl.store(hi_ptr + offs, hi)
     tl.store(lo_ptr + offs, lo)
 
 
-def test_tf32_parts_are_exact_tf32(device):
-    """tiles.tf32_parts: both parts exact tf32 values (low 13 bits clear), hi rounded to nearest (|lo| ≤
-    2⁻¹¹|t|, ties away from zero as cvt.rna.tf32 does; truncated, |lo| reached 2⁻¹⁰|t|) and within 2⁻²¹|t|
-    of t together, for |t| from 2⁻¹⁰⁰ to fp32's largest less half a tf32 ulp, both signs (below ~2⁻¹¹⁵
-    the rest falls among the subnormals and keeps fewer bits; values that small add nothing a distance
-    can see)."""
+def test_split_hi_lo_fp32_gives_exact_tf32_parts(device):
+    """tiles.split_hi_lo at fp32 (mma's tf32x3): both parts exact tf32 values (low 13 bits clear), hi
+    rounded to nearest (|lo| ≤ 2⁻¹¹|t|, ties away from zero as cvt.rna.tf32 does; truncated, |lo|
+    reached 2⁻¹⁰|t|) and within 2⁻²¹|t| of t together, for |t| from 2⁻¹⁰⁰ to fp32's largest less half a
+    tf32 ulp, both signs (below ~2⁻¹¹⁵ the rest falls among the subnormals and keeps fewer bits; values
+    that small add nothing a distance can see)."""
     g = torch.Generator().manual_seed(0)
     mags = torch.exp2(torch.empty(1024).uniform_(-100, 127, generator=g))
     t = (mags * torch.randn(1024, generator=g).sign()).float()
@@ -110,7 +110,7 @@ def test_tf32_parts_are_exact_tf32(device):
     t[4:6] = torch.tensor([0.0, -0.0])
     t = t.to(device)
     hi, lo = torch.empty_like(t), torch.empty_like(t)
-    _tf32_parts_kernel[(1,)](t, hi, lo)
+    _split_tf32_kernel[(1,)](t, hi, lo)
     for part in (hi, lo):
         assert (part.cpu().view(torch.int32) & 0x1FFF == 0).all()
     assert torch.equal(hi[:2].cpu(), torch.tensor([1 + 2.0**-10, -1 - 2.0**-10]))
