@@ -288,7 +288,8 @@ def host_path_cpu(iters=300):
     """Host work of one fwd+bwd of the kernel path at (8, 16, 16) bf16 on this CPU, with the kernel
     launches recorded instead of run (devtools.host_path_on_cpu): Python, dispatcher and torch ops, not
     Triton's launch cost. Median µs over ``iters`` calls. Then, by kernel, the part of Triton's launch
-    cost a CPU can time (``devtools.bind_cost_us``: argument binding, specialisation, cache key)."""
+    cost a CPU can time (``devtools.bind_cost_us``: argument binding, specialisation, cache key); and
+    the same for one ``gmvq_encode`` call ("encode": launches, µs, torch ops)."""
     from gmvq_kernels import devtools
 
     x, means, log_var = make_inputs(8, 16, 16, torch.bfloat16, torch.device("cpu"), True)
@@ -302,11 +303,24 @@ def host_path_cpu(iters=300):
             if i == 0:
                 first = list(log)  # one fwd+bwd's launches
         ops = torch_ops(lambda: fn(x, means, log_var).backward())
-    bind = {launch.name: round(devtools.bind_cost_us(launch), 1) for launch in first}
-    times = sorted(times[20:])
+        # the tokenizer path at the same shape: one gmvq_encode call
+        enc_times = []
+        for i in range(iters + 20):
+            del log[:]
+            t0 = time.perf_counter()
+            gk.gmvq_encode(x, means, log_var)
+            enc_times.append(time.perf_counter() - t0)
+        enc_launches = len(log)
+        enc_ops = torch_ops(lambda: gk.gmvq_encode(x, means, log_var))
+    bind = {}  # by kernel, summed over its launches
+    for launch in first:
+        bind[launch.name] = round(bind.get(launch.name, 0.0) + devtools.bind_cost_us(launch), 1)
+    times, enc_times = sorted(times[20:]), sorted(enc_times[20:])
     return dict(check="host_path_cpu", N=8, K=16, D=16, launches_per_fwd_bwd=len(first),
                 us_median=times[len(times) // 2] * 1e6, us_min=times[0] * 1e6, threads=torch.get_num_threads(),
-                torch_ops_per_fwd_bwd=ops, triton_bind_us=bind, triton_bind_us_per_fwd_bwd=sum(bind.values()))
+                torch_ops_per_fwd_bwd=ops, triton_bind_us=bind, triton_bind_us_per_fwd_bwd=sum(bind.values()),
+                encode=dict(launches=enc_launches, us_median=enc_times[len(enc_times) // 2] * 1e6,
+                            us_min=enc_times[0] * 1e6, torch_ops=enc_ops))
 
 
 def torch_ops(fn):

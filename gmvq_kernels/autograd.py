@@ -1,5 +1,5 @@
-"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v7`` and ``gmvq_kernels::fused_bwd_v7`` (and
-``gmvq_kernels::fused_encode``, the tokenizer path),
+"""The fused kernels as torch custom ops, ``gmvq_kernels::fused_fwd_v8`` and ``gmvq_kernels::fused_bwd_v8`` (and
+``gmvq_kernels::fused_encode_v2``, the tokenizer path),
 with fake (shape-only) implementations and autograd wiring: torch.compile sees one opaque node for the
 forward and one for the backward and traces around them without graph breaks. Eager calls take
 ``EagerFused``, the same code as a plain autograd.Function (torch.library's dispatch costs host time).
@@ -16,15 +16,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import autotune, noise
+from . import autotune, noise, tiles
 from .backward import gmvq_bwd
 from .checks import check_tau
 from .config import CUDAGRAPH_UNSAFE, launch_guard
 from .encode import gmvq_encode_fwd
 from .forward import delta_from_forward, gmvq_fwd
-from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, code_sq_norms, component_terms
+from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS
 
-FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in this order
+# what ``fused_fwd`` returns, in this order; code_consts: the per-code constants a, b, v, ||μ||² (4, K)
+# fp32 (tiles.code_terms), which the backward reads as the forward made them
+FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS + ("code_consts",)
 # The training ops' names carry a version, raised whenever their arguments, the shapes or layouts of
 # their outputs, or what _setup_context saves for the backward change: torch's compile caches key a
 # custom op by its name alone (pytorch/pytorch#187319), so graphs cached by an older version would
@@ -33,48 +35,46 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS  # what ``fused_fwd`` returns, in thi
 # sample, (2, N): a cached v2 backward graph passed the (N,) sample and the dx kernel read past it;
 # v4: the forward returns ||x||² (x_sq), which the backward takes; v5: the backward takes the per-code
 # constants a, b, v, ||μ||² instead of log_var and log π; v6: and the norm operands mp, x_parts or None;
-# v7: tagged CUDAGRAPH_UNSAFE, so that no cached graph of a v6 op keeps it inside a CUDA graph).
-OP_VERSION = 7
+# v7: tagged CUDAGRAPH_UNSAFE, so that no cached graph of a v6 op keeps it inside a CUDA graph; v8: the
+# forward forms the per-code constants in a launch of its own and returns them, code_consts, which the
+# backward takes (a traced graph formed them again in torch ops); log π None for the uniform prior).
+OP_VERSION = 8
 
 
-def code_terms(means: Tensor, log_var: Tensor, log_pi: Tensor):
-    """(a, b, v, mm): the per-code constants the kernels read, contiguous fp32 (K,): spec.component_terms
-    and ||μ||² (spec.code_sq_norms); torch ops, which a traced graph fuses. An eager backward reuses the
-    forward's (``EagerFused``: ~10 fewer small torch ops per call)."""
-    a, b, v = component_terms(log_var, log_pi, means.shape[1])
-    return a.contiguous(), b.contiguous(), v.contiguous(), code_sq_norms(means)
-
-
-def _forward(x, means, terms, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
-    """``_fused_fwd`` given its per-code constants ``terms`` (``code_terms``); ``kept`` (a dict, or None)
-    receives the forward's norm operands, mp and x_parts (forward.gmvq_fwd; None without the norm dot),
-    which an eager backward takes instead of forming them again (a launch each). Kernel launches, so
-    inside the op: a traced graph's backward forms its own."""
+def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
+    """``_fused_fwd``; ``kept`` (a dict, or None) receives under "terms" what an eager backward takes
+    instead of forming it again: the per-code constants a, b, v, mm, the codes' norm operand mp
+    (tiles.code_terms, one launch) and the rows' x_parts (forward.gmvq_fwd; None without the norm dot).
+    Kernel launches, so inside the op: a traced graph's backward forms the operands again, and takes
+    the constants from the op's code_consts."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
-    a, b, v, mm = terms
-    autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
-        x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
     with launch_guard():
-        outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, tau=tau, hard=hard, seed=seed, noise=noise,
+        consts, mp = tiles.code_terms(means, log_var, log_pi)
+    a, b, v, mm = consts
+    if autotune.enabled():  # (training_kinds costs host time at every call)
+        autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
+            x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
+    with launch_guard():
+        outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, mp=mp, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)
     if kept is not None:
-        kept.update(mp=saved["code_parts"], x_parts=saved["x_parts"])
+        kept.update(terms=(a, b, v, mm, mp, saved["x_parts"]))
     empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
     return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
-                     for name in SAVED_FIELDS))
+                     for name in SAVED_FIELDS), consts)
 
 
-def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Tensor, noise: Optional[Tensor],
+def _fused_fwd(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Optional[Tensor], noise: Optional[Tensor],
               tau: Tensor, hard: bool, seed: Tensor, dot_precision: str,
               for_backward: bool) -> tuple[(Tensor,) * len(FWD_RETURNS)]:
-    """x (N, D), means (K, D) contiguous, same dtype; log_var, log_pi = log π (K,) fp32; noise None or
-    (N, K) fp32 contiguous. Returns ``FWD_RETURNS``: the ``GMVQOutput`` fields, then what the backward
-    needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless ``hard``), y_sums (N, D + 2) fp32
-    (empty unless ``for_backward`` and ``forward.delta_from_forward``) and x_sq (N,) fp32. for_backward:
-    whether a backward can follow (an input needs a gradient)."""
-    return _forward(x, means, code_terms(means, log_var, log_pi), noise, tau, hard, seed, dot_precision,
-                    for_backward)
+    """x (N, D), means (K, D) contiguous, same dtype; log_var, log_pi = log π (K,) fp32 (None: the
+    uniform prior); noise None or (N, K) fp32 contiguous. Returns ``FWD_RETURNS``: the ``GMVQOutput``
+    fields, then what the backward needs: stats (N, 4) fp32, hard_idx (N,) int64 (empty unless
+    ``hard``), y_sums (N, D + 2) fp32 (empty unless ``for_backward`` and ``forward.delta_from_forward``),
+    x_sq (N,) fp32 and code_consts (4, K) fp32. for_backward: whether a backward can follow (an input
+    needs a gradient)."""
+    return _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward)
 
 
 fused_fwd = torch.library.custom_op(f"gmvq_kernels::fused_fwd_v{OP_VERSION}", mutates_args=(),
@@ -86,6 +86,7 @@ def _(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_back
     (N, D), K = x.shape, means.shape[0]
     vec = lambda n: x.new_empty(n, dtype=torch.float32)  # noqa: E731
     fake = dict(quantized=torch.empty_like(x), codes=x.new_empty(N, dtype=torch.int64), agg_posterior=vec(K),
+                code_consts=x.new_empty((4, K), dtype=torch.float32),
                 stats=x.new_empty((N, 4), dtype=torch.float32), x_sq=vec(N),
                 hard_idx=x.new_empty(N if hard else 0, dtype=torch.int64),
                 y_sums=x.new_empty((N, D + 2) if for_backward and delta_from_forward(x.dtype, hard, D) else (0,),
@@ -128,17 +129,25 @@ def _(x, means, a, *args):  # d log_var and d log π: (K,) fp32, as a
     return torch.empty_like(x), torch.empty_like(means), torch.empty_like(a), torch.empty_like(a)
 
 
-@torch.library.custom_op("gmvq_kernels::fused_encode", mutates_args=())
-def fused_encode(x: Tensor, means: Tensor, a: Tensor, b: Tensor, dot_precision: str) -> Tensor:
-    """codes = argmax_k ℓ_nk (N,) int64 (encode.py); x, means contiguous, a, b (K,) fp32
-    (spec.logit_terms). No gradient: the tokenizer path."""
-    autotune.ensure_tuned(("encode",), x, lambda: autotune.tune_encode(x, means, a, b, dot_precision=dot_precision))
+def encode_codes(x: Tensor, means: Tensor, log_var: Tensor, log_pi: Optional[Tensor], dot_precision: str) -> Tensor:
+    """codes = argmax_k ℓ_nk (N,) int64 (encode.py); x, means contiguous, log_var, log_pi = log π (K,)
+    fp32 (None: uniform), whose per-code constants and norms it forms in one launch (tiles.code_terms).
+    No gradient: the tokenizer path. What ``gmvq_encode`` calls outside torch.compile (the op below
+    costs torch.library's dispatch)."""
     with launch_guard():
-        return gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
+        (a, b, _, mm), mp = tiles.code_terms(means, log_var, log_pi)
+    if autotune.enabled():
+        autotune.ensure_tuned(("encode",), x, lambda: autotune.tune_encode(x, means, a, b, dot_precision=dot_precision))
+    with launch_guard():
+        return gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision, mm=mm, mp=mp)
+
+
+# v2: takes log σ² and log π (the constants formed inside, one launch) instead of a and b
+fused_encode = torch.library.custom_op("gmvq_kernels::fused_encode_v2", mutates_args=())(encode_codes)
 
 
 @fused_encode.register_fake
-def _(x, means, a, b, dot_precision):
+def _(x, means, log_var, log_pi, dot_precision):
     return x.new_empty(x.shape[0], dtype=torch.int64)
 
 
@@ -157,7 +166,7 @@ def _setup_context(ctx, inputs, output):
     # before the backward runs (a CUDA-graph step that advances it, say)
     seed = inp["seed"].clone() if noise.seed_on_device(inp["seed"]) else inp["seed"]
     tensors = (*(inp[n] for n in ("x", "means", "log_var", "log_pi", "noise")),
-               *(out[n] for n in ("entropy",) + SAVED_FIELDS))
+               *(out[n] for n in ("entropy",) + SAVED_FIELDS + ("code_consts",)))
     if isinstance(inp["tau"], Tensor):  # the custom op's tensors
         ctx.save_for_backward(*tensors, inp["tau"], seed)
     else:  # EagerFused's numbers (or a seed on the device: the copy above)
@@ -172,15 +181,16 @@ def _backward(ctx, *upstream, bwd=None):
     grads = [named[name] for name in DIFF_OUTPUTS]
     if all(g is None for g in grads):
         return (None,) * len(FWD_INPUTS)
-    x, means, log_var, log_pi, *saved = ctx.saved_tensors
+    x, means, _log_var, _log_pi, *saved = ctx.saved_tensors
     if hasattr(ctx, "tau_seed"):  # EagerFused
         tau, seed = ctx.tau_seed
     else:
         *saved, tau, seed = saved
+    *saved, consts = saved
     hard, dot_precision = ctx.opts
-    # the per-code constants and norm operands: the eager forward's (EagerFused), or recomputed (a traced
-    # graph fuses the constants; the operands are formed inside the backward op)
-    terms = getattr(ctx, "terms", None) or (*code_terms(means, log_var, log_pi), None, None)
+    # the per-code constants and norm operands: the eager forward's (EagerFused), or its constants (the
+    # custom op's code_consts; the operands are formed inside the backward op)
+    terms = getattr(ctx, "terms", None) or (*consts, None, None)
     result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(x, means, *terms, *saved, *grads, tau, hard, seed,
                                                       dot_precision)))
     need = dict(zip(FWD_INPUTS, ctx.needs_input_grad))
@@ -211,9 +221,9 @@ class EagerFused(torch.autograd.Function):
         if not noise.seed_on_device(inp["seed"]):  # read once here, not again by each launcher
             inp["seed"] = int(inp["seed"])
             inputs = tuple(inp[name] for name in FWD_INPUTS)
-        terms, kept = code_terms(inp["means"], inp["log_var"], inp["log_pi"]), {}
-        output = _forward(inp["x"], inp["means"], terms, *inputs[FWD_INPUTS.index("noise"):], kept=kept)
-        ctx.terms = (*terms, kept["mp"], kept["x_parts"])  # the backward's too
+        kept = {}
+        output = _forward(*inputs, kept=kept)
+        ctx.terms = kept["terms"]  # the backward's too
         _setup_context(ctx, inputs, output)
         return output
 
@@ -221,15 +231,19 @@ class EagerFused(torch.autograd.Function):
     def backward(ctx, *upstream):
         grads = _backward(ctx, *upstream, bwd=_fused_bwd)
         if torch.is_grad_enabled():  # create_graph=True: as the custom op, refuse a second backward
-            return tuple(None if g is None else _NoDoubleBackward.apply(g) for g in grads)
+            # the kernels' gradients are not on autograd's graph: tie each to the inputs being
+            # differentiated, so that differentiating it again reaches the refusal
+            inputs = [t for t in ctx.saved_tensors[:len(DIFF_INPUTS)] if t is not None and t.requires_grad]
+            return tuple(None if g is None else _NoDoubleBackward.apply(g, *inputs) for g in grads)
         return grads
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose backward raises (the eager path's stand-in for fused_bwd's autograd)."""
+    """Identity of its first argument whose backward raises (the eager path's stand-in for fused_bwd's
+    autograd); the other arguments only put it on the graph of the tensors it depends on."""
 
     @staticmethod
-    def forward(ctx, t):
+    def forward(ctx, t, *depends_on):
         return t.view_as(t)
 
     backward = staticmethod(_no_double_backward)

@@ -61,10 +61,10 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
-                    even_k, even_n, half_row_operand, load_row_vec, load_rows, load_stats, mma, noise_tile,
-                    nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile,
-                    sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
-                    split_parts, split_row_range, sum_splits, tau_one, tile_code, y_scale)
+                    even_k, even_n, finish_splits, half_row_operand, load_row_vec, load_rows, load_stats, mma,
+                    noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands,
+                    row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
+                    split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, y_scale)
 
 
 def has_y_grads(args):
@@ -783,17 +783,17 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
             saved["codes"] if defer else None, qa_part, qamu_part, cy,
             N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
             **row_launch)
-        dd_sum, acc = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
         if defer:
             delta_q = sum_splits(dq_part, splits)
-            if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-                qa = sum_splits(qa_part, splits)
-                rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
-                dd_sum = dd_sum + rel * qa
-                acc = torch.addcmul(acc, rel[:, None], sum_splits(qamu_part, splits))
-        # dx = 2 (x Σ dd − acc), in place on acc (fp32; x promoted): two launches instead of four, no
-        # (N, D) temporaries
-        dx = acc.addcmul_(x, dd_sum[:, None], value=-1.0).mul_(-2.0)
+        if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
+            dd_part, acc_part = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
+            qa = sum_splits(qa_part, splits)
+            rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
+            dd_part = dd_part + rel * qa
+            acc_part = torch.addcmul(acc_part, rel[:, None], sum_splits(qamu_part, splits))
+            splits = 1
+        # dx = −2 (acc − x Σ dd) in x's dtype, the splits added first: one launch
+        dx = finish_splits(splits, acc_part, dd_part, x, scale=-2.0)[0]
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     col_splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
@@ -812,8 +812,9 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         None if fused else cy, N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
-    if fused:  # dx = Σ_k e μ_k − x Σ_k e, in place (fp32; x promoted)
-        dx = dx_acc.addcmul_(x, dx_sum[:, None], value=-1.0)
-    # in fp32, the splits added first (a common offset of x and μ cancels between the two sums)
-    dmu = sum_splits(mu_acc_part, col_splits).addcmul_(means, sum_splits(esum_part, col_splits)[:, None], value=-1.0)
-    return dx.to(x.dtype), dmu.to(means.dtype), sum_splits(dlv_part, col_splits), sum_splits(dlp_part, col_splits)
+    if fused:  # dx = Σ_k e μ_k − x Σ_k e
+        dx = finish_splits(1, dx_acc, dx_sum, x)[0]
+    # in fp32, the splits added first (a common offset of x and μ cancels between the two sums): one launch
+    # for dμ and the sums of d log σ² and d log π
+    dmu, (dlv, dlp) = finish_splits(col_splits, mu_acc_part, esum_part, means, vecs=(dlv_part, dlp_part))
+    return dx, dmu, dlv, dlp

@@ -450,8 +450,11 @@ def _cuda_shared_limit(index: int) -> Optional[int]:
 
 def _cuda_index(device) -> Optional[int]:
     """The CUDA device index of ``device`` (a device, a string or None), None off CUDA."""
-    device = None if device is None else torch.device(device)
-    if device is None or device.type != "cuda":
+    if device is None:
+        return None
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if device.type != "cuda":
         return None
     return device.index if device.index is not None else torch.cuda.current_device()
 
@@ -488,7 +491,11 @@ def arch_family(device) -> Optional[str]:
     """The kind of tensor cores of a CUDA ``device``, which decides how much of a tile fits its registers
     (ARCH_CONFIGS): "wgmma" (sm_90, the tables' arch), "tmem" (sm_10x: accumulators in tensor memory),
     "mma" (every other: sm_8x, sm_12x); None off CUDA (the tables)."""
-    name = arch(device)
+    return _family(arch(device))
+
+
+def _family(name: Optional[str]) -> Optional[str]:
+    """``arch_family`` of an arch name ("sm_86") or None."""
     if name is None:
         return None
     major = int(name[3:-1])  # "sm_86" → 8, "sm_100" → 10
@@ -510,14 +517,17 @@ def tuned_key(kind: str, D: int, dtype: torch.dtype, device):
 
 
 def _pick(kind: str, D: int, dtype: torch.dtype, device) -> KernelConfig:
+    # at every launch: the arch and table row looked up once (host time per call; speed.py --host-cpu)
     configs = getattr(_OVERRIDE, "configs", {})
     if kind in configs:
         return configs[kind]
     if INTERPRET:
         return INTERPRET_CONFIG
-    key = tuned_key(kind, D, dtype, device)
-    found = (RUNTIME_TUNED.get(key) or TUNED.get(key)) if key[0] is not None else None
-    return found if found is not None else table_config(kind, D, dtype, device)
+    name = arch(device)
+    limit, config = _table_row(kind, D, dtype)
+    key = (dtype_kind(dtype), kind, limit)
+    found = (RUNTIME_TUNED.get((name, *key)) or TUNED.get((name, *key))) if name is not None else None
+    return found if found is not None else _table_config(key, config, name, device)
 
 
 def table_config(kind: str, D: int, dtype: torch.dtype, device=None) -> KernelConfig:
@@ -525,8 +535,13 @@ def table_config(kind: str, D: int, dtype: torch.dtype, device=None) -> KernelCo
     ``device`` its arch family's ARCH_CONFIGS entry where the bucket has one, else on a device with less
     shared memory its SMALL_SHARED_CONFIGS entry."""
     limit, config = _table_row(kind, D, dtype)
-    key = (dtype_kind(dtype), kind, limit)
-    own = ARCH_CONFIGS.get((arch_family(device), *key))
+    return _table_config((dtype_kind(dtype), kind, limit), config, arch(device), device)
+
+
+def _table_config(key, config: KernelConfig, name: Optional[str], device) -> KernelConfig:
+    """``table_config`` of the bucket ``key`` = (input kind, kind, largest D) whose table row is ``config``,
+    on ``device`` of arch ``name`` (``arch(device)``)."""
+    own = ARCH_CONFIGS.get((_family(name), *key))
     if own is not None:
         return own
     return SMALL_SHARED_CONFIGS.get(key, config) if small_shared(device) else config

@@ -89,18 +89,18 @@ def record_launches(*modules):
 
 @contextlib.contextmanager
 def host_path_on_cpu():
-    """Within the block, ``gmvq`` on CPU tensors takes the path it takes on CUDA tensors (kernel impl,
-    no data-dependent value checks) with every kernel launch recorded instead of run (yields the
-    list): the host work of a call, the Python, dispatcher and torch ops around the kernels, can be
-    timed without a GPU. Triton's own launch cost is not included."""
-    from . import checks, forward, backward, functional, tiles
+    """Within the block, ``gmvq`` and ``gmvq_encode`` on CPU tensors take the path they take on CUDA
+    tensors (kernel impl, no data-dependent value checks) with every kernel launch recorded instead of
+    run (yields the list): the host work of a call, the Python, dispatcher and torch ops around the
+    kernels, can be timed without a GPU. Triton's own launch cost is not included."""
+    from . import backward, checks, encode, forward, functional, tiles
 
     saved = [(checks, "can_use_triton"), (functional, "can_use_triton"), (checks, "_skip_value_checks")]
     originals = [getattr(mod, name) for mod, name in saved]
     for mod, name in saved:
         setattr(mod, name, lambda _t: True)
     try:
-        with record_launches(forward, backward, tiles) as log:
+        with record_launches(forward, backward, encode, tiles) as log:
             yield log
     finally:
         for (mod, name), obj in zip(saved, originals):

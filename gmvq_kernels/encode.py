@@ -64,9 +64,10 @@ def _gmvq_encode_kernel(
         tl.store(best_ptr + split * N + offs_n, best, mask=mask_n)
 
 
-def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
+def gmvq_encode_fwd(x, means, a, b, *, dot_precision, mm=None, mp=None):
     """Launch the encode kernel. x (N, D), means (K, D): contiguous, same kernel dtype; a, b (K,) fp32
-    contiguous. Returns codes (N,) int64.
+    contiguous; mm = ||μ||² (K,) fp32 and mp its norm operand (tiles.code_terms forms them with a and b),
+    formed here where None. Returns codes (N,) int64.
 
     Few row blocks (small N, e.g. N = 8192 against 132 SMs) would leave the GPU idle, so the codes are
     then split across programs (split-K): each writes its split's best (ℓ, code) per row, and torch
@@ -80,8 +81,11 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision):
     splits, codes_per_split = config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, x.device, min_codes=0)
     codes = torch.empty((splits, N), dtype=torch.int64, device=x.device)
     best = torch.empty((splits, N), dtype=torch.float32, device=x.device) if splits > 1 else None
-    mm = code_sq_norms(means) if D > 32 or config.norm_dot(x.dtype) else None
-    mp = None if mm is None else code_norm_operand(mm, x.dtype)
+    if D > 32 or config.norm_dot(x.dtype):
+        mm = code_sq_norms(means) if mm is None else mm
+        mp = code_norm_operand(mm, x.dtype) if mp is None else mp
+    else:  # the kernel forms the norms from each code tile
+        mm = mp = None
     if mp is not None:
         a = a * 2.0  # tiles.row_half_logits takes 2a
     _gmvq_encode_kernel[(row_blocks, splits)](

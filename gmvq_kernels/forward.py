@@ -29,10 +29,10 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
-                    first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows, load_stats, mma,
-                    noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets, row_norm_operand,
-                    row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
-                    sq_norms, sum_splits, tau_one, y_scale)
+                    finish_splits, first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows,
+                    load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets,
+                    row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo,
+                    split_parts, split_row_range, sq_norms, tau_one, y_scale)
 
 
 def forward_tau_one(args):
@@ -367,19 +367,20 @@ def _gmvq_fwd_colsum_kernel(
     tl.store(part_ptr + split * K + offs_k, colsum, mask=mask_k)
 
 
-def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None):
+def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_backward=True, mm=None, mp=None):
     """Launch the forward. x (N, D) and means (K, D): contiguous, one of fp32/fp16/bf16, same dtype;
     a, b, v (K,) fp32 contiguous (see spec.component_terms); mm = ||μ||² (K,) fp32 (spec.code_sq_norms;
-    computed here when None); noise None or (N, K) contiguous.
+    computed here when None) and mp its norm operand (tiles.code_norm_operand; formed here when None;
+    tiles.code_terms forms all five in one launch); noise None or (N, K) contiguous.
     for_backward: False when no backward will follow (no input needs a gradient): y_sums is then skipped.
 
     Returns (outputs, saved): outputs = ``GMVQOutput`` (quantized (N, D) x.dtype, codes (N,) int64,
     statistics fp32); saved = {"entropy", "codes"} ∪ ``spec.SAVED_FIELDS`` for the backward: stats (N, 4)
     fp32 with columns ``spec.STATS_FIELDS``, hard_idx (N,) int64 the hard sample (None unless ``hard``), y_sums
     (N, D + 2) fp32 the soft sample's sums [Σ_k y μ_k, Σ_k y d a_k, Σ_k y σ_k²] (None unless
-    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32, x_parts the column kernels'
-    norm operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot) and code_parts, the
-    codes' (K, 16) (tiles.code_norm_operand; an eager backward reuses both). With few row blocks the codebook is split across programs (config.split_codes) and
+    ``for_backward`` and ``delta_from_forward``), x_sq = ||x||² (N,) fp32 and x_parts the column kernels'
+    norm operand of it (N, 16) (tiles.row_norm_operand; None without the norm dot; an eager backward
+    reuses it). With few row blocks the codebook is split across programs (config.split_codes) and
     ``combine_splits`` forms these from the splits' states."""
     N, D = x.shape
     K = means.shape[0]
@@ -392,7 +393,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
     splits, codes_per_split = split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, dev)
     with_sums = for_backward and delta_from_forward(x.dtype, hard, D)
     mm = code_sq_norms(means) if mm is None else mm
-    mp = code_norm_operand(mm, x.dtype)  # the codes' norm operand (returned as code_parts), or None
+    mp = code_norm_operand(mm, x.dtype) if mp is None else mp  # None without the norm dot
     xx = torch.empty(N, **f32)
     row_mp = acc_norm_operand(mp, D)
     # the column kernels' rows operand (tiles.row_norm_operand): written beside ||x||² by a forward that
@@ -426,11 +427,10 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
                                                                               v, mm, tau, hard)
         y_sums = y_sums if with_sums else None
     xq = row_norm_operand(xx, mp) if xq is None else xq
-    agg = colsum_q(xk, mk, a, b, v, mm, stats, xx, xq, prec) / N
+    agg = colsum_q(xk, mk, a, b, v, mm, stats, xx, xq, prec)
     outs = GMVQOutput(quantized=z, codes=codes, log_likelihood=lse, agg_posterior=agg, latent_nll=lat,
                       mixture_var=s2, entropy=ent)
-    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums, x_sq=xx, x_parts=xq,
-                      code_parts=mp)
+    return outs, dict(entropy=ent, stats=stats, hard_idx=hard_idx, codes=codes, y_sums=y_sums, x_sq=xx, x_parts=xq)
 
 
 def delta_from_forward(dtype, hard, D):
@@ -490,7 +490,7 @@ def combine_splits(part, part_k, part_z, x, xx, means, a, v, mm, tau, hard):
 
 
 def colsum_q(x, means, a, b, v, mm, stats, xx, xq, prec):
-    """Σ_n q_nk (K,) fp32 from the forward's final row statistics and ||x||² (xq: its norm operand,
+    """q̄ = Σ_n q_nk / N (K,) fp32 from the forward's final row statistics and ||x||² (xq: its norm operand,
     tiles.row_norm_operand, or None), deterministic."""
     N, D = x.shape
     K = means.shape[0]
@@ -503,4 +503,6 @@ def colsum_q(x, means, a, b, v, mm, stats, xx, xq, prec):
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return sum_splits(part, splits)
+    # one split: a division (a torch op costs less host time than a launch); several: one launch for
+    # their sum and the division
+    return part / N if splits == 1 else finish_splits(splits, vecs=(part,), divisor=N)[1][0]

@@ -4,12 +4,12 @@ from typing import Optional
 import torch
 
 from . import config, cpu_rows
-from .autograd import EagerFused, all_reduce_sum, fused_encode, fused_fwd
+from .autograd import EagerFused, all_reduce_sum, encode_codes, fused_encode, fused_fwd
 from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, describe, validate
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
-from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, logit_terms, with_fields
+from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, with_fields
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
@@ -94,8 +94,9 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
             op, tau, seed = fused_fwd, torch.ones((), dtype=torch.float64) * tau, seed_tensor(seed)
         else:  # see EagerFused: the numbers themselves
             op = EagerFused.apply
-        outs = op(x.contiguous(), means.contiguous(), log_var32,
-                  log_prior_probs(log_prior, means.shape[0], log_var32),
+        # None for the uniform prior: the op forms −log K itself (tiles.code_terms)
+        log_pi = None if log_prior is None else log_prior_probs(log_prior, means.shape[0], log_var32)
+        outs = op(x.contiguous(), means.contiguous(), log_var32, log_pi,
                   None if noise is None else noise.float().contiguous(),
                   tau, bool(hard), seed, dot_precision or config.DEFAULT_DOT_PRECISION, for_backward)
         out = GMVQOutput(*outs[:len(GMVQOutput._fields)])
@@ -116,12 +117,10 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
     impl = resolve_impl(impl, x)
     if impl in ("torch", "reference"):  # no gradient to hand-derive: the chunked reference is the torch path
         return gmvq_encode_reference(x, means, log_var, log_prior)
-    log_var32 = log_var.detach().float()
-    # without σ² (an op the argmax does not need: one launch less, for the encode launcher's 2a)
-    a, b = logit_terms(log_var32, log_prior_probs(None if log_prior is None else log_prior.detach(),
-                                                  means.shape[0], log_var32), x.shape[1])
-    return fused_encode(x.detach().contiguous(), means.detach().contiguous(), a.contiguous(), b.contiguous(),
-                        dot_precision or config.DEFAULT_DOT_PRECISION)
+    log_pi = None if log_prior is None else log_prior_probs(log_prior.detach(), means.shape[0], log_var.float())
+    op = fused_encode if torch.compiler.is_compiling() else encode_codes  # eager: without the custom op's dispatch
+    return op(x.detach().contiguous(), means.detach().contiguous(), log_var.detach().float(), log_pi,
+              dot_precision or config.DEFAULT_DOT_PRECISION)
 
 
 def gmvq_decode(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

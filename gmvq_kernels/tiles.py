@@ -5,16 +5,21 @@ Helpers take operands already broadcast to the tile's orientation: the row kerne
 BLOCK_K) tiles (per-row vectors as ``v[:, None]``, per-code as ``v[None, :]``); the column kernel on
 the transposed (BLOCK_K, BLOCK_N) tiles, so that its sums over rows stay inside a warp.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from .config import INTERPRET, NORM_DOT_MAX_BLOCK_D, block_d, norm_dot
 from .noise import gumbel_tile
-from .spec import STATS_FIELDS
+from .spec import LOG_2PI as _LOG_2PI, STATS_FIELDS
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+LOG_2PI = tl.constexpr(_LOG_2PI)
+INTERPRETED = tl.constexpr(INTERPRET)
 # columns of the (N, 4) softmax statistics the forward saves (spec.STATS_FIELDS): each softmax's row max
 # in natural units and log2 of its sum, so exp2((e − m)·scale − log2 s) reproduces its probabilities
 assert STATS_FIELDS == ("m_q", "log2_s_q", "m_y", "log2_s_y"), "load_stats splits the records in this order"
@@ -140,6 +145,56 @@ def code_norm_operand(mm, dtype):
     """The codes' norm operand of the row kernels, (K, 16): ``norm_operand`` of mm = ||μ||², where the
     kernels add the norms on the tensor cores (``config.norm_dot``: bf16 inputs), else None."""
     return norm_operand(mm, 1.0, False) if norm_dot(dtype) else None
+
+
+@triton.jit
+def exp_accurate(x):
+    """exp(x) in fp32 as torch computes it on a GPU (libdevice's expf, within an ulp), where ``tl.exp``
+    is ex2.approx of x·log₂e (its relative error grows with |x|). The interpreter has no libdevice and
+    takes NumPy's exp."""
+    if INTERPRETED:
+        return tl.exp(x)
+    else:
+        return libdevice.exp(x)
+
+
+@triton.jit
+def _code_terms_kernel(means_ptr, lv_ptr, lp_ptr, consts_ptr, mp_ptr, K, D, half_d, uniform_lp, BLOCK: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < K
+    lv = tl.load(lv_ptr + offs, mask=mask, other=0.0)
+    lp = tl.load(lp_ptr + offs, mask=mask, other=0.0) if lp_ptr is not None else uniform_lp
+    # spec.component_terms' formulas and roundings; consts' rows a, b, v, mm
+    tl.store(consts_ptr + offs, 0.5 * exp_accurate(-lv), mask=mask)
+    tl.store(consts_ptr + K + offs, lp - half_d * (lv + LOG_2PI), mask=mask)
+    tl.store(consts_ptr + 2 * K + offs, exp_accurate(lv), mask=mask)
+    mm = tl.zeros((BLOCK,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        mu = tl.load(means_ptr + offs[:, None] * D + cols[None, :], mask=mask[:, None] & (cols < D)[None, :],
+                     other=0.0).to(tl.float32)
+        mm += tl.sum(mu * mu, axis=1)
+    tl.store(consts_ptr + 3 * K + offs, mm, mask=mask)
+    if mp_ptr is not None:  # code_norm_operand
+        tl.store(mp_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :],
+                 norm_parts(mm, 1.0, False).to(mp_ptr.dtype.element_ty), mask=mask[:, None])
+
+
+def code_terms(means, log_var, log_pi):
+    """(consts, mp) of the codes in one launch: consts (4, K) fp32 holds the rows a, b, v of
+    spec.component_terms of log_var and log_pi (K,) fp32 (None: the uniform prior, −log K, as
+    spec.log_prior_probs makes it) and mm = ||μ||² (spec.code_sq_norms); mp ``code_norm_operand``
+    (None without the norm dot). No gradient (the fused backward differentiates log σ² and log π
+    itself). The ten or so small torch ops it replaces cost a launch and dispatch each on a GPU (host
+    time: README "Host path")."""
+    K, D = means.shape
+    consts = torch.empty((4, K), dtype=torch.float32, device=means.device)
+    mp = norm_operand_buffer(K, means.device) if norm_dot(means.dtype) else None
+    log_pi = None if log_pi is None else log_pi.contiguous()
+    _code_terms_kernel[(triton.cdiv(K, 64),)](means, log_var.contiguous(), log_pi, consts, mp, K, D, 0.5 * D,
+                                              -math.log(K), BLOCK=64, BLOCK_D=min(block_d(D), 64))
+    return consts, mp
 
 
 def acc_norm_operand(mp, D):
@@ -495,6 +550,57 @@ def split_parts(n, *shape, device):
 def sum_splits(t, n):
     """The sum of ``split_parts``' n partials, in a fixed order (deterministic)."""
     return t if n == 1 else t.sum(0)
+
+
+@triton.jit
+def _sum_splits_rows(ptr, S, L, rows, mask):
+    """Σ_s ptr[s, rows] of an (S, L) fp32 buffer, the splits added in order (deterministic)."""
+    total = tl.zeros(rows.shape, tl.float32)
+    for s in range(S):
+        total += tl.load(ptr + s * L + rows, mask=mask, other=0.0)
+    return total
+
+
+@triton.jit
+def _finish_splits_kernel(acc_ptr, sum_ptr, base_ptr, out_ptr, v0_ptr, v0_out_ptr, v1_ptr, v1_out_ptr, S, L, D,
+                          scale, divisor, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = rows < L
+    if acc_ptr is not None:
+        total = _sum_splits_rows(sum_ptr, S, L, rows, mask)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            at = rows[:, None] * D + cols[None, :]
+            tile_mask = mask[:, None] & (cols < D)[None, :]
+            acc = tl.zeros((BLOCK_L, BLOCK_D), tl.float32)
+            for s in range(S):  # in order, as _sum_splits_rows
+                acc += tl.load(acc_ptr + s * L * D + at, mask=tile_mask, other=0.0)
+            base = tl.load(base_ptr + at, mask=tile_mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + at, (scale * (acc - base * total[:, None])).to(out_ptr.dtype.element_ty), mask=tile_mask)
+    if v0_ptr is not None:
+        tl.store(v0_out_ptr + rows, tl.div_rn(_sum_splits_rows(v0_ptr, S, L, rows, mask), divisor), mask=mask)
+    if v1_ptr is not None:
+        tl.store(v1_out_ptr + rows, tl.div_rn(_sum_splits_rows(v1_ptr, S, L, rows, mask), divisor), mask=mask)
+
+
+def finish_splits(n, acc=None, sums=None, base=None, scale=1.0, vecs=(), divisor=1.0):
+    """The epilogue of a pass that wrote ``split_parts`` for n splits, in one launch (each torch op it
+    replaces costs a launch and dispatch on a GPU): with ``acc`` (n, L, D) and ``sums`` (n, L) partials,
+    scale·(Σ acc − base·Σ sums) in base's dtype (dx = −2 (acc − x Σ dd), dμ = acc − μ Σ e); with
+    ``vecs``, up to two vectors' partials (n, L) each, their sums divided by ``divisor``, fp32 (L,). The
+    splits are added in order (deterministic; one split's buffers come without the split axis, as
+    ``split_parts`` makes them). With one split and an fp32 ``base`` the result is written over ``acc``
+    (a scratch buffer: no second (L, D) fp32 tensor at the peak). Returns (the first or None, a list of
+    the vectors' results)."""
+    assert len(vecs) <= 2, "finish_splits takes at most two vectors"
+    dev = (base if acc is not None else vecs[0]).device
+    L, D = base.shape if acc is not None else (vecs[0].shape[-1], 0)
+    out = None if acc is None else acc if n == 1 and base.dtype == torch.float32 else torch.empty_like(base)
+    vec_out = [torch.empty(L, dtype=torch.float32, device=dev) for _ in vecs]
+    v0, v1 = (list(zip(vecs, vec_out)) + [(None, None)] * 2)[:2]
+    _finish_splits_kernel[(triton.cdiv(L, 32),)](acc, sums, base, out, *v0, *v1, n, L, D, float(scale), float(divisor),
+                                                 BLOCK_L=32, BLOCK_D=min(block_d(D), 64) if D else 16)
+    return out, vec_out
 
 
 def interpreter_operand(t):

@@ -149,6 +149,83 @@ def test_norm_parts_are_exact(scale, parts_first, device):
     assert not bad.cpu().float()[:, :6].isfinite().all(1).any(), "a non-finite norm gave finite parts"
 
 
+def ulps_apart(got, want):
+    """|got − want| in units of fp32's last place at ``want`` (both fp32 tensors)."""
+    ulp = torch.finfo(torch.float32).eps * torch.maximum(want.abs(), torch.tensor(torch.finfo(torch.float32).tiny))
+    return ((got.double() - want.double()).abs() / ulp.double()).max().item()
+
+
+@pytest.mark.parametrize("dtype, D, K", [(torch.bfloat16, 100, 70), (torch.float32, 16, 5), (torch.float16, 33, 64)],
+                         ids=["bf16-D100", "fp32-D16", "fp16-D33"])
+def test_code_terms_match_torch(dtype, D, K, device):
+    """tiles.code_terms (one launch) against the torch ops the references use:
+    spec.component_terms' a, b, v within an ulp (the exps: libdevice's on a GPU, NumPy's under the
+    interpreter, against torch's), ||μ||² within the rounding of its sum, and the
+    codes' norm operand exactly tiles.code_norm_operand of the launch's own ||μ||² (None without the norm
+    dot), over log σ² from −40 to 40 and a prior; without one (None), the uniform prior's."""
+    from gmvq_kernels.spec import component_terms
+
+    g = torch.Generator().manual_seed(1)
+    means = (torch.randn(K, D, generator=g) * 3 + 5).to(dtype)
+    log_var = torch.linspace(-40, 40, K)
+    log_pi = torch.log_softmax(torch.randn(K, generator=g), 0)
+    (a, b, v, mm), mp = tiles.code_terms(means.to(device), log_var.to(device), log_pi.to(device))
+    want = dict(zip("abv", component_terms(log_var, log_pi, D)))
+    got = dict(a=a, b=b, v=v, mm=mm)
+    assert all(t.dtype == torch.float32 and t.shape == (K,) and t.is_contiguous() for t in got.values())
+    for name in "av":
+        assert ulps_apart(got[name].cpu(), want[name]) <= 1, name
+    # b = log π − (D/2)(λ + log 2π): an ulp of its larger part (the last subtraction may be fused)
+    scale = torch.maximum(log_pi.abs(), (0.5 * D * (log_var + math.log(2 * math.pi))).abs())
+    assert ((b.cpu() - want["b"]).abs() <= torch.finfo(torch.float32).eps * scale).all()
+    # ||μ||² against the exact sum: D roundings of 2⁻²⁴ at most (squares and sums, in any order)
+    exact = (means.double() ** 2).sum(1)
+    assert ((mm.cpu().double() - exact).abs() <= D * 2.0**-24 * exact).all()
+    if tiles.norm_dot(dtype):
+        assert torch.equal(mp, tiles.code_norm_operand(mm, dtype))
+    else:
+        assert mp is None
+    # log π None: the uniform prior, as spec.log_prior_probs makes it (−log K), to the bit
+    uniform = torch.full((K,), -math.log(K), device=device)
+    assert torch.equal(tiles.code_terms(means.to(device), log_var.to(device), None)[0],
+                       tiles.code_terms(means.to(device), log_var.to(device), uniform)[0])
+
+
+@pytest.mark.parametrize("n, dtype", [(1, torch.float32), (3, torch.bfloat16), (4, torch.float32)],
+                         ids=["1split-fp32", "3splits-bf16", "4splits-fp32"])
+def test_finish_splits(n, dtype, device):
+    """tiles.finish_splits, the one-launch epilogue of the split passes: scale·(Σ acc − base·Σ sums) in
+    base's dtype, the splits added in order (fp32, as torch adds them one after another here; the last
+    operation may be fused on a GPU: within an ulp before the cast), and up to two vectors' split sums
+    divided by a divisor, exactly (IEEE division), each its own tensor (a custom op's outputs must not
+    alias)."""
+    g = torch.Generator().manual_seed(2)
+    L, D = 45, 70
+    acc, sums = torch.randn(n, L, D, generator=g) * 100, torch.randn(n, L, generator=g)
+    base = torch.randn(L, D, generator=g).to(dtype)
+    vecs = torch.randn(2, n, L, generator=g)
+    in_order = lambda t: sum(t[1:], t[0])  # noqa: E731  the splits one after another
+    # one split's buffers come without the split axis (tiles.split_parts)
+    as_parts = lambda t: (t[0] if n == 1 else t).to(device).clone()  # noqa: E731
+    acc_parts = as_parts(acc)
+    out, vec_out = tiles.finish_splits(n, acc_parts, as_parts(sums), base.to(device), scale=-2.0,
+                                       vecs=(as_parts(vecs[0]), as_parts(vecs[1])), divisor=7.0)
+    want = -2.0 * (in_order(acc) - base.float() * in_order(sums)[:, None])
+    assert out.dtype == dtype and out.shape == (L, D)
+    # one split, fp32: over the scratch buffer (no second (L, D) fp32 tensor)
+    assert (out.data_ptr() == acc_parts.data_ptr()) == (n == 1 and dtype == torch.float32)
+    if dtype == torch.float32:
+        assert ulps_apart(out.cpu(), want) <= 1
+    else:  # the fp32 value within an ulp, then rounded: at most one bf16 step from rounding ``want``
+        step = torch.finfo(dtype).eps * want.abs().to(dtype).float()
+        assert ((out.cpu().float() - want.to(dtype).float()).abs() <= step).all()
+    assert len(vec_out) == 2 and vec_out[0].data_ptr() != vec_out[1].data_ptr()
+    for got, parts in zip(vec_out, vecs):
+        assert got.shape == (L,) and torch.equal(got.cpu(), in_order(parts) / 7.0)
+    (one,) = tiles.finish_splits(n, vecs=(as_parts(vecs[0]),))[1]  # a vector alone, divisor 1
+    assert torch.equal(one.cpu(), in_order(vecs[0]))
+
+
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_bf16_without_norm_dot(hard, device, monkeypatch):
     """bf16 with GMVQ_NORM_DOT=0 (config.norm_dot): the norms added per element, as for fp16 and fp32, on

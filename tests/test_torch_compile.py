@@ -193,8 +193,8 @@ def test_op_version_pins_the_signature_and_output_layouts():
 
     from gmvq_kernels import autograd
 
-    pinned = {7: ("(Tensor x, Tensor means, Tensor log_var, Tensor log_pi, Tensor? noise, Tensor tau, bool hard, "
-                  "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 11) + ")",
+    pinned = {8: ("(Tensor x, Tensor means, Tensor log_var, Tensor? log_pi, Tensor? noise, Tensor tau, bool hard, "
+                  "Tensor seed, str dot_precision, bool for_backward) -> (" + ", ".join(["Tensor"] * 12) + ")",
                   "(Tensor x, Tensor means, Tensor a, Tensor b, Tensor v, Tensor mm, Tensor? mp, Tensor? x_parts, "
                   "Tensor? noise, "
                   "Tensor entropy, Tensor stats, Tensor hard_idx, Tensor y_sums, Tensor x_sq, Tensor? g_quantized, "
@@ -202,7 +202,7 @@ def test_op_version_pins_the_signature_and_output_layouts():
                   "Tensor? g_entropy, Tensor tau, bool hard, Tensor seed, str dot_precision) -> "
                   "(Tensor, Tensor, Tensor, Tensor)",
                   [((5, 2), (2, 1)), ((5,), (1,)), ((5,), (1,)), ((3,), (1,)), ((5,), (1,)), ((5,), (1,)),
-                   ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,))],
+                   ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((5, 4), (4, 1)), ((5,), (1,)), ((4, 3), (3, 1))],
                   {True: (2, 5), False: (5,)})}  # the saved hard_idx: sample and argmax codes, or the codes
     fwd_schema, bwd_schema, layouts, saved_idx = pinned[autograd.OP_VERSION]
     ops = torch.ops.gmvq_kernels
