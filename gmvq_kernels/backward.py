@@ -64,7 +64,7 @@ from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_nor
                     even_k, even_n, finish_splits, half_row_operand, load_row_vec, load_rows, load_stats, mma,
                     noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands,
                     row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
-                    split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, y_scale)
+                    split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
 
 def has_y_grads(args):
@@ -72,9 +72,11 @@ def has_y_grads(args):
     return any(args[p] is not None for p in ("gz_ptr", "glat_ptr", "gs_ptr"))
 
 
-HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one})
+RULES = {"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one}
+HEURISTICS = triton.heuristics(RULES)
+DX_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_rows
 # the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
-DELTA_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n, "TAU_ONE": tau_one,
+DELTA_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes,
                                       "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
 
 
@@ -247,8 +249,8 @@ def _gmvq_bwd_delta_kernel(
     gz_ptr, glat_ptr, gs_ptr, gc_ptr, ysum_ptr, delta_y_ptr, y_mass_ptr, delta_q_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    TAU_ONE: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, HALF: tl.constexpr, WIDE_CODES: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Δy = Σ_k y Y and Δq = Σ_k q Ḡ_c[k] per row, over the codes of one split (program_id(1), see
     config.split_codes): delta_y, delta_q (splits, N) fp32, each only when its gradients exist; torch
@@ -282,11 +284,11 @@ def _gmvq_bwd_delta_kernel(
     for k_start in range(k_lo, k_hi, BLOCK_K):
         if HALF:
             offs_k, mask_k, logits = row_half_logits(x, xp, means_ptr, a_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d,
-                                                     EVEN_K, BLOCK_K, DOT_PRECISION)
+                                                     EVEN_K, BLOCK_K, DOT_PRECISION, WIDE_CODES)
         else:
             offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
                                                                    mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
-                                                                   DOT_PRECISION)
+                                                                   DOT_PRECISION, WIDE_CODES)
         valid = mask_k[None, :]
         q = logits  # placeholder when neither Δq nor y at τ = 1 takes it (never used then)
         if gc_ptr is not None or (HAS_Y and TAU_ONE):
@@ -315,7 +317,7 @@ def _gmvq_bwd_delta_kernel(
         tl.store(delta_q_ptr + split * N + offs_n, delta_q, mask=mask_n)
 
 
-@HEURISTICS
+@DX_HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
@@ -323,8 +325,8 @@ def _gmvq_bwd_dx_kernel(
     dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr, cy_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
-    TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, WIDE_CODES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The two sums behind dx = 2 (x Σ_k dd − Σ_k dd μ_k) for BLOCK_N rows over the codes of one split
     (program_id(1), see config.split_codes): dd_part (splits, N) and acc_part (splits, N, D) fp32; the
@@ -410,7 +412,7 @@ def _gmvq_bwd_dx_kernel(
     for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, clamp_ok = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
                                                                  mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
-                                                                 DOT_PRECISION)
+                                                                 DOT_PRECISION, WIDE_CODES)
         valid = mask_k[None, :]
         log2_q = softmax_log2prob(logits, m_q[:, None], log2s_q[:, None], LOG2E)
         q = tl.exp2(log2_q)
@@ -511,7 +513,7 @@ def _gmvq_bwd_dmu_kernel(
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
     row_lo, row_hi = nonempty_range(row_lo, row_hi, NONEMPTY)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d)
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
     valid = mask_k[:, None]
 

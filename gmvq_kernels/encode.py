@@ -18,14 +18,14 @@ from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
 from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows,
-                    half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms)
+                    half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms, wide_codes)
 
 
-@triton.heuristics({"EVEN_K": even_k})
+@triton.heuristics({"EVEN_K": even_k, "WIDE_CODES": wide_codes})
 @triton.jit
 def _gmvq_encode_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, mm_ptr, mp_ptr, best_ptr, codes_ptr, N, K, D, codes_per_split,
-    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, WIDE_CODES: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """argmax_k ℓ_nk of BLOCK_N rows over one split of the codes (program_id(1)): writes codes
@@ -47,11 +47,11 @@ def _gmvq_encode_kernel(
     for k_start in range(k_lo, k_hi, BLOCK_K):
         if mp_ptr is not None:  # a_ptr holds 2a
             _, _, logits = row_half_logits(x, xh, means_ptr, a_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d, EVEN_K,
-                                           BLOCK_K, DOT_PRECISION)
+                                           BLOCK_K, DOT_PRECISION, WIDE_CODES)
         else:
             # a stands in for v (σ²), which the argmax does not need: the pointer is only read
             _, _, _, _, _, _, logits, _ = row_tile(x, xx, xx, means_ptr, a_ptr, b_ptr, a_ptr, mm_ptr, None, k_start,
-                                                   K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION)
+                                                   K, D, offs_d, EVEN_K, BLOCK_K, DOT_PRECISION, WIDE_CODES)
         tile_max = tl.max(logits, axis=1)
         tile_arg = first_argmax(logits, tile_max, BLOCK_K)
         better = tile_max > best  # strict: the first maximum wins, as torch.argmax

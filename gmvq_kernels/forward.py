@@ -32,7 +32,7 @@ from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, 
                     finish_splits, first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows,
                     load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets,
                     row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo,
-                    split_parts, split_row_range, sq_norms, tau_one, y_scale)
+                    split_parts, split_row_range, sq_norms, tau_one, wide_codes, y_scale)
 
 
 def forward_tau_one(args):
@@ -43,7 +43,7 @@ def forward_tau_one(args):
     return tau_one(args) and args["OP_DTYPE"] != tl.float16
 
 
-FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one})
+FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one, "WIDE_CODES": wide_codes})
 EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
 # (h_y: the hard sample's ℓ + g, by which combine_splits picks the split holding it; m_y at τ ≠ 1)
@@ -107,7 +107,8 @@ def _gmvq_fwd_kernel(
     N, K, D, seed_lo, seed_hi, seed_ptr, y_scale, codes_per_split,
     HARD: tl.constexpr, SPLIT: tl.constexpr, Y_SUMS: tl.constexpr, OP_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, NONEMPTY: tl.constexpr, LAZY: tl.constexpr,
-    TAU_ONE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    TAU_ONE: tl.constexpr, WIDE_CODES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Row outputs of BLOCK_N rows, streaming the codebook. Output pointers by symbol: z = quantized,
     lse = log_likelihood, lat = latent_nll, s2 = mixture_var (s²), ent = entropy.
@@ -194,7 +195,7 @@ def _gmvq_fwd_kernel(
     for k_start in range(k_lo, k_hi, BLOCK_K):
         offs_k, mask_k, mu, a, v, d, logits, _clamp = row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr,
                                                                mp_ptr, k_start, K, D, offs_d, EVEN_K, BLOCK_K,
-                                                               DOT_PRECISION)
+                                                               DOT_PRECISION, WIDE_CODES)
         valid = mask_k[None, :]
         da = d * a[None, :]
 
@@ -346,11 +347,12 @@ def _gmvq_fwd_colsum_kernel(
     row statistics and ||x||² (xx (N,) fp32; with the rows' norm operand xp (N, 16),
     tiles.row_norm_operand, the tensor cores add the norms: tiles.col_half_distance): writes part
     (splits, K) fp32. Inputs as for ``_gmvq_fwd_kernel``."""
-    offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
+    offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d)
     a2 = a + a  # tiles.half_distances_logits
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):

@@ -171,8 +171,12 @@ def kernel_seed(seed_lo, seed_hi, seed_ptr):
 def _gumbel_noise_kernel(out_ptr, N, K, seed_lo, seed_hi, seed_ptr, row_offset,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
-    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_start = tl.program_id(1).to(tl.int64) * BLOCK_K
+    # one grid axis, the codes' blocks fastest: a grid's second axis takes at most 65535 blocks, which
+    # K ≥ 2²³ passed at BLOCK_K = 128 (the launch failed)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    block = tl.program_id(0)
+    offs_n = (block // k_blocks).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_start = (block % k_blocks).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
     g = gumbel_tile(seed_lo, seed_hi, offs_n + row_offset, k_start, BLOCK_K)
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
@@ -487,7 +491,7 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
     if can_use_triton(device):  # an NVIDIA GPU, or the CPU under the interpreter
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
-        grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
+        grid = (triton.cdiv(N, BLOCK_N) * triton.cdiv(K, BLOCK_K),)
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, *seed_args(seed), row_offset, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
         return out

@@ -74,15 +74,44 @@ def code_mask(offs_k, K, EVEN_K: tl.constexpr):
         return offs_k < K
 
 
+# K·W (W = D for the means, 16 for the codes' norm operand) from which the row kernels address code tiles
+# in 64 bits (wide_codes); tests lower it to run that path on small shapes
+WIDE_CODES_MIN = 2**31
+
+
+def wide_codes(args):
+    """triton.heuristics rule of the row kernels' WIDE_CODES: a (K, D) codebook or its (K, 16) norm
+    operand holds 2³¹ elements or more (only K < 2³¹ bounds K: checks.MAX_K), so that a code's offset
+    k·D no longer fits 32 bits (code_rows)."""
+    return args["K"] * max(args["D"], 16) >= WIDE_CODES_MIN
+
+
 @triton.jit
-def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d):
-    """Code tile (BLOCK_K, BLOCK_D) as stored and the per-code a, b, v (spec.component_terms:
-    ℓ = b − d·a, v = σ²) and mm = ||μ||² (spec.code_sq_norms), as (μ, mm, a, b, v). The norms come
+def code_rows(ptr, k_start, W, BLOCK_K: tl.constexpr, WIDE: tl.constexpr):
+    """Pointers (BLOCK_K, 1) to the rows k_start, …, k_start + BLOCK_K − 1 of a (K, W) row-major tensor
+    (the means, the codes' norm operand). The row kernels' k_start is 32-bit, and (k_start + i)·W wraps
+    where K·W passes 2³¹: WIDE (wide_codes) widens the row index before the product. Only then: the
+    64-bit products cost the row kernels 0.5–3.8 instructions per element per fwd+bwd in the static
+    report (and spills at D = 128), however the offsets were formed (tried 2026-12-05: from a 64-bit
+    base per tile, widened per element, or kept across the loop). The column kernels' k_start is 64-bit."""
+    rows = k_start + tl.arange(0, BLOCK_K)
+    if WIDE:
+        return ptr + rows.to(tl.int64)[:, None] * W
+    else:
+        return ptr + rows[:, None] * W
+
+
+@triton.jit
+def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d,
+               WIDE: tl.constexpr = False):
+    """Code tile (BLOCK_K, BLOCK_D) of the codes offs_k = k_start + tl.arange(0, BLOCK_K) as stored and
+    the per-code a, b, v (spec.component_terms: ℓ = b − d·a, v = σ²) and mm = ||μ||²
+    (spec.code_sq_norms), as (μ, mm, a, b, v); WIDE: see code_rows. The norms come
     from the launcher, computed once per call: formed from the tile they cost the row kernels, which
     meet every code tile once per row block, 3–7 instructions per (n, k) element at D ≥ 128 (the
     conversion, the squares, the sum's shuffles; static report). With ``mm_ptr`` None they are formed
     from the tile: cheaper than the load in the encode kernel at D ≤ 32 (11.8 against 12.5)."""
-    mu = tl.load(means_ptr + offs_k[:, None] * D + offs_d[None, :],
+    mu = tl.load(code_rows(means_ptr, k_start, D, offs_k.shape[0], WIDE) + offs_d[None, :],
                  mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
     a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
     b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
@@ -120,7 +149,7 @@ def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, ONE: tl.const
 
 @triton.jit
 def _norm_parts_kernel(sq_ptr, out_ptr, L, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # offs·16 may pass 2³¹
     parts = norm_parts(tl.load(sq_ptr + offs, mask=offs < L, other=0.0), SCALE, PARTS_FIRST)
     tl.store(out_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :], parts.to(out_ptr.dtype.element_ty),
              mask=(offs < L)[:, None])
@@ -161,21 +190,23 @@ def exp_accurate(x):
 @triton.jit
 def _code_terms_kernel(means_ptr, lv_ptr, lp_ptr, consts_ptr, mp_ptr, K, D, half_d, uniform_lp, BLOCK: tl.constexpr,
                        BLOCK_D: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # 64-bit offsets: offs·D, offs·16 and 3K may pass 2³¹ (K < 2³¹ only: checks.MAX_K)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < K
+    row = tl.cast(K, tl.int64)  # consts' row stride
     lv = tl.load(lv_ptr + offs, mask=mask, other=0.0)
     lp = tl.load(lp_ptr + offs, mask=mask, other=0.0) if lp_ptr is not None else uniform_lp
     # spec.component_terms' formulas and roundings; consts' rows a, b, v, mm
     tl.store(consts_ptr + offs, 0.5 * exp_accurate(-lv), mask=mask)
-    tl.store(consts_ptr + K + offs, lp - half_d * (lv + LOG_2PI), mask=mask)
-    tl.store(consts_ptr + 2 * K + offs, exp_accurate(lv), mask=mask)
+    tl.store(consts_ptr + row + offs, lp - half_d * (lv + LOG_2PI), mask=mask)
+    tl.store(consts_ptr + 2 * row + offs, exp_accurate(lv), mask=mask)
     mm = tl.zeros((BLOCK,), tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mu = tl.load(means_ptr + offs[:, None] * D + cols[None, :], mask=mask[:, None] & (cols < D)[None, :],
                      other=0.0).to(tl.float32)
         mm += tl.sum(mu * mu, axis=1)
-    tl.store(consts_ptr + 3 * K + offs, mm, mask=mask)
+    tl.store(consts_ptr + 3 * row + offs, mm, mask=mask)
     if mp_ptr is not None:  # code_norm_operand
         tl.store(mp_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :],
                  norm_parts(mm, 1.0, False).to(mp_ptr.dtype.element_ty), mask=mask[:, None])
@@ -336,20 +367,21 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr, A_LO_FIRST: tl.constexpr):
 
 @triton.jit
 def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start, K, D, offs_d,
-             EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+             EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr = False):
     """One codebook tile of a row kernel (rows × codes) for the rows ``x`` with squared norms ``xx``:
     (offs_k, mask_k, μ tile, a, v, d, ℓ, clamp_ok), see load_codes and distances_logits.
 
     With the codes' norm operand (``mp_ptr``, code_norm_operand), x comes scaled by −2 (exact) and
     ``xp`` is the rows' operand of ||x||² (norm_parts, scale 1; see row_operands): the tensor cores then
     return d_raw = ||x||² + ||μ||² − 2 x·μ, where forming it costs an FADD and an FFMA per element
-    (static report). Else x as stored and ``xp`` unread."""
+    (static report). Else x as stored and ``xp`` unread. WIDE: the kernel's WIDE_CODES (code_rows)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d, WIDE)
     xm = mma(x, tl.trans(mu), None, DOT_PRECISION, True)
     if mp_ptr is not None:  # mm unread: the compiler drops its load
-        d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)), xm, input_precision=DOT_PRECISION)
+        d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, k_start, mask_k, WIDE)), xm,
+                       input_precision=DOT_PRECISION)
     else:
         d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
     d, logits, clamp_ok = distances_logits(d_raw, a[None, :], b[None, :], mask_k[None, :])
@@ -357,9 +389,10 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
 
 
 @triton.jit
-def load_code_parts(mp_ptr, offs_k, mask_k):
-    """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes offs_k."""
-    return tl.load(mp_ptr + offs_k[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
+def load_code_parts(mp_ptr, k_start, mask_k, WIDE: tl.constexpr = False):
+    """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes from k_start."""
+    return tl.load(code_rows(mp_ptr, k_start, 16, mask_k.shape[0], WIDE) + tl.arange(0, 16)[None, :],
+                   mask=mask_k[:, None], other=0.0)
 
 
 @triton.jit
@@ -370,7 +403,7 @@ def half_row_operand(xx, x):
 
 @triton.jit
 def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs_d, EVEN_K: tl.constexpr,
-                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr = False):
     """(offs_k, mask_k, ℓ) of one codebook tile for a row kernel that needs only the logits (the encode
     kernel, the Δ pass of Δq alone), from the halved distance s = x·μ − (||x||² + ||μ||²)/2 as the column
     kernels form it (half_distances_logits): x as loaded, ``xh`` = half_row_operand(||x||², x), the
@@ -383,8 +416,8 @@ def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs
     mask_k = code_mask(offs_k, K, EVEN_K)
     # b stands in for v, and without mm_ptr the norms come from the tile: neither is read, so the compiler
     # drops the load and the sums
-    mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, offs_k, mask_k, D, offs_d)
-    s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k)),
+    mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, k_start, offs_k, mask_k, D, offs_d, WIDE)
+    s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, k_start, mask_k, WIDE)),
                mma(x, tl.trans(mu), None, DOT_PRECISION, True), input_precision=DOT_PRECISION)
     _, logits, _ = half_distances_logits(s, a2[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, logits
@@ -557,14 +590,15 @@ def _sum_splits_rows(ptr, S, L, rows, mask):
     """Σ_s ptr[s, rows] of an (S, L) fp32 buffer, the splits added in order (deterministic)."""
     total = tl.zeros(rows.shape, tl.float32)
     for s in range(S):
-        total += tl.load(ptr + s * L + rows, mask=mask, other=0.0)
+        total += tl.load(ptr + s * tl.cast(L, tl.int64) + rows, mask=mask, other=0.0)
     return total
 
 
 @triton.jit
 def _finish_splits_kernel(acc_ptr, sum_ptr, base_ptr, out_ptr, v0_ptr, v0_out_ptr, v1_ptr, v1_out_ptr, S, L, D,
                           scale, divisor, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    # 64-bit offsets: rows·D and s·L·D may pass 2³¹ (dx's rows·D at N·D ≥ 2³¹)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows < L
     if acc_ptr is not None:
         total = _sum_splits_rows(sum_ptr, S, L, rows, mask)
@@ -574,7 +608,7 @@ def _finish_splits_kernel(acc_ptr, sum_ptr, base_ptr, out_ptr, v0_ptr, v0_out_pt
             tile_mask = mask[:, None] & (cols < D)[None, :]
             acc = tl.zeros((BLOCK_L, BLOCK_D), tl.float32)
             for s in range(S):  # in order, as _sum_splits_rows
-                acc += tl.load(acc_ptr + s * L * D + at, mask=tile_mask, other=0.0)
+                acc += tl.load(acc_ptr + s * tl.cast(L, tl.int64) * D + at, mask=tile_mask, other=0.0)
             base = tl.load(base_ptr + at, mask=tile_mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + at, (scale * (acc - base * total[:, None])).to(out_ptr.dtype.element_ty), mask=tile_mask)
     if v0_ptr is not None:

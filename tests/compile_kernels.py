@@ -91,9 +91,26 @@ def record(arch=None, shared=None):
                     backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=tau,
                                       hard=hard, seed=seed, dot_precision=prec)
             encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
+        # codebooks of 2³¹ elements or more: the row kernels' 64-bit code offsets (tiles.wide_codes), forced
+        # at small shapes, half inputs with the norm dot and fp32 split over the codebook
+        wide_min, tiles.WIDE_CODES_MIN = tiles.WIDE_CODES_MIN, 0
+        try:
+            for dtype, prec, hard, D, N, K in [(torch.bfloat16, "ieee", True, 128, 512, 256),
+                                               (torch.float32, "tf32x3", False, 64, 64, 256)]:
+                x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
+                a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
+                _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=1, noise=None,
+                                            dot_precision=prec)
+                upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K),
+                                latent_nll=torch.randn(N))
+                backward.gmvq_bwd(x, means, a, b, v, None, saved, upstream, tau=1.0, hard=hard, seed=1,
+                                  dot_precision=prec)
+                encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)
+        finally:
+            tiles.WIDE_CODES_MIN = wide_min
     # the noise kernel is launched only on CUDA / interpreter: record its launches by hand
     for seed_ptr in (None, torch.tensor(1)):
-        log.append(devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
+        log.append(devtools.Launch(noise._gumbel_noise_kernel, (1,), (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
                                    dict(BLOCK_N=32, BLOCK_K=128)))
     return log
 

@@ -740,6 +740,43 @@ def test_interpreter_exact_fp32_dots():
 
 
 @triton.jit
+def _code_rows_kernel(out_ptr, base_ptr, k_lo, W):
+    for k_start in range(k_lo, k_lo + 8, 4):  # a loop's k_start, as the row kernels' (32-bit there)
+        at = tiles.code_rows(base_ptr, k_start, W, 4, True) + tl.arange(0, 2)[None, :]
+        rel = at.to(tl.int64) - base_ptr.to(tl.int64)  # bytes from the base
+        tl.store(out_ptr + (k_start - k_lo) * 2 + tl.arange(0, 4)[:, None] * 2 + tl.arange(0, 2)[None, :], rel)
+
+
+def test_code_rows_offsets_past_2_31(device):
+    """The code tiles' addresses in a codebook of 2³¹ elements or more (tiles.code_rows with WIDE, which
+    tiles.wide_codes sets there: the means, the codes' norm operand) stay right where k·D passes 2³¹
+    and 2³² (2²⁴ codes at D = 256): 32-bit products wrap there (the interpreter wraps them as a GPU does)."""
+    base = torch.zeros(4, dtype=torch.bfloat16, device=device)
+    out = torch.zeros(8, 2, dtype=torch.int64, device=device)
+    k_lo, W = 2**24 - 2, 256  # rows 2²⁴ − 2 .. 2²⁴ + 5: k·W from 2³² − 512 to 2³² + 1280
+    _code_rows_kernel[(1,)](out, base, k_lo, W)
+    k = torch.arange(k_lo, k_lo + 8, dtype=torch.int64)[:, None]
+    assert torch.equal(out.cpu(), (k * W + torch.arange(2)) * base.element_size())
+    # where the row kernels take that path: K·max(D, 16) ≥ 2³¹ (the norm operand is (K, 16))
+    assert tiles.wide_codes(dict(K=2**23, D=256)) and not tiles.wide_codes(dict(K=2**23 - 1, D=256))
+    assert tiles.wide_codes(dict(K=2**27, D=4)) and not tiles.wide_codes(dict(K=2**27 - 1, D=16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_wide_codes_path_matches_reference(dtype, device, monkeypatch):
+    """The row kernels with 64-bit code offsets (WIDE_CODES, a codebook of 2³¹ elements or more) forced
+    on at a small shape: every output and gradient, soft and hard, and the tokenizer's codes, as on the
+    default path."""
+    monkeypatch.setattr(tiles, "WIDE_CODES_MIN", 0)
+    check_case(13, 37, 11, device, dtype=dtype, prior=True)
+    check_case(13, 37, 11, device, dtype=dtype, hard=True, tau=0.5)
+    x, means, log_var, log_prior = make_inputs(13, 37, 11, dtype=dtype, prior=True, device=device, seed=3)
+    want = gk.gmvq_reference(x.cpu().double(), means.cpu().double(), log_var.cpu().double(),
+                             log_prior.cpu().double()).codes
+    assert torch.equal(gk.gmvq_encode(x, means, log_var, log_prior, impl="triton").cpu(), want)
+
+
+@triton.jit
 def _noise_rows_kernel(out_ptr, row0, lo, hi):
     offs_n = row0 + tl.arange(0, 16).to(tl.int64)
     g = gumbel_tile(lo, hi, offs_n, 0, 16)

@@ -277,3 +277,23 @@ def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset, ro
     else:
         assert torch.equal(g, torch.from_numpy(bits_to_gumbel_numpy((words >> np.uint64(9)).astype(np.float32))))
         torch.testing.assert_close(g, in_torch, rtol=1e-6, atol=1e-6)
+
+
+def test_gumbel_noise_grid_fits_a_gpu(monkeypatch):
+    """gumbel_noise's kernel takes one grid axis (up to 2³¹ − 1 blocks): a grid's second axis takes at
+    most 65535, which the codes' blocks passed from K = 2²³ (the launch failed on a GPU; the interpreter
+    does not check grids, so the launch is recorded here, not run)."""
+    grids = []
+
+    class Record:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(noise, "can_use_triton", lambda device: True)
+    monkeypatch.setattr(noise, "_gumbel_noise_kernel", Record())
+    for interpret, N, K in [(False, 2, 2**24), (True, 3, 2**21), (False, 2**22, 16)]:
+        monkeypatch.setattr(noise, "INTERPRET", interpret)
+        noise.gumbel_noise(N, K, seed=1)
+        block_n, block_k = (16, 16) if interpret else noise.NOISE_BLOCKS
+        assert len(grids[-1]) == 1 and grids[-1][0] == -(-N // block_n) * -(-K // block_k) < 2**31, grids[-1]
