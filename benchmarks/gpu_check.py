@@ -9,7 +9,9 @@
    error of the reference at the input precision); the fused backward's fault of 2026-12-04 (D = 100)
    forced and run under compute-sanitizer's memcheck (memcheck_check). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
-   their own row (q̄'s upstream gradient is rescaled for the window).
+   their own row (q̄'s upstream gradient is rescaled for the window). A codebook of 2³¹ elements or
+   more (K = 2²³ + 4096, D = 256: the row kernels' 64-bit code offsets, tiles.wide_codes) against the
+   float64 reference on the rows' own codes, each row one code's mean plus a little noise (wide_check).
 2. Bitwise determinism of repeated calls; torch.compile(fullgraph=True) of the op against eager (default
    mode, and mode="reduce-overhead", whose CUDA graphs must leave the noise-drawing ops out); the
    host time of one fwd+bwd at a tiny shape and where it goes (host_check: beside the forward alone,
@@ -42,6 +44,7 @@ runs again in a fresh process from the next step (--resume-at, appending to the 
 import argparse
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -57,7 +60,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import gmvq_kernels as gk  # noqa: E402
-from gmvq_kernels import config, testing  # noqa: E402
+from gmvq_kernels import config, testing, tiles  # noqa: E402
 from gmvq_kernels.spec import DIFF_OUTPUTS  # noqa: E402
 
 FIELDS = gk.GMVQOutput._fields
@@ -172,6 +175,60 @@ def window_check(N, K, D, dtype, rows, device, log):
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def wide_check(device, log, N=64, K=2**23 + 4096, D=256):
+    """A codebook of 2³¹ elements or more (K·D ≥ 2³¹: the row kernels' 64-bit code offsets,
+    tiles.wide_codes), which no GPU had run before 2026-12-05 (the 32-bit offsets wrapped there). Each
+    row is a code's mean plus a little noise, the codes spread over the codebook and across the 2³¹
+    element boundary, so that each row's probabilities sit on its code (random means lie ~D apart in
+    ℓ): every output and gradient is then that of the codebook cut down to the rows' codes, against
+    which the float64 reference is checked by the CPU tests' rule; the codes of the forward and of
+    gmvq_encode must be the rows' own. Off a GPU (``--dry``) the wide variant is forced at a small K."""
+    gen = torch.Generator(device=device).manual_seed(5)
+    m = torch.randn(K, D, generator=gen, device=device).to(torch.bfloat16)
+    edge = min(2**31 // D, K - 2)  # the first code past 2³¹ elements (K - 2 at a --dry shape)
+    target = torch.cat([torch.randint(0, K, (N - 4,), generator=gen, device=device),
+                        torch.tensor([edge - 1, edge, K - 2, K - 1], device=device)])
+    x = (m[target].float() + 0.1 * torch.randn(N, D, generator=gen, device=device)).to(torch.bfloat16)
+    lv, lp = torch.zeros(K, device=device), torch.full((K,), -math.log(K), device=device)
+    up = upstream(N, K, D, device, gen)
+    up.pop("agg_posterior")
+    row = dict(check="wide", N=N, K=K, D=D, wide=tiles.wide_codes(dict(K=K, D=D)))
+    t0 = time.time()
+    out, gout = forward_backward(x, m, lv, lp, "triton", up, seed=3, tau=1.0)
+    sync(device)
+    row["seconds"] = round(time.time() - t0, 2)
+    row["codes_mismatch"] = int((out.codes != target).sum())
+    row["encode_mismatch"] = int((gk.gmvq_encode(x, m, lv, lp, impl="triton") != target).sum())
+    sub, at = torch.unique(target, return_inverse=True)  # the rows' codes, and each row's among them
+    kw = dict(seed=3, tau=1.0, noise=torch.zeros(N, len(sub), device=device))  # one-hot q: the noise is moot
+    gt, ggt = forward_backward(x.double(), m[sub].double(), lv[sub].double(), lp[sub].double(), "reference", up, **kw)
+    ref, gref = forward_backward(x, m[sub], lv[sub], lp[sub], "reference", up, **kw)
+    ok = row["codes_mismatch"] == 0 and row["encode_mismatch"] == 0 and bool((gt.codes == at).all())
+    # log π is normalised over the codes given: the cut-down codebook's log-likelihood is log(K / its size) more
+    shift = dict(log_likelihood=math.log(len(sub) / K))
+    pairs = [(name, getattr(out, name), getattr(ref, name) + shift.get(name, 0.0), getattr(gt, name) + shift.get(name, 0.0))
+             for name in ("quantized", "log_likelihood", "latent_nll", "mixture_var")]
+    pairs += [("dx", gout[0], gref[0], ggt[0]), ("dmeans@codes", gout[1][sub], gref[1], ggt[1])]
+    for name, o, r, g in pairs:
+        row[name] = (rel_err(o, g), rel_err(r, g))
+        ok &= testing.three_way(o, [r], g, testing.REL_TOL[torch.bfloat16])[0]
+    row["ok"] = bool(ok)
+    log(row)
+    del m, out, gout
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def forced_wide(fn):
+    """fn() with the row kernels' wide variant forced at any size (tiles.WIDE_CODES_MIN 0): --dry's wide_check."""
+    saved, tiles.WIDE_CODES_MIN = tiles.WIDE_CODES_MIN, 0
+    try:
+        return fn()
+    finally:
+        tiles.WIDE_CODES_MIN = saved
 
 
 def determinism_check(device, log, shape=(4096, 8192, 64)):
@@ -299,7 +356,7 @@ def launch_check(device, log, iters=300):
     (the launches recorded once, then each replayed ``iters`` times), beside the empty kernel's and the
     part of it a CPU can time (``devtools.bind_cost_us``: binding, specialisation, cache key): what the
     JIT's per-argument work (43–49 arguments in the forward, dx and dμ) costs on this host."""
-    from gmvq_kernels import backward, devtools, forward, tiles
+    from gmvq_kernels import backward, devtools, forward
 
     x, m, lv = speed.make_inputs(8, 16, 16, torch.bfloat16, device, True)
     with devtools.record_launches(forward, backward, tiles) as launches:  # recorded, not run
@@ -767,6 +824,7 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
+        lambda: wide_check(device, log),
         lambda: determinism_check(device, log),
         lambda: compile_check(device, log),
         lambda: compile_check(device, log, mode="reduce-overhead"),
@@ -792,6 +850,7 @@ def main():
             lambda: memcheck_check(device, log),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log, tau=1.0),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
+            lambda: forced_wide(lambda: wide_check(device, log, 16, 48, 64)),
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8), mode="reduce-overhead"),

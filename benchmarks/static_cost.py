@@ -380,8 +380,8 @@ def noise_cost(cc, cache, num_warps=4):
     about this per noise pass, plus the layout change that puts the tile where their dot results are."""
     BLOCK_N, BLOCK_K = noise.NOISE_BLOCKS
     out = torch.empty(BLOCK_N, BLOCK_K)
-    launch = devtools.Launch(noise._gumbel_noise_kernel, (1,), (out, BLOCK_N, BLOCK_K, 0, 0, None, 0),
-                             dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps))
+    launch = devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (out, BLOCK_N, BLOCK_K, 0, 0, None, 0),
+                             dict(FLAT=False, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps))
     info = analyse(launch, cc, cache)
     per_thread = BLOCK_N * BLOCK_K / (32 * num_warps)
     classes = {k: v / per_thread for k, v in info["sass"].classes.items()}

@@ -90,10 +90,10 @@ def wide_codes(args):
 def code_rows(ptr, k_start, W, BLOCK_K: tl.constexpr, WIDE: tl.constexpr):
     """Pointers (BLOCK_K, 1) to the rows k_start, …, k_start + BLOCK_K − 1 of a (K, W) row-major tensor
     (the means, the codes' norm operand). The row kernels' k_start is 32-bit, and (k_start + i)·W wraps
-    where K·W passes 2³¹: WIDE (wide_codes) widens the row index before the product. Only then: the
-    64-bit products cost the row kernels 0.5–3.8 instructions per element per fwd+bwd in the static
-    report (and spills at D = 128), however the offsets were formed (tried 2026-12-05: from a 64-bit
-    base per tile, widened per element, or kept across the loop). The column kernels' k_start is 64-bit."""
+    where K·W passes 2³¹: WIDE (wide_codes) widens the row index before the product. Only then: 64-bit
+    offsets cost the row kernels 0.5–3.8 instructions per element per fwd+bwd in the static report,
+    and spills at D = 128, each of three ways tried (benchmarks/README.md, 2026-12-05). The column
+    kernels' k_start is 64-bit."""
     rows = k_start + tl.arange(0, BLOCK_K)
     if WIDE:
         return ptr + rows.to(tl.int64)[:, None] * W

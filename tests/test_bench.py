@@ -148,6 +148,8 @@ def test_gpu_check_dry(tmp_path):
     fused = [r for r in rows if r["check"] == "full" and r["fused_backward"]]
     assert fused and all(r["ok"] for r in fused), fused
     assert next(r for r in rows if r["check"] == "memcheck")["skipped"] == "not a GPU"
+    wide = next(r for r in rows if r["check"] == "wide")  # the row kernels' 64-bit code offsets, forced
+    assert wide["wide"] and wide["ok"] and wide["codes_mismatch"] == wide["encode_mismatch"] == 0, wide
     host = next(r for r in rows if r["check"] == "host_overhead")
     assert all(host[k] > 0 for k in ("us_per_fwd_bwd", "us_fwd_no_grad", "us_fwd_with_graph", "us_bwd_alone")), host
     assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import gmvq_kernels as gk
 from gmvq_kernels import cbuild, config, noise
 from gmvq_kernels.noise import SERIES_W, bits_to_gumbel_numpy, gumbel_noise_numpy, philox_words_numpy, words_to_gumbel
 
@@ -280,20 +281,29 @@ def test_cpu_twin_noise_is_the_transform_of_the_words(seed, N, K, row_offset, ro
 
 
 def test_gumbel_noise_grid_fits_a_gpu(monkeypatch):
-    """gumbel_noise's kernel takes one grid axis (up to 2³¹ − 1 blocks): a grid's second axis takes at
-    most 65535, which the codes' blocks passed from K = 2²³ (the launch failed on a GPU; the interpreter
-    does not check grids, so the launch is recorded here, not run)."""
+    """gumbel_noise's kernel grid within a GPU's limits: past noise.MAX_GRID_Y (65535) code blocks, which a
+    grid's second axis cannot take (K ≥ 2²³: the launch failed), one axis (FLAT). The interpreter does not
+    check grids, so the launches are recorded here, not run."""
     grids = []
 
     class Record:
         def __getitem__(self, grid):
-            grids.append(grid)
-            return lambda *args, **kwargs: None
+            return lambda *args, **kwargs: grids.append((grid, kwargs["FLAT"]))
 
     monkeypatch.setattr(noise, "can_use_triton", lambda device: True)
     monkeypatch.setattr(noise, "_gumbel_noise_kernel", Record())
-    for interpret, N, K in [(False, 2, 2**24), (True, 3, 2**21), (False, 2**22, 16)]:
+    for interpret, N, K, flat in [(False, 2, 2**24, True), (True, 3, 2**21, True), (False, 2**22, 16, False),
+                                  (False, 5, 65535 * 128, False)]:
         monkeypatch.setattr(noise, "INTERPRET", interpret)
         noise.gumbel_noise(N, K, seed=1)
         block_n, block_k = (16, 16) if interpret else noise.NOISE_BLOCKS
-        assert len(grids[-1]) == 1 and grids[-1][0] == -(-N // block_n) * -(-K // block_k) < 2**31, grids[-1]
+        grid = grids[-1][0]
+        assert grids[-1][1] == flat and grid[0] < 2**31 and all(g <= 65535 for g in grid[1:]), grids[-1]
+        assert math.prod(grid) == -(-N // block_n) * -(-K // block_k), grid
+
+
+def test_gumbel_noise_flat_grid_draws_the_same_noise(monkeypatch, device):
+    """The one-axis grid (noise.MAX_GRID_Y, forced at a small K) draws the same bits as the usual one."""
+    want = gk.gumbel_noise(19, 70, seed=5, device=device, row_offset=3)
+    monkeypatch.setattr(noise, "MAX_GRID_Y", 1)
+    assert torch.equal(gk.gumbel_noise(19, 70, seed=5, device=device, row_offset=3), want)
