@@ -208,8 +208,9 @@ def wide_check(device, log, N=64, K=2**23 + 4096, D=256):
     ok = row["codes_mismatch"] == 0 and row["encode_mismatch"] == 0 and bool((gt.codes == at).all())
     # log π is normalised over the codes given: the cut-down codebook's log-likelihood is log(K / its size) more
     shift = dict(log_likelihood=math.log(len(sub) / K))
-    pairs = [(name, getattr(out, name), getattr(ref, name) + shift.get(name, 0.0), getattr(gt, name) + shift.get(name, 0.0))
-             for name in ("quantized", "log_likelihood", "latent_nll", "mixture_var")]
+    pairs = [(name, getattr(out, name), getattr(ref, name) + shift.get(name, 0.0),
+              getattr(gt, name) + shift.get(name, 0.0)) for name in ("quantized", "log_likelihood", "latent_nll",
+                                                                      "mixture_var")]
     pairs += [("dx", gout[0], gref[0], ggt[0]), ("dmeans@codes", gout[1][sub], gref[1], ggt[1])]
     for name, o, r, g in pairs:
         row[name] = (rel_err(o, g), rel_err(r, g))

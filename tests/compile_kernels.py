@@ -111,7 +111,8 @@ def record(arch=None, shared=None):
     # the noise kernel is launched only on CUDA / interpreter: record its launches by hand
     for seed_ptr, flat in ((None, False), (torch.tensor(1), False), (None, True)):
         log.append(devtools.Launch(noise._gumbel_noise_kernel, (1,) if flat else (1, 1),
-                                   (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0), dict(FLAT=flat, BLOCK_N=32, BLOCK_K=128)))
+                                   (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
+                                   dict(FLAT=flat, BLOCK_N=32, BLOCK_K=128)))
     return log
 
 
