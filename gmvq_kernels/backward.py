@@ -513,7 +513,7 @@ def _gmvq_bwd_dmu_kernel(
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
     row_lo, row_hi = nonempty_range(row_lo, row_hi, NONEMPTY)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     g_c = tl.load(gc_ptr + offs_k, mask=mask_k, other=0.0) if gc_ptr is not None else a  # a: unread
     valid = mask_k[:, None]
 

@@ -347,12 +347,11 @@ def _gmvq_fwd_colsum_kernel(
     row statistics and ||x||² (xx (N,) fp32; with the rows' norm operand xp (N, 16),
     tiles.row_norm_operand, the tensor cores add the norms: tiles.col_half_distance): writes part
     (splits, K) fp32. Inputs as for ``_gmvq_fwd_kernel``."""
-    k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
-    offs_k = k_start + tl.arange(0, BLOCK_K)
+    offs_k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     split, row_lo, row_hi = split_row_range(rows_per_split, N)
     offs_d = tl.arange(0, BLOCK_D)
-    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d)
+    mu, mm, a, b, _v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d)
     a2 = a + a  # tiles.half_distances_logits
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):

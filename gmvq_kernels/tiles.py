@@ -87,31 +87,28 @@ def wide_codes(args):
 
 
 @triton.jit
-def code_rows(ptr, k_start, W, BLOCK_K: tl.constexpr, WIDE: tl.constexpr):
-    """Pointers (BLOCK_K, 1) to the rows k_start, …, k_start + BLOCK_K − 1 of a (K, W) row-major tensor
-    (the means, the codes' norm operand). The row kernels' k_start is 32-bit, and (k_start + i)·W wraps
-    where K·W passes 2³¹: WIDE (wide_codes) widens the row index before the product. Only then: 64-bit
-    offsets cost the row kernels 0.5–3.8 instructions per element per fwd+bwd in the static report,
-    and spills at D = 128, each of three ways tried (benchmarks/README.md, 2026-12-05). The column
-    kernels' k_start is 64-bit."""
-    rows = k_start + tl.arange(0, BLOCK_K)
+def code_rows(ptr, offs_k, W, WIDE: tl.constexpr):
+    """Pointers (BLOCK_K, 1) to the rows offs_k of a (K, W) row-major tensor (the means, the codes' norm
+    operand). The row kernels' offs_k are 32-bit, and offs_k·W wraps where K·W passes 2³¹: WIDE
+    (wide_codes) widens them before the product. Only then: 64-bit offsets cost the row kernels 0.5–3.8
+    instructions per element per fwd+bwd in the static report, and spills at D = 128, each of three ways
+    tried (benchmarks/README.md, 2026-12-05). The column kernels' offs_k are 64-bit."""
     if WIDE:
-        return ptr + rows.to(tl.int64)[:, None] * W
+        return ptr + offs_k.to(tl.int64)[:, None] * W
     else:
-        return ptr + rows[:, None] * W
+        return ptr + offs_k[:, None] * W
 
 
 @triton.jit
-def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d,
-               WIDE: tl.constexpr = False):
-    """Code tile (BLOCK_K, BLOCK_D) of the codes offs_k = k_start + tl.arange(0, BLOCK_K) as stored and
-    the per-code a, b, v (spec.component_terms: ℓ = b − d·a, v = σ²) and mm = ||μ||²
-    (spec.code_sq_norms), as (μ, mm, a, b, v); WIDE: see code_rows. The norms come
+def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d, WIDE: tl.constexpr = False):
+    """Code tile (BLOCK_K, BLOCK_D) as stored and the per-code a, b, v (spec.component_terms:
+    ℓ = b − d·a, v = σ²) and mm = ||μ||² (spec.code_sq_norms), as (μ, mm, a, b, v); WIDE: see
+    code_rows. The norms come
     from the launcher, computed once per call: formed from the tile they cost the row kernels, which
     meet every code tile once per row block, 3–7 instructions per (n, k) element at D ≥ 128 (the
     conversion, the squares, the sum's shuffles; static report). With ``mm_ptr`` None they are formed
     from the tile: cheaper than the load in the encode kernel at D ≤ 32 (11.8 against 12.5)."""
-    mu = tl.load(code_rows(means_ptr, k_start, D, offs_k.shape[0], WIDE) + offs_d[None, :],
+    mu = tl.load(code_rows(means_ptr, offs_k, D, WIDE) + offs_d[None, :],
                  mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
     a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
     b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
@@ -148,11 +145,17 @@ def norm_parts(sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, ONE: tl.const
 
 
 @triton.jit
+def store_norm_parts(out_ptr, offs, mask, sq, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr):
+    """norm_parts of the squared norms ``sq`` into rows ``offs`` (64-bit: offs·16 may pass 2³¹) of an
+    (L, 16) norm operand, in its dtype."""
+    tl.store(out_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :],
+             norm_parts(sq, SCALE, PARTS_FIRST).to(out_ptr.dtype.element_ty), mask=mask[:, None])
+
+
+@triton.jit
 def _norm_parts_kernel(sq_ptr, out_ptr, L, SCALE: tl.constexpr, PARTS_FIRST: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # offs·16 may pass 2³¹
-    parts = norm_parts(tl.load(sq_ptr + offs, mask=offs < L, other=0.0), SCALE, PARTS_FIRST)
-    tl.store(out_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :], parts.to(out_ptr.dtype.element_ty),
-             mask=(offs < L)[:, None])
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    store_norm_parts(out_ptr, offs, offs < L, tl.load(sq_ptr + offs, mask=offs < L, other=0.0), SCALE, PARTS_FIRST)
 
 
 def norm_operand_buffer(L, device):
@@ -208,8 +211,7 @@ def _code_terms_kernel(means_ptr, lv_ptr, lp_ptr, consts_ptr, mp_ptr, K, D, half
         mm += tl.sum(mu * mu, axis=1)
     tl.store(consts_ptr + 3 * row + offs, mm, mask=mask)
     if mp_ptr is not None:  # code_norm_operand
-        tl.store(mp_ptr + offs[:, None] * 16 + tl.arange(0, 16)[None, :],
-                 norm_parts(mm, 1.0, False).to(mp_ptr.dtype.element_ty), mask=mask[:, None])
+        store_norm_parts(mp_ptr, offs, mask, mm, 1.0, False)
 
 
 def code_terms(means, log_var, log_pi):
@@ -377,10 +379,10 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
     (static report). Else x as stored and ``xp`` unread. WIDE: the kernel's WIDE_CODES (code_rows)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
-    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, k_start, offs_k, mask_k, D, offs_d, WIDE)
+    mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d, WIDE)
     xm = mma(x, tl.trans(mu), None, DOT_PRECISION, True)
     if mp_ptr is not None:  # mm unread: the compiler drops its load
-        d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, k_start, mask_k, WIDE)), xm,
+        d_raw = tl.dot(xp, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k, WIDE)), xm,
                        input_precision=DOT_PRECISION)
     else:
         d_raw = xx[:, None] + mm[None, :] - 2.0 * xm
@@ -389,10 +391,9 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
 
 
 @triton.jit
-def load_code_parts(mp_ptr, k_start, mask_k, WIDE: tl.constexpr = False):
-    """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes from k_start."""
-    return tl.load(code_rows(mp_ptr, k_start, 16, mask_k.shape[0], WIDE) + tl.arange(0, 16)[None, :],
-                   mask=mask_k[:, None], other=0.0)
+def load_code_parts(mp_ptr, offs_k, mask_k, WIDE: tl.constexpr = False):
+    """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes offs_k."""
+    return tl.load(code_rows(mp_ptr, offs_k, 16, WIDE) + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
 
 
 @triton.jit
@@ -416,8 +417,8 @@ def row_half_logits(x, xh, means_ptr, a2_ptr, b_ptr, mp_ptr, k_start, K, D, offs
     mask_k = code_mask(offs_k, K, EVEN_K)
     # b stands in for v, and without mm_ptr the norms come from the tile: neither is read, so the compiler
     # drops the load and the sums
-    mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, k_start, offs_k, mask_k, D, offs_d, WIDE)
-    s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, k_start, mask_k, WIDE)),
+    mu, _, a2, b, _ = load_codes(means_ptr, a2_ptr, b_ptr, b_ptr, None, offs_k, mask_k, D, offs_d, WIDE)
+    s = tl.dot(xh, tl.trans(load_code_parts(mp_ptr, offs_k, mask_k, WIDE)),
                mma(x, tl.trans(mu), None, DOT_PRECISION, True), input_precision=DOT_PRECISION)
     _, logits, _ = half_distances_logits(s, a2[None, :], b[None, :], mask_k[None, :])
     return offs_k, mask_k, logits

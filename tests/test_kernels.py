@@ -742,7 +742,7 @@ def test_interpreter_exact_fp32_dots():
 @triton.jit
 def _code_rows_kernel(out_ptr, base_ptr, k_lo, W):
     for k_start in range(k_lo, k_lo + 8, 4):  # a loop's k_start, as the row kernels' (32-bit there)
-        at = tiles.code_rows(base_ptr, k_start, W, 4, True) + tl.arange(0, 2)[None, :]
+        at = tiles.code_rows(base_ptr, k_start + tl.arange(0, 4), W, True) + tl.arange(0, 2)[None, :]
         rel = at.to(tl.int64) - base_ptr.to(tl.int64)  # bytes from the base
         tl.store(out_ptr + (k_start - k_lo) * 2 + tl.arange(0, 4)[:, None] * 2 + tl.arange(0, 2)[None, :], rel)
 
