@@ -1,4 +1,5 @@
 """``GaussianMixtureVQ``: the GM-VQ quantizer as an nn.Module, a drop-in for a VQ layer."""
+import collections
 import math
 import numbers
 from typing import NamedTuple, Optional
@@ -110,6 +111,8 @@ def _refuse(kwargs, answers, owner):
 # scale (reconstruction in nats per latent vector) use gamma=1 and beta of 1 (GM-VQ) up to 8 (+ Entropy).
 DEFAULT_GAMMA, DEFAULT_BETA, DEFAULT_INIT_LOG_VAR = 0.00125, 0.01, math.log(0.1)
 RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
+# how many seeds of calls that activation checkpointing may run again are kept for it (GaussianMixtureVQ._step_seed)
+RECOMPUTE_SEEDS_KEPT = 1024
 
 
 def _sync_kmeans_pending(module, _incompatible_keys):
@@ -121,6 +124,26 @@ def _padded_codes(keep, codes):
     order), −1 at the padding: (N, heads)."""
     return torch.full((keep.shape[0], codes.shape[1]), -1, dtype=codes.dtype,
                       device=codes.device).masked_scatter(keep[:, None], codes)
+
+
+def _in_backward() -> bool:
+    """Whether this thread runs inside an autograd backward pass, where torch.utils.checkpoint reruns a
+    checkpointed forward (both modes; checkpoint itself tells backward passes apart by this id). False
+    while torch.compile traces: a compiled region recomputes inside its own graph, with its inputs."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
+def _may_be_recomputed(rows: torch.Tensor, module: nn.Module) -> bool:
+    """Whether activation checkpointing may run this training call again in the backward: a reentrant
+    checkpoint runs the forward first with grad disabled; a non-reentrant one with its saved-tensor hook
+    active, and then recomputes the calls that saved tensors (those that need grad). Others are not kept."""
+    if torch.compiler.is_compiling():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    hooked = top_hooks is None or top_hooks(False) is not None
+    return hooked and (rows.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 class GaussianMixtureVQ(nn.Module):
@@ -154,7 +177,9 @@ class GaussianMixtureVQ(nn.Module):
             already mean something: from an untrained encoder it collapsed GM-VQ in the quality study).
         seed: training step t draws its Gumbel noise with seed + t (eager and compiled alike; rank r of
             a synced process group adds r·2⁴⁰); also seeds the k-means++ sampling. None: drawn from
-            torch's global RNG at construction. The next step's seed is saved in ``state_dict``.
+            torch's global RNG at construction. The next step's seed is saved in ``state_dict``. A call
+            that activation checkpointing runs again in the backward takes the seed it drew the first
+            time (``_step_seed``).
         device_seed: keep that step counter in a buffer that moves with the module (``.to(device)``): on a
             CUDA device each training step then hands the kernels its seed in device memory and advances
             the counter there, so a training step captured in a CUDA graph draws new noise at every replay
@@ -259,6 +284,10 @@ class GaussianMixtureVQ(nn.Module):
             self.register_buffer("_next_seed", counter, persistent=False)
         else:
             self._next_seed = counter
+        # the seeds of the calls that activation checkpointing may run again in the backward (_step_seed),
+        # oldest first, and (graph task id, calls it has recomputed so far)
+        self._recompute_seeds = collections.deque(maxlen=RECOMPUTE_SEEDS_KEPT)
+        self._recompute_task = (-1, 0)
 
     @property
     def log_var(self) -> torch.Tensor:
@@ -429,6 +458,38 @@ class GaussianMixtureVQ(nn.Module):
         self.initted.fill_(True)
         self._kmeans_pending = False
 
+    def _step_seed(self, rows: torch.Tensor, group) -> torch.Tensor:
+        """The seed of this training call: seed + t of a new step (the counter advances; rank r of a synced
+        group adds r·2⁴⁰, so each rank's rows get their own noise stream), or, where activation
+        checkpointing runs a call again during the backward (torch.utils.checkpoint, either mode), the
+        seed that call drew. torch restores its own RNG for a recomputation, not this counter: a new seed
+        there would pair the backward with noise the forward never drew (wrong gradients) and advance the
+        counter twice a step. Which call a recomputation repeats is not visible to it, so calls that may
+        be recomputed keep their seeds in order and each backward pass takes them latest first, the order
+        in which it reaches checkpointed regions: right for any number of checkpointed calls per step, for
+        gradient accumulation and for repeated backward passes (retain_graph), but not for a backward that
+        recomputes only an earlier call while a later one waits (README, "Activation checkpointing")."""
+        if _in_backward():
+            task, done = self._recompute_task
+            done = done if task == torch._C._current_graph_task_id() else 0
+            if done >= len(self._recompute_seeds):
+                raise RuntimeError(
+                    "GaussianMixtureVQ: a training call ran during a backward pass (activation checkpointing "
+                    f"recomputing it?) but the module has {len(self._recompute_seeds)} seed(s) of calls that "
+                    f"checkpointing may recompute and this backward has already taken {done}, so it cannot draw "
+                    f"the noise of the call it repeats. Kept are the last {RECOMPUTE_SEEDS_KEPT} training calls "
+                    "made with grad disabled or under a saved-tensor hook, as torch.utils.checkpoint's two modes "
+                    "make them (README, \"Activation checkpointing\").")
+            self._recompute_task = (torch._C._current_graph_task_id(), done + 1)
+            return self._recompute_seeds[-1 - done]
+        seed = self._next_seed.clone()
+        self._next_seed += 1
+        if group is not None:
+            seed = seed + (group.rank() << RANK_SEED_SHIFT)
+        if _may_be_recomputed(rows, self):
+            self._recompute_seeds.append(seed)
+        return seed
+
     def get_extra_state(self):
         return {"next_seed": int(self._next_seed)}  # in state_dict: a resumed run continues the noise
 
@@ -437,6 +498,7 @@ class GaussianMixtureVQ(nn.Module):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise ValueError(f"extra_state next_seed must be an integer in [0, 2**63); got {seed!r}")
         self._next_seed.fill_(int(seed))
+        self._recompute_seeds.clear()
 
     def init_codebook(self, x: torch.Tensor) -> None:
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
@@ -498,10 +560,7 @@ class GaussianMixtureVQ(nn.Module):
         seed, group = 0, None
         if self.training:
             group = self._process_group()
-            seed = self._next_seed.clone()
-            self._next_seed += 1
-            if group is not None:  # data parallel: each rank's rows get their own noise stream
-                seed = seed + (group.rank() << RANK_SEED_SHIFT)
+            seed = self._step_seed(rows, group)
         out, sample = gmvq_with_sample(rows, self.means, self.log_var, self.log_prior,
                                        tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
                                        process_group=group, dot_precision=self.dot_precision)

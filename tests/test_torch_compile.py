@@ -346,3 +346,29 @@ def test_package_avoids_what_torch_2_11_cannot_trace():
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if "._replace(" in line or "hasattr(process_group" in line]
     assert not found, f"untraceable under torch 2.11's torch.compile: {found}"
+
+
+def test_checkpoint_inside_a_compiled_function_trains_like_eager():
+    """Activation checkpointing inside the compiled function: torch.compile reruns the region within its
+    own graph, with the seed the forward took (README, "Activation checkpointing")."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(3))
+
+    def run(compiled):
+        torch.manual_seed(0)
+        enc, vq = torch.nn.Linear(6, 6), make_module()
+
+        def step(x):
+            q, _, loss = checkpoint(vq, enc(x), use_reentrant=False)
+            return loss + q.square().mean()
+
+        f = torch.compile(step, backend="aot_eager") if compiled else step
+        for _ in range(2):
+            f(x).backward()
+        return [p.grad for p in (*enc.parameters(), *vq.parameters())], int(vq._next_seed)
+
+    (eager, eager_seed), (comp, comp_seed) = run(False), run(True)
+    for a, b in zip(comp, eager):
+        assert_same(a, b, exact=True)
+    assert comp_seed == eager_seed == 7 + 2
