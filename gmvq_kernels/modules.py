@@ -126,6 +126,13 @@ def _padded_codes(keep, codes):
                       device=codes.device).masked_scatter(keep[:, None], codes)
 
 
+def _check_seed(seed, also: str = ""):
+    """The module's int seeds (the constructor's, a forward's): the step counter adds t and r·2⁴⁰ per rank
+    to them in an int64, and 2⁶² leaves room for both. ``also``: what else the argument may be."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**62:
+        raise ValueError(f"seed must be None or an integer in [0, 2**62){also}; got {seed!r}")
+
+
 def _in_backward() -> bool:
     """Whether this thread runs inside an autograd backward pass, where torch.utils.checkpoint reruns a
     checkpointed forward (both modes; checkpoint itself tells backward passes apart by this id). False
@@ -238,9 +245,8 @@ class GaussianMixtureVQ(nn.Module):
         if dot_precision is not None and dot_precision not in config.DOT_PRECISIONS:
             raise ValueError(f"dot_precision must be None or one of {config.DOT_PRECISIONS}; got {dot_precision!r}")
         # the step counter adds t (and r·2⁴⁰ per rank) to the seed in an int64: 2⁶² leaves room for both
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or not 0 <= seed < 2**62):
-            raise ValueError(f"seed must be None or an integer in [0, 2**62); got {seed!r}")
+        if seed is not None:
+            _check_seed(seed)
         if objective not in ("albo", "elbo"):
             raise ValueError(f"objective must be 'albo' or 'elbo'; got {objective!r}")
         self.dim, self.codebook_size, self.objective = dim, codebook_size, objective
@@ -516,7 +522,8 @@ class GaussianMixtureVQ(nn.Module):
         return dist.group.WORLD if sync else None
 
     def forward(self, x: torch.Tensor, return_loss_breakdown: Optional[bool] = None, *,
-                mask: Optional[torch.Tensor] = None, lens: Optional[torch.Tensor] = None, **vq_kwargs):
+                mask: Optional[torch.Tensor] = None, lens: Optional[torch.Tensor] = None, seed=None,
+                **vq_kwargs):
         """Quantize ``x`` (layout as configured: (..., D) by default). Returns
         ``QuantizerOutput(quantized, codes, loss)``, or with ``return_loss_breakdown`` (here or in the
         constructor) ``QuantizerOutputWithTerms(quantized, codes, loss, terms)``.
@@ -544,9 +551,15 @@ class GaussianMixtureVQ(nn.Module):
           (the input itself with ``return_zeros_for_masked_padding=False``). The kept rows are gathered
           first, so their number is data-dependent: one device sync on a GPU, and a graph break under
           torch.compile. At least one vector must be kept.
+        - ``seed`` (training): this call's noise seed, an int in [0, 2**62) or a 0-dim int64 tensor, instead
+          of the step counter's (which then does not advance; rank r of a synced group adds r·2⁴⁰ as to
+          the counter's): for schedules the counter cannot follow, such as checkpointed micro-batches
+          of a pipeline (README, "Activation checkpointing"). Ignored in eval mode, which draws no noise.
         - vector-quantize-pytorch's other forward arguments (``freeze_codebook``, ``indices``, ...) raise a
           TypeError saying what to do instead."""
         _refuse(vq_kwargs, VQ_FORWARD_ARGUMENTS, "GaussianMixtureVQ.forward")
+        if seed is not None and not isinstance(seed, torch.Tensor):
+            _check_seed(seed, " or a 0-dim int64 tensor")
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
         kept = flat
@@ -557,10 +570,15 @@ class GaussianMixtureVQ(nn.Module):
         rows = self._to_rows(kept)  # each kept vector's heads, through project_in
         if self.training and self._kmeans_pending:
             self._kmeans_init(rows)
-        seed, group = 0, None
-        if self.training:
+        group = None
+        if not self.training:
+            seed = 0
+        else:
             group = self._process_group()
-            seed = self._step_seed(rows, group)
+            if seed is None:
+                seed = self._step_seed(rows, group)
+            elif group is not None:
+                seed = seed + (group.rank() << RANK_SEED_SHIFT)
         out, sample = gmvq_with_sample(rows, self.means, self.log_var, self.log_prior,
                                        tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
                                        process_group=group, dot_precision=self.dot_precision)

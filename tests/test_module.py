@@ -653,3 +653,39 @@ def test_activation_checkpointing_without_the_calls_seed_is_an_error():
     vq._recompute_seeds.clear()  # as if the call had not been kept (e.g. evicted)
     with pytest.raises(RuntimeError, match=r"a training call ran during a backward pass .* has 0 seed\(s\)"):
         (loss + q.sum()).backward()
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_forward_seed_draws_that_seed_and_keeps_the_counter(reentrant):
+    """``vq(x, seed=s)``: the noise of seed s (as ``gmvq``'s), the step counter left where it was; under
+    checkpointing the rerun gets the same argument, so micro-batches whose backward passes come in
+    another order than their forwards (a pipeline's 1F1B schedule, which the counter's latest-first
+    order gets wrong) get the gradients of the same schedule without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(3))
+    vq = gk.GaussianMixtureVQ(6, 16, seed=5, impl="torch")
+    want = gk.gmvq(x.reshape(-1, 6), vq.means, vq.log_var, seed=123, impl="reference").quantized
+    torch.testing.assert_close(vq(x, seed=123).quantized.reshape(-1, 6), want)
+    assert int(vq._next_seed) == 5
+    with pytest.raises(ValueError, match=r"seed must be None or an integer in \[0, 2\*\*62\) or a 0-dim int64 "
+                                         r"tensor; got -1"):
+        vq(x, seed=-1)
+
+    def schedule(checkpointed):
+        torch.manual_seed(0)
+        enc = torch.nn.Linear(6, 6)
+        vq = gk.GaussianMixtureVQ(6, 16, seed=5, impl="torch")
+        # (a reentrant checkpoint takes no keyword arguments: the seed goes in through a closure)
+        call = ((lambda h, s: checkpoint(lambda h: vq(h, seed=s), h, use_reentrant=reentrant)) if checkpointed
+                else (lambda h, s: vq(h, seed=s)))
+        losses = [(lambda q, _, loss: loss + q.square().mean())(*call(enc(x[i]), 100 + i)) for i in range(2)]
+        for loss in losses:  # the first micro-batch's backward first
+            loss.backward()
+        return [p.grad for p in (*enc.parameters(), *vq.parameters())], int(vq._next_seed)
+
+    (plain, plain_seed), (ckpt, ckpt_seed) = schedule(False), schedule(True)
+    ulps = dict(rtol=2.5e-7, atol=1e-8) if reentrant else dict(rtol=0, atol=0)
+    for a, b in zip(ckpt, plain):
+        torch.testing.assert_close(a, b, **ulps)
+    assert plain_seed == ckpt_seed == 5
