@@ -101,16 +101,18 @@ def module_worker(rank, world, init_file, result_file):
     compiled = copy.deepcopy(vq)
     compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend="aot_eager")
     out, out_c = vq(x), compiled(x)
+    given = vq(x, seed=5).quantized.detach()  # a forward's own seed is shifted per rank too
     torch.save(dict(quantized=out.quantized.detach(), kl=out.terms["kl"], quantized_c=out_c.quantized.detach(),
-                    kl_c=out_c.terms["kl"]), f"{result_file}.{rank}")
+                    kl_c=out_c.terms["kl"], given=given), f"{result_file}.{rank}")
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
     exit_worker()
 
 
 def test_module_ranks_draw_distinct_noise_and_share_q_bar():
-    """Under data parallel the module syncs q̄ by itself and gives rank r the seed 11 + r·2⁴⁰: equal
-    rows on two ranks must not get equal noise (equal seeds everywhere are the common DDP setup)."""
+    """Under data parallel the module syncs q̄ by itself and gives rank r the seed 11 + r·2⁴⁰ (and 5 + r·2⁴⁰
+    for a forward's seed=5): equal rows on two ranks must not get equal noise (equal seeds everywhere are
+    the common DDP setup)."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
         mp.spawn(module_worker, args=(2, init_file, result), nprocs=2, join=True)
@@ -122,6 +124,8 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
         want = gk.gmvq(x, vq.means, vq.log_var, seed=11 + (r << 40), impl="reference").quantized
         for key in ("quantized", "quantized_c"):  # eager and compiled (fullgraph) alike
             torch.testing.assert_close(ranks[r][key], want, rtol=0, atol=0)
+        want = gk.gmvq(x, vq.means, vq.log_var, seed=5 + (r << 40), impl="reference").quantized
+        torch.testing.assert_close(ranks[r]["given"], want, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
     assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄
 
