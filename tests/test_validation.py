@@ -252,6 +252,24 @@ def test_eager_calls_skip_the_custom_op(monkeypatch, device):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_backward_state_is_all_saved_tensors(dtype, device):
+    """What the eager path keeps for its backward goes through save_for_backward, no tensor sits on
+    ctx itself: activation checkpointing (non-reentrant) frees the saved tensors of its region and
+    recomputes them, but a tensor on ctx stays held (the norm operands and the per-code constants did
+    until 2026-12-05). bf16 takes the norm operands, (N, 16) and (K, 16)."""
+    if not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    x, m, lv, _ = make_inputs(5, 7, 4, device=device, dtype=dtype)
+    x.requires_grad_(True)
+    ctx = gk.gmvq(x, m, lv, impl="triton").quantized.grad_fn
+    held = [name for name, value in vars(ctx).items()
+            if any(isinstance(t, torch.Tensor) for t in (value if isinstance(value, (tuple, list)) else (value,)))]
+    assert held == []
+    saved = [t for t in ctx.saved_tensors if t is not None]
+    assert sum(t.shape == (5, 16) for t in saved) == (dtype == torch.bfloat16)  # the rows' norm operand
+
+
 def test_concurrent_interpreted_calls_agree():
     """The interpreter is not thread-safe; interpreted launches are serialised (config.launch_guard)."""
     import threading
