@@ -290,6 +290,9 @@ def _backward_blocks(x, means, a, b, v, blocks, upstream, tau, rows):
     return dx, dm, ga.neg_(), db, dv
 
 
+_SAVED = object()  # _EagerGMVQ's context: a block's entry that save_for_backward holds
+
+
 class _EagerGMVQ(torch.autograd.Function):
     """Row blocks forward, docs/design.md §2 backward; inputs x, means in the computation dtype and
     a, b, v (K,) (spec.component_terms). Returns the GMVQOutput fields and the sample codes."""
@@ -298,15 +301,22 @@ class _EagerGMVQ(torch.autograd.Function):
     def forward(ctx, x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib):
         out, sample, blocks, _ = _forward_blocks(x, means, a, b, v, noise, tau, hard, seed, rows, for_backward, lib)
         ctx.set_materialize_grads(False)
-        ctx.blocks, ctx.tau, ctx.rows = blocks, tau, rows
-        ctx.save_for_backward(x, means, a, b, v)
+        # the blocks' tensors through save_for_backward, their other entries (None, the C library) on ctx:
+        # activation checkpointing frees saved tensors (the (rows, K) ones here), not tensors on ctx
+        ctx.blocks = [tuple(_SAVED if isinstance(t, torch.Tensor) else t for t in blk) for blk in blocks or ()]
+        ctx.tau, ctx.rows = tau, rows
+        ctx.save_for_backward(x, means, a, b, v, *(t for blk in blocks or () for t in blk
+                                                    if isinstance(t, torch.Tensor)))
         ctx.mark_non_differentiable(sample, out[GMVQOutput._fields.index("codes")])
         return (*out, sample)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *upstream):
-        return (*_backward_blocks(*ctx.saved_tensors, ctx.blocks, upstream, ctx.tau, ctx.rows),) + (None,) * 7
+        x, means, a, b, v, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        blocks = [tuple(next(it) if t is _SAVED else t for t in blk) for blk in ctx.blocks]
+        return (*_backward_blocks(x, means, a, b, v, blocks, upstream, ctx.tau, ctx.rows),) + (None,) * 7
 
 
 # Under torch.compile, the C passes' path as two custom ops (opaque to it; ``gmvq_eager``): the forward
