@@ -43,9 +43,11 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
 
     x (N, D) and means (K, D) share a dtype (fp32/fp16/bf16 for the kernels; fp64 too for the reference);
     log_var (K,) per-component log-variance; log_prior (K,) prior logits or None (uniform).
-    tau: Gumbel-softmax temperature in [1e-4, 1e4]. hard: straight-through one-hot sample. seed: 64-bit key of the
-    in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it), an int in [0, 2**64) or a 0-dim
-    int64 CPU tensor with its bits; noise: explicit (N, K) noise instead.
+    tau: Gumbel-softmax temperature in [1e-4, 1e4]. hard: straight-through one-hot sample.
+    seed: 64-bit key of the in-kernel Gumbel noise (``gumbel_noise(N, K, seed)`` returns it), an int in
+    [0, 2**64) or a 0-dim int64 tensor with its bits (on the CPU, or on the inputs' CUDA device: README,
+    "CUDA graphs"). The noise is a function of (seed, n, k), so a training loop passes a new seed at
+    each step (``GaussianMixtureVQ`` does: seed + t). noise: explicit (N, K) noise instead.
     impl: "auto" (triton on CUDA or under TRITON_INTERPRET=1, "torch" on a CPU, else the reference),
     "triton", "torch" (plain torch ops in row blocks with the hand-derived backward, eager.py; under
     torch.compile its C passes as custom ops, or the reference where they are not built), "reference"
