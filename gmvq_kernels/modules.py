@@ -464,11 +464,10 @@ class GaussianMixtureVQ(nn.Module):
         self.initted.fill_(True)
         self._kmeans_pending = False
 
-    def _step_seed(self, rows: torch.Tensor, group) -> torch.Tensor:
-        """The seed of this training call: seed + t of a new step (the counter advances; rank r of a synced
-        group adds r·2⁴⁰, so each rank's rows get their own noise stream), or, where activation
-        checkpointing runs a call again during the backward (torch.utils.checkpoint, either mode), the
-        seed that call drew. torch restores its own RNG for a recomputation, not this counter: a new seed
+    def _step_seed(self, rows: torch.Tensor) -> torch.Tensor:
+        """The seed of this training call: seed + t of a new step (the counter advances), or, where
+        activation checkpointing runs a call again during the backward (torch.utils.checkpoint, either
+        mode), the seed that call drew. torch restores its own RNG for a recomputation, not this counter: a new seed
         there would pair the backward with noise the forward never drew (wrong gradients) and advance the
         counter twice a step. Which call a recomputation repeats is not visible to it, so calls that may
         be recomputed keep their seeds in order and each backward pass takes them latest first, the order
@@ -490,8 +489,6 @@ class GaussianMixtureVQ(nn.Module):
             return self._recompute_seeds[-1 - done]
         seed = self._next_seed.clone()
         self._next_seed += 1
-        if group is not None:
-            seed = seed + (group.rank() << RANK_SEED_SHIFT)
         if _may_be_recomputed(rows, self):
             self._recompute_seeds.append(seed)
         return seed
@@ -576,8 +573,8 @@ class GaussianMixtureVQ(nn.Module):
         else:
             group = self._process_group()
             if seed is None:
-                seed = self._step_seed(rows, group)
-            elif group is not None:
+                seed = self._step_seed(rows)
+            if group is not None:  # data parallel: each rank's rows get their own noise stream
                 seed = seed + (group.rank() << RANK_SEED_SHIFT)
         out, sample = gmvq_with_sample(rows, self.means, self.log_var, self.log_prior,
                                        tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
