@@ -42,10 +42,11 @@ OP_VERSION = 8
 
 
 def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
-    """``_fused_fwd``; ``kept`` (a dict, or None) receives under "operands" what an eager backward takes
-    instead of forming it again: the codes' norm operand mp (tiles.code_terms, one launch) and the rows'
-    x_parts (forward.gmvq_fwd; None without the norm dot). Kernel launches, so inside the op: a traced
-    graph's backward forms them again. Both take the per-code constants from the op's code_consts."""
+    """``_fused_fwd``; ``kept`` (a dict, or None) receives under "terms" what an eager backward takes
+    instead of forming it again: the per-code constants a, b, v, mm (views of code_consts), the codes'
+    norm operand mp (tiles.code_terms, one launch) and the rows' x_parts (forward.gmvq_fwd; None without
+    the norm dot). Kernel launches, so inside the op: a traced graph's backward forms the operands
+    again, and takes the constants from the op's code_consts."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     with launch_guard():
@@ -58,7 +59,7 @@ def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, f
         outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, mp=mp, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)
     if kept is not None:
-        kept.update(operands=(mp, saved["x_parts"]))
+        kept.update(terms=(a, b, v, mm, mp, saved["x_parts"]))
     empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
     return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
                      for name in SAVED_FIELDS), consts)
@@ -154,10 +155,10 @@ FWD_INPUTS = ("x", "means", "log_var", "log_pi", "noise", "tau", "hard", "seed",
 DIFF_INPUTS = ("x", "means", "log_var", "log_pi")  # what fused_bwd returns gradients for
 
 
-def _setup_context(ctx, inputs, output, operands=(None, None)):
+def _setup_context(ctx, inputs, output, terms=()):
     """What the backward takes, all of it through save_for_backward (no tensor on ctx itself), so that
-    activation checkpointing frees it with the rest of its region. ``operands``: EagerFused's norm
-    operands (mp, x_parts), saved after the others."""
+    activation checkpointing frees it with the rest of its region. ``terms``: EagerFused's a, b, v, mm,
+    mp, x_parts (``_forward``), saved after the others."""
     inp = dict(zip(FWD_INPUTS, inputs))
     out = dict(zip(FWD_RETURNS, output))
     ctx.set_materialize_grads(False)  # in eager, an unused output sends None: its work is skipped
@@ -172,7 +173,7 @@ def _setup_context(ctx, inputs, output, operands=(None, None)):
     if isinstance(inp["tau"], Tensor):  # the custom op's tensors
         ctx.save_for_backward(*tensors, inp["tau"], seed)
     else:  # EagerFused's numbers (or a seed on the device: the copy above)
-        ctx.save_for_backward(*tensors, *operands)
+        ctx.save_for_backward(*tensors, *terms)
         ctx.tau_seed = (inp["tau"], seed)
     ctx.opts = (inp["hard"], inp["dot_precision"])
 
@@ -184,16 +185,15 @@ def _backward(ctx, *upstream, bwd=None):
     if all(g is None for g in grads):
         return (None,) * len(FWD_INPUTS)
     x, means, _log_var, _log_pi, *saved = ctx.saved_tensors
-    if hasattr(ctx, "tau_seed"):  # EagerFused: its forward's norm operands last
+    if hasattr(ctx, "tau_seed"):  # EagerFused: its forward's terms last (code_consts before them, not needed)
         tau, seed = ctx.tau_seed
-        *saved, mp, x_parts = saved
-    else:  # the custom op: the operands are formed again inside the backward op
-        *saved, tau, seed = saved
-        mp = x_parts = None
-    *saved, consts = saved
+        saved, terms = saved[:-7], saved[-6:]
+    else:  # the custom op: the constants from code_consts; the operands formed again inside the backward op
+        *saved, consts, tau, seed = saved
+        terms = (*consts, None, None)
     hard, dot_precision = ctx.opts
-    result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(x, means, *consts, mp, x_parts, *saved, *grads, tau, hard,
-                                                      seed, dot_precision)))
+    result = dict(zip(DIFF_INPUTS, (bwd or fused_bwd)(x, means, *terms, *saved, *grads, tau, hard, seed,
+                                                      dot_precision)))
     need = dict(zip(FWD_INPUTS, ctx.needs_input_grad))
     return tuple(result[n] if n in result and need[n] else None for n in FWD_INPUTS)
 
@@ -224,7 +224,7 @@ class EagerFused(torch.autograd.Function):
             inputs = tuple(inp[name] for name in FWD_INPUTS)
         kept = {}
         output = _forward(*inputs, kept=kept)
-        _setup_context(ctx, inputs, output, kept["operands"])  # the backward's too
+        _setup_context(ctx, inputs, output, kept["terms"])  # the backward's too
         return output
 
     @staticmethod
