@@ -509,6 +509,34 @@ def module_graph_check(device, log, shape=(8192, 1024, 64)):
              ms_eager=triton.testing.do_bench(lambda: step(twin))))
 
 
+def checkpoint_check(device, log, shape=(4096, 1024, 64)):
+    """GaussianMixtureVQ (bf16 autocast on a GPU) with two calls per step under torch.utils.checkpoint,
+    in both modes, against the same step without checkpointing: a rerun must draw the noise of the
+    call it repeats (README, "Activation checkpointing"). Gradients bitwise equal without reentrant
+    checkpointing, within 10⁻⁶ relative with it (another order of addition); the counters alike."""
+    from torch.utils.checkpoint import checkpoint
+
+    N, K, D = shape
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(N, D, generator=gen).to(device) for _ in range(2)]
+
+    def step(reentrant):
+        torch.manual_seed(0)
+        enc, vq = torch.nn.Linear(D, D).to(device), gk.GaussianMixtureVQ(D, K, seed=5).to(device)
+        call = vq if reentrant is None else (lambda h: checkpoint(vq, h, use_reentrant=reentrant))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outs = [call(enc(x)) for x in xs]  # (quantized, codes, loss): a reentrant checkpoint returns a tuple
+        sum(loss + q.float().square().mean() for q, _, loss in outs).backward()
+        return [p.grad for p in (*enc.parameters(), *vq.parameters())], int(vq._next_seed)
+
+    plain, seed_plain = step(None)
+    for reentrant in (False, True):
+        grads, seed = step(reentrant)
+        err = max(rel_err(g, w) for g, w in zip(grads, plain))
+        log(dict(check="checkpoint", N=N, K=K, D=D, reentrant=reentrant, max_rel_err=err,
+                 counters_equal=seed == seed_plain == 5 + 2, ok=seed == seed_plain and err <= (1e-6 if reentrant else 0)))
+
+
 def device_ms(fn, device, reps):
     """{kernel name (``other`` for torch's own): ms per call of ``fn``} (torch.profiler, mean over ``reps``
     calls after a warm-up); off CUDA the profiler's CPU table stands in (``--dry``)."""
@@ -833,6 +861,7 @@ def main():
         lambda: launch_check(device, log),
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
+        lambda: checkpoint_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
@@ -856,6 +885,7 @@ def main():
             lambda: compile_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8), mode="reduce-overhead"),
             lambda: host_check(device, log, args.out, iters=2),
+            lambda: checkpoint_check(device, log, (20, 40, 8)),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
