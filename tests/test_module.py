@@ -616,9 +616,9 @@ def test_activation_checkpointing_recomputes_each_call_with_its_seed(impl, reent
     """torch.utils.checkpoint runs a checkpointed call again in the backward with torch's RNG restored,
     not the module's seed counter: the rerun must draw the noise of the call it repeats. Two checkpointed
     calls in a step, a backward through both and a second one of the same graph (retain_graph): the
-    gradients equal those without checkpointing, and the counter advances once per call. (A new seed in
-    the rerun gave gradients 0.08–0.11 off.) A reentrant checkpoint adds the
-    parameters' gradients in another order: within an ulp there, bitwise equal otherwise."""
+    gradients equal those without checkpointing, and the counter advances once per call (a new seed in
+    the rerun gave gradients 0.08–0.11 off). A reentrant checkpoint adds the parameters' gradients in
+    another order: within an ulp there, bitwise equal otherwise."""
     if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
         pytest.skip("needs the interpreter or a GPU")
     from torch.utils.checkpoint import checkpoint

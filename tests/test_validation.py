@@ -257,7 +257,7 @@ def test_eager_calls_skip_the_custom_op(monkeypatch, device):
 def test_eager_backward_state_is_all_saved_tensors(impl, dtype, device):
     """What the eager paths keep for their backward goes through save_for_backward, no tensor sits on
     ctx itself: activation checkpointing (non-reentrant) frees the saved tensors of its region and
-    recomputes them, but a tensor on ctx stays held. Until 2026-12-05 the kernels' held their norm
+    recomputes them, but a tensor on ctx stays held. Until 2026-12-05 the kernel path held its norm
     operands and per-code constants there (bf16 takes the norm operands, (N, 16) and (K, 16)), and
     impl="torch" its row blocks' (rows, K) tensors."""
     if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
