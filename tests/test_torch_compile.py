@@ -372,3 +372,30 @@ def test_checkpoint_inside_a_compiled_function_trains_like_eager():
     for a, b in zip(comp, eager):
         assert_same(a, b, exact=True)
     assert comp_seed == eager_seed == 7 + 2
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpoint_around_a_compiled_forward_with_seeds_trains_like_eager(reentrant):
+    """An eager checkpoint around a separately compiled forward: the compiled graph advances the step
+    counter itself, so the rerun cannot take the call's seed from it; with ``seed=`` per call it gets
+    the same argument (README, "Activation checkpointing")."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(3))
+
+    def run(compiled):
+        torch.manual_seed(0)
+        enc, vq = torch.nn.Linear(6, 6), make_module()
+        if compiled:
+            vq.forward = torch.compile(vq.forward, backend="aot_eager")
+        for step in range(2):
+            call = (lambda h: checkpoint(lambda h: vq(h, seed=100 + step), h, use_reentrant=reentrant)) if compiled \
+                else (lambda h: vq(h, seed=100 + step))
+            q, _, loss = call(enc(x))
+            (loss + q.square().mean()).backward()
+        return [p.grad for p in (*enc.parameters(), *vq.parameters())], int(vq._next_seed)
+
+    (eager, eager_seed), (comp, comp_seed) = run(False), run(True)
+    for a, b in zip(comp, eager):
+        torch.testing.assert_close(a, b, **(dict(rtol=2.5e-7, atol=1e-8) if reentrant else dict(rtol=0, atol=0)))
+    assert comp_seed == eager_seed == 7
