@@ -41,11 +41,14 @@ FWD_RETURNS = OUTPUT_FIELDS + SAVED_FIELDS + ("code_consts",)
 OP_VERSION = 8
 
 
+# what an eager backward takes from its forward instead of forming it again (_forward's kept["terms"])
+EAGER_TERMS = ("a", "b", "v", "mm", "mp", "x_parts")
+
+
 def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
-    """``_fused_fwd``; ``kept`` (a dict, or None) receives under "terms" what an eager backward takes
-    instead of forming it again: the per-code constants a, b, v, mm (views of code_consts), the codes'
-    norm operand mp (tiles.code_terms, one launch) and the rows' x_parts (forward.gmvq_fwd; None without
-    the norm dot). Kernel launches, so inside the op: a traced graph's backward forms the operands
+    """``_fused_fwd``; ``kept`` (a dict, or None) receives under "terms" the ``EAGER_TERMS``: the per-code
+    constants a, b, v, mm (views of code_consts), the codes' norm operand mp (tiles.code_terms, one
+    launch) and the rows' x_parts (forward.gmvq_fwd; None without the norm dot). Kernel launches, so inside the op: a traced graph's backward forms the operands
     again, and takes the constants from the op's code_consts."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
@@ -59,7 +62,7 @@ def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, f
         outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, mp=mp, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)
     if kept is not None:
-        kept.update(terms=(a, b, v, mm, mp, saved["x_parts"]))
+        kept.update(terms=(a, b, v, mm, mp, saved["x_parts"]))  # EAGER_TERMS
     empty = dict(hard_idx=torch.int64, y_sums=torch.float32)  # the dtype of an absent one, returned empty
     return (*outs, *(x.new_empty(0, dtype=empty[name]) if saved[name] is None else saved[name]
                      for name in SAVED_FIELDS), consts)
@@ -157,8 +160,8 @@ DIFF_INPUTS = ("x", "means", "log_var", "log_pi")  # what fused_bwd returns grad
 
 def _setup_context(ctx, inputs, output, terms=()):
     """What the backward takes, all of it through save_for_backward (no tensor on ctx itself), so that
-    activation checkpointing frees it with the rest of its region. ``terms``: EagerFused's a, b, v, mm,
-    mp, x_parts (``_forward``), saved after the others."""
+    activation checkpointing frees it with the rest of its region. ``terms``: EagerFused's EAGER_TERMS,
+    saved in code_consts' place (a, b, v, mm are its rows)."""
     inp = dict(zip(FWD_INPUTS, inputs))
     out = dict(zip(FWD_RETURNS, output))
     ctx.set_materialize_grads(False)  # in eager, an unused output sends None: its work is skipped
@@ -173,7 +176,7 @@ def _setup_context(ctx, inputs, output, terms=()):
     if isinstance(inp["tau"], Tensor):  # the custom op's tensors
         ctx.save_for_backward(*tensors, inp["tau"], seed)
     else:  # EagerFused's numbers (or a seed on the device: the copy above)
-        ctx.save_for_backward(*tensors, *terms)
+        ctx.save_for_backward(*tensors[:-1], *terms)
         ctx.tau_seed = (inp["tau"], seed)
     ctx.opts = (inp["hard"], inp["dot_precision"])
 
@@ -185,9 +188,9 @@ def _backward(ctx, *upstream, bwd=None):
     if all(g is None for g in grads):
         return (None,) * len(FWD_INPUTS)
     x, means, _log_var, _log_pi, *saved = ctx.saved_tensors
-    if hasattr(ctx, "tau_seed"):  # EagerFused: its forward's terms last (code_consts before them, not needed)
+    if hasattr(ctx, "tau_seed"):  # EagerFused: its forward's terms last
         tau, seed = ctx.tau_seed
-        saved, terms = saved[:-7], saved[-6:]
+        saved, terms = saved[:-len(EAGER_TERMS)], saved[-len(EAGER_TERMS):]
     else:  # the custom op: the constants from code_consts; the operands formed again inside the backward op
         *saved, consts, tau, seed = saved
         terms = (*consts, None, None)

@@ -303,10 +303,10 @@ class _EagerGMVQ(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         # the blocks' tensors through save_for_backward, their other entries (None, the C library) on ctx:
         # activation checkpointing frees saved tensors (the (rows, K) ones here), not tensors on ctx
-        ctx.blocks = [tuple(_SAVED if isinstance(t, torch.Tensor) else t for t in blk) for blk in blocks or ()]
+        blocks = blocks or ()  # None without a backward to follow
+        ctx.blocks = [tuple(_SAVED if isinstance(t, torch.Tensor) else t for t in blk) for blk in blocks]
         ctx.tau, ctx.rows = tau, rows
-        ctx.save_for_backward(x, means, a, b, v, *(t for blk in blocks or () for t in blk
-                                                    if isinstance(t, torch.Tensor)))
+        ctx.save_for_backward(x, means, a, b, v, *(t for blk in blocks for t in blk if isinstance(t, torch.Tensor)))
         ctx.mark_non_differentiable(sample, out[GMVQOutput._fields.index("codes")])
         return (*out, sample)
 

@@ -133,11 +133,12 @@ def _check_seed(seed, also: str = ""):
         raise ValueError(f"seed must be None or an integer in [0, 2**62){also}; got {seed!r}")
 
 
-def _in_backward() -> bool:
-    """Whether this thread runs inside an autograd backward pass, where torch.utils.checkpoint reruns a
-    checkpointed forward (both modes; checkpoint itself tells backward passes apart by this id). False
-    while torch.compile traces: a compiled region recomputes inside its own graph, with its inputs."""
-    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+def _backward_task() -> int:
+    """The id of the autograd backward pass this thread runs in, where torch.utils.checkpoint reruns a
+    checkpointed forward (both modes; checkpoint itself tells backward passes apart by this id), or −1
+    outside one. −1 while torch.compile traces: a compiled region recomputes inside its own graph,
+    with its inputs."""
+    return -1 if torch.compiler.is_compiling() else torch._C._current_graph_task_id()
 
 
 def _may_be_recomputed(rows: torch.Tensor, module: nn.Module) -> bool:
@@ -474,9 +475,10 @@ class GaussianMixtureVQ(nn.Module):
         in which it reaches checkpointed regions: right for any number of checkpointed calls per step, for
         gradient accumulation and for repeated backward passes (retain_graph), but not for a backward that
         recomputes only an earlier call while a later one waits (README, "Activation checkpointing")."""
-        if _in_backward():
-            task, done = self._recompute_task
-            done = done if task == torch._C._current_graph_task_id() else 0
+        task = _backward_task()
+        if task != -1:
+            last_task, done = self._recompute_task
+            done = done if task == last_task else 0
             if done >= len(self._recompute_seeds):
                 raise RuntimeError(
                     "GaussianMixtureVQ: a training call ran during a backward pass (activation checkpointing "
@@ -485,7 +487,7 @@ class GaussianMixtureVQ(nn.Module):
                     f"the noise of the call it repeats. Kept are the last {RECOMPUTE_SEEDS_KEPT} training calls "
                     "made with grad disabled or under a saved-tensor hook, as torch.utils.checkpoint's two modes "
                     "make them (README, \"Activation checkpointing\").")
-            self._recompute_task = (torch._C._current_graph_task_id(), done + 1)
+            self._recompute_task = (task, done + 1)
             return self._recompute_seeds[-1 - done]
         seed = self._next_seed.clone()
         self._next_seed += 1
