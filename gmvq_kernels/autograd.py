@@ -22,7 +22,7 @@ from .checks import check_tau
 from .config import CUDAGRAPH_UNSAFE, launch_guard
 from .encode import gmvq_encode_fwd
 from .forward import delta_from_forward, gmvq_fwd
-from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS
+from .spec import DIFF_OUTPUTS, OUTPUT_FIELDS, SAVED_FIELDS, autocast_off
 
 # what ``fused_fwd`` returns, in this order; code_consts: the per-code constants a, b, v, ||μ||² (4, K)
 # fp32 (tiles.code_terms), which the backward reads as the forward made them
@@ -116,7 +116,7 @@ def _fused_bwd(x: Tensor, means: Tensor, a: Tensor, b: Tensor, v: Tensor, mm: Te
                  x_parts=x_parts)
     given = locals()
     named = {name: given["g_" + name] for name in DIFF_OUTPUTS if given["g_" + name] is not None}
-    with launch_guard():
+    with autocast_off(x.device.type), launch_guard():  # EagerFused's backward inside an autocast region
         return gmvq_bwd(x, means, a, b, v, noise, saved, named, tau=float(tau), hard=hard, seed=seed,
                         dot_precision=dot_precision, mm=mm, mp=mp)
 

@@ -347,6 +347,16 @@ def _call(fn, *args, dtype):
         raise MemoryError("impl=\"torch\": no memory for the C row passes' partial column sums")
 
 
+def _check_buffer(name, t, dtype=None):
+    """A tensor the C passes write in place: contiguous fp32 or fp64 (``dtype`` where given). ``_call``
+    would pass a copy of any other, and the C code would write into the copy, or past a half buffer."""
+    if t.dtype not in (torch.float32, torch.float64) or (dtype is not None and t.dtype != dtype) or \
+            not t.is_contiguous():
+        raise TypeError(f"impl=\"torch\"'s C row passes write {name} in place: it must be a contiguous "
+                        f"{'float32 or float64' if dtype is None else dtype} tensor; got {t.dtype}, "
+                        f"contiguous={t.is_contiguous()}")
+
+
 def forward(lib, G, x_sq, mm, a, b, noise, tau, hard, seed=None, row_offset=0, y=None):
     """The row outputs of eager._forward_block from G = x·μᵀ (n, K), which becomes d·a in place:
     (y, codes, top, m, q_inv, lse, entropy, q_ell, latent_nll, q_sum), q_inv = 1 / Σ_k exp(ℓ − m)
@@ -354,8 +364,10 @@ def forward(lib, G, x_sq, mm, a, b, noise, tau, hard, seed=None, row_offset=0, y
     (n, K), or None: then each row's is drawn as the pass reaches it, that of row row_offset + r of
     ``seed`` (the C twin's, noise.gumbel_noise_numpy's bits)."""
     n, K = G.shape
+    _check_buffer("G", G)
     sfx = "f32" if G.dtype == torch.float32 else "f64"
     y = torch.empty_like(G) if y is None else y
+    _check_buffer("y", y, G.dtype)
     codes, top = (torch.empty(n, dtype=torch.int64) for _ in range(2))
     m, q_inv, lse, entropy, q_ell, latent_nll = (G.new_empty(n) for _ in range(6))
     q_sum = G.new_zeros(K)
@@ -371,6 +383,7 @@ def backward(lib, e, has_gz, da, q_inv, y, v, a, b, gs_t, glat_t, glat, glse, gH
     (Ḡ_z/τ)·μᵀ where ``has_gz``, else filled); returns (Σ_k e per row, Σ_rows dℓ, Σ_rows (d·a/a)·E,
     Σ_rows e)."""
     n, K = e.shape
+    _check_buffer("e", e)
     sfx = "f32" if e.dtype == torch.float32 else "f64"
     if not has_gz:
         e.zero_()

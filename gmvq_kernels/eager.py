@@ -38,7 +38,7 @@ from torch import Tensor
 from . import config, cpu_rows
 from .checks import check_tau
 from .noise import c_twin_draws, gumbel_noise, seed_tensor
-from .spec import DIFF_OUTPUTS, GMVQOutput, component_terms, log_prior_probs, stats_dtype, with_fields
+from .spec import DIFF_OUTPUTS, GMVQOutput, autocast_off, component_terms, log_prior_probs, stats_dtype, with_fields
 
 
 def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward=True):
@@ -48,7 +48,7 @@ def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backwar
     custom ops ``rows_fwd`` / ``rows_bwd`` (``functional.resolve_impl`` comes here then only where the
     C library is built)."""
     dt = stats_dtype(x.dtype)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         lv = log_var.to(dt)
         a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
         if torch.compiler.is_compiling():
@@ -316,7 +316,8 @@ class _EagerGMVQ(torch.autograd.Function):
         x, means, a, b, v, *tensors = ctx.saved_tensors
         it = iter(tensors)
         blocks = [tuple(next(it) if t is _SAVED else t for t in blk) for blk in ctx.blocks]
-        return (*_backward_blocks(x, means, a, b, v, blocks, upstream, ctx.tau, ctx.rows),) + (None,) * 7
+        with autocast_off(x.device.type):  # a backward inside an autocast region (spec.autocast_off)
+            return (*_backward_blocks(x, means, a, b, v, blocks, upstream, ctx.tau, ctx.rows),) + (None,) * 7
 
 
 # Under torch.compile, the C passes' path as two custom ops (opaque to it; ``gmvq_eager``): the forward

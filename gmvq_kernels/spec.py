@@ -5,6 +5,7 @@ Adding an output: a field of ``GMVQOutput`` (and ``DIFF_OUTPUTS`` if it carries 
 kernel code that computes it. The custom ops, the autograd wiring and the tests derive their order from
 these lists. ``reference.py`` does not import this module's math: the ground truth writes its own.
 """
+import contextlib
 import math
 from typing import NamedTuple, Optional
 
@@ -50,6 +51,16 @@ STATS_FIELDS = ("m_q", "log2_s_q", "m_y", "log2_s_y")
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """Per-row / per-code statistics are fp32, or fp64 when the inputs are fp64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_off(device_type: str):
+    """Context for the op's own eager forward and backward: autocast off, so that their precision is the
+    op's (fp32 statistics, products in the inputs' dtype). A backward called inside an autocast region
+    runs with the region's autocast on (a compiled graph's ops run with it off): impl="torch"'s
+    backward would form half products there and hand them to its C passes."""
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def log_prior_probs(log_prior: Optional[torch.Tensor], K: int, like: torch.Tensor) -> torch.Tensor:

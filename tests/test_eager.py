@@ -380,6 +380,32 @@ def test_c_rows_softmax_is_accurate_into_the_subnormals(order, rows):
         assert (got[~normal] > 0).any() and (got == 0).any()  # both subnormals and zeros were tested
 
 
+def test_c_row_passes_refuse_a_buffer_they_cannot_write(rows):
+    """The C passes write G, y and e in place through raw pointers: a half, or non-contiguous, buffer
+    raises a TypeError naming it instead of being written past (``_call`` would have passed a copy, or the
+    fp64 pass a half buffer: a backward inside an autocast region once did, test_module.py)."""
+    if rows != "c":
+        pytest.skip("the C row passes alone")
+    lib, K = cpu_rows.rows_library(), 4
+    ones, zeros = torch.ones(K), torch.zeros(K)
+
+    def fwd(G, **kw):
+        return cpu_rows.forward(lib, G, torch.zeros(2), zeros, ones, zeros, torch.zeros(2, K), 1.0, False, **kw)
+
+    fwd(torch.zeros(2, K))  # the buffers it takes
+    with pytest.raises(TypeError, match=r"write G in place: it must be a contiguous float32 or float64 tensor; "
+                                        r"got torch.bfloat16, contiguous=True"):
+        fwd(torch.zeros(2, K, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match=r"write G in place.*got torch.float32, contiguous=False"):
+        fwd(torch.zeros(K, 2).T)
+    with pytest.raises(TypeError, match=r"write y in place: it must be a contiguous torch.float32 tensor; "
+                                        r"got torch.float64"):
+        fwd(torch.zeros(2, K), y=torch.zeros(2, K, dtype=torch.float64))
+    e = torch.zeros(2, K, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"write e in place.*got torch.bfloat16"):
+        cpu_rows.backward(lib, e, True, *(None,) * 17)
+
+
 def test_no_double_backward():
     x, m, lv, _ = make_inputs(5, 3, 2, requires_grad=True)
     out = gk.gmvq(x, m, lv, impl="torch")

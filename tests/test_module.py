@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import gmvq_kernels as gk
+from gmvq_kernels.spec import DIFF_OUTPUTS
 
 
 def test_layouts_and_outputs(device):
@@ -514,6 +515,47 @@ def test_autocast(impl, amp, device):
     # the same numbers as feeding half inputs directly
     ref = gk.gmvq(x.detach().to(amp), m.detach().to(amp), lv.detach(), impl=impl)
     torch.testing.assert_close(out.log_likelihood, ref.log_likelihood)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("impl", ["torch-c", "torch-ops", "triton"])
+def test_backward_inside_autocast_matches_a_backward_after_it(impl, amp, hard, device, monkeypatch):
+    """Many training loops call backward inside their autocast region, where autocast stays on for the
+    backward's ops. The op's backward keeps its own precision there: every gradient bit for bit as a
+    backward after the region. Before, impl="torch"'s backward formed a half product and handed it to its
+    C passes, which wrote fp64 past it (heap corruption: the process aborted), or failed on a dtype
+    mismatch without them ("torch-ops")."""
+    from gmvq_kernels import cpu_rows
+
+    if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    if impl.startswith("torch"):
+        if device != "cpu":
+            pytest.skip("impl='torch' is the CPU path")
+        monkeypatch.setenv(cpu_rows.C_ROWS_ENV, "1" if impl == "torch-c" else "0")
+        if impl == "torch-c" and cpu_rows.rows_library() is None:
+            pytest.skip("no C compiler: the C row passes cannot be built here")
+    g = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(20, 8, generator=g), torch.randn(30, 8, generator=g), 0.3 * torch.randn(30, generator=g),
+              torch.randn(30, generator=g)]
+    weights = {name: torch.randn(30 if name == "agg_posterior" else 20, generator=g) for name in DIFF_OUTPUTS
+               if name != "quantized"}
+    grads = []
+    for inside in (True, False):
+        leaves = [t.to(device).requires_grad_() for t in inputs]
+        with torch.autocast(device_type=device, dtype=amp):
+            out = gk.gmvq(*leaves, hard=hard, seed=3, impl=impl.split("-")[0])
+            loss = out.quantized.float().square().mean() + sum(
+                (getattr(out, name) * w.to(device)).sum() for name, w in weights.items())
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([t.grad for t in leaves])
+    for name, inside, after in zip(("x", "means", "log_var", "log_prior"), *grads):
+        assert inside.dtype == after.dtype == torch.float32 and torch.isfinite(after).all(), name
+        assert torch.equal(inside, after), name
 
 
 def test_module_under_autocast_returns_the_input_dtype():
