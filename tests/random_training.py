@@ -1,7 +1,8 @@
 """Random short training runs of ``GaussianMixtureVQ``: random module options (codebook size, dimension,
 τ, hard or soft, initial σ², learned or fixed variance, learned prior, objective, β, γ, shared or
-per-code variance, noise injection, k-means initialisation, padding masks, bf16 autocast) on clustered
-data at random scales, a few Adam steps each with a reconstruction stand-in; prints every run whose
+per-code variance, noise injection, k-means initialisation, padding masks, bf16 autocast around the forward
+or the whole step) on clustered data at random scales, a few Adam steps each with a reconstruction
+stand-in; prints every run whose
 loss, output, parameter gradients or the gradient reaching the encoder (the latents') stop being
 finite, with what reproduces it. A developer's tool beside
 ``tests/random_sweep.py`` (which checks single calls against float64; this one checks what a training
@@ -42,7 +43,11 @@ def train(torch, gk, rng, run, impl, rows, steps):
     centers = torch.randn(clusters, D) * scale
     opt = torch.optim.Adam(vq.parameters(), lr=lr)
     amp = rng.random() < 0.2  # bf16 autocast around the forward, as a mixed-precision training step
-    case = dict(run=run, dim=D, codebook_size=K, scale=scale, clusters=clusters, lr=lr, amp=amp, **kw)
+    # in every other such run the backward too, as many training loops call it (from the run number: the
+    # draws of rng, and so every run's options, stay those of earlier versions)
+    backward_in_amp = amp and run % 2 == 0
+    case = dict(run=run, dim=D, codebook_size=K, scale=scale, clusters=clusters, lr=lr, amp=amp,
+                backward_in_amp=backward_in_amp, **kw)
     for step in range(steps):
         x = centers[torch.randint(0, clusters, (rows,))] + 0.05 * scale * torch.randn(rows, D)
         if rng.random() < 0.1:  # now and then a batch far off the data's scale
@@ -55,12 +60,16 @@ def train(torch, gk, rng, run, impl, rows, steps):
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             quantized, _, loss = vq(x, mask=mask)
+            # a reconstruction stand-in, so the gradient of quantized flows as a decoder's would
+            total = loss + (quantized - x.detach()).square().mean()
+            if backward_in_amp:
+                total.backward()
         if not torch.isfinite(loss):
             return case, f"loss {loss.item()} at step {step}"
         if not torch.isfinite(quantized).all():
             return case, f"non-finite quantized at step {step}"
-        # a reconstruction stand-in, so the gradient of quantized flows as a decoder's would
-        (loss + (quantized - x.detach()).square().mean()).backward()
+        if not backward_in_amp:
+            total.backward()
         bad = [n for n, p in vq.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         if not torch.isfinite(x.grad).all():
             bad.append("x")
