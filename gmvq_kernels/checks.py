@@ -8,6 +8,7 @@ import os
 import torch
 
 from . import config
+from .spec import autocast_dtype
 
 
 # Supported ranges: inside them every output and gradient is finite in both impls
@@ -158,7 +159,7 @@ def validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_pre
         _check_tensor("log_prior", log_prior, 1, FLOAT_DTYPES)
         if log_prior.shape != (K,):
             raise ValueError(f"log_prior must have shape (K,) == ({K},) or be None; got {_shape(log_prior)}")
-    if means.dtype != x.dtype:
+    if autocast_dtype(means) != autocast_dtype(x):  # under autocast both take its dtype (fp64 aside)
         raise TypeError(f"means must have the dtype of x ({x.dtype}); got {means.dtype}")
     params = {"means": means, "log_var": log_var, "log_prior": log_prior, "noise": noise}
     for name, t in params.items():

@@ -9,7 +9,7 @@ from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
-from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, with_fields
+from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, to_autocast, with_fields
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
@@ -56,7 +56,8 @@ def gmvq(x, means, log_var, log_prior=None, *, tau: float = 1.0, hard: bool = Fa
     "ieee", "tf32x3" (default), "tf32"; ignored for half inputs, which use their native dot.
     Statistics are fp32 (fp64 for fp64 inputs); quantized has the dtype of x. A row of x that is not
     finite gives NaN outputs and code −1 (README, "NaN policy"). Under torch.autocast,
-    x and means are cast to the autocast dtype first (so quantized has that dtype).
+    x and means are cast to the autocast dtype first, as a matmul's inputs (so quantized has that dtype;
+    fp64 ones stay, and x and means may then differ in dtype before the cast).
     torch.compile(fullgraph=True) traces it: the kernels are custom ops (autograd.py), and a changing
     tau or seed does not recompile after the first change (tau's value is then checked in the op)."""
     return gmvq_with_sample(x, means, log_var, log_prior, tau=tau, hard=hard, seed=seed, noise=noise, impl=impl,
@@ -70,11 +71,9 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
     validate(x, means, log_var, log_prior, tau, hard, noise, seed, impl, dot_precision, process_group)
     if not torch.compiler.is_compiling():
         tau = float(tau)  # any real number type (Fraction, NumPy) from here on
-    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
-        # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
-        # statistics stay fp32, quantized comes back in the autocast dtype
-        amp = torch.get_autocast_dtype(x.device.type)
-        x, means = x.to(amp), means.to(amp)
+    # AMP: the distance dots take the autocast dtype, as a matmul would; log_var/log_prior and all
+    # statistics stay fp32, quantized comes back in the autocast dtype
+    x, means = to_autocast(x), to_autocast(means)
     impl = resolve_impl(impl, x)
     # whether a backward can follow: without one the kernels skip the backward's extra sums and
     # impl="torch" keeps nothing per row block
@@ -114,8 +113,10 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
     """Tokenizer path: codes = argmax_k ℓ_nk (N,) int64, the ``codes`` of ``gmvq`` without anything
     else (no noise, no softmax, no q̄, no gradient). Arguments as for ``gmvq``; −1 for a row of x that
     is not finite. On CUDA (or under TRITON_INTERPRET=1) one fused pass over the codebook (memory
-    O(N + K·D)); the reference computes the logits of 4096 rows at a time."""
+    O(N + K·D)); the reference computes the logits of 4096 rows at a time. Under torch.autocast x and
+    means are cast as ``gmvq`` casts them: the codes ``gmvq`` returns there."""
     validate(x, means, log_var, log_prior, 1.0, False, None, 0, impl, dot_precision)
+    x, means = to_autocast(x), to_autocast(means)  # as gmvq's: the codes it returns
     impl = resolve_impl(impl, x)
     if impl in ("torch", "reference"):  # no gradient to hand-derive: the chunked reference is the torch path
         return gmvq_encode_reference(x, means, log_var, log_prior)

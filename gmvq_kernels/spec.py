@@ -53,6 +53,20 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype ``t`` takes in the op's distance dots: as in a matmul, the autocast dtype where autocast
+    is on for t's device and t is fp32 or half (torch's autocast leaves fp64 alone), else t's own."""
+    if t.device.type != "meta" and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
+def to_autocast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its ``autocast_dtype`` (itself where that is its own: no torch op on the host path)."""
+    dtype = autocast_dtype(t)
+    return t if dtype == t.dtype else t.to(dtype)
+
+
 def autocast_off(device_type: str):
     """Context for the op's own eager forward and backward: autocast off, so that their precision is the
     op's (fp32 statistics, products in the inputs' dtype). A backward called inside an autocast region

@@ -558,6 +558,48 @@ def test_backward_inside_autocast_matches_a_backward_after_it(impl, amp, hard, d
         assert torch.equal(inside, after), name
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("layout", [dict(heads=2), dict(codebook_dim=4), dict(heads=2, codebook_dim=4)],
+                         ids=["heads", "codebook_dim", "both"])
+def test_module_with_projections_trains_under_autocast(impl, layout, device):
+    """With heads or codebook_dim the module's project_in (a Linear) hands gmvq rows in the autocast
+    dtype beside its fp32 means; both take that dtype, as a matmul's inputs (before, gmvq refused the
+    pair: "means must have the dtype of x"). The codes are encode's under the same autocast."""
+    if impl == "triton" and not gk.functional.can_use_triton(torch.device(device)):
+        pytest.skip("needs the interpreter or a GPU")
+    if impl == "torch" and device != "cpu":
+        pytest.skip("impl='torch' is the CPU path")
+    vq = gk.GaussianMixtureVQ(16, 32, seed=4, impl=impl, **layout).to(device)
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(2)).to(device).requires_grad_()
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        quantized, codes, loss = vq(x)
+        (loss + quantized.float().square().mean()).backward()
+        encoded = vq.encode(x.detach())
+    assert quantized.dtype == torch.float32 and quantized.shape == x.shape and torch.isfinite(loss)
+    assert torch.equal(codes, encoded)
+    for name, p in [("x", x), *vq.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_autocast_takes_fp32_and_half_inputs_and_leaves_fp64():
+    """gmvq under autocast casts x and means as a matmul's inputs: fp32 and half to the autocast dtype
+    (so a bf16 x beside fp32 means is one call), fp64 not at all, as torch's autocast; an fp64 x beside
+    fp32 means is still refused."""
+    g = torch.Generator().manual_seed(3)
+    x, means, lv = torch.randn(9, 5, generator=g), torch.randn(6, 5, generator=g), torch.zeros(6)
+    plain = gk.gmvq(x.bfloat16(), means.bfloat16(), lv, impl="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = gk.gmvq(x.bfloat16(), means, lv, impl="torch")
+        wide = gk.gmvq(x.double(), means.double(), lv.double(), impl="torch")
+        codes = gk.gmvq_encode(x, means.bfloat16(), lv, impl="torch")
+        with pytest.raises(TypeError, match=r"means must have the dtype of x \(torch.float64\); got torch.float32"):
+            gk.gmvq(x.double(), means, lv, impl="torch")
+    assert mixed.quantized.dtype == torch.bfloat16 and torch.equal(mixed.quantized, plain.quantized)
+    assert torch.equal(codes, plain.codes)
+    want = gk.gmvq(x.double(), means.double(), lv.double(), impl="torch")
+    assert wide.quantized.dtype == torch.float64 and torch.equal(wide.quantized, want.quantized)
+
+
 def test_module_under_autocast_returns_the_input_dtype():
     """Under autocast the module's distance dots run in bf16 (as gk.gmvq's), but ``quantized`` comes back
     in x's dtype, as outside autocast; the loss stays fp32 and x's gradient is finite."""
