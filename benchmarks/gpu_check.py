@@ -537,6 +537,33 @@ def checkpoint_check(device, log, shape=(4096, 1024, 64)):
                  counters_equal=seed == seed_plain == 5 + 2, ok=seed == seed_plain and err <= (1e-6 if reentrant else 0)))
 
 
+def amp_backward_check(device, log, shape=(4096, 1024, 64)):
+    """GaussianMixtureVQ with heads (its projection hands gmvq rows in the autocast dtype beside fp32
+    means) under autocast, bf16 and fp16, with the backward called inside the region against one after
+    it: the op's backward runs at its own precision there (README, "AMP"), so every gradient is
+    bitwise equal."""
+    N, K, D = shape
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(4)).to(device)
+    for amp in (torch.bfloat16, torch.float16):
+        grads = []
+        for inside in (True, False):
+            torch.manual_seed(0)  # the same projection both times
+            vq = gk.GaussianMixtureVQ(D, K, seed=5, heads=2).to(device)
+            xx = x.clone().requires_grad_()
+            with torch.autocast(device.type, dtype=amp):
+                quantized, _, loss = vq(xx)
+                total = loss + quantized.float().square().mean()
+                if inside:
+                    total.backward()
+            if not inside:
+                total.backward()
+            grads.append([xx.grad, *(p.grad for p in vq.parameters())])
+        equal = all(torch.equal(a, b) for a, b in zip(*grads))
+        finite = all(bool(torch.isfinite(g).all()) for g in grads[1])
+        log(dict(check="amp_backward", N=N, K=K, D=D, amp=str(amp).replace("torch.", ""), equal=equal,
+                 finite=finite, ok=equal and finite))
+
+
 def device_ms(fn, device, reps):
     """{kernel name (``other`` for torch's own): ms per call of ``fn``} (torch.profiler, mean over ``reps``
     calls after a warm-up); off CUDA the profiler's CPU table stands in (``--dry``)."""
@@ -862,6 +889,7 @@ def main():
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
         lambda: checkpoint_check(device, log),
+        lambda: amp_backward_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
@@ -886,6 +914,7 @@ def main():
             lambda: compile_check(device, log, (20, 40, 8), mode="reduce-overhead"),
             lambda: host_check(device, log, args.out, iters=2),
             lambda: checkpoint_check(device, log, (20, 40, 8)),
+            lambda: amp_backward_check(device, log, (20, 40, 8)),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
