@@ -113,6 +113,7 @@ DEFAULT_GAMMA, DEFAULT_BETA, DEFAULT_INIT_LOG_VAR = 0.00125, 0.01, math.log(0.1)
 RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
 # how many seeds of calls that activation checkpointing may run again are kept for it (GaussianMixtureVQ._step_seed)
 RECOMPUTE_SEEDS_KEPT = 1024
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  # an extra_state counter's
 
 
 def _sync_kmeans_pending(module, _incompatible_keys):
@@ -496,12 +497,19 @@ class GaussianMixtureVQ(nn.Module):
         return seed
 
     def get_extra_state(self):
-        return {"next_seed": int(self._next_seed)}  # in state_dict: a resumed run continues the noise
+        # the step counter, in state_dict so that a resumed run continues the noise: as a 0-dim int64 CPU
+        # tensor, since formats of tensors alone (safetensors, what Hugging Face saves) refuse anything else
+        return self._next_seed.detach().to("cpu", torch.int64, copy=True)
 
     def set_extra_state(self, state):
-        seed = state.get("next_seed") if isinstance(state, dict) else None
+        # the counter as get_extra_state saves it, or as {"next_seed": int}, how it was saved until 2026-12-05
+        if isinstance(state, torch.Tensor):
+            seed = int(state) if state.dim() == 0 and state.dtype in _INT_DTYPES else state
+        else:
+            seed = state.get("next_seed") if isinstance(state, dict) else state
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise ValueError(f"extra_state next_seed must be an integer in [0, 2**63); got {seed!r}")
+            raise ValueError("extra_state (the step counter) must be a 0-dim integer tensor or next_seed an integer, "
+                             f"in [0, 2**63); got {seed!r}")
         self._next_seed.fill_(int(seed))
         self._recompute_seeds.clear()
 

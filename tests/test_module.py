@@ -313,12 +313,34 @@ def test_state_dict_round_trip_and_repr():
     vq2 = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, kmeans_init=True, impl="reference", seed=9)
     vq2.load_state_dict(vq.state_dict())
     for (k, a), (_, b) in zip(vq.state_dict().items(), vq2.state_dict().items()):
-        assert (a == b) if k == "_extra_state" else torch.equal(a, b), k
-    assert vq.state_dict()["_extra_state"] == {"next_seed": 5}
+        assert torch.equal(a, b), k
+    assert torch.equal(vq.state_dict()["_extra_state"], torch.tensor(5))
     # the loaded module continues where the saved one stopped: no k-means again, the same next noise
     assert not vq2._kmeans_pending
     assert torch.equal(vq2(x).quantized, vq(x).quantized)
     assert "codebook_size=10" in repr(vq) and "learnable_prior=True" in repr(vq)
+
+
+@pytest.mark.parametrize("device_seed", [False, True])
+def test_state_dict_holds_tensors_alone_and_loads_the_old_counter(device_seed, tmp_path):
+    """Every state_dict value is a tensor, the step counter too (0-dim int64 on the CPU): formats of
+    tensors alone (safetensors, Hugging Face's default) refused the {"next_seed": int} it was until
+    2026-12-05. A checkpoint that holds that dict still loads, and torch.load(weights_only=True) reads
+    the new one."""
+    x = torch.randn(12, 6, generator=torch.Generator().manual_seed(6))
+    vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, seed=3, impl="reference", device_seed=device_seed)
+    vq(x), vq(x)
+    state = vq.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values()), {k: type(v) for k, v in state.items()}
+    counter = state["_extra_state"]
+    assert counter.dtype == torch.int64 and counter.dim() == 0 and counter.device.type == "cpu" and int(counter) == 5
+    torch.save(state, tmp_path / "vq.pt")
+    want = vq(x).quantized  # the next step's, drawn with seed 3 + 2
+    for saved in (torch.load(tmp_path / "vq.pt", weights_only=True), {**state, "_extra_state": {"next_seed": 5}}):
+        again = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, seed=9, impl="reference", device_seed=device_seed)
+        again.load_state_dict(saved)
+        assert int(again._next_seed) == 5
+        assert torch.equal(again(x).quantized, want)
 
 
 @pytest.mark.parametrize("hard", [False, True])
@@ -364,7 +386,8 @@ def test_device_seed_counter_moves_with_the_module_and_draws_seed_plus_t(monkeyp
     if torch.device(device).type == "cpu":
         assert [int(s) for s in passed] == [2**61 + 5 + t for t in range(3)]
         assert all(isinstance(s, torch.Tensor) and noise.seed_on_device(s) for s in passed)
-    assert on_device.state_dict()["_extra_state"] == {"next_seed": 2**61 + 5 + 3}
+    counter = on_device.state_dict()["_extra_state"]
+    assert counter.device.type == "cpu" and torch.equal(counter, torch.tensor(2**61 + 5 + 3))
     assert on_device.to("meta")._next_seed.device.type == "meta"
 
 

@@ -179,9 +179,14 @@ def test_module_rejects_integer_input_and_bad_extra_state():
     with pytest.raises(TypeError, match=r"x must have a floating dtype \(latents, not codes\); got torch.int64"):
         vq(torch.ones(3, 4, dtype=torch.int64))
     state = vq.state_dict()
-    for bad in (3.7, -3, 2**64 + 5):
-        state["_extra_state"] = {"next_seed": bad}
-        with pytest.raises(ValueError, match=rf"extra_state next_seed must be an integer in \[0, 2\*\*63\); got {bad}"):
+    # (saved, what the message shows): the counter as a tensor (saved since 2026-12-05) or as {"next_seed": n}
+    cases = [({"next_seed": bad}, str(bad)) for bad in (3.7, -3, 2**64 + 5, "3")] + [
+        (torch.tensor(3.0), r"tensor\(3\.\)"), (torch.tensor(-3), "-3"), (torch.tensor([3]), r"tensor\(\[3\]\)"),
+        (torch.tensor(2**63 - 1) + 1, str(-2**63))]
+    for saved, shown in cases:
+        state["_extra_state"] = saved
+        with pytest.raises(ValueError, match=r"extra_state \(the step counter\) must be a 0-dim integer tensor or "
+                                             rf"next_seed an integer, in \[0, 2\*\*63\); got '?{shown}'?$"):
             vq.load_state_dict(state)
 
 
