@@ -74,7 +74,7 @@ def has_y_grads(args):
 
 RULES = {"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one}
 HEURISTICS = triton.heuristics(RULES)
-DX_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_rows
+DX_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_index
 # the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
 DELTA_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes,
                                       "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})

@@ -82,33 +82,35 @@ WIDE_CODES_MIN = 2**31
 def wide_codes(args):
     """triton.heuristics rule of the row kernels' WIDE_CODES: a (K, D) codebook or its (K, 16) norm
     operand holds 2³¹ elements or more (only K < 2³¹ bounds K: checks.MAX_K), so that a code's offset
-    k·D no longer fits 32 bits (code_rows)."""
+    k·D no longer fits 32 bits (code_index)."""
     return args["K"] * max(args["D"], 16) >= WIDE_CODES_MIN
 
 
 @triton.jit
-def code_rows(ptr, offs_k, W, WIDE: tl.constexpr):
-    """Pointers (BLOCK_K, 1) to the rows offs_k of a (K, W) row-major tensor (the means, the codes' norm
-    operand). The row kernels' offs_k are 32-bit, and offs_k·W wraps where K·W passes 2³¹: WIDE
+def code_index(offs_k, WIDE: tl.constexpr):
+    """The row index of a (K, W) row-major tensor (the means, the codes' norm operand) for the codes
+    offs_k. The row kernels' offs_k are 32-bit, and offs_k·W wraps where K·W passes 2³¹: WIDE
     (wide_codes) widens them before the product. Only then: 64-bit offsets cost the row kernels 0.5–3.8
     instructions per element per fwd+bwd in the static report, and spills at D = 128, each of three ways
-    tried (benchmarks/README.md, 2026-12-05). The column kernels' offs_k are 64-bit."""
+    tried (benchmarks/README.md, 2026-12-05). The column kernels' offs_k are 64-bit. Callers form
+    ptr + index·W + column in one expression: a helper that returned ptr + offs_k·W, the caller adding
+    the columns, cost dμ at D = 128 64 B more spills under triton 3.6.0 (tests/test_compile.py)."""
     if WIDE:
-        return ptr + offs_k.to(tl.int64)[:, None] * W
+        return offs_k.to(tl.int64)
     else:
-        return ptr + offs_k[:, None] * W
+        return offs_k
 
 
 @triton.jit
 def load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d, WIDE: tl.constexpr = False):
     """Code tile (BLOCK_K, BLOCK_D) as stored and the per-code a, b, v (spec.component_terms:
     ℓ = b − d·a, v = σ²) and mm = ||μ||² (spec.code_sq_norms), as (μ, mm, a, b, v); WIDE: see
-    code_rows. The norms come
+    code_index. The norms come
     from the launcher, computed once per call: formed from the tile they cost the row kernels, which
     meet every code tile once per row block, 3–7 instructions per (n, k) element at D ≥ 128 (the
     conversion, the squares, the sum's shuffles; static report). With ``mm_ptr`` None they are formed
     from the tile: cheaper than the load in the encode kernel at D ≤ 32 (11.8 against 12.5)."""
-    mu = tl.load(code_rows(means_ptr, offs_k, D, WIDE) + offs_d[None, :],
+    mu = tl.load(means_ptr + code_index(offs_k, WIDE)[:, None] * D + offs_d[None, :],
                  mask=mask_k[:, None] & (offs_d[None, :] < D), other=0.0)
     a = tl.load(a_ptr + offs_k, mask=mask_k, other=0.0)
     b = tl.load(b_ptr + offs_k, mask=mask_k, other=0.0)
@@ -376,7 +378,7 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
     With the codes' norm operand (``mp_ptr``, code_norm_operand), x comes scaled by −2 (exact) and
     ``xp`` is the rows' operand of ||x||² (norm_parts, scale 1; see row_operands): the tensor cores then
     return d_raw = ||x||² + ||μ||² − 2 x·μ, where forming it costs an FADD and an FFMA per element
-    (static report). Else x as stored and ``xp`` unread. WIDE: the kernel's WIDE_CODES (code_rows)."""
+    (static report). Else x as stored and ``xp`` unread. WIDE: the kernel's WIDE_CODES (code_index)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     mask_k = code_mask(offs_k, K, EVEN_K)
     mu, mm, a, b, v = load_codes(means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, offs_k, mask_k, D, offs_d, WIDE)
@@ -393,7 +395,8 @@ def row_tile(x, xx, xp, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, k_start,
 @triton.jit
 def load_code_parts(mp_ptr, offs_k, mask_k, WIDE: tl.constexpr = False):
     """The (BLOCK_K, 16) tile of the codes' norm operand (code_norm_operand) for the codes offs_k."""
-    return tl.load(code_rows(mp_ptr, offs_k, 16, WIDE) + tl.arange(0, 16)[None, :], mask=mask_k[:, None], other=0.0)
+    return tl.load(mp_ptr + code_index(offs_k, WIDE)[:, None] * 16 + tl.arange(0, 16)[None, :], mask=mask_k[:, None],
+                   other=0.0)
 
 
 @triton.jit

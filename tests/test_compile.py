@@ -35,7 +35,9 @@ def test_kernels_fit_99_kib_gpus():
 # loads/stores per element in its loop; the spill-free (16, 128, 8, 2) tile models 3–6 % slower per
 # fwd+bwd there, so the table keeps its tile; README, "Speed"): 168 B, 184 B since the report's τ = 1
 # takes y from q (docs/speed_history.md, item 27), 128 B since dμ forms Y before that sample (item 31;
-# checked on a CPU 2026-12-04), 80 B since it draws the noise after Y at BLOCK_D = 128 too (item 33).
+# checked on a CPU 2026-12-04), 80 B since it draws the noise after Y at BLOCK_D = 128 too (item 33); 144 B
+# from 2026-12-05 06:55 to the forty-second session, whose tiles.code_index put the code tiles' pointer
+# back in one expression (a helper that returned ptr + offs_k·W, the caller adding offs_d, cost 64 B).
 KNOWN_SPILLS = {(3, 6): {("_gmvq_bwd_dmu_kernel", (2048, 1024, 128), "hard"): 80}}
 
 

@@ -740,21 +740,21 @@ def test_interpreter_exact_fp32_dots():
 
 
 @triton.jit
-def _code_rows_kernel(out_ptr, base_ptr, k_lo, W):
+def _code_index_kernel(out_ptr, base_ptr, k_lo, W):
     for k_start in range(k_lo, k_lo + 8, 4):  # a loop's k_start, as the row kernels' (32-bit there)
-        at = tiles.code_rows(base_ptr, k_start + tl.arange(0, 4), W, True) + tl.arange(0, 2)[None, :]
+        at = base_ptr + tiles.code_index(k_start + tl.arange(0, 4), True)[:, None] * W + tl.arange(0, 2)[None, :]
         rel = at.to(tl.int64) - base_ptr.to(tl.int64)  # bytes from the base
         tl.store(out_ptr + (k_start - k_lo) * 2 + tl.arange(0, 4)[:, None] * 2 + tl.arange(0, 2)[None, :], rel)
 
 
-def test_code_rows_offsets_past_2_31(device):
-    """The code tiles' addresses in a codebook of 2³¹ elements or more (tiles.code_rows with WIDE, which
+def test_code_index_offsets_past_2_31(device):
+    """The code tiles' addresses in a codebook of 2³¹ elements or more (tiles.code_index with WIDE, which
     tiles.wide_codes sets there: the means, the codes' norm operand) stay right where k·D passes 2³¹
     and 2³² (2²⁴ codes at D = 256): 32-bit products wrap there (the interpreter wraps them as a GPU does)."""
     base = torch.zeros(4, dtype=torch.bfloat16, device=device)
     out = torch.zeros(8, 2, dtype=torch.int64, device=device)
     k_lo, W = 2**24 - 2, 256  # rows 2²⁴ − 2 .. 2²⁴ + 5: k·W from 2³² − 512 to 2³² + 1280
-    _code_rows_kernel[(1,)](out, base, k_lo, W)
+    _code_index_kernel[(1,)](out, base, k_lo, W)
     k = torch.arange(k_lo, k_lo + 8, dtype=torch.int64)[:, None]
     assert torch.equal(out.cpu(), (k * W + torch.arange(2)) * base.element_size())
     # where the row kernels take that path: K·max(D, 16) ≥ 2³¹ (the norm operand is (K, 16))
