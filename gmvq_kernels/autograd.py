@@ -48,8 +48,9 @@ EAGER_TERMS = ("a", "b", "v", "mm", "mp", "x_parts")
 def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, for_backward, kept=None):
     """``_fused_fwd``; ``kept`` (a dict, or None) receives under "terms" the ``EAGER_TERMS``: the per-code
     constants a, b, v, mm (views of code_consts), the codes' norm operand mp (tiles.code_terms, one
-    launch) and the rows' x_parts (forward.gmvq_fwd; None without the norm dot). Kernel launches, so inside the op: a traced graph's backward forms the operands
-    again, and takes the constants from the op's code_consts."""
+    launch) and the rows' x_parts (forward.gmvq_fwd; None without the norm dot). Kernel launches, so
+    inside the op: a traced graph's backward forms the operands again, and takes the constants from the
+    op's code_consts."""
     tau = float(tau)
     check_tau(tau)  # again here: under torch.compile ``gmvq`` leaves the value check to the op
     with launch_guard():
