@@ -117,7 +117,8 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  
 
 
 def _sync_kmeans_pending(module, _incompatible_keys):
-    module._kmeans_pending = not bool(module.initted)
+    if not module.initted.is_meta:  # a state_dict loaded into a module on meta (without assign) sets nothing
+        module._kmeans_pending = not bool(module.initted)
 
 
 def _padded_codes(keep, codes):
@@ -268,17 +269,18 @@ class GaussianMixtureVQ(nn.Module):
         self.has_projections = width != dim
         self.project_in = nn.Linear(dim, width) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(width, dim) if self.has_projections else nn.Identity()
-        self.means = nn.Parameter(torch.randn(codebook_size, self.codebook_dim) / math.sqrt(self.codebook_dim))
-        lv = torch.full((codebook_size if per_component_variance else 1,), float(init_log_var))
+        # created empty and filled by _reset_state (reset_parameters), as torch's layers do: a module built
+        # under torch.device("meta") and materialised with to_empty() is initialised by reset_parameters()
+        self.means = nn.Parameter(torch.empty(codebook_size, self.codebook_dim))
+        lv = torch.empty(codebook_size if per_component_variance else 1)
         if learn_variance:
             self._log_var = nn.Parameter(lv)
         else:
             self.register_buffer("_log_var", lv)
-        self.log_prior = nn.Parameter(torch.zeros(codebook_size)) if learnable_prior else None
-        self.register_buffer("initted", torch.tensor(not kmeans_init))
-        # Python mirror of ``initted`` (kept in sync on load_state_dict): torch.compile can branch on it
-        # without reading a tensor
-        self._kmeans_pending = kmeans_init
+        self.log_prior = nn.Parameter(torch.empty(codebook_size)) if learnable_prior else None
+        self.register_buffer("initted", torch.empty((), dtype=torch.bool))
+        self._init_log_var, self._kmeans_requested = float(init_log_var), kmeans_init
+        self._reset_state()
         self.register_load_state_dict_post_hook(_sync_kmeans_pending)
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None  # k-means++ only
         # Training step t draws its Gumbel noise with seed base + t. A tensor, which torch.compile takes as
@@ -286,15 +288,41 @@ class GaussianMixtureVQ(nn.Module):
         # buffer: it stays on the CPU when the module moves, and the launches take its value as scalars.
         # device_seed: a buffer (not in state_dict: get_extra_state saves it), on the module's device,
         # which the kernels read as they run (noise.seed_on_device): no host sync either way.
-        base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
-        counter = torch.tensor(base, dtype=torch.int64)
+        # (drawn and held on the CPU whatever the default device: torch.device("cuda") or ("meta") as a context)
+        self._seed_base = seed if seed is not None else int(torch.randint(0, 2**62, (), device="cpu"))
         if device_seed:
-            self.register_buffer("_next_seed", counter, persistent=False)
+            self.register_buffer("_next_seed", torch.tensor(self._seed_base, dtype=torch.int64), persistent=False)
         else:
-            self._next_seed = counter
+            self._next_seed = torch.tensor(self._seed_base, dtype=torch.int64, device="cpu")
         # the seeds of the calls that activation checkpointing may run again in the backward (_step_seed),
         # oldest first, and (graph task id, calls it has recomputed so far)
         self._recompute_seeds = collections.deque(maxlen=RECOMPUTE_SEEDS_KEPT)
+        self._recompute_task = (-1, 0)
+
+    @torch.no_grad()
+    def _reset_state(self):
+        """The codebook's initial values: means ~ N(0, 1/codebook_dim) (the same draws as torch.randn),
+        log-variances init_log_var, a uniform prior, k-means pending where it was asked for."""
+        self.means.normal_().div_(math.sqrt(self.codebook_dim))
+        self._log_var.fill_(self._init_log_var)
+        if self.log_prior is not None:
+            self.log_prior.zero_()
+        self.initted.fill_(not self._kmeans_requested)
+        # Python mirror of ``initted`` (kept in sync on load_state_dict): torch.compile can branch on it
+        # without reading a tensor
+        self._kmeans_pending = self._kmeans_requested
+
+    def reset_parameters(self) -> None:
+        """Initialise the module as its constructor does, with new draws from torch's generator: the
+        codebook, the variances, the prior, the k-means flag, ``project_in`` / ``project_out``, and the
+        step counter back to its first seed. For a module built without memory (``with
+        torch.device("meta"):``, then ``to_empty(device=...)``, whose values are garbage until set)."""
+        for proj in (self.project_in, self.project_out):
+            if isinstance(proj, nn.Linear):
+                proj.reset_parameters()
+        self._reset_state()
+        self._next_seed.fill_(self._seed_base)
+        self._recompute_seeds.clear()
         self._recompute_task = (-1, 0)
 
     @property
@@ -344,8 +372,6 @@ class GaussianMixtureVQ(nn.Module):
             x = x.movedim(1, -1)
         elif x.dim() < 1 or x.shape[-1] != self.dim:
             raise self._layout_error(x, f"D == {self.dim} on its last axis (channel-last)")
-        if x.numel() == 0:
-            raise ValueError(f"x must hold at least one latent vector; got shape {tuple(x.shape)}")
         return x.reshape(-1, self.dim), x.shape[:-1]
 
     @staticmethod
@@ -510,6 +536,8 @@ class GaussianMixtureVQ(nn.Module):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise ValueError("extra_state (the step counter) must be a 0-dim integer tensor or next_seed an integer, "
                              f"in [0, 2**63); got {seed!r}")
+        if self._next_seed.is_meta:  # device_seed's buffer, in a module built on meta and loaded with assign=True
+            self._next_seed = torch.empty((), dtype=torch.int64, device=self.means.device)
         self._next_seed.fill_(int(seed))
         self._recompute_seeds.clear()
 
@@ -517,8 +545,11 @@ class GaussianMixtureVQ(nn.Module):
         """Run the k-means initialisation on ``x`` now (layout as for ``forward``), e.g. before
         ``torch.compile(fullgraph=True)``, which cannot trace it. Under data parallel it is a collective
         (every rank takes rank 0's fit): call it on every rank."""
+        flat = self._flatten(x)[0]
+        if flat.shape[0] == 0:
+            raise ValueError(f"init_codebook needs at least one latent vector; x has shape {tuple(x.shape)}")
         with torch.no_grad():
-            self._kmeans_init(self._to_rows(self._flatten(x)[0]))
+            self._kmeans_init(self._to_rows(flat))
 
     def _process_group(self):
         import torch.distributed as dist
@@ -557,7 +588,8 @@ class GaussianMixtureVQ(nn.Module):
           and the loss, q̄ and ``terms`` are theirs alone. Elsewhere ``codes`` is −1 and ``quantized`` 0
           (the input itself with ``return_zeros_for_masked_padding=False``). The kept rows are gathered
           first, so their number is data-dependent: one device sync on a GPU, and a graph break under
-          torch.compile. At least one vector must be kept.
+          torch.compile. A training call must keep at least one vector; in eval mode none kept (or an
+          empty x) gives the padding's values, codes −1, loss 0 and NaN terms (means over no vectors).
         - ``seed`` (training): this call's noise seed, an int in [0, 2**62) or a 0-dim int64 tensor, instead
           of the step counter's (which then does not advance; rank r of a synced group adds r·2⁴⁰ as to
           the counter's): for schedules the counter cannot follow, such as checkpointed micro-batches
@@ -569,11 +601,13 @@ class GaussianMixtureVQ(nn.Module):
             _check_seed(seed, " or a 0-dim int64 tensor")
         flat, lead = self._flatten(x)
         keep = self._row_mask(x, lead, mask, lens)
-        kept = flat
-        if keep is not None:
-            kept = flat[keep]
-            if kept.shape[0] == 0:
-                raise ValueError("mask (or lens) must keep at least one latent vector; it keeps none")
+        kept = flat if keep is None else flat[keep]
+        breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
+        if kept.shape[0] == 0:
+            if self.training:  # q̄ is a mean over the vectors: none has no q̄ (VectorQuantize's loss is NaN)
+                raise ValueError("a training call must quantize at least one latent vector; "
+                                 + (f"x has shape {tuple(x.shape)}" if keep is None else "mask (or lens) keeps none"))
+            return self._nothing_kept(flat, lead, breakdown)
         rows = self._to_rows(kept)  # each kept vector's heads, through project_in
         if self.training and self._kmeans_pending:
             self._kmeans_init(rows)
@@ -609,7 +643,6 @@ class GaussianMixtureVQ(nn.Module):
         quantized = self._unflatten(z.to(x.dtype), lead)
         codes = codes.reshape(self._code_shape(lead))
         reported = loss if self.training else torch.zeros_like(loss)
-        breakdown = self.return_loss_breakdown if return_loss_breakdown is None else return_loss_breakdown
         if not breakdown:
             return QuantizerOutput(quantized, codes, reported)
         terms = dict(latent_nll=out.latent_nll.mean().detach(),
@@ -619,3 +652,15 @@ class GaussianMixtureVQ(nn.Module):
                      mixture_var=out.mixture_var.mean().detach(), entropy=out.entropy.mean().detach(),
                      loss=loss.detach())
         return QuantizerOutputWithTerms(quantized, codes, reported, terms)
+
+    def _nothing_kept(self, flat, lead, breakdown):
+        """Eval mode's outputs when no vector is quantized (an empty x, or a mask that keeps none), as
+        VectorQuantize's: every position padding (0, or the input with return_zeros_for_masked_padding=False)."""
+        quantized = self._unflatten(torch.zeros_like(flat) if self.return_zeros_for_masked_padding else flat, lead)
+        codes = torch.full(self._code_shape(lead), -1, dtype=torch.int64, device=flat.device)
+        loss = torch.zeros((), dtype=torch.promote_types(self.means.dtype, torch.float32), device=flat.device)
+        if not breakdown:
+            return QuantizerOutput(quantized, codes, loss)
+        terms = {name: torch.full_like(loss, float("nan")) for name in
+                 ("latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy", "loss")}
+        return QuantizerOutputWithTerms(quantized, codes, loss, terms)

@@ -98,6 +98,13 @@ for name, make in [("vq", lambda **kw: VectorQuantize(dim=8, codebook_size=16, *
                 codes_kept_in_range=bool(((codes[mask] >= 0) & (codes[mask] < 16)).all()),
                 pad=("zeros" if not pad.any() else "input" if torch.equal(pad, x.detach()[~mask]) else "other"),
                 loss_finite=bool(torch.isfinite(loss).all()))
+        vq.eval()  # no vector to quantize: every position is padding, the loss 0
+        for how, xs, kw in (("none_kept", x, dict(mask=torch.zeros_like(mask))), ("empty", x[:0], {})):
+            quantized, codes, loss = vq(xs, **kw)
+            row[f"{how}_{zeros}"] = dict(
+                shapes=[list(quantized.shape), list(codes.shape)], codes=sorted(set(codes.flatten().tolist())),
+                pad=("zeros" if not quantized.any() else "input" if torch.equal(quantized, xs.detach()) else "other"),
+                loss=float(loss))
     res[name] = row
 print(json.dumps(res))
 '''
@@ -105,7 +112,8 @@ print(json.dumps(res))
 
 def test_padding_mask_and_lens_as_vector_quantize():
     """``mask=`` and ``lens=`` on padded sequences give what VectorQuantize gives at the padding: code −1
-    and zeros, or the input with ``return_zeros_for_masked_padding=False``."""
+    and zeros, or the input with ``return_zeros_for_masked_padding=False``; so does an eval call with a
+    mask that keeps nothing or an empty batch (loss 0)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-c", MASKED], env=env, capture_output=True, text=True, timeout=600)
@@ -114,6 +122,8 @@ def test_padding_mask_and_lens_as_vector_quantize():
     assert res["gmvq"] == res["vq"], res
     assert res["vq"]["mask_True"]["pad"] == "zeros" and res["vq"]["lens_False"]["pad"] == "input"
     assert res["vq"]["mask_True"]["codes_pad"] == [-1] and res["vq"]["mask_True"]["codes_kept_in_range"]
+    assert res["vq"]["none_kept_False"] == dict(shapes=[[3, 6, 8], [3, 6]], codes=[-1], pad="input", loss=0.0)
+    assert res["vq"]["empty_True"] == dict(shapes=[[0, 6, 8], [0, 6]], codes=[], pad="zeros", loss=0.0)
 
 
 @pytest.mark.parametrize("kw", [dict(heads=4, codebook_dim=8), dict(heads=2), dict(codebook_dim=8),

@@ -51,8 +51,11 @@ def test_layout_errors():
         vq(torch.randn(4, 3))
     with pytest.raises(ValueError, match=r"got shape \(2, 8, 4, 4\); for D on axis 1 pass accept_image_fmap=True"):
         vq(torch.randn(2, 8, 4, 4))
-    with pytest.raises(ValueError, match=r"x must hold at least one latent vector; got shape \(0, 5, 8\)"):
+    with pytest.raises(ValueError, match=r"a training call must quantize at least one latent vector; x has shape "
+                                         r"\(0, 5, 8\)"):
         vq(torch.randn(0, 5, 8))
+    with pytest.raises(ValueError, match=r"init_codebook needs at least one latent vector; x has shape \(0, 8\)"):
+        vq.init_codebook(torch.randn(0, 8))
     square = gk.GaussianMixtureVQ(32, 16)
     assert square(torch.randn(1, 32, 32, 32)).codes.shape == (1, 32, 32)  # channel-last, as configured
     with pytest.raises(TypeError, match=r"does not take decay: GM-VQ has no EMA codebook"):
@@ -86,6 +89,33 @@ def test_eval_is_deterministic_and_matches_tokenizer_api(device):
     # codes are argmax_k ℓ: nearest mean for equal variances and a uniform prior
     flat = x.movedim(1, -1).reshape(-1, 6)
     assert torch.equal(codes.reshape(-1), torch.cdist(flat, vq.means.detach()).argmin(1))
+
+
+@pytest.mark.parametrize("kw", [dict(accept_image_fmap=True), dict(heads=2, codebook_dim=4, dim=6),
+                                dict(dtype=torch.float64)], ids=["image", "heads", "fp64"])
+def test_eval_without_vectors_returns_padding_and_nan_terms(kw):
+    """Eval mode (and ``encode`` / ``decode``) on an empty batch, or with a mask that keeps nothing, gives
+    every position as padding: quantized 0 (or the input), codes −1, loss 0; the terms are means over no
+    vectors: NaN. Training refuses both (test_layout_errors, test_mask_layouts_and_errors)."""
+    dtype = kw.pop("dtype", torch.float32)
+    vq = gk.GaussianMixtureVQ(kw.pop("dim", 8), 16, return_loss_breakdown=True, **kw).to(dtype).eval()
+    image = vq.accept_image_fmap
+    empty = torch.randn(0, vq.dim, 3, 3, dtype=dtype) if image else torch.randn(0, 5, vq.dim, dtype=dtype)
+    lead = (0, 3, 3) if image else (0, 5)
+    out = vq(empty)
+    assert out.quantized.shape == empty.shape and out.quantized.dtype == dtype
+    assert out.codes.shape == lead + ((2,) if vq.heads > 1 else ()) and out.codes.dtype == torch.int64
+    assert out.loss.item() == 0.0 and out.loss.dtype == torch.promote_types(dtype, torch.float32)
+    assert sorted(out.terms) == sorted(("latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy",
+                                        "loss")) and all(t.isnan() for t in out.terms.values())
+    assert torch.equal(vq.encode(empty), out.codes) and vq.decode(out.codes).shape == empty.shape
+    if not image:
+        x = torch.randn(2, 5, vq.dim, dtype=dtype)
+        none = torch.zeros(2, 5, dtype=torch.bool)
+        out = vq(x, mask=none)
+        assert not out.quantized.any() and (out.codes == -1).all() and out.loss.item() == 0.0
+        vq.return_zeros_for_masked_padding = False
+        assert torch.equal(vq(x, mask=none).quantized, x)
 
 
 HEADS_CASES = [  # (dim, heads, codebook_dim): split only; projection only; both (codebook_dim = dim)
@@ -300,7 +330,8 @@ def test_mask_layouts_and_errors():
     with pytest.raises(ValueError, match=r"lens must have shape \(B,\) for latents of B sequences of T vectors "
                                          r"\(\(B, T\) without the channel axis: \(2, 3, 5\)\); got shape \(2,\)"):
         vq(torch.randn(2, 3, 5, 4), lens=torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match=r"mask \(or lens\) must keep at least one latent vector; it keeps none"):
+    with pytest.raises(ValueError, match=r"a training call must quantize at least one latent vector; mask \(or lens\) "
+                                         r"keeps none"):
         vq(x, lens=torch.zeros(3, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"return_zeros_for_masked_padding must be a bool; got 1"):
         gk.GaussianMixtureVQ(4, 8, return_zeros_for_masked_padding=1)
@@ -341,6 +372,44 @@ def test_state_dict_holds_tensors_alone_and_loads_the_old_counter(device_seed, t
         again.load_state_dict(saved)
         assert int(again._next_seed) == 5
         assert torch.equal(again(x).quantized, want)
+
+
+META_CASES = [dict(), dict(device_seed=True), dict(learnable_prior=True, per_component_variance=False),
+              dict(heads=2, codebook_dim=4, kmeans_init=True, learn_variance=False)]
+
+
+@pytest.mark.parametrize("kw", META_CASES, ids=["plain", "device_seed", "prior-shared-var", "heads-kmeans-fixed-var"])
+def test_module_built_on_meta_is_initialised_by_reset_parameters_or_a_loaded_state(kw):
+    """Built under ``torch.device("meta")`` (how large models are made without memory), then given memory
+    by ``to_empty``, whose values are garbage: ``reset_parameters`` sets every parameter, buffer and the
+    step counter as the constructor does (the same draws from torch's generator), and a state_dict loaded
+    with assign=True gives the saved module's next step. The counter is held on the CPU, never on the
+    context's device (a meta counter failed the first step)."""
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    want = gk.GaussianMixtureVQ(16, 24, seed=7, impl="reference", **kw)
+    with torch.device("meta"):
+        vq = gk.GaussianMixtureVQ(16, 24, seed=7, impl="reference", **kw)
+    assert vq.means.is_meta and vq._next_seed.device.type == ("meta" if kw.get("device_seed") else "cpu")
+    vq.to_empty(device="cpu")
+    with torch.no_grad():  # garbage where to_empty may have left zeros
+        for t in [*vq.parameters(), *vq.buffers()]:
+            t.fill_(True) if t.dtype == torch.bool else t.fill_(123)
+    vq._kmeans_pending = not vq._kmeans_pending
+    torch.manual_seed(0)
+    vq.reset_parameters()
+    saved = want.state_dict()
+    for name, value in vq.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert vq._kmeans_pending == want._kmeans_pending
+    out = want(x)
+    assert torch.equal(vq(x).quantized, out.quantized)  # k-means on the same batch, then the same noise
+
+    with torch.device("meta"):
+        loaded = gk.GaussianMixtureVQ(16, 24, seed=1, impl="reference", **kw)
+    loaded.load_state_dict(want.state_dict(), assign=True)
+    assert not loaded._kmeans_pending
+    assert torch.equal(loaded(x).quantized, want(x).quantized)
 
 
 @pytest.mark.parametrize("hard", [False, True])
