@@ -6,6 +6,7 @@ on the global batch with loss β·KL(q̄_global ‖ π) + the mean over ranks of
 gradients on a rank are W times the single process's (the global KL term counted once per rank).
 """
 import copy
+import math
 import os
 import tempfile
 
@@ -128,6 +129,62 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
         torch.testing.assert_close(ranks[r]["given"], want, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
     assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄
+
+
+def fsdp_worker(rank, world, init_file, result_file):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = lambda: torch.nn.Sequential(torch.nn.Linear(D, 8), gk.GaussianMixtureVQ(  # noqa: E731
+        8, K, seed=11, heads=2, codebook_dim=3, learnable_prior=True))
+    with torch.device("meta"):  # FSDP2's recipe: shard, then allocate, then initialise
+        sharded = model()
+    mesh = init_device_mesh("cpu", (world,))
+    fully_shard(sharded[1], mesh=mesh)
+    fully_shard(sharded, mesh=mesh)
+    sharded.to_empty(device="cpu")
+    for m in sharded.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in sharded.state_dict().items()}
+    plain = model()
+    plain.load_state_dict(full)
+    lo, hi = SLICES[rank]
+    x = problem(torch.float32)[0][lo:hi]
+    for net in (sharded, plain):
+        quantized, _codes, loss = net(x)
+        (quantized.square().mean() + loss).backward()
+    grads = {}
+    for (name, p), ref in zip(sharded.named_parameters(), plain.parameters()):
+        g = ref.grad.clone()
+        dist.all_reduce(g)  # DDP's average over ranks
+        grads[name] = (p.grad.full_tensor(), g / world)
+    torch.save(dict(grads=grads, full=full), f"{result_file}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+    exit_worker()
+
+
+def test_module_under_fsdp2_built_on_meta_trains_as_data_parallel():
+    """FSDP2 (``fully_shard`` on a CPU mesh, gloo), the module built on the meta device and initialised
+    by ``reset_parameters`` as FSDP2's recipe does: every parameter's gradient (sharded, gathered) equals
+    the data-parallel average of an unsharded copy's, q̄ synced over both ranks in each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
+        mp.spawn(fsdp_worker, args=(2, init_file, result), nprocs=2, join=True)
+        ranks = [torch.load(f"{result}.{r}") for r in range(2)]
+    assert sorted(ranks[0]["grads"]) == ["0.bias", "0.weight", "1._log_var", "1.log_prior", "1.means",
+                                         "1.project_in.bias", "1.project_in.weight", "1.project_out.bias",
+                                         "1.project_out.weight"]
+    full = ranks[0]["full"]
+    assert bool(full["1.initted"]) and torch.equal(full["1._log_var"], torch.full((K,), math.log(0.1)))
+    assert full["1.means"].abs().max() < 10 and int(full["1._extra_state"]) == 11  # initialised
+    for rank in ranks:
+        for name, (got, want) in rank["grads"].items():
+            assert want.abs().max() > 0, name
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
 
 
 def kmeans_worker(rank, world, init_file, sync, result_file):
