@@ -8,7 +8,7 @@ import os
 import torch
 
 from . import config
-from .spec import autocast_dtype
+from .spec import autocast_dtype, capturing_graph
 
 
 # Supported ranges: inside them every output and gradient is finite in both impls
@@ -115,10 +115,10 @@ def check_finite_on_cuda() -> bool:
 
 
 def _skip_value_checks(t):
-    """Checks that read a tensor's values are skipped while torch.compile traces (graphs stay unbroken),
-    on meta tensors, and, unless asked for, on CUDA, where they would stall the host on the device at
-    every call."""
-    return torch.compiler.is_compiling() or t.device.type == "meta" or (
+    """Checks that read a tensor's values are skipped while a graph is captured (torch.compile's stay
+    unbroken; torch.jit.trace would warn that a value read into Python is not traced), on meta tensors,
+    and, unless asked for, on CUDA, where they would stall the host on the device at every call."""
+    return capturing_graph() or t.device.type == "meta" or (
         t.device.type == "cuda" and not check_finite_on_cuda())
 
 

@@ -38,7 +38,8 @@ from torch import Tensor
 from . import config, cpu_rows
 from .checks import check_tau
 from .noise import c_twin_draws, gumbel_noise, seed_tensor
-from .spec import DIFF_OUTPUTS, GMVQOutput, autocast_off, component_terms, log_prior_probs, stats_dtype, with_fields
+from .spec import (DIFF_OUTPUTS, GMVQOutput, autocast_off, capturing_graph, component_terms, log_prior_probs,
+                   stats_dtype, with_fields)
 
 
 def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backward=True):
@@ -51,7 +52,7 @@ def gmvq_eager(x, means, log_var, log_prior, tau, hard, seed, noise, for_backwar
     with autocast_off(x.device.type):
         lv = log_var.to(dt)
         a, b, v = component_terms(lv, log_prior_probs(log_prior, means.shape[0], lv), x.shape[1])
-        if torch.compiler.is_compiling():
+        if capturing_graph():
             outs = rows_fwd(x.to(dt), means.to(dt), a, b, v, noise, torch.ones((), dtype=torch.float64) * tau,
                             bool(hard), seed_tensor(seed), bool(for_backward))
             *outs, sample = outs[:len(GMVQOutput._fields) + 1]

@@ -9,7 +9,7 @@ from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
-from .spec import GMVQOutput, SAVED_FIELDS, log_prior_probs, to_autocast, with_fields
+from .spec import GMVQOutput, SAVED_FIELDS, capturing_graph, log_prior_probs, to_autocast, with_fields
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
@@ -21,8 +21,7 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
         if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES:
             return "triton"
         impl = "torch" if x.device.type == "cpu" else "reference"
-    if impl == "torch" and torch.compiler.is_compiling() and (x.device.type != "cpu"
-                                                              or not cpu_rows.rows_library_built()):
+    if impl == "torch" and capturing_graph() and (x.device.type != "cpu" or not cpu_rows.rows_library_built()):
         return "reference"
     return impl
 
@@ -91,7 +90,7 @@ def gmvq_with_sample(x, means, log_var, log_prior=None, *, tau=1.0, hard=False, 
             out, sample = reference_forward(x, means, log_var, log_prior, tau, hard, seed, noise)
     else:
         log_var32 = log_var.float()
-        if torch.compiler.is_compiling():  # the custom op: tau and seed as tensors (see autograd.py)
+        if capturing_graph():  # the custom op: tau and seed as tensors (see autograd.py)
             op, tau, seed = fused_fwd, torch.ones((), dtype=torch.float64) * tau, seed_tensor(seed)
         else:  # see EagerFused: the numbers themselves
             op = EagerFused.apply
@@ -121,7 +120,7 @@ def gmvq_encode(x, means, log_var, log_prior=None, *, impl: str = "auto",
     if impl in ("torch", "reference"):  # no gradient to hand-derive: the chunked reference is the torch path
         return gmvq_encode_reference(x, means, log_var, log_prior)
     log_pi = None if log_prior is None else log_prior_probs(log_prior.detach(), means.shape[0], log_var.float())
-    op = fused_encode if torch.compiler.is_compiling() else encode_codes  # eager: without the custom op's dispatch
+    op = fused_encode if capturing_graph() else encode_codes  # eager: without the custom op's dispatch
     return op(x.detach().contiguous(), means.detach().contiguous(), log_var.detach().float(), log_pi,
               dot_precision or config.DEFAULT_DOT_PRECISION)
 

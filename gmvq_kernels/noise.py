@@ -481,18 +481,20 @@ def gumbel_noise(N: int, K: int, seed=0, device=None, row_offset: int = 0) -> to
     CPU the C twin: faster than inductor's code for the same transform, benchmarks/README.md, "The CPU
     training step")."""
     device = torch.device(device if device is not None else "cpu")
+    # torch.jit.trace hands sizes as 0-dim tensors and records no device argument: there this shape's
+    # noise is drawn off the dispatcher, a constant of the trace
+    tracing = torch.jit.is_tracing()
+    if tracing:
+        N, K = int(N), int(K)
     check_int("N", N)
     check_int("K", K)
     check_int("row_offset", row_offset, lo=0)
     check_seed(seed, device)
-    return _gumbel_noise_op(N, K, seed_tensor(seed), row_offset, device)
+    return (_draw_gumbel_noise if tracing else _gumbel_noise_op)(N, K, seed_tensor(seed), row_offset, device)
 
 
-# A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
-# the CPU twin (C or NumPy), neither of which it can trace. Kept out of inductor's CUDA graphs
-# (config.CUDAGRAPH_UNSAFE).
-@torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=(), tags=CUDAGRAPH_UNSAFE)
-def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
+def _draw_gumbel_noise(N, K, seed, row_offset, device):
+    """The body of the custom op ``gmvq_kernels::gumbel_noise``."""
     if can_use_triton(device):  # an NVIDIA GPU, or the CPU under the interpreter
         out = torch.empty((N, K), dtype=torch.float32, device=device)
         BLOCK_N, BLOCK_K = (16, 16) if INTERPRET else NOISE_BLOCKS
@@ -505,6 +507,14 @@ def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device
         return out
     # a CPU, or an AMD GPU (ROCm; the kernel's logs are PTX): the CPU twin, copied over
     return gumbel_noise_numpy(N, K, seed, row_offset).to(device)
+
+
+# A custom op (opaque to torch.compile, which traces around it): the body is a raw Triton launch or
+# the CPU twin (C or NumPy), neither of which it can trace. Kept out of inductor's CUDA graphs
+# (config.CUDAGRAPH_UNSAFE).
+@torch.library.custom_op("gmvq_kernels::gumbel_noise", mutates_args=(), tags=CUDAGRAPH_UNSAFE)
+def _gumbel_noise_op(N: int, K: int, seed: torch.Tensor, row_offset: int, device: torch.device) -> torch.Tensor:
+    return _draw_gumbel_noise(N, K, seed, row_offset, device)
 
 
 @_gumbel_noise_op.register_fake

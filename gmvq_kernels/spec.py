@@ -28,6 +28,14 @@ class GMVQOutput(NamedTuple):
 OUTPUT_FIELDS = GMVQOutput._fields
 
 
+def capturing_graph() -> bool:
+    """Whether a graph is being captured: torch.compile or torch.export tracing (dynamo), or
+    torch.jit.trace. Their tracers record torch's dispatcher ops alone, so the op then takes its
+    custom-op form: a kernel launch, a C pass or NumPy outside one would be left out of the graph (its
+    output buffers recorded as uninitialised ``empty`` tensors) or baked into it as a constant."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def with_fields(out: GMVQOutput, **changes) -> GMVQOutput:
     """``out`` with some fields replaced, as a new tuple: NamedTuple's own _replace is what torch 2.11's
     dynamo cannot trace (an AssertionError in its side-effect codegen under torch.compile)."""

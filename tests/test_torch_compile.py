@@ -399,3 +399,31 @@ def test_checkpoint_around_a_compiled_forward_with_seeds_trains_like_eager(reent
     for a, b in zip(comp, eager):
         torch.testing.assert_close(a, b, **(dict(rtol=2.5e-7, atol=1e-8) if reentrant else dict(rtol=0, atol=0)))
     assert comp_seed == eager_seed == 7
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.parametrize("impl, c_rows", [("torch", "1"), ("torch", "0"), ("reference", "1"), ("triton", "1")],
+                         ids=["torch-c", "torch-ops", "reference", "triton"])
+def test_export_and_jit_trace_of_the_eval_module_and_of_encode_record_the_op(impl, c_rows, monkeypatch):
+    """torch.export and torch.jit.trace (deprecated by torch, still used) of the eval module: on new
+    latents of the same shape they give eager's codes and quantized values, as does ``gmvq_encode``
+    traced. The jit tracer records dispatcher ops alone, so the op must take its custom-op form there
+    too (spec.capturing_graph), as under torch.compile: the C passes' outputs had been recorded as the
+    ``empty`` buffers they fill (the trace failed, reading a traced size as a pointer: MemoryError),
+    and the reference's noise op took a torch.device, which the tracer refused."""
+    from gmvq_kernels import cpu_rows
+
+    monkeypatch.setenv(cpu_rows.C_ROWS_ENV, c_rows)
+    g = torch.Generator().manual_seed(3)
+    vq = gk.GaussianMixtureVQ(6, 10, learnable_prior=True, impl=impl).eval()
+    x, again = (torch.randn(2, 5, 6, generator=g) for _ in range(2))
+    traced = torch.jit.trace(vq, (x,), check_trace=False)
+    got, want = traced(again), vq(again)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    if impl == "torch" and c_rows == "1":
+        assert "gmvq_kernels::rows_fwd" in str(traced.graph)
+    exported = torch.export.export(vq, (x,)).module()(again)
+    assert torch.equal(exported[1], want[1]) and torch.equal(exported[0], want[0])
+    args = (vq.means.detach(), vq.log_var.detach(), vq.log_prior.detach())
+    encode = torch.jit.trace(lambda t: gk.gmvq_encode(t, *args, impl=impl), (x.reshape(-1, 6),), check_trace=False)
+    assert torch.equal(encode(again.reshape(-1, 6)), want[1].reshape(-1))
