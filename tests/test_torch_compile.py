@@ -401,7 +401,7 @@ def test_checkpoint_around_a_compiled_forward_with_seeds_trains_like_eager(reent
     assert comp_seed == eager_seed == 7
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.:DeprecationWarning")
 @pytest.mark.parametrize("impl, c_rows", [("torch", "1"), ("torch", "0"), ("reference", "1"), ("triton", "1")],
                          ids=["torch-c", "torch-ops", "reference", "triton"])
 def test_export_and_jit_trace_of_the_eval_module_and_of_encode_record_the_op(impl, c_rows, monkeypatch):
