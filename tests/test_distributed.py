@@ -132,6 +132,8 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
 
 
 def fsdp_worker(rank, world, init_file, result_file):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -161,7 +163,18 @@ def fsdp_worker(rank, world, init_file, result_file):
         g = ref.grad.clone()
         dist.all_reduce(g)  # DDP's average over ranks
         grads[name] = (p.grad.full_tensor(), g / world)
-    torch.save(dict(grads=grads, full=full), f"{result_file}.{rank}")
+    # torch.distributed.checkpoint: a sharded copy built otherwise (another seed) resumes the noise
+    dcp.save(get_model_state_dict(sharded), checkpoint_id=f"{result_file}.dcp")
+    resumed = torch.nn.Sequential(torch.nn.Linear(D, 8), gk.GaussianMixtureVQ(8, K, seed=5, heads=2, codebook_dim=3,
+                                                                             learnable_prior=True))
+    fully_shard(resumed[1], mesh=mesh)
+    fully_shard(resumed, mesh=mesh)
+    state = get_model_state_dict(resumed)
+    dcp.load(state, checkpoint_id=f"{result_file}.dcp")
+    set_model_state_dict(resumed, state)
+    with torch.no_grad():
+        same_next_step = bool(torch.equal(resumed(x).quantized, sharded(x).quantized))
+    torch.save(dict(grads=grads, full=full, same_next_step=same_next_step), f"{result_file}.{rank}")
     dist.barrier()
     dist.destroy_process_group()
     exit_worker()
@@ -170,7 +183,9 @@ def fsdp_worker(rank, world, init_file, result_file):
 def test_module_under_fsdp2_built_on_meta_trains_as_data_parallel():
     """FSDP2 (``fully_shard`` on a CPU mesh, gloo), the module built on the meta device and initialised
     by ``reset_parameters`` as FSDP2's recipe does: every parameter's gradient (sharded, gathered) equals
-    the data-parallel average of an unsharded copy's, q̄ synced over both ranks in each."""
+    the data-parallel average of an unsharded copy's, q̄ synced over both ranks in each. Saved and
+    loaded with torch.distributed.checkpoint, a sharded copy built with another seed draws the next
+    step's noise (the step counter travels in the checkpoint)."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
         mp.spawn(fsdp_worker, args=(2, init_file, result), nprocs=2, join=True)
@@ -182,6 +197,7 @@ def test_module_under_fsdp2_built_on_meta_trains_as_data_parallel():
     assert bool(full["1.initted"]) and torch.equal(full["1._log_var"], torch.full((K,), math.log(0.1)))
     assert full["1.means"].abs().max() < 10 and int(full["1._extra_state"]) == 11  # initialised
     for rank in ranks:
+        assert rank["same_next_step"]
         for name, (got, want) in rank["grads"].items():
             assert want.abs().max() > 0, name
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
