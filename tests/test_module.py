@@ -394,7 +394,7 @@ def test_module_built_on_meta_is_initialised_by_reset_parameters_or_a_loaded_sta
     vq.to_empty(device="cpu")
     with torch.no_grad():  # garbage where to_empty may have left zeros
         for t in [*vq.parameters(), *vq.buffers()]:
-            t.fill_(True) if t.dtype == torch.bool else t.fill_(123)
+            t.fill_(True if t.dtype == torch.bool else 123)
     vq._kmeans_pending = not vq._kmeans_pending
     torch.manual_seed(0)
     vq.reset_parameters()
