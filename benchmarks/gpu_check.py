@@ -564,6 +564,28 @@ def amp_backward_check(device, log, shape=(4096, 1024, 64)):
                  finite=finite, ok=equal and finite))
 
 
+def capture_check(device, log, shape=(4096, 1024, 64)):
+    """The eval module in bf16 captured by torch.jit.trace and by torch.export: on new latents of the
+    traced shape, the codes and quantized values of an eager call, bitwise (README, "torch.compile":
+    under a graph capture the op takes its custom-op form; a kernel launch is invisible to the jit
+    tracer)."""
+    import warnings
+
+    N, K, D = shape
+    gen = torch.Generator().manual_seed(6)
+    x, again = (torch.randn(N, D, generator=gen).to(device, torch.bfloat16) for _ in range(2))
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(D, K, learnable_prior=True).to(device, torch.bfloat16).eval()
+    want = vq(again)
+    with warnings.catch_warnings():  # torch's deprecation of jit.trace, the tracer's own warnings
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(vq, (x,), check_trace=False)
+    for how, fn in (("jit.trace", traced), ("export", torch.export.export(vq, (x,)).module())):
+        got = fn(again)
+        equal = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        log(dict(check="capture", how=how, N=N, K=K, D=D, equal=equal, ok=equal))
+
+
 def device_ms(fn, device, reps):
     """{kernel name (``other`` for torch's own): ms per call of ``fn``} (torch.profiler, mean over ``reps``
     calls after a warm-up); off CUDA the profiler's CPU table stands in (``--dry``)."""
@@ -890,6 +912,7 @@ def main():
         lambda: module_graph_check(device, log),
         lambda: checkpoint_check(device, log),
         lambda: amp_backward_check(device, log),
+        lambda: capture_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
@@ -915,6 +938,7 @@ def main():
             lambda: host_check(device, log, args.out, iters=2),
             lambda: checkpoint_check(device, log, (20, 40, 8)),
             lambda: amp_backward_check(device, log, (20, 40, 8)),
+            lambda: capture_check(device, log, (20, 40, 8)),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),

@@ -152,6 +152,8 @@ def test_gpu_check_dry(tmp_path):
     assert len(ckpt) == 2 and all(r["ok"] for r in ckpt), ckpt
     amp = [r for r in rows if r["check"] == "amp_backward"]  # a backward inside the autocast region
     assert len(amp) == 2 and all(r["ok"] for r in amp), amp
+    capture = [r for r in rows if r["check"] == "capture"]  # the eval module under jit.trace and export
+    assert len(capture) == 2 and all(r["ok"] for r in capture), capture
     wide = next(r for r in rows if r["check"] == "wide")  # the row kernels' 64-bit code offsets, forced
     assert wide["wide"] and wide["ok"] and wide["codes_mismatch"] == wide["encode_mismatch"] == 0, wide
     host = next(r for r in rows if r["check"] == "host_overhead")
