@@ -91,6 +91,34 @@ def test_eval_is_deterministic_and_matches_tokenizer_api(device):
     assert torch.equal(codes.reshape(-1), torch.cdist(flat, vq.means.detach()).argmin(1))
 
 
+@pytest.mark.parametrize("heads", [{}, dict(heads=2, codebook_dim=4)], ids=["plain", "heads"])
+def test_eval_on_the_kernels_takes_the_tokenizer_pass(heads, monkeypatch, device):
+    """Eval mode where the op runs the kernels: the codes of ``gmvq_encode`` (one pass, nothing else
+    computed; the training op is not called) and their means, loss 0; the breakdown's terms alone run the
+    op. With impl="torch" the op's forward gives the codes (its C pass is the faster there)."""
+    from gmvq_kernels import modules
+
+    calls = []
+    op = modules.gmvq_with_sample
+    monkeypatch.setattr(modules, "gmvq_with_sample", lambda *a, **k: calls.append(k["impl"]) or op(*a, **k))
+    g = torch.Generator().manual_seed(5)
+    vq = gk.GaussianMixtureVQ(8, 40, learnable_prior=True, **heads).to(device).eval()
+    x = torch.randn(3, 7, 8, generator=g).to(device)
+    mask = torch.rand(3, 7, generator=g).to(device) < 0.7
+    for kw in (dict(mask=mask), {}):
+        out = vq(x, **kw)
+        assert calls == [], calls
+        assert torch.equal(out.codes, vq.encode(x, **kw)) and out.loss.item() == 0.0
+        kept = out.codes >= 0 if vq.heads == 1 else (out.codes >= 0).all(-1)
+        assert torch.equal(out.quantized[kept], vq.decode(out.codes)[kept]) and not out.quantized[~kept].any()
+        terms = vq(x, return_loss_breakdown=True, **kw)
+        assert calls == ["auto"] and torch.equal(terms.codes, out.codes) and torch.equal(terms.quantized, out.quantized)
+        assert all(torch.isfinite(t) for t in terms.terms.values())
+        calls.clear()
+    if device == "cpu":
+        vq.impl = "torch"
+        assert torch.equal(vq(x).codes, out.codes) and calls == ["torch"]  # the unmasked call's codes
+
 @pytest.mark.parametrize("kw", [dict(accept_image_fmap=True), dict(heads=2, codebook_dim=4, dim=6),
                                 dict(dtype=torch.float64)], ids=["image", "heads", "fp64"])
 def test_eval_without_vectors_returns_padding_and_nan_terms(kw):
