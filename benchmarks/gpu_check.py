@@ -586,6 +586,22 @@ def capture_check(device, log, shape=(4096, 1024, 64)):
         log(dict(check="capture", how=how, N=N, K=K, D=D, equal=equal, ok=equal))
 
 
+def eval_check(device, log, shape=(32768, 8192, 128), time_fn=None):
+    """The module's eval call (codes from the encode kernel since 2026-12-05) beside its training call
+    (the forward it ran in eval mode before), both under no_grad, bf16: the time each takes."""
+    time_fn = time_fn or triton.testing.do_bench
+    N, K, D = shape
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(7)).to(device, torch.bfloat16)
+    torch.manual_seed(0)
+    vq = gk.GaussianMixtureVQ(D, K, seed=1).to(device, torch.bfloat16)
+    row = dict(check="eval_call", N=N, K=K, D=D)
+    with torch.no_grad():
+        for mode in ("train", "eval"):
+            getattr(vq, mode)()
+            row[f"ms_{mode}"] = time_fn(lambda: vq(x))
+    log(row)
+
+
 def device_ms(fn, device, reps):
     """{kernel name (``other`` for torch's own): ms per call of ``fn``} (torch.profiler, mean over ``reps``
     calls after a warm-up); off CUDA the profiler's CPU table stands in (``--dry``)."""
@@ -913,6 +929,7 @@ def main():
         lambda: checkpoint_check(device, log),
         lambda: amp_backward_check(device, log),
         lambda: capture_check(device, log),
+        lambda: eval_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
@@ -939,6 +956,7 @@ def main():
             lambda: checkpoint_check(device, log, (20, 40, 8)),
             lambda: amp_backward_check(device, log, (20, 40, 8)),
             lambda: capture_check(device, log, (20, 40, 8)),
+            lambda: eval_check(device, log, (20, 40, 8), time_fn=wall_ms),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),

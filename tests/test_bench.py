@@ -154,6 +154,8 @@ def test_gpu_check_dry(tmp_path):
     assert len(amp) == 2 and all(r["ok"] for r in amp), amp
     capture = [r for r in rows if r["check"] == "capture"]  # the eval module under jit.trace and export
     assert len(capture) == 2 and all(r["ok"] for r in capture), capture
+    ev = next(r for r in rows if r["check"] == "eval_call")  # the eval call beside the training call
+    assert ev["ms_train"] > 0 and ev["ms_eval"] > 0, ev
     wide = next(r for r in rows if r["check"] == "wide")  # the row kernels' 64-bit code offsets, forced
     assert wide["wide"] and wide["ok"] and wide["codes_mismatch"] == wide["encode_mismatch"] == 0, wide
     host = next(r for r in rows if r["check"] == "host_overhead")
