@@ -14,9 +14,9 @@ from .spec import GMVQOutput, SAVED_FIELDS, capturing_graph, log_prior_probs, to
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """"auto": triton where it runs (dtype permitting), else "torch" on a CPU, else the reference (fp64
     on CUDA, meta tensors). "torch" is an eager evaluation of the reference's math: under torch.compile
-    (any graph capture: spec.capturing_graph) it runs as two custom ops where its C row passes are built (eager.rows_fwd, with CPU tensors), else
-    it traces the reference, whose graph inductor fuses (the torch ops' Python loop over row blocks and
-    saved blocks would not trace)."""
+    (any graph capture: spec.capturing_graph) it runs as two custom ops where its C row passes are built
+    (eager.rows_fwd, with CPU tensors), else it traces the reference, whose graph inductor fuses (the
+    torch ops' Python loop over row blocks and saved blocks would not trace)."""
     if impl == "auto":
         if can_use_triton(x.device) and x.dtype in KERNEL_DTYPES:
             return "triton"

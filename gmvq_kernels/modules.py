@@ -115,6 +115,8 @@ RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴�
 # how many seeds of calls that activation checkpointing may run again are kept for it (GaussianMixtureVQ._step_seed)
 RECOMPUTE_SEEDS_KEPT = 1024
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  # an extra_state counter's
+# the detached batch means that return_loss_breakdown adds (GaussianMixtureVQ._terms)
+TERM_NAMES = ("latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy", "loss")
 
 
 def _sync_kmeans_pending(module, _incompatible_keys):
@@ -665,13 +667,11 @@ class GaussianMixtureVQ(nn.Module):
                          log_var=self.log_var if self._log_var.requires_grad else None)
 
     def _terms(self, out, loss):
-        """The breakdown's terms: batch means, detached."""
-        return dict(latent_nll=out.latent_nll.mean().detach(),
-                    kl=kl_to_prior(out.agg_posterior, self.log_prior).detach(),
-                    perplexity=perplexity(out.agg_posterior).detach(),
-                    log_likelihood=out.log_likelihood.mean().detach(),
-                    mixture_var=out.mixture_var.mean().detach(), entropy=out.entropy.mean().detach(),
-                    loss=loss.detach())
+        """The breakdown's terms (TERM_NAMES): batch means, detached."""
+        values = (out.latent_nll.mean(), kl_to_prior(out.agg_posterior, self.log_prior),
+                  perplexity(out.agg_posterior), out.log_likelihood.mean(), out.mixture_var.mean(),
+                  out.entropy.mean(), loss)
+        return {name: value.detach() for name, value in zip(TERM_NAMES, values)}
 
     def _place(self, x, flat, lead, keep, z, codes):
         """(quantized, codes) in the input's layout from the kept rows' quantized rows z (N·heads, codebook_dim)
@@ -696,6 +696,5 @@ class GaussianMixtureVQ(nn.Module):
         loss = self._zero_loss(flat.device)
         if not breakdown:
             return QuantizerOutput(quantized, codes, loss)
-        terms = {name: torch.full_like(loss, float("nan")) for name in
-                 ("latent_nll", "kl", "perplexity", "log_likelihood", "mixture_var", "entropy", "loss")}
+        terms = {name: torch.full_like(loss, float("nan")) for name in TERM_NAMES}
         return QuantizerOutputWithTerms(quantized, codes, loss, terms)
