@@ -40,6 +40,16 @@
 Everything goes to --out; the run stops optional parts at --budget-s. A step that leaves the CUDA
 context unusable (an illegal memory access: every later call would fail too) is logged, and the script
 runs again in a fresh process from the next step (--resume-at, appending to the same log).
+
+Side by side (--jobs, default min(8, cores / 2) on a GPU): the steps that time nothing (1 and the
+untimed checks of 2) run first, each in a process of its own, several at a time, with warm steps
+(warm_check) that make the first call of what the timed steps and speed.py will compile (each anchor
+row's Triton variants, the compiled baselines, the sweeps, split-K and D = 512): Triton's kernels and
+inductor's graphs are then in their on-disk caches, and the timed steps, run after them one by one in
+this process, load instead of compiling. On the device's clock that moves most of the compiling, which
+took much of the 2026-12-04 run's checks, onto the host's other cores. A child's fault ends its step
+alone; a child past --step-timeout-s is killed; both are logged as errors with the child's output.
+Where a second process cannot use the GPU (an exclusive compute mode), the steps run one at a time.
 """
 import argparse
 import functools
@@ -290,10 +300,10 @@ def compile_check(device, log, shape=(4096, 8192, 64), mode=None):
 SPLIT_SHAPES = ((8192, 1024, 64), (8192, 16384, 64), (4096, 16384, 128), (8192, 65536, 64), (8192, 262144, 32))
 
 
-def split_check(device, log, shapes=SPLIT_SHAPES):
+def split_check(device, log, shapes=SPLIT_SHAPES, warm=False):
     """Split-K A/B (config.SPLIT_MIN_CODES is set from such timings): bf16 fwd+bwd of speed.py's
     objective with the codebook split as the launchers choose, never split, and always split, side by
-    side per shape."""
+    side per shape. ``warm``: each once, untimed and unlogged (a warm step)."""
     default = config.SPLIT_MIN_CODES
     for N, K, D in shapes:
         row = dict(check="split_k", N=N, K=K, D=D, split_min_codes=default)
@@ -303,10 +313,12 @@ def split_check(device, log, shapes=SPLIT_SHAPES):
         try:
             for name, codes in (("ms_default", default), ("ms_never", 2**62), ("ms_always", 0)):
                 config.SPLIT_MIN_CODES = codes
-                row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True)["ms"]
+                row[name] = speed.measure("triton", "fwd_bwd", "bf16", N, K, D, device, quick=True,
+                                          warm=warm).get("ms")
         finally:
             config.SPLIT_MIN_CODES = default
-        log(row)
+        if not warm:
+            log(row)
 
 
 # the D = 512 bucket's tiles before 2026-12-02 (config.py, above ROW_CONFIGS): 64-row tiles that spilled
@@ -817,6 +829,126 @@ def memcheck_check(device, log, timeout_s=150):
              summary=next((l for l in lines if "ERROR SUMMARY" in l), None), errors=lines[:60]))
 
 
+def slow(step):
+    """Mark a step that takes long (inductor's compiles, compute-sanitizer, a 20 GB codebook): side by
+    side, such steps start first."""
+    step.slow = True
+    return step
+
+
+def warm_check(device, log, what, fn):
+    """A warm step: ``fn()`` once, untimed, so that what it compiles (Triton's kernels, inductor's
+    graphs) is in the on-disk caches before the timed steps, which then load it instead of compiling on
+    the device's time. Logs the seconds, the calls that failed (``fn``'s list) and the counts of
+    inductor's and AOTAutograd's caches (a graph they bypass is compiled again by the timed step)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    t = time.time()
+    failed = fn() or []
+    sync(device)
+    log(dict(check="warm", what=what, seconds=round(time.time() - t, 1), failed=failed,
+             inductor_cache={k: v for k, v in counters["inductor"].items() if "cache" in k},
+             autograd_cache={k: v for k, v in counters["aot_autograd"].items() if "cache" in k}))
+
+
+def warm_steps(device, log):
+    """The warm steps (warm_check) for what the timed steps and speed.py's full run compile: each anchor
+    row's Triton variants, its compiled baselines (inductor's compiles: the longest), the sweeps,
+    split_check's and d512_check's variants."""
+    def run_once(step):
+        step()
+        return 0.0
+
+    def triton(provider):
+        return provider.startswith("triton")
+
+    def compiled(provider):
+        return provider.endswith("_compile")
+
+    rows = range(len(speed.ANCHOR_SHAPES))
+    steps = [lambda i=i: warm_check(device, log, f"row {i + 1}: triton", lambda: speed.warm(device, i, triton))
+             for i in rows]
+    # a row's two compiled baselines one after the other: at row 3 the reference's graph alone peaked at
+    # 24 GB (H200, 2026-11-30), beside a 20 GB wide_check on an 80 GB H100
+    steps += [slow(lambda i=i: warm_check(device, log, f"row {i + 1}: compiled baselines",
+                                          lambda: speed.warm(device, i, compiled)))
+              for i in rows if any(compiled(c[0]) for c in speed.anchor_cases(i))]
+    return steps + [
+        lambda: warm_check(device, log, "sweeps", lambda: speed.warm(device)),
+        lambda: warm_check(device, log, "split_k", lambda: split_check(device, log, warm=True)),
+        lambda: warm_check(device, log, "d512_tiles", lambda: d512_check(device, lambda row: None, time_fn=run_once)),
+    ]
+
+
+def shares_device(device, log):
+    """Whether another process can use the GPU beside this one (side_by_side needs it; a GPU in an
+    exclusive compute mode refuses a second context): a child process makes one while this one holds
+    its own. Logged when it cannot."""
+    if device.type != "cuda":
+        return True
+    import subprocess
+
+    torch.zeros(1, device=device)  # this process's context
+    probe = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        log(dict(check="side_by_side", ok=False, why="a second process could not use the GPU: one step at a time",
+                 output_tail=(r.stdout + r.stderr)[-1500:]))
+    return r.returncode == 0
+
+
+def child_argv(step, t0):
+    """This script's command line for side_by_side's child that runs ``step`` alone, on the first start's
+    clock (--t0)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith(("--resume-at", "--t0", "--jobs", "--only")):
+            skip = a in ("--resume-at", "--t0", "--jobs", "--only")
+            continue
+        argv.append(a)
+    return [sys.executable, os.path.abspath(__file__), *argv, "--only", str(step), "--t0", repr(t0)]
+
+
+def side_by_side(commands, jobs, timeout_s, logfile, log):
+    """Run ``commands`` ({step: argv}) as child processes, ``jobs`` at a time, started in the dict's order.
+    Each child prints its rows as JSON lines (its other output is kept for errors); as it ends, they go
+    to ``logfile`` and stdout as printed (elapsed_s on the parent's clock: the children get --t0). A
+    child that ends with an exit code other than 0, or is killed after ``timeout_s``, also gets an error
+    row (``log``) with its step, exit code and output's tail. The CUDA context is the child's own: a
+    fault ends that step alone."""
+    import subprocess
+    import tempfile
+
+    pending, running = list(commands.items()), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        while pending or running:
+            while pending and len(running) < jobs:
+                step, argv = pending.pop(0)
+                out = open(os.path.join(tmp, f"{step}.out"), "w+")
+                running[step] = (subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), out, time.time())
+            time.sleep(0.1)
+            for step, (proc, out, started) in list(running.items()):
+                killed = proc.poll() is None and time.time() - started > timeout_s
+                if proc.poll() is None and not killed:
+                    continue
+                if killed:
+                    proc.kill()
+                rc = proc.wait()
+                out.seek(0)
+                text = out.read()
+                out.close()
+                del running[step]
+                for line in text.splitlines():
+                    if line.startswith('{"check": '):
+                        print(line, flush=True)
+                        logfile.write(line + "\n")
+                logfile.flush()
+                if rc != 0:
+                    log(dict(check="error", step=step, returncode=rc, killed_after_s=timeout_s if killed else None,
+                             output_tail=text[-3000:]))
+
+
 def device_fault(e):
     """Whether ``e`` leaves this process's CUDA context unusable (an illegal address, say): every later
     call in the process then fails with it, so the run goes on in a fresh process (``restart``)."""
@@ -848,7 +980,14 @@ def main():
     p.add_argument("--resume-at", type=int, default=0,
                    help="start at this step (0-based: the checks in order, then the benchmarks, then --tune), "
                         "appending to OUT's log; a faulting step restarts the script here at the next one")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="processes for the steps that time nothing (the checks against float64 and the like, "
+                        "and the warm steps), side by side before the timed steps: default min(8, cores / 2) "
+                        "on a GPU, 1 with --dry; 1: every step in this process, in order")
+    p.add_argument("--step-timeout-s", type=float, default=300,
+                   help="with --jobs > 1: a step's process still running after this long is killed (logged)")
     p.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)  # the first process's start
+    p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # side_by_side's child: one step
     p.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)  # memcheck_check's child
     args = p.parse_args()
     if args.memcheck_case:
@@ -858,8 +997,10 @@ def main():
     device = torch.device("cpu" if args.dry else "cuda")
     if args.dry:  # the interpreter with the GPU's bf16 rounding and min/max NaN semantics, as the tests run it
         testing.interpreter_like_gpu()
-    info = speed.env_info(device)
-    logfile = open(os.path.join(args.out, "correctness.jsonl"), "a" if args.resume_at else "w")
+    if args.only is not None:  # side_by_side's child: its rows go to the parent through stdout alone
+        logfile = open(os.devnull, "w")
+    else:
+        logfile = open(os.path.join(args.out, "correctness.jsonl"), "a" if args.resume_at else "w")
 
     def log(row):
         row = dict(row, elapsed_s=round(time.time() - t0, 1))
@@ -870,9 +1011,11 @@ def main():
     # which configs this GPU takes: the arch (TUNED's key) and its family (config.ARCH_CONFIGS), its shared
     # memory per block (below an A100's: config.SMALL_SHARED_CONFIGS) and whether the forward's lazy rescale
     # runs (off on compute capability 10.x)
-    log(dict(check="env", **info, arch=config.arch(device), arch_family=config.arch_family(device),
-             shared_per_block=config.shared_limit(device), small_shared_configs=config.small_shared(device),
-             lazy_rescale_arch=not config.tensor_memory_arch(device), resume_at=args.resume_at))
+    if args.only is None:
+        log(dict(check="env", **speed.env_info(device), arch=config.arch(device),
+                 arch_family=config.arch_family(device), shared_per_block=config.shared_limit(device),
+                 small_shared_configs=config.small_shared(device),
+                 lazy_rescale_arch=not config.tensor_memory_arch(device), resume_at=args.resume_at))
     checks = [
         lambda: noise_check(device, log),
         lambda: nan_check(device, log),
@@ -909,7 +1052,7 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
         # the fused backward takes D = BLOCK_D only (backward.use_fused: D = 100 faulted on 2026-12-04)
         lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, fused=True),
-        lambda: memcheck_check(device, log),
+        slow(lambda: memcheck_check(device, log)),
         # τ = 1: the backward's y from q and the draws' 1/log₂ u by rcp.approx (speed history, item 27)
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, tau=1.0),
         lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
@@ -918,17 +1061,19 @@ def main():
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
         lambda: window_check(65536, 262144, 256, torch.bfloat16, [0, 65536 - 64], device, log),
         lambda: window_check(16384, 262144, 32, torch.bfloat16, [0, 8192, 16384 - 64], device, log),
-        lambda: wide_check(device, log),
+        slow(lambda: wide_check(device, log)),
         lambda: determinism_check(device, log),
-        lambda: compile_check(device, log),
-        lambda: compile_check(device, log, mode="reduce-overhead"),
+        slow(lambda: compile_check(device, log)),
+        slow(lambda: compile_check(device, log, mode="reduce-overhead")),
+        lambda: checkpoint_check(device, log),
+        lambda: amp_backward_check(device, log),
+        lambda: capture_check(device, log),
+    ] + warm_steps(device, log)
+    timed = [
         lambda: host_check(device, log, args.out),
         lambda: launch_check(device, log),
         lambda: graph_check(device, log),
         lambda: module_graph_check(device, log),
-        lambda: checkpoint_check(device, log),
-        lambda: amp_backward_check(device, log),
-        lambda: capture_check(device, log),
         lambda: eval_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
@@ -952,10 +1097,14 @@ def main():
             lambda: determinism_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8)),
             lambda: compile_check(device, log, (20, 40, 8), mode="reduce-overhead"),
-            lambda: host_check(device, log, args.out, iters=2),
             lambda: checkpoint_check(device, log, (20, 40, 8)),
             lambda: amp_backward_check(device, log, (20, 40, 8)),
             lambda: capture_check(device, log, (20, 40, 8)),
+            lambda: warm_check(device, log, "split_k (20, 40, 8)", lambda: split_check(device, log, ((20, 40, 8),),
+                                                                                       warm=True)),
+        ]
+        timed = [
+            lambda: host_check(device, log, args.out, iters=2),
             lambda: eval_check(device, log, (20, 40, 8), time_fn=wall_ms),
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
@@ -973,9 +1122,24 @@ def main():
                    time_fn=wall_ms) if args.dry else {}
         tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
 
-    steps = checks + [None if args.skip_bench else bench, tune_step if args.tune or args.dry else None]
+    # steps 0 … len(checks) - 1 time nothing: with --jobs > 1 they run side by side, in processes of their own
+    steps = checks + timed + [None if args.skip_bench else bench, tune_step if args.tune or args.dry else None]
+    if args.only is not None:  # side_by_side's child: this step alone (a crash or kill the parent logs)
+        try:
+            steps[args.only]()
+        except Exception:
+            log(dict(check="error", step=args.only, traceback=traceback.format_exc()[-3000:]))
+        return
+    start = args.resume_at
+    jobs = args.jobs or (1 if args.dry else max(1, min(8, (os.cpu_count() or 2) // 2)))
+    if jobs > 1 and start < len(checks) and not shares_device(device, log):
+        jobs = 1
+    if jobs > 1 and start < len(checks):
+        todo = sorted(range(start, len(checks)), key=lambda i: not getattr(checks[i], "slow", False))
+        side_by_side({i: child_argv(i, t0) for i in todo}, jobs, args.step_timeout_s, logfile, log)
+        start = len(checks)
     for i, step in enumerate(steps):
-        if step is None or i < args.resume_at:
+        if step is None or i < start:
             continue
         try:
             step()

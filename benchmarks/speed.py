@@ -146,18 +146,19 @@ def timeit(fn, device, quick):
     return times[len(times) // 2], times[0], times[-1]
 
 
-def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False):
+def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False, warm=False):
     """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_fused"
     runs with GMVQ_FUSED_BACKWARD=1, "triton_serial" with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
-    GMVQ_NORM_DOT=0, "triton_eager_rescale" with GMVQ_LAZY_RESCALE=0, "triton" with none of them."""
+    GMVQ_NORM_DOT=0, "triton_eager_rescale" with GMVQ_LAZY_RESCALE=0, "triton" with none of them. ``warm``:
+    the first call alone (what it compiles), no time."""
     with config.fused_backward_env(provider == "triton_fused"), \
             config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
             config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"), \
             config.env_flag(config.LAZY_RESCALE_ENV, provider != "triton_eager_rescale"):
-        return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick)
+        return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick, warm)
 
 
-def _measure(provider, mode, dtype_name, N, K, D, device, prec, quick):
+def _measure(provider, mode, dtype_name, N, K, D, device, prec, quick, warm):
     dtype = DTYPES[dtype_name]
     row = dict(provider=provider, mode=mode, dtype=dtype_name + (f"-{prec}" if prec else ""), N=N, K=K, D=D)
     try:
@@ -186,6 +187,8 @@ def _measure(provider, mode, dtype_name, N, K, D, device, prec, quick):
             row["peak_gib"] = (torch.cuda.max_memory_allocated() - base) / GIB
         else:
             row["peak_gib"] = None
+        if warm:
+            return row
         ms, lo, hi = timeit(run, device, quick)
         row.update(ms=ms, ms_p20=lo, ms_p80=hi, tflops=FLOPS_PER[mode] * N * K * D / (ms * 1e-3) / 1e12)
     except torch.cuda.OutOfMemoryError:
@@ -492,41 +495,69 @@ def run_smoke(args):
 FP32_PRECS = {0: ["tf32x3", "tf32"], 1: ["tf32x3", "tf32"]}
 
 
+def anchor_cases(i):
+    """(provider, mode, dtype name, fp32 dot precision) of the full run's rows at ANCHOR_SHAPES[i], in order."""
+    N, K, D = ANCHOR_SHAPES[i]
+    cases = [("triton", mode, "bf16", None) for mode in ("fwd", "bwd", "fwd_bwd")]
+    if config.block_d(D) <= config.FUSED_MAX_BLOCK_D:  # GMVQ_FUSED_BACKWARD=1 (beyond: the same kernels)
+        cases.append(("triton_fused", "fwd_bwd", "bf16", None))
+    cases.append(("triton_serial", "fwd_bwd", "bf16", None))  # before item 20's fix
+    cases.append(("triton_no_norm_dot", "fwd_bwd", "bf16", None))  # before item 23
+    cases.append(("triton_hard", "fwd_bwd", "bf16", None))  # hard mode (item 24)
+    if forward.lazy_rescale_on(torch.bfloat16, False, True, config.block_d(D)):  # its rescale at every tile
+        cases.append(("triton_eager_rescale", "fwd_bwd", "bf16", None))
+    cases += [("triton", "fwd_bwd", "fp32", prec) for prec in FP32_PRECS.get(i, [])]
+    cases += [("sdpa", "fwd_bwd", "bf16", None), ("reference", "fwd_bwd", "bf16", None),
+              ("reference", "fwd_bwd", "fp32", None)]
+    if i in (1, 2):  # compiled baselines at rows 2-3, whatever the budget: the speed targets name them
+        cases += [(provider, "fwd_bwd", "bf16", None) for provider in ("torch_compile", "naive_compile")]
+    # the tokenizer path beside a cdist + argmin
+    cases += [(provider, "encode", "bf16", None) for provider in ENCODE_PROVIDERS
+              if provider != "reference" or N * K <= 2**28]
+    return cases
+
+
+def sweep_shapes():
+    """(sweep name, shape) of the full run's sweeps, in order."""
+    return [(sweep, shape) for sweep, shapes in (("K", K_SWEEP), ("N", N_SWEEP)) for shape in shapes]
+
+
+def compiles(provider):
+    """Whether ``provider``'s first call compiles (Triton's JIT, or inductor for the compiled baselines)."""
+    return provider.startswith("triton") or provider.endswith("_compile")
+
+
+def warm(device, i=None, which=None):
+    """Call once, untimed, each compiling provider (those ``which(provider)`` admits, all if None) of the
+    full run at ANCHOR_SHAPES[i] (the sweeps for None): their compiled kernels and inductor's graphs land
+    in the on-disk caches, so a later run in another process spends its time on measuring (gpu_check.py's
+    warm steps run beside its checks). Returns the rows of the calls that failed."""
+    if i is None:
+        rows = [measure("triton", "fwd_bwd", "bf16", N, K, D, device, warm=True) for _, (N, K, D) in sweep_shapes()]
+    else:
+        rows = [measure(provider, mode, dtype_name, *ANCHOR_SHAPES[i], device, prec=prec, warm=True)
+                for provider, mode, dtype_name, prec in anchor_cases(i)
+                if compiles(provider) and (which is None or which(provider))]
+    return [r for r in rows if "status" in r]
+
+
 def run_full(args, device, deadline, checkpoint=None):
     rows = []
     for i, (N, K, D) in enumerate(ANCHOR_SHAPES):
-        for mode in ("fwd", "bwd", "fwd_bwd"):
-            rows.append(measure("triton", mode, "bf16", N, K, D, device))
-        if config.block_d(D) <= config.FUSED_MAX_BLOCK_D:  # GMVQ_FUSED_BACKWARD=1 (beyond: the same kernels)
-            rows.append(measure("triton_fused", "fwd_bwd", "bf16", N, K, D, device))
-        rows.append(measure("triton_serial", "fwd_bwd", "bf16", N, K, D, device))  # before item 20's fix
-        rows.append(measure("triton_no_norm_dot", "fwd_bwd", "bf16", N, K, D, device))  # before item 23
-        rows.append(measure("triton_hard", "fwd_bwd", "bf16", N, K, D, device))  # hard mode (item 24)
-        if forward.lazy_rescale_on(torch.bfloat16, False, True, config.block_d(D)):  # its rescale at every tile
-            rows.append(measure("triton_eager_rescale", "fwd_bwd", "bf16", N, K, D, device))
-        for prec in FP32_PRECS.get(i, []):
-            rows.append(measure("triton", "fwd_bwd", "fp32", N, K, D, device, prec=prec))
-        for provider, dtype_name in (("sdpa", "bf16"), ("reference", "bf16"), ("reference", "fp32")):
-            rows.append(measure(provider, "fwd_bwd", dtype_name, N, K, D, device))
-        if i in (1, 2):  # compiled baselines at rows 2-3, whatever the budget: the speed targets name them
-            for provider in ("torch_compile", "naive_compile"):
-                rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device))
-        for provider in ENCODE_PROVIDERS:  # the tokenizer path beside a cdist + argmin
-            if provider != "reference" or N * K <= 2**28:
-                rows.append(measure(provider, "encode", "bf16", N, K, D, device))
+        for provider, mode, dtype_name, prec in anchor_cases(i):
+            rows.append(measure(provider, mode, dtype_name, N, K, D, device, prec=prec))
         print_table([r for r in rows if (r["N"], r["K"], r["D"]) == (N, K, D)], env_info(device))
         if checkpoint:
             checkpoint(rows)
-    for sweep, shapes in (("K", K_SWEEP), ("N", N_SWEEP)):
-        for (N, K, D) in shapes:
-            if time.time() > deadline:
-                break
-            for provider in ("triton", "reference"):
-                if provider == "reference" and N * K > 2**31:
-                    continue
-                r = measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True)
-                r["sweep"] = sweep
-                rows.append(r)
+    for sweep, (N, K, D) in sweep_shapes():
+        if time.time() > deadline:
+            break
+        for provider in ("triton", "reference"):
+            if provider == "reference" and N * K > 2**31:
+                continue
+            r = measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True)
+            r["sweep"] = sweep
+            rows.append(r)
     return rows
 
 

@@ -130,12 +130,14 @@ def test_random_training_runs():
 
 def test_gpu_check_dry(tmp_path):
     """The GPU script's checks on tiny CPU shapes: every check runs without error (the device run is
-    short; a crash there wastes it)."""
+    short; a crash there wastes it), the untimed ones side by side in two processes as on a GPU."""
     import json
 
-    run_script(["benchmarks/gpu_check.py", "--dry", "--out", str(tmp_path)], interpret=True)
+    run_script(["benchmarks/gpu_check.py", "--dry", "--jobs", "2", "--out", str(tmp_path)], interpret=True)
     rows = [json.loads(line) for line in open(tmp_path / "correctness.jsonl")]
     assert [r for r in rows if r["check"] == "error"] == []
+    warm = next(r for r in rows if r["check"] == "warm")  # a warm step: split_check's calls, untimed
+    assert warm["failed"] == [] and "split_k" not in [r["check"] for r in rows[:rows.index(warm)]], rows
     # --tune's path: winners of every kind timed and written into (a copy of) config.py (no "delta" at D = 8:
     # the dx pass takes Δq there, autotune.training_kinds)
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "colsum", "encode"}
@@ -246,3 +248,54 @@ def test_gpu_check_restarts_after_a_device_fault(monkeypatch, tmp_path):
     assert log.closed
     assert seen == [(sys.executable, [sys.executable, gpu_check.__file__, "--out", "o", "--budget-s", "9",
                                       "--resume-at", "7", "--t0", "123.25"])]
+
+
+def test_gpu_check_runs_untimed_steps_side_by_side(monkeypatch, tmp_path):
+    """gpu_check's untimed steps run as child processes, several at a time (--jobs): a child's command
+    line (its step alone, the first start's clock), its JSON rows merged into the log as it ends, and an
+    error row with the output's tail for a child that dies or outlives --step-timeout-s (killed)."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", "o", "--jobs", "4", "--resume-at", "3", "--dry"])
+    assert gpu_check.child_argv(5, 2.5) == [sys.executable, gpu_check.__file__, "--out", "o", "--dry",
+                                            "--only", "5", "--t0", "2.5"]
+    py = [sys.executable, "-c"]
+    commands = {0: py + ['print("compiling"); print(\'{"check": "a", "x": 1}\')'],
+                1: py + ['import os; print(\'{"check": "b"}\', flush=True); print("boom", flush=True); os._exit(3)'],
+                2: py + ["import time; time.sleep(60)"]}
+    errors = []
+    with open(tmp_path / "log", "w") as logfile:
+        gpu_check.side_by_side(commands, 2, 5.0, logfile, errors.append)
+    rows = [json.loads(line) for line in open(tmp_path / "log")]
+    assert sorted(r["check"] for r in rows) == ["a", "b"] and {"check": "a", "x": 1} in rows
+    by_step = {e["step"]: e for e in errors}
+    assert set(by_step) == {1, 2}, errors
+    assert by_step[1]["returncode"] == 3 and "boom" in by_step[1]["output_tail"] and not by_step[1]["killed_after_s"]
+    assert by_step[2]["killed_after_s"] == 5.0 and by_step[2]["returncode"] != 0
+
+
+def test_speed_warm_calls_each_compiling_provider_once(monkeypatch):
+    """speed.warm (gpu_check's warm steps): every provider of the full run that compiles (Triton's JIT,
+    inductor), once each, untimed, at the anchor row's shape, or the sweeps' shapes; ``measure`` with
+    ``warm`` makes the first call and returns before timing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import speed
+
+    cpu = torch.device("cpu")
+    row = speed.measure("triton", "fwd_bwd", "bf16", 8, 16, 16, cpu, warm=True)
+    assert "status" not in row and "ms" not in row, row  # ran, untimed
+    calls = []
+    monkeypatch.setattr(speed, "measure", lambda *a, **k: calls.append((a, k)) or {})
+    assert speed.warm(cpu, 1) == []
+    want = [c for c in speed.anchor_cases(1) if c[0].startswith("triton") or c[0].endswith("_compile")]
+    assert [(a[0], a[1], a[2], k["prec"]) for a, k in calls] == want and len(want) == 14
+    assert all(a[3:6] == speed.ANCHOR_SHAPES[1] and k["warm"] for a, k in calls)
+    calls.clear()
+    speed.warm(cpu, 1, lambda provider: provider.endswith("_compile"))
+    assert [a[0] for a, _ in calls] == ["torch_compile", "naive_compile"]
+    calls.clear()
+    speed.warm(cpu)
+    assert [a[3:6] for a, _ in calls] == [shape for _, shape in speed.sweep_shapes()]
