@@ -854,8 +854,8 @@ def warm_check(device, log, what, fn):
 
 def warm_steps(device, log):
     """The warm steps (warm_check) for what the timed steps and speed.py's full run compile: each anchor
-    row's Triton variants, its compiled baselines (inductor's compiles: the longest), the sweeps,
-    split_check's and d512_check's variants."""
+    row's Triton variants, its compiled baselines (inductor's compiles: the longest), the host and graph
+    checks' variants, the sweeps, split_check's and d512_check's."""
     def run_once(step):
         step()
         return 0.0
@@ -874,7 +874,14 @@ def warm_steps(device, log):
     steps += [slow(lambda i=i: warm_check(device, log, f"row {i + 1}: compiled baselines",
                                           lambda: speed.warm(device, i, compiled)))
               for i in rows if any(compiled(c[0]) for c in speed.anchor_cases(i))]
+    def host_and_graph_shapes():  # host_check's and launch_check's tiny shape; graph_check's seed on the device
+        x, m, lv = speed.make_inputs(8192, 1024, 64, torch.bfloat16, device, True)
+        speed.gmvq_loss("triton", seed=torch.zeros((), dtype=torch.int64, device=device))(x, m, lv).backward()
+        row = speed.measure("triton", "fwd_bwd", "bf16", 8, 16, 16, device, warm=True)
+        return [row] if "status" in row else []
+
     return steps + [
+        lambda: warm_check(device, log, "host and graph shapes", host_and_graph_shapes),
         lambda: warm_check(device, log, "sweeps", lambda: speed.warm(device)),
         lambda: warm_check(device, log, "split_k", lambda: split_check(device, log, warm=True)),
         lambda: warm_check(device, log, "d512_tiles", lambda: d512_check(device, lambda row: None, time_fn=run_once)),
