@@ -173,9 +173,10 @@ def test_overlap_probe_keeps_the_distance_dot_in_flight():
     each filler at D = 64 and 128 (two distance dots per loop trip): no spills and no serialised wgmma
     (Triton's tl.dot serialises the same schedule: the toy of results/static-2026-12-04-serial/). Waited on
     at once, nothing lies between a dot's HGMMAs and its wait. In flight into fresh registers, ptxas moves
-    the HGMMAs down to the wait (a window under 40 instructions); into the loop-carried tile's registers it
-    leaves at D = 128 a window of over 100 instructions at every dot, with MUFU work in it, and at D = 64 at
-    one of the two dots at least. Pinned (the μ ring's unused slots), the MUFU-log variants hold 8 warps per
+    the HGMMAs down to the wait (a window of 3–35 instructions with triton 3.7.1, 3–42 with 3.8.0, in
+    loops of about 820–2580): under a fifth of the longest window of the same dots carried through the loop;
+    into the loop-carried tile's registers it leaves at D = 128 a window of over 100 instructions at every
+    dot, with MUFU work in it, and at D = 64 at one of the two dots at least. Pinned (the μ ring's unused slots), the MUFU-log variants hold 8 warps per
     SM, as the real kernels, with the same code. The GPU run times them."""
     proc = subprocess.run([sys.executable, "benchmarks/overlap_probe.py"], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=600)
@@ -196,7 +197,8 @@ def test_overlap_probe_keeps_the_distance_dot_in_flight():
         if schedule == "waited":
             assert all(d["window"] == 0 and d["mufu"] == 0 for d in dots), r
         elif schedule == "in_flight":
-            assert max(windows) < 40, r
+            carried = rows[(mufu_logs, D, "in_flight_carried", pinned)]["dots"]
+            assert 5 * max(windows) < max(d["window"] for d in carried), (r, carried)
         elif D == 128:
             assert min(windows) > 100 and all(d["mufu"] > 0 for d in dots), r
         else:
