@@ -874,6 +874,7 @@ def warm_steps(device, log):
     steps += [slow(lambda i=i: warm_check(device, log, f"row {i + 1}: compiled baselines",
                                           lambda: speed.warm(device, i, compiled)))
               for i in rows if any(compiled(c[0]) for c in speed.anchor_cases(i))]
+
     def host_and_graph_shapes():  # host_check's and launch_check's tiny shape; graph_check's seed on the device
         x, m, lv = speed.make_inputs(8192, 1024, 64, torch.bfloat16, device, True)
         speed.gmvq_loss("triton", seed=torch.zeros((), dtype=torch.int64, device=device))(x, m, lv).backward()
@@ -985,8 +986,9 @@ def main():
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--dry", action="store_true", help="tiny shapes on CPU (interpreter): test this script")
     p.add_argument("--resume-at", type=int, default=0,
-                   help="start at this step (0-based: the checks in order, then the benchmarks, then --tune), "
-                        "appending to OUT's log; a faulting step restarts the script here at the next one")
+                   help="start at this step (0-based: the untimed checks and the warm steps, the timed checks, "
+                        "the benchmarks, --tune), appending to OUT's log; a faulting step restarts the script "
+                        "here at the next one")
     p.add_argument("--jobs", type=int, default=None,
                    help="processes for the steps that time nothing (the checks against float64 and the like, "
                         "and the warm steps), side by side before the timed steps: default min(8, cores / 2) "
