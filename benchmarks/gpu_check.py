@@ -993,8 +993,10 @@ def main():
                    help="processes for the steps that time nothing (the checks against float64 and the like, "
                         "and the warm steps), side by side before the timed steps: default min(8, cores / 2) "
                         "on a GPU, 1 with --dry; 1: every step in this process, in order")
-    p.add_argument("--step-timeout-s", type=float, default=300,
-                   help="with --jobs > 1: a step's process still running after this long is killed (logged)")
+    p.add_argument("--step-timeout-s", type=float, default=420,
+                   help="with --jobs > 1: a step's process still running after this long is killed (logged); "
+                        "serially, torch.compile's check took 81 s on 2026-12-04, and side by side compiles "
+                        "share the host's cores")
     p.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)  # the first process's start
     p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # side_by_side's child: one step
     p.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)  # memcheck_check's child
