@@ -25,7 +25,9 @@
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel
    (``static_cost.py --calibrate`` refits its fit_ms to them); the Gluon
    probe of a distance dot kept in flight over the elementwise work, in its three schedules
-   (overlap_check, benchmarks/overlap_probe.py: benchmarks/README.md, lever 14).
+   (overlap_check, benchmarks/overlap_probe.py: benchmarks/README.md, lever 14); with --ncu (or
+   --ncu-only: that alone), Nsight Compute on each kernel at rows 2 and 3: speed of light, occupancy,
+   issue slots, the pipes' shares and the stall reasons per issued instruction (ncu_check).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
    backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before docs/speed_history.md, item 20, and with
    GMVQ_NORM_DOT=0: the distances before item 23), the K
@@ -794,6 +796,83 @@ def nan_check(device, log, shape=(9, 37, 6)):
             log(row)
 
 
+# ncu_check's sections (details page) and metrics: where each kernel's time goes, beside the static
+# model's instruction counts (static_cost.py). The stall reasons per issued instruction and the pipes'
+# shares come as regexes (ncu's "regex:"), so a name that a version lacks drops out instead of failing.
+NCU_SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "SchedulerStats",
+                "ComputeWorkloadAnalysis")
+NCU_METRICS = (r"regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$",
+               r"regex:^sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active$")
+
+
+def ncu_case(shape):
+    """ncu_check's profiled process: one bf16 fwd+bwd of speed.py's objective at ``shape`` (N,K,D) between
+    cudaProfilerStart and Stop, after two calls that compile and warm up."""
+    N, K, D = (int(v) for v in shape.split(","))
+    x, m, lv = speed.make_inputs(N, K, D, torch.bfloat16, torch.device("cuda"), True)
+    fn = speed.gmvq_loss("triton")
+    for _ in range(2):
+        fn(x, m, lv).backward()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    fn(x, m, lv).backward()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
+def parse_ncu_csv(text):
+    """ncu's ``--csv --page details`` output as [{"kernel": name, metric name: value, …}] in launch order
+    (values as floats where they read as numbers, thousands separators dropped; the lines before the
+    CSV header, ncu's own, skipped)."""
+    import csv
+
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith('"ID",')), None)
+    if head is None:
+        return []
+    launches = {}
+    for row in csv.DictReader(lines[head:]):
+        if not row.get("Metric Name"):
+            continue
+        launch = launches.setdefault(row["ID"], {"kernel": row["Kernel Name"]})
+        value = row["Metric Value"].replace(",", "")
+        try:
+            launch[row["Metric Name"]] = float(value)
+        except ValueError:
+            launch[row["Metric Name"]] = row["Metric Value"]
+    return list(launches.values())
+
+
+def ncu_check(device, log, shapes=((32768, 8192, 128), (65536, 16384, 256)), timeout_s=240):
+    """Nsight Compute on each kernel of one bf16 fwd+bwd at ``shapes`` (rows 2 and 3, where the H200's
+    kernels took 1.5–2.9× the static model's time on 2026-12-04): speed of light, occupancy, the issue
+    slots, the pipes' shares and the stall reasons per issued instruction, one row per shape. Opt-in
+    (--ncu, --ncu-only): ncu replays each kernel once per group of counters it needs, at the base clock
+    it locks (estimated at about a minute for both shapes; not yet run)."""
+    tool = shutil.which("ncu") or next((p for p in ("/usr/local/cuda/bin/ncu",) if os.path.exists(p)), None)
+    if device.type != "cuda" or tool is None:
+        log(dict(check="ncu", skipped="not a GPU" if device.type != "cuda" else "no ncu"))
+        return
+    import subprocess
+
+    for shape in shapes:
+        cmd = [tool, "--csv", "--page", "details", "--print-units", "base", "--profile-from-start", "off",
+               "--kernel-name", "regex:^_", *(a for s in NCU_SECTIONS for a in ("--section", s)),
+               "--metrics", ",".join(NCU_METRICS), sys.executable, os.path.abspath(__file__),
+               "--ncu-case", ",".join(map(str, shape)), "--out", "unused"]
+        t = time.time()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            text, rc = r.stdout, r.returncode
+            tail = (r.stdout + r.stderr)[-2000:]
+        except subprocess.TimeoutExpired as e:
+            text, rc = (e.stdout or b"").decode(), "timeout"
+            tail = text[-2000:]
+        kernels = parse_ncu_csv(text)
+        log(dict(check="ncu", N=shape[0], K=shape[1], D=shape[2], returncode=rc, seconds=round(time.time() - t, 1),
+                 kernels=kernels, output_tail=None if kernels else tail))
+
+
 def memcheck_case(N=256, K=300, D=100):
     """The fused backward at a D below its tile, forced (backward.use_fused refuses it since it faulted on
     the H200 on 2026-12-04): bf16, hard, a prior and every upstream gradient, as the failing check."""
@@ -999,10 +1078,16 @@ def main():
                         "share the host's cores")
     p.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)  # the first process's start
     p.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # side_by_side's child: one step
+    p.add_argument("--ncu", action="store_true",
+                   help="also run Nsight Compute on the kernels at rows 2 and 3 (ncu_check; after the timed checks)")
+    p.add_argument("--ncu-only", action="store_true", help="ncu_check alone (after the env row)")
     p.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)  # memcheck_check's child
+    p.add_argument("--ncu-case", default=None, help=argparse.SUPPRESS)  # ncu_check's child: "N,K,D"
     args = p.parse_args()
     if args.memcheck_case:
         return memcheck_case()
+    if args.ncu_case:
+        return ncu_case(args.ncu_case)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time() if args.t0 is None else args.t0
     device = torch.device("cpu" if args.dry else "cuda")
@@ -1090,7 +1175,7 @@ def main():
         lambda: d512_check(device, log),
         lambda: kernel_times_check(device, log),
         lambda: overlap_check(device, log),
-    ]
+    ] + ([lambda: ncu_check(device, log)] if args.ncu else [])
     if args.dry:
         checks = [
             lambda: noise_check(device, log, 64, 64),
@@ -1120,6 +1205,7 @@ def main():
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
+            lambda: ncu_check(device, log),  # on a CPU: logged as skipped
         ]
         args.skip_bench = True
 
@@ -1133,8 +1219,11 @@ def main():
                    time_fn=wall_ms) if args.dry else {}
         tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
 
+    if args.ncu_only:
+        checks, timed, args.skip_bench, args.tune = [], [lambda: ncu_check(device, log)], True, False
     # steps 0 … len(checks) - 1 time nothing: with --jobs > 1 they run side by side, in processes of their own
-    steps = checks + timed + [None if args.skip_bench else bench, tune_step if args.tune or args.dry else None]
+    tuning = (args.tune or args.dry) and not args.ncu_only
+    steps = checks + timed + [None if args.skip_bench else bench, tune_step if tuning else None]
     if args.only is not None:  # side_by_side's child: this step alone (a crash or kill the parent logs)
         try:
             steps[args.only]()

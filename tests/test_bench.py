@@ -150,6 +150,7 @@ def test_gpu_check_dry(tmp_path):
     fused = [r for r in rows if r["check"] == "full" and r["fused_backward"]]
     assert fused and all(r["ok"] for r in fused), fused
     assert next(r for r in rows if r["check"] == "memcheck")["skipped"] == "not a GPU"
+    assert next(r for r in rows if r["check"] == "ncu")["skipped"] == "not a GPU"
     ckpt = [r for r in rows if r["check"] == "checkpoint"]  # the module under activation checkpointing
     assert len(ckpt) == 2 and all(r["ok"] for r in ckpt), ckpt
     amp = [r for r in rows if r["check"] == "amp_backward"]  # a backward inside the autocast region
@@ -299,3 +300,31 @@ def test_speed_warm_calls_each_compiling_provider_once(monkeypatch):
     calls.clear()
     speed.warm(cpu)
     assert [a[3:6] for a, _ in calls] == [shape for _, shape in speed.sweep_shapes()]
+
+
+def test_gpu_check_reads_nsight_compute_csv():
+    """ncu_check's parser: ``ncu --csv --page details`` output (ncu's own lines before the header, one
+    row per metric, rule columns, thousands separators, "n/a") into one dict per kernel launch, in order."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+
+    head = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+            '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value","Rule Name","Rule Type",'
+            '"Rule Description"')
+
+    def row(i, kernel, section, name, unit, value):
+        return (f'"{i}","7","python3","h","{kernel}","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","{section}",'
+                f'"{name}","{unit}","{value}","","",""')
+
+    text = "\n".join(["==PROF== Connected to process 7 (python3)", "==PROF== Profiling \"_gmvq_fwd_kernel\"", head,
+                      row(0, "_gmvq_fwd_kernel", "GPU Speed Of Light Throughput", "Duration", "ns", "1,234,567"),
+                      row(0, "_gmvq_fwd_kernel", "Command line profiler metrics",
+                          "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio", "", "0.41"),
+                      row(0, "_gmvq_fwd_kernel", "Occupancy", "Achieved Occupancy", "%", "n/a"),
+                      row(1, "_gmvq_bwd_dx_kernel", "Occupancy", "Registers Per Thread", "register/thread", "255"),
+                      "==PROF== Disconnected from process 7"])
+    assert gpu_check.parse_ncu_csv(text) == [
+        {"kernel": "_gmvq_fwd_kernel", "Duration": 1234567.0, "Achieved Occupancy": "n/a",
+         "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio": 0.41},
+        {"kernel": "_gmvq_bwd_dx_kernel", "Registers Per Thread": 255.0}]
+    assert gpu_check.parse_ncu_csv("==ERROR== the profiler could not start") == []
