@@ -328,3 +328,36 @@ def test_gpu_check_reads_nsight_compute_csv():
          "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio": 0.41},
         {"kernel": "_gmvq_bwd_dx_kernel", "Registers Per Thread": 255.0}]
     assert gpu_check.parse_ncu_csv("==ERROR== the profiler could not start") == []
+
+
+def test_gpu_check_ncu_step_command_and_row(monkeypatch):
+    """ncu_check's glue, with ncu stood in for (the device run is short): per shape one ncu command that
+    profiles only the warmed-up call (--profile-from-start off around --ncu-case), only our kernels, the
+    sections and the stall-reason and pipe metrics, and one logged row with the parsed kernels, or with
+    ncu's output when nothing parsed."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+
+    csv_text = ('"ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"\n'
+                '"0","_gmvq_fwd_kernel","Occupancy","Achieved Occupancy","%","11.9"\n')
+    runs = []
+
+    def fake_run(cmd, **kw):
+        runs.append(cmd)
+        out = csv_text if len(runs) == 1 else "==ERROR== no kernels were profiled\n"
+        return subprocess.CompletedProcess(cmd, 0 if len(runs) == 1 else 1, out, "")
+
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: "/opt/ncu" if name == "ncu" else None)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    rows = []
+    gpu_check.ncu_check(torch.device("cuda"), rows.append, shapes=((32, 64, 16), (8, 16, 16)))
+    assert len(runs) == 2 and all(cmd[0] == "/opt/ncu" for cmd in runs)
+    cmd = runs[0]
+    assert cmd[cmd.index("--profile-from-start") + 1] == "off" and cmd[cmd.index("--kernel-name") + 1] == "regex:^_"
+    assert {cmd[i + 1] for i, a in enumerate(cmd) if a == "--section"} == set(gpu_check.NCU_SECTIONS)
+    assert "stalled" in cmd[cmd.index("--metrics") + 1] and cmd[cmd.index("--ncu-case") + 1] == "32,64,16"
+    assert rows[0]["kernels"] == [{"kernel": "_gmvq_fwd_kernel", "Achieved Occupancy": 11.9}]
+    assert rows[0]["output_tail"] is None and (rows[0]["N"], rows[0]["K"], rows[0]["D"]) == (32, 64, 16)
+    assert rows[1]["kernels"] == [] and "no kernels were profiled" in rows[1]["output_tail"]
