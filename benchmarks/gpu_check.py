@@ -52,6 +52,7 @@ this process, load instead of compiling. On the device's clock that moves most o
 took much of the 2026-12-04 run's checks, onto the host's other cores. A child's fault ends its step
 alone; a child past --step-timeout-s is killed; both are logged as errors with the child's output.
 Where a second process cannot use the GPU (an exclusive compute mode), the steps run one at a time.
+The seconds the untimed checks log (window_check, wide_check) are then times on a shared device.
 """
 import argparse
 import functools
