@@ -979,11 +979,15 @@ def shares_device(device, log):
 
     torch.zeros(1, device=device)  # this process's context
     probe = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
+    try:
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        ok, tail = r.returncode == 0, (r.stdout + r.stderr)[-1500:]
+    except Exception as e:  # a hung or unstartable probe: one step at a time, never no run
+        ok, tail = False, repr(e)
+    if not ok:
         log(dict(check="side_by_side", ok=False, why="a second process could not use the GPU: one step at a time",
-                 output_tail=(r.stdout + r.stderr)[-1500:]))
-    return r.returncode == 0
+                 output_tail=tail))
+    return ok
 
 
 def child_argv(step, t0):
@@ -1237,8 +1241,11 @@ def main():
         jobs = 1
     if jobs > 1 and start < len(checks):
         todo = sorted(range(start, len(checks)), key=lambda i: not getattr(checks[i], "slow", False))
-        side_by_side({i: child_argv(i, t0) for i in todo}, jobs, args.step_timeout_s, logfile, log)
-        start = len(checks)
+        try:
+            side_by_side({i: child_argv(i, t0) for i in todo}, jobs, args.step_timeout_s, logfile, log)
+            start = len(checks)
+        except Exception:  # the runner itself failed: every untimed step again, in this process
+            log(dict(check="error", step="side_by_side", traceback=traceback.format_exc()[-3000:]))
     for i, step in enumerate(steps):
         if step is None or i < start:
             continue
