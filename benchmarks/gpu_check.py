@@ -1225,7 +1225,7 @@ def main():
         tune(device, log, t0 + args.budget_s + 60, args.out, **dry)
 
     if args.ncu_only:
-        checks, timed, args.skip_bench, args.tune = [], [lambda: ncu_check(device, log)], True, False
+        checks, timed, args.skip_bench = [], [lambda: ncu_check(device, log)], True
     # steps 0 … len(checks) - 1 time nothing: with --jobs > 1 they run side by side, in processes of their own
     tuning = (args.tune or args.dry) and not args.ncu_only
     steps = checks + timed + [None if args.skip_bench else bench, tune_step if tuning else None]
