@@ -174,10 +174,11 @@ def test_overlap_probe_keeps_the_distance_dot_in_flight():
     (Triton's tl.dot serialises the same schedule: the toy of results/static-2026-12-04-serial/). Waited on
     at once, nothing lies between a dot's HGMMAs and its wait. In flight into fresh registers, ptxas moves
     the HGMMAs down to the wait (a window of 3–35 instructions with triton 3.7.1, 3–42 with 3.8.0, in
-    loops of about 820–2580): under a fifth of the longest window of the same dots carried through the loop;
-    into the loop-carried tile's registers it leaves at D = 128 a window of over 100 instructions at every
-    dot, with MUFU work in it, and at D = 64 at one of the two dots at least. Pinned (the μ ring's unused slots), the MUFU-log variants hold 8 warps per
-    SM, as the real kernels, with the same code. The GPU run times them."""
+    loops of about 820–2580): under a fifth of the longest window of the same dots carried through the
+    loop; into the loop-carried tile's registers it leaves at D = 128 a window of over 100 instructions
+    at every dot, with MUFU work in it, and at D = 64 at one of the two dots at least. Pinned (the μ
+    ring's unused slots), the MUFU-log variants hold 8 warps per SM, as the real kernels, with the same
+    code. The GPU run times them."""
     proc = subprocess.run([sys.executable, "benchmarks/overlap_probe.py"], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
