@@ -990,16 +990,22 @@ def shares_device(device, log):
     return ok
 
 
+def argv_without(*options):
+    """This script's command line (sys.argv) without ``options`` and their values (``--opt v`` or
+    ``--opt=v``): what a process it starts in its place or beside it is given again."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith(options):
+            skip = a in options
+            continue
+        argv.append(a)
+    return [sys.executable, os.path.abspath(__file__), *argv]
+
+
 def child_argv(step, t0):
     """This script's command line for side_by_side's child that runs ``step`` alone, on the first start's
     clock (--t0)."""
-    argv, skip = [], False
-    for a in sys.argv[1:]:
-        if skip or a.startswith(("--resume-at", "--t0", "--jobs", "--only")):
-            skip = a in ("--resume-at", "--t0", "--jobs", "--only")
-            continue
-        argv.append(a)
-    return [sys.executable, os.path.abspath(__file__), *argv, "--only", str(step), "--t0", repr(t0)]
+    return argv_without("--resume-at", "--t0", "--jobs", "--only") + ["--only", str(step), "--t0", repr(t0)]
 
 
 def side_by_side(commands, jobs, timeout_s, logfile, log):
@@ -1051,15 +1057,8 @@ def restart(step, t0, logfile):
     """Run this script again from ``step`` (--resume-at) in this process's place, with the same arguments
     and the first start's clock (--t0: the budget counts from it), appending to the same log."""
     logfile.close()
-    argv, skip = [], False
-    for a in sys.argv[1:]:
-        if skip or a.startswith(("--resume-at", "--t0")):
-            skip = a in ("--resume-at", "--t0")
-            continue
-        argv.append(a)
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv, "--resume-at", str(step),
-                              "--t0", repr(t0)])
+    os.execv(sys.executable, argv_without("--resume-at", "--t0") + ["--resume-at", str(step), "--t0", repr(t0)])
 
 
 def main():

@@ -31,6 +31,14 @@ def test_speed_small(benchmark, impl, mode, device):
     benchmark(step)
 
 
+def benchmark_module(name):
+    """A script of benchmarks/ imported as a module (its functions tested without running it)."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module(name)
+
+
 def run_script(args, interpret):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if not interpret:
@@ -236,8 +244,7 @@ def test_gpu_check_restarts_after_a_device_fault(monkeypatch, tmp_path):
     """After an illegal memory access every later CUDA call in the process fails: gpu_check logs the
     step and runs itself again from the next one, with its arguments, the first start's clock and the
     same log (appended). Both halves: which errors count as such a fault, and the new command line."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import gpu_check
+    gpu_check = benchmark_module("gpu_check")
 
     assert gpu_check.device_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not gpu_check.device_fault(ValueError("x must be (N, D)"))
@@ -257,8 +264,7 @@ def test_gpu_check_runs_untimed_steps_side_by_side(monkeypatch, tmp_path):
     error row with the output's tail for a child that dies or outlives --step-timeout-s (killed)."""
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import gpu_check
+    gpu_check = benchmark_module("gpu_check")
 
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", "o", "--jobs", "4", "--resume-at", "3", "--dry"])
     assert gpu_check.child_argv(5, 2.5) == [sys.executable, gpu_check.__file__, "--out", "o", "--dry",
@@ -282,8 +288,7 @@ def test_speed_warm_calls_each_compiling_provider_once(monkeypatch):
     """speed.warm (gpu_check's warm steps): every provider of the full run that compiles (Triton's JIT,
     inductor), once each, untimed, at the anchor row's shape, or the sweeps' shapes; ``measure`` with
     ``warm`` makes the first call and returns before timing."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import speed
+    speed = benchmark_module("speed")
 
     cpu = torch.device("cpu")
     row = speed.measure("triton", "fwd_bwd", "bf16", 8, 16, 16, cpu, warm=True)
@@ -305,8 +310,7 @@ def test_speed_warm_calls_each_compiling_provider_once(monkeypatch):
 def test_gpu_check_reads_nsight_compute_csv():
     """ncu_check's parser: ``ncu --csv --page details`` output (ncu's own lines before the header, one
     row per metric, rule columns, thousands separators, "n/a") into one dict per kernel launch, in order."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import gpu_check
+    gpu_check = benchmark_module("gpu_check")
 
     head = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
             '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value","Rule Name","Rule Type",'
@@ -337,8 +341,7 @@ def test_gpu_check_ncu_step_command_and_row(monkeypatch):
     ncu's output when nothing parsed."""
     import subprocess
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import gpu_check
+    gpu_check = benchmark_module("gpu_check")
 
     csv_text = ('"ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"\n'
                 '"0","_gmvq_fwd_kernel","Occupancy","Achieved Occupancy","%","11.9"\n')

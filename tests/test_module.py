@@ -119,6 +119,7 @@ def test_eval_on_the_kernels_takes_the_tokenizer_pass(heads, monkeypatch, device
         vq.impl = "torch"
         assert torch.equal(vq(x).codes, out.codes) and calls == ["torch"]  # the unmasked call's codes
 
+
 @pytest.mark.parametrize("kw", [dict(accept_image_fmap=True), dict(heads=2, codebook_dim=4, dim=6),
                                 dict(dtype=torch.float64)], ids=["image", "heads", "fp64"])
 def test_eval_without_vectors_returns_padding_and_nan_terms(kw):
