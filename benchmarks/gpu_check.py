@@ -21,7 +21,8 @@
    (8192, 1024, 64) from a CUDA-graph replay (graph_check), and a module training step captured with
    its step counter on the device (module_graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
-   (d512_check); the device time per kernel at the anchor rows, soft and hard
+   (d512_check); row 4's fwd+bwd with the row kernels' and dμ's registers capped (cap_check,
+   REGISTER_CAPS); the device time per kernel at the anchor rows, soft and hard
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel
    (``static_cost.py --calibrate`` refits its fit_ms to them); the Gluon
    probe of a distance dot kept in flight over the elementwise work, in its three schedules
@@ -63,7 +64,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import torch
 
@@ -345,6 +346,50 @@ def d512_check(device, log, shapes=((8192, 4096, 512), (32768, 8192, 512)), time
             row = dict(check="d512_tiles", N=N, K=K, D=D, hard=hard, ms_now=time_fn(step))
             with config.override(**D512_BEFORE):
                 row["ms_before"] = time_fn(step)
+            log(row)
+
+
+# register caps for cap_check (config.KernelConfig.maxnreg), from the static report at (8192, 262144, 32)
+# bf16 (2026-12-05, triton 3.7.1): the row kernels' (64, 32, 4, 2) under 168 registers holds 12 warps per SM
+# (dx 8 before; the forward holds 12 already), spilling 8 / 72 B in dx soft / hard (+1.8 / +1.9
+# instructions per element); dμ's (32, 128, 8, 2) under 128 holds 16 (8 before), spilling 288 / 240 B
+# (+6.9 / +6.5); the forward alone under 128 holds 16, spilling 0 / 32 B (+0.2 / +2.5), where dx would
+# spill 440 B (the row config is both kernels'). The count cannot say whether the occupancy pays for that:
+# the loops are latency-bound at 8 warps per SM (benchmarks/README.md, "Latency from ptxas's control codes").
+REGISTER_CAPS = dict(row=168, col=128)
+FORWARD_CAP = 128
+
+
+def cap_check(device, log, shapes=((8192, 262144, 32),), time_fn=None):
+    """The training kernels' fwd + bwd (autotune.training_step, bf16, τ = 1, soft and hard) with the
+    launchers' configs, and with the row and column kernels' registers capped (REGISTER_CAPS: one, the
+    other, both); and the forward alone (with the sums a backward needs) as configured and under
+    FORWARD_CAP: side by side per shape, whether more resident warps pay for the spills. ``time_fn``:
+    the timer (autotune.cuda_ms by default)."""
+    from gmvq_kernels import autotune
+    from gmvq_kernels.forward import gmvq_fwd
+
+    time_fn = time_fn or autotune.cuda_ms
+    prec = config.DEFAULT_DOT_PRECISION
+    for N, K, D in shapes:
+        x, means, a, b, v = kernel_inputs(N, K, D, torch.bfloat16, device)
+
+        def capped(kind, cap):
+            return replace(getattr(config, f"{kind}_config")(D, x.dtype, device), maxnreg=cap)
+
+        for hard in (False, True):
+            step = autotune.training_step(x, means, a, b, v, tau=1.0, hard=hard, dot_precision=prec)
+            row = dict(check="register_caps", N=N, K=K, D=D, hard=hard, caps=REGISTER_CAPS, forward_cap=FORWARD_CAP,
+                       ms_default=time_fn(step))
+            for name, kinds in (("ms_row_cap", ("row",)), ("ms_col_cap", ("col",)), ("ms_both", ("row", "col"))):
+                with config.override(**{kind: capped(kind, REGISTER_CAPS[kind]) for kind in kinds}):
+                    row[name] = time_fn(step)
+
+            def forward():
+                gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=0, noise=None, dot_precision=prec)
+            row["fwd_ms_default"] = time_fn(forward)
+            with config.override(row=capped("row", FORWARD_CAP)):
+                row["fwd_ms_capped"] = time_fn(forward)
             log(row)
 
 
@@ -935,7 +980,7 @@ def warm_check(device, log, what, fn):
 def warm_steps(device, log):
     """The warm steps (warm_check) for what the timed steps and speed.py's full run compile: each anchor
     row's Triton variants, its compiled baselines (inductor's compiles: the longest), the host and graph
-    checks' variants, the sweeps, split_check's and d512_check's."""
+    checks' variants, the sweeps, split_check's, d512_check's and cap_check's."""
     def run_once(step):
         step()
         return 0.0
@@ -966,6 +1011,7 @@ def warm_steps(device, log):
         lambda: warm_check(device, log, "sweeps", lambda: speed.warm(device)),
         lambda: warm_check(device, log, "split_k", lambda: split_check(device, log, warm=True)),
         lambda: warm_check(device, log, "d512_tiles", lambda: d512_check(device, lambda row: None, time_fn=run_once)),
+        lambda: warm_check(device, log, "register_caps", lambda: cap_check(device, lambda row: None, time_fn=run_once)),
     ]
 
 
@@ -1177,6 +1223,7 @@ def main():
         lambda: eval_check(device, log),
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
+        lambda: cap_check(device, log),
         lambda: kernel_times_check(device, log),
         lambda: overlap_check(device, log),
     ] + ([lambda: ncu_check(device, log)] if args.ncu else [])
@@ -1209,6 +1256,7 @@ def main():
             lambda: kernel_times_check(device, log, ((20, 40, 8),), reps=1),
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
+            lambda: cap_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
             lambda: ncu_check(device, log),  # on a CPU: logged as skipped
         ]
         args.skip_bench = True

@@ -440,6 +440,11 @@ def main(argv=None):
     p.add_argument("--tau", type=float, default=1.0,
                    help="the Gumbel-softmax temperature (default 1, the module's: the kernels take y from q "
                         "there; any other τ takes the sample's own softmax)")
+    p.add_argument("--config", action="append", default=[], metavar="KIND=BN,BK,WARPS,STAGES[,MAXNREG]",
+                   type=config_option,
+                   help="the config of one kind (row, col, colsum, delta, encode, fused) for every D, in place of "
+                        "the launchers' choice (config.override), e.g. row=64,32,4,2,168 for a register cap of "
+                        "168; repeat for several kinds")
     p.add_argument("--out", help="write JSON here")
     p.add_argument("--md", help="write the markdown tables here")
     p.add_argument("--calibrate", nargs=2, metavar=("TIMES.jsonl", "REPORT.json"),
@@ -459,6 +464,22 @@ def main(argv=None):
     args.modes = args.modes or ("soft,hard,encode" if args.fast else "soft,hard,soft-fused,hard-fused,encode")
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
+    with config.override(**dict(args.config)):
+        return report(args, shapes)
+
+
+def config_option(text):
+    """--config's (kind, KernelConfig) from "KIND=BN,BK,WARPS,STAGES[,MAXNREG]"."""
+    kind, _, values = text.partition("=")
+    fields = [int(v) for v in values.split(",")] if values else []
+    if kind not in config.TABLES or len(fields) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"expected KIND=BN,BK,WARPS,STAGES[,MAXNREG] with KIND one of "
+                                         f"{sorted(config.TABLES)}, got {text!r}")
+    return kind, config.KC(*fields)
+
+
+def report(args, shapes):
+    """The report of main's arguments at ``shapes`` (printed, written where asked); main's exit code."""
     t0 = time.time()
     cache, rows, totals, yard = {}, [], [], []
     noise_rows = [noise_cost(cc, cache) for cc in args.arch]
@@ -481,7 +502,8 @@ def main(argv=None):
                     yard.append(yardstick(shape, dtype_name, cc, cache))
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  configs="tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90",
+                  configs=("tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90")
+                  + "".join(f"; {kind} {cfg}" for kind, cfg in args.config),
                   tau=args.tau, rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)

@@ -146,7 +146,13 @@ def ensure_tuned(kinds, x, tune):
         config.RUNTIME_TUNED[key] = cfg
 
 
-_ENTRY = re.compile(r"^    (\(.*?\)): KC\((\d+), (\d+), (\d+), (\d+)\),\s+# (.*)$")
+_ENTRY = re.compile(r"^    (\(.*?\)): KC\((\d+), (\d+), (\d+), (\d+)(?:, maxnreg=(\d+))?\),\s+# (.*)$")
+
+
+def kc_source(c: KernelConfig) -> str:
+    """``c`` as config.py spells it (what _ENTRY reads back)."""
+    cap = "" if c.maxnreg is None else f", maxnreg={c.maxnreg}"
+    return f"KC({c.BLOCK_N}, {c.BLOCK_K}, {c.num_warps}, {c.num_stages}{cap})"
 
 
 def write_tuned(path, winners, stamp: str):
@@ -159,10 +165,11 @@ def write_tuned(path, winners, stamp: str):
     for line in _old.splitlines():
         m = _ENTRY.match(line)
         if m:
-            entries[ast.literal_eval(m.group(1))] = (KernelConfig(*map(int, m.group(2, 3, 4, 5))), m.group(6))
+            cap = None if m.group(6) is None else int(m.group(6))
+            entries[ast.literal_eval(m.group(1))] = (KernelConfig(*map(int, m.group(2, 3, 4, 5)), cap), m.group(7))
     entries.update({key: (cfg, stamp) for key, cfg in winners.items()})
     lines = ["TUNED = {}"] if not entries else (
-        ["TUNED = {"] + [f"    {key!r}: KC({c.BLOCK_N}, {c.BLOCK_K}, {c.num_warps}, {c.num_stages}),  # {note}"
+        ["TUNED = {"] + [f"    {key!r}: {kc_source(c)},  # {note}"
                          for key, (c, note) in sorted(entries.items(), key=lambda e: repr(e[0]))] + ["}"])
     with open(path, "w") as fh:
         fh.write(head + BEGIN + "\n".join(lines) + "\n" + END + tail)

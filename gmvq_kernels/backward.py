@@ -734,7 +734,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     op_dtype = TL_DTYPES[x.dtype]
     nonempty = not serial_wgmma()  # dx's and dμ's loops declared non-empty (tiles.nonempty_range)
     row_launch = dict(DOT_PRECISION=prec, BLOCK_N=rcfg.BLOCK_N, BLOCK_K=rcfg.BLOCK_K, BLOCK_D=BLOCK_D,
-                      num_warps=rcfg.num_warps, num_stages=rcfg.num_stages)
+                      **rcfg.launch_options())
     splits, codes_per_split = split_codes(N, K, rcfg.BLOCK_N, rcfg.BLOCK_K, dev)
     row_grid = (triton.cdiv(N, rcfg.BLOCK_N), splits)
     parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
@@ -761,7 +761,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
                 xk, mk, a * 2.0 if half else a, b, v, mm, mp, noise, saved["stats"], saved["x_sq"], g_z, g_lat, g_s,
                 g_c, y_sums, dy_part, ym_part, dq_part, N, K, D, *seed_lhp, y_scale(tau), d_codes_per_split,
                 DOT_PRECISION=prec, HALF=half, BLOCK_N=dcfg.BLOCK_N, BLOCK_K=dcfg.BLOCK_K, BLOCK_D=BLOCK_D,
-                num_warps=dcfg.num_warps, num_stages=dcfg.num_stages)
+                **dcfg.launch_options())
         delta_y, delta_q = (None if t is None else sum_splits(t, d_splits) for t in (dy_part, dq_part))
         if ym_part is not None:
             delta_y = delta_y.div_(sum_splits(ym_part, d_splits))
@@ -813,7 +813,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum, *hard_perm_first,
         None if fused else cy, N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
-        BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, num_warps=ccfg.num_warps, num_stages=ccfg.num_stages)
+        BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, **ccfg.launch_options())
     if fused:  # dx = Σ_k e μ_k − x Σ_k e
         dx = finish_splits(1, dx_acc, dx_sum, x)[0]
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums): one launch

@@ -84,6 +84,16 @@ class KernelConfig:
     BLOCK_K: int
     num_warps: int
     num_stages: int
+    # ptxas's register cap per thread (triton's ``maxnreg`` launch option), or None (every table entry):
+    # ptxas's own choice. A cap puts more CTAs on an SM (of 4 warps: 3 at ≤ 168 registers, 4 at ≤ 128; of
+    # 8 warps: 2 at ≤ 128) for latency-bound loops, at the price of spills where the kernel does not fit
+    # (benchmarks/gpu_check.py's cap_check times that)
+    maxnreg: Optional[int] = None
+
+    def launch_options(self) -> dict:
+        """The launch options of a kernel taking this config: num_warps, num_stages and, if set, maxnreg."""
+        extra = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, **extra)
 
 
 FUSED_BACKWARD_ENV = "GMVQ_FUSED_BACKWARD"

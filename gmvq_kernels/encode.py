@@ -92,7 +92,7 @@ def gmvq_encode_fwd(x, means, a, b, *, dot_precision, mm=None, mp=None):
         interpreter_operand(x), interpreter_operand(means), a, b, mm, mp,
         best, codes, N, K, D, codes_per_split,
         DOT_PRECISION=dot_precision_for(x, dot_precision), BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K,
-        BLOCK_D=block_d(D), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_D=block_d(D), **cfg.launch_options(),
     )
     if best is None:
         return codes[0]

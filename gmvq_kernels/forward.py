@@ -420,8 +420,7 @@ def gmvq_fwd(x, means, a, b, v, *, tau, hard, seed, noise, dot_precision, for_ba
         N, K, D, *seed_args(seed), y_scale(tau), codes_per_split,
         HARD=hard, SPLIT=splits > 1, Y_SUMS=with_sums, OP_DTYPE=TL_DTYPES[x.dtype], DOT_PRECISION=prec,
         NONEMPTY=not serial_wgmma(), LAZY=lazy_rescale_on(x.dtype, hard, with_sums, block_d(D), dev),
-        BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D), **cfg.launch_options(),
     )
     if splits > 1:
         z, codes, lse, lat, s2, ent, stats, hard_idx, y_sums = combine_splits(part, part_k, part_z, x, xx, means, a,
@@ -502,7 +501,7 @@ def colsum_q(x, means, a, b, v, mm, stats, xx, xq, prec):
     _gmvq_fwd_colsum_kernel[(n_col, splits)](
         x, means, a, b, v, mm, stats, xx, xq, part, N, K, D, rows_per_split, DOT_PRECISION=prec,
         BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, BLOCK_D=block_d(D),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options(),
     )
     # one split: a division (a torch op costs less host time than a launch); several: one launch for
     # their sum and the division

@@ -233,11 +233,16 @@ def test_write_tuned_updates_the_block_of_config_py(tmp_path):
     assert load().TUNED == {}
     autotune.write_tuned(path, {("sm_90", "half", "row", 128): KC(128, 32, 8, 2)}, "first-stamp, H200 (test)")
     autotune.write_tuned(path, {("sm_90", "fp32", "col", 64): KC(32, 64, 4, 2),
-                                ("sm_90", "half", "row", 128): KC(64, 16, 4, 2)}, "later")
+                                ("sm_90", "half", "row", 128): KC(64, 16, 4, 2, maxnreg=168)}, "later")
+    # a third write reads the register cap back from the text and keeps it
+    autotune.write_tuned(path, {("sm_90", "half", "col", 256): KC(32, 128, 8, 2)}, "third")
     tuned = {key: astuple(cfg) for key, cfg in load().TUNED.items()}  # the copy has its own KernelConfig class
-    assert tuned == {("sm_90", "half", "row", 128): (64, 16, 4, 2), ("sm_90", "fp32", "col", 64): (32, 64, 4, 2)}
+    assert tuned == {("sm_90", "half", "row", 128): (64, 16, 4, 2, 168),
+                     ("sm_90", "fp32", "col", 64): (32, 64, 4, 2, None),
+                     ("sm_90", "half", "col", 256): (32, 128, 8, 2, None)}
     text = path.read_text()
     assert "KC(32, 64, 4, 2),  # later" in text and "first-stamp" not in text  # replaced entry, new note
+    assert "KC(64, 16, 4, 2, maxnreg=168),  # later" in text
     assert outside_block(text) == outside_block(open(config.__file__).read())  # nothing else changed
 
 

@@ -113,6 +113,24 @@ def test_static_cost_fast_mode_has_no_spills(tmp_path):
     assert noise["spill_bytes"] == 0 and 20 < noise["instr_per_elem"] <= 26, noise
 
 
+def test_static_cost_register_caps_reach_ptxas(tmp_path):
+    """A config's register cap (config.KernelConfig.maxnreg, given here by static_cost.py --config) reaches
+    every launch of its kind and ptxas: at D = 32 the row kernels (forward, dx: 165–208 registers uncapped)
+    under 168 hold 12 warps per SM, dμ (213) under 128 holds 16; the kinds not named keep their own."""
+    out = tmp_path / "caps.json"
+    proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--shapes", "2048,65536,32", "--modes", "soft",
+                           "--config", "row=64,32,4,2,168", "--config", "col=32,128,8,2,128", "--out", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    rows = {r["kernel"]: r for r in report["rows"]}
+    for kernel in ("_gmvq_fwd_kernel", "_gmvq_bwd_dx_kernel"):
+        assert rows[kernel]["regs"] <= 168 and rows[kernel]["warps_per_sm"] >= 12, rows[kernel]
+    assert rows["_gmvq_bwd_dmu_kernel"]["regs"] <= 128 and rows["_gmvq_bwd_dmu_kernel"]["warps_per_sm"] == 16
+    assert rows["_gmvq_fwd_colsum_kernel"]["regs"] > 168, rows["_gmvq_fwd_colsum_kernel"]  # q̄'s kind: not capped
+    assert "row KernelConfig(BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2, maxnreg=168)" in report["configs"]
+
+
 def calibrate(times, report):
     proc = subprocess.run([sys.executable, "benchmarks/static_cost.py", "--calibrate", str(times), str(report)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
