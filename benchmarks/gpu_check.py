@@ -22,7 +22,8 @@
    its step counter on the device (module_graph_check); split-K timed on, off and as the
    launchers choose at N ≤ 8192 (split_check); the D = 512 tiles against those before 2026-12-02
    (d512_check); row 4's fwd+bwd with the row kernels' and dμ's registers capped (cap_check,
-   REGISTER_CAPS); the device time per kernel at the anchor rows, soft and hard
+   REGISTER_CAPS); q̄'s pass at rows 2 and 4 on a tile of two CTAs per SM (colsum_check); the device
+   time per kernel at the anchor rows, soft and hard
    (kernel_times_check, torch.profiler), to set beside static_cost.py's model per kernel
    (``static_cost.py --calibrate`` refits its fit_ms to them); the Gluon
    probe of a distance dot kept in flight over the elementwise work, in its three schedules
@@ -391,6 +392,42 @@ def cap_check(device, log, shapes=((8192, 262144, 32),), time_fn=None):
             with config.override(row=capped("row", FORWARD_CAP)):
                 row["fwd_ms_capped"] = time_fn(forward)
             log(row)
+
+
+# q̄'s pass (the column sums of q) with a tile of two CTAs per SM, for colsum_check: at D ≤ 128 the table's
+# and TUNED's (64, 512, 8, 2) holds one (205–215 registers: 8 warps per SM), (64, 256, 8, 1) two (112–127:
+# 16), for 9.5 / 8.5 instructions per element against 9.0 / 8.3 at rows 2 / 4 (static report, triton
+# 3.7.1, 2026-12-05). Its loop waits on its dot more than any other (about half its latency chain in the
+# control codes' replay: benchmarks/README.md, "Latency from ptxas's control codes"), which a second CTA
+# on the SM could hide.
+COLSUM_TWO_CTAS = config.KC(64, 256, 8, 1)
+
+
+def colsum_check(device, log, shapes=((32768, 8192, 128), (8192, 262144, 32)), time_fn=None):
+    """q̄'s pass alone (forward.colsum_q, bf16, after one forward for its row statistics) with the
+    launchers' config and with COLSUM_TWO_CTAS, side by side per shape. ``time_fn``: the timer
+    (autotune.cuda_ms by default)."""
+    from gmvq_kernels import autotune
+    from gmvq_kernels.forward import colsum_q, gmvq_fwd
+    from gmvq_kernels.spec import code_sq_norms
+    from gmvq_kernels.tiles import interpreter_operand
+
+    time_fn = time_fn or autotune.cuda_ms
+    prec = config.DEFAULT_DOT_PRECISION
+    for N, K, D in shapes:
+        x, means, a, b, v = kernel_inputs(N, K, D, torch.bfloat16, device)
+        _, saved = gmvq_fwd(x, means, a, b, v, tau=1.0, hard=False, seed=0, noise=None, dot_precision=prec)
+        mm = code_sq_norms(means)
+        xk, mk = interpreter_operand(x), interpreter_operand(means)  # as gmvq_fwd passes them (on a GPU: x, means)
+
+        def q_bar():
+            colsum_q(xk, mk, a, b, v, mm, saved["stats"], saved["x_sq"], saved["x_parts"], prec)
+
+        row = dict(check="colsum_tiles", N=N, K=K, D=D, two_ctas=list(astuple(COLSUM_TWO_CTAS)),
+                   config=list(astuple(config.colsum_config(D, x.dtype, device))), ms_default=time_fn(q_bar))
+        with config.override(colsum=COLSUM_TWO_CTAS):
+            row["ms_two_ctas"] = time_fn(q_bar)
+        log(row)
 
 
 @triton.jit
@@ -980,7 +1017,7 @@ def warm_check(device, log, what, fn):
 def warm_steps(device, log):
     """The warm steps (warm_check) for what the timed steps and speed.py's full run compile: each anchor
     row's Triton variants, its compiled baselines (inductor's compiles: the longest), the host and graph
-    checks' variants, the sweeps, split_check's, d512_check's and cap_check's."""
+    checks' variants, the sweeps, split_check's, d512_check's, cap_check's and colsum_check's."""
     def run_once(step):
         step()
         return 0.0
@@ -1012,6 +1049,8 @@ def warm_steps(device, log):
         lambda: warm_check(device, log, "split_k", lambda: split_check(device, log, warm=True)),
         lambda: warm_check(device, log, "d512_tiles", lambda: d512_check(device, lambda row: None, time_fn=run_once)),
         lambda: warm_check(device, log, "register_caps", lambda: cap_check(device, lambda row: None, time_fn=run_once)),
+        lambda: warm_check(device, log, "colsum_tiles",
+                           lambda: colsum_check(device, lambda row: None, time_fn=run_once)),
     ]
 
 
@@ -1224,6 +1263,7 @@ def main():
         lambda: split_check(device, log),
         lambda: d512_check(device, log),
         lambda: cap_check(device, log),
+        lambda: colsum_check(device, log),
         lambda: kernel_times_check(device, log),
         lambda: overlap_check(device, log),
     ] + ([lambda: ncu_check(device, log)] if args.ncu else [])
@@ -1257,6 +1297,7 @@ def main():
             lambda: split_check(device, log, ((20, 40, 8),)),
             lambda: d512_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
             lambda: cap_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
+            lambda: colsum_check(device, log, ((20, 40, 8),), time_fn=wall_ms),
             lambda: ncu_check(device, log),  # on a CPU: logged as skipped
         ]
         args.skip_bench = True

@@ -151,7 +151,7 @@ def test_gpu_check_dry(tmp_path):
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "colsum", "encode"}
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
     assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "d512_tiles",
-            "register_caps", "kernel_times", "kernel_times_encode", "memcheck", "done"} <= {r["check"] for r in rows}
+            "register_caps", "colsum_tiles", "kernel_times", "kernel_times_encode", "memcheck", "done"} <= {r["check"] for r in rows}
     nan = [r for r in rows if r["check"] == "nan_policy"]
     assert len(nan) == 4 and all(r["ok"] for r in nan), nan
     assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
@@ -174,6 +174,8 @@ def test_gpu_check_dry(tmp_path):
     assert "gmvq_kernels" in (tmp_path / "host_profile.txt").read_text()  # the profiles name our ops
     split = next(r for r in rows if r["check"] == "split_k")
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
+    colsum = [r for r in rows if r["check"] == "colsum_tiles"]  # q̄'s pass on the launchers' and a two-CTA tile
+    assert len(colsum) == 1 and colsum[0]["ms_default"] > 0 and colsum[0]["ms_two_ctas"] > 0, colsum
     caps = [r for r in rows if r["check"] == "register_caps"]  # soft and hard, each with its three capped variants
     assert [r["hard"] for r in caps] == [False, True], caps
     assert all(r[k] > 0 for r in caps for k in ("ms_default", "ms_row_cap", "ms_col_cap", "ms_both", "fwd_ms_default",
