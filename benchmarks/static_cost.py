@@ -500,10 +500,10 @@ def report(args, shapes):
                               f"{t['serial_ms']:.2f} ms [{time.time() - t0:.0f} s]", flush=True)
                 if cc == 90:
                     yard.append(yardstick(shape, dtype_name, cc, cache))
+    configs = "tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90"
     result = dict(device_model="NVIDIA H200 (static model, see benchmarks/static_cost.py)",
                   torch=torch.__version__, triton=triton.__version__, date=time.strftime("%Y-%m-%d"),
-                  configs=("tables" if args.fast or args.tables else "config.TUNED first, config.ARCH_CONFIGS off sm_90")
-                  + "".join(f"; {kind} {cfg}" for kind, cfg in args.config),
+                  configs=configs + "".join(f"; {kind} {cfg}" for kind, cfg in args.config),
                   tau=args.tau, rows=rows, totals=totals, yardstick=yard, noise=noise_rows)
     md = markdown(result)
     print(md)

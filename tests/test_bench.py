@@ -151,7 +151,8 @@ def test_gpu_check_dry(tmp_path):
     assert {r["key"][2] for r in rows if r["check"] == "tune"} == {"row", "col", "colsum", "encode"}
     assert (tmp_path / "tune.json").exists() and "KC(" in (tmp_path / "config.py").read_text().split("# END TUNED")[0]
     assert {"full", "window", "deterministic", "torch_compile", "host_overhead", "split_k", "d512_tiles",
-            "register_caps", "colsum_tiles", "kernel_times", "kernel_times_encode", "memcheck", "done"} <= {r["check"] for r in rows}
+            "register_caps", "colsum_tiles", "kernel_times", "kernel_times_encode", "memcheck",
+            "done"} <= {r["check"] for r in rows}
     nan = [r for r in rows if r["check"] == "nan_policy"]
     assert len(nan) == 4 and all(r["ok"] for r in nan), nan
     assert next(r for r in rows if r["check"] == "kernel_times")["ms_total"] > 0
