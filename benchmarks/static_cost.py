@@ -51,6 +51,8 @@ The launches take the configs the launchers pick on that arch: ``config.TUNED``'
 (what an H100/H200 runs), then the tables, off sm_90 with ``config.ARCH_CONFIGS``' entries for the arch's
 family (``--arch 80``: what an A100 runs). ``--fast`` takes the tables alone: it guards the kernels at the
 configs they were designed for (what a GPU without measured entries runs), as before the first tuning.
+``--config KIND=BN,BK,WARPS,STAGES[,MAXNREG]`` puts one kind's config in place of any of these, for every D
+(``config.override``; e.g. ``row=64,32,4,2,168``: the row kernels under a cap of 168 registers).
 """
 import argparse
 import json
