@@ -359,14 +359,18 @@ def d512_check(device, log, shapes=((8192, 4096, 512), (32768, 8192, 512)), time
 # the loops are latency-bound at 8 warps per SM (benchmarks/README.md, "Latency from ptxas's control codes").
 REGISTER_CAPS = dict(row=168, col=128)
 FORWARD_CAP = 128
+# dμ on two CTAs of 4 warps per SM instead of one of 8: the same 8 warps per SM, spill-free, 54.9 / 53.4
+# instructions per element against 55.9 / 54.0 at row 4 (63.0 / 61.5 against 61.7 / 60.0 at row 2), but
+# the warps a scheduler holds then come from two CTAs whose loop barriers do not hold them in step
+COL_TWO_CTAS = config.KC(32, 64, 4, 2)
 
 
 def cap_check(device, log, shapes=((8192, 262144, 32),), time_fn=None):
     """The training kernels' fwd + bwd (autotune.training_step, bf16, τ = 1, soft and hard) with the
-    launchers' configs, and with the row and column kernels' registers capped (REGISTER_CAPS: one, the
-    other, both); and the forward alone (with the sums a backward needs) as configured and under
-    FORWARD_CAP: side by side per shape, whether more resident warps pay for the spills. ``time_fn``:
-    the timer (autotune.cuda_ms by default)."""
+    launchers' configs, with the row and column kernels' registers capped (REGISTER_CAPS: one, the
+    other, both) and with dμ on COL_TWO_CTAS; and the forward alone (with the sums a backward needs) as
+    configured and under FORWARD_CAP: side by side per shape, whether more resident warps, or warps out
+    of step, pay for the spills and instructions. ``time_fn``: the timer (autotune.cuda_ms by default)."""
     from gmvq_kernels import autotune
     from gmvq_kernels.forward import gmvq_fwd
 
@@ -385,6 +389,8 @@ def cap_check(device, log, shapes=((8192, 262144, 32),), time_fn=None):
             for name, kinds in (("ms_row_cap", ("row",)), ("ms_col_cap", ("col",)), ("ms_both", ("row", "col"))):
                 with config.override(**{kind: capped(kind, REGISTER_CAPS[kind]) for kind in kinds}):
                     row[name] = time_fn(step)
+            with config.override(col=COL_TWO_CTAS):
+                row["ms_col_two_ctas"] = time_fn(step)
 
             def forward():
                 gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=0, noise=None, dot_precision=prec)

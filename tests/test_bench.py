@@ -177,10 +177,10 @@ def test_gpu_check_dry(tmp_path):
     assert all(split[k] > 0 for k in ("ms_default", "ms_never", "ms_always")), split
     colsum = [r for r in rows if r["check"] == "colsum_tiles"]  # q̄'s pass on the launchers' and a two-CTA tile
     assert len(colsum) == 1 and colsum[0]["ms_default"] > 0 and colsum[0]["ms_two_ctas"] > 0, colsum
-    caps = [r for r in rows if r["check"] == "register_caps"]  # soft and hard, each with its three capped variants
+    caps = [r for r in rows if r["check"] == "register_caps"]  # soft and hard, each with its variants
     assert [r["hard"] for r in caps] == [False, True], caps
-    assert all(r[k] > 0 for r in caps for k in ("ms_default", "ms_row_cap", "ms_col_cap", "ms_both", "fwd_ms_default",
-                                                 "fwd_ms_capped")), caps
+    assert all(r[k] > 0 for r in caps for k in ("ms_default", "ms_row_cap", "ms_col_cap", "ms_both", "ms_col_two_ctas",
+                                                 "fwd_ms_default", "fwd_ms_capped")), caps
     comp = {r["mode"]: r for r in rows if r["check"] == "torch_compile"}
     assert comp["default"]["max_rel_err"] < 1e-6 and comp["default"]["compilations"] <= 2, comp
     # mode="reduce-overhead": on a CPU no CUDA graphs, so this runs the check's path, four steps
