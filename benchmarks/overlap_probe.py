@@ -43,6 +43,9 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+# cp.async into shared memory: async_load since triton 3.8 (3.9 removed the old name, 3.6–3.7 have only it)
+async_load = getattr(cp, "async_load", None) or cp.async_copy_global_to_shared
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gmvq_kernels import devtools  # noqa: E402
 
@@ -91,8 +94,8 @@ def step(x_s, bufs, mu_ptr, codes, cols, K, k, i, s_cur, spare, m, ssum, acc, fr
     # the μ tile after next goes to the third buffer by cp.async one tile ahead: at the top of the step
     # only a wait on that copy group stands before the next distance dot
     offs = k + 2 * BK + codes
-    cp.async_copy_global_to_shared(bufs.index((i + 2) % 3), mu_ptr + gl.expand_dims(offs, 1) * D +
-                                   gl.expand_dims(cols, 0), mask=gl.expand_dims(offs < K, 1))
+    async_load(bufs.index((i + 2) % 3), mu_ptr + gl.expand_dims(offs, 1) * D + gl.expand_dims(cols, 0),
+               mask=gl.expand_dims(offs < K, 1))
     cp.commit_group()
     if SCHEDULE == 1:  # in flight, into registers it defines afresh: ptxas issues it late
         tok = warpgroup_mma(x_s, nxt.permute((1, 0)), gl.zeros_like(spare), use_acc=False, is_async=True)
@@ -134,8 +137,8 @@ def probe_kernel(x_ptr, mu_ptr, out_ptr, K, SCHEDULE: gl.constexpr, MUFU_LOGS: g
     m = gl.full([BN], -1e30, gl.float32, layout=gl.SliceLayout(1, mma_s))
     ssum = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, mma_s))
     fresh = K < 0  # False, but not to the compiler: an immediate would let ptxas sink the dot (SCHEDULE 2)
-    cp.async_copy_global_to_shared(bufs.index(1), mu_ptr + gl.expand_dims(BK + codes, 1) * D + gl.expand_dims(cols, 0),
-                                   mask=gl.expand_dims(BK + codes < K, 1))
+    async_load(bufs.index(1), mu_ptr + gl.expand_dims(BK + codes, 1) * D + gl.expand_dims(cols, 0),
+               mask=gl.expand_dims(BK + codes < K, 1))
     cp.commit_group()
     for k in range(0, K, 2 * BK):
         i = k // BK

@@ -60,10 +60,10 @@ from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, HARD_ROWS_MIN_BLOC
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
-                    col_half_distance, dot_precision_for, half_distances_logits, interpreter_operand, load_codes,
-                    even_k, even_n, finish_splits, half_row_operand, load_row_vec, load_rows, load_stats, mma,
-                    noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands,
-                    row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
+                    col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
+                    half_row_operand, in_first_split, interpreter_operand, load_codes, load_row_vec, load_rows,
+                    load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand,
+                    row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
 
@@ -381,7 +381,7 @@ def _gmvq_bwd_dx_kernel(
         if ysum_ptr is not None:
             delta_y = delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
                                         gs_ptr is not None)
-            tl.store(delta_y_ptr + offs_n, delta_y, mask=mask_n & (split == 0))
+            tl.store(delta_y_ptr + offs_n, delta_y, mask=in_first_split(mask_n, split))
         else:
             delta_y = tl.zeros((BLOCK_N,), tl.float32)  # no y gradient: unread
     else:
@@ -393,7 +393,7 @@ def _gmvq_bwd_dx_kernel(
     log2s_y_tau = log2s_y - log2_inv_tau
     c_y = sample_scale(m_q, log2s_q, m_y, log2s_y_tau) if TAU_ONE else m_y  # m_y: unread
     if cy_ptr is not None:  # for the dμ kernel, whose per-tile rows would each take an exp2 (τ = 1: y/τ = y)
-        tl.store(cy_ptr + offs_n, c_y, mask=mask_n & (split == 0))
+        tl.store(cy_ptr + offs_n, c_y, mask=in_first_split(mask_n, split))
     # hard mode at BLOCK_D ≤ 128 adds the one-hot sample's Ḡ_lat·a term once per row after the loop (at 256
     # the epilogue's (BLOCK_N, D) μ tile would spill the accumulator into the loop: static report)
     ROW_TERM: tl.constexpr = hard_idx_ptr is not None and glat_ptr is not None and BLOCK_D <= 128

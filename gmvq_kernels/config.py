@@ -76,6 +76,11 @@ DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 # badly for nearby points, and plain tf32's 10-bit mantissa gives ~1e-3 relative error in x·μ),
 # while still running on the tensor cores. Ask for "tf32" when speed matters more than the last digits.
 DEFAULT_DOT_PRECISION = "tf32x3"
+# Every launch asks for FMA contraction by name (triton's enable_fp_fusion): triton 3.6–3.9 contract by
+# default, but 3.9 warns at the first compile that 3.10 will not, and every kernel here was measured and
+# verified with it (the static report's instruction counts count FFMAs). Contraction changes the bits
+# only in the last place; the interpreter ignores it.
+FP_FUSION = {"enable_fp_fusion": True}
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,10 @@ class KernelConfig:
     maxnreg: Optional[int] = None
 
     def launch_options(self) -> dict:
-        """The launch options of a kernel taking this config: num_warps, num_stages and, if set, maxnreg."""
+        """The launch options of a kernel taking this config: num_warps, num_stages, FP_FUSION and, if set,
+        maxnreg."""
         extra = {} if self.maxnreg is None else {"maxnreg": self.maxnreg}
-        return dict(num_warps=self.num_warps, num_stages=self.num_stages, **extra)
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, **FP_FUSION, **extra)
 
 
 FUSED_BACKWARD_ENV = "GMVQ_FUSED_BACKWARD"

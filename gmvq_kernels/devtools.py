@@ -167,10 +167,11 @@ def _run_tool(tool, *args, data: bytes, suffix: str):
 
 
 def _ptxas(cc: int) -> str:
-    """The ptxas triton itself takes for sm_{cc}: from sm_100 on its wheel's newer ``ptxas-blackwell``
-    (the other one rejects the PTX version triton writes for Blackwell)."""
-    blackwell = os.path.join(BIN, "ptxas-blackwell")
-    return blackwell if cc >= 100 and os.path.exists(blackwell) else os.path.join(BIN, "ptxas")
+    """The ptxas triton itself takes for sm_{cc} (its backend's choice): triton 3.6–3.8 the wheel's
+    ``ptxas`` below sm_100 and the newer ``ptxas-blackwell`` from sm_100 on; triton 3.9 the latter from
+    sm_90 on (it writes PTX 9.4 there, which the older one rejects)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    return get_ptxas(cc).path
 
 
 def resource_usage(kernel):

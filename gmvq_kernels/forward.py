@@ -29,10 +29,10 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
-                    finish_splits, first_argmax, half_distances_logits, interpreter_operand, load_codes, load_rows,
-                    load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts, row_block_offsets,
-                    row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range, split_hi_lo,
-                    split_parts, split_row_range, sq_norms, tau_one, wide_codes, y_scale)
+                    finish_splits, first_argmax, half_distances_logits, in_first_split, interpreter_operand, load_codes,
+                    load_rows, load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts,
+                    row_block_offsets, row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range,
+                    split_hi_lo, split_parts, split_row_range, sq_norms, tau_one, wide_codes, y_scale)
 
 
 def forward_tau_one(args):
@@ -152,7 +152,7 @@ def _gmvq_fwd_kernel(
     x = load_rows(x_ptr, offs_n, N, D, offs_d)
     xx = sq_norms(x)
     x, xp = row_operands(x, xx, mp_ptr is not None)  # x·(−2) with the norm dot (tiles.row_tile)
-    first = mask_n & (split == 0) if SPLIT else mask_n
+    first = in_first_split(mask_n, split) if SPLIT else mask_n
     tl.store(xx_ptr + offs_n, xx, mask=first)
     if xq_ptr is not None:  # the column kernels' rows operand (tiles.row_norm_operand), for q̄ and dμ
         tl.store(xq_ptr + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :],

@@ -40,7 +40,7 @@ import triton.language as tl
 
 from . import cbuild
 from .checks import can_use_triton, check_int, check_seed
-from .config import CUDAGRAPH_UNSAFE, INTERPRET, launch_guard
+from .config import CUDAGRAPH_UNSAFE, FP_FUSION, INTERPRET, launch_guard
 
 PHILOX_ROUNDS = 7
 _ROUNDS = tl.constexpr(PHILOX_ROUNDS)
@@ -503,7 +503,7 @@ def _draw_gumbel_noise(N, K, seed, row_offset, device):
         grid = (n_blocks * k_blocks,) if flat else (n_blocks, k_blocks)
         with launch_guard():
             _gumbel_noise_kernel[grid](out, N, K, *seed_args(seed), row_offset, FLAT=flat, BLOCK_N=BLOCK_N,
-                                       BLOCK_K=BLOCK_K)
+                                       BLOCK_K=BLOCK_K, **FP_FUSION)
         return out
     # a CPU, or an AMD GPU (ROCm; the kernel's logs are PTX): the CPU twin, copied over
     return gumbel_noise_numpy(N, K, seed, row_offset).to(device)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .config import INTERPRET, NORM_DOT_MAX_BLOCK_D, block_d, norm_dot
+from .config import FP_FUSION, INTERPRET, NORM_DOT_MAX_BLOCK_D, block_d, norm_dot
 from .noise import gumbel_tile
 from .spec import LOG_2PI as _LOG_2PI, STATS_FIELDS
 
@@ -171,7 +171,7 @@ def norm_operand(sq, scale: float, parts_first: bool):
     one launch."""
     out = norm_operand_buffer(sq.shape[0], sq.device)
     _norm_parts_kernel[(triton.cdiv(sq.shape[0], 64),)](sq, out, sq.shape[0], SCALE=scale, PARTS_FIRST=parts_first,
-                                                         BLOCK=64)
+                                                         BLOCK=64, **FP_FUSION)
     return out
 
 
@@ -228,7 +228,7 @@ def code_terms(means, log_var, log_pi):
     mp = norm_operand_buffer(K, means.device) if norm_dot(means.dtype) else None
     log_pi = None if log_pi is None else log_pi.contiguous()
     _code_terms_kernel[(triton.cdiv(K, 64),)](means, log_var.contiguous(), log_pi, consts, mp, K, D, 0.5 * D,
-                                              -math.log(K), BLOCK=64, BLOCK_D=min(block_d(D), 64))
+                                              -math.log(K), BLOCK=64, BLOCK_D=min(block_d(D), 64), **FP_FUSION)
     return consts, mp
 
 
@@ -525,6 +525,16 @@ def split_code_range(codes_per_split, K):
 
 
 @triton.jit
+def in_first_split(mask, split):
+    """``mask`` where this program is split 0 of its rows' codebook (the one that writes their per-row
+    outputs), else all False. A select on the block rather than ``mask & (split == 0)``: triton 3.9's
+    interpreter gives a scalar compare the data type of its operands when it is broadcast (int32 here),
+    and its masked loads and stores refuse a mask that is not bool ("mask has unsupported dtype").
+    Compiled code is the same either way (an and of two predicates)."""
+    return tl.where(split == 0, mask, False)
+
+
+@triton.jit
 def split_row_range(rows_per_split, N):
     """(split, first row, end row) of a column kernel's share of the rows: split = program_id(1) (int64),
     rows_per_split a whole number of row tiles (config.split_rows)."""
@@ -637,7 +647,7 @@ def finish_splits(n, acc=None, sums=None, base=None, scale=1.0, vecs=(), divisor
     vec_out = [torch.empty(L, dtype=torch.float32, device=dev) for _ in vecs]
     v0, v1 = (list(zip(vecs, vec_out)) + [(None, None)] * 2)[:2]
     _finish_splits_kernel[(triton.cdiv(L, 32),)](acc, sums, base, out, *v0, *v1, n, L, D, float(scale), float(divisor),
-                                                 BLOCK_L=32, BLOCK_D=min(block_d(D), 64) if D else 16)
+                                                 BLOCK_L=32, BLOCK_D=min(block_d(D), 64) if D else 16, **FP_FUSION)
     return out, vec_out
 
 

@@ -1,9 +1,10 @@
-"""Every load, store and atomic the kernels issue lies inside one of the launch's tensor arguments
-(interpreter only: it hands the kernels real host addresses, which this file checks before each memory
-op). On a GPU an access past a tensor reads garbage, writes over a neighbour or faults: on 2026-12-04 an
-H200 faulted in the opt-in fused backward at D = 100 (benchmarks/README.md, "GPU results ...
-2026-12-04"). These cases, that one included at the tiles and row splits an H200 runs, find no such
-access in the kernels as the interpreter runs them; the fault is still open (backward.use_fused)."""
+"""Every load, store and atomic the kernels issue lies inside one of the launch's tensor arguments, and
+its mask is bool data (interpreter only: it hands the kernels real host addresses, which this file
+checks before each memory op). On a GPU an access past a tensor reads garbage, writes over a neighbour
+or faults: on 2026-12-04 an H200 faulted in the opt-in fused backward at D = 100 (benchmarks/README.md,
+"GPU results ... 2026-12-04"). These cases, that one included at the tiles and row splits an H200 runs,
+find no such access in the kernels as the interpreter runs them; the fault is still open
+(backward.use_fused)."""
 import numpy as np
 import pytest
 import torch
@@ -52,6 +53,10 @@ class BoundsCheck:
 
     def check(self, ptrs, mask, op):
         self.checked += 1
+        # a mask formed with a broadcast scalar compare carries int32 data in the interpreter (3.6–3.9),
+        # which triton 3.9's masked loads and stores refuse (tiles.in_first_split)
+        if mask.data.dtype != np.bool_:
+            raise AssertionError(f"{self.kernel}: a {op} mask of {mask.data.dtype} data, not bool")
         size = np.dtype(self.interpreter._get_np_dtype(ptrs.get_element_ty())).itemsize
         addr = ptrs.data.astype(np.uint64)[np.broadcast_to(mask.data, ptrs.data.shape)]
         inside = np.zeros(addr.shape, bool)

@@ -957,3 +957,39 @@ def test_seed_read_on_device_matches_the_int_seed(monkeypatch, dtype, hard, wher
         assert torch.equal(a, b), name
     assert torch.equal(gk.gumbel_noise(13, 37, seed_tensor(seed).to(device), device=device),
                        gk.gumbel_noise(13, 37, seed, device=device))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_every_launch_asks_for_fma_contraction(hard, device, monkeypatch):
+    """Each kernel launch of a fwd+bwd (bf16, split codebook and rows), the encode path and gumbel_noise
+    passes config.FP_FUSION: triton 3.9 warns that 3.10 stops contracting multiply-adds by default, and
+    the kernels were measured and verified with them."""
+    from gmvq_kernels import backward, config, encode, forward, noise
+
+    seen = {}
+
+    class Watch:  # the kernel, noting the launch's enable_fp_fusion
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.setdefault(self.name, set()).add(kwargs.get("enable_fp_fusion"))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for mod in (forward, backward, encode, noise, tiles):
+        for attr in dir(mod):
+            if attr.startswith("_") and attr.endswith("_kernel"):
+                monkeypatch.setattr(mod, attr, Watch(attr, getattr(mod, attr)))
+    monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+    monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
+    x, m, lv, lp = [t.requires_grad_() for t in make_inputs(40, 70, 20, dtype=torch.bfloat16, prior=True,
+                                                             device=device)]
+    out = gk.gmvq(x, m, lv, lp, impl="triton", hard=hard)
+    (gk.albo_loss(out, lp) + out.quantized.float().square().sum()).backward()
+    gk.gmvq_encode(x.detach(), m.detach(), lv.detach(), lp.detach(), impl="triton")
+    gk.gumbel_noise(3, 5, seed=1, device=device)
+    assert {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel",
+            "_gmvq_encode_kernel", "_gumbel_noise_kernel", "_code_terms_kernel", "_finish_splits_kernel"} <= set(seen)
+    assert all(flags == {True} for flags in seen.values()), seen
