@@ -527,10 +527,11 @@ def split_code_range(codes_per_split, K):
 @triton.jit
 def in_first_split(mask, split):
     """``mask`` where this program is split 0 of its rows' codebook (the one that writes their per-row
-    outputs), else all False. A select on the block rather than ``mask & (split == 0)``: triton 3.9's
-    interpreter gives a scalar compare the data type of its operands when it is broadcast (int32 here),
-    and its masked loads and stores refuse a mask that is not bool ("mask has unsupported dtype").
-    Compiled code is the same either way (an and of two predicates)."""
+    outputs), else all False. A select on the block rather than ``mask & (split == 0)``: Triton's
+    interpreter (3.6–3.9) gives a scalar compare the data type of its operands when it is broadcast
+    (int32 here), and 3.9's masked loads and stores refuse a mask that is not bool ("mask has
+    unsupported dtype"; tests/test_bounds.py checks every mask). Compiled code is the same either way
+    (the static report, triton 3.6 and 3.7)."""
     return tl.where(split == 0, mask, False)
 
 
