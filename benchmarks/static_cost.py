@@ -354,9 +354,11 @@ def yardstick_launches(N, K, D, dtype):
     q, kv = torch.empty(N, D, dtype=dtype), torch.empty(K, D, dtype=dtype)
     vec = torch.empty(N)
     big = D > 128
-    fwd = dict(BLOCK_N=128, BLOCK_K=64 if not big else 32, BLOCK_D=D, num_warps=8, num_stages=3 if not big else 2)
+    # with FMA contraction asked for by name, as every launch of the package (config.FP_FUSION)
+    fwd = dict(BLOCK_N=128, BLOCK_K=64 if not big else 32, BLOCK_D=D, num_warps=8, num_stages=3 if not big else 2,
+               **config.FP_FUSION)
     bwd = dict(BLOCK_N=64 if not big else 32, BLOCK_K=64, BLOCK_D=D, num_warps=4 if not big else 8,
-               num_stages=2 if not big else 1)
+               num_stages=2 if not big else 1, **config.FP_FUSION)
     return [devtools.Launch(_fa_fwd_kernel, (N // 128,), (q, kv, q, vec, N, K, 1.0), fwd),
             devtools.Launch(_fa_bwd_dkv_kernel, (K // bwd["BLOCK_K"],), (q, kv, q, vec, vec, kv, N, K, 1.0), bwd),
             devtools.Launch(_fa_bwd_dq_kernel, (N // bwd["BLOCK_N"],), (q, kv, q, vec, vec, q, N, K, 1.0), bwd)]
@@ -375,15 +377,23 @@ def yardstick(shape, dtype_name, cc, cache):
                 fit_ms=sum(r["fit_ms"] for r in rows))
 
 
+def noise_launch(num_warps=4):
+    """One tile of ``gumbel_noise``'s standalone kernel at its GPU tile (noise.NOISE_BLOCKS), with the
+    launch options gumbel_noise passes (config.FP_FUSION)."""
+    BLOCK_N, BLOCK_K = noise.NOISE_BLOCKS
+    return devtools.Launch(noise._gumbel_noise_kernel, (1, 1),
+                           (torch.empty(BLOCK_N, BLOCK_K), BLOCK_N, BLOCK_K, 0, 0, None, 0),
+                           dict(FLAT=False, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
+                                **config.FP_FUSION))
+
+
 def noise_cost(cc, cache, num_warps=4):
     """The Gumbel noise alone: the standalone kernel of ``gumbel_noise`` at its GPU tile
     (noise.NOISE_BLOCKS, one tile per program, no loop) compiled like the others; instructions per
     element = the whole kernel's per thread over the elements each thread draws. The fused kernels pay
     about this per noise pass, plus the layout change that puts the tile where their dot results are."""
     BLOCK_N, BLOCK_K = noise.NOISE_BLOCKS
-    out = torch.empty(BLOCK_N, BLOCK_K)
-    launch = devtools.Launch(noise._gumbel_noise_kernel, (1, 1), (out, BLOCK_N, BLOCK_K, 0, 0, None, 0),
-                             dict(FLAT=False, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps))
+    launch = noise_launch(num_warps)
     info = analyse(launch, cc, cache)
     per_thread = BLOCK_N * BLOCK_K / (32 * num_warps)
     classes = {k: v / per_thread for k, v in info["sass"].classes.items()}

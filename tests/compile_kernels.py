@@ -108,11 +108,12 @@ def record(arch=None, shared=None):
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)
         finally:
             tiles.WIDE_CODES_MIN = wide_min
-    # the noise kernel is launched only on CUDA / interpreter: record its launches by hand
+    # the noise kernel is launched only on CUDA / interpreter: record its launches by hand, with the
+    # launch options noise.gumbel_noise passes (config.FP_FUSION; without it triton 3.9 warns)
     for seed_ptr, flat in ((None, False), (torch.tensor(1), False), (None, True)):
         log.append(devtools.Launch(noise._gumbel_noise_kernel, (1,) if flat else (1, 1),
                                    (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
-                                   dict(FLAT=flat, BLOCK_N=32, BLOCK_K=128)))
+                                   dict(FLAT=flat, BLOCK_N=32, BLOCK_K=128, **config.FP_FUSION)))
     return log
 
 

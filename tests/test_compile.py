@@ -30,6 +30,22 @@ def test_kernels_fit_99_kib_gpus():
     assert "0 failed" in proc.stdout and "compiled" in proc.stdout, proc.stdout
 
 
+def test_static_tools_compile_with_fma_contraction():
+    """The launches the static tools build by hand (static_cost's FlashAttention-style yardstick and its
+    noise tile, compile_kernels' noise launches) and those they record from the launchers ask for FMA
+    contraction (config.FP_FUSION) as every launch of the package does: triton 3.10 stops contracting by
+    default, and a yardstick compiled without it would be measured against kernels compiled with it."""
+    code = ("import sys, torch; sys.path[:0] = ['benchmarks', 'tests']; import static_cost, compile_kernels; "
+            "launches = [*static_cost.yardstick_launches(256, 256, 64, torch.bfloat16), "
+            "*static_cost.yardstick_launches(256, 256, 256, torch.bfloat16), static_cost.noise_launch(), "
+            "*compile_kernels.record('sm_90')]; "
+            "print(len(launches), sorted({l.name for l in launches if l.kwargs.get('enable_fp_fusion') is not True}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    count, missing = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) > 400 and missing == "[]", proc.stdout[-2000:]
+
+
 # Spills that a triton other than CI's (3.7) is known to compile into --fast's kernels, by (major, minor):
 # (kernel, shape, mode) -> bytes. triton 3.6.0, what the H200 image runs: hard dμ at D = 128 (1.0 local
 # loads/stores per element in its loop; the spill-free (16, 128, 8, 2) tile models 3–6 % slower per
