@@ -23,6 +23,7 @@ forward+backward: 4 forward, 8 backward; 2·N·K·D for encode).
     python benchmarks/speed.py --cpu-step --codebook-size 8192 --unblocked   # ... and the row blocks' effect
     python benchmarks/speed.py --cpu-step --processes 3      # ... each quantizer in its own process
     python benchmarks/speed.py --out benchmarks/results/X/speed.json   # GPU: anchors + sweeps
+    python benchmarks/speed.py --targets benchmarks/results/X/speed.json   # the speed targets of a run
 """
 import argparse
 import json
@@ -241,10 +242,50 @@ def print_table(rows, info, file=sys.stdout):
               f"{f(r.get('peak_gib'), '8.3f')} {f(r.get('tflops'), '8.1f')} {r.get('status', '')}", file=file)
 
 
+# The speed targets (README, "Speed"), bf16 fwd+bwd of the training objective at the anchor rows: at most
+# 1.5× SDPA-flash's time at every row (the standing goal), at least 2× faster than the compiled naive code
+# at rows 2 and 3 (naive_compile, the fair baseline; torch_compile of the fp32 reference beside it), and
+# row 1 eager within 0.8 ms, row 4 within 40 ms. (name, row index, numerator, denominator, bound, "<=" or
+# ">="): the value is numerator's ms over denominator's (None: the ms itself).
+TARGETS = [*(("fwd+bwd / SDPA-flash", i, "triton", "sdpa", 1.5, "<=") for i in range(len(ANCHOR_SHAPES))),
+           *((f"{base} / fwd+bwd", i, base, "triton", 2.0, ">=") for i in (1, 2)
+             for base in ("naive_compile", "torch_compile")),
+           ("fwd+bwd ms (eager)", 0, "triton", None, 0.8, "<="),
+           ("fwd+bwd ms", 3, "triton", None, 40.0, "<=")]
+
+
+def speed_targets(rows):
+    """TARGETS read from a full run's rows (its anchor rows: sweep rows left out), one dict each: the
+    target, the shape, the value, the bound and "met", "missed" or "not measured" (a row missing or
+    failed)."""
+    def ms(provider, shape):
+        return next((r["ms"] for r in rows if r.get("ms") and "sweep" not in r and r["mode"] == "fwd_bwd"
+                     and r["dtype"] == "bf16" and r["provider"] == provider and (r["N"], r["K"], r["D"]) == shape),
+                    None)
+
+    out = []
+    for name, i, num, den, bound, op in TARGETS:
+        shape = ANCHOR_SHAPES[i]
+        a, b = ms(num, shape), (ms(den, shape) if den else 1.0)
+        value = None if a is None or b is None else a / b
+        status = "not measured" if value is None else ("met" if (value <= bound if op == "<=" else value >= bound)
+                                                       else "missed")
+        out.append(dict(target=name, shape=list(shape), value=value, bound=f"{op} {bound}", status=status))
+    return out
+
+
+def print_targets(targets, file=sys.stdout):
+    print("| target | N, K, D | value | bound | status |\n|---|---|---|---|---|", file=file)
+    for t in targets:
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        print(f"| {t['target']} | {', '.join(map(str, t['shape']))} | {value} | {t['bound']} | {t['status']} |",
+              file=file)
+
+
 def save(rows, info, out, extra=None):
     rows = [dict(r, **info) for r in rows]
     with open(out, "w") as fh:
-        json.dump(dict(rows=rows, **(extra or {})), fh, indent=1)
+        json.dump(dict(rows=rows, targets=speed_targets(rows), **(extra or {})), fh, indent=1)
     csv = os.path.splitext(out)[0] + ".csv"
     keys = ["provider", "mode", "dtype", "N", "K", "D", "ms", "ms_p20", "ms_p80", "peak_gib", "tflops", "status",
             "device", "torch", "triton", "date"]
@@ -577,7 +618,13 @@ def main(argv=None):
     p.add_argument("--processes", type=int, default=0, metavar="ROUNDS",
                    help="--cpu-step: each quantizer and mode in a process of its own, ROUNDS rounds")
     p.add_argument("--only", help="--cpu-step: one variant, QUANTIZER:MODE (what --processes runs)")
+    p.add_argument("--targets", metavar="SPEED_JSON",
+                   help="print the speed targets read from a full run's speed.json (any machine), and exit")
     args = p.parse_args(argv)
+    if args.targets:
+        with open(args.targets) as fh:
+            print_targets(speed_targets(json.load(fh)["rows"]))
+        return 0
     if args.cpu_step or args.host_cpu:
         if not args.cpu_step:
             rows = [host_path_cpu()]
@@ -605,6 +652,8 @@ def main(argv=None):
         checkpoint = (lambda rows: save(rows, info, args.out, extra)) if args.out else None
         rows = run_full(args, device, t0 + args.budget_s, checkpoint)
     print_table(rows, info)
+    if not (args.smoke or device.type == "cpu"):
+        print_targets(speed_targets(rows))
     if args.out:
         save(rows, info, args.out, extra)
     if args.plot:

@@ -61,6 +61,44 @@ def test_speed_smoke(tmp_path):
     assert "triton" in out
 
 
+def test_speed_targets(tmp_path, capsys):
+    """speed.py's targets read from a full run's rows: ratios and bounds as stated, a missing or failed row
+    "not measured", and no sweep row at an anchor shape, fp32 row or forward alone taken for the anchor's row;
+    --targets prints the same from a speed.json."""
+    import json
+
+    speed = benchmark_module("speed")
+    A = speed.ANCHOR_SHAPES
+
+    def row(provider, shape, ms, **kw):
+        return dict(provider=provider, mode="fwd_bwd", dtype="bf16", N=shape[0], K=shape[1], D=shape[2], ms=ms, **kw)
+
+    rows = [row("triton", A[1], 0.1, sweep="K"), dict(row("triton", A[0], 0.1), dtype="fp32-tf32"),
+            dict(row("triton", A[0], 0.1), mode="fwd"),
+            row("triton", A[0], 0.7), row("sdpa", A[0], 0.5),
+            row("triton", A[1], 2.0), row("sdpa", A[1], 1.0), row("naive_compile", A[1], 4.5),
+            row("torch_compile", A[1], 3.0),
+            row("triton", A[2], 5.0), row("sdpa", A[2], None, status="OOM"),
+            row("triton", A[3], 41.0), row("sdpa", A[3], 30.0)]
+    got = {(t["target"], tuple(t["shape"])): (t["value"], t["status"]) for t in speed.speed_targets(rows)}
+    approx = pytest.approx
+    assert got == {("fwd+bwd / SDPA-flash", A[0]): (approx(1.4), "met"),
+                   ("fwd+bwd / SDPA-flash", A[1]): (approx(2.0), "missed"),
+                   ("fwd+bwd / SDPA-flash", A[2]): (None, "not measured"),
+                   ("fwd+bwd / SDPA-flash", A[3]): (approx(41 / 30), "met"),
+                   ("naive_compile / fwd+bwd", A[1]): (approx(2.25), "met"),
+                   ("torch_compile / fwd+bwd", A[1]): (approx(1.5), "missed"),
+                   ("naive_compile / fwd+bwd", A[2]): (None, "not measured"),
+                   ("torch_compile / fwd+bwd", A[2]): (None, "not measured"),
+                   ("fwd+bwd ms (eager)", A[0]): (approx(0.7), "met"),
+                   ("fwd+bwd ms", A[3]): (approx(41.0), "missed")}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(dict(rows=rows)))
+    capsys.readouterr()
+    assert speed.main(["--targets", str(path)]) == 0
+    assert "| fwd+bwd ms | 8192, 262144, 32 | 41 | <= 40.0 | missed |" in capsys.readouterr().out
+
+
 def test_speed_cpu_step(tmp_path):
     """speed.py --cpu-step: the module's CPU training step beside VectorQuantize (when installed), as
     the README quotes it."""
