@@ -33,7 +33,6 @@ LADDER = {
     "col": [KC(32, 64, 4, 1), KC(16, 64, 4, 1), KC(16, 32, 4, 1), KC(16, 16, 4, 1)],
     "colsum": [KC(64, 256, 8, 1), KC(64, 128, 8, 1), KC(32, 64, 4, 1), KC(16, 64, 4, 1), KC(16, 16, 4, 1)],
     "encode": [KC(128, 32, 8, 1), KC(64, 32, 4, 1), KC(64, 16, 4, 1), KC(16, 16, 4, 1)],
-    "fused": [KC(32, 64, 4, 1), KC(16, 64, 4, 1), KC(16, 32, 4, 1)],
 }
 
 
@@ -41,8 +40,6 @@ def bucket_of(launch):
     """(input kind, kernel kind, largest D of the bucket) of a recorded launch, as config keys it."""
     kind = KERNEL_KIND[launch.name]
     x = launch.arg("x_ptr")
-    if kind == "col" and launch.arg("dx_acc_ptr") is not None:
-        kind = "fused"
     if kind == "delta" and x.dtype == torch.float32:
         kind = "row"  # config.delta_config: fp32's Δ pass takes the row kernels' tiles
     kind_dt, limit = config.bucket(kind, launch.kwargs["BLOCK_D"], x.dtype)

@@ -3,11 +3,9 @@
 0. The GPU's Gumbel noise against the exact transform in float64, and a KS fit of 2²² draws.
 1. Correctness against the float64 reference on the GPU: fp32 with each dot precision, bf16, soft and
    hard (dμ's one-hot after its loop and, at K = 500, in it), with a prior, latents far from the
-   origin with and without the norm dot (GMVQ_NORM_DOT=0), and
-   the fused backward (GMVQ_FUSED_BACKWARD=1); every output and every
+   origin with and without the norm dot (GMVQ_NORM_DOT=0); every output and every
    gradient (max error relative to max|gt|, beside the
-   error of the reference at the input precision); the fused backward's fault of 2026-12-04 (D = 100)
-   forced and run under compute-sanitizer's memcheck (memcheck_check). Large shapes (N=65536, K=262144, D=256 and
+   error of the reference at the input precision). Large shapes (N=65536, K=262144, D=256 and
    N·K > 2³²) are checked on row windows, which is exact: every row output and dx depend only on
    their own row (q̄'s upstream gradient is rescaled for the window). A codebook of 2³¹ elements or
    more (K = 2²³ + 4096, D = 256: the row kernels' 64-bit code offsets, tiles.wide_codes) against the
@@ -30,8 +28,8 @@
    (overlap_check, benchmarks/overlap_probe.py: benchmarks/README.md, lever 14); with --ncu (or
    --ncu-only: that alone), Nsight Compute on each kernel at rows 2 and 3: speed of light, occupancy,
    issue slots, the pipes' shares and the stall reasons per issued instruction (ncu_check).
-3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with the fused
-   backward at D ≤ 128, with GMVQ_SERIAL_WGMMA=1: the loops before docs/speed_history.md, item 20, and with
+3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with GMVQ_SERIAL_WGMMA=1: the
+   loops before docs/speed_history.md, item 20, and with
    GMVQ_NORM_DOT=0: the distances before item 23), the K
    and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
@@ -108,22 +106,20 @@ def upstream(N, K, D, device, gen):
             for name in DIFF_OUTPUTS}
 
 
-def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, fused=False, norm_dot=True, tau=0.5,
-               near_codes=0.0):
+def full_check(N, K, D, dtype, prec, hard, device, log, offset=0.0, norm_dot=True, tau=0.5, near_codes=0.0):
     """Every output and gradient against float64 (the CPU tests' rule) at temperature ``tau``. offset:
     latents and means that many spreads from the origin, where half-precision dots must cancel the
     offset exactly (the CPU interpreter runs them on fp32 operands; the kernels round their tiles by
-    name so it sees most). fused: the backward with GMVQ_FUSED_BACKWARD=1 (dx by atomics in the dμ
-    pass). norm_dot False: bf16 with GMVQ_NORM_DOT=0, the norms added per element
+    name so it sees most). norm_dot False: bf16 with GMVQ_NORM_DOT=0, the norms added per element
     (docs/speed_history.md, item 23: the tensor cores' own summation of the norm dot is what the
     interpreter cannot show). near_codes: a trained quantizer's inputs (testing.make_inputs), where
     passes whose distances differ in their last bits no longer agree on the peaked probabilities
     (README, "Correctness": fp32 in the interpreter)."""
-    with config.fused_backward_env(fused), config.env_flag(config.NORM_DOT_ENV, norm_dot):
-        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot, tau, near_codes)
+    with config.env_flag(config.NORM_DOT_ENV, norm_dot):
+        return _full_check(N, K, D, dtype, prec, hard, device, log, offset, norm_dot, tau, near_codes)
 
 
-def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot, tau, near_codes):
+def _full_check(N, K, D, dtype, prec, hard, device, log, offset, norm_dot, tau, near_codes):
     gen = torch.Generator(device=device).manual_seed(N + K + D)
     x, m, lv, lp = testing.make_inputs(N, K, D, dtype=dtype, prior=True, device=device, seed=N + K + D,
                                        offset=offset, near_codes=near_codes)
@@ -134,7 +130,7 @@ def _full_check(N, K, D, dtype, prec, hard, device, log, offset, fused, norm_dot
     ref, gref = forward_backward(x, m, lv, lp, "reference", up, **kw)
     out, gout = forward_backward(x, m, lv, lp, "triton", up, dot_precision=prec, **dict(kw, noise=None, seed=5))
     row = dict(check="full", N=N, K=K, D=D, dtype=str(dtype).replace("torch.", ""), dot_precision=prec, hard=hard,
-               offset=offset, fused_backward=fused, norm_dot=config.norm_dot(dtype), tau=tau, near_codes=near_codes)
+               offset=offset, norm_dot=config.norm_dot(dtype), tau=tau, near_codes=near_codes)
     # the CPU tests' pass rule (gmvq_kernels.testing.three_way); tf32 dots round operands to 10 mantissa
     # bits, so they get 1e-2 against the fp64 definition instead. Half inputs must also stay within
     # HALF_ABS_REL of max|gt| outright.
@@ -962,41 +958,6 @@ def ncu_check(device, log, shapes=((32768, 8192, 128), (65536, 16384, 256)), tim
                  kernels=kernels, output_tail=None if kernels else tail))
 
 
-def memcheck_case(N=256, K=300, D=100):
-    """The fused backward at a D below its tile, forced (backward.use_fused refuses it since it faulted on
-    the H200 on 2026-12-04): bf16, hard, a prior and every upstream gradient, as the failing check."""
-    from gmvq_kernels import backward
-    backward.use_fused = lambda dtype, D: True
-    with config.fused_backward_env(True):
-        device = torch.device("cuda")
-        gen = torch.Generator(device=device).manual_seed(0)
-        x, m, lv, lp = testing.make_inputs(N, K, D, dtype=torch.bfloat16, prior=True, device=device, seed=1)
-        forward_backward(x, m, lv, lp, "triton", upstream(N, K, D, device, gen), tau=0.5, hard=True, seed=5)
-        torch.cuda.synchronize()
-
-
-def memcheck_check(device, log, timeout_s=150):
-    """memcheck_case under compute-sanitizer, in a child process: which kernel reads or writes out of
-    bounds, where in the source (Triton's line info) and at what address; the error lines are logged.
-    Skipped where the CUDA toolkit's compute-sanitizer is not installed."""
-    tool = shutil.which("compute-sanitizer") or next(
-        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
-    if device.type != "cuda" or tool is None:
-        log(dict(check="memcheck", skipped="not a GPU" if device.type != "cuda" else "no compute-sanitizer"))
-        return
-    import subprocess
-    cmd = [tool, "--tool", "memcheck", "--print-limit", "8", sys.executable, os.path.abspath(__file__),
-           "--memcheck-case", "--out", "unused"]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        text, rc = r.stdout + r.stderr, r.returncode
-    except subprocess.TimeoutExpired as e:
-        text, rc = (e.stdout or b"").decode() + (e.stderr or b"").decode(), "timeout"
-    lines = [l for l in text.splitlines() if l.startswith("=========")]
-    log(dict(check="memcheck", case="fused backward, bf16 hard, N=256 K=300 D=100", returncode=rc,
-             summary=next((l for l in lines if "ERROR SUMMARY" in l), None), errors=lines[:60]))
-
-
 def slow(step):
     """Mark a step that takes long (inductor's compiles, compute-sanitizer, a 20 GB codebook): side by
     side, such steps start first."""
@@ -1176,11 +1137,8 @@ def main():
     p.add_argument("--ncu", action="store_true",
                    help="also run Nsight Compute on the kernels at rows 2 and 3 (ncu_check; after the timed checks)")
     p.add_argument("--ncu-only", action="store_true", help="ncu_check alone (after the env row)")
-    p.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)  # memcheck_check's child
     p.add_argument("--ncu-case", default=None, help=argparse.SUPPRESS)  # ncu_check's child: "N,K,D"
     args = p.parse_args()
-    if args.memcheck_case:
-        return memcheck_case()
     if args.ncu_case:
         return ncu_case(args.ncu_case)
     os.makedirs(args.out, exist_ok=True)
@@ -1217,8 +1175,7 @@ def main():
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, True, device, log),
         # soft at BLOCK_D = 128: the forward's lazy rescale (forward.LAZY_MIN_BLOCK_D), soft sums kept
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log),
-        # a D below its tile where no GPU had run one before 2026-12-04's fault in the fused backward at
-        # D = 100: fp32 (its Δ pass recomputes y and Y) and the D = 256 bucket
+        # a D below its tile: fp32 (its Δ pass recomputes y and Y) and the D = 256 bucket
         lambda: full_check(1000, 3000, 100, torch.float32, "tf32x3", False, device, log),
         lambda: full_check(1000, 3000, 200, torch.bfloat16, None, True, device, log),
         # hard mode with fewer code blocks than config.HARD_ROWS_MIN_BLOCKS: dμ keeps the one-hot in its loop
@@ -1240,13 +1197,10 @@ def main():
         # the D = 512 bucket's tiles of 2026-12-02 (mma.sync row tiles on sm_90), never run on a GPU before
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, False, device, log),
         lambda: full_check(1000, 3000, 512, torch.bfloat16, None, True, device, log),
-        lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, offset=30.0, fused=True),
-        # the fused backward takes D = BLOCK_D only (backward.use_fused: D = 100 faulted on 2026-12-04)
-        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, fused=True),
-        slow(lambda: memcheck_check(device, log)),
+        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log),
         # τ = 1: the backward's y from q and the draws' 1/log₂ u by rcp.approx (speed history, item 27)
         lambda: full_check(2048, 4096, 64, torch.bfloat16, None, False, device, log, tau=1.0),
-        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, tau=1.0, fused=True),
+        lambda: full_check(1000, 3000, 128, torch.bfloat16, None, True, device, log, tau=1.0),
         # and the forward's y from q's exponentials, its sums moved lazily (BLOCK_D = 128; speed history, item 28)
         lambda: full_check(1000, 3000, 100, torch.bfloat16, None, False, device, log, tau=1.0),
         lambda: full_check(2048, 4096, 64, torch.float32, "tf32x3", True, device, log, tau=1.0),
@@ -1282,8 +1236,7 @@ def main():
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", False, device, log, near_codes=0.03),
             lambda: full_check(20, 40, 8, torch.bfloat16, None, False, device, log, offset=30.0, norm_dot=False),
-            lambda: full_check(20, 40, 32, torch.bfloat16, None, True, device, log, fused=True),
-            lambda: memcheck_check(device, log),
+            lambda: full_check(20, 40, 32, torch.bfloat16, None, True, device, log),
             lambda: full_check(20, 40, 8, torch.float32, "ieee", True, device, log, tau=1.0),
             lambda: window_check(80, 48, 8, torch.bfloat16, [0, 70], device, log),
             lambda: forced_wide(lambda: wide_check(device, log, 16, 48, 64)),

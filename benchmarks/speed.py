@@ -6,7 +6,7 @@ Providers: ``triton`` (gmvq_kernels), ``reference`` (eager PyTorch, builds N×K 
 naive code written for bf16 runs, the fair compiled baseline), ``sdpa`` (PyTorch FlashAttention with x as queries
 and the codebook as keys and values: the nearest fused kernel, a speed-of-light proxy that computes
 less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; only where installed);
-``triton_fused`` (ours with ``GMVQ_FUSED_BACKWARD=1``), ``triton_serial`` (ours with
+``triton_serial`` (ours with
 ``GMVQ_SERIAL_WGMMA=1``: the loops as before docs/speed_history.md, item 20, their wgmma serialised by ptxas,
 timed beside the default to measure what that item gained), ``triton_no_norm_dot`` (ours with
 ``GMVQ_NORM_DOT=0``: the norms added per element, as before docs/speed_history.md, item 23),
@@ -114,8 +114,8 @@ def encode_fn(provider, prec):
 
 
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
-    if provider in ("triton", "triton_fused", "triton_serial", "triton_no_norm_dot",
-                    "triton_eager_rescale"):  # measure() sets their flags
+    # measure() sets the variants' flags
+    if provider in ("triton", "triton_serial", "triton_no_norm_dot", "triton_eager_rescale"):
         return gmvq_loss("triton", prec)
     if provider == "triton_hard":
         return gmvq_loss("triton", prec, hard=True)
@@ -148,12 +148,11 @@ def timeit(fn, device, quick):
 
 
 def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False, warm=False):
-    """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_fused"
-    runs with GMVQ_FUSED_BACKWARD=1, "triton_serial" with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
+    """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_serial"
+    runs with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
     GMVQ_NORM_DOT=0, "triton_eager_rescale" with GMVQ_LAZY_RESCALE=0, "triton" with none of them. ``warm``:
     the first call alone (what it compiles), no time."""
-    with config.fused_backward_env(provider == "triton_fused"), \
-            config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
+    with config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
             config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"), \
             config.env_flag(config.LAZY_RESCALE_ENV, provider != "triton_eager_rescale"):
         return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick, warm)
@@ -520,9 +519,7 @@ def run_smoke(args):
             for mode in ("fwd", "fwd_bwd"):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
-        # the fused backward takes half inputs (backward.use_fused)
-        for provider in ("triton_fused", "triton_serial", "triton_no_norm_dot", "triton_hard",
-                         "triton_eager_rescale"):
+        for provider in ("triton_serial", "triton_no_norm_dot", "triton_hard", "triton_eager_rescale"):
             rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
@@ -540,8 +537,6 @@ def anchor_cases(i):
     """(provider, mode, dtype name, fp32 dot precision) of the full run's rows at ANCHOR_SHAPES[i], in order."""
     N, K, D = ANCHOR_SHAPES[i]
     cases = [("triton", mode, "bf16", None) for mode in ("fwd", "bwd", "fwd_bwd")]
-    if config.block_d(D) <= config.FUSED_MAX_BLOCK_D:  # GMVQ_FUSED_BACKWARD=1 (beyond: the same kernels)
-        cases.append(("triton_fused", "fwd_bwd", "bf16", None))
     cases.append(("triton_serial", "fwd_bwd", "bf16", None))  # before item 20's fix
     cases.append(("triton_no_norm_dot", "fwd_bwd", "bf16", None))  # before item 23
     cases.append(("triton_hard", "fwd_bwd", "bf16", None))  # hard mode (item 24)

@@ -39,8 +39,7 @@ compiled by the run's triton; it prints each kernel's ratio to the fit, hard mod
 H200 run of 2026-12-04 (bf16, soft; benchmarks/results/static-2026-12-04-fit/): the forward, q̄, dx
 and dμ at rows 2–4 within 0.87–1.14 of it, the Δ pass 1.39 and 1.59.
 
-    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard (both backward
-                                                          # variants: "-fused") and encode
+    python benchmarks/static_cost.py                      # anchor shapes, bf16, soft, hard and encode
     python benchmarks/static_cost.py --out F.json --md F.md
     python benchmarks/static_cost.py --fast               # three small shapes; exit 1 on any spill or
                                                           # serialised wgmma (CI)
@@ -97,16 +96,12 @@ def capture(N, K, D, dtype, mode, dot_precision="tf32x3", cc=90, tuned=True, tau
     forward.forward_tau_one)."""
     x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
     a, b, v = (t.contiguous() for t in component_terms(torch.zeros(K), torch.full((K,), -math.log(K)), D))
-    # "soft-fused" / "hard-fused": the backward with GMVQ_FUSED_BACKWARD=1 (dx formed in the dμ pass)
-    fused = mode.endswith("-fused")
-    mode = mode.removesuffix("-fused")
     hard = mode == "hard"
     sms, arch = config.sm_count, config.arch
     config.sm_count = lambda device: SMS
     config.arch = lambda device: f"sm_{cc}" if tuned else None
     try:
-        with devtools.record_launches(forward, backward, encode, noise, tiles) as log, \
-                config.fused_backward_env(fused):
+        with devtools.record_launches(forward, backward, encode, noise, tiles) as log:
             if mode == "encode":
                 encode.gmvq_encode_fwd(x, means, a, b, dot_precision=dot_precision)
                 return log
@@ -440,9 +435,8 @@ def main(argv=None):
     p.add_argument("--shapes", default=None, help="N,K,D;N,K,D (default: the four anchor shapes)")
     p.add_argument("--dtypes", default="bf16", help="comma list of bf16, fp16, fp32 (fp32 reports tf32x3 and tf32)")
     p.add_argument("--modes", default=None,
-                   help="soft, hard (one fwd+bwd of the training objective), soft-fused, hard-fused (the same with "
-                        "GMVQ_FUSED_BACKWARD=1), encode (the tokenizer kernel); default all five (--fast: soft, "
-                        "hard, encode: the default, deterministic kernels)")
+                   help="soft, hard (one fwd+bwd of the training objective), encode (the tokenizer kernel); "
+                        "default all three")
     p.add_argument("--arch", nargs="+", type=int, default=[90])
     p.add_argument("--fast", action="store_true",
                    help=f"shapes {FAST_SHAPES} only, the tables' configs; exit 1 on any spill, a kernel that does "
@@ -454,7 +448,7 @@ def main(argv=None):
                         "there; any other τ takes the sample's own softmax)")
     p.add_argument("--config", action="append", default=[], metavar="KIND=BN,BK,WARPS,STAGES[,MAXNREG]",
                    type=config_option,
-                   help="the config of one kind (row, col, colsum, delta, encode, fused) for every D, in place of "
+                   help="the config of one kind (row, col, colsum, delta, encode) for every D, in place of "
                         "the launchers' choice (config.override), e.g. row=64,32,4,2,168 for a register cap of "
                         "168; repeat for several kinds")
     p.add_argument("--out", help="write JSON here")
@@ -473,7 +467,7 @@ def main(argv=None):
             print(f"| {', '.join(map(str, shape))} | {mode} | {kernel} | {ms:.3f}{'' if fitted else ' (not fitted)'} "
                   f"| {ratio:.2f} |")
         return 0
-    args.modes = args.modes or ("soft,hard,encode" if args.fast else "soft,hard,soft-fused,hard-fused,encode")
+    args.modes = args.modes or "soft,hard,encode"
     shapes = FAST_SHAPES if args.fast else (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")] if args.shapes else ANCHOR_SHAPES)
     with config.override(**dict(args.config)):
@@ -501,8 +495,6 @@ def report(args, shapes):
                 precs = ("tf32x3", "tf32") if dtype_name == "fp32" else ("ieee",)
                 for prec in precs:
                     for mode in args.modes.split(","):
-                        if mode.endswith("-fused") and dtype_name == "fp32":
-                            continue  # fp32 inputs keep the two-pass backward (backward.use_fused)
                         r, t = report_case(shape, mode, dtype_name, cc, cache, prec,
                                            tuned=not (args.fast or args.tables), tau=args.tau)
                         rows += r

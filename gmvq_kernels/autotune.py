@@ -30,17 +30,10 @@ BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 def training_kinds(dtype: torch.dtype, D: int):
     """TRAINING_KINDS for inputs of ``dtype`` and width D: no "delta" for fp32, which has no Δ config of
     its own (config.delta_config), nor for half inputs at D ≤ 64, where the dx pass takes Δq
-    (backward.defer_delta_q: the Δ kernel does not run when a q̄ gradient arrives, as in training).
-    With the fused backward on (``GMVQ_FUSED_BACKWARD=1``, where it applies) the dμ pass takes the
-    "fused" configs, so those are timed in place of "col"."""
-    from .backward import use_fused
-
+    (backward.defer_delta_q: the Δ kernel does not run when a q̄ gradient arrives, as in training)."""
     BLOCK_D = config.block_d(D)
     no_delta = dtype == torch.float32 or BLOCK_D <= config.DEFER_DQ_MAX_BLOCK_D
-    kinds = tuple(k for k in TRAINING_KINDS if not (no_delta and k == "delta"))
-    if use_fused(dtype, D):
-        kinds = tuple("fused" if k == "col" else k for k in kinds)
-    return kinds
+    return tuple(k for k in TRAINING_KINDS if not (no_delta and k == "delta"))
 
 
 def enabled() -> bool:

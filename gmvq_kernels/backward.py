@@ -34,10 +34,6 @@ blocks on: ``hard_rows``). Then (a, v as in spec.component_terms):
     d(log π_k) = Σ_n dℓ                                              by torch; log_softmax's backward
                                                                      turns the last into dρ)
 
-With ``GMVQ_FUSED_BACKWARD=1`` (``use_fused``: half inputs, D = 32, 64 or 128) the dμ kernel also forms dx, adding
-each tile's Σ_k dd μ_k and Σ_k dd into fp32 buffers with float atomics (FlashAttention-2's dQ), and the
-dx pass does not run: one pass fewer, dx no longer bitwise reproducible. Δq then comes from the Δ pass.
-
 The column kernel works on transposed (codes × rows) tiles, as FlashAttention-2's dK/dV kernel does:
 its sums over rows then stay inside a warp (no shared-memory reduction per tile), and the dots
 ddᵀ·x and y_valᵀ·Ḡ_z take the tile as it lies.
@@ -55,14 +51,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import (DEFER_DQ_MAX_BLOCK_D, FUSED_MAX_BLOCK_D, HARD_ROWS_MIN_BLOCKS, block_d, col_config, delta_config,
-                     fused_backward, fused_col_config, row_config, serial_wgmma, split_codes, split_rows)
+from .config import (DEFER_DQ_MAX_BLOCK_D, HARD_ROWS_MIN_BLOCKS, block_d, col_config, delta_config, row_config,
+                     serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
-                    half_row_operand, in_first_split, interpreter_operand, load_codes, load_row_vec, load_rows,
-                    load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand,
+                    heuristics, half_row_operand, in_first_split, interpreter_operand, load_codes, load_row_vec,
+                    load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand,
                     row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
@@ -73,10 +69,10 @@ def has_y_grads(args):
 
 
 RULES = {"EVEN_K": even_k, "EVEN_N": even_n, "HAS_Y": has_y_grads, "TAU_ONE": tau_one}
-HEURISTICS = triton.heuristics(RULES)
-DX_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_index
+HEURISTICS = heuristics(RULES)
+DX_HEURISTICS = heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_index
 # the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
-DELTA_HEURISTICS = triton.heuristics({**RULES, "WIDE_CODES": wide_codes,
+DELTA_HEURISTICS = heuristics({**RULES, "WIDE_CODES": wide_codes,
                                       "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
 
 
@@ -477,7 +473,7 @@ def _gmvq_bwd_dx_kernel(
 def _gmvq_bwd_dmu_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr, ent_ptr,
     hard_idx_ptr, delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, dx_acc_ptr, dx_sum_ptr, hard_perm_ptr, hard_off_ptr,
+    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, hard_perm_ptr, hard_off_ptr,
     cy_ptr, N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -492,11 +488,6 @@ def _gmvq_bwd_dmu_kernel(
     rows' norm operand xp (N, 16) or None (tiles.col_half_distance forms the codes' in registers). Tiles
     are transposed (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :].
 
-    With dx_acc (N, D) and dx_sum (N,) fp32, zeroed (the fused backward, ``config.fused_backward``),
-    the kernel also adds each tile's Σ_k e μ_k and Σ_k e into them with float atomics, so that
-    dx = dx_acc − x·dx_sum without the dx pass (as FlashAttention-2's backward forms dQ): one pass
-    over N×K fewer, at the price of bitwise reproducibility (the atomics' order varies from run to run).
-
     With hard_perm (N,) int64, the rows sorted by their hard code (stable), and hard_off (K + 1,) int64,
     the position in that order of each code's first row (``hard_rows``), the hard one-hot sample stays
     out of the loop: its terms (Ḡ_lat·y_val in w, y_valᵀ·Ḡ_z, Σ Ḡ_s y_val) are all at (h_n, n), so the
@@ -504,8 +495,7 @@ def _gmvq_bwd_dmu_kernel(
     share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic).
 
     TAU_ONE (``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), c from cy (N,) fp32 as the dx kernel
-    wrote it, or formed per tile from the statistics when cy is None (the fused backward: an exp2 per row
-    replicated across the tile's threads, ~2.7 instructions per element at D = 128 in the static report)."""
+    wrote it."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -521,10 +511,8 @@ def _gmvq_bwd_dmu_kernel(
     # accumulator for both dots: acc = Σ_n e x + Σ_n y_val Ḡ_z, so dμ = acc − μ Σ_n e
     a_e = -2.0 * a
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    FUSED_DX: tl.constexpr = dx_acc_ptr is not None
     # hard mode: the one-hot's terms after the loop, over the rows of this block's codes (hard_perm)
     HARD_ROWS: tl.constexpr = hard_perm_ptr is not None
-    tl.static_assert(not (HARD_ROWS and FUSED_DX), "the fused backward's dx takes the one-hot in the loop")
     W_LAT: tl.constexpr = glat_ptr is not None and not HARD_ROWS  # w = Ḡ_lat·y_val − dℓ in the loop
     Y_VAL: tl.constexpr = not HARD_ROWS  # y_val's terms in the loop
     # half inputs form Y − Δy in Y, as dx does (the Ḡ_z dot accumulates onto it), and dℓ saves its
@@ -533,13 +521,12 @@ def _gmvq_bwd_dmu_kernel(
     # Δy is loaded where each branch uses it: one load before the sample moved fp32's schedule (+13 there)
     SHIFT_Y: tl.constexpr = OP_DTYPE != tl.float32
     # the noise first in the loop: while it is drawn, no other tile is live (registers; at τ = 1 its 1/log₂ u).
-    # At τ = 1 the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128; the opt-in fused
-    # dμ +0.4 / +0.7 at 128), and at BLOCK_D = 256 the noise does too, drawn just before the sample (−1.3 / −2.7
-    # soft / hard, spills 568 / 544 → 504 / 624 B), and at 128 in the two-pass dμ (−0.1 / −0.6; triton 3.6's hard
-    # spill 128 → 80 B); not in the fused dμ at 128, whose sm_86 tile would then need 102400 B of shared memory
-    NOISE_LATE: tl.constexpr = TAU_ONE and (BLOCK_D > 128 or BLOCK_D == 128 and not FUSED_DX)
+    # At τ = 1 the sample follows Y (static report: −0.1 to −0.9 per element at D = 64 and 128), and from
+    # BLOCK_D = 128 on the noise does too, drawn just before the sample (256: −1.3 / −2.7 soft / hard, spills
+    # 568 / 544 → 504 / 624 B; 128: −0.1 / −0.6, triton 3.6's hard spill 128 → 80 B)
+    NOISE_LATE: tl.constexpr = TAU_ONE and BLOCK_D >= 128
     # add_row_sums's accumulator width (static report: 16 at BLOCK_D = 128 spills 404 B, 0 before)
-    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 and not FUSED_DX else 1
+    SUMS: tl.constexpr = 16 if OP_DTYPE != tl.float32 and BLOCK_D <= 64 else 1
     e_col = tl.zeros((BLOCK_K, SUMS), tl.float32)
     ones = ones_column(BLOCK_N, x_ptr)
     er_sum = tl.zeros((BLOCK_K,), tl.float32)
@@ -564,14 +551,12 @@ def _gmvq_bwd_dmu_kernel(
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            if TAU_ONE:  # Y, then the sample from the rows' c: from the dx kernel (cy), else formed here (fused)
+            if TAU_ONE:  # Y, then the sample from the rows' c (cy, from the dx kernel)
                 big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
                                          glat_ptr is not None, gs_ptr is not None, DOT_PRECISION)
                 if NOISE_LATE:
                     g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, True)
-                c_y = load_row_vec(cy_ptr, offs_n, row_hi) if cy_ptr is not None else sample_scale(m_q, log2s_q, m_y,
-                                                                                                   log2s_y)
-                y = sample_prob(q, g, c_y[None, :])
+                y = sample_prob(q, g, load_row_vec(cy_ptr, offs_n, row_hi)[None, :])
             else:  # the sample, then Y (static report: Y first cost +0.5 to +1.3 per element at BLOCK_D = 256)
                 noisy = tl.where(valid, logits + g, float("-inf"))
                 y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
@@ -605,20 +590,6 @@ def _gmvq_bwd_dmu_kernel(
         # (its terms cancel). ½ Σ_n e·d = −Σ_n e·r (d = −2r: the same values, exactly)
         er_sum += tl.sum(e * r, axis=1)
         acc, e_col = add_e_terms(acc, e_col, e, x, ones, OP_DTYPE, DOT_PRECISION)
-        if FUSED_DX:
-            # this tile's share of dx = Σ_k e μ_k − x Σ_k e (e = −2 dd), added atomically. As in the dx
-            # kernel, e enters the dot rounded once to x's dtype (by name: the interpreter rounds it too) and
-            # Σ_k e is taken of those values, so that a common offset of x and μ cancels (e_hi + e_lo here
-            # cost 48 B more of spills and +7 instructions per element at D = 128: static report). Formed
-            # transposed, μᵀ·e (D × rows), so that the dot is a wgmma (M = D ≥ 64) at 32-row tiles
-            tl.static_assert(OP_DTYPE != tl.float32, "the fused backward takes half inputs (backward.use_fused)")
-            e_r = e.to(OP_DTYPE).to(mu.dtype)
-            dx_t = tl.dot(tl.trans(mu), e_r, input_precision=DOT_PRECISION)
-            e_rows = tl.sum(e_r.to(tl.float32), axis=0)
-            row_ok = code_mask(offs_n, row_hi, EVEN_N)  # the loop's row mask, folded when BLOCK_N divides N
-            tl.atomic_add(dx_acc_ptr + offs_n[None, :] * D + offs_d[:, None], dx_t,
-                          mask=row_ok[None, :] & (offs_d[:, None] < D), sem="relaxed")
-            tl.atomic_add(dx_sum_ptr + offs_n, e_rows, mask=row_ok, sem="relaxed")
         if gs_ptr is not None and Y_VAL:
             gs_y += tl.sum(tl.where(rows, g_s[None, :] * y_val, 0.0), axis=1)
         d_log_pi += tl.sum(dl, axis=1)
@@ -679,19 +650,6 @@ def hard_rows(hard_idx, K):
     return perm, torch.searchsorted(codes, torch.arange(K + 1, device=hard_idx.device))
 
 
-def use_fused(dtype: torch.dtype, D: int) -> bool:
-    """Whether this backward forms dx in the dμ pass (``config.fused_backward``): for half inputs whose D
-    fills its tile, as an H200 ran it (D = BLOCK_D: 32, 64 or 128; at most config.FUSED_MAX_BLOCK_D).
-    fp32 inputs keep the two passes: their dx needs Y − Δy to cancel exactly, per element, between the Δ
-    and dx passes' identical row tiles (module docstring), and the dμ kernel's transposed tiles sum
-    Ḡ_z·μ in another order; at D = 256 the fused dμ kernel exceeds an A100's shared memory or spills
-    heavily (config.FUSED_COL_CONFIGS). A D below its tile (D = 100 in a 128 tile) faulted on an H200
-    (an illegal memory access, triton 3.6.0, 2026-12-04, every mode and shape tried; benchmarks/README.md,
-    "GPU results ... 2026-12-04") while D = 32, 64 and 128 ran: other D keep the two passes until that
-    is understood (gpu_check.py's memcheck_check runs the faulting case under compute-sanitizer)."""
-    return fused_backward() and dtype != torch.float32 and 32 <= D == block_d(D) <= FUSED_MAX_BLOCK_D
-
-
 def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
     """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
     when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), and where
@@ -728,8 +686,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     mm = code_sq_norms(means) if mm is None else mm
     mp = code_norm_operand(mm, x.dtype) if mp is None else mp
     BLOCK_D = block_d(D)
-    fused = use_fused(x.dtype, D)
-    rcfg, ccfg = row_config(D, x.dtype, dev), (fused_col_config if fused else col_config)(D, x.dtype, dev)
+    rcfg, ccfg = row_config(D, x.dtype, dev), col_config(D, x.dtype, dev)
     seed_lhp = seed_args(seed)
     op_dtype = TL_DTYPES[x.dtype]
     nonempty = not serial_wgmma()  # dx's and dμ's loops declared non-empty (tiles.nonempty_range)
@@ -740,8 +697,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
     tau1 = tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau), K=K))  # the kernels' TAU_ONE
-    # the fused backward needs Δq before its one pass: no dx kernel to take over the Δ pass
-    defer = not fused and defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
+    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
     if defer:
         dq_part = parts(N)
         delta_y = parts(N, n=1) if has_y else None  # (N,): the dx kernel's split 0 writes it
@@ -770,32 +726,27 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     common = lambda delta_q, dist: (xk, mk, a, b, v, *dist, saved["entropy"],  # noqa: E731
                                     saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat,
                                     g_s, g_c)
-    if fused:  # the dμ kernel adds Σ_k e μ_k and Σ_k e (e = −2 dd) into these
-        dx_acc = torch.zeros((N, D), dtype=torch.float32, device=dev)
-        dx_sum = torch.zeros(N, dtype=torch.float32, device=dev)
-    else:
-        dx_acc = dx_sum = None
-        dd_part, acc_part = parts(N), parts(N, D)
-        qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
-        # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
-        cy = parts(N, n=1) if has_y and tau1 else None
-        row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
-        _gmvq_bwd_dx_kernel[row_grid](
-            *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
-            saved["codes"] if defer else None, qa_part, qamu_part, cy,
-            N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
-            **row_launch)
-        if defer:
-            delta_q = sum_splits(dq_part, splits)
-        if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
-            dd_part, acc_part = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
-            qa = sum_splits(qa_part, splits)
-            rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
-            dd_part = dd_part + rel * qa
-            acc_part = torch.addcmul(acc_part, rel[:, None], sum_splits(qamu_part, splits))
-            splits = 1
-        # dx = −2 (acc − x Σ dd) in x's dtype, the splits added first: one launch
-        dx = finish_splits(splits, acc_part, dd_part, x, scale=-2.0)[0]
+    dd_part, acc_part = parts(N), parts(N, D)
+    qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
+    # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
+    cy = parts(N, n=1) if has_y and tau1 else None
+    row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
+    _gmvq_bwd_dx_kernel[row_grid](
+        *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
+        saved["codes"] if defer else None, qa_part, qamu_part, cy,
+        N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
+        **row_launch)
+    if defer:
+        delta_q = sum_splits(dq_part, splits)
+    if qa_part is not None:  # several splits: dd's a·q·r with r = Δq − c, as the kernel adds it for one
+        dd_part, acc_part = sum_splits(dd_part, splits), sum_splits(acc_part, splits)
+        qa = sum_splits(qa_part, splits)
+        rel = (delta_q - g_c[saved["codes"].clamp_min(0)]).masked_fill_(qa == 0, 0.0)  # as in the kernel
+        dd_part = dd_part + rel * qa
+        acc_part = torch.addcmul(acc_part, rel[:, None], sum_splits(qamu_part, splits))
+        splits = 1
+    # dx = −2 (acc − x Σ dd) in x's dtype, the splits added first: one launch
+    dx = finish_splits(splits, acc_part, dd_part, x, scale=-2.0)[0]
 
     n_col = triton.cdiv(K, ccfg.BLOCK_K)
     col_splits, rows_per_split = split_rows(N, n_col, ccfg.BLOCK_N, dev)
@@ -806,16 +757,14 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     xp = row_norm_operand(saved["x_sq"], mp) if x_parts is None else x_parts
     dist = (mm, noise, saved["stats"], saved["x_sq"], xp)
     # hard mode: the one-hot's terms after the loop where the codebook has enough blocks for that to pay
-    # (config.HARD_ROWS_MIN_BLOCKS); not with the fused backward, whose dx takes them by atomics in the loop
-    after_loop = hard and has_y and not fused and n_col >= HARD_ROWS_MIN_BLOCKS
+    # (config.HARD_ROWS_MIN_BLOCKS)
+    after_loop = hard and has_y and n_col >= HARD_ROWS_MIN_BLOCKS
     hard_perm_first = hard_rows(saved["hard_idx"], K) if after_loop else (None, None)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, dx_acc, dx_sum, *hard_perm_first,
-        None if fused else cy, N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
+        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, *hard_perm_first, cy,
+        N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, **ccfg.launch_options())
-    if fused:  # dx = Σ_k e μ_k − x Σ_k e
-        dx = finish_splits(1, dx_acc, dx_sum, x)[0]
     # in fp32, the splits added first (a common offset of x and μ cancels between the two sums): one launch
     # for dμ and the sums of d log σ² and d log π
     dmu, (dlv, dlp) = finish_splits(col_splits, mu_acc_part, esum_part, means, vecs=(dlv_part, dlp_part))

@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -102,15 +103,13 @@ class KernelConfig:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages, **FP_FUSION, **extra)
 
 
-FUSED_BACKWARD_ENV = "GMVQ_FUSED_BACKWARD"
-
-
-def fused_backward() -> bool:
-    """Whether the backward may form dx inside the dμ pass with float atomics (``GMVQ_FUSED_BACKWARD=1``,
-    read at each call): one pass over N×K fewer, but dx is no longer bitwise reproducible. Off while
-    ``torch.use_deterministic_algorithms(True)`` is in force: the deterministic kernels run then. It
-    applies to half inputs up to D = FUSED_MAX_BLOCK_D (below; ``backward.use_fused``)."""
-    return os.environ.get(FUSED_BACKWARD_ENV, "0") == "1" and not torch.are_deterministic_algorithms_enabled()
+# GMVQ_FUSED_BACKWARD=1 chose an opt-in backward that added dx with float atomics inside the dμ pass
+# until 2026-12-06. An H200 timed it no faster than the two passes (benchmarks/README.md, lever 6), and
+# it faulted where D was below its tile, so it is gone; a process that still asks for it is told so.
+if os.environ.get("GMVQ_FUSED_BACKWARD", "0") == "1":
+    warnings.warn("gmvq_kernels: GMVQ_FUSED_BACKWARD=1 is ignored: the fused backward was removed on "
+                  "2026-12-06 (it was not faster than the default two passes); the deterministic "
+                  "backward runs", stacklevel=2)
 
 
 @contextlib.contextmanager
@@ -126,11 +125,6 @@ def env_flag(name: str, on: bool = True):
             del os.environ[name]
         else:
             os.environ[name] = saved
-
-
-def fused_backward_env(on: bool = True):
-    """``env_flag`` of ``GMVQ_FUSED_BACKWARD``."""
-    return env_flag(FUSED_BACKWARD_ENV, on)
 
 
 SERIAL_WGMMA_ENV = "GMVQ_SERIAL_WGMMA"
@@ -191,11 +185,11 @@ _OVERRIDE = threading.local()  # per thread: a tuning run in one thread never le
 
 @contextlib.contextmanager
 def override(row: "KernelConfig" = None, col: "KernelConfig" = None, encode: "KernelConfig" = None,
-             colsum: "KernelConfig" = None, delta: "KernelConfig" = None, fused: "KernelConfig" = None):
+             colsum: "KernelConfig" = None, delta: "KernelConfig" = None):
     """Within the block, launches in this thread use these configs for every D and dtype (tuning and
     the static cost report try alternatives this way); the defaults come back on exit."""
     saved = getattr(_OVERRIDE, "configs", {})
-    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta, fused=fused)
+    given = dict(row=row, col=col, encode=encode, colsum=colsum, delta=delta)
     _OVERRIDE.configs = {**saved, **{k: v for k, v in given.items() if v is not None}}
     try:
         yield
@@ -276,19 +270,9 @@ ENCODE_CONFIGS = {
 # D = 256 since 2026-12-04 (thirty-sixth session): (128, 64, 8, 1), two CTAs per SM (128 registers, 104448 B
 # of shared memory each: 16 warps/SM) since the halved distances left x in shared memory (encode.py);
 # (256, 64, 8, 1) 155 registers and 156672 B, (128, 64, 8, 2) 139264 B: 8 warps/SM.
-# The dμ kernel of the fused backward (GMVQ_FUSED_BACKWARD=1: half inputs, D = 32, 64 or 128, backward.use_fused) also
-# holds the transposed codebook tile for the dx dot: chosen 2026-11-30 with benchmarks/static_cost.py.
-# (32, 128, 8, 2), as the two-pass dμ (static report, bf16 soft: 80.9 and 88.9 instructions per element
-# at D = 64 and 128, against 120.5 and 122.9 for dx + dμ; 0 and 216 B of spills). Not at D = 256: there
-# it needs 197632 B of shared memory, beyond an A100's 163 KiB, and the (32, 64, 4, 2) that fits spills
-# 1028 B, 9.4 local loads and stores per element in its loop (124.8 per element against 150.2 for
-# dx + dμ; the model counts their issue slots, not their memory traffic). On an H200 (2026-12-04) the fused
-# backward was 1 % faster than the two passes at (32768, 8192, 128), 5-10 % slower at D = 64 and 32.
-FUSED_MAX_BLOCK_D = 128
-FUSED_COL_CONFIGS = {"half": ((128, KC(32, 128, 8, 2)),)}  # no fp32 row: fp32 keeps two passes (backward.use_fused)
 INTERPRET_CONFIG = KC(16, 16, 1, 1)
 TABLES = {"row": ROW_CONFIGS, "col": COL_CONFIGS, "colsum": COLSUM_CONFIGS, "delta": DELTA_CONFIGS,
-          "encode": ENCODE_CONFIGS, "fused": FUSED_COL_CONFIGS}
+          "encode": ENCODE_CONFIGS}
 # GPUs whose blocks get 99 KiB of shared memory (sm_86, sm_89, sm_120: the RTX 30, 40 and 50 series, A10,
 # A40, L4, L40S) cannot load the tables' tiles in the buckets below: sm_86 builds of
 # tests/compile_kernels.py's variants took up to 166912 B there, an A100's whole budget, and failed to
@@ -305,7 +289,6 @@ SMALL_SHARED_MAX_FP32_D = 256
 SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): config; the table's, then B
     ("half", "colsum", 128): KC(64, 256, 8, 1),  # (64, 512, 8, 2): 166912 B
     ("half", "colsum", 256): KC(128, 128, 8, 1),  # (128, 128, 8, 2): 140288 B
-    ("half", "fused", 128): KC(32, 128, 8, 1),  # (32, 128, 8, 2): 104576 B
     ("fp32", "colsum", 256): KC(16, 16, 4, 1),  # (16, 64, 4, 1): 139264 B
     ("fp32", "encode", 128): KC(64, 32, 4, 1),  # (128, 32, 8, 1): 135168 B
     ("fp32", "encode", 256): KC(16, 16, 4, 1),  # (64, 16, 4, 1): 139264 B
@@ -391,10 +374,6 @@ CANDIDATES = {
     "delta": (KC(128, 64, 8, 2), KC(128, 128, 8, 2), KC(64, 64, 4, 2), KC(64, 32, 4, 2), KC(128, 32, 8, 2)),
     "encode": (KC(128, 64, 8, 2), KC(128, 64, 8, 1), KC(256, 64, 8, 1), KC(128, 32, 8, 1), KC(64, 64, 4, 2),
                KC(128, 128, 8, 1)),
-    # the fused dμ kernel (GMVQ_FUSED_BACKWARD=1), at (32768, 8192, 128) soft / hard (2026-12-01): the
-    # table's (32, 128, 8, 2) spills 136 / 112 B; (16, 128, 8, 2) none, but models 8 % slower per
-    # fwd+bwd; (32, 64, 4, 2) models 6–7 % faster than the table, spilling 84 / 252 B
-    "fused": (KC(32, 128, 8, 2), KC(16, 128, 8, 2), KC(32, 64, 4, 2)),
 }
 
 # Measured winners of `python benchmarks/gpu_check.py --tune` (autotune.write_tuned rewrites the block
@@ -574,11 +553,6 @@ def row_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
 def col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
     """The backward's column-block kernel (dμ): one program owns BLOCK_K codes, streams a row range."""
     return _pick("col", D, dtype, device)
-
-
-def fused_col_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:
-    """The dμ kernel when it also forms dx (the fused backward)."""
-    return _pick("fused", D, dtype, device)
 
 
 def colsum_config(D: int, dtype: torch.dtype, device=None) -> KernelConfig:

@@ -17,11 +17,11 @@ import triton.language as tl
 from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
-from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, interpreter_operand, load_rows,
-                    half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms, wide_codes)
+from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, heuristics, interpreter_operand,
+                    load_rows, half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms, wide_codes)
 
 
-@triton.heuristics({"EVEN_K": even_k, "WIDE_CODES": wide_codes})
+@heuristics({"EVEN_K": even_k, "WIDE_CODES": wide_codes})
 @triton.jit
 def _gmvq_encode_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, mm_ptr, mp_ptr, best_ptr, codes_ptr, N, K, D, codes_per_split,

@@ -29,8 +29,8 @@ from .noise import kernel_seed, seed_args
 from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
-                    finish_splits, first_argmax, half_distances_logits, in_first_split, interpreter_operand, load_codes,
-                    load_rows, load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts,
+                    finish_splits, first_argmax, half_distances_logits, heuristics, in_first_split, interpreter_operand,
+                    load_codes, load_rows, load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts,
                     row_block_offsets, row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sq_norms, tau_one, wide_codes, y_scale)
 
@@ -43,8 +43,8 @@ def forward_tau_one(args):
     return tau_one(args) and args["OP_DTYPE"] != tl.float16
 
 
-FWD_HEURISTICS = triton.heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one, "WIDE_CODES": wide_codes})
-EVEN_KN = triton.heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
+FWD_HEURISTICS = heuristics({"EVEN_K": even_k, "TAU_ONE": forward_tau_one, "WIDE_CODES": wide_codes})
+EVEN_KN = heuristics({"EVEN_K": even_k, "EVEN_N": even_n})
 # a split's running state per row (rows of the fwd kernel's ``part`` buffer; combine_splits merges them)
 # (h_y: the hard sample's ℓ + g, by which combine_splits picks the split holding it; m_y at τ ≠ 1)
 PART_FIELDS = ("m_q", "s_q", "u_q", "m_y", "s_y", "acc_v", "acc_lat", "h_y")

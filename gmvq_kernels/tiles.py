@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.runtime.autotuner import Heuristics
 
 from .config import FP_FUSION, INTERPRET, NORM_DOT_MAX_BLOCK_D, block_d, norm_dot
 from .noise import gumbel_tile
@@ -28,6 +29,24 @@ M_Q = tl.constexpr(STATS_FIELDS.index("m_q"))
 LOG2S_Q = tl.constexpr(STATS_FIELDS.index("log2_s_q"))
 M_Y = tl.constexpr(STATS_FIELDS.index("m_y"))
 LOG2S_Y = tl.constexpr(STATS_FIELDS.index("log2_s_y"))
+
+
+class _Rules(Heuristics):
+    """``triton.heuristics`` with one dict of the launch's arguments per launch: triton's builds it anew for
+    every rule (host time: 21 → 9 µs per launch of the dμ kernel, 47 arguments and 4 rules, on this
+    project's 2-core CPU; ~4 such launches per fwd+bwd). Each rule sees the values of the rules before it,
+    as in triton's."""
+
+    def run(self, *args, **kwargs):
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        for name, rule in self.values.items():
+            kwargs[name] = named[name] = rule(named)
+        return self.fn.run(*args, **kwargs)
+
+
+def heuristics(rules):
+    """Decorator: ``triton.heuristics(rules)`` at the host cost of ``_Rules``."""
+    return lambda fn: _Rules(fn, fn.arg_names, rules)
 
 
 def even_k(args):

@@ -86,10 +86,6 @@ def record(arch=None, shared=None):
                 for tau, keep in [(0.5, keep) for keep in grad_sets] + [(t, grad_sets[0]) for t in taus[1:]]:
                     backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in keep}, tau=tau,
                                       hard=hard, seed=seed, dot_precision=prec)
-            with config.fused_backward_env():  # GMVQ_FUSED_BACKWARD=1: dx's atomics in the dμ kernel
-                for tau in taus:
-                    backward.gmvq_bwd(x, means, a, b, v, g, saved, {n: upstream[n] for n in grad_sets[0]}, tau=tau,
-                                      hard=hard, seed=seed, dot_precision=prec)
             encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)  # the tokenizer kernel, same buckets
         # codebooks of 2³¹ elements or more: the row kernels' 64-bit code offsets (tiles.wide_codes), forced
         # at small shapes, half inputs with the norm dot and fp32 split over the codebook

@@ -183,12 +183,7 @@ def test_tune_training_times_every_candidate_with_the_kernels(monkeypatch):
     # half inputs at D ≤ 64 have no Δ pass in training
     assert autotune.training_kinds(torch.float32, D) == ("row", "col", "colsum")
     assert autotune.training_kinds(torch.bfloat16, 64) == ("row", "col", "colsum")
-    # the fused backward's dμ pass takes the "fused" configs: those are timed, not the unused column ones
-    with config.fused_backward_env(True):
-        assert autotune.training_kinds(torch.bfloat16, 64) == ("row", "fused", "colsum")
-        assert autotune.training_kinds(torch.bfloat16, 128) == ("row", "fused", "colsum", "delta")
-        assert autotune.training_kinds(torch.bfloat16, 256) == ("row", "col", "colsum", "delta")
-        assert autotune.training_kinds(torch.float32, D) == ("row", "col", "colsum")
+    assert autotune.training_kinds(torch.bfloat16, 128) == ("row", "col", "colsum", "delta")
     with config.override(row=KC(16, 16, 1, 1), delta=KC(32, 16, 1, 1)):
         assert config.delta_config(8, torch.float32) == KC(16, 16, 1, 1)
         assert config.delta_config(8, torch.bfloat16) == KC(32, 16, 1, 1)

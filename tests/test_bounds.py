@@ -1,10 +1,9 @@
 """Every load, store and atomic the kernels issue lies inside one of the launch's tensor arguments, and
 its mask is bool data (interpreter only: it hands the kernels real host addresses, which this file
 checks before each memory op). On a GPU an access past a tensor reads garbage, writes over a neighbour
-or faults: on 2026-12-04 an H200 faulted in the opt-in fused backward at D = 100 (benchmarks/README.md,
-"GPU results ... 2026-12-04"). These cases, that one included at the tiles and row splits an H200 runs,
-find no such access in the kernels as the interpreter runs them; the fault is still open
-(backward.use_fused)."""
+or faults (on 2026-12-04 an H200 faulted in an opt-in fused backward at D = 100, since removed, where
+the interpreter had found no such access: benchmarks/README.md, "GPU results ... 2026-12-04"), so these
+cases run at the tiles and row splits an H200 runs."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +11,7 @@ import triton
 import triton.language as tl
 
 import gmvq_kernels as gk
-from gmvq_kernels import backward, config
+from gmvq_kernels import config
 from utils import make_inputs
 
 pytestmark = pytest.mark.skipif(not config.INTERPRET, reason="checks the interpreter's memory ops")
@@ -95,7 +94,7 @@ def test_bounds_check_catches_an_overreach():
 def h200_tiles():
     """config.override of the tables' configs at D ≤ 128 for half inputs, as sm_90 takes them where
     TUNED has no entry: the interpreter otherwise runs every kernel at 16 × 16."""
-    kinds = ("row", "col", "colsum", "delta", "encode", "fused")
+    kinds = ("row", "col", "colsum", "delta", "encode")
     return config.override(**{kind: config.table_config(kind, 100, torch.bfloat16) for kind in kinds})
 
 
@@ -118,27 +117,6 @@ def test_half_inputs_below_their_tile_stay_in_bounds(monkeypatch, hard):
     monkeypatch.setattr(config, "sm_count", lambda dev: 132)
     with h200_tiles():
         assert step(70, 300, 100, torch.bfloat16, hard) > 100
-
-
-@pytest.mark.parametrize("tau", [0.5, 1.0])
-def test_fused_backward_below_its_tile_stays_in_bounds(monkeypatch, tau):
-    """The fused backward at D = 100, forced (use_fused refuses it since the H200's fault), hard, at the
-    H200's tiles and splits: the interpreter sees no access out of bounds."""
-    monkeypatch.setattr(config, "sm_count", lambda dev: 132)
-    monkeypatch.setattr(backward, "use_fused", lambda dtype, D: True)
-    dmu = backward._gmvq_bwd_dmu_kernel
-    dx_acc = dmu.fn.arg_names.index("dx_acc_ptr")
-    launches = []
-
-    class Seen:  # records whether each dμ launch gets the fused path's dx buffer
-        def __getitem__(self, grid):
-            return lambda *a, **k: (launches.append(a[dx_acc] is not None), dmu[grid](*a, **k))[1]
-
-    monkeypatch.setattr(backward, "_gmvq_bwd_dmu_kernel", Seen())
-    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
-    with h200_tiles():
-        assert step(70, 300, 100, torch.bfloat16, True, tau=tau) > 100
-    assert launches == [True]  # dμ ran once, with dx_acc: the fused path
 
 
 def test_fp32_split_codebook_stays_in_bounds(monkeypatch):

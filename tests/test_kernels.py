@@ -433,76 +433,6 @@ def test_split_over_codes_matches_reference(monkeypatch, case, device):
     check_case(N, K, D, device, **case)
 
 
-class _LaunchCounter:
-    """Stands in for a @triton.jit kernel: counts its launches and passes them on."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
-@pytest.mark.parametrize("case", [dict(shape=(40, 200, 32), dtype=torch.bfloat16),
-                                  dict(shape=(40, 200, 32), dtype=torch.bfloat16, hard=True, prior=True, tau=0.5),
-                                  dict(shape=(13, 37, 32), dtype=torch.bfloat16, offset=30.0),
-                                  dict(shape=(40, 200, 32), dtype=torch.float16, hard=True,
-                                       upstream_only={"agg_posterior"}),
-                                  dict(shape=(13, 37, 128), dtype=torch.bfloat16, hard=True, prior=True),
-                                  dict(shape=(21, 45, 32), dtype=torch.float16, upstream_only={"quantized", "entropy"},
-                                       explicit_noise=True),
-                                  dict(shape=(1, 29, 32), dtype=torch.bfloat16),
-                                  dict(shape=(23, 1, 32), dtype=torch.bfloat16, hard=True),
-                                  # not fused: fp32 inputs, D beyond config.FUSED_MAX_BLOCK_D, a D below its
-                                  # tile and D = 16 (backward.use_fused: as an H200 ran it)
-                                  dict(shape=(40, 200, 20), hard=True, prior=True, tau=0.5),
-                                  dict(shape=(5, 37, 130), dtype=torch.bfloat16),
-                                  dict(shape=(13, 37, 72), dtype=torch.bfloat16, hard=True, prior=True),
-                                  dict(shape=(13, 37, 16), dtype=torch.bfloat16)],
-                         ids=["soft", "hard-prior", "clustered", "fp16-hard-agg-only", "D128-hard", "fp16-partial", "N1",
-                              "K1-hard", "fp32", "D130", "D72", "D16"])
-def test_fused_backward_matches_reference(monkeypatch, case, device):
-    """GMVQ_FUSED_BACKWARD=1 (half inputs, D = 32, 64 or 128): dx comes from the dμ pass's atomics and the
-    dx pass does not run (its kernel would count a launch); every output and gradient by the usual rule.
-    A small SM count makes the forward split the codebook and the dμ pass split the rows, so several
-    programs add into each row of dx. fp32 inputs, wider latents, a D below its tile and D = 16 take the
-    two-pass backward."""
-    from gmvq_kernels import backward, config
-
-    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
-    monkeypatch.setattr(config, "sm_count", lambda dev: 8)
-    monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
-    dx_pass, dmu_pass = (_LaunchCounter(k) for k in (backward._gmvq_bwd_dx_kernel, backward._gmvq_bwd_dmu_kernel))
-    monkeypatch.setattr(backward, "_gmvq_bwd_dx_kernel", dx_pass)
-    monkeypatch.setattr(backward, "_gmvq_bwd_dmu_kernel", dmu_pass)
-    case = dict(case)
-    N, K, D = case.pop("shape")
-    check_case(N, K, D, device, **case)
-    fused = case.get("dtype", torch.float32) != torch.float32 and D in (32, 64, 128)
-    assert (dx_pass.launches, dmu_pass.launches) == (0 if fused else 1, 1)
-
-
-def test_fused_backward_yields_to_deterministic_algorithms(monkeypatch, device):
-    """With torch.use_deterministic_algorithms(True) the deterministic dx pass runs although
-    GMVQ_FUSED_BACKWARD=1 (the fused one adds with float atomics, in no fixed order)."""
-    from gmvq_kernels import backward, config
-
-    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1")
-    assert config.fused_backward()
-    dx_pass = _LaunchCounter(backward._gmvq_bwd_dx_kernel)
-    monkeypatch.setattr(backward, "_gmvq_bwd_dx_kernel", dx_pass)
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert not config.fused_backward()
-        x, m, lv, _ = make_inputs(13, 37, 11, dtype=torch.bfloat16, device=device, seed=3, requires_grad=True)
-        gk.albo_loss(gk.gmvq(x, m, lv, impl="triton", seed=1)).backward()
-    finally:
-        torch.use_deterministic_algorithms(was)
-    assert dx_pass.launches == 1 and x.grad is not None
-
-
 # which outputs send an upstream gradient (by name; the others send None)
 UPSTREAM = {
     "only-agg": {"agg_posterior"},
@@ -872,18 +802,13 @@ class AllocationRecorder(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused-backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("hard", [False, True])
-def test_no_n_by_k_allocation(hard, fused, device, monkeypatch):
-    """fused: bf16 with GMVQ_FUSED_BACKWARD=1 at D = 32 (its dx buffers are (N, D) and (N,) fp32)."""
-    from gmvq_kernels import config
-
-    monkeypatch.setenv(config.FUSED_BACKWARD_ENV, "1" if fused else "0")
-    # N·K bytes (the bound: 24576, 49152 fused) lies above N·D, K·D (fp32: the gradient partials) and the norm
-    # operands' (N, 16) and (K, 16) (bf16: tiles.norm_operand; fp32 under the interpreter), sizes compared in
-    # bytes; the fused backward takes D = 32, 64, 128 only (backward.use_fused)
-    N, K, D = (192, 256, 32) if fused else (96, 256, 2)
-    dtype = torch.bfloat16 if fused else torch.float32
+def test_no_n_by_k_allocation(hard, dtype, device):
+    """bf16 at D = 32: the norm operands and the fp32 gradient partials of half inputs."""
+    # N·K bytes (the bound: 24576, 49152 bf16) lies above N·D, K·D (fp32: the gradient partials) and the norm
+    # operands' (N, 16) and (K, 16) (bf16: tiles.norm_operand; fp32 under the interpreter), sizes compared in bytes
+    N, K, D = (96, 256, 2) if dtype == torch.float32 else (192, 256, 32)
     x, m, lv, lp = [t.requires_grad_() for t in make_inputs(N, K, D, dtype=dtype, prior=True, device=device)]
     rec = AllocationRecorder()
     with rec:
@@ -993,3 +918,26 @@ def test_every_launch_asks_for_fma_contraction(hard, device, monkeypatch):
     assert {"_gmvq_fwd_kernel", "_gmvq_fwd_colsum_kernel", "_gmvq_bwd_dx_kernel", "_gmvq_bwd_dmu_kernel",
             "_gmvq_encode_kernel", "_gumbel_noise_kernel", "_code_terms_kernel", "_finish_splits_kernel"} <= set(seen)
     assert all(flags == {True} for flags in seen.values()), seen
+
+
+def test_launch_rules_match_triton_heuristics():
+    """tiles.heuristics (one dict of the arguments per launch: host time) hands a kernel exactly what
+    triton.heuristics would, a rule that reads an earlier rule's value included, and every kernel of the
+    package with launch rules takes it."""
+    from triton.runtime.autotuner import Heuristics
+
+    from gmvq_kernels import backward, encode, forward
+
+    class Kernel:  # returns what it would be launched with
+        arg_names = ["K", "BLOCK_K", "ptr"]
+
+        def run(self, *args, **kwargs):
+            return args, kwargs
+
+    rules = {"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0, "BOTH": lambda a: a["EVEN_K"] and a["ptr"] is None}
+    for args, kwargs in [((64, 32, None), {}), ((65,), dict(BLOCK_K=32, ptr=None)), ((64, 32, 1.0), {})]:
+        want = triton.heuristics(rules)(Kernel()).run(*args, **kwargs)
+        assert tiles.heuristics(rules)(Kernel()).run(*args, **kwargs) == want
+    ruled = [getattr(mod, a) for mod in (forward, backward, encode) for a in dir(mod)
+             if isinstance(getattr(mod, a), Heuristics)]
+    assert len(ruled) == 6 and all(isinstance(k, tiles._Rules) for k in ruled), ruled

@@ -307,3 +307,18 @@ def test_concurrent_interpreted_calls_agree():
     for t in threads:
         t.join()
     assert all(torch.equal(r, want) for r in results)
+
+
+def test_removed_fused_backward_flag_warns():
+    """GMVQ_FUSED_BACKWARD=1 chose an opt-in backward removed on 2026-12-06: a process that still sets it
+    is told so when it imports the package, not silently given the default backward."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for flag, warned in (("1", True), ("0", False)):
+        proc = subprocess.run([sys.executable, "-c", "import gmvq_kernels"], env=dict(env, GMVQ_FUSED_BACKWARD=flag),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("GMVQ_FUSED_BACKWARD=1 is ignored" in proc.stderr) == warned, proc.stderr[-2000:]
