@@ -57,10 +57,11 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
-                    heuristics, half_row_operand, in_first_split, interpreter_operand, load_codes, load_row_vec,
-                    load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits, row_norm_operand,
-                    row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range,
-                    split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
+                    half_row_operand, heuristics, in_first_split, interpreter_operand, load_codes, load_row_vec,
+                    load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits,
+                    row_norm_operand, row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob,
+                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code,
+                    wide_codes, y_scale)
 
 
 def has_y_grads(args):
@@ -73,7 +74,7 @@ HEURISTICS = heuristics(RULES)
 DX_HEURISTICS = heuristics({**RULES, "WIDE_CODES": wide_codes})  # a row kernel: tiles.code_index
 # the Δ kernel recomputes y only when the forward kept no sums for Δy (ysum_ptr None)
 DELTA_HEURISTICS = heuristics({**RULES, "WIDE_CODES": wide_codes,
-                                      "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
+                               "HAS_Y": lambda args: args["ysum_ptr"] is None and has_y_grads(args)})
 
 
 @triton.jit

@@ -17,8 +17,8 @@ import triton.language as tl
 from . import config
 from .config import block_d, encode_config
 from .spec import code_sq_norms
-from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, heuristics, interpreter_operand,
-                    load_rows, half_row_operand, row_half_logits, row_tile, split_code_range, sq_norms, wide_codes)
+from .tiles import (code_norm_operand, dot_precision_for, even_k, first_argmax, half_row_operand, heuristics,
+                    interpreter_operand, load_rows, row_half_logits, row_tile, split_code_range, sq_norms, wide_codes)
 
 
 @heuristics({"EVEN_K": even_k, "WIDE_CODES": wide_codes})
