@@ -21,6 +21,8 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Heuristics
 from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
+from .tiles import apply_rules
+
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # largest shared memory one block may use (bytes, opted in): A100 163 KiB, the sm_86 / sm_89 / sm_120 parts
 # (RTX 30, 40 and 50 series, A10, L4, L40S) 99 KiB, H100/H200 and B200 227 KiB
@@ -56,9 +58,7 @@ class _Recorder:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            named = {**dict(zip(self.fn.arg_names, args)), **kwargs}
-            for name, rule in self.heuristics.items():
-                kwargs[name] = named[name] = rule(named)
+            kwargs = apply_rules(self.heuristics, self.fn.arg_names, args, kwargs)
             self.log.append(Launch(self.fn, tuple(grid), args, kwargs))
             # the launcher goes on with the kernel's outputs unwritten: zeroed index tensors (codes,
             # hard samples) keep what it does with them in range

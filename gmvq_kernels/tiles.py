@@ -31,17 +31,22 @@ M_Y = tl.constexpr(STATS_FIELDS.index("m_y"))
 LOG2S_Y = tl.constexpr(STATS_FIELDS.index("log2_s_y"))
 
 
+def apply_rules(rules, arg_names, args, kwargs):
+    """``kwargs`` with the value of each launch rule (name: rule(arguments by name)) added, from one dict
+    of the launch's arguments; each rule sees the values of the rules before it, as in triton.heuristics."""
+    named = {**dict(zip(arg_names, args)), **kwargs}
+    for name, rule in rules.items():
+        kwargs[name] = named[name] = rule(named)
+    return kwargs
+
+
 class _Rules(Heuristics):
-    """``triton.heuristics`` with one dict of the launch's arguments per launch: triton's builds it anew for
-    every rule (host time: ~16 → ~8 µs per launch of the dμ kernel, 47 arguments and 4 rules, on this
-    project's 2-core CPU; ~4 such launches per fwd+bwd). Each rule sees the values of the rules before it,
-    as in triton's."""
+    """``triton.heuristics`` with one dict of the launch's arguments per launch (``apply_rules``): triton's
+    builds it anew for every rule (host time: ~16 → ~8 µs per launch of the dμ kernel, 47 arguments and 4
+    rules, on this project's 2-core CPU; ~4 such launches per fwd+bwd)."""
 
     def run(self, *args, **kwargs):
-        named = {**dict(zip(self.arg_names, args)), **kwargs}
-        for name, rule in self.values.items():
-            kwargs[name] = named[name] = rule(named)
-        return self.fn.run(*args, **kwargs)
+        return self.fn.run(*args, **apply_rules(self.values, self.arg_names, args, kwargs))
 
 
 def heuristics(rules):
