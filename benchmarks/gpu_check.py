@@ -30,8 +30,8 @@
    issue slots, the pipes' shares and the stall reasons per issued instruction (ncu_check).
 3. benchmarks/speed.py: the four anchor shapes (speed.ANCHOR_SHAPES; bf16 fwd+bwd, with GMVQ_SERIAL_WGMMA=1: the
    loops before docs/speed_history.md, item 20, and with
-   GMVQ_NORM_DOT=0: the distances before item 23), the K
-   and N sweeps, matmul ceilings; JSON, CSV, PNG.
+   GMVQ_NORM_DOT=0: the distances before item 23; at D = 128 with GMVQ_DEFER_DQ_128=1 too: item 36,
+   no Δ pass), the K and N sweeps, matmul ceilings; JSON, CSV, PNG.
 4. --tune: every bucket's table default and config.CANDIDATES timed (gmvq_kernels/autotune.py) at one
    shape per D bucket, bf16 and fp32 (training: row and column kernels; tokenizer: encode); the winners
    are written into gmvq_kernels/config.py's TUNED block (dated, with the device), and a copy of the

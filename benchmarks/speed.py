@@ -10,9 +10,11 @@ less), ``vqtorch`` (vector-quantize-pytorch's VectorQuantize, hard VQ with EMA; 
 ``GMVQ_SERIAL_WGMMA=1``: the loops as before docs/speed_history.md, item 20, their wgmma serialised by ptxas,
 timed beside the default to measure what that item gained), ``triton_no_norm_dot`` (ours with
 ``GMVQ_NORM_DOT=0``: the norms added per element, as before docs/speed_history.md, item 23),
-``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, docs/speed_history.md, item 24)
-and ``triton_eager_rescale`` (ours with ``GMVQ_LAZY_RESCALE=0``: the forward's y sums rescaled at
-every tile, as before docs/speed_history.md, item 25).
+``triton_hard`` (ours with ``hard=True``: the straight-through one-hot sample, docs/speed_history.md, item 24),
+``triton_eager_rescale`` (ours with ``GMVQ_LAZY_RESCALE=0``: the forward's y sums rescaled at
+every tile, as before docs/speed_history.md, item 25) and ``triton_defer_dq`` (ours with
+``GMVQ_DEFER_DQ_128=1``: at D = 128 the dx pass takes Δq and the Δ pass does not run, as at D ≤ 64;
+config.defer_dq_max_block_d; ``triton_defer_dq_hard`` the same in hard mode).
 Modes: fwd, bwd, fwd_bwd; and encode (the tokenizer path ``gmvq_encode``, codes only, beside
 ``cdist_argmin``: torch.cdist + argmin, the nearest-mean lookup of a VQ tokenizer). Each row: median and 20/80 % quantiles of ``triton.testing.do_bench`` (CUDA)
 or a wall-clock median (CPU smoke), peak memory beyond the inputs, and useful TFLOP/s (12·N·K·D per
@@ -115,9 +117,9 @@ def encode_fn(provider, prec):
 
 def provider_fn(provider, N, K, D, dtype_name, prec, device):
     # measure() sets the variants' flags
-    if provider in ("triton", "triton_serial", "triton_no_norm_dot", "triton_eager_rescale"):
+    if provider in ("triton", "triton_serial", "triton_no_norm_dot", "triton_eager_rescale", "triton_defer_dq"):
         return gmvq_loss("triton", prec)
-    if provider == "triton_hard":
+    if provider in ("triton_hard", "triton_defer_dq_hard"):
         return gmvq_loss("triton", prec, hard=True)
     if provider == "reference":
         return gmvq_loss("reference")
@@ -149,12 +151,14 @@ def timeit(fn, device, quick):
 
 def measure(provider, mode, dtype_name, N, K, D, device, prec=None, quick=False, warm=False):
     """One row: times and peak memory of ``mode`` for ``provider``; OOM reported as such. "triton_serial"
-    runs with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with
-    GMVQ_NORM_DOT=0, "triton_eager_rescale" with GMVQ_LAZY_RESCALE=0, "triton" with none of them. ``warm``:
-    the first call alone (what it compiles), no time."""
+    runs with GMVQ_SERIAL_WGMMA=1, "triton_no_norm_dot" with GMVQ_NORM_DOT=0, "triton_eager_rescale" with
+    GMVQ_LAZY_RESCALE=0, "triton_defer_dq" (and its hard mode "triton_defer_dq_hard") with
+    GMVQ_DEFER_DQ_128=1, "triton" with none of them.
+    ``warm``: the first call alone (what it compiles), no time."""
     with config.env_flag(config.SERIAL_WGMMA_ENV, provider == "triton_serial"), \
             config.env_flag(config.NORM_DOT_ENV, provider != "triton_no_norm_dot"), \
-            config.env_flag(config.LAZY_RESCALE_ENV, provider != "triton_eager_rescale"):
+            config.env_flag(config.LAZY_RESCALE_ENV, provider != "triton_eager_rescale"), \
+            config.env_flag(config.DEFER_DQ_128_ENV, provider.startswith("triton_defer_dq")):
         return _measure(provider, mode, dtype_name, N, K, D, device, prec, quick, warm)
 
 
@@ -519,7 +523,7 @@ def run_smoke(args):
             for mode in ("fwd", "fwd_bwd"):
                 rows.append(measure(provider, mode, "fp32", N, K, D, device, quick=True,
                                     prec="ieee" if provider == "triton" else None))
-        for provider in ("triton_serial", "triton_no_norm_dot", "triton_hard", "triton_eager_rescale"):
+        for provider in ("triton_serial", "triton_no_norm_dot", "triton_hard", "triton_eager_rescale", "triton_defer_dq"):
             rows.append(measure(provider, "fwd_bwd", "bf16", N, K, D, device, quick=True))
         for provider in ENCODE_PROVIDERS:
             rows.append(measure(provider, "encode", "fp32", N, K, D, device, quick=True,
@@ -542,6 +546,8 @@ def anchor_cases(i):
     cases.append(("triton_hard", "fwd_bwd", "bf16", None))  # hard mode (item 24)
     if forward.lazy_rescale_on(torch.bfloat16, False, True, config.block_d(D)):  # its rescale at every tile
         cases.append(("triton_eager_rescale", "fwd_bwd", "bf16", None))
+    if config.block_d(D) == 128:  # dx takes Δq there too (config.defer_dq_max_block_d), soft and hard
+        cases += [("triton_defer_dq", "fwd_bwd", "bf16", None), ("triton_defer_dq_hard", "fwd_bwd", "bf16", None)]
     cases += [("triton", "fwd_bwd", "fp32", prec) for prec in FP32_PRECS.get(i, [])]
     cases += [("sdpa", "fwd_bwd", "bf16", None), ("reference", "fwd_bwd", "bf16", None),
               ("reference", "fwd_bwd", "fp32", None)]

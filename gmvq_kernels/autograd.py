@@ -57,8 +57,9 @@ def _forward(x, means, log_var, log_pi, noise, tau, hard, seed, dot_precision, f
         consts, mp = tiles.code_terms(means, log_var, log_pi)
     a, b, v, mm = consts
     if autotune.enabled():  # (training_kinds costs host time at every call)
-        autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1]), x, lambda: autotune.tune_training(
-            x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision))
+        autotune.ensure_tuned(autotune.training_kinds(x.dtype, x.shape[1], x.device), x,
+                              lambda: autotune.tune_training(x, means, a, b, v, tau=tau, hard=hard,
+                                                             dot_precision=dot_precision))
     with launch_guard():
         outs, saved = gmvq_fwd(x, means, a, b, v, mm=mm, mp=mp, tau=tau, hard=hard, seed=seed, noise=noise,
                                dot_precision=dot_precision, for_backward=for_backward)

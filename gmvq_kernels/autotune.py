@@ -27,12 +27,13 @@ TRAINING_KINDS = ("row", "col", "colsum", "delta")  # the config kinds one train
 BEGIN, END = "# BEGIN TUNED\n", "# END TUNED\n"
 
 
-def training_kinds(dtype: torch.dtype, D: int):
-    """TRAINING_KINDS for inputs of ``dtype`` and width D: no "delta" for fp32, which has no Δ config of
-    its own (config.delta_config), nor for half inputs at D ≤ 64, where the dx pass takes Δq
+def training_kinds(dtype: torch.dtype, D: int, device=None):
+    """TRAINING_KINDS for inputs of ``dtype`` and width D on ``device``: no "delta" for fp32, which has no Δ
+    config of its own (config.delta_config), nor for half inputs at D ≤ 64 (128 on sm_90 with
+    GMVQ_DEFER_DQ_128=1, config.defer_dq_max_block_d), where the dx pass takes Δq
     (backward.defer_delta_q: the Δ kernel does not run when a q̄ gradient arrives, as in training)."""
     BLOCK_D = config.block_d(D)
-    no_delta = dtype == torch.float32 or BLOCK_D <= config.DEFER_DQ_MAX_BLOCK_D
+    no_delta = dtype == torch.float32 or BLOCK_D <= config.defer_dq_max_block_d(device)
     return tuple(k for k in TRAINING_KINDS if not (no_delta and k == "delta"))
 
 
@@ -115,7 +116,7 @@ def tune_training(x, means, a, b, v, *, tau, hard, dot_precision, time_fn=cuda_m
     """The winners of each training kind for these inputs (see the module docstring), timing
     ``training_step``; ``hard`` as given (the Δ pass, where it runs at all, runs in both modes)."""
     step = training_step(x, means, a, b, v, tau=tau, hard=hard, dot_precision=dot_precision)
-    return _tune(training_kinds(x.dtype, x.shape[1]), x.shape[1], x, step, time_fn)
+    return _tune(training_kinds(x.dtype, x.shape[1], x.device), x.shape[1], x, step, time_fn)
 
 
 def tune_encode(x, means, a, b, *, dot_precision, time_fn=cuda_ms):

@@ -12,8 +12,9 @@ with Ḡ_c = Ḡ_q̄ / N the gradient of the column sum of q, and the row sums �
 Δq = Σ_k q Ḡ_c[k] from ``_gmvq_bwd_delta_kernel`` (one pass: the analogue of FlashAttention's Delta).
 For half inputs Δy comes from the forward's fp32 soft sums instead (Ḡ_z·Σ y μ + Ḡ_lat·Σ y d a +
 Ḡ_s·Σ y σ², read by the same kernel; see forward.delta_from_forward for when and why), and that pass
-computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given) the dx kernel takes that Δq too
-(``defer_delta_q``) and the pass does not run. For fp32 inputs it recomputes Δy, so that Y − Δy
+computes Δq alone: no noise. At D ≤ 64 (a q̄ gradient given; 128 on sm_90 with ``GMVQ_DEFER_DQ_128=1``,
+an A/B for a GPU) the dx kernel takes that Δq too (``defer_delta_q``) and the pass does not run. For fp32
+inputs it recomputes Δy, so that Y − Δy
 cancels exactly (from the forward: 5e-6 error in dx at K = 1 against fp32's bound of 5e-7); at τ = 1
 (tiles.tau_one) as the mean Σ_k y Y / Σ_k y of the very y the other kernels form. That y =
 q·(1/log₂ u)·c is a product of three roundings, so it sums to 1 only to an ulp even where one code
@@ -51,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import (DEFER_DQ_MAX_BLOCK_D, HARD_ROWS_MIN_BLOCKS, block_d, col_config, delta_config, row_config,
+from .config import (HARD_ROWS_MIN_BLOCKS, block_d, col_config, defer_dq_max_block_d, delta_config, row_config,
                      serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
@@ -651,14 +652,15 @@ def hard_rows(hard_idx, K):
     return perm, torch.searchsorted(codes, torch.arange(K + 1, device=hard_idx.device))
 
 
-def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int) -> bool:
+def defer_delta_q(half: bool, has_gc: bool, has_y: bool, y_from_forward: bool, BLOCK_D: int, device) -> bool:
     """Whether the dx kernel takes over the Δ pass (``_gmvq_bwd_dx_kernel`` given codes): for half inputs
     when that pass would be Δq alone (Δy from the forward's sums, or no gradient reaching y), and where
     the extra (BLOCK_N, BLOCK_D) fp32 accumulator fits in registers: BLOCK_D ≤ 64 (static report: dx at
-    D = 128 has 12 to spare). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved
+    D = 128 has 12 to spare), or ≤ 128 on sm_90 with ``GMVQ_DEFER_DQ_128=1`` (config.defer_dq_max_block_d:
+    a GPU's A/B). The stand-in for Δq is Ḡ_c at the argmax code, in hard mode too (saved
     beside the sample: the sample itself would be a poor stand-in where q is peaked but not one-hot, 1
     row in 10 at q_max = 0.9, and then Ḡ_c − c is no longer small where q is large)."""
-    return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= DEFER_DQ_MAX_BLOCK_D
+    return half and has_gc and (y_from_forward or not has_y) and BLOCK_D <= defer_dq_max_block_d(device)
 
 
 def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_precision, mm=None, mp=None):
@@ -698,7 +700,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     parts = lambda *shape, n=splits: split_parts(n, *shape, device=dev)  # noqa: E731
     y_sums = saved.get("y_sums") if has_y else None
     tau1 = tau_one(dict(noise_ptr=noise, y_scale=y_scale(tau), K=K))  # the kernels' TAU_ONE
-    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D)
+    defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D, dev)
     if defer:
         dq_part = parts(N)
         delta_y = parts(N, n=1) if has_y else None  # (N,): the dx kernel's split 0 writes it

@@ -164,8 +164,23 @@ def norm_dot(dtype: torch.dtype) -> bool:
 NORM_DOT_MAX_BLOCK_D = 128
 
 # half inputs with a q̄ gradient fold the Δ pass into the dx pass up to this BLOCK_D (backward.defer_delta_q:
-# beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator would spill)
+# beyond it the dx kernel's second (BLOCK_N, BLOCK_D) accumulator spills)
 DEFER_DQ_MAX_BLOCK_D = 64
+DEFER_DQ_128_ENV = "GMVQ_DEFER_DQ_128"
+
+
+def defer_dq_max_block_d(device=None) -> int:
+    """The largest BLOCK_D at which the dx pass takes over the Δ pass on ``device`` (backward.defer_delta_q):
+    DEFER_DQ_MAX_BLOCK_D, or 128 with ``GMVQ_DEFER_DQ_128=1`` (read at each call; for side-by-side timing:
+    ``speed.py``'s provider "triton_defer_dq") on sm_90 and off CUDA (the interpreter). At BLOCK_D = 128
+    that is one pass over N×K fewer for a dx that spills (static report, sm_90, bf16 at (32768, 8192,
+    128): dx 45.2 → 52.9 instructions per element, 248 / 436 B spilled soft / hard, the whole fwd+bwd
+    181.5 → 177.9 and 184.9 → 181.7); the H200 timed the Δ pass it saves at 0.44 of 4.62 ms there
+    (2026-12-04), 2.5× its model. Only a GPU can say which wins. Ignored elsewhere: sm_80's dx at 128
+    would fall back to 32 registers and 14–16 KB of spills (tests/compile_kernels.py), and at 256 even
+    sm_90's spills 3.4 KB, so the flag stops at 128."""
+    wide = os.environ.get(DEFER_DQ_128_ENV, "0") == "1" and arch_family(device) in (None, "wgmma")
+    return 128 if wide else DEFER_DQ_MAX_BLOCK_D
 
 # hard mode's dμ kernel adds the one-hot's terms after its loop (backward.hard_rows) from this many code
 # blocks on: that second loop walks each row once per code block of BLOCK_K codes, N·BLOCK_K elements in

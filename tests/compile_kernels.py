@@ -91,19 +91,15 @@ def record(arch=None, shared=None):
         # at small shapes, half inputs with the norm dot and fp32 split over the codebook
         wide_min, tiles.WIDE_CODES_MIN = tiles.WIDE_CODES_MIN, 0
         try:
-            for dtype, prec, hard, D, N, K in [(torch.bfloat16, "ieee", True, 128, 512, 256),
-                                               (torch.float32, "tf32x3", False, 64, 64, 256)]:
-                x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
-                a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
-                _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=1, noise=None,
-                                            dot_precision=prec)
-                upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K),
-                                latent_nll=torch.randn(N))
-                backward.gmvq_bwd(x, means, a, b, v, None, saved, upstream, tau=1.0, hard=hard, seed=1,
-                                  dot_precision=prec)
-                encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)
+            record_training(torch.bfloat16, "ieee", True, 128, 512, 256)
+            record_training(torch.float32, "tf32x3", False, 64, 64, 256)
         finally:
             tiles.WIDE_CODES_MIN = wide_min
+        # GMVQ_DEFER_DQ_128=1 (config.defer_dq_max_block_d): dx takes Δq at BLOCK_D = 128, split (N = 64)
+        # and not (N = 512), soft and hard
+        with config.env_flag(config.DEFER_DQ_128_ENV):
+            record_training(torch.bfloat16, "ieee", False, 128, 64, 256)
+            record_training(torch.bfloat16, "ieee", True, 128, 512, 256)
     # the noise kernel is launched only on CUDA / interpreter: record its launches by hand, with the
     # launch options noise.gumbel_noise passes (config.FP_FUSION; without it triton 3.9 warns)
     for seed_ptr, flat in ((None, False), (torch.tensor(1), False), (None, True)):
@@ -111,6 +107,17 @@ def record(arch=None, shared=None):
                                    (torch.empty(4, 4), 4, 4, 1, 2, seed_ptr, 0),
                                    dict(FLAT=flat, BLOCK_N=32, BLOCK_K=128, **config.FP_FUSION)))
     return log
+
+
+def record_training(dtype, prec, hard, D, N, K):
+    """One training fwd + bwd at τ = 1 (noise drawn in the kernels, the ALBO's gradients) and one
+    tokenizer call, as the launchers issue them (inside ``record``'s recording)."""
+    x, means = torch.randn(N, D).to(dtype), torch.randn(K, D).to(dtype)
+    a, b, v = torch.rand(K), torch.randn(K), torch.rand(K)
+    _, saved = forward.gmvq_fwd(x, means, a, b, v, tau=1.0, hard=hard, seed=1, noise=None, dot_precision=prec)
+    upstream = dict(quantized=torch.randn(N, D).to(dtype), agg_posterior=torch.randn(K), latent_nll=torch.randn(N))
+    backward.gmvq_bwd(x, means, a, b, v, None, saved, upstream, tau=1.0, hard=hard, seed=1, dot_precision=prec)
+    encode.gmvq_encode_fwd(x, means, a, b, dot_precision=prec)
 
 
 def spill_limit(launch):

@@ -93,6 +93,15 @@ def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, share
     family = {"sm_80": "mma", "sm_86": "mma", "sm_120": "mma", "sm_100": "tmem", "sm_90": "wgmma"}[arch]
     assert config.arch_family("cuda") == family and config.arch_family("cpu") is None
     assert config.tensor_memory_arch("cuda") == (family == "tmem")
+    # GMVQ_DEFER_DQ_128=1 widens the dx pass's Δq to BLOCK_D = 128 on sm_90 and off CUDA only (sm_80's dx
+    # would fall back to 32 registers there)
+    monkeypatch.setenv(config.DEFER_DQ_128_ENV, "1")
+    assert config.defer_dq_max_block_d("cuda") == (128 if family == "wgmma" else 64)
+    assert config.defer_dq_max_block_d("cpu") == 128
+    assert autotune.training_kinds(torch.bfloat16, 128, "cuda") == (
+        ("row", "col", "colsum") if family == "wgmma" else ("row", "col", "colsum", "delta"))
+    monkeypatch.setenv(config.DEFER_DQ_128_ENV, "0")
+    assert config.defer_dq_max_block_d("cuda") == config.defer_dq_max_block_d("cpu") == 64
     assert {f for f, *_ in config.ARCH_CONFIGS} == {"mma", "tmem"}
     small = shared < config.FULL_TABLE_SHARED
     for (fam, kind_dt, kind, limit), own in config.ARCH_CONFIGS.items():

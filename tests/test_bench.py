@@ -54,7 +54,7 @@ def test_speed_smoke(tmp_path):
     rows = json.load(open(tmp_path / "s.json"))["rows"]
     assert {r["provider"] for r in rows} == {"reference", "torch_compile", "naive_compile", "triton", "triton_serial",
                                              "triton_no_norm_dot", "triton_hard", "triton_eager_rescale",
-                                             "cdist_argmin"}
+                                             "triton_defer_dq", "cdist_argmin"}
     assert {r["provider"] for r in rows if r["mode"] == "encode"} == {"reference", "triton", "triton_no_norm_dot",
                                                                      "cdist_argmin"}
     assert all(r["ms"] is not None for r in rows), [r for r in rows if r["ms"] is None]

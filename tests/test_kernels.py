@@ -264,6 +264,40 @@ def test_wide_latents_match_reference(D, hard, tau, device):
     check_case(13, 37, D, device, dtype=torch.bfloat16, hard=hard, prior=True, tau=tau)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "splits"])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_dx_takes_delta_q_at_block_d_128_when_asked(hard, split, device, monkeypatch):
+    """GMVQ_DEFER_DQ_128=1 (config.defer_dq_max_block_d, a GPU's side-by-side timing): half inputs at
+    BLOCK_D = 128 (D = 100, a masked tail) take Δq in dx's loop as at D ≤ 64, with the stand-in at each
+    row's argmax code and Ḡ_q̄'s common part of 300 that tests it (test_half_agg_posterior_gradient_...),
+    and the Δ kernel does not run; without the flag (or on a GPU other than sm_90, which ignores it) it
+    runs. With several code splits the launcher adds the splits' Σ a q and Σ a q μ (qa_part, qamu_part)."""
+    from gmvq_kernels import backward, config
+
+    launched = []
+    delta_kernel = backward._gmvq_bwd_delta_kernel
+
+    class Spy:  # the launcher's ``kernel[grid](...)``, counted
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return delta_kernel[grid]
+
+    monkeypatch.setattr(backward, "_gmvq_bwd_delta_kernel", Spy())
+    N, K, D = 13, 37, 100
+    if split:  # as test_split_over_codes_matches_reference forces it
+        monkeypatch.setattr(config, "sm_count", lambda dev: 8)
+        monkeypatch.setattr(config, "SPLIT_MIN_CODES", 0)
+        cfg = config.row_config(D, torch.bfloat16, device)
+        assert config.split_codes(N, K, cfg.BLOCK_N, cfg.BLOCK_K, torch.device(device))[0] > 1
+    for flag in (False, True):
+        monkeypatch.setenv(config.DEFER_DQ_128_ENV, "1" if flag else "0")
+        del launched[:]
+        check_case(N, K, D, device, dtype=torch.bfloat16, hard=hard, prior=True, agg_shift=300.0)
+        deferred = config.defer_dq_max_block_d(device) >= 128
+        assert deferred == (flag and (device == "cpu" or config.arch(device) == "sm_90"))
+        assert bool(launched) != deferred, (flag, launched)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("D", [6, 130], ids=["D6", "D130"])
 def test_hard_sample_terms_over_rows_sorted_by_code(D, dtype, device, monkeypatch):
