@@ -58,11 +58,11 @@ from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
                     col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
-                    half_row_operand, heuristics, in_first_split, interpreter_operand, load_codes, load_row_vec,
-                    load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets, row_half_logits,
-                    row_norm_operand, row_operands, row_tile, sample_prob, sample_scale, softmax_log2prob, softmax_prob,
-                    split_code_range, split_hi_lo, split_parts, split_row_range, sum_splits, tau_one, tile_code,
-                    wide_codes, y_scale)
+                    half_row_operand, heuristics, in_first_split, interpreter_operand, load_block, load_codes,
+                    load_row_vec, load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets,
+                    row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob, sample_scale,
+                    softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
+                    sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
 
 def has_y_grads(args):
@@ -539,9 +539,9 @@ def _gmvq_bwd_dmu_kernel(
         rows = code_mask(offs_n, row_hi, EVEN_N)[None, :]
         if HAS_Y and not NOISE_LATE:
             g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, TAU_ONE)
-        x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        x = load_block(x_ptr, n_start, offs_n < row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
-        xp = load_rows(xp_ptr, offs_n, row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
+        xp = load_block(xp_ptr, n_start, offs_n < row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
         s = col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None, DOT_PRECISION)
         r, logits, clamp_ok = half_distances_logits(s, -a_e[:, None], b[:, None], valid)
         m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)

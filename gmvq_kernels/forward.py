@@ -30,8 +30,8 @@ from .spec import GMVQOutput, code_sq_norms
 from .tiles import (LN2, LOG2E, LOG2S_Q, LOG2S_Y, M_Q, M_Y, N_STATS, TL_DTYPES, acc_norm_operand, code_mask,
                     code_norm_operand, code_row_distance, col_half_distance, dot_precision_for, even_k, even_n,
                     finish_splits, first_argmax, half_distances_logits, heuristics, in_first_split, interpreter_operand,
-                    load_codes, load_rows, load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer, norm_parts,
-                    row_block_offsets, row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range,
+                    load_block, load_codes, load_rows, load_stats, mma, noise_tile, nonempty_range, norm_operand_buffer,
+                    norm_parts, row_block_offsets, row_norm_operand, row_operands, row_tile, softmax_prob, split_code_range,
                     split_hi_lo, split_parts, split_row_range, sq_norms, tau_one, wide_codes, y_scale)
 
 
@@ -356,10 +356,10 @@ def _gmvq_fwd_colsum_kernel(
     colsum = tl.zeros((BLOCK_K,), tl.float32)
     for n_start in range(row_lo, row_hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
-        x = load_rows(x_ptr, offs_n, row_hi, D, offs_d)
+        x = load_block(x_ptr, n_start, offs_n < row_hi, D, offs_d)
         xx = tl.load(xx_ptr + offs_n, mask=offs_n < row_hi, other=0.0)
         # transposed tile (codes × rows): the sum over rows stays inside each warp
-        xp = load_rows(xp_ptr, offs_n, row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
+        xp = load_block(xp_ptr, n_start, offs_n < row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
         s = col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None, DOT_PRECISION)
         _, logits, _ = half_distances_logits(s, a2[:, None], b[:, None], mask_k[:, None])
         m_q, log2s_q, _m_y, _log2s_y = load_stats(stats_ptr, offs_n, N)

@@ -81,6 +81,17 @@ def load_rows(ptr, offs_n, N, D, offs_d):
 
 
 @triton.jit
+def load_block(ptr, start, rows_ok, D, offs_d):
+    """The (BLOCK, BLOCK_D) tile of a (·, D) row-major tensor whose rows are start + arange(BLOCK)
+    (``start`` a scalar; rows_ok: which of them exist), addressed as one uniform int64 base and int32
+    offsets within the block, which stay the same from one block to the next: a loop over blocks then
+    carries no 64-bit pointer per row of the tile, which ptxas spilled at D = 256 (static report)."""
+    rows = tl.arange(0, rows_ok.shape[0])
+    return tl.load(ptr + tl.cast(start, tl.int64) * D + (rows[:, None] * D + offs_d[None, :]),
+                   mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+
+
+@triton.jit
 def sq_norms(t):
     """fp32 squared norms of the rows of a tile (the forward's ||x||², stored for every later pass:
     spec.SAVED_FIELDS "x_sq")."""
