@@ -75,7 +75,9 @@ def tau_one(args):
 
 @triton.jit
 def load_rows(ptr, offs_n, N, D, offs_d):
-    """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored."""
+    """A (BLOCK_N, BLOCK_D) tile of an (N, D) row-major tensor as stored. In a loop over row blocks the
+    column kernels take load_block instead; the row kernels' tiles and dμ's Ḡ_z tile counted more that
+    way (docs/speed_history.md, item 37)."""
     mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
     return tl.load(ptr + offs_n[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
 
