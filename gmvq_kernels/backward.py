@@ -56,13 +56,14 @@ from .config import (HARD_ROWS_MIN_BLOCKS, block_d, col_config, defer_dq_max_blo
                      serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
-from .tiles import (LN2, LOG2E, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
-                    col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
-                    half_row_operand, heuristics, in_first_split, interpreter_operand, load_block, load_codes,
-                    load_row_vec, load_rows, load_stats, mma, noise_tile, nonempty_range, row_block_offsets,
-                    row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob, sample_scale,
-                    softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts, split_row_range,
-                    sum_splits, tau_one, tile_code, wide_codes, y_scale)
+from .tiles import (LN2, LOG2E, N_ROW, R_CY, R_DQ, R_DY, R_ENT, R_GH, R_GLAT, R_GLSE, R_GS, TL_DTYPES,
+                    acc_norm_operand, code_mask, code_norm_operand, code_row_distance, col_half_distance,
+                    dot_precision_for, even_k, even_n, finish_splits, half_distances_logits, half_row_operand,
+                    heuristics, in_first_split, interpreter_operand, load_block, load_codes, load_columns,
+                    load_row_record, load_row_vec, load_rows, load_stats, mma, noise_tile, nonempty_range,
+                    row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
+                    sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts,
+                    split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
 
 def has_y_grads(args):
@@ -204,11 +205,12 @@ def upstream_value(da, v, g_lat, g_s, shift, HAS_GLAT: tl.constexpr, HAS_GS: tl.
 
 
 @triton.jit
-def col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y: tl.constexpr,
+def col_upstream(da, v, g_lat, g_s, delta_y, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y: tl.constexpr,
                  HAS_GLAT: tl.constexpr, HAS_GS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """(Y − Δy or Y, Ḡ_z rows) of a column kernel's (codes × rows) tile: upstream_value with its Ḡ_z·μ_k
-    dot, minus Δy when SHIFT_Y (half inputs); and the Ḡ_z tile for the y_valᵀ·Ḡ_z dot (μ, unread, without Ḡ_z)."""
-    shift = load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :] if SHIFT_Y else 0.0
+    dot, minus the rows' Δy when SHIFT_Y (half inputs); and the Ḡ_z tile for the y_valᵀ·Ḡ_z dot (μ,
+    unread, without Ḡ_z)."""
+    shift = delta_y[None, :] if SHIFT_Y else 0.0
     big_y = upstream_value(da, v[:, None], g_lat[None, :], g_s[None, :], shift, HAS_GLAT, HAS_GS)
     gz = mu
     if gz_ptr is not None:
@@ -320,7 +322,7 @@ def _gmvq_bwd_delta_kernel(
 def _gmvq_bwd_dx_kernel(
     x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, mp_ptr, noise_ptr, stats_ptr, xx_ptr, ent_ptr, hard_idx_ptr,
     delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr, cy_ptr,
+    dd_part_ptr, acc_part_ptr, ysum_ptr, codes_ptr, qa_part_ptr, qamu_part_ptr, rec_ptr,
     N, K, D, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, codes_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, WIDE_CODES: tl.constexpr,
@@ -347,10 +349,13 @@ def _gmvq_bwd_dx_kernel(
     with several it stores Σ_k a q and Σ_k a q μ_k into qa_part (splits, N) and qamu_part
     (splits, N, D) and the launcher adds them. delta_q (splits, N) is then an output: each split's r,
     plus c_n in split 0, so that the splits sum to Δq. Δy comes from the forward's y_sums (ysum_ptr,
-    when an upstream gradient reaches y), and split 0 stores it into delta_y (N,) for the dμ kernel.
+    when an upstream gradient reaches y).
 
-    TAU_ONE (τ = 1, the noise drawn here: ``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), and with
-    cy (N,) fp32 split 0 stores each row's c there for the dμ kernel."""
+    TAU_ONE (τ = 1, the noise drawn here: ``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob).
+
+    rec (N, 8) fp32: split 0 writes each row's values the dμ kernel takes (tiles.R_DY .. R_ENT, those
+    that exist: Δy where a gradient reaches y, Δq once final here (not with DEFER and several splits),
+    c where y is formed at τ = 1, the upstream Ḡ_lat, Ḡ_s, Ḡ_lse, Ḡ_H and H where Ḡ_H is given)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)
@@ -379,7 +384,6 @@ def _gmvq_bwd_dx_kernel(
         if ysum_ptr is not None:
             delta_y = delta_y_from_sums(ysum_ptr, gz_ptr, g_lat, g_s, offs_n, mask_n, D, BLOCK_D, glat_ptr is not None,
                                         gs_ptr is not None)
-            tl.store(delta_y_ptr + offs_n, delta_y, mask=in_first_split(mask_n, split))
         else:
             delta_y = tl.zeros((BLOCK_N,), tl.float32)  # no y gradient: unread
     else:
@@ -390,8 +394,24 @@ def _gmvq_bwd_dx_kernel(
     log2_inv_tau = tl.log2(inv_tau)
     log2s_y_tau = log2s_y - log2_inv_tau
     c_y = sample_scale(m_q, log2s_q, m_y, log2s_y_tau) if TAU_ONE else m_y  # m_y: unread
-    if cy_ptr is not None:  # for the dμ kernel, whose per-tile rows would each take an exp2 (τ = 1: y/τ = y)
-        tl.store(cy_ptr + offs_n, c_y, mask=in_first_split(mask_n, split))
+    # the dμ kernel's per-row values (c: its per-tile rows would each take an exp2; τ = 1: y/τ = y)
+    row_rec = rec_ptr + offs_n * N_ROW
+    first = in_first_split(mask_n, split)
+    if HAS_Y:
+        tl.store(row_rec + R_DY, delta_y, mask=first)
+        if TAU_ONE:
+            tl.store(row_rec + R_CY, c_y, mask=first)
+    if gc_ptr is not None and not DEFER_DQ:
+        tl.store(row_rec + R_DQ, delta_q, mask=first)
+    if glat_ptr is not None:
+        tl.store(row_rec + R_GLAT, g_lat, mask=first)
+    if gs_ptr is not None:
+        tl.store(row_rec + R_GS, g_s, mask=first)
+    if glse_ptr is not None:
+        tl.store(row_rec + R_GLSE, g_lse, mask=first)
+    if gh_ptr is not None:
+        tl.store(row_rec + R_GH, g_h, mask=first)
+        tl.store(row_rec + R_ENT, ent, mask=first)
     # hard mode at BLOCK_D ≤ 128 adds the one-hot sample's Ḡ_lat·a term once per row after the loop (at 256
     # the epilogue's (BLOCK_N, D) μ tile would spill the accumulator into the loop: static report)
     ROW_TERM: tl.constexpr = hard_idx_ptr is not None and glat_ptr is not None and BLOCK_D <= 128
@@ -462,6 +482,7 @@ def _gmvq_bwd_dx_kernel(
             r = tl.where(qa_sum == 0.0, 0.0, dq_rel)
             dd_sum += r * qa_sum
             acc += r[:, None] * qa_mu
+            tl.store(row_rec + R_DQ, dq_rel + delta_q, mask=mask_n)  # Δq, as delta_q's one split holds it
         else:
             tl.store(qa_part_ptr + split * N + offs_n, qa_sum, mask=mask_n)
             tl.store(qamu_part_ptr + split * N * D + nd, qa_mu, mask=mask_nd)
@@ -473,10 +494,10 @@ def _gmvq_bwd_dx_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dmu_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr, ent_ptr,
-    hard_idx_ptr, delta_y_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr,
-    acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr, hard_perm_ptr, hard_off_ptr,
-    cy_ptr, N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr,
+    hard_idx_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr, acc_part_ptr, esum_part_ptr,
+    dlv_part_ptr, dlp_part_ptr, hard_perm_ptr, hard_off_ptr, rec_ptr,
+    N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -486,9 +507,10 @@ def _gmvq_bwd_dmu_kernel(
     (splits, K), with e = −2 dd; and d log_var, d log π into dlv_part, dlp_part (splits, K), all fp32.
     The launcher adds the splits and forms dμ: the μ·Σ e epilogue in the kernel, with μ reloaded, made
     ptxas spill (static report: 44 / 180 B at D = 128 soft / hard, 972 / 1116 B at 256, against 0 / 0
-    and 476 / 612 B without it). Arguments as for the dx kernel, half_d = D/2, but instead of mp the
-    rows' norm operand xp (N, 16) or None (tiles.col_half_distance forms the codes' in registers). Tiles
-    are transposed (codes × rows): per-code vectors broadcast as v[:, None], per-row ones as v[None, :].
+    and 476 / 612 B without it). Arguments as for the dx kernel (less ent and delta_y, which rec holds),
+    half_d = D/2, but instead of mp the rows' norm operand xp (N, 16) or None (tiles.col_half_distance
+    forms the codes' in registers). Tiles are transposed (codes × rows): per-code vectors broadcast as
+    v[:, None], per-row ones as v[None, :].
 
     With hard_perm (N,) int64, the rows sorted by their hard code (stable), and hard_off (K + 1,) int64,
     the position in that order of each code's first row (``hard_rows``), the hard one-hot sample stays
@@ -496,8 +518,12 @@ def _gmvq_bwd_dmu_kernel(
     splits add them after the loop over the rows whose code lies in their block only, each an equal
     share in whole tiles (O(N·BLOCK_K) work in all, in a fixed order: deterministic).
 
-    TAU_ONE (``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob), c from cy (N,) fp32 as the dx kernel
-    wrote it."""
+    TAU_ONE (``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob).
+
+    The rows' Δy, Δq, c, Ḡ_lat, Ḡ_s, Ḡ_lse, Ḡ_H and H come from rec (N, 8) fp32 as the dx kernel wrote it
+    (one tile per row tile: tiles.load_row_record), Δq from delta_q instead where that is given (DEFER
+    with several splits: summed after the dx kernel); the upstream pointers say which of them exist
+    (the hard rows after the loop read Ḡ_lat and Ḡ_s through them)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -548,21 +574,27 @@ def _gmvq_bwd_dmu_kernel(
         log2_q = softmax_log2prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         q = tl.exp2(log2_q)
         da = r * a_e[:, None]  # d·a (d = −2r)
-        g_lat = load_row_vec(glat_ptr, offs_n, row_hi)
-        g_s = load_row_vec(gs_ptr, offs_n, row_hi)
+        # the rows' values from the dx kernel's records: one (rows, 8) tile, at BLOCK_D = 256 two (rows, 4)
+        # ones, the second just before dℓ (static report, bf16, τ = 1, per element, soft / hard: one tile
+        # −1.8 to −3.8 at D ≤ 128 against an (N,) vector each, 0.1 to 0.7 less than two; two −0.9 / −1.5 at
+        # 256, where one took −0.8 / +0.7 and spilled 536 / 600 B, against 428 / 384 before and 456 / 464)
+        if BLOCK_D <= 128:
+            delta_y, c_y, g_lat, g_s, delta_q, g_lse, g_h, ent = load_row_record(rec_ptr, offs_n, row_hi)
+        else:
+            delta_y, c_y, g_lat, g_s = load_columns(rec_ptr, offs_n, row_hi, N_ROW, R_DY)
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
-            if TAU_ONE:  # Y, then the sample from the rows' c (cy, from the dx kernel)
-                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
+            if TAU_ONE:  # Y, then the sample from the rows' c (the dx kernel's)
+                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
                                          glat_ptr is not None, gs_ptr is not None, DOT_PRECISION)
                 if NOISE_LATE:
                     g = noise_tile(noise_ptr, seed_lo, seed_hi, offs_n, offs_k, k_start, N, K, BLOCK_K, True, True)
-                y = sample_prob(q, g, load_row_vec(cy_ptr, offs_n, row_hi)[None, :])
+                y = sample_prob(q, g, c_y[None, :])
             else:  # the sample, then Y (static report: Y first cost +0.5 to +1.3 per element at BLOCK_D = 256)
                 noisy = tl.where(valid, logits + g, float("-inf"))
                 y = softmax_prob(noisy, m_y[None, :], log2s_y[None, :], y_scale)
-                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y_ptr, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
+                big_y, gz = col_upstream(da, v, g_lat, g_s, delta_y, gz_ptr, mu, offs_n, row_hi, D, offs_d, SHIFT_Y,
                                          glat_ptr is not None, gs_ptr is not None, DOT_PRECISION)
         if hard_idx_ptr is not None and Y_VAL:
             hard_idx = tl.load(hard_idx_ptr + offs_n, mask=offs_n < row_hi, other=-1)
@@ -576,12 +608,12 @@ def _gmvq_bwd_dmu_kernel(
         else:
             y_val = y
         y_tau = y if TAU_ONE else y * inv_tau  # τ = 1: a multiply per element less (static report: −0.8 to −1.4)
-        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val,
-                            0.0 if SHIFT_Y else load_row_vec(delta_y_ptr, offs_n, row_hi)[None, :],
-                            load_row_vec(delta_q_ptr, offs_n, row_hi)[None, :],
-                            load_row_vec(ent_ptr if gh_ptr is not None else None, offs_n, row_hi)[None, :],
-                            load_row_vec(glse_ptr, offs_n, row_hi)[None, :],
-                            load_row_vec(gh_ptr, offs_n, row_hi)[None, :], g_lat[None, :], g_c[:, None],
+        if BLOCK_D > 128:
+            delta_q, g_lse, g_h, ent = load_columns(rec_ptr, offs_n, row_hi, N_ROW, R_DQ)
+        if delta_q_ptr is not None:
+            delta_q = load_row_vec(delta_q_ptr, offs_n, row_hi)
+        dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, 0.0 if SHIFT_Y else delta_y[None, :],
+                            delta_q[None, :], ent[None, :], g_lse[None, :], g_h[None, :], g_lat[None, :], g_c[:, None],
                             valid, HAS_Y, glse_ptr is not None, gh_ptr is not None,
                             gc_ptr is not None, W_LAT)
         dl = tl.where(rows, dl, 0.0)
@@ -703,7 +735,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     defer = defer_delta_q(x.dtype != torch.float32, g_c is not None, has_y, y_sums is not None, BLOCK_D, dev)
     if defer:
         dq_part = parts(N)
-        delta_y = parts(N, n=1) if has_y else None  # (N,): the dx kernel's split 0 writes it
+        delta_y = None  # the dx kernel forms Δy from the forward's sums
     else:
         # the Δ kernel holds no (BLOCK_N, D) accumulator: its own, wider tiles (config.DELTA_CONFIGS)
         dcfg = delta_config(D, x.dtype, dev)
@@ -725,18 +757,17 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
         if ym_part is not None:
             delta_y = delta_y.div_(sum_splits(ym_part, d_splits))
 
-    # the distance operands: the row kernels' (mm, mp, ..., x_sq), the column kernel's (mm, ..., x_sq, xp)
-    common = lambda delta_q, dist: (xk, mk, a, b, v, *dist, saved["entropy"],  # noqa: E731
-                                    saved["hard_idx"] if hard else None, delta_y, delta_q, g_z, g_lse, g_h, g_lat,
-                                    g_s, g_c)
     dd_part, acc_part = parts(N), parts(N, D)
     qa_part, qamu_part = (parts(N), parts(N, D)) if defer and splits > 1 else (None, None)
-    # τ = 1: the dx kernel writes each row's c of y = q·(1/log₂ u)·c for the dμ kernel (tiles.sample_scale)
-    cy = parts(N, n=1) if has_y and tau1 else None
-    row_dist = (mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"])
+    # the dx kernel writes each row's values for the dμ kernel (tiles.load_row_record), Δq where it is final
+    # there (not with several splits of a deferred Δq, which are added below)
+    rec = parts(N, N_ROW.value, n=1)
+    dq_in_rec = qa_part is None
+    hard_idx = saved["hard_idx"] if hard else None
     _gmvq_bwd_dx_kernel[row_grid](
-        *common(dq_part if defer else delta_q, row_dist), dd_part, acc_part, y_sums,
-        saved["codes"] if defer else None, qa_part, qamu_part, cy,
+        xk, mk, a, b, v, mm, acc_norm_operand(mp, D), noise, saved["stats"], saved["x_sq"], saved["entropy"],
+        hard_idx, delta_y, dq_part if defer else delta_q, g_z, g_lse, g_h, g_lat, g_s, g_c, dd_part, acc_part, y_sums,
+        saved["codes"] if defer else None, qa_part, qamu_part, rec,
         N, K, D, *seed_lhp, 1.0 / tau, y_scale(tau), codes_per_split, OP_DTYPE=op_dtype, NONEMPTY=nonempty,
         **row_launch)
     if defer:
@@ -758,13 +789,13 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     esum_part, dlv_part, dlp_part = (parts(K, n=col_splits) for _ in range(3))
     x_parts = saved.get("x_parts")  # the forward's, where it was kept (an eager backward: autograd.EagerFused)
     xp = row_norm_operand(saved["x_sq"], mp) if x_parts is None else x_parts
-    dist = (mm, noise, saved["stats"], saved["x_sq"], xp)
     # hard mode: the one-hot's terms after the loop where the codebook has enough blocks for that to pay
     # (config.HARD_ROWS_MIN_BLOCKS)
     after_loop = hard and has_y and n_col >= HARD_ROWS_MIN_BLOCKS
     hard_perm_first = hard_rows(saved["hard_idx"], K) if after_loop else (None, None)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        *common(delta_q, dist), mu_acc_part, esum_part, dlv_part, dlp_part, *hard_perm_first, cy,
+        xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"], xp, hard_idx, None if dq_in_rec else delta_q,
+        g_z, g_lse, g_h, g_lat, g_s, g_c, mu_acc_part, esum_part, dlv_part, dlp_part, *hard_perm_first, rec,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,
         BLOCK_K=ccfg.BLOCK_K, BLOCK_D=BLOCK_D, **ccfg.launch_options())

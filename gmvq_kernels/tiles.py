@@ -29,6 +29,12 @@ M_Q = tl.constexpr(STATS_FIELDS.index("m_q"))
 LOG2S_Q = tl.constexpr(STATS_FIELDS.index("log2_s_q"))
 M_Y = tl.constexpr(STATS_FIELDS.index("m_y"))
 LOG2S_Y = tl.constexpr(STATS_FIELDS.index("log2_s_y"))
+# columns of the (N, 8) per-row records the dx kernel writes for the dμ kernel: a column kernel's
+# per-row (N,) vector costs ~0.8 per element and tile (its load converted into the (codes × rows) layout
+# through shared memory); one (rows, 8) tile takes them all (load_row_record), or two (rows, 4) ones
+# (load_columns): what Y and the sample need (R_DY .. R_GS), then what dℓ's other terms need (R_DQ .. R_ENT)
+R_DY, R_CY, R_GLAT, R_GS, R_DQ, R_GLSE, R_GH, R_ENT = (tl.constexpr(i) for i in range(8))
+N_ROW = tl.constexpr(8)
 
 
 def apply_rules(rules, arg_names, args, kwargs):
@@ -592,15 +598,38 @@ def tile_code(idx, k_start, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def load_stats(stats_ptr, offs_n, N):
-    """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y): one
-    (rows, 4) tile of the records, split into its columns."""
-    rec = tl.load(stats_ptr + offs_n[:, None] * N_STATS + tl.arange(0, N_STATS)[None, :],
-                  mask=(offs_n < N)[:, None], other=0.0)
+def load_columns(ptr, offs_n, N, STRIDE: tl.constexpr, START: tl.constexpr):
+    """Columns START .. START + 3 of fp32 records of STRIDE values per row, for rows ``offs_n`` (0 where
+    offs_n ≥ N): one (rows, 4) tile, split into its columns."""
+    rec = tl.load(ptr + offs_n[:, None] * STRIDE + (START + tl.arange(0, 4))[None, :], mask=(offs_n < N)[:, None],
+                  other=0.0)
     even, odd = tl.split(tl.reshape(rec, (offs_n.shape[0], 2, 2)))  # columns (0, 2) and (1, 3)
-    m_q, m_y = tl.split(even)
-    log2s_q, log2s_y = tl.split(odd)
-    return m_q, log2s_q, m_y, log2s_y
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def load_row_record(rec_ptr, offs_n, N):
+    """The eight columns (R_DY .. R_ENT, in that order) of (N, 8) fp32 row records for rows ``offs_n`` (0
+    where offs_n ≥ N): one (rows, 8) tile, split as load_columns splits four."""
+    rec = tl.load(rec_ptr + offs_n[:, None] * N_ROW + tl.arange(0, N_ROW)[None, :], mask=(offs_n < N)[:, None],
+                  other=0.0)
+    even, odd = tl.split(tl.reshape(rec, (offs_n.shape[0], 2, 2, 2)))  # [r, i, j]: column 4i + 2j (+ 1)
+    c04, c26 = tl.split(even)
+    c15, c37 = tl.split(odd)
+    c0, c4 = tl.split(c04)
+    c2, c6 = tl.split(c26)
+    c1, c5 = tl.split(c15)
+    c3, c7 = tl.split(c37)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def load_stats(stats_ptr, offs_n, N):
+    """The forward's four per-row softmax statistics of rows ``offs_n`` (see M_Q .. LOG2S_Y), as
+    (m_q, log2s_q, m_y, log2s_y)."""
+    return load_columns(stats_ptr, offs_n, N, N_STATS, 0)
 
 
 @triton.jit
