@@ -56,7 +56,8 @@ from .config import (HARD_ROWS_MIN_BLOCKS, block_d, col_config, defer_dq_max_blo
                      serial_wgmma, split_codes, split_rows)
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
-from .tiles import (LN2, LOG2E, N_ROW, R_CY, R_DQ, R_DY, R_ENT, R_GH, R_GLAT, R_GLSE, R_GS, TL_DTYPES,
+from .tiles import (LN2, LOG2E, N_ROW, R_CY, R_DQ, R_DY, R_ENT, R_GH, R_GLAT, R_GLSE, R_GS, R_LOG2SQ, R_LOG2SY,
+                    R_MQ, R_MY, TL_DTYPES,
                     acc_norm_operand, code_mask, code_norm_operand, code_row_distance, col_half_distance,
                     dot_precision_for, even_k, even_n, finish_splits, half_distances_logits, half_row_operand,
                     heuristics, in_first_split, interpreter_operand, load_block, load_codes, load_columns,
@@ -353,9 +354,10 @@ def _gmvq_bwd_dx_kernel(
 
     TAU_ONE (τ = 1, the noise drawn here: ``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob).
 
-    rec (N, 8) fp32: split 0 writes each row's values the dμ kernel takes (tiles.R_DY .. R_ENT, those
-    that exist: Δy where a gradient reaches y, Δq once final here (not with DEFER and several splits),
-    c where y is formed at τ = 1, the upstream Ḡ_lat, Ḡ_s, Ḡ_lse, Ḡ_H and H where Ḡ_H is given)."""
+    rec (N, 12) fp32: split 0 writes each row's values the dμ kernel takes (tiles.R_MQ .. R_ENT, those
+    that exist: the forward's statistics, Δy where a gradient reaches y, c where y is formed at τ = 1,
+    the upstream Ḡ_lat, Ḡ_s, Ḡ_lse, Ḡ_H, H where Ḡ_H is given, and Δq once final here: not with DEFER
+    and several splits)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     split, k_lo, k_hi = split_code_range(codes_per_split, K)
     k_lo, k_hi = nonempty_range(k_lo, k_hi, NONEMPTY)
@@ -397,6 +399,11 @@ def _gmvq_bwd_dx_kernel(
     # the dμ kernel's per-row values (c: its per-tile rows would each take an exp2; τ = 1: y/τ = y)
     row_rec = rec_ptr + offs_n * N_ROW
     first = in_first_split(mask_n, split)
+    tl.store(row_rec + R_MQ, m_q, mask=first)
+    tl.store(row_rec + R_LOG2SQ, log2s_q, mask=first)
+    if not TAU_ONE:
+        tl.store(row_rec + R_MY, m_y, mask=first)
+        tl.store(row_rec + R_LOG2SY, log2s_y, mask=first)
     if HAS_Y:
         tl.store(row_rec + R_DY, delta_y, mask=first)
         if TAU_ONE:
@@ -494,9 +501,9 @@ def _gmvq_bwd_dx_kernel(
 @HEURISTICS
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _gmvq_bwd_dmu_kernel(
-    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, stats_ptr, xx_ptr, xp_ptr,
-    hard_idx_ptr, delta_q_ptr, gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr, acc_part_ptr, esum_part_ptr,
-    dlv_part_ptr, dlp_part_ptr, hard_perm_ptr, hard_off_ptr, rec_ptr,
+    x_ptr, means_ptr, a_ptr, b_ptr, v_ptr, mm_ptr, noise_ptr, xx_ptr, xp_ptr, hard_idx_ptr, delta_q_ptr,
+    gz_ptr, glse_ptr, gh_ptr, glat_ptr, gs_ptr, gc_ptr, acc_part_ptr, esum_part_ptr, dlv_part_ptr, dlp_part_ptr,
+    hard_perm_ptr, hard_off_ptr, rec_ptr,
     N, K, D, half_d, seed_lo, seed_hi, seed_ptr, inv_tau, y_scale, rows_per_split,
     DOT_PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, HAS_Y: tl.constexpr,
     TAU_ONE: tl.constexpr, OP_DTYPE: tl.constexpr, NONEMPTY: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -507,7 +514,7 @@ def _gmvq_bwd_dmu_kernel(
     (splits, K), with e = −2 dd; and d log_var, d log π into dlv_part, dlp_part (splits, K), all fp32.
     The launcher adds the splits and forms dμ: the μ·Σ e epilogue in the kernel, with μ reloaded, made
     ptxas spill (static report: 44 / 180 B at D = 128 soft / hard, 972 / 1116 B at 256, against 0 / 0
-    and 476 / 612 B without it). Arguments as for the dx kernel (less ent and delta_y, which rec holds),
+    and 476 / 612 B without it). Arguments as for the dx kernel (less stats, ent and delta_y: rec holds them),
     half_d = D/2, but instead of mp the rows' norm operand xp (N, 16) or None (tiles.col_half_distance
     forms the codes' in registers). Tiles are transposed (codes × rows): per-code vectors broadcast as
     v[:, None], per-row ones as v[None, :].
@@ -520,10 +527,10 @@ def _gmvq_bwd_dmu_kernel(
 
     TAU_ONE (``tiles.tau_one``): y = q·(1/log₂ u)·c (tiles.sample_prob).
 
-    The rows' Δy, Δq, c, Ḡ_lat, Ḡ_s, Ḡ_lse, Ḡ_H and H come from rec (N, 8) fp32 as the dx kernel wrote it
-    (one tile per row tile: tiles.load_row_record), Δq from delta_q instead where that is given (DEFER
-    with several splits: summed after the dx kernel); the upstream pointers say which of them exist
-    (the hard rows after the loop read Ḡ_lat and Ḡ_s through them)."""
+    The rows' statistics, Δy, c, Ḡ_lat, Δq, Ḡ_s, Ḡ_lse, Ḡ_H and H come from rec (N, 12) fp32 as the dx
+    kernel wrote it (tiles.load_row_record: one tile per row tile), Δq from delta_q instead where that is
+    given (DEFER with several splits: summed after the dx kernel); the upstream pointers say which of
+    them exist (the hard rows after the loop read Ḡ_lat and Ḡ_s through them)."""
     seed_lo, seed_hi = kernel_seed(seed_lo, seed_hi, seed_ptr)
     k_start = tl.program_id(0).to(tl.int64) * BLOCK_K
     offs_k = k_start + tl.arange(0, BLOCK_K)
@@ -570,18 +577,22 @@ def _gmvq_bwd_dmu_kernel(
         xp = load_block(xp_ptr, n_start, offs_n < row_hi, 16, tl.arange(0, 16)) if xp_ptr is not None else xx
         s = col_half_distance(mu, x, mm, xx, xp, xp_ptr is not None, DOT_PRECISION)
         r, logits, clamp_ok = half_distances_logits(s, -a_e[:, None], b[:, None], valid)
-        m_q, log2s_q, m_y, log2s_y = load_stats(stats_ptr, offs_n, N)
+        # the rows' values from the dx kernel's records (tiles.R_MQ .. R_ENT): the statistics, Δy, c, Ḡ_lat
+        # and Δq as one (rows, 8) tile, at BLOCK_D = 256 as two (rows, 4) ones; Ḡ_s, Ḡ_lse, Ḡ_H and H as
+        # one more where any exists
+        if BLOCK_D <= 128:
+            m_q, log2s_q, m_y, log2s_y, delta_y, c_y, g_lat, delta_q = load_row_record(rec_ptr, offs_n, N)
+        else:
+            m_q, log2s_q, m_y, log2s_y = load_columns(rec_ptr, offs_n, N, N_ROW, R_MQ)
         log2_q = softmax_log2prob(logits, m_q[None, :], log2s_q[None, :], LOG2E)
         q = tl.exp2(log2_q)
         da = r * a_e[:, None]  # d·a (d = −2r)
-        # the rows' values from the dx kernel's records: one (rows, 8) tile, at BLOCK_D = 256 two (rows, 4)
-        # ones, the second just before dℓ (static report, bf16, τ = 1, per element, soft / hard: one tile
-        # −1.8 to −3.8 at D ≤ 128 against an (N,) vector each, 0.1 to 0.7 less than two; two −0.9 / −1.5 at
-        # 256, where one took −0.8 / +0.7 and spilled 536 / 600 B, against 428 / 384 before and 456 / 464)
-        if BLOCK_D <= 128:
-            delta_y, c_y, g_lat, g_s, delta_q, g_lse, g_h, ent = load_row_record(rec_ptr, offs_n, row_hi)
-        else:
-            delta_y, c_y, g_lat, g_s = load_columns(rec_ptr, offs_n, row_hi, N_ROW, R_DY)
+        if BLOCK_D > 128:
+            delta_y, c_y, g_lat, delta_q = load_columns(rec_ptr, offs_n, N, N_ROW, R_DY)
+        if gs_ptr is not None or glse_ptr is not None or gh_ptr is not None:
+            g_s, g_lse, g_h, ent = load_columns(rec_ptr, offs_n, N, N_ROW, R_GS)
+        else:  # unread
+            g_s, g_lse, g_h, ent = m_q, m_q, m_q, m_q
         y = q  # placeholder when no y gradient (never used then)
         big_y = q
         if HAS_Y:
@@ -608,8 +619,6 @@ def _gmvq_bwd_dmu_kernel(
         else:
             y_val = y
         y_tau = y if TAU_ONE else y * inv_tau  # τ = 1: a multiply per element less (static report: −0.8 to −1.4)
-        if BLOCK_D > 128:
-            delta_q, g_lse, g_h, ent = load_columns(rec_ptr, offs_n, row_hi, N_ROW, R_DQ)
         if delta_q_ptr is not None:
             delta_q = load_row_vec(delta_q_ptr, offs_n, row_hi)
         dl, w = grad_logits(q, log2_q, y_tau, big_y, y_val, 0.0 if SHIFT_Y else delta_y[None, :],
@@ -794,7 +803,7 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     after_loop = hard and has_y and n_col >= HARD_ROWS_MIN_BLOCKS
     hard_perm_first = hard_rows(saved["hard_idx"], K) if after_loop else (None, None)
     _gmvq_bwd_dmu_kernel[(n_col, col_splits)](
-        xk, mk, a, b, v, mm, noise, saved["stats"], saved["x_sq"], xp, hard_idx, None if dq_in_rec else delta_q,
+        xk, mk, a, b, v, mm, noise, saved["x_sq"], xp, hard_idx, None if dq_in_rec else delta_q,
         g_z, g_lse, g_h, g_lat, g_s, g_c, mu_acc_part, esum_part, dlv_part, dlp_part, *hard_perm_first, rec,
         N, K, D, 0.5 * D, *seed_lhp, 1.0 / tau, y_scale(tau), rows_per_split,
         DOT_PRECISION=prec, OP_DTYPE=op_dtype, NONEMPTY=nonempty, BLOCK_N=ccfg.BLOCK_N,

@@ -29,12 +29,14 @@ M_Q = tl.constexpr(STATS_FIELDS.index("m_q"))
 LOG2S_Q = tl.constexpr(STATS_FIELDS.index("log2_s_q"))
 M_Y = tl.constexpr(STATS_FIELDS.index("m_y"))
 LOG2S_Y = tl.constexpr(STATS_FIELDS.index("log2_s_y"))
-# columns of the (N, 8) per-row records the dx kernel writes for the dμ kernel: a column kernel's
+# columns of the (N, 12) per-row records the dx kernel writes for the dμ kernel: a column kernel's
 # per-row (N,) vector costs ~0.8 per element and tile (its load converted into the (codes × rows) layout
-# through shared memory); one (rows, 8) tile takes them all (load_row_record), or two (rows, 4) ones
-# (load_columns): what Y and the sample need (R_DY .. R_GS), then what dℓ's other terms need (R_DQ .. R_ENT)
-R_DY, R_CY, R_GLAT, R_GS, R_DQ, R_GLSE, R_GH, R_ENT = (tl.constexpr(i) for i in range(8))
-N_ROW = tl.constexpr(8)
+# through shared memory). The forward's four statistics, then Δy, the sample's c, Ḡ_lat and Δq: with
+# them one (rows, 8) tile (load_row_record) holds all the ALBO objective needs, at any τ; then Ḡ_s,
+# Ḡ_lse, Ḡ_H and H, a (rows, 4) tile (load_columns) where any of them exists
+R_MQ, R_LOG2SQ, R_MY, R_LOG2SY, R_DY, R_CY, R_GLAT, R_DQ, R_GS, R_GLSE, R_GH, R_ENT = (tl.constexpr(i)
+                                                                                     for i in range(12))
+N_ROW = tl.constexpr(12)
 
 
 def apply_rules(rules, arg_names, args, kwargs):
@@ -601,7 +603,7 @@ def tile_code(idx, k_start, BLOCK_K: tl.constexpr):
 def load_columns(ptr, offs_n, N, STRIDE: tl.constexpr, START: tl.constexpr):
     """Columns START .. START + 3 of fp32 records of STRIDE values per row, for rows ``offs_n`` (0 where
     offs_n ≥ N): one (rows, 4) tile, split into its columns."""
-    rec = tl.load(ptr + offs_n[:, None] * STRIDE + (START + tl.arange(0, 4))[None, :], mask=(offs_n < N)[:, None],
+    rec = tl.load(ptr + START + offs_n[:, None] * STRIDE + tl.arange(0, 4)[None, :], mask=(offs_n < N)[:, None],
                   other=0.0)
     even, odd = tl.split(tl.reshape(rec, (offs_n.shape[0], 2, 2)))  # columns (0, 2) and (1, 3)
     c0, c2 = tl.split(even)
@@ -611,9 +613,9 @@ def load_columns(ptr, offs_n, N, STRIDE: tl.constexpr, START: tl.constexpr):
 
 @triton.jit
 def load_row_record(rec_ptr, offs_n, N):
-    """The eight columns (R_DY .. R_ENT, in that order) of (N, 8) fp32 row records for rows ``offs_n`` (0
-    where offs_n ≥ N): one (rows, 8) tile, split as load_columns splits four."""
-    rec = tl.load(rec_ptr + offs_n[:, None] * N_ROW + tl.arange(0, N_ROW)[None, :], mask=(offs_n < N)[:, None],
+    """The first eight columns (R_MQ .. R_DQ, in that order) of (N, N_ROW) fp32 row records for rows
+    ``offs_n`` (0 where offs_n ≥ N): one (rows, 8) tile, split as load_columns splits four."""
+    rec = tl.load(rec_ptr + offs_n[:, None] * N_ROW + tl.arange(0, 8)[None, :], mask=(offs_n < N)[:, None],
                   other=0.0)
     even, odd = tl.split(tl.reshape(rec, (offs_n.shape[0], 2, 2, 2)))  # [r, i, j]: column 4i + 2j (+ 1)
     c04, c26 = tl.split(even)
