@@ -57,14 +57,13 @@ from .config import (HARD_ROWS_MIN_BLOCKS, block_d, col_config, defer_dq_max_blo
 from .noise import kernel_seed, seed_args
 from .spec import DIFF_OUTPUTS, code_sq_norms
 from .tiles import (LN2, LOG2E, N_ROW, R_CY, R_DQ, R_DY, R_ENT, R_GH, R_GLAT, R_GLSE, R_GS, R_LOG2SQ, R_LOG2SY,
-                    R_MQ, R_MY, TL_DTYPES,
-                    acc_norm_operand, code_mask, code_norm_operand, code_row_distance, col_half_distance,
-                    dot_precision_for, even_k, even_n, finish_splits, half_distances_logits, half_row_operand,
-                    heuristics, in_first_split, interpreter_operand, load_block, load_codes, load_columns,
-                    load_row_record, load_row_vec, load_rows, load_stats, mma, noise_tile, nonempty_range,
-                    row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile, sample_prob,
-                    sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo, split_parts,
-                    split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
+                    R_MQ, R_MY, TL_DTYPES, acc_norm_operand, code_mask, code_norm_operand, code_row_distance,
+                    col_half_distance, dot_precision_for, even_k, even_n, finish_splits, half_distances_logits,
+                    half_row_operand, heuristics, in_first_split, interpreter_operand, load_block, load_codes,
+                    load_columns, load_row_record, load_row_vec, load_rows, load_stats, mma, noise_tile,
+                    nonempty_range, row_block_offsets, row_half_logits, row_norm_operand, row_operands, row_tile,
+                    sample_prob, sample_scale, softmax_log2prob, softmax_prob, split_code_range, split_hi_lo,
+                    split_parts, split_row_range, sum_splits, tau_one, tile_code, wide_codes, y_scale)
 
 
 def has_y_grads(args):
