@@ -348,6 +348,12 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #     23.2 with 748 B of spills and (128, 32, 8, 1) 36.6 with 488 B (before that change the old tables'
 #     17.6 with 972 B and 29.3 with 140 B); the entries 18.3 and 29.1, no spill, 16 and 8 warps/SM, and
 #     they fit the 99 KiB parts (87040 and 101376 B), whose SMALL_SHARED_CONFIGS entries took 33.8 at D = 512.
+#   half col 128 (2026-12-06, fifty-first session, after dμ took its rows' values from one record,
+#     docs/speed_history.md, item 38; sm_80, bf16, τ = 1, per element at (32768, 8192, 128), soft / hard):
+#     the table's (32, 128, 8, 2) left soft dμ at 32 registers and 14.5 KB of spills, 246 per element
+#     (before item 38 already 128 registers and 3.1 KB, 120); the entry 77.8 / 72.8 with none, per
+#     fwd+bwd 237.3 / 241.7 against 279.8 / 253.5 before item 38; (32, 128, 8, 1) 88.2 / 80.4 (120 B),
+#     (32, 64, 4, 2) 117 / 108 (904 / 1048 B), (32, 64, 4, 1) 120 / 112 (1000 / 1448 B).
 # The "mma" entries fit the 99 KiB parts (sm_86, sm_89, sm_120; tests/compile_kernels.py 86 checks it),
 # so they come before SMALL_SHARED_CONFIGS, which holds only buckets without one. "tmem": triton 3.8's
 # ptxas for sm_100 refused fp32's (tf32x3) dμ at D = 256 in the table's (16, 64, 4, 1) ("Register
@@ -359,6 +365,7 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 # fp32 with dot_precision="ieee" at D = 256.
 ARCH_CONFIGS = {  # (arch family, input kind, kernel kind, largest D of the bucket): config
     ("mma", "half", "row", 256): KC(64, 32, 4, 1),
+    ("mma", "half", "col", 128): KC(16, 128, 8, 2),
     ("mma", "half", "col", 256): KC(64, 32, 4, 2),
     ("mma", "half", "row", 512): KC(32, 16, 4, 1),
     ("mma", "fp32", "row", 64): KC(64, 16, 4, 1),
