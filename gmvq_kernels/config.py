@@ -244,8 +244,8 @@ ROW_CONFIGS = {
     "half": ((64, KC(64, 32, 4, 2)), (128, KC(128, 32, 8, 2)), (256, KC(128, 32, 8, 2)), (512, KC(16, 32, 4, 1))),
     "fp32": ((64, KC(64, 32, 4, 1)), (128, KC(64, 16, 4, 1)), (256, KC(16, 32, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
-COL_CONFIGS = {  # half: two buckets to D = 256, so that ARCH_CONFIGS can tell them apart
-    "half": ((128, KC(32, 128, 8, 2)), (256, KC(32, 128, 8, 2)), (512, KC(16, 16, 4, 2))),
+COL_CONFIGS = {  # half: three buckets to D = 256 with one tile, so that ARCH_CONFIGS can tell them apart
+    "half": ((64, KC(32, 128, 8, 2)), (128, KC(32, 128, 8, 2)), (256, KC(32, 128, 8, 2)), (512, KC(16, 16, 4, 2))),
     "fp32": ((64, KC(32, 128, 8, 2)), (128, KC(32, 64, 4, 1)), (256, KC(16, 64, 4, 1)), (512, KC(16, 16, 4, 1))),
 }
 # The q̄ kernel (column sums of q) holds no (BLOCK_K, BLOCK_D) accumulator, so it takes wider tiles than
@@ -353,7 +353,9 @@ SMALL_SHARED_CONFIGS = {  # (input kind, kernel kind, largest D of the bucket): 
 #     the table's (32, 128, 8, 2) left soft dμ at 32 registers and 14.5 KB of spills, 246 per element
 #     (before item 38 already 128 registers and 3.1 KB, 120); the entry 77.8 / 72.8 with none, per
 #     fwd+bwd 237.3 / 241.7 against 279.8 / 253.5 before item 38; (32, 128, 8, 1) 88.2 / 80.4 (120 B),
-#     (32, 64, 4, 2) 117 / 108 (904 / 1048 B), (32, 64, 4, 1) 120 / 112 (1000 / 1448 B).
+#     (32, 64, 4, 2) 117 / 108 (904 / 1048 B), (32, 64, 4, 1) 120 / 112 (1000 / 1448 B). The half col
+#     table's D ≤ 64 bucket keeps the table's tile there (65.8 / 64.9 at (8192, 1024, 64), no spill;
+#     the entry 68.8 / 69.4). Reports: benchmarks/results/static-2026-12-06-rowrecord/sm80/.
 # The "mma" entries fit the 99 KiB parts (sm_86, sm_89, sm_120; tests/compile_kernels.py 86 checks it),
 # so they come before SMALL_SHARED_CONFIGS, which holds only buckets without one. "tmem": triton 3.8's
 # ptxas for sm_100 refused fp32's (tf32x3) dμ at D = 256 in the table's (16, 64, 4, 1) ("Register

@@ -121,8 +121,10 @@ def test_arch_families_take_their_own_entries(gpu_like, monkeypatch, arch, share
     assert config.col_config(200, torch.float32, "cuda") == (
         KC(16, 64, 4, 1) if arch == "sm_90" else KC(16, 16, 4, 1))
     # half inputs at D ≤ 128 keep the tables' tiles everywhere (or the small-shared ones where they have one),
-    # but dμ's at 64 < D ≤ 128 on the mma parts (sm_80's ptxas left the table's at 32 registers since item 38)
+    # but dμ's at 64 < D ≤ 128 on the mma parts (sm_80's ptxas left the table's at 32 registers since item 38;
+    # at D ≤ 64 the table's compiles without spills there, its own bucket keeps it)
     assert config.row_config(64, torch.bfloat16, "cuda") == config._table_row("row", 64, torch.bfloat16)[1]
+    assert config.col_config(64, torch.bfloat16, "cuda") == config._table_row("col", 64, torch.bfloat16)[1]
     assert config.col_config(128, torch.bfloat16, "cuda") == (
         KC(16, 128, 8, 2) if family == "mma" else config._table_row("col", 128, torch.bfloat16)[1])
     colsum = config._table_row("colsum", 128, torch.bfloat16)[1]
@@ -206,7 +208,8 @@ def test_autotune_is_opt_in_and_runs_once_per_bucket(gpu_like, monkeypatch):
 
     def tune():
         calls.append(1)
-        return {key: (KC(64, 64, 4, 2), {}), ("sm_90", "half", "col", 128): (KC(32, 64, 4, 2), {})}
+        kind_dt, limit = config.bucket("col", 64, torch.bfloat16)  # dμ's bucket serving D = 64
+        return {key: (KC(64, 64, 4, 2), {}), ("sm_90", kind_dt, "col", limit): (KC(32, 64, 4, 2), {})}
     cuda_x = SimpleNamespace(device=torch.device("cuda"), shape=(10, 64), dtype=torch.bfloat16)
     monkeypatch.delenv(autotune.ENV, raising=False)
     autotune.ensure_tuned(("row", "col"), cuda_x, tune)
