@@ -25,6 +25,7 @@ import torch
 
 from . import cbuild
 from .noise import C_ROW_SOURCE, split_seed
+from .spec import compiler_marks
 
 C_ROWS_ENV = "GMVQ_C_ROWS"
 _CHUNK = 32  # rows a thread takes at a time; the column sums add per chunk, in chunk order
@@ -330,11 +331,14 @@ def rows_library():
                           flags=(["-fopenmp"], ["-fopenmp-simd"]))
 
 
-@torch.compiler.assume_constant_result
-def rows_library_built() -> bool:
-    """Whether ``rows_library`` returns the library, as a constant of a traced graph (torch.compile runs
-    it as it traces, not in the graph: functional.resolve_impl's choice for a compiled call)."""
+def _rows_library_built() -> bool:
+    """Whether ``rows_library`` returns the library. As ``rows_library_built`` (below), a constant of a
+    traced graph: torch.compile runs it as it traces, not in the graph (functional.resolve_impl's
+    choice for a compiled call)."""
     return rows_library() is not None
+
+
+__getattr__ = compiler_marks(__name__, rows_library_built=("assume_constant_result", _rows_library_built))
 
 
 def _call(fn, *args, dtype):

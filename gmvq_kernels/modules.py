@@ -2,6 +2,7 @@
 import collections
 import math
 import numbers
+import sys
 from typing import NamedTuple, Optional
 
 import torch
@@ -11,7 +12,7 @@ from . import config
 from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau, describe
 from .functional import gmvq_decode, gmvq_encode, gmvq_with_sample, resolve_impl
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
-from .spec import to_autocast
+from .spec import compiler_marks, to_autocast
 
 
 class QuantizerOutput(NamedTuple):
@@ -465,7 +466,6 @@ class GaussianMixtureVQ(nn.Module):
         return self.decode(indices)
 
     # --- k-means initialisation
-    @torch.compiler.disable  # data-dependent (host loops, .item()): eager even inside a compiled forward
     @torch.no_grad()
     def _kmeans_init(self, flat):
         """k-means++ seeding then Lloyd iterations on the first training batch (rows chunked, so the
@@ -552,7 +552,7 @@ class GaussianMixtureVQ(nn.Module):
         if flat.shape[0] == 0:
             raise ValueError(f"init_codebook needs at least one latent vector; x has shape {tuple(x.shape)}")
         with torch.no_grad():
-            self._kmeans_init(self._to_rows(flat))
+            _MODULE.kmeans_init_eager(self, self._to_rows(flat))
 
     def _process_group(self):
         import torch.distributed as dist
@@ -616,7 +616,7 @@ class GaussianMixtureVQ(nn.Module):
         if not self.training:
             return self._eval_outputs(x, flat, lead, keep, rows, breakdown)
         if self._kmeans_pending:
-            self._kmeans_init(rows)
+            _MODULE.kmeans_init_eager(self, rows)
         group = self._process_group()
         if seed is None:
             seed = self._step_seed(rows)
@@ -698,3 +698,13 @@ class GaussianMixtureVQ(nn.Module):
             return QuantizerOutput(quantized, codes, loss)
         terms = {name: torch.full_like(loss, float("nan")) for name in TERM_NAMES}
         return QuantizerOutputWithTerms(quantized, codes, loss, terms)
+
+
+def _kmeans_init_eager(vq, flat):
+    """``vq._kmeans_init(flat)``; as ``kmeans_init_eager`` (below) run eagerly even inside a compiled
+    forward (torch.compiler.disable): it is data-dependent (host loops, .item())."""
+    vq._kmeans_init(flat)
+
+
+__getattr__ = compiler_marks(__name__, kmeans_init_eager=("disable", _kmeans_init_eager))
+_MODULE = sys.modules[__name__]  # the module object, whose attribute lookup reaches __getattr__

@@ -7,6 +7,7 @@ these lists. ``reference.py`` does not import this module's math: the ground tru
 """
 import contextlib
 import math
+import sys
 from typing import NamedTuple, Optional
 
 import torch
@@ -34,6 +35,24 @@ def capturing_graph() -> bool:
     custom-op form: a kernel launch, a C pass or NumPy outside one would be left out of the graph (its
     output buffers recorded as uninitialised ``empty`` tensors) or baked into it as a constant."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def compiler_marks(module_name: str, **marks):
+    """A ``__getattr__`` for module ``module_name`` that gives each name of ``marks`` (name → (decorator,
+    function)) ``torch.compiler.<decorator>(function)`` at its first lookup as a module attribute, then
+    keeps it in the module. Applied at import, the decorators would import torch._dynamo: ~1 s (5× the
+    rest of ``import gmvq_kernels``). torch.compile's tracing looks up a module attribute that is not
+    in the module's dict with getattr, so it gets the marked function too (tests:
+    test_eager.py::test_torch_compile_traces_it, test_torch_compile.py::test_compiled_module_kmeans_init,
+    test_torch_compile.py::test_import_leaves_torch_dynamo_out)."""
+    def __getattr__(name):
+        if name not in marks:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        decorator, fn = marks[name]
+        marked = getattr(torch.compiler, decorator)(fn)
+        setattr(sys.modules[module_name], name, marked)
+        return marked
+    return __getattr__
 
 
 def with_fields(out: GMVQOutput, **changes) -> GMVQOutput:

@@ -3,6 +3,8 @@ kernels are custom ops (one opaque node each way), the compiled results equal ea
 tau or a new seed per step does not recompile after the first change. On CPU the kernels run in
 Triton's interpreter inside the compiled graph."""
 import copy
+import subprocess
+import sys
 import types
 
 import pytest
@@ -162,6 +164,23 @@ def test_compiled_module_kmeans_init():
     fresh = make_module(kmeans_init=True)
     fresh.load_state_dict(vq.state_dict())
     assert not fresh._kmeans_pending
+
+
+def test_import_leaves_torch_dynamo_out():
+    """``import gmvq_kernels`` imports no torch._dynamo (~1 s) beyond what ``import torch`` did: the
+    functions torch.compile must see marked are marked at their first lookup (spec.compiler_marks), as
+    the tests above trace them."""
+    code = ("import sys, torch; before = 'torch._dynamo' in sys.modules; import gmvq_kernels; "
+            "print(before, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == out[0], f"torch._dynamo imported by: import torch {out[0]}, then gmvq_kernels {out[1]}"
+    from gmvq_kernels import cpu_rows, modules
+
+    for module, name in ((cpu_rows, "rows_library_built"), (modules, "kmeans_init_eager")):
+        marked = getattr(module, name)
+        assert vars(module)[name] is marked, name  # kept after the first lookup
+    with pytest.raises(AttributeError, match="no attribute 'not_there'"):
+        cpu_rows.not_there
 
 
 def test_compiled_module_with_padding_mask():
