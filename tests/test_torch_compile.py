@@ -167,7 +167,7 @@ def test_compiled_module_kmeans_init():
 
 
 def test_import_leaves_torch_dynamo_out():
-    """``import gmvq_kernels`` imports no torch._dynamo (~1 s) beyond what ``import torch`` did: the
+    """``import gmvq_kernels`` imports no torch._dynamo (~1.5 s) beyond what ``import torch`` did: the
     functions torch.compile must see marked are marked at their first lookup (spec.compiler_marks), as
     the tests above trace them."""
     code = ("import sys, torch; before = 'torch._dynamo' in sys.modules; import gmvq_kernels; "
