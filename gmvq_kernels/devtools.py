@@ -245,7 +245,9 @@ class Sass:
 def disassemble(kernel):
     """(instructions, labels, loops) of a compiled kernel's SASS: instructions as (address, opcode,
     operands), labels by name to address, loops as (start, end) addresses of every backward branch, the
-    branch-to-itself after EXIT (padding) left out."""
+    branch-to-itself after EXIT (padding) left out, and so are branches placed after the last EXIT:
+    out-of-line blocks that jump back into the body, not loops (an mbarrier wait's retry, where TMA
+    loads are pipelined, would otherwise make the epilogue part of the main loop)."""
     text = _run_tool("nvdisasm", "-c", data=kernel.asm["cubin"], suffix=".cubin")
     instrs, labels, pending = [], {}, []
     for line in text.splitlines():
@@ -261,8 +263,9 @@ def disassemble(kernel):
             pending = []
             instrs.append((addr, m.group(2), m.group(3)))
     loops = []
+    last_exit = max((addr for addr, op, _ in instrs if op.startswith("EXIT")), default=float("inf"))
     for addr, op, operands in instrs:
-        if op.startswith("BRA"):
+        if op.startswith("BRA") and addr < last_exit:
             t = re.search(r"\((\.L_x_\d+)\)", operands)
             if t and labels.get(t.group(1), addr) < addr:  # strictly backward
                 loops.append((labels[t.group(1)], addr))
