@@ -12,6 +12,7 @@ from . import config
 from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau, describe
 from .functional import gmvq_decode, gmvq_encode, gmvq_with_sample, resolve_impl
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
+from .noise import as_int64
 from .spec import compiler_marks, to_autocast
 
 
@@ -113,6 +114,9 @@ def _refuse(kwargs, answers, owner):
 # scale (reconstruction in nats per latent vector) use gamma=1 and beta of 1 (GM-VQ) up to 8 (+ Entropy).
 DEFAULT_GAMMA, DEFAULT_BETA, DEFAULT_INIT_LOG_VAR = 0.00125, 0.01, math.log(0.1)
 RANK_SEED_SHIFT = 40  # rank r of a synced group draws with seed + t + r·2⁴⁰: streams never meet
+# with separate codebooks head h draws with seed + h·2⁵⁶ (mod 2⁶⁴): apart from the steps' t (< 2⁴⁰) and the
+# ranks' r·2⁴⁰ (r < 2¹⁶) for h < 2⁸ heads
+HEAD_SEED_SHIFT, MAX_SEPARATE_HEADS = 56, 256
 # how many seeds of calls that activation checkpointing may run again are kept for it (GaussianMixtureVQ._step_seed)
 RECOMPUTE_SEEDS_KEPT = 1024
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)  # an extra_state counter's
@@ -161,7 +165,8 @@ def _may_be_recomputed(rows: torch.Tensor, module: nn.Module) -> bool:
 
 
 class GaussianMixtureVQ(nn.Module):
-    """GM-VQ quantizer owning the codebook means (K, D), log-variances and optionally prior logits.
+    """GM-VQ quantizer owning the codebook means (K, D) (per head with separate codebooks), log-variances and
+    optionally prior logits.
 
     Args:
         dim: latent dimension D. codebook_size: number of codes K.
@@ -201,13 +206,17 @@ class GaussianMixtureVQ(nn.Module):
             replays the noise of its capture.
         impl, dot_precision: passed to ``gmvq``. sync_agg_posterior: all-reduce q̄ over the default
             process group; None = when torch.distributed is initialised with more than one rank.
-        codebook_dim, heads: as vector-quantize-pytorch's (one codebook shared by the heads). Each
+        codebook_dim, heads: as vector-quantize-pytorch's (by default one codebook shared by the heads). Each
             latent vector is projected to heads·codebook_dim values (``project_in``, a Linear, when that
             differs from dim; codebook_dim defaults to dim) and split into ``heads`` vectors of
             codebook_dim, each quantized as a latent vector of its own (the loss and q̄ are over all of
             them); their quantized values are concatenated and projected back to dim (``project_out``).
             The codebook is (K, codebook_dim) and ``codes`` gain a last axis of ``heads`` when heads > 1.
-            separate_codebook_per_head=True is not supported.
+        separate_codebook_per_head: each head its own codebook, as vector-quantize-pytorch's (at most 256
+            heads): means (heads, K, codebook_dim), log-variances (heads, K) (or (heads, 1) shared per
+            head) and prior logits (heads, K). Head h is a quantizer of its own on the h-th piece of every
+            vector: its own q̄ (and KL), its own noise (seed + h·2⁵⁶), one op call per head; ``loss`` and
+            the ``terms`` are the means over the heads.
     In eval mode the output is deterministic: codes = argmax_k ℓ, quantized = their means.
     """
 
@@ -229,9 +238,9 @@ class GaussianMixtureVQ(nn.Module):
         if codebook_dim is not None:
             check_int("codebook_dim", codebook_dim)
         check_flag("separate_codebook_per_head", separate_codebook_per_head)
-        if separate_codebook_per_head:
-            raise TypeError("GaussianMixtureVQ does not take separate_codebook_per_head=True: its heads share one "
-                            "codebook; use one GaussianMixtureVQ per head for separate codebooks")
+        if separate_codebook_per_head and heads > MAX_SEPARATE_HEADS:
+            raise ValueError(f"heads must be <= {MAX_SEPARATE_HEADS} with separate_codebook_per_head=True (each "
+                             f"head draws its noise from its own seed range); got {heads}")
         check_tau(tau)
         for name, flag in (("hard", hard), ("per_component_variance", per_component_variance),
                            ("learn_variance", learn_variance), ("learnable_prior", learnable_prior),
@@ -269,19 +278,21 @@ class GaussianMixtureVQ(nn.Module):
         self.kmeans_iters = kmeans_iters
         # heads and projections as vector-quantize-pytorch's VectorQuantize (its names and shapes)
         self.heads, self.codebook_dim = heads, codebook_dim or dim
+        self.separate_codebook_per_head = separate_codebook_per_head
+        books = (heads,) if separate_codebook_per_head else ()  # the codebook tensors' leading axis
         width = self.codebook_dim * heads
         self.has_projections = width != dim
         self.project_in = nn.Linear(dim, width) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(width, dim) if self.has_projections else nn.Identity()
         # created empty and filled by _reset_state (reset_parameters), as torch's layers do: a module built
         # under torch.device("meta") and materialised with to_empty() is initialised by reset_parameters()
-        self.means = nn.Parameter(torch.empty(codebook_size, self.codebook_dim))
-        lv = torch.empty(codebook_size if per_component_variance else 1)
+        self.means = nn.Parameter(torch.empty(*books, codebook_size, self.codebook_dim))
+        lv = torch.empty(*books, codebook_size if per_component_variance else 1)
         if learn_variance:
             self._log_var = nn.Parameter(lv)
         else:
             self.register_buffer("_log_var", lv)
-        self.log_prior = nn.Parameter(torch.empty(codebook_size)) if learnable_prior else None
+        self.log_prior = nn.Parameter(torch.empty(*books, codebook_size)) if learnable_prior else None
         self.register_buffer("initted", torch.empty((), dtype=torch.bool))
         self._init_log_var, self._kmeans_requested = float(init_log_var), kmeans_init
         self._reset_state()
@@ -331,24 +342,28 @@ class GaussianMixtureVQ(nn.Module):
 
     @property
     def log_var(self) -> torch.Tensor:
-        """Per-code log-variance (K,), the shared value expanded when variances are tied. Clamped to the
-        supported range |λ| ≤ 30: a learned λ that walks past it stops there instead of failing the op's
-        range check in the middle of training."""
-        return self._log_var.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT).expand(self.codebook_size)
+        """Per-code log-variance (K,) ((heads, K) with separate codebooks), the shared value expanded when
+        variances are tied. Clamped to the supported range |λ| ≤ 30: a learned λ that walks past it stops
+        there instead of failing the op's range check in the middle of training."""
+        lv = self._log_var.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT)
+        return lv.expand(*lv.shape[:-1], self.codebook_size)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, "
                 + (f"codebook_dim={self.codebook_dim}, heads={self.heads}, " if self.has_projections or self.heads > 1
                    else "")
+                + ("separate_codebook_per_head=True, " if self.separate_codebook_per_head else "")
                 + f"tau={self.tau}, hard={self.hard}, "
-                f"beta={self.beta}, gamma={self.gamma}, objective={self.objective!r}, shared_variance={self._log_var.numel() == 1}, "
+                f"beta={self.beta}, gamma={self.gamma}, objective={self.objective!r}, "
+                f"shared_variance={self._log_var.shape[-1] == 1}, "
                 f"learnable_prior={self.log_prior is not None}, impl={self.impl!r}"
                 + (", device_seed=True" if "_next_seed" in self._buffers else ""))
 
     # --- layout
     @property
     def codebook(self) -> torch.Tensor:
-        """The codebook (K, D): the component means (vector-quantize-pytorch's name)."""
+        """The codebook (K, D), or (heads, K, D) with separate codebooks: the component means
+        (vector-quantize-pytorch's name)."""
         return self.means
 
     def _layout_error(self, x, want):
@@ -420,6 +435,45 @@ class GaussianMixtureVQ(nn.Module):
     def _code_shape(self, lead):
         return (*lead, self.heads) if self.heads > 1 else tuple(lead)
 
+    def _per_book(self, t):
+        """A codebook tensor (means, log-variances, prior logits, or None) per op call: itself with the shared
+        codebook, else each head's."""
+        if not self.separate_codebook_per_head:
+            return [t]
+        return [None] * self.heads if t is None else list(t.unbind(0))
+
+    def _books(self, rows):
+        """The op's calls on the rows (N·heads, codebook_dim), as (rows, means, log_var, log_prior): one on
+        all of them with the shared codebook, or one per head on its rows (N, codebook_dim) with its own."""
+        parts = rows.reshape(-1, self.heads, self.codebook_dim).unbind(1) if self.separate_codebook_per_head else [rows]
+        return list(zip(parts, self._per_book(self.means), self._per_book(self.log_var),
+                        self._per_book(self.log_prior)))
+
+    @staticmethod
+    def _per_head(values):
+        """One codebook's value as it is; with separate codebooks the mean over the heads."""
+        return values[0] if len(values) == 1 else torch.stack(values).mean(0)
+
+    @staticmethod
+    def _join(parts):
+        """The calls' results (per head: (N, ...)) in the rows' order (N·heads, ...), each vector's heads adjacent."""
+        return parts[0] if len(parts) == 1 else torch.stack(parts, 1).flatten(0, 1)
+
+    @staticmethod
+    def _head_seed(seed, h):
+        """Head h's seed with separate codebooks: seed + h·2⁵⁶ (mod 2⁶⁴, as the op takes seeds)."""
+        if h == 0:
+            return seed
+        if isinstance(seed, torch.Tensor):
+            return seed + as_int64(h << HEAD_SEED_SHIFT)
+        return (seed + (h << HEAD_SEED_SHIFT)) % 2**64
+
+    def _check_heads_axis(self, codes):
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got {describe(codes)}")
+        if self.heads > 1 and (codes.dim() < 1 or codes.shape[-1] != self.heads):
+            raise ValueError(f"codes must have a last axis of heads == {self.heads}; got shape {tuple(codes.shape)}")
+
     # --- tokenizer use
     @torch.no_grad()
     def encode(self, x: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
@@ -432,16 +486,19 @@ class GaussianMixtureVQ(nn.Module):
         kept = flat if keep is None else flat[keep]
         if kept.shape[0] == 0:  # all padding
             return torch.full(self._code_shape(lead), -1, dtype=torch.int64, device=x.device)
-        codes = gmvq_encode(self._to_rows(kept), self.means, self.log_var, self.log_prior,
-                            impl=self.impl, dot_precision=self.dot_precision).reshape(kept.shape[0], self.heads)
+        codes = self._join([gmvq_encode(*book, impl=self.impl, dot_precision=self.dot_precision)
+                            for book in self._books(self._to_rows(kept))]).reshape(kept.shape[0], self.heads)
         return (codes if keep is None else _padded_codes(keep, codes)).reshape(self._code_shape(lead))
 
     def _means_of(self, codes):
         """The means of ``codes`` (lead shape, + (heads,) when heads > 1) concatenated over the heads:
         lead + (heads·codebook_dim,)."""
-        z = gmvq_decode(codes, self.means)  # checks codes' type and range
-        if self.heads > 1 and (codes.dim() < 1 or codes.shape[-1] != self.heads):
-            raise ValueError(f"codes must have a last axis of heads == {self.heads}; got shape {tuple(codes.shape)}")
+        if self.separate_codebook_per_head and self.heads > 1:  # each head's codes in its own codebook
+            self._check_heads_axis(codes)
+            z = torch.stack([gmvq_decode(c, means) for c, means in zip(codes.unbind(-1), self.means)], -2)
+        else:
+            z = gmvq_decode(codes, self.means.reshape(-1, self.codebook_dim))  # checks codes' type and range
+            self._check_heads_axis(codes)
         return z.reshape(*z.shape[:-2], self.heads * self.codebook_dim) if self.heads > 1 else z
 
     def _channel_layout(self, z):
@@ -467,12 +524,22 @@ class GaussianMixtureVQ(nn.Module):
 
     # --- k-means initialisation
     @torch.no_grad()
-    def _kmeans_init(self, flat):
-        """k-means++ seeding then Lloyd iterations on the first training batch (rows chunked, so the
-        distance matrix is at most 4096 × K at a time). Under data parallel (the process group q̄ is
-        synced over) every rank then takes rank 0's fit: each rank's own would leave the replicas'
-        codebooks different for good (DDP broadcasts parameters once, at its construction)."""
-        flat = flat.detach().to(self.means.dtype)
+    def _kmeans_init(self, rows):
+        """k-means++ seeding then Lloyd iterations on the first training batch's rows (N·heads,
+        codebook_dim), each codebook on the rows it quantizes (``_books``). Under data parallel (the
+        process group q̄ is synced over) every rank then takes rank 0's fit: each rank's own would leave
+        the replicas' codebooks different for good (DDP broadcasts parameters once, at its construction)."""
+        for flat, means, _, _ in self._books(rows.detach().to(self.means.dtype)):
+            means.copy_(self._kmeans_fit(flat))
+        group = self._process_group()
+        if group is not None:
+            import torch.distributed as dist
+            dist.broadcast(self.means, src=dist.get_global_rank(group, 0), group=group)
+        self.initted.fill_(True)
+        self._kmeans_pending = False
+
+    def _kmeans_fit(self, flat):
+        """K centroids of the rows ``flat`` (rows chunked, so the distance matrix is at most 4096 × K at a time)."""
         K = self.codebook_size
         first = torch.randint(0, flat.shape[0], (1,), generator=self._generator).item()
         c = flat[first:first + 1].clone()
@@ -487,13 +554,7 @@ class GaussianMixtureVQ(nn.Module):
             sums = torch.zeros_like(c).index_add_(0, assign, flat)
             counts = torch.bincount(assign, minlength=K).to(flat.dtype)
             c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        self.means.copy_(c)
-        group = self._process_group()
-        if group is not None:
-            import torch.distributed as dist
-            dist.broadcast(self.means, src=dist.get_global_rank(group, 0), group=group)
-        self.initted.fill_(True)
-        self._kmeans_pending = False
+        return c
 
     def _step_seed(self, rows: torch.Tensor) -> torch.Tensor:
         """The seed of this training call: seed + t of a new step (the counter advances), or, where
@@ -622,18 +683,22 @@ class GaussianMixtureVQ(nn.Module):
             seed = self._step_seed(rows)
         if group is not None:  # data parallel: each rank's rows get their own noise stream
             seed = seed + (group.rank() << RANK_SEED_SHIFT)
-        out, sample = gmvq_with_sample(rows, self.means, self.log_var, self.log_prior,
-                                       tau=self.tau, hard=self.hard, seed=seed, impl=self.impl,
-                                       process_group=group, dot_precision=self.dot_precision)
-        loss = self._loss(out)
-        z = out.quantized
-        if self.noise_injection:
-            z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
-        # the codes it used, as VectorQuantize: a hard sample's code, else argmax_k ℓ
-        quantized, codes = self._place(x, flat, lead, keep, z, out.codes if sample is None else sample)
+        outs, zs, codes = [], [], []
+        for h, book in enumerate(self._books(rows)):
+            out, sample = gmvq_with_sample(*book, tau=self.tau, hard=self.hard, seed=self._head_seed(seed, h),
+                                           impl=self.impl, process_group=group, dot_precision=self.dot_precision)
+            z = out.quantized
+            if self.noise_injection:
+                z = z + out.mixture_var.clamp_min(0).sqrt().to(z.dtype)[:, None] * torch.randn_like(z)
+            outs.append(out)
+            zs.append(z)
+            # the codes it used, as VectorQuantize: a hard sample's code, else argmax_k ℓ
+            codes.append(out.codes if sample is None else sample)
+        loss = self._loss(outs)
+        quantized, codes = self._place(x, flat, lead, keep, self._join(zs), self._join(codes))
         if not breakdown:
             return QuantizerOutput(quantized, codes, loss)
-        return QuantizerOutputWithTerms(quantized, codes, loss, self._terms(out, loss))
+        return QuantizerOutputWithTerms(quantized, codes, loss, self._terms(outs, loss))
 
     def _eval_outputs(self, x, flat, lead, keep, rows, breakdown):
         """Eval mode: codes = argmax_k ℓ and their means, loss 0. Where the op runs the kernels the codes
@@ -642,35 +707,40 @@ class GaussianMixtureVQ(nn.Module):
         full op runs only for the breakdown's terms (seed 0: latent_nll and mixture_var are the soft
         sample's). With impl "torch" or the reference the op's forward gives both: its C pass finds the
         codes faster than the chunked reference does at K ≥ 1024 on a CPU (README, "Replacing a VQ layer")."""
-        def full_op():
-            return gmvq_with_sample(rows, self.means, self.log_var, self.log_prior, tau=self.tau, hard=self.hard,
-                                    seed=0, impl=self.impl, dot_precision=self.dot_precision)[0]
+        books = self._books(rows)
 
-        out = None
+        def full_ops():
+            return [gmvq_with_sample(*book, tau=self.tau, hard=self.hard, seed=0, impl=self.impl,
+                                     dot_precision=self.dot_precision)[0] for book in books]
+
+        outs = None
         if resolve_impl(self.impl, to_autocast(rows)) == "triton":
-            codes = gmvq_encode(rows, self.means, self.log_var, self.log_prior, impl=self.impl,
-                                dot_precision=self.dot_precision)
+            codes = [gmvq_encode(*book, impl=self.impl, dot_precision=self.dot_precision) for book in books]
         else:
-            out = full_op()
-            codes = out.codes
-        quantized, codes = self._place(x, flat, lead, keep, gmvq_decode(codes, self.means), codes)
+            outs = full_ops()
+            codes = [out.codes for out in outs]
+        z = self._join([gmvq_decode(c, means) for c, (_, means, _, _) in zip(codes, books)])
+        quantized, codes = self._place(x, flat, lead, keep, z, self._join(codes))
         zero = self._zero_loss(x.device)
         if not breakdown:
             return QuantizerOutput(quantized, codes, zero)
-        out = full_op() if out is None else out
-        return QuantizerOutputWithTerms(quantized, codes, zero, self._terms(out, self._loss(out)))
+        outs = full_ops() if outs is None else outs
+        return QuantizerOutputWithTerms(quantized, codes, zero, self._terms(outs, self._loss(outs)))
 
-    def _loss(self, out):
+    def _loss(self, outs):
+        """The objective of the op calls' outputs (``_books``' order), averaged over separate codebooks."""
         objective = albo_loss if self.objective == "albo" else elbo_loss
         # learned variances pay their normaliser (losses.variance_normaliser); a fixed σ_z² need not
-        return objective(out, self.log_prior, beta=self.beta, gamma=self.gamma,
-                         log_var=self.log_var if self._log_var.requires_grad else None)
+        log_var = self.log_var if self._log_var.requires_grad else None
+        return self._per_head([objective(out, prior, beta=self.beta, gamma=self.gamma, log_var=lv) for out, prior, lv
+                               in zip(outs, self._per_book(self.log_prior), self._per_book(log_var))])
 
-    def _terms(self, out, loss):
-        """The breakdown's terms (TERM_NAMES): batch means, detached."""
-        values = (out.latent_nll.mean(), kl_to_prior(out.agg_posterior, self.log_prior),
-                  perplexity(out.agg_posterior), out.log_likelihood.mean(), out.mixture_var.mean(),
-                  out.entropy.mean(), loss)
+    def _terms(self, outs, loss):
+        """The breakdown's terms (TERM_NAMES): batch means (and means over separate codebooks), detached."""
+        values = [(out.latent_nll.mean(), kl_to_prior(out.agg_posterior, prior), perplexity(out.agg_posterior),
+                   out.log_likelihood.mean(), out.mixture_var.mean(), out.entropy.mean())
+                  for out, prior in zip(outs, self._per_book(self.log_prior))]
+        values = [*map(self._per_head, zip(*values)), loss]
         return {name: value.detach() for name, value in zip(TERM_NAMES, values)}
 
     def _place(self, x, flat, lead, keep, z, codes):

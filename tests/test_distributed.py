@@ -94,6 +94,12 @@ def test_two_rank_gloo_matches_single_process(impl, dtype, tol, compiled):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
 
 
+def separate_heads(**kw):
+    torch.manual_seed(1)
+    return gk.GaussianMixtureVQ(2 * D, K, heads=2, codebook_dim=D, separate_codebook_per_head=True, seed=11,
+                                impl="reference", return_loss_breakdown=True, **kw)
+
+
 def module_worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, *_ = problem(torch.float32)
@@ -103,8 +109,10 @@ def module_worker(rank, world, init_file, result_file):
     compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend="aot_eager")
     out, out_c = vq(x), compiled(x)
     given = vq(x, seed=5).quantized.detach()  # a forward's own seed is shifted per rank too
+    lo, hi = SLICES[rank]  # separate codebooks on the rank's own rows: each head's q̄ synced
+    kl_separate = separate_heads()(torch.cat([x, x.flip(0)], 1)[lo:hi]).terms["kl"]
     torch.save(dict(quantized=out.quantized.detach(), kl=out.terms["kl"], quantized_c=out_c.quantized.detach(),
-                    kl_c=out_c.terms["kl"], given=given), f"{result_file}.{rank}")
+                    kl_c=out_c.terms["kl"], given=given, kl_separate=kl_separate), f"{result_file}.{rank}")
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
     exit_worker()
@@ -113,7 +121,8 @@ def module_worker(rank, world, init_file, result_file):
 def test_module_ranks_draw_distinct_noise_and_share_q_bar():
     """Under data parallel the module syncs q̄ by itself and gives rank r the seed 11 + r·2⁴⁰ (and 5 + r·2⁴⁰
     for a forward's seed=5): equal rows on two ranks must not get equal noise (equal seeds everywhere are
-    the common DDP setup)."""
+    the common DDP setup). With separate codebooks each head's q̄ is the global batch's: on two ranks'
+    uneven slices the KL term is one process's on the whole batch."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result = os.path.join(tmp, "init"), os.path.join(tmp, "res")
         mp.spawn(module_worker, args=(2, init_file, result), nprocs=2, join=True)
@@ -129,6 +138,11 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
         torch.testing.assert_close(ranks[r]["given"], want, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
     assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄
+    whole = separate_heads(sync_agg_posterior=False)(torch.cat([x, x.flip(0)], 1)).terms["kl"]
+    alone = separate_heads(sync_agg_posterior=False)(torch.cat([x, x.flip(0)], 1)[:5]).terms["kl"]
+    for r in range(2):
+        torch.testing.assert_close(ranks[r]["kl_separate"], whole, rtol=1e-6, atol=0)
+    assert not torch.allclose(alone, whole, rtol=1e-3)  # a rank's own rows would give another KL
 
 
 def fsdp_worker(rank, world, init_file, result_file):

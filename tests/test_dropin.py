@@ -129,10 +129,15 @@ def test_padding_mask_and_lens_as_vector_quantize():
 @pytest.mark.parametrize("kw", [dict(heads=4, codebook_dim=8), dict(heads=2), dict(codebook_dim=8),
                                 dict(heads=4, codebook_dim=8, accept_image_fmap=True),
                                 dict(codebook_dim=8, accept_image_fmap=True), dict(accept_3d_fmap=True),
-                                dict(heads=2, codebook_dim=16, accept_3d_fmap=True)])
+                                dict(heads=2, codebook_dim=16, accept_3d_fmap=True),
+                                dict(heads=4, codebook_dim=8, separate_codebook_per_head=True),
+                                dict(heads=4, separate_codebook_per_head=True),
+                                dict(heads=1, separate_codebook_per_head=True),
+                                dict(heads=4, codebook_dim=8, separate_codebook_per_head=True, accept_image_fmap=True)])
 def test_heads_and_codebook_dim_as_vector_quantize(kw):
-    """The same ``heads`` / ``codebook_dim`` / ``accept_3d_fmap`` give the shapes VectorQuantize gives:
-    quantized, codes (a last axis of heads), the codebook and the projections' weights."""
+    """The same ``heads`` / ``codebook_dim`` / ``accept_3d_fmap`` / ``separate_codebook_per_head`` give
+    the shapes VectorQuantize gives: quantized, codes (a last axis of heads), the codebook ((heads, K,
+    codebook_dim) when separate) and the projections' weights."""
     import torch
     from vector_quantize_pytorch import VectorQuantize
 

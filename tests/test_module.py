@@ -216,13 +216,103 @@ def test_heads_with_padding_image_maps_and_state_dict():
     assert "codebook_dim=4, heads=1" in repr(proj)
     with pytest.raises(ValueError, match=r"codes must have a last axis of heads == 3; got shape \(2, 7\)"):
         vq.decode(torch.zeros(2, 7, dtype=torch.int64))
-    with pytest.raises(TypeError, match=r"does not take separate_codebook_per_head=True: its heads share one codebook"):
-        gk.GaussianMixtureVQ(12, 8, heads=3, separate_codebook_per_head=True)
-    gk.GaussianMixtureVQ(12, 8, heads=3, separate_codebook_per_head=False)  # the default, accepted
+    with pytest.raises(ValueError, match=r"heads must be <= 256 with separate_codebook_per_head=True .*; got 257"):
+        gk.GaussianMixtureVQ(257, 8, heads=257, codebook_dim=1, separate_codebook_per_head=True)
     with pytest.raises(ValueError, match=r"heads must be an integer >= 1; got 0"):
         gk.GaussianMixtureVQ(12, 8, heads=0)
     with pytest.raises(ValueError, match=r"codebook_dim must be an integer >= 1; got 0"):
         gk.GaussianMixtureVQ(12, 8, codebook_dim=0)
+
+
+@pytest.mark.parametrize("impl, hard, prior", [("torch", False, True), ("torch", True, False), ("triton", False, True),
+                                              ("triton", True, True)])
+def test_separate_codebooks_are_quantizers_of_their_own(impl, hard, prior, device):
+    """separate_codebook_per_head: head h is a GaussianMixtureVQ of its own on the h-th piece of every vector,
+    with means[h], log_var[h], log_prior[h] and seed + h·2⁵⁶ (the counter advancing once per step for all
+    heads): quantized, codes, loss (the mean over the heads), the terms and every gradient bit for bit, over
+    two steps; in eval mode the codes, quantized, encode and decode too."""
+    torch.manual_seed(0)
+    H, cd, K, seed = 3, 4, 16, 2**61 + 5
+    kw = dict(impl=impl, hard=hard, learnable_prior=prior, return_loss_breakdown=True)
+    vq = gk.GaussianMixtureVQ(H * cd, K, heads=H, codebook_dim=cd, separate_codebook_per_head=True, seed=seed,
+                              **kw).to(device)
+    assert vq.codebook.shape == (H, K, cd) and vq.log_var.shape == (H, K) and "separate_codebook_per_head=True" in repr(vq)
+    with torch.no_grad():
+        vq._log_var.uniform_(-2.0, 0.0)
+        if prior:
+            vq.log_prior.normal_()
+    alone = [gk.GaussianMixtureVQ(cd, K, seed=(seed + (h << 56)) % 2**62, **kw).to(device) for h in range(H)]
+    assert [m._seed_base - seed for m in alone] == [0, 2**56, 2**57]  # no wrap at these seeds
+    for h, m in enumerate(alone):
+        with torch.no_grad():
+            for name in ("means", "_log_var") + (("log_prior",) if prior else ()):
+                getattr(m, name).copy_(getattr(vq, name)[h])
+    for step in range(2):
+        x = torch.randn(2, 5, H * cd, device=device)
+        out = vq(x)
+        outs = [m(x[..., h * cd:(h + 1) * cd]) for h, m in enumerate(alone)]
+        loss = torch.stack([o.loss for o in outs]).mean()
+        assert torch.equal(out.codes, torch.stack([o.codes for o in outs], -1)), step
+        assert torch.equal(out.quantized, torch.cat([o.quantized for o in outs], -1)), step
+        assert torch.equal(out.loss, loss), step
+        for name in out.terms:
+            want = loss if name == "loss" else torch.stack([o.terms[name] for o in outs]).mean()
+            assert torch.equal(out.terms[name], want), (step, name)
+        vq.zero_grad()
+        for m in alone:
+            m.zero_grad()
+        out.loss.backward()
+        loss.backward()
+        for h, m in enumerate(alone):
+            for name, prm in m.named_parameters():
+                assert torch.equal(getattr(vq, name).grad[h], prm.grad), (step, h, name)
+    vq.eval()
+    ev, evs = vq(x), [m.eval()(x[..., h * cd:(h + 1) * cd]) for h, m in enumerate(alone)]
+    assert torch.equal(ev.codes, torch.stack([o.codes for o in evs], -1))
+    assert torch.equal(ev.quantized, torch.cat([o.quantized for o in evs], -1))
+    assert torch.equal(vq.encode(x), ev.codes) and torch.equal(vq.decode(ev.codes), ev.quantized)
+    assert torch.equal(vq.get_codes_from_indices(ev.codes), ev.quantized)
+
+
+def test_separate_codebooks_with_projections_kmeans_and_state_dict():
+    """separate_codebook_per_head: k-means fits each head's codebook to that head's pieces; with
+    project_in / project_out gradients reach both and every head's codebook; state_dict round-trips the
+    (heads, K, ·) tensors; decode checks the heads axis; with heads=1 the codebook is (1, K, codebook_dim)
+    and codes have no heads axis."""
+    torch.manual_seed(3)
+    vq = gk.GaussianMixtureVQ(8, 4, heads=2, codebook_dim=4, separate_codebook_per_head=True, kmeans_init=True,
+                              per_component_variance=False, seed=0, impl="torch")
+    assert vq._log_var.shape == (2, 1) and vq.log_var.shape == (2, 4)
+    centres = torch.randn(2, 4, 4) * 5  # each head its own four centres
+    x = centres[torch.arange(2), torch.randint(0, 4, (64, 2))] + 0.01 * torch.randn(64, 2, 4)
+    vq(x.reshape(64, 8))
+    for h in range(2):
+        got = torch.cdist(centres[h], vq.means[h].detach()).min(1).values
+        assert (got < 0.1).all(), (h, got)
+    again = gk.GaussianMixtureVQ(8, 4, heads=2, codebook_dim=4, separate_codebook_per_head=True,
+                                 per_component_variance=False, seed=1, impl="torch")
+    again.load_state_dict(vq.state_dict())
+    vq.eval()
+    again.eval()
+    codes = vq.encode(x.reshape(64, 8))
+    assert codes.shape == (64, 2) and torch.equal(again.encode(x.reshape(64, 8)), codes)
+    assert torch.equal(again.decode(codes), vq.decode(codes))
+    with pytest.raises(ValueError, match=r"codes must have a last axis of heads == 2; got shape \(64,\)"):
+        vq.decode(codes[:, 0])
+    with pytest.raises(TypeError, match=r"codes must be an int64 or int32 torch.Tensor; got"):
+        vq.decode(codes.float())
+    proj = gk.GaussianMixtureVQ(6, 4, heads=2, codebook_dim=4, separate_codebook_per_head=True, seed=0, impl="torch")
+    out = proj(torch.randn(5, 6))
+    assert proj.has_projections and out.quantized.shape == (5, 6) and out.codes.shape == (5, 2)
+    (out.loss + out.quantized.square().mean()).backward()
+    assert proj.project_in.weight.grad.abs().sum() > 0 and proj.project_out.weight.grad.abs().sum() > 0
+    assert (proj.means.grad.abs().sum((1, 2)) > 0).all()
+    one = gk.GaussianMixtureVQ(4, 8, separate_codebook_per_head=True, impl="torch", seed=0)
+    out = one(torch.randn(3, 4))
+    assert one.codebook.shape == (1, 8, 4) and out.codes.shape == (3,)
+    one.eval()
+    ev = one(torch.randn(3, 4))
+    assert torch.equal(one.decode(ev.codes), ev.quantized)
 
 
 def test_kmeans_init_fits_the_heads():

@@ -120,11 +120,14 @@ def train(vq, xs, taus, masks=None):
 
 
 @pytest.mark.parametrize("hard, device_seed, heads", [(False, False, {}), (True, False, {}), (False, True, {}),
-                                                     (True, False, dict(heads=2, codebook_dim=4))],
-                         ids=["soft", "hard", "soft-device_seed", "hard-heads-projections"])
+                                                     (True, False, dict(heads=2, codebook_dim=4)),
+                                                     (False, True, dict(heads=2, codebook_dim=3,
+                                                                        separate_codebook_per_head=True))],
+                         ids=["soft", "hard", "soft-device_seed", "hard-heads-projections", "soft-separate-codebooks"])
 def test_compiled_module_trains_like_eager(hard, device_seed, heads):
     """device_seed: the step counter a buffer, advanced in place inside the compiled forward. heads /
-    codebook_dim: project_in, the split into heads and project_out traced with the op."""
+    codebook_dim: project_in, the split into heads and project_out traced with the op; with separate
+    codebooks one op per head, each head's seed offset from the counter's in the graph."""
     eager = make_module(hard=hard, accept_image_fmap=True, device_seed=device_seed, **heads)
     compiled_vq = copy.deepcopy(eager)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
