@@ -1,6 +1,7 @@
 """Random short training runs of ``GaussianMixtureVQ``: random module options (codebook size, dimension,
 τ, hard or soft, initial σ², learned or fixed variance, learned prior, objective, β, γ, shared or
-per-code variance, noise injection, k-means initialisation, padding masks, heads or codebook_dim, bf16
+per-code variance, noise injection, k-means initialisation, padding masks, heads (shared or separate
+codebooks) or codebook_dim, bf16
 autocast around the forward or the whole step) on clustered data at random scales, a few Adam steps
 each with a reconstruction stand-in; prints every run whose loss, output, parameter gradients or the
 gradient reaching the encoder (the latents') stop being finite, with what reproduces it. A developer's tool beside
@@ -37,8 +38,10 @@ def options(rng):
 def train(torch, gk, rng, run, impl, rows, steps):
     """One run: None if every step stayed finite, else what went wrong and where."""
     D, K, kw, scale, clusters, lr = options(rng)
-    # projections in two runs of five: heads, or a narrower codebook_dim (from the run number, as below)
-    kw.update([dict(heads=2), dict(codebook_dim=max(1, D // 2)), {}, {}, {}][run % 5])
+    # projections in two runs of five: heads, or a narrower codebook_dim (from the run number, as below);
+    # separate codebooks for two heads in a third (since 2026-12-06)
+    kw.update([dict(heads=2), dict(codebook_dim=max(1, D // 2)), dict(heads=2, separate_codebook_per_head=True),
+               {}, {}][run % 5])
     torch.manual_seed(run)
     vq = gk.GaussianMixtureVQ(D, K, impl=impl, seed=run, **kw)
     centers = torch.randn(clusters, D) * scale
