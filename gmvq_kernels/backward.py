@@ -726,7 +726,10 @@ def gmvq_bwd(x, means, a, b, v, noise, saved, grads, *, tau, hard, seed, dot_pre
     f32 = lambda name: None if grads.get(name) is None else as_dtype(grads[name], torch.float32)  # noqa: E731
     g_lse, g_lat, g_s, g_h = (None if g is None else g.contiguous()
                               for g in map(f32, ("log_likelihood", "latent_nll", "mixture_var", "entropy")))
-    g_c = None if grads.get("agg_posterior") is None else (f32("agg_posterior") / N).contiguous()
+    # Ḡ_q̄ enters only as q_k (Ḡ_k − Σ_j q_j Ḡ_j): shifted by its mean (exact, as Σ_k q_k = 1) what cancels
+    # there, where q is peaked or Ḡ_q̄ is nearly constant (q̄ ≈ π, the ALBO's aim), is smaller
+    g_c = f32("agg_posterior")
+    g_c = None if g_c is None else ((g_c - g_c.mean()) / N).contiguous()
     g_z = grads.get("quantized")
     g_z = None if g_z is None else interpreter_operand(as_dtype(g_z, x.dtype).contiguous())
     has_y = g_z is not None or g_lat is not None or g_s is not None
