@@ -140,10 +140,11 @@ def test_speed_host_cpu(tmp_path):
     assert row["launches_per_fwd_bwd"] == 7
     assert 0 < row["us_min"] <= row["us_median"]
     # the torch ops a fwd+bwd dispatches around them, the loss's included: 103 on 2026-11-30, 83 since
-    # 2026-12-03, 69 since 2026-12-05 (a bound to raise only knowingly: each is host time on a GPU, most
-    # a launch too), none reading a value back
+    # 2026-12-03, 69 since 2026-12-05, 70 since 2026-12-06 (Ḡ_q̄ shifted by its mean: a mean and a subtraction,
+    # 68 → 70; a bound to raise only knowingly: each is host time on a GPU, most a launch too), none reading
+    # a value back
     ops = row["torch_ops_per_fwd_bwd"]
-    assert 50 < sum(ops.values()) <= 69 and ops["empty"] > 0 and "item" not in ops
+    assert 50 < sum(ops.values()) <= 70 and ops["empty"] > 0 and "item" not in ops
     # Triton's per-call binding, by kernel (6 kernels: finish_splits launched twice)
     assert len(row["triton_bind_us"]) == 6 and all(v > 0 for v in row["triton_bind_us"].values())
     assert row["triton_bind_us_per_fwd_bwd"] == pytest.approx(sum(row["triton_bind_us"].values()))
