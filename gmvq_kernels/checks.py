@@ -60,6 +60,12 @@ def check_int(name, value, lo=1):
         raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
 
 
+def check_codes(codes):
+    """Codes (of ``gmvq_decode`` and the module's decode): an int64 or int32 tensor."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got {describe(codes)}")
+
+
 def check_code_range(codes, lo, hi, interval):
     """Every code in [lo, hi) (one aminmax; it reads the values, so callers skip it where that would
     sync a device). ``interval`` is how the message writes the range."""

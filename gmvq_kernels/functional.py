@@ -5,7 +5,7 @@ import torch
 
 from . import config, cpu_rows
 from .autograd import EagerFused, all_reduce_sum, encode_codes, fused_encode, fused_fwd
-from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, checked_tau, describe, validate
+from .checks import KERNEL_DTYPES, can_use_triton, check_code_range, check_codes, checked_tau, validate
 from .eager import gmvq_eager
 from .noise import seed_tensor
 from .reference import gmvq_encode_reference, reference_forward, reference_forward_blocks
@@ -129,8 +129,7 @@ def gmvq_decode(codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """The means of ``codes`` (any shape) as codes.shape + (D,); code −1 (a non-finite latent) gives
     NaN, never a real code. The range [−1, K) is checked on CPU tensors; on CUDA (no host sync) any
     negative code gives NaN and a code ≥ K fails torch's indexing assertion."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got {describe(codes)}")
+    check_codes(codes)
     K = means.shape[0]
     if not torch.compiler.is_compiling() and codes.device.type == "cpu":
         check_code_range(codes, -1, K, f"[-1, {K}) for a codebook of {K} codes")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import config
-from .checks import IMPLS, LOG_VAR_LIMIT, check_flag, check_int, check_number, check_tau, describe
+from .checks import IMPLS, LOG_VAR_LIMIT, check_codes, check_flag, check_int, check_number, check_tau, describe
 from .functional import gmvq_decode, gmvq_encode, gmvq_with_sample, resolve_impl
 from .losses import albo_loss, elbo_loss, kl_to_prior, perplexity
 from .noise import as_int64
@@ -469,8 +469,6 @@ class GaussianMixtureVQ(nn.Module):
         return (seed + (h << HEAD_SEED_SHIFT)) % 2**64
 
     def _check_heads_axis(self, codes):
-        if not isinstance(codes, torch.Tensor):
-            raise TypeError(f"codes must be an int64 or int32 torch.Tensor; got {describe(codes)}")
         if self.heads > 1 and (codes.dim() < 1 or codes.shape[-1] != self.heads):
             raise ValueError(f"codes must have a last axis of heads == {self.heads}; got shape {tuple(codes.shape)}")
 
@@ -494,6 +492,7 @@ class GaussianMixtureVQ(nn.Module):
         """The means of ``codes`` (lead shape, + (heads,) when heads > 1) concatenated over the heads:
         lead + (heads·codebook_dim,)."""
         if self.separate_codebook_per_head and self.heads > 1:  # each head's codes in its own codebook
+            check_codes(codes)
             self._check_heads_axis(codes)
             z = torch.stack([gmvq_decode(c, means) for c, means in zip(codes.unbind(-1), self.means)], -2)
         else:

@@ -94,6 +94,11 @@ def test_two_rank_gloo_matches_single_process(impl, dtype, tol, compiled):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
 
 
+def two_heads(x):
+    """(N, 2D) vectors for ``separate_heads``: x and x in reverse row order as the two heads' pieces."""
+    return torch.cat([x, x.flip(0)], 1)
+
+
 def separate_heads(**kw):
     torch.manual_seed(1)
     return gk.GaussianMixtureVQ(2 * D, K, heads=2, codebook_dim=D, separate_codebook_per_head=True, seed=11,
@@ -110,7 +115,7 @@ def module_worker(rank, world, init_file, result_file):
     out, out_c = vq(x), compiled(x)
     given = vq(x, seed=5).quantized.detach()  # a forward's own seed is shifted per rank too
     lo, hi = SLICES[rank]  # separate codebooks on the rank's own rows: each head's q̄ synced
-    kl_separate = separate_heads()(torch.cat([x, x.flip(0)], 1)[lo:hi]).terms["kl"]
+    kl_separate = separate_heads()(two_heads(x)[lo:hi]).terms["kl"]
     torch.save(dict(quantized=out.quantized.detach(), kl=out.terms["kl"], quantized_c=out_c.quantized.detach(),
                     kl_c=out_c.terms["kl"], given=given, kl_separate=kl_separate), f"{result_file}.{rank}")
     dist.barrier()  # no rank tears gloo down while the other is still in a collective
@@ -138,8 +143,9 @@ def test_module_ranks_draw_distinct_noise_and_share_q_bar():
         torch.testing.assert_close(ranks[r]["given"], want, rtol=0, atol=0)
     assert not torch.equal(ranks[0]["quantized"], ranks[1]["quantized"])
     assert ranks[0]["kl"] == ranks[1]["kl"] == ranks[0]["kl_c"] == ranks[1]["kl_c"]  # one global q̄
-    whole = separate_heads(sync_agg_posterior=False)(torch.cat([x, x.flip(0)], 1)).terms["kl"]
-    alone = separate_heads(sync_agg_posterior=False)(torch.cat([x, x.flip(0)], 1)[:5]).terms["kl"]
+    lo, hi = SLICES[0]
+    whole = separate_heads(sync_agg_posterior=False)(two_heads(x)).terms["kl"]
+    alone = separate_heads(sync_agg_posterior=False)(two_heads(x)[lo:hi]).terms["kl"]
     for r in range(2):
         torch.testing.assert_close(ranks[r]["kl_separate"], whole, rtol=1e-6, atol=0)
     assert not torch.allclose(alone, whole, rtol=1e-3)  # a rank's own rows would give another KL
